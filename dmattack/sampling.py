@@ -1,0 +1,114 @@
+"""The reverse sampling loop shared by clean sampling and attacked sampling.
+
+Every random draw of sample ``i`` (its x_T and each per-step z) comes from a generator seeded
+by ``seeds[i]`` alone, so a sample never depends on the batch it runs in, nor on whether other
+samples are attacked. The loop is gradient-transparent: wrap it in ``torch.no_grad()`` yourself
+for clean sampling; a hook may enable gradients for its own computation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .diffusion import EpsModel, GaussianDiffusion, respace
+from .seeding import CHAIN_NOISE, generators, randn_per_sample
+
+SAMPLERS = ("ddpm", "ddim", "respaced")
+
+StepHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``hook(x_t, t, step) -> x_t'`` runs before each reverse step; ``t`` (B,) are indices into the
+sampler's diffusion, ``step`` counts reverse steps from 0 (at x_T) to K−1. It may perturb x_t."""
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Which reverse process to run.
+
+    ``ddpm``: ancestral on all T steps; ``respaced``: ancestral on ``steps`` evenly strided
+    timesteps (METHOD §8); ``ddim``: DDIM with ``eta`` on ``steps`` strided timesteps.
+    """
+
+    name: str = "ddpm"
+    steps: int | None = None
+    eta: float = 0.0
+    clip_denoised: bool = False
+
+    def validate(self, num_timesteps: int) -> None:
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; allowed: {', '.join(SAMPLERS)}")
+        if self.steps is not None and not 1 <= self.steps <= num_timesteps:
+            raise ValueError(f"sampler steps {self.steps} outside 1..{num_timesteps}")
+
+    def num_steps(self, num_timesteps: int) -> int:
+        if self.name == "ddpm" or self.steps is None:
+            return num_timesteps
+        return self.steps
+
+    def describe(self, num_timesteps: int) -> str:
+        return f"{self.name}-{self.num_steps(num_timesteps)}"
+
+
+def sampling_diffusion(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
+    """The diffusion whose indices the sampler walks (respaced unless full-length DDPM)."""
+    cfg.validate(diffusion.num_timesteps)
+    k = cfg.num_steps(diffusion.num_timesteps)
+    return diffusion if k == diffusion.num_timesteps else respace(diffusion, k)
+
+
+def sample(
+    model: EpsModel,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    seeds: Sequence[int],
+    sampler: SamplerConfig = SamplerConfig(),
+    hook: StepHook | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Draw ``len(seeds)`` samples of per-sample ``shape`` (model space).
+
+    Returns a float32 tensor (B, *shape). ``progress(step)`` is called after every step.
+    """
+    sd = sampling_diffusion(diffusion, sampler)
+    gens = generators(seeds, CHAIN_NOISE, device)
+    x = randn_per_sample(shape, gens, device)
+    for step, i in enumerate(reversed(range(sd.num_timesteps))):
+        t = torch.full((len(seeds),), i, device=device, dtype=torch.long)
+        if hook is not None:
+            x = hook(x, t, step)
+        noise = randn_per_sample(shape, gens, device)
+        if sampler.name == "ddim":
+            x = sd.ddim_step(model, x, t, noise, sampler.eta, sampler.clip_denoised)
+        else:
+            x = sd.p_sample(model, x, t, noise, sampler.clip_denoised)
+        x = x.detach()
+        if progress is not None:
+            progress(step)
+    return x
+
+
+def sample_batched(
+    model: EpsModel,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    seeds: Sequence[int],
+    batch_size: int,
+    sampler: SamplerConfig = SamplerConfig(),
+    hook_factory: Callable[[Sequence[int]], StepHook | None] | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """:func:`sample` over ``seeds`` in chunks of ``batch_size``; returns (N, *shape) on CPU.
+
+    ``hook_factory(chunk_seeds)`` builds the hook of each chunk (attacks seed their random
+    starts from the same per-sample seeds). ``progress(n)`` gets the number of finished steps.
+    """
+    out = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = list(seeds[start : start + batch_size])
+        hook = hook_factory(chunk) if hook_factory is not None else None
+        out.append(sample(model, diffusion, shape, chunk, sampler, hook, device, progress).cpu())
+    return torch.cat(out) if out else torch.empty(0, *shape)
