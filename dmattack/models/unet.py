@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers import UNet2DModel
 from torch import nn
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
 
 # Ho et al. 2020 CIFAR-10 network (35.7M parameters): ch 128, mult (1, 2, 2, 2), 2 res blocks,
 # attention at 16x16, dropout 0.1.
@@ -57,6 +59,8 @@ class UNetEps(nn.Module):
 
 def build_unet(preset: str, channels: int, resolution: int, dropout: float | None = None
                ) -> UNetEps:
+    from diffusers import UNet2DModel  # slow import: only when a U-Net is built
+
     cfg = dict(UNET_PRESETS[preset])
     if dropout is not None:
         cfg["dropout"] = dropout

@@ -1,0 +1,392 @@
+"""Paired clean-versus-attacked evaluation and attacked-steps curves (METHOD §6, §8, §11).
+
+Clean and attacked samples use the same per-sample seeds: the x_T and every chain noise z of
+sample i are identical in both runs (the attack draws from its own ATTACK stream), so a
+difference in the metric is the attack's effect alone, and 0% attacked reproduces the clean
+samples bit for bit. The metric is the caller's ``metric_fn(samples) -> dict[str, float]``
+(samples (N, *shape) in model space, on CPU).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .attacks.schedule import AttackSpec, attacked_steps, make_hook_factory
+from .io import provenance, write_atomic, write_json, write_text
+from .runs import LoadedModel
+from .sampling import SamplerConfig, sample_batched, sampling_diffusion
+from .seeding import sample_seeds
+from .visualize import save_samples_png
+
+MetricFn = Callable[[torch.Tensor], dict[str, float]]
+POINTS = "points.jsonl"
+CPU_PRESETS = ("tiny", "mlp", "mlp-small")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Default evaluation settings for a model: how many samples, which sampler, batch size,
+    and the label its numbers are reported under (e.g. ``FID-10k``)."""
+
+    num_samples: int
+    sampler: SamplerConfig
+    batch_size: int
+    label: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "sampler": asdict(self.sampler)}
+
+
+def default_protocol(loaded: LoadedModel) -> Protocol:
+    """CPU presets (``tiny``, ``mlp*``): few samples on a respaced chain, sized so that a
+    PGD-20 attack on 50% of the steps of a ``tiny`` 8×8 U-Net takes ≤ 3 minutes on 2 cores.
+    Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): the paper's protocol,
+    all 1000 ancestral steps and 10,000 samples (FID-10k). A pipeline's ``clip_sample`` becomes
+    the sampler's ``clip_denoised``."""
+    clip = bool(loaded.config.get("clip_sample", False))
+    if loaded.preset == "tiny":
+        return Protocol(256, SamplerConfig("respaced", 25, clip_denoised=clip), 256, "FID-256")
+    if loaded.preset in CPU_PRESETS:
+        return Protocol(2000, SamplerConfig("respaced", 100, clip_denoised=clip), 2000,
+                        "FD-2k")
+    pixels = math.prod(loaded.data_shape[1:])
+    return Protocol(10_000, SamplerConfig("ddpm", clip_denoised=clip),
+                    256 if pixels <= 32 * 32 else 64, "FID-10k")
+
+
+# --------------------------------------------------------------------------- helpers
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
+
+
+def _sampler_label(sampler: SamplerConfig, num_timesteps: int) -> str:
+    label = sampler.describe(num_timesteps)
+    if sampler.name == "ddim" and sampler.eta:
+        label += f"-eta{sampler.eta:g}"
+    return label + ("-clip" if sampler.clip_denoised else "")
+
+
+def _sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict[str, Any]:
+    return {**asdict(sampler), "num_steps": sampler.num_steps(num_timesteps),
+            "label": _sampler_label(sampler, num_timesteps)}
+
+
+def _model_dict(loaded: LoadedModel) -> dict[str, Any]:
+    return {"source": loaded.source, "ema": loaded.ema, "dataset": loaded.dataset,
+            "preset": loaded.preset, "data_shape": list(loaded.data_shape),
+            "num_timesteps": loaded.diffusion.num_timesteps,
+            "variance_type": loaded.diffusion.variance_type}
+
+
+def _sample_pair(
+    loaded: LoadedModel, spec: AttackSpec | None, seeds: Sequence[int], sampler: SamplerConfig,
+    batch_size: int, device: torch.device | str, want_clean: bool,
+    progress: Callable[[int, int], None] | None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:
+    """Clean (if ``want_clean``) and attacked (if ``spec`` attacks any step) samples with the
+    same seeds; returns (clean, attacked, seconds). ``progress(done, total)`` counts steps."""
+    sd = sampling_diffusion(loaded.diffusion, sampler)
+    k = sd.num_timesteps
+    attacking = spec is not None and bool(attacked_steps(k, spec.percent, spec.window))
+    chunks = math.ceil(len(seeds) / batch_size)
+    total = chunks * k * (int(want_clean) + int(attacking))
+    done = 0
+
+    def tick(_: int) -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    def run(factory) -> tuple[torch.Tensor, float]:
+        start = time.perf_counter()
+        out = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape, seeds,
+                             batch_size, sampler, factory, device, tick)
+        return out, time.perf_counter() - start
+
+    clean = attacked = None
+    seconds: dict[str, float] = {}
+    with _eval_mode(loaded.model), torch.no_grad():
+        if want_clean:
+            clean, seconds["clean"] = run(None)
+        if attacking:
+            factory = make_hook_factory(spec, loaded.model, sd, k, device)
+            attacked, seconds["attacked"] = run(factory)
+    return clean, attacked, seconds
+
+
+# --------------------------------------------------------------------------- one attack
+def run_attack(
+    loaded: LoadedModel,
+    spec: AttackSpec,
+    *,
+    num_samples: int,
+    seed: int,
+    sampler: SamplerConfig,
+    batch_size: int,
+    metric_fn: MetricFn,
+    device: torch.device | str,
+    out_dir: str | os.PathLike,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Sample clean and attacked with the same seeds, score both, write the results.
+
+    Writes (atomically) into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
+    (N, *shape) float32, model space), ``clean.png`` / ``attacked.png`` (image grids; scatter
+    plots for low-dimensional vectors) and, last, ``results.json`` with the full protocol and
+    ``metrics = {"clean": …, "attacked": …}``, which is also returned. ``progress(done, total)``
+    counts reverse steps over both passes.
+    """
+    out = Path(out_dir)
+    seeds = sample_seeds(seed, num_samples)
+    sd = sampling_diffusion(loaded.diffusion, sampler)
+    steps = attacked_steps(sd.num_timesteps, spec.percent, spec.window)
+    clean, attacked, seconds = _sample_pair(loaded, spec, seeds, sampler, batch_size, device,
+                                            True, progress)
+    if attacked is None:  # nothing attacked: the attacked run is the clean run, bit for bit
+        attacked, seconds["attacked"] = clean, 0.0
+    metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
+
+    tensors = {"clean": clean.float().contiguous(), "attacked": attacked.float().contiguous()}
+    write_atomic(out / "samples.safetensors", lambda p: save_file(tensors, str(p)))
+    save_samples_png(clean, out / "clean.png", title="clean")
+    save_samples_png(attacked, out / "attacked.png", title=spec.describe())
+    result = {
+        "kind": "attack",
+        "label": spec.describe(),
+        "attack": spec.to_dict(),
+        "window": spec.window,
+        "attacked_steps": steps,
+        "num_attacked_steps": len(steps),
+        "sampler": _sampler_dict(sampler, loaded.diffusion.num_timesteps),
+        "num_samples": num_samples,
+        "seed": seed,
+        "seeds": "dmattack.seeding.sample_seeds(seed, num_samples); clean and attacked share "
+                 "them (chain noise stream 0, attack stream 1)",
+        "batch_size": batch_size,
+        "device": str(device),
+        "model": _model_dict(loaded),
+        "metrics": metrics,
+        "seconds": seconds,
+        "files": {"samples": "samples.safetensors", "clean_png": "clean.png",
+                  "attacked_png": "attacked.png"},
+        "provenance": provenance(),
+    }
+    write_json(out / "results.json", result)
+    return result
+
+
+# --------------------------------------------------------------------------- curves
+def curve_specs(methods: Sequence[str], percents: Sequence[float],
+                windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
+    """methods × windows × percents as :class:`AttackSpec` (``options``: the other fields)."""
+    return [AttackSpec(method=m, percent=p, window=w, **options)
+            for m in methods for w in windows for p in percents]
+
+
+def read_points(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Records of a JSONL point store. An unterminated last line (a write cut by a kill) is
+    ignored and cut off the file, so the next append starts on a fresh line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        os.truncate(path, end)
+    points = []
+    for n, line in enumerate(data[:end].decode().splitlines(), 1):
+        if line.strip():
+            try:
+                points.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise ValueError(f"{path}:{n} is not a JSON record; move the file away to "
+                                 "recompute the curve") from None
+    return points
+
+
+def _append_point(path: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(record) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _point_key(loaded: LoadedModel, label: str, sampler_label: str, num_samples: int,
+               seed: int) -> str:
+    ema = "ema" if loaded.ema else "raw"
+    return f"{loaded.source}[{ema}]|{label}|{sampler_label}|n={num_samples}|seed={seed}"
+
+
+def _model_names(models: Sequence[LoadedModel]) -> dict[str, str]:
+    names = {m.source: Path(m.source).name or m.source for m in models}
+    if len(set(names.values())) < len(names):
+        return {m.source: m.source for m in models}
+    return names
+
+
+def run_curve(
+    models: Sequence[LoadedModel],
+    specs: Sequence[AttackSpec],
+    *,
+    num_samples: int,
+    seed: int,
+    sampler: SamplerConfig,
+    batch_size: int,
+    metric_fn: MetricFn,
+    device: torch.device | str,
+    out_dir: str | os.PathLike,
+    metric: str | None = None,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Metric versus % of steps attacked, per model and attack series (paper Figure 7).
+
+    The clean (0%) point is computed once per model; every other point samples attacked with
+    the same seeds. Each finished point is appended (fsync) to ``out_dir/points.jsonl`` and
+    skipped on a re-run (key: model source and EMA, spec label, sampler, num_samples, seed), so
+    a killed run resumes with identical results (``metric_fn`` must be deterministic). Then
+    writes ``curve.csv`` and ``curve.json`` (rows = attack series × model, columns = % attacked,
+    values = ``metric``, default the first metric returned) and ``curve.png`` (random control
+    dashed). ``progress(done, total, record)`` is called after each point (``record["resumed"]``
+    is True for one read back from the store). Returns the ``curve.json`` content.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / POINTS
+    done = {p["key"]: p for p in read_points(store)}
+    seeds = sample_seeds(seed, num_samples)
+    attack_specs = [s for s in specs if s.percent > 0]
+    total = len(models) * (1 + len(attack_specs))
+    names = _model_names(models)
+    records: list[dict[str, Any]] = []
+
+    for loaded in models:
+        slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
+        clean_metrics: dict[str, float] = {}
+        for spec in [None, *attack_specs]:
+            label = "clean" if spec is None else spec.describe()
+            key = _point_key(loaded, label, slabel, num_samples, seed)
+            if key in done:
+                record = {**done[key], "resumed": True}
+            else:
+                clean, attacked, seconds = _sample_pair(
+                    loaded, spec, seeds, sampler, batch_size, device, spec is None, None)
+                if clean is not None:
+                    metrics = metric_fn(clean)
+                elif attacked is not None:
+                    metrics = metric_fn(attacked)
+                else:  # no step attacked at this chain length: the clean run, bit for bit
+                    metrics = dict(clean_metrics)
+                record = {
+                    "key": key, "model": loaded.source, "model_name": names[loaded.source],
+                    "ema": loaded.ema, "label": label,
+                    "series": "clean" if spec is None else spec.describe(with_percent=False),
+                    "method": "clean" if spec is None else spec.method,
+                    "percent": 0.0 if spec is None else float(spec.percent),
+                    "spec": None if spec is None else spec.to_dict(),
+                    "sampler": slabel, "num_samples": num_samples, "seed": seed,
+                    "metrics": metrics, "seconds": sum(seconds.values()),
+                }
+                _append_point(store, record)
+                done[key] = record
+                record = {**record, "resumed": False}
+            if spec is None:
+                clean_metrics = record["metrics"]
+            records.append(record)
+            if progress is not None:
+                progress(len(records), total, record)
+
+    curve = _curve_table(records, attack_specs, metric)
+    curve.update({
+        "protocol": {"num_samples": num_samples, "seed": seed, "batch_size": batch_size,
+                     "sampler": _sampler_dict(sampler, models[0].diffusion.num_timesteps)
+                     if models else asdict(sampler),
+                     "specs": [s.to_dict() for s in specs], "device": str(device)},
+        "models": [_model_dict(m) for m in models],
+        "points": [{k: v for k, v in r.items() if k != "resumed"} for r in records],
+        "provenance": provenance(),
+    })
+    write_json(out / "curve.json", curve)
+    write_text(out / "curve.csv", _curve_csv(curve))
+    _curve_png(curve, out / "curve.png")
+    return curve
+
+
+def _curve_table(records: list[dict[str, Any]], specs: Sequence[AttackSpec],
+                 metric: str | None) -> dict[str, Any]:
+    """Rows = series × model with the metric at each % attacked (0% = the model's clean point)."""
+    if metric is None:
+        metric = next(iter(records[0]["metrics"]), None) if records else None
+    percents = sorted({0.0, *(float(s.percent) for s in specs)})
+    clean = {r["model"]: r for r in records if r["label"] == "clean"}
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        if r["label"] == "clean":
+            continue
+        row = rows.setdefault((r["series"], r["model"]), {
+            "series": r["series"], "method": r["method"], "model": r["model_name"],
+            "source": r["model"], "values": [None] * len(percents)})
+        row["values"][percents.index(r["percent"])] = r["metrics"].get(metric)
+    for row in rows.values():
+        row["values"][0] = clean[row["source"]]["metrics"].get(metric)
+    if not specs:  # only clean points: one row per model
+        rows = {("clean", src): {"series": "clean", "method": "clean", "model": r["model_name"],
+                                 "source": src, "values": [r["metrics"].get(metric)]}
+                for src, r in clean.items()}
+    return {"metric": metric, "percents": percents, "rows": list(rows.values())}
+
+
+def _curve_csv(curve: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["series", "model", "metric", *(f"{p:g}%" for p in curve["percents"])])
+    for row in curve["rows"]:
+        w.writerow([row["series"], row["model"], curve["metric"],
+                    *("" if v is None else repr(v) for v in row["values"])])
+    return buf.getvalue()
+
+
+def _curve_png(curve: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in curve["rows"]:
+        pts = [(p, v) for p, v in zip(curve["percents"], row["values"], strict=True)
+               if v is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), marker="o",
+                    linestyle="--" if row["method"] == "random" else "-",
+                    label=f"{row['model']} · {row['series']}")
+    ax.set_xlabel("% of reverse steps attacked")
+    ax.set_ylabel(curve["metric"] or "metric")
+    ax.grid(alpha=0.3)
+    if curve["rows"]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)

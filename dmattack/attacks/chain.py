@@ -1,0 +1,231 @@
+"""White-box attacks on one reverse step of a diffusion chain (METHOD §6), torchattacks-style.
+
+``x_adv = atk(x_t, t)`` perturbs the current state x_t (B, …), model space) before the reverse
+step at indices ``t`` (B,) of the diffusion the sampler walks. The ℓ∞ budget is the chain's own
+noise scale, ε_t = ``eps_scale``·σ_t with σ_t = √β̃_t (:meth:`GaussianDiffusion.attack_std`),
+in model-space units; where ε_t = 0 (the last step) the input is returned unchanged.
+
+Unlike classifier attacks there are no labels and no [0, 1] box: the state is unbounded, so
+torchattacks' input checks, clamp and normalisation hooks are bypassed. What is kept: the model
+runs in eval mode during the attack (see ``set_model_training_mode``) and every module's mode is
+restored afterwards; ``repr``; ``device``. Gradients are taken with respect to the input only
+(also inside a caller's ``torch.no_grad()``); parameters never receive ``.grad``.
+
+Randomness (``generator``): None uses the global RNG, one ``torch.Generator`` draws the whole
+batch, a list of per-sample generators draws row i from generator i only, so a sample's attack
+does not depend on its batch (see :mod:`dmattack.seeding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+from torchattacks.attack import Attack
+
+from ..diffusion import GaussianDiffusion
+from ..seeding import rand_per_sample
+from .losses import LossFn, PredictionGap, make_loss
+
+GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
+RANDOM_DISTS = ("sign", "uniform")
+# torchattacks' classifier-only state, meaningless for chain attacks: left out of repr.
+_REPR_HIDDEN = ("model", "attack", "supported_mode", "attack_mode", "targeted",
+                "normalization_used", "diffusion", "generator", "loss")
+
+
+class ChainAttack(Attack):
+    """Base class: budget, random draws, mode handling and ``repr`` shared by the chain attacks.
+
+    Args:
+        name: attack name shown by ``repr``.
+        model: the ε-model, ``eps = model(x, timesteps)`` (noise units).
+        diffusion: the :class:`GaussianDiffusion` the sampler walks (respaced or not).
+        eps_scale: budget multiplier, ε_t = eps_scale·σ_t.
+        generator: None, one generator, or one generator per sample.
+    """
+
+    def __init__(self, name: str, model: nn.Module, diffusion: GaussianDiffusion,
+                 eps_scale: float = 1.0, generator: GeneratorArg = None) -> None:
+        super().__init__(name, model)
+        if eps_scale < 0:
+            raise ValueError(f"eps_scale must be >= 0, got {eps_scale}")
+        self.diffusion = diffusion
+        self.eps_scale = eps_scale
+        self.generator = generator
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Attack states ``x_t`` (B, …) at indices ``t`` (B,); returns x_adv on ``self.device``."""
+        modes = [(m, m.training) for m in self.model.modules()]
+        self._change_model_mode(self.model.training)
+        try:
+            device = self.device or x_t.device
+            return self.forward(x_t.detach().to(device), t.to(device))
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        budget = self.budget(x_t, t)
+        x_adv = self.perturb(x_t, t, budget)
+        return torch.where(budget > 0, x_adv, x_t).detach()
+
+    def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """The attacked state for budget ε_t (B, 1, …); overridden by each attack."""
+        raise NotImplementedError
+
+    def budget(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """ε_t = eps_scale·√β̃_t per sample, shaped (B, 1, …) to broadcast against ``x_t``."""
+        return self.eps_scale * self.diffusion.attack_std(t, x_t)
+
+    def uniform(self, like: torch.Tensor) -> torch.Tensor:
+        """U[0, 1) noise shaped like ``like``, drawn from ``self.generator``."""
+        g = self.generator
+        if g is None or isinstance(g, torch.Generator):
+            return torch.rand(like.shape, generator=g, device=like.device, dtype=like.dtype)
+        if len(g) != len(like):
+            raise ValueError(f"got {len(g)} per-sample generators for a batch of {len(like)}")
+        return rand_per_sample(like.shape[1:], g, like.device, like.dtype)
+
+    def __repr__(self) -> str:
+        info = {k: v for k, v in vars(self).items()
+                if not k.startswith("_") and k not in _REPR_HIDDEN}
+        if hasattr(self, "loss"):
+            info["loss"] = getattr(self.loss, "__name__", self.loss)
+        info["T"] = self.diffusion.num_timesteps
+        g = self.generator
+        info["generator"] = ("global" if g is None else "shared"
+                             if isinstance(g, torch.Generator) else f"per-sample[{len(g)}]")
+        return f"{self.attack}({', '.join(f'{k}={v}' for k, v in info.items())})"
+
+
+class _GradientChainAttack(ChainAttack):
+    """A chain attack that ascends a loss (:mod:`dmattack.attacks.losses`) by its gradient."""
+
+    def __init__(self, name: str, model: nn.Module, diffusion: GaussianDiffusion,
+                 loss: str | LossFn, eps_scale: float, generator: GeneratorArg) -> None:
+        super().__init__(name, model, diffusion, eps_scale, generator)
+        self.loss = loss
+        self._loss_fn = make_loss(loss, model, diffusion)
+
+    def bound_loss(self, x_t: torch.Tensor, t: torch.Tensor
+                   ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``x_adv -> (B,)`` loss at this step; a built-in loss's clean term is computed once."""
+        fn = self._loss_fn
+        if isinstance(fn, PredictionGap):
+            ref = fn.reference(x_t, t)
+            return lambda x: fn.gap(x, t, ref)
+        return lambda x: fn(x, x_t, t)
+
+    @staticmethod
+    def grad_sign(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                  ) -> torch.Tensor:
+        """sign(∇_x Σ_i loss(x)_i); gradients flow to ``x`` only."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(loss(x).sum(), x)
+        return g.sign()
+
+
+class ChainFGSM(_GradientChainAttack):
+    r"""FGSM with random start on one reverse step (METHOD Algorithm 2).
+
+    u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g). The step has
+    size ε_t and lands on the ball's surface, so no projection is needed (METHOD §6.1).
+    ``project=True`` gives the alternative reading x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
+
+    Args:
+        model: the ε-model. diffusion: the diffusion the sampler walks.
+        loss: ``"mean"`` (METHOD's J_att; weak, see :mod:`~dmattack.attacks.losses`), ``"eps"``,
+            ``"x0"``, or ``loss_fn(x_adv, x_t, t) -> (B,)``.
+        eps_scale: ε_t = eps_scale·√β̃_t. project: see above. generator: see module docstring.
+
+    Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
+
+    Examples::
+        >>> atk = ChainFGSM(model, diffusion, loss="eps")
+        >>> x_adv = atk(x_t, t)
+    """
+
+    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
+                 loss: str | LossFn = "mean", eps_scale: float = 1.0, project: bool = False,
+                 generator: GeneratorArg = None) -> None:
+        super().__init__("ChainFGSM", model, diffusion, loss, eps_scale, generator)
+        self.project = bool(project)
+
+    def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        u = (2 * self.uniform(x_t) - 1) * budget
+        delta = budget * self.grad_sign(self.bound_loss(x_t, t), x_t + u)
+        if self.project:
+            delta = torch.clamp(u + delta, -budget, budget)
+        return x_t + delta
+
+
+class ChainPGD(_GradientChainAttack):
+    r"""PGD with random start on one reverse step (METHOD Algorithm 3; PGD-20 by default).
+
+    δ ~ U(−ε_t, ε_t); ``steps`` times δ ← δ + α·sign(∇_δ J(x_t + δ)) with α = alpha_scale·ε_t,
+    projected onto the ℓ∞ ball ‖δ‖∞ ≤ ε_t after every iteration (``project=True``, the default)
+    or once at the end (``project="end"``, the paper's wording, METHOD §6.2).
+
+    Args:
+        model, diffusion, loss, eps_scale, generator: as :class:`ChainFGSM`.
+        steps: iterations (20). alpha_scale: step size in units of ε_t (1/8 = 2.5/20, Madry).
+        project: ``True`` (every iteration) or ``"end"``.
+
+    Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
+
+    Examples::
+        >>> atk = ChainPGD(model, diffusion, loss="eps", steps=20)
+        >>> x_adv = atk(x_t, t)
+    """
+
+    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
+                 loss: str | LossFn = "mean", eps_scale: float = 1.0, steps: int = 20,
+                 alpha_scale: float = 1 / 8, project: bool | str = True,
+                 generator: GeneratorArg = None) -> None:
+        super().__init__("ChainPGD", model, diffusion, loss, eps_scale, generator)
+        if project is not True and project != "end":
+            raise ValueError(f"PGD project must be True (every iteration) or 'end', "
+                             f"got {project!r}")
+        if steps < 1 or alpha_scale <= 0:
+            raise ValueError(f"PGD needs steps >= 1 and alpha_scale > 0, got {steps}, "
+                             f"{alpha_scale}")
+        self.steps = steps
+        self.alpha_scale = alpha_scale
+        self.project = project
+
+    def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        loss = self.bound_loss(x_t, t)
+        alpha = self.alpha_scale * budget
+        delta = (2 * self.uniform(x_t) - 1) * budget
+        for _ in range(self.steps):
+            delta = delta + alpha * self.grad_sign(loss, x_t + delta)
+            if self.project is True:
+                delta = torch.clamp(delta, -budget, budget)
+        if self.project == "end":
+            delta = torch.clamp(delta, -budget, budget)
+        return x_t + delta
+
+
+class ChainRandom(ChainAttack):
+    """The model-free control at the same budget (no gradient).
+
+    ``dist="sign"``: δ = ε_t·(random ±1 per coordinate), the step FGSM with the ``mean`` loss
+    reduces to (METHOD §11); ``dist="uniform"``: δ ~ U(−ε_t, ε_t). x_adv = x_t + δ.
+
+    Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
+    """
+
+    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion, dist: str = "sign",
+                 eps_scale: float = 1.0, generator: GeneratorArg = None) -> None:
+        super().__init__("ChainRandom", model, diffusion, eps_scale, generator)
+        if dist not in RANDOM_DISTS:
+            raise ValueError(f"unknown random dist {dist!r}; allowed: {', '.join(RANDOM_DISTS)}")
+        self.dist = dist
+
+    def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        u = self.uniform(x_t)
+        unit = torch.where(u < 0.5, -1.0, 1.0).to(u.dtype) if self.dist == "sign" else 2 * u - 1
+        return x_t + budget * unit

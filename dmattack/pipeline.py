@@ -1,0 +1,149 @@
+"""diffusers DDPM pipelines: load one as a :class:`LoadedModel`, export a U-Net run as one.
+
+A pipeline folder has the layout of ``google/ddpm-cifar10-32``: ``model_index.json``, ``unet/``
+(a ``UNet2DModel``) and ``scheduler/`` (a ``DDPMScheduler`` config). Only ε-prediction with a
+fixed variance maps onto :class:`GaussianDiffusion`; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from .diffusion import GaussianDiffusion, beta_schedule
+from .io import provenance, write_json
+from .models import UNetEps
+from .runs import LoadedModel
+
+EXPORT_META = "dmattack.json"
+"""Written beside an exported pipeline: what it came from (dataset, EMA, provenance)."""
+
+# diffusers variance_type -> ours. The *_log forms are the same variances computed in log space.
+_VARIANCES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
+              "fixed_large": "fixed_large", "fixed_large_log": "fixed_large"}
+
+
+def _betas(scheduler: DDPMScheduler) -> np.ndarray:
+    """float64 betas of a DDPMScheduler (diffusers computes them in float32)."""
+    cfg = scheduler.config
+    T = cfg["num_train_timesteps"]
+    if cfg.get("trained_betas") is not None:
+        return np.asarray(cfg["trained_betas"], dtype=np.float64)
+    name = cfg.get("beta_schedule", "linear")
+    if name == "linear":
+        return np.linspace(cfg["beta_start"], cfg["beta_end"], T, dtype=np.float64)
+    if name == "scaled_linear":
+        return np.linspace(cfg["beta_start"] ** 0.5, cfg["beta_end"] ** 0.5, T,
+                           dtype=np.float64) ** 2
+    if name == "squaredcos_cap_v2":
+        return beta_schedule("cosine", T)
+    # other schedules (e.g. sigmoid): take diffusers' own float32 betas
+    return scheduler.betas.double().numpy()
+
+
+def _check_scheduler(cfg: dict[str, Any], where: Path) -> str:
+    """Refuse settings GaussianDiffusion cannot express; returns our variance type."""
+    if cfg.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError(f"{where}: prediction_type {cfg['prediction_type']!r} is not supported "
+                         "(only 'epsilon')")
+    variance = cfg.get("variance_type") or "fixed_small"
+    if variance not in _VARIANCES:
+        raise ValueError(f"{where}: variance_type {variance!r} is not supported (learned "
+                         f"variances are not); allowed: {', '.join(_VARIANCES)}")
+    if cfg.get("thresholding"):
+        raise ValueError(f"{where}: dynamic thresholding is not supported")
+    if cfg.get("rescale_betas_zero_snr"):
+        raise ValueError(f"{where}: rescale_betas_zero_snr is not supported")
+    if cfg.get("clip_sample") and cfg.get("clip_sample_range", 1.0) != 1.0:
+        raise ValueError(f"{where}: clip_sample_range {cfg['clip_sample_range']} is not "
+                         "supported (only 1.0)")
+    return _VARIANCES[variance]
+
+
+def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load a local diffusers DDPM pipeline folder for sampling and attacks, in eval mode.
+
+    The scheduler config sets the diffusion: ``num_train_timesteps``, the betas (``linear``,
+    ``scaled_linear``, ``squaredcos_cap_v2`` recomputed in float64; ``trained_betas`` as given),
+    ``variance_type`` (``fixed_small``/``fixed_large``). ``clip_sample`` is a sampler setting:
+    it is kept in ``config["clip_sample"]`` (``default_protocol`` turns it into
+    ``SamplerConfig.clip_denoised``). Raises a one-line ValueError for a missing folder or file
+    and for settings other than ε-prediction with a fixed variance.
+    """
+    root = Path(path)
+    for need in (root, root / "unet" / "config.json", root / "scheduler" / "scheduler_config.json"):
+        if not need.exists():
+            raise ValueError(f"{root} is not a diffusers DDPM pipeline folder: {need} is missing")
+    try:
+        scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
+        unet = UNet2DModel.from_pretrained(root / "unet")
+    except (OSError, RuntimeError, ValueError, TypeError) as e:
+        raise ValueError(f"{root}: cannot load the pipeline: {str(e).splitlines()[0]}") from None
+    sched_cfg = dict(scheduler.config)
+    variance = _check_scheduler(sched_cfg, root / "scheduler")
+    if unet.config.out_channels != unet.config.in_channels:
+        raise ValueError(f"{root / 'unet'}: out_channels {unet.config.out_channels} != "
+                         f"in_channels {unet.config.in_channels} (learned variance is not "
+                         "supported)")
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    meta_path = root / EXPORT_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return LoadedModel(
+        model=UNetEps(unet).to(device).eval(),
+        diffusion=GaussianDiffusion(_betas(scheduler), variance_type=variance),
+        data_shape=(unet.config.in_channels, h, w),
+        source=str(root.resolve()),
+        dataset=meta.get("dataset"),
+        ema=meta.get("ema", False),
+        config={"kind": "diffusers-pipeline", "clip_sample": bool(sched_cfg["clip_sample"]),
+                "scheduler": sched_cfg, "exported_from": meta.get("source")},
+    )
+
+
+def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
+    """Write ``loaded`` (a U-Net model) as a diffusers ``DDPMPipeline`` folder, atomically.
+
+    The scheduler gets the exact betas (``trained_betas``, float64 in the JSON), our variance
+    type and ``clip_sample`` from ``loaded.config`` (False unless set). ``dmattack.json`` beside
+    it records the source run, dataset, EMA and provenance. Vector (MLP) models and respaced
+    diffusions raise a one-line ValueError.
+    """
+    if not isinstance(loaded.model, UNetEps):
+        raise ValueError(f"cannot export {type(loaded.model).__name__} from {loaded.source}: "
+                         "diffusers has no pipeline for vector data (only U-Net models export)")
+    d = loaded.diffusion
+    if not np.array_equal(d.timestep_map, np.arange(d.num_timesteps)):
+        raise ValueError("cannot export a respaced diffusion; export the full training schedule")
+    scheduler = DDPMScheduler(
+        num_train_timesteps=d.num_timesteps,
+        trained_betas=d.betas.tolist(),
+        variance_type=d.variance_type,
+        clip_sample=bool(loaded.config.get("clip_sample", False)),
+        prediction_type="epsilon",
+    )
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    old = out.with_name(f".{out.name}.old")
+    try:
+        DDPMPipeline(unet=loaded.model.unet, scheduler=scheduler).save_pretrained(tmp)
+        write_json(tmp / EXPORT_META, {
+            "source": loaded.source, "dataset": loaded.dataset, "ema": loaded.ema,
+            "data_shape": list(loaded.data_shape), **provenance()})
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        for leftover in (tmp, old):
+            if leftover.exists():
+                shutil.rmtree(leftover)
+    return out

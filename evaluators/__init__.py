@@ -1,0 +1,209 @@
+"""One entry point for all sample-quality metrics: :func:`evaluate`.
+
+Non-finite policy: sample rows with any NaN/±inf are dropped, every metric is computed on the
+finite rows, and ``protocol["num_nonfinite"]`` says how many were dropped. If no row is finite,
+every requested metric value is None (nothing is computed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch_fidelity
+
+from dmattack.io import atomic_path
+
+from . import exact
+from .errors import MetricError
+from .fidelity import IMAGE_METRICS, image_metrics
+from .memorization import THRESHOLDS, memorization
+
+__all__ = ["METRICS", "MetricError", "evaluate", "metric_labels"]
+
+METRICS = ("fid", "is", "kid", "fd-exact", "subspace", "plane", "loglik", "memorization",
+           "variance-ratio")
+TRUTH_NEEDS = {"fd-exact": ("mean", "covariance"), "subspace": ("mean", "basis"),
+               "plane": ("normal",), "loglik": ("means", "std")}
+
+
+def _is_image(shape: tuple[int, ...]) -> bool:
+    """Per-sample shape (C, H, W) with C in {1, 3}."""
+    return len(shape) == 3 and shape[0] in (1, 3)
+
+
+def _is_digits(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 3 and shape[0] == 1 and shape[1] == shape[2] and shape[1] in (8, 16)
+
+
+def metric_labels(metric: str, extractor: str | None = None, space: str | None = None) -> list[str]:
+    """Result keys that ``metric`` produces (``extractor`` for fid/is/kid, ``space`` for
+    memorization)."""
+    suffix = "" if extractor == "inception" else f" ({extractor})"
+    return {
+        "fid": [f"FID{suffix}"],
+        "is": [f"IS{suffix}", f"IS std{suffix}"],
+        "kid": [f"KID{suffix}", f"KID std{suffix}"],
+        "fd-exact": ["FD (exact)"],
+        "subspace": ["subspace error", "subspace PSNR (dB)"],
+        "plane": ["plane distance"],
+        "loglik": ["loglik (nats)"],
+        "memorization": [f"memorization >{t} ({space})" for t in THRESHOLDS]
+                        + [f"memorization mean max-sim ({space})"],
+        "variance-ratio": ["variance ratio"],
+    }[metric]
+
+
+def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_set: Any,
+           out_dir: Any) -> None:
+    """One-line ValueError for an unknown metric or one impossible for these inputs."""
+    for m in metrics:
+        if m not in METRICS:
+            raise ValueError(f"unknown metric {m!r}; allowed: {', '.join(METRICS)}")
+        if m in IMAGE_METRICS and not _is_image(shape):
+            raise ValueError(f"{m} needs images (N, C, H, W) with C in {{1, 3}}; samples are "
+                             f"(N, {', '.join(map(str, shape))})")
+        missing = [a for a in TRUTH_NEEDS.get(m, ()) if not hasattr(truth, a)]
+        if missing:
+            raise ValueError(f"{m} needs truth with attribute(s) {', '.join(missing)}")
+        if m == "memorization" and (train_set is None or out_dir is None):
+            raise ValueError("memorization needs train_set and out_dir (for its histogram)")
+
+
+def _resolve(name: str, allowed: tuple[str, ...], auto: str) -> str:
+    """``auto`` → ``auto``'s pick; otherwise ``name`` if allowed, else a one-line ValueError."""
+    if name == "auto":
+        return auto
+    if name not in allowed:
+        raise ValueError(f"unknown feature space {name!r}; allowed: auto, {', '.join(allowed)}")
+    return name
+
+
+def _finite_float(v: float | None) -> float | None:
+    """JSON-safe value: non-finite or missing → None."""
+    return float(v) if v is not None and np.isfinite(v) else None
+
+
+def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str, ...] | list[str],
+             *, truth: Any = None, feature_extractor: str = "auto",
+             inception_weights: str | os.PathLike | None = None,
+             cache_dir: str | os.PathLike | None = None, reference_name: str = "reference",
+             protocol: dict[str, Any] | None = None, train_set: torch.Tensor | None = None,
+             out_dir: str | os.PathLike | None = None, memorization_space: str = "auto",
+             dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Evaluate generated ``samples`` with the requested ``metrics``.
+
+    Args:
+        samples: (N, *shape) model-space samples ([-1, 1] for images; may contain non-finite
+            rows, see the module docstring).
+        reference: (N_ref, *shape) clean reference data (finite), for FID/KID and the variance
+            ratio.
+        metrics: names from :data:`METRICS`.
+        truth: known distribution, duck-typed: ``mean`` (d,), ``covariance()`` (d, d), and as
+            needed ``basis`` (d, k) orthonormal, ``normal`` (d,) [+ ``offset``], ``means`` (K, d)
+            and ``std`` (isotropic mixture).
+        feature_extractor: ``auto`` (``digits-cnn`` for 1×8×8 / 1×16×16 images, else
+            ``inception``), ``digits-cnn`` or ``inception``; for fid/is/kid.
+        inception_weights: local Inception weights file (default torch-fidelity's cache copy).
+        cache_dir: reference-statistics cache (default ``$DMATTACK_CACHE`` or
+            ``~/.cache/dmattack``).
+        protocol: caller's provenance (sampler, steps, EMA, ...), merged into ``protocol``.
+        train_set: (M, *shape) training data for memorization; out_dir receives its files.
+        memorization_space: ``auto`` (digits-cnn for digit images, pixels for non-images,
+            else inception), ``pixels``, ``digits-cnn``, ``inception`` or ``dinov2``.
+        dinov2_dir: local facebookresearch/dinov2 checkout for ``dinov2``.
+    Returns:
+        ``{label: float | None, ..., "protocol": {...}}``, JSON-able; labels from
+        :func:`metric_labels`, e.g. ``"FID (digits-cnn)"`` or ``"FID"`` (Inception).
+    """
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    samples, reference = torch.as_tensor(samples), torch.as_tensor(reference)
+    shape = tuple(samples.shape[1:])
+    _check(metrics, shape, truth, train_set, out_dir)
+    if tuple(reference.shape[1:]) != shape:
+        raise ValueError(f"samples (N, {shape}) and reference (N, {tuple(reference.shape[1:])}) "
+                         f"shapes differ")
+    if not torch.isfinite(reference).all():
+        raise ValueError("reference contains non-finite values")
+    extractor = _resolve(feature_extractor, ("digits-cnn", "inception"),
+                         "digits-cnn" if _is_digits(shape) else "inception")
+    space = _resolve(memorization_space, ("pixels", "digits-cnn", "inception", "dinov2"),
+                     "digits-cnn" if _is_digits(shape)
+                     else "inception" if _is_image(shape) else "pixels")
+    good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
+    requested_images = tuple(m for m in IMAGE_METRICS if m in metrics)
+    info: dict[str, Any] = {
+        "metrics": list(metrics),
+        "num_samples": len(samples),
+        "num_nonfinite": len(samples) - len(good),
+        "num_evaluated": len(good),
+        "nonfinite_policy": "rows with NaN/inf dropped; metrics on the finite rows",
+        "reference": reference_name,
+        "num_reference": len(reference),
+        "torch_fidelity_version": torch_fidelity.__version__,
+        "feature_extractor": extractor if requested_images else None,
+        "feature_extractor_weights_sha256": None,
+    }
+    values: dict[str, float | None] = {}
+    if len(good) == 0:
+        for m in metrics:
+            values.update(dict.fromkeys(metric_labels(m, extractor, space)))
+    else:
+        if requested_images:
+            image_values, image_info = image_metrics(
+                good, reference, requested_images, extractor=extractor,
+                weights=inception_weights if extractor == "inception" else None,
+                cache_dir=cache_dir, reference_name=reference_name)
+            values.update(image_values)
+            info.update(image_info)
+        values.update(_exact_metrics(good, reference, metrics, truth))
+        if "memorization" in metrics:
+            values.update(_memorization(good, train_set, space, out_dir, info,
+                                        weights={"inception": inception_weights,
+                                                 "dinov2": dinov2_dir}.get(space)))
+    values = {k: _finite_float(v) for k, v in values.items()}
+    clash = set(protocol or {}) & set(info)
+    if clash:
+        raise ValueError(f"protocol keys {sorted(clash)} are reserved by evaluate")
+    return {**values, "protocol": {**(protocol or {}), **info}}
+
+
+def _exact_metrics(x: torch.Tensor, reference: torch.Tensor, metrics: tuple[str, ...],
+                   truth: Any) -> dict[str, float]:
+    """Truth-based metrics and the variance ratio on the finite samples ``x`` (N, *shape)."""
+    out: dict[str, float] = {}
+    if "fd-exact" in metrics:
+        out["FD (exact)"] = exact.frechet_to_gaussian(x, truth.mean, truth.covariance())
+    if "subspace" in metrics:
+        out["subspace error"] = exact.subspace_error(x, truth.mean, truth.basis)
+        out["subspace PSNR (dB)"] = exact.subspace_psnr(x, truth.mean, truth.basis)
+    if "plane" in metrics:
+        out["plane distance"] = exact.plane_distance(x, truth.normal,
+                                                     float(getattr(truth, "offset", 0.0)))
+    if "loglik" in metrics:
+        out["loglik (nats)"] = exact.mixture_loglik(x, truth.means, float(truth.std))
+    if "variance-ratio" in metrics:
+        out["variance ratio"] = exact.variance_ratio(x, reference)
+    return out
+
+
+def _memorization(x: torch.Tensor, train_set: torch.Tensor, space: str,
+                  out_dir: str | os.PathLike, info: dict[str, Any],
+                  weights: str | os.PathLike | None) -> dict[str, float]:
+    """Run :func:`memorization`, save the per-sample maxima (.npy) and histogram (.png) in
+    ``out_dir``, record the files in ``info["memorization"]``; return the summary values."""
+    out_dir = Path(out_dir)
+    res = memorization(x, torch.as_tensor(train_set), space=space, weights=weights,
+                       histogram_path=out_dir / f"memorization_{space}.png")
+    npy = out_dir / f"memorization_{space}.npy"
+    with atomic_path(npy) as tmp:
+        np.save(tmp, res["max_similarity"], allow_pickle=False)
+    info["memorization"] = {"space": space, "weights_sha256": res["weights_sha256"],
+                            "num_train": len(train_set), "histogram": res["histogram"],
+                            "max_similarity_file": str(npy)}
+    labels = metric_labels("memorization", space=space)
+    return dict(zip(labels, [res[f"frac_above_{t}"] for t in THRESHOLDS]
+                    + [res["mean_max_similarity"]], strict=True))

@@ -1,0 +1,8 @@
+"""Errors raised by the evaluators."""
+
+
+class MetricError(RuntimeError):
+    """A metric cannot be computed in this environment (e.g. missing feature-extractor weights).
+
+    The message is always a single line saying what is missing and how to provide it.
+    """

@@ -1,0 +1,117 @@
+"""FID / IS / KID through ``torch_fidelity.calculate_metrics`` on in-memory images.
+
+Reference features and FID statistics are cached by torch-fidelity under
+``<cache_dir>/torch-fidelity`` with an entry name derived from a hash of everything that changes
+them (reference pixels and shape, reference description, extractor, weights hash,
+torch-fidelity version), so a new reference or extractor gets a new entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch_fidelity
+
+from .extractors import BATCH_SIZE, EXTRACTORS, resolve_weights, weights_sha256
+from .images import UInt8Images, to_uint8
+
+IMAGE_METRICS = ("fid", "is", "kid")
+KID_SUBSET_SIZE = 1000
+ISC_SPLITS = 10
+CACHE_SCHEMA = "dmattack-ref-v1"
+
+
+def default_cache_dir() -> Path:
+    """``$DMATTACK_CACHE`` if set, else ``~/.cache/dmattack``."""
+    return Path(os.environ.get("DMATTACK_CACHE") or Path.home() / ".cache" / "dmattack")
+
+
+def reference_key(reference_u8: torch.Tensor, reference_name: str, extractor: str,
+                  weights_hash: str) -> str:
+    """Cache entry name: sha256 over the uint8 reference (bytes and shape), its description,
+    the extractor name, its weights hash and the torch-fidelity version."""
+    h = hashlib.sha256()
+    for part in (CACHE_SCHEMA, reference_name, extractor, weights_hash,
+                 torch_fidelity.__version__, str(tuple(reference_u8.shape))):
+        h.update(part.encode() + b"\0")
+    h.update(reference_u8.contiguous().numpy().tobytes())
+    return f"ref-{h.hexdigest()[:32]}"
+
+
+def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str, ...], *,
+                  extractor: str, weights: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None,
+                  reference_name: str = "reference") -> tuple[dict[str, float], dict[str, Any]]:
+    """FID / IS / KID of ``samples`` against ``reference`` with one feature extractor.
+
+    Args:
+        samples: (N, C, H, W) finite model-space images in [-1, 1], C in {1, 3}.
+        reference: (N_ref, C, H, W) clean reference images, same layout (unused for IS only).
+        metrics: subset of ``("fid", "is", "kid")``.
+        extractor: ``"digits-cnn"`` or ``"inception"``.
+        weights: weights file; default the shipped digits-cnn file or torch-fidelity's cached
+            Inception file. Missing weights raise :class:`MetricError` before torch-fidelity runs.
+    Returns:
+        ``(values, provenance)``. Labels: ``FID``, ``IS``, ``IS std``, ``KID``, ``KID std`` for
+        Inception; the same with `` (digits-cnn)`` appended for the digits CNN. Every sample is
+        used: torch-fidelity's loader keeps the last partial batch, and the KID subset size is
+        ``min(1000, N, N_ref)``.
+    """
+    unknown = set(metrics) - set(IMAGE_METRICS)
+    if unknown or not metrics:
+        raise ValueError(f"image metrics must be a non-empty subset of {IMAGE_METRICS}, "
+                         f"got {tuple(metrics)}")
+    weights_path = resolve_weights(extractor, weights)
+    weights_hash = weights_sha256(weights_path)
+    fe_name = EXTRACTORS[extractor]
+    samples_u8 = to_uint8(samples)
+    n = len(samples_u8)
+    binary = "fid" in metrics or "kid" in metrics
+    kwargs: dict[str, Any] = dict(
+        input1=UInt8Images(samples_u8), fid="fid" in metrics, isc="is" in metrics,
+        kid="kid" in metrics, feature_extractor=fe_name,
+        feature_extractor_weights_path=str(weights_path), batch_size=BATCH_SIZE[extractor],
+        cuda=torch.cuda.is_available(), save_cpu_ram=True, verbose=False,
+        isc_splits=min(ISC_SPLITS, n))
+    provenance: dict[str, Any] = {
+        "torch_fidelity_version": torch_fidelity.__version__,
+        "feature_extractor": extractor,
+        "feature_extractor_weights": str(weights_path),
+        "feature_extractor_weights_sha256": weights_hash,
+        "image_metrics_num_samples": n,
+    }
+    if "is" in metrics:
+        provenance["isc_splits"] = kwargs["isc_splits"]
+    if binary:
+        reference_u8 = to_uint8(reference)
+        if reference_u8.shape[1:] != samples_u8.shape[1:]:
+            raise ValueError(f"samples {tuple(samples_u8.shape[1:])} and reference "
+                             f"{tuple(reference_u8.shape[1:])} image shapes differ")
+        key = reference_key(reference_u8, reference_name, fe_name, weights_hash)
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        kwargs.update(input2=UInt8Images(reference_u8), input2_cache_name=key, cache=True,
+                      cache_root=str(root / "torch-fidelity"))
+        provenance.update(reference_cache_key=key, reference_cache_dir=kwargs["cache_root"],
+                          num_reference=len(reference_u8))
+    if "kid" in metrics:
+        kwargs["kid_subset_size"] = min(KID_SUBSET_SIZE, n, len(reference_u8))
+        provenance["kid_subset_size"] = kwargs["kid_subset_size"]
+    raw = torch_fidelity.calculate_metrics(**kwargs)
+    return _label(raw, extractor), provenance
+
+
+def _label(raw: dict[str, float], extractor: str) -> dict[str, float]:
+    """Rename torch-fidelity's keys to report labels (suffix names the non-Inception extractor)."""
+    suffix = "" if extractor == "inception" else f" ({extractor})"
+    names = {
+        "frechet_inception_distance": "FID",
+        "inception_score_mean": "IS",
+        "inception_score_std": "IS std",
+        "kernel_inception_distance_mean": "KID",
+        "kernel_inception_distance_std": "KID std",
+    }
+    return {names[k] + suffix: float(v) for k, v in raw.items()}

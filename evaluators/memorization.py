@@ -1,0 +1,145 @@
+"""Memorisation (Somepalli et al.): for each generated sample, the max cosine similarity to the
+training set in a feature space, the fractions above 0.9 / 0.95, and the histogram (METHOD §8).
+
+Feature spaces:
+- ``pixels``: flattened model-space values minus the training-set per-pixel mean (centring
+  keeps a shared background from making every pair similar);
+- ``digits-cnn``: the 64-D penultimate layer of the shipped digits CNN;
+- ``inception``: torch-fidelity's Inception pool3 (2048-D); needs the weights file;
+- ``dinov2``: DINOv2 ViT-B/14 CLS embedding from a local torch-hub copy (never downloaded).
+A zero feature vector has similarity 0 to everything. Non-finite samples are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+from dmattack.io import atomic_path
+
+from .errors import MetricError
+from .extractors import extract_features, resolve_weights, weights_sha256
+from .images import to_uint8
+
+SPACES = ("pixels", "digits-cnn", "inception", "dinov2")
+THRESHOLDS = (0.9, 0.95)
+DINOV2_MODEL = "dinov2_vitb14"
+DINOV2_URL = f"https://dl.fbaipublicfiles.com/dinov2/{DINOV2_MODEL}/{DINOV2_MODEL}_pretrain.pth"
+
+
+def max_cosine_similarity(queries: torch.Tensor, keys: torch.Tensor, query_batch: int = 1024,
+                          key_batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row (N, D), the max cosine similarity to the key rows (M, D) and the
+    index of that key. Blocks of query_batch × key_batch, never the full N × M matrix."""
+    q = torch.nn.functional.normalize(queries.double(), dim=1)
+    k = torch.nn.functional.normalize(keys.double(), dim=1)
+    best = torch.full((len(q),), -torch.inf, dtype=torch.float64)
+    index = torch.zeros(len(q), dtype=torch.long)
+    for qs in range(0, len(q), query_batch):
+        qb = q[qs:qs + query_batch]
+        for ks in range(0, len(k), key_batch):
+            sim, arg = (qb @ k[ks:ks + key_batch].T).max(dim=1)
+            better = sim > best[qs:qs + query_batch]
+            best[qs:qs + query_batch][better] = sim[better]
+            index[qs:qs + query_batch][better] = arg[better] + ks
+    return best, index
+
+
+def _dinov2_features(images: torch.Tensor, repo: str | os.PathLike | None) -> tuple[torch.Tensor,
+                                                                                   Path]:
+    """(N, C, H, W) model-space images → (N, 768) DINOv2 embeddings, and the weights file used.
+
+    ``repo``: a local copy of facebookresearch/dinov2 (with hubconf.py); default the torch-hub
+    cache copy. The weights must already be in torch-hub's checkpoints folder.
+    """
+    hub = Path(torch.hub.get_dir())
+    repo = Path(repo) if repo is not None else hub / "facebookresearch_dinov2_main"
+    ckpt = hub / "checkpoints" / os.path.basename(DINOV2_URL)
+    if not (repo / "hubconf.py").is_file() or not ckpt.is_file():
+        raise MetricError(f"DINOv2 needs a local facebookresearch/dinov2 checkout (hubconf.py; "
+                          f"looked in {repo}, pass --dinov2 DIR) and {DINOV2_URL} at {ckpt}")
+    model = torch.hub.load(str(repo), DINOV2_MODEL, source="local").eval()
+    x = interpolate_bilinear_2d_like_tensorflow1x(to_uint8(images).float(), size=(224, 224),
+                                                  align_corners=False)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+    with torch.no_grad():
+        feats = torch.cat([model(b) for b in ((x - mean) / std).split(64)])
+    return feats, ckpt
+
+
+def features(x: torch.Tensor, space: str, train_mean: torch.Tensor,
+             weights: str | os.PathLike | None) -> tuple[torch.Tensor, Path | None]:
+    """Rows of ``x`` (N, *shape) in ``space`` → ((N, D) features, weights file or None)."""
+    if space == "pixels":
+        return x.reshape(len(x), -1).double() - train_mean, None
+    if space == "dinov2":
+        return _dinov2_features(x, weights)
+    path = resolve_weights(space, weights)
+    return extract_features(x, space, path), path
+
+
+def write_histogram(values: np.ndarray, path: str | os.PathLike, title: str) -> Path:
+    """Histogram of max similarities in [-1, 1] with the thresholds marked; atomic PNG write."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.subplots()
+    ax.hist(values, bins=100, range=(min(0.0, float(values.min())), 1.0))
+    for t in THRESHOLDS:
+        ax.axvline(t, color="k", ls="--", lw=0.8)
+    ax.set(xlabel="max cosine similarity to training set", ylabel="samples", title=title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    return Path(path)
+
+
+def memorization(samples: torch.Tensor, train_set: torch.Tensor, *, space: str = "pixels",
+                 weights: str | os.PathLike | None = None,
+                 histogram_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Max cosine similarity of every finite sample to ``train_set`` in ``space``.
+
+    Args:
+        samples: (N, *shape) model-space samples; images (N, C, H, W) for the network spaces.
+        train_set: (M, *shape) training data, same shape.
+        weights: weights file (digits-cnn, inception) or local DINOv2 hub directory.
+        histogram_path: where to write the PNG histogram (atomic); None writes nothing.
+    Returns:
+        ``max_similarity`` (N_finite,) float64, ``nearest_index`` (N_finite,) int64 into
+        ``train_set``, ``frac_above_0.9``, ``frac_above_0.95`` (in [0, 1]), ``mean_max_similarity``,
+        ``num_nonfinite``, ``space``, ``weights_sha256`` (None for pixels), ``histogram``.
+    """
+    if space not in SPACES:
+        raise ValueError(f"unknown memorization space {space!r}; allowed: {', '.join(SPACES)}")
+    samples, train_set = torch.as_tensor(samples), torch.as_tensor(train_set)
+    if samples.shape[1:] != train_set.shape[1:]:
+        raise ValueError(f"samples {tuple(samples.shape[1:])} and training set "
+                         f"{tuple(train_set.shape[1:])} shapes differ")
+    good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
+    num_nonfinite = len(samples) - len(good)
+    if len(good) == 0:
+        raise ValueError("need at least 1 finite sample, got 0")
+    train_mean = train_set.reshape(len(train_set), -1).double().mean(0)
+    q, path = features(good, space, train_mean, weights)
+    k, _ = features(train_set, space, train_mean, weights)
+    best, index = max_cosine_similarity(q, k)
+    values = best.numpy()
+    out: dict[str, Any] = {
+        "max_similarity": values,
+        "nearest_index": index.numpy(),
+        **{f"frac_above_{t}": float((values > t).mean()) for t in THRESHOLDS},
+        "mean_max_similarity": float(values.mean()),
+        "num_nonfinite": num_nonfinite,
+        "space": space,
+        "weights_sha256": weights_sha256(path) if path is not None else None,
+        "histogram": None,
+    }
+    if histogram_path is not None:
+        out["histogram"] = str(write_histogram(values, histogram_path,
+                                               f"memorization ({space}, N={len(values)})"))
+    return out

@@ -1,0 +1,315 @@
+"""Reverse-chain attacks: budgets, losses, schedule, paired randomness, torchattacks behaviour."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dmattack.attacks import (
+    AttackSpec,
+    ChainFGSM,
+    ChainPGD,
+    ChainRandom,
+    PredictionGap,
+    attacked_steps,
+    make_hook_factory,
+)
+from dmattack.diffusion import GaussianDiffusion, respace
+from dmattack.models import build_model
+from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
+from dmattack.seeding import ATTACK, generators, sample_seeds
+
+DIM = 8
+K = 20
+SAMPLER = SamplerConfig("respaced", K)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("mlp-small", (DIM,)).eval()
+
+
+@pytest.fixture(scope="module")
+def diffusion():
+    return GaussianDiffusion.from_schedule("linear", 1000)
+
+
+@pytest.fixture(scope="module")
+def sd(diffusion):
+    return respace(diffusion, K)
+
+
+def state(n=32, seed=0):
+    return torch.randn(n, DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def gens(n, seed=7):
+    return [torch.Generator().manual_seed(seed + i) for i in range(n)]
+
+
+def all_attacks(model, sd):
+    return {
+        "fgsm": ChainFGSM(model, sd, loss="eps"),
+        "fgsm-proj": ChainFGSM(model, sd, loss="eps", project=True),
+        "pgd": ChainPGD(model, sd, loss="eps", steps=5),
+        "pgd-end": ChainPGD(model, sd, loss="eps", steps=5, project="end"),
+        "random-sign": ChainRandom(model, sd),
+        "random-uniform": ChainRandom(model, sd, dist="uniform"),
+    }
+
+
+# ----------------------------------------------------------------------------- budgets
+@pytest.mark.parametrize("name", ["fgsm", "fgsm-proj", "pgd", "pgd-end", "random-sign",
+                                  "random-uniform"])
+def test_perturbation_stays_in_ball_at_every_step(model, diffusion, sd, name):
+    atk = all_attacks(model, sd)[name]
+    radii = []
+
+    def hook(x, t, step):
+        x_adv = atk(x, t)
+        delta = (x_adv - x).abs().amax(dim=1)
+        budget = sd.attack_std(t, x).flatten()
+        assert (delta <= budget * (1 + 1e-5) + 1e-6).all(), (name, step)
+        radii.append((delta / budget.clamp(min=1e-12)).mean().item())
+        if t[0] == 0:
+            assert torch.equal(x_adv, x)  # σ = 0 at the last step: unchanged
+        return x_adv
+
+    with torch.no_grad():
+        sample(model, diffusion, (DIM,), sample_seeds(0, 8), SAMPLER, hook=hook)
+    assert len(radii) == K
+    assert min(radii[:-1]) > 0.3  # the attack uses its budget
+
+
+def test_fgsm_steps_onto_the_sphere_and_sign_step(model, sd):
+    x, t = state(), torch.full((32,), 9)
+    budget = sd.attack_std(t, x)
+    d = ChainFGSM(model, sd, loss="eps")(x, t) - x
+    torch.testing.assert_close(d.abs(), budget.expand_as(d), rtol=1e-5, atol=1e-6)
+    d = ChainRandom(model, sd)(x, t) - x
+    torch.testing.assert_close(d.abs(), budget.expand_as(d), rtol=1e-5, atol=1e-6)
+
+
+def test_eps_scale_scales_the_budget(model, sd):
+    x, t = state(), torch.full((32,), 5)
+    d = ChainRandom(model, sd, eps_scale=0.5)(x, t) - x
+    torch.testing.assert_close(d.abs(), 0.5 * sd.attack_std(t, x).expand_as(d), rtol=1e-5,
+                               atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- losses
+@pytest.mark.parametrize("loss", ["mean", "eps", "x0"])
+def test_attacks_raise_the_loss(model, sd, loss):
+    x = state(64)
+    fn = PredictionGap(loss, model, sd)
+    for t_int in (15, 8, 2):
+        t = torch.full((64,), t_int)
+        budget = sd.attack_std(t, x)
+        start = x + (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) - 1) \
+            * budget
+        l_start = fn(start, x, t)
+        l_fgsm = fn(ChainFGSM(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t),
+                    x, t)
+        l_pgd = fn(ChainPGD(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t),
+                   x, t)
+        l_rand = fn(ChainRandom(model, sd, generator=torch.Generator().manual_seed(4))(x, t),
+                    x, t)
+        assert l_fgsm.mean() > l_start.mean()
+        assert l_pgd.mean() > l_start.mean()
+        assert l_pgd.mean() >= l_fgsm.mean() * (1 - 1e-3)
+        if loss == "eps":
+            assert l_pgd.mean() > 1.5 * l_rand.mean()
+            assert l_fgsm.mean() > l_rand.mean()
+
+
+def test_user_loss_fn_is_used(model, sd):
+    calls = []
+
+    def toward_plus(x_adv, x_t, t):
+        calls.append(model.training)
+        return x_adv.sum(dim=1)
+
+    x, t = state(), torch.full((32,), 9)
+    for atk in (ChainFGSM(model, sd, loss=toward_plus), ChainPGD(model, sd, loss=toward_plus)):
+        d = atk(x, t) - x
+        torch.testing.assert_close(d, sd.attack_std(t, x).expand_as(d), rtol=1e-5, atol=1e-6)
+    assert len(calls) == 1 + 20 and not any(calls)
+    assert "loss=toward_plus" in repr(ChainPGD(model, sd, loss=toward_plus))
+
+
+# ----------------------------------------------------------------------------- torchattacks
+def test_model_mode_gradients_and_repr():
+    torch.manual_seed(0)
+    net = build_model("mlp-small", (DIM,), dropout=0.1)
+    sd = respace(GaussianDiffusion.from_schedule(), K)
+    seen = []
+    x, t = state(), torch.full((32,), 9)
+
+    def probe(x_adv, x_t, t):
+        seen.append(net.training)
+        return net(x_adv, t).pow(2).sum(1)
+
+    net.train()
+    with torch.no_grad():  # the attack takes its own gradients
+        x_adv = ChainPGD(net, sd, loss=probe, steps=2)(x, t)
+    assert not any(seen) and net.training and all(m.training for m in net.modules())
+    assert not torch.equal(x_adv, x)
+    assert all(p.grad is None for p in net.parameters())
+
+    net.eval()
+    atk = ChainFGSM(net, sd, loss=probe)
+    atk.set_model_training_mode(model_training=True)
+    seen.clear()
+    atk(x, t)
+    assert seen == [True] and not any(m.training for m in net.modules())
+
+    text = repr(ChainPGD(net, sd, loss="eps", steps=20, project="end"))
+    for part in ("ChainPGD(", "model_name=MLPEps", "loss=eps", "steps=20", "alpha_scale=0.125",
+                 "project=end", "eps_scale=1.0", "T=20"):
+        assert part in text
+    assert "ChainFGSM(" in repr(ChainFGSM(net, sd)) and "dist=sign" in repr(ChainRandom(net, sd))
+
+
+def test_invalid_arguments(model, sd):
+    with pytest.raises(ValueError, match="unknown attack loss 'l2'"):
+        ChainFGSM(model, sd, loss="l2")
+    with pytest.raises(ValueError, match="project"):
+        ChainPGD(model, sd, project=False)
+    with pytest.raises(ValueError, match="dist"):
+        ChainRandom(model, sd, dist="gauss")
+    with pytest.raises(ValueError, match="per-sample generators"):
+        ChainRandom(model, sd, generator=gens(3))(state(4), torch.full((4,), 3))
+
+
+def test_per_sample_generators_make_rows_independent(model, sd):
+    x, t = state(8), torch.full((8,), 12)
+    for make in (lambda g: ChainPGD(model, sd, "eps", steps=3, generator=g),
+                 lambda g: ChainRandom(model, sd, generator=g)):
+        full = make(gens(8))(x, t)
+        part = make(gens(3))(x[:3], t[:3])
+        torch.testing.assert_close(full[:3], part, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- schedule
+@pytest.mark.parametrize("num_steps", [10, 20, 37, 1000])
+@pytest.mark.parametrize("window", ["first", "last", "spread"])
+def test_attacked_step_count_and_window(num_steps, window):
+    for percent in (0, 10, 25, 50, 75, 100):
+        steps = attacked_steps(num_steps, percent, window)
+        count = int(percent / 100 * num_steps + 0.5)
+        assert len(steps) == count == len(set(steps)) and steps == sorted(steps)
+        assert all(0 <= s < num_steps for s in steps)
+        if window == "first":
+            assert steps == list(range(count))
+        elif window == "last":
+            assert steps == list(range(num_steps - count, num_steps))
+        elif count:
+            gaps = {b - a for a, b in zip(steps, steps[1:], strict=False)}
+            assert max(gaps, default=0) - min(gaps, default=0) <= 1  # evenly strided
+    assert attacked_steps(20, 100, window) == list(range(20))
+
+
+def test_spread_indices():
+    assert attacked_steps(20, 25, "spread") == [2, 6, 10, 14, 18]
+    assert attacked_steps(10, 50, "spread") == [1, 3, 5, 7, 9]
+
+
+def test_schedule_validation():
+    with pytest.raises(ValueError, match=r"\[0, 100\], got 101"):
+        attacked_steps(10, 101)
+    with pytest.raises(ValueError, match="'middle'; allowed: spread, first, last"):
+        attacked_steps(10, 50, "middle")
+    with pytest.raises(ValueError, match="unknown attack method"):
+        AttackSpec("cw", 50)
+    with pytest.raises(ValueError, match="project"):
+        AttackSpec("fgsm", 50, project="end")
+
+
+def test_spec_labels():
+    assert AttackSpec("pgd", 50).describe() == "pgd20-mean-spread-50%"
+    assert AttackSpec("fgsm", 25, "last", "eps").describe() == "fgsm-eps-last-25%"
+    assert AttackSpec("random", 75).describe(with_percent=False) == "random-sign-spread"
+    assert AttackSpec("pgd", 50, project="end", eps_scale=2).describe() == \
+        "pgd20-mean-spread-50%-projend-x2"
+    d = AttackSpec("pgd", 50, loss="x0").to_dict()
+    assert d["label"] == "pgd20-x0-spread-50%" and d["pgd_steps"] == 20
+
+
+# ----------------------------------------------------------------------------- paired sampling
+def run(model, diffusion, spec, seeds, batch_size):
+    sd = sampling_diffusion(diffusion, SAMPLER)
+    factory = None if spec is None else make_hook_factory(spec, model, sd, K)
+    with torch.no_grad():
+        return sample_batched(model, diffusion, (DIM,), seeds, batch_size, SAMPLER, factory)
+
+
+def test_zero_percent_is_the_clean_run_bit_for_bit(model, diffusion):
+    seeds = sample_seeds(1, 12)
+    clean = run(model, diffusion, None, seeds, 12)
+    for window in ("first", "last", "spread"):
+        assert torch.equal(run(model, diffusion, AttackSpec("pgd", 0, window), seeds, 12), clean)
+
+
+@pytest.mark.parametrize("window", ["first", "last", "spread"])
+def test_hook_attacks_exactly_the_scheduled_steps(model, diffusion, sd, window):
+    spec = AttackSpec("random", 25, window)
+    factory = make_hook_factory(spec, model, sd, K)
+    changed = []
+
+    def counting(seeds):
+        hook = factory(seeds)
+
+        def wrapped(x, t, step):
+            out = hook(x, t, step)
+            if not torch.equal(out, x):
+                changed.append(step)
+            return out
+
+        return wrapped
+
+    with torch.no_grad():
+        sample_batched(model, diffusion, (DIM,), sample_seeds(0, 4), 4, SAMPLER, counting)
+    expected = [s for s in attacked_steps(K, 25, window) if s != K - 1]  # σ = 0 at step K−1
+    assert changed == expected
+
+
+@pytest.mark.parametrize("spec", [None, AttackSpec("fgsm", 50, loss="eps"),
+                                  AttackSpec("pgd", 50, loss="eps", pgd_steps=3),
+                                  AttackSpec("random", 100)],
+                         ids=["clean", "fgsm", "pgd", "random"])
+def test_samples_do_not_depend_on_batch_size(model, diffusion, spec):
+    seeds = sample_seeds(2, 12)
+    whole = run(model, diffusion, spec, seeds, 12)
+    chunked = run(model, diffusion, spec, seeds, 5)
+    torch.testing.assert_close(whole, chunked, rtol=0, atol=1e-5)
+    alone = run(model, diffusion, spec, seeds[7:8], 1)
+    torch.testing.assert_close(whole[7:8], alone, rtol=0, atol=1e-5)
+
+
+def test_samples_do_not_depend_on_other_samples_being_attacked(model, diffusion, sd):
+    seeds = sample_seeds(3, 8)
+    spec = AttackSpec("pgd", 50, loss="eps", pgd_steps=3)
+    steps = set(attacked_steps(K, 50))
+    mask = torch.tensor([i % 2 == 0 for i in range(8)])
+
+    def half(chunk_seeds):
+        picked = [s for s, m in zip(chunk_seeds, mask.tolist(), strict=True) if m]
+        atk = spec.make_attack(model, sd, generators(picked, ATTACK, "cpu"))
+
+        def hook(x, t, step):
+            if step not in steps:
+                return x
+            x = x.clone()
+            x[mask] = atk(x[mask], t[mask])
+            return x
+
+        return hook
+
+    with torch.no_grad():
+        mixed = sample_batched(model, diffusion, (DIM,), seeds, 8, SAMPLER, half)
+    clean = run(model, diffusion, None, seeds, 8)
+    attacked = run(model, diffusion, spec, seeds, 8)
+    assert torch.equal(mixed[~mask], clean[~mask])
+    torch.testing.assert_close(mixed[mask], attacked[mask], rtol=0, atol=1e-5)
+    assert not torch.allclose(attacked[mask], clean[mask])
