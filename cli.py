@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(stderr=True)
-out = Console()
+stdout = Console()
 
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
 
@@ -106,8 +106,10 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
               help="Noise std of the corruption, in model space [-1, 1].")
 @click.option("--corrupt-mode", default="gaussian", show_default=True,
               help="gaussian | outliers (vector data).")
-@click.option("--steps", type=int, default=None, help="Optimiser steps [default: 1500].")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--steps", type=int, default=None,
+              help="Optimiser steps [default: by preset: tiny 1000, mlp 3000, ddpm-cifar10 800k].")
+@click.option("--batch-size", type=int, default=None,
+              help="[default: by preset: tiny 64, mlp 256, ddpm-cifar10 128, ddpm-64 64].")
 @click.option("--lr", type=float, default=2e-4, show_default=True)
 @click.option("--lambda", "lam", type=float, default=0.3, show_default=True,
               help="Regulariser weight λ (METHOD §4).")
@@ -139,25 +141,21 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 @friendly_errors
 def train(**opts: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder."""
-    from dmattack.train import TrainConfig
+    from dmattack.train import build_data, resume_config
     from dmattack.train import train as train_run
 
-    cfg = _train_config(opts)
     if opts["resume"]:
         run_dir = Path(opts["resume"])
-        from dmattack.runs import checkpoint_dir, read_config
-
-        saved = read_config(run_dir)
-        checkpoint_dir(run_dir)
-        cfg = TrainConfig.from_dict({**saved["train"],
-                                     "steps": opts["steps"] or saved["train"]["steps"]})
+        cfg = resume_config(run_dir, opts["steps"])
     else:
+        cfg = _train_config(opts).resolved()
         stamp = time.strftime("%Y%m%d-%H%M%S")
         run_dir = Path(opts["out"] or RUNS_ROOT / f"{cfg.dataset}-{cfg.objective.method}-{stamp}")
         if (run_dir / "config.json").exists():
             raise ValueError(f"run folder {run_dir} already holds a run; use --resume {run_dir} "
                              "or another --out")
     cfg.validate()
+    data = build_data(cfg)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
@@ -168,8 +166,8 @@ def train(**opts: Any) -> None:
         def on_step(step: int, stats: dict[str, float]) -> None:
             bar.update(task, completed=step, rate=rate(step), loss=f"loss {stats['loss']:.4f}")
 
-        train_run(cfg, run_dir, resume=bool(opts["resume"]), callback=on_step)
-    out.print(str(run_dir))
+        train_run(cfg, run_dir, resume=bool(opts["resume"]), callback=on_step, data=data)
+    stdout.print(str(run_dir))
 
 
 def _train_config(opts: dict[str, Any]):
@@ -203,7 +201,7 @@ def _train_config(opts: dict[str, Any]):
         corrupt_fraction=opts["corrupt_fraction"], corrupt_sigma=opts["corrupt_sigma"],
         preset=preset, schedule=opts["schedule"], num_timesteps=opts["num_timesteps"],
         variance_type=opts["variance_type"], objective=objective,
-        steps=opts["steps"] or TrainConfig.steps, batch_size=opts["batch_size"], lr=opts["lr"],
+        steps=opts["steps"], batch_size=opts["batch_size"], lr=opts["lr"],
         ema_decay=opts["ema_decay"], seed=opts["seed"], device=opts["device"],
         checkpoint_every=opts["checkpoint_every"],
     )
@@ -311,7 +309,7 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
         "num_nonfinite": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
         **provenance(),
     })
-    out.print(str(folder))
+    stdout.print(str(folder))
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -320,7 +318,7 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
         table.add_column(c)
     for r in rows:
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
-    out.print(table)
+    stdout.print(table)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,16 @@ from .visualize import save_samples_png
 
 TRAIN_STREAM = 2  # seed purpose of per-step training randomness
 
+# Per-preset defaults of (steps, batch size, warm-up steps). The CPU presets fit the
+# 5-minute budget of `dmattack train` on 2 cores; the GPU presets follow Ho et al. 2020.
+PRESET_DEFAULTS: dict[str, tuple[int, int, int]] = {
+    "tiny": (1000, 64, 100),
+    "mlp": (3000, 256, 100),
+    "mlp-small": (3000, 256, 100),
+    "ddpm-cifar10": (800_000, 128, 5000),
+    "ddpm-64": (500_000, 64, 5000),
+}
+
 
 @dataclass
 class TrainConfig:
@@ -60,11 +70,11 @@ class TrainConfig:
     # objective (METHOD §3–§5)
     objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig("robust-adv"))
     # optimisation
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int | None = None  # None: the preset's default (PRESET_DEFAULTS)
+    batch_size: int | None = None
     lr: float = 2e-4
     weight_decay: float = 0.0
-    warmup: int = 100
+    warmup: int | None = None
     grad_clip: float = 1.0
     ema_decay: float = 0.9999
     ema_warmup: bool = True
@@ -78,8 +88,19 @@ class TrainConfig:
     log_every: int = 25
     num_workers: int = 0
 
+    def resolved(self) -> TrainConfig:
+        """A copy with the preset's defaults filled in for unset steps / batch / warm-up."""
+        steps, batch, warmup = PRESET_DEFAULTS.get(self.preset, (1000, 64, 100))
+        return dataclasses.replace(
+            self,
+            steps=steps if self.steps is None else self.steps,
+            batch_size=batch if self.batch_size is None else self.batch_size,
+            warmup=warmup if self.warmup is None else self.warmup,
+        )
+
     def validate(self) -> None:
-        """Raise ValueError (one line naming the field, value and what is allowed)."""
+        """Raise ValueError (one line naming the field, value and what is allowed).
+        Call on a :meth:`resolved` config."""
         def bad(name: str, allowed: str) -> ValueError:
             return ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
 
@@ -218,20 +239,28 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
     }
 
 
+def resume_config(run_dir: str | Path, steps: int | None = None) -> TrainConfig:
+    """The config of an existing run (with a checkpoint), optionally extended to ``steps``."""
+    saved = read_config(run_dir)["train"]
+    checkpoint_dir(run_dir)
+    return TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
-          callback: StepCallback | None = None) -> Path:
+          callback: StepCallback | None = None, data=None) -> Path:
     """Train (or resume) the run in ``run_dir``; returns the folder.
+
+    To resume, pass ``resume_config(run_dir, steps)`` and ``resume=True``. ``data`` is
+    ``build_data(cfg)`` when the caller already built it.
 
     ``callback(step, stats)`` is called after every optimiser step with the step just finished
     (1-based) and its loss statistics.
     """
     run_dir = Path(run_dir)
-    if resume:
-        cfg = TrainConfig.from_dict({**read_config(run_dir)["train"],
-                                     **{"steps": cfg.steps}})
+    cfg = cfg.resolved()
     cfg.validate()
     device = resolve_device(cfg.device)
-    data = build_data(cfg)
+    data = build_data(cfg) if data is None else data
     run_cfg = _run_config(cfg, data)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / CONFIG, run_cfg)

@@ -19,7 +19,7 @@ from dmattack.io import atomic_path
 
 from . import exact
 from .errors import MetricError
-from .fidelity import IMAGE_METRICS, image_metrics
+from .fidelity import IMAGE_METRICS, PROVENANCE_KEYS, image_metrics
 from .memorization import THRESHOLDS, memorization
 
 __all__ = ["METRICS", "MetricError", "evaluate", "metric_labels"]
@@ -147,6 +147,9 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
         "feature_extractor": extractor if requested_images else None,
         "feature_extractor_weights_sha256": None,
     }
+    clash = set(protocol or {}) & (set(info) | set(PROVENANCE_KEYS) | {"memorization"})
+    if clash:
+        raise ValueError(f"protocol keys {sorted(clash)} are reserved by evaluate")
     values: dict[str, float | None] = {}
     if len(good) == 0:
         for m in metrics:
@@ -165,9 +168,6 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
                                         weights={"inception": inception_weights,
                                                  "dinov2": dinov2_dir}.get(space)))
     values = {k: _finite_float(v) for k, v in values.items()}
-    clash = set(protocol or {}) & set(info)
-    if clash:
-        raise ValueError(f"protocol keys {sorted(clash)} are reserved by evaluate")
     return {**values, "protocol": {**(protocol or {}), **info}}
 
 

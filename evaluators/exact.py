@@ -140,4 +140,7 @@ def variance_ratio(samples: ArrayLike, reference: ArrayLike) -> float:
     x, r = _finite(samples, minimum=2), _finite(reference, minimum=2)
     if x.shape[1] != r.shape[1]:
         raise ValueError(f"samples have {x.shape[1]} dims, reference {r.shape[1]}")
-    return float(x.var(axis=0, ddof=1).sum() / r.var(axis=0, ddof=1).sum())
+    total_ref = r.var(axis=0, ddof=1).sum()
+    if total_ref == 0:
+        raise ValueError("reference has zero variance")
+    return float(x.var(axis=0, ddof=1).sum() / total_ref)

@@ -3,6 +3,7 @@ Inception weights (never downloaded: a missing file raises :class:`MetricError`)
 
 from __future__ import annotations
 
+import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from .digits_cnn import DEFAULT_WEIGHTS, FEATURE_DIM, load_digits_cnn, sha256_file
+from .digits_model import DEFAULT_WEIGHTS, FEATURE_DIM, load_digits_cnn
 from .errors import MetricError
 from .images import UInt8Images, to_uint8
 
@@ -27,7 +28,7 @@ BATCH_SIZE = {"digits-cnn": 1024, "inception": 64}  # images per forward; the la
 
 
 class DigitsCNNExtractor(FeatureExtractorBase):
-    """torch-fidelity wrapper of :class:`~evaluators.digits_cnn.DigitsCNN`.
+    """torch-fidelity wrapper of :class:`~evaluators.digits_model.DigitsCNN`.
 
     Input: (N, 3, H, W) uint8 RGB. The channels are averaged, pixels mapped back to [-1, 1]
     (p / 255 * 2 - 1) and, unless already 8×8, area-resized to 8×8. Features: ``"64"`` (the
@@ -105,7 +106,11 @@ def resolve_weights(extractor: str, weights: str | os.PathLike | None) -> Path:
 
 @lru_cache(maxsize=16)
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def weights_sha256(path: str | os.PathLike) -> str:

@@ -23,6 +23,10 @@ IMAGE_METRICS = ("fid", "is", "kid")
 KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
 CACHE_SCHEMA = "dmattack-ref-v1"
+PROVENANCE_KEYS = ("torch_fidelity_version", "feature_extractor", "feature_extractor_weights",
+                   "feature_extractor_weights_sha256", "image_metrics_num_samples", "isc_splits",
+                   "reference_cache_key", "reference_cache_dir", "num_reference",
+                   "kid_subset_size")
 
 
 def default_cache_dir() -> Path:

@@ -10,7 +10,8 @@ from dmattack.diffusion import GaussianDiffusion, beta_schedule, respace
 
 def _float64(sched):
     """Recompute a diffusers scheduler's tables in float64 (it keeps float32 by default), so
-    that both implementations can be compared far below float32 round-off (the betas themselves differ by ~1e-9)."""
+    that both implementations can be compared far below float32 round-off (the betas
+    themselves still differ by ~1e-9)."""
     sched.betas = sched.betas.double()
     sched.alphas = 1.0 - sched.betas
     sched.alphas_cumprod = torch.cumprod(sched.alphas, dim=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +17,10 @@ from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
 from evaluators import METRICS, MetricError, evaluate, exact
-from evaluators.digits_cnn import DEFAULT_WEIGHTS, accuracy, digits_split, load_digits_cnn
+from evaluators.digits_cnn import train
+from evaluators.digits_model import DEFAULT_WEIGHTS, accuracy, digits_split, load_digits_cnn
 from evaluators.extractors import DigitsCNNExtractor, weights_sha256
-from evaluators.fidelity import reference_key
+from evaluators.fidelity import PROVENANCE_KEYS, reference_key
 from evaluators.images import to_uint8
 from evaluators.memorization import max_cosine_similarity, memorization
 
@@ -66,7 +68,8 @@ def test_frechet_distance_matches_scipy_sqrtm():
 
 def test_frechet_distance_singular_covariance_and_torch_inputs():
     c = torch.diag(torch.tensor([1.0, 0.0, 0.0]))
-    assert exact.frechet_distance(torch.zeros(3), c, torch.zeros(3), c) == pytest.approx(0, abs=1e-12)
+    z = torch.zeros(3)
+    assert exact.frechet_distance(z, c, z, c) == pytest.approx(0, abs=1e-12)
     assert exact.frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2)) == pytest.approx(2)
     with pytest.raises(ValueError, match="shape mismatch"):
         exact.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
@@ -165,6 +168,15 @@ def test_digits_cnn_shipped_weights_accuracy_and_hash():
     ext = DigitsCNNExtractor("digits-cnn", ["logits_unbiased"])  # the uint8 path
     (logits,) = ext(to_uint8(x_te))
     assert (logits.argmax(1) == y_te).float().mean() >= 0.97
+
+
+@pytest.mark.slow
+def test_digits_cnn_training_reaches_accuracy_quickly():
+    start = time.perf_counter()
+    model = train()
+    assert time.perf_counter() - start < 60
+    _, _, x_te, y_te = digits_split()
+    assert accuracy(model, x_te, y_te) >= 0.97
 
 
 def test_digits_extractor_resizes_16x16(digits):
@@ -271,6 +283,7 @@ def _check_inception_run(weights: Path, cache: Path) -> None:
     assert np.isfinite(res["KID"]) and np.isfinite(res["IS"])
     p = res["protocol"]
     assert p["feature_extractor"] == "inception" and p["kid_subset_size"] == 16
+    assert set(PROVENANCE_KEYS) <= set(p)
     assert p["feature_extractor_weights_sha256"] == weights_sha256(weights)
     json.dumps(res, allow_nan=False)
 
@@ -280,6 +293,10 @@ def test_inception_end_to_end_small_input(random_inception_weights, tmp_path, mo
     # instead of 299 px, to stay fast on CPU; the 299 px run is the slow test below.
     monkeypatch.setattr(tfi.FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 75)
     _check_inception_run(random_inception_weights, tmp_path)
+    train = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    res = memorization(train[[4, 1]], train, space="inception", weights=random_inception_weights)
+    np.testing.assert_allclose(res["max_similarity"], 1.0, atol=1e-5)
+    assert res["nearest_index"].tolist() == [4, 1]
 
 
 @pytest.mark.slow
