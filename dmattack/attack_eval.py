@@ -165,7 +165,7 @@ def run_attack(
     clean, attacked, seconds = _sample_pair(loaded, spec, seeds, sampler, batch_size, device,
                                             True, progress)
     if attacked is None:  # nothing attacked: the attacked run is the clean run, bit for bit
-        attacked, seconds["attacked"] = clean, 0.0
+        attacked, seconds["attacked"] = clean.clone(), 0.0
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
 
     tensors = {"clean": clean.float().contiguous(), "attacked": attacked.float().contiguous()}

@@ -19,7 +19,7 @@ from dmattack.io import atomic_path
 
 from . import exact
 from .errors import MetricError
-from .fidelity import IMAGE_METRICS, PROVENANCE_KEYS, image_metrics
+from .fidelity import IMAGE_METRICS, LABELS, PROVENANCE_KEYS, image_metrics, label_suffix
 from .memorization import THRESHOLDS, memorization
 
 __all__ = ["METRICS", "MetricError", "evaluate", "metric_labels"]
@@ -39,14 +39,12 @@ def _is_digits(shape: tuple[int, ...]) -> bool:
     return len(shape) == 3 and shape[0] == 1 and shape[1] == shape[2] and shape[1] in (8, 16)
 
 
-def metric_labels(metric: str, extractor: str | None = None, space: str | None = None) -> list[str]:
+def metric_labels(metric: str, extractor: str = "inception", space: str = "pixels") -> list[str]:
     """Result keys that ``metric`` produces (``extractor`` for fid/is/kid, ``space`` for
     memorization)."""
-    suffix = "" if extractor == "inception" else f" ({extractor})"
+    if metric in IMAGE_METRICS:
+        return [name + label_suffix(extractor) for name in LABELS[metric].values()]
     return {
-        "fid": [f"FID{suffix}"],
-        "is": [f"IS{suffix}", f"IS std{suffix}"],
-        "kid": [f"KID{suffix}", f"KID std{suffix}"],
         "fd-exact": ["FD (exact)"],
         "subspace": ["subspace error", "subspace PSNR (dB)"],
         "plane": ["plane distance"],

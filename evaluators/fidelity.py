@@ -20,6 +20,11 @@ from .extractors import BATCH_SIZE, EXTRACTORS, resolve_weights, weights_sha256
 from .images import UInt8Images, to_uint8
 
 IMAGE_METRICS = ("fid", "is", "kid")
+LABELS = {  # metric → {torch-fidelity key: report label (before the extractor suffix)}
+    "fid": {"frechet_inception_distance": "FID"},
+    "is": {"inception_score_mean": "IS", "inception_score_std": "IS std"},
+    "kid": {"kernel_inception_distance_mean": "KID", "kernel_inception_distance_std": "KID std"},
+}
 KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
 CACHE_SCHEMA = "dmattack-ref-v1"
@@ -42,7 +47,8 @@ def reference_key(reference_u8: torch.Tensor, reference_name: str, extractor: st
     for part in (CACHE_SCHEMA, reference_name, extractor, weights_hash,
                  torch_fidelity.__version__, str(tuple(reference_u8.shape))):
         h.update(part.encode() + b"\0")
-    h.update(reference_u8.contiguous().numpy().tobytes())
+    for block in reference_u8.split(4096):
+        h.update(block.contiguous().numpy())
     return f"ref-{h.hexdigest()[:32]}"
 
 
@@ -108,14 +114,12 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
     return _label(raw, extractor), provenance
 
 
+def label_suffix(extractor: str) -> str:
+    """Report-label suffix naming the feature extractor; none for Inception (plain "FID")."""
+    return "" if extractor == "inception" else f" ({extractor})"
+
+
 def _label(raw: dict[str, float], extractor: str) -> dict[str, float]:
-    """Rename torch-fidelity's keys to report labels (suffix names the non-Inception extractor)."""
-    suffix = "" if extractor == "inception" else f" ({extractor})"
-    names = {
-        "frechet_inception_distance": "FID",
-        "inception_score_mean": "IS",
-        "inception_score_std": "IS std",
-        "kernel_inception_distance_mean": "KID",
-        "kernel_inception_distance_std": "KID std",
-    }
-    return {names[k] + suffix: float(v) for k, v in raw.items()}
+    """Rename torch-fidelity's keys to report labels, e.g. ``FID (digits-cnn)``."""
+    names = {k: v for keys in LABELS.values() for k, v in keys.items()}
+    return {names[k] + label_suffix(extractor): float(v) for k, v in raw.items()}

@@ -35,20 +35,24 @@ DINOV2_URL = f"https://dl.fbaipublicfiles.com/dinov2/{DINOV2_MODEL}/{DINOV2_MODE
 
 def max_cosine_similarity(queries: torch.Tensor, keys: torch.Tensor, query_batch: int = 1024,
                           key_batch: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each query row (N, D), the max cosine similarity to the key rows (M, D) and the
-    index of that key. Blocks of query_batch × key_batch, never the full N × M matrix."""
-    q = torch.nn.functional.normalize(queries.double(), dim=1)
-    k = torch.nn.functional.normalize(keys.double(), dim=1)
-    best = torch.full((len(q),), -torch.inf, dtype=torch.float64)
-    index = torch.zeros(len(q), dtype=torch.long)
-    for qs in range(0, len(q), query_batch):
-        qb = q[qs:qs + query_batch]
+    """For each query row (N, D), the max cosine similarity to the key rows (M, D) (float64,
+    computed in float32 on the GPU when present) and the index of that key. Works in blocks of
+    query_batch × key_batch, never the full N × M matrix."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    k = torch.nn.functional.normalize(keys.float(), dim=1).to(device)
+    best, index = [], []
+    for qb in queries.split(query_batch):
+        q = torch.nn.functional.normalize(qb.float(), dim=1).to(device)
+        top = torch.full((len(q),), -torch.inf, device=device)
+        arg = torch.zeros(len(q), dtype=torch.long, device=device)
         for ks in range(0, len(k), key_batch):
-            sim, arg = (qb @ k[ks:ks + key_batch].T).max(dim=1)
-            better = sim > best[qs:qs + query_batch]
-            best[qs:qs + query_batch][better] = sim[better]
-            index[qs:qs + query_batch][better] = arg[better] + ks
-    return best, index
+            sim, where = (q @ k[ks:ks + key_batch].T).max(dim=1)
+            better = sim > top
+            top = torch.where(better, sim, top)
+            arg = torch.where(better, where + ks, arg)
+        best.append(top.cpu().double())
+        index.append(arg.cpu())
+    return torch.cat(best), torch.cat(index)
 
 
 def _dinov2_features(images: torch.Tensor, repo: str | os.PathLike | None) -> tuple[torch.Tensor,
@@ -63,15 +67,18 @@ def _dinov2_features(images: torch.Tensor, repo: str | os.PathLike | None) -> tu
     ckpt = hub / "checkpoints" / os.path.basename(DINOV2_URL)
     if not (repo / "hubconf.py").is_file() or not ckpt.is_file():
         raise MetricError(f"DINOv2 needs a local facebookresearch/dinov2 checkout (hubconf.py; "
-                          f"looked in {repo}, pass --dinov2 DIR) and {DINOV2_URL} at {ckpt}")
-    model = torch.hub.load(str(repo), DINOV2_MODEL, source="local").eval()
-    x = interpolate_bilinear_2d_like_tensorflow1x(to_uint8(images).float(), size=(224, 224),
-                                                  align_corners=False)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
+                          f"looked in {repo}; pass it as dinov2_dir) and {DINOV2_URL} at {ckpt}")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch.hub.load(str(repo), DINOV2_MODEL, source="local").eval().to(device)
+    mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    chunks = []
     with torch.no_grad():
-        feats = torch.cat([model(b) for b in ((x - mean) / std).split(64)])
-    return feats, ckpt
+        for b in to_uint8(images).split(64):
+            x = interpolate_bilinear_2d_like_tensorflow1x(b.to(device).float(), size=(224, 224),
+                                                          align_corners=False)
+            chunks.append(model((x - mean) / std).float().cpu())
+    return torch.cat(chunks), ckpt
 
 
 def features(x: torch.Tensor, space: str, train_mean: torch.Tensor,
@@ -122,8 +129,9 @@ def memorization(samples: torch.Tensor, train_set: torch.Tensor, *, space: str =
                          f"{tuple(train_set.shape[1:])} shapes differ")
     good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
     num_nonfinite = len(samples) - len(good)
-    if len(good) == 0:
-        raise ValueError("need at least 1 finite sample, got 0")
+    if len(good) == 0 or len(train_set) == 0:
+        raise ValueError(f"need at least 1 finite sample and 1 training item, got {len(good)} "
+                         f"and {len(train_set)}")
     train_mean = train_set.reshape(len(train_set), -1).double().mean(0)
     q, path = features(good, space, train_mean, weights)
     k, _ = features(train_set, space, train_mean, weights)

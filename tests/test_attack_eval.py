@@ -1,0 +1,137 @@
+"""Paired clean/attacked evaluation, resumable curves and default protocols."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dmattack.attack_eval import POINTS, curve_specs, default_protocol, run_attack, run_curve
+from dmattack.attacks import AttackSpec, attacked_steps
+from dmattack.diffusion import GaussianDiffusion
+from dmattack.models import build_model
+from dmattack.runs import LoadedModel
+from dmattack.sampling import SamplerConfig, sample_batched
+from dmattack.seeding import sample_seeds
+
+SAMPLER = SamplerConfig("respaced", 10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny MLPs gain nothing from intra-op threads; on a busy 2-core machine they lose a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def mlp_model(name: str, seed: int = 0, dim: int = 2) -> LoadedModel:
+    torch.manual_seed(seed)
+    return LoadedModel(build_model("mlp-small", (dim,)).eval(), GaussianDiffusion.from_schedule(),
+                       (dim,), source=f"/runs/{name}", dataset="toy",
+                       config={"model": {"preset": "mlp-small"}})
+
+
+def counting_metric(calls: list):
+    def metric_fn(samples: torch.Tensor) -> dict[str, float]:
+        calls.append(len(samples))
+        return {"norm": float(samples.norm(dim=1).mean()), "std": float(samples.std())}
+
+    return metric_fn
+
+
+def test_run_attack_writes_protocol_samples_and_pictures(tmp_path):
+    loaded = mlp_model("a")
+    spec = AttackSpec("fgsm", 50, loss="eps")
+    ticks = []
+    result = run_attack(loaded, spec, num_samples=12, seed=4, sampler=SAMPLER, batch_size=5,
+                        metric_fn=counting_metric([]), device="cpu", out_dir=tmp_path,
+                        progress=lambda done, total: ticks.append((done, total)))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["attack"]["label"] == "fgsm-eps-spread-50%" and saved["window"] == "spread"
+    assert saved["attacked_steps"] == attacked_steps(10, 50, "spread")
+    assert saved["sampler"]["num_steps"] == 10 and saved["sampler"]["label"] == "respaced-10"
+    assert saved["seed"] == 4 and saved["num_samples"] == 12
+    assert saved["model"]["source"] == "/runs/a" and saved["model"]["ema"] is True
+    assert set(saved["metrics"]) == {"clean", "attacked"}
+    assert "torch" in saved["provenance"]["versions"]
+    assert ticks[-1] == (2 * 3 * 10, 2 * 3 * 10)  # 3 chunks × 10 steps, clean + attacked
+
+    samples = load_file(str(tmp_path / "samples.safetensors"))
+    with torch.no_grad():
+        clean = sample_batched(loaded.model, loaded.diffusion, (2,), sample_seeds(4, 12), 5,
+                               SAMPLER)
+    assert torch.equal(samples["clean"], clean)
+    assert not torch.allclose(samples["attacked"], clean)
+    assert (tmp_path / "clean.png").stat().st_size > 0
+    assert (tmp_path / "attacked.png").stat().st_size > 0
+
+
+def test_zero_percent_attacked_is_the_clean_run(tmp_path):
+    result = run_attack(mlp_model("a"), AttackSpec("pgd", 0), num_samples=6, seed=1,
+                        sampler=SAMPLER, batch_size=6, metric_fn=counting_metric([]),
+                        device="cpu", out_dir=tmp_path)
+    samples = load_file(str(tmp_path / "samples.safetensors"))
+    assert torch.equal(samples["clean"], samples["attacked"])
+    assert result["metrics"]["clean"] == result["metrics"]["attacked"]
+    assert result["num_attacked_steps"] == 0
+
+
+def test_run_curve_resumes_only_missing_points(tmp_path):
+    models = [mlp_model("a", 0), mlp_model("b", 1)]
+    specs = curve_specs(["fgsm", "random"], [0, 50, 100])
+    kw = dict(num_samples=8, seed=2, sampler=SAMPLER, batch_size=8, device="cpu",
+              out_dir=tmp_path)
+    calls: list = []
+    first = run_curve(models, specs, metric_fn=counting_metric(calls), **kw)
+    assert len(calls) == 2 * (1 + 4)  # the 0% point is each model's clean point, computed once
+    assert first["metric"] == "norm" and first["percents"] == [0.0, 50.0, 100.0]
+    assert [(r["series"], r["model"]) for r in first["rows"]] == [
+        ("fgsm-mean-spread", "a"), ("random-sign-spread", "a"),
+        ("fgsm-mean-spread", "b"), ("random-sign-spread", "b")]
+    clean_a = next(p for p in first["points"] if p["label"] == "clean" and p["model"] == "/runs/a")
+    assert first["rows"][0]["values"][0] == clean_a["metrics"]["norm"]
+    csv = (tmp_path / "curve.csv").read_text().splitlines()
+    assert csv[0] == "series,model,metric,0%,50%,100%" and len(csv) == 5
+    assert (tmp_path / "curve.png").stat().st_size > 0
+
+    # a killed run: one point lost, and the last line cut mid-write
+    store = tmp_path / POINTS
+    lines = store.read_text().splitlines(keepends=True)
+    lost = [json.loads(lines[3])["key"], json.loads(lines[-1])["key"]]
+    store.write_text("".join(lines[:3] + lines[4:-1]) + lines[-1][: len(lines[-1]) // 2])
+    calls.clear()
+    progress = []
+    again = run_curve(models, specs, metric_fn=counting_metric(calls),
+                      progress=lambda done, total, rec: progress.append(rec), **kw)
+    assert len(calls) == 2
+    assert sorted(r["key"] for r in progress if not r["resumed"]) == sorted(lost)
+    assert again["rows"] == first["rows"]
+    def untimed(points):
+        return [{k: v for k, v in p.items() if k != "seconds"} for p in points]
+
+    assert untimed(again["points"]) == untimed(first["points"])
+    assert [json.loads(line) for line in store.read_text().splitlines()]  # all lines parse
+    calls.clear()
+    run_curve(models, specs, metric_fn=counting_metric(calls), **kw)
+    assert calls == []
+
+
+def test_default_protocol():
+    tiny = LoadedModel(build_model("tiny", (1, 8, 8)), GaussianDiffusion.from_schedule(),
+                       (1, 8, 8), "/runs/t", config={"model": {"preset": "tiny"}})
+    p = default_protocol(tiny)
+    assert p.sampler.name == "respaced" and p.sampler.steps < 1000 and p.num_samples < 10_000
+    mlp = default_protocol(mlp_model("m"))
+    assert mlp.sampler.name == "respaced"
+    pipe = LoadedModel(build_model("tiny", (3, 32, 32)), GaussianDiffusion.from_schedule(),
+                       (3, 32, 32), "/pipes/p", config={"kind": "diffusers-pipeline",
+                                                        "clip_sample": True})
+    p = default_protocol(pipe)
+    assert (p.num_samples, p.sampler.name, p.label) == (10_000, "ddpm", "FID-10k")
+    assert p.sampler.num_steps(1000) == 1000 and p.sampler.clip_denoised
+    assert p.to_dict()["sampler"]["name"] == "ddpm"
