@@ -229,8 +229,9 @@ def sampler_options(fn: Callable) -> Callable:
                       help="Steps for ddim/respaced [default: by preset].")(fn)
     fn = click.option("--eta", type=float, default=0.0, show_default=True,
                       help="DDIM η.")(fn)
-    fn = click.option("--clip-denoised/--no-clip-denoised", default=False, show_default=True,
-                      help="Clip x̂_0 to [-1, 1] inside each step (images).")(fn)
+    fn = click.option("--clip-denoised/--no-clip-denoised", default=None,
+                      help="Clip x̂_0 to [-1, 1] inside each step [default: off, or the "
+                      "pipeline scheduler's clip_sample].")(fn)
     return fn
 
 
@@ -250,8 +251,9 @@ def make_sampler(name: str | None, steps: int | None, eta: float, clip: bool, lo
     from dmattack.sampling import SamplerConfig
 
     proto = default_protocol(loaded)
-    sampler = SamplerConfig(name or proto["sampler"].name,
-                            steps if steps is not None else proto["sampler"].steps, eta, clip)
+    sampler = SamplerConfig(name or proto.sampler.name,
+                            steps if steps is not None else proto.sampler.steps, eta,
+                            proto.sampler.clip_denoised if clip is None else clip)
     sampler.validate(loaded.diffusion.num_timesteps)
     return sampler, proto
 

@@ -126,7 +126,7 @@ def _load_weights(model: nn.Module, folder: Path, name: str) -> None:
     if isinstance(model, UNetEps):
         from diffusers import UNet2DModel
 
-        model.unet = UNet2DModel.from_pretrained(folder / name)
+        model.unet = UNet2DModel.from_pretrained(folder / name, low_cpu_mem_usage=False)
     else:
         model.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
 

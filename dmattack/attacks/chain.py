@@ -68,6 +68,8 @@ class ChainAttack(Attack):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         budget = self.budget(x_t, t)
+        if not (budget > 0).any():  # e.g. the last step (σ_0 = 0): nothing to compute
+            return x_t
         x_adv = self.perturb(x_t, t, budget)
         return torch.where(budget > 0, x_adv, x_t).detach()
 
@@ -134,6 +136,8 @@ class ChainFGSM(_GradientChainAttack):
     u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g). The step has
     size ε_t and lands on the ball's surface, so no projection is needed (METHOD §6.1).
     ``project=True`` gives the alternative reading x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
+    With ``loss="mean"`` the gradient points along u (∂μ_θ/∂x ≈ (1/√α_t) I), so the step is
+    ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (METHOD §11).
 
     Args:
         model: the ε-model. diffusion: the diffusion the sampler walks.
