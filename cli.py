@@ -314,8 +314,400 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
     stdout.print(str(folder))
 
 
+# ----------------------------------------------------------------------------- evaluation helpers
+def parse_list(value: str, what: str, allowed: tuple[str, ...] | None = None) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"--{what} is empty; give a comma-separated list")
+    for v in items:
+        if allowed is not None and v not in allowed:
+            raise ValueError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}")
+    return items
+
+
+def parse_percents(value: str) -> list[float]:
+    out = []
+    for v in parse_list(value, "steps-attacked"):
+        try:
+            p = float(v)
+        except ValueError:
+            raise ValueError(f"--steps-attacked {v!r} is not a number; allowed: 0..100") from None
+        if not 0 <= p <= 100:
+            raise ValueError(f"--steps-attacked {v} is outside 0..100 (percent of reverse steps)")
+        out.append(p)
+    return out
+
+
+def reference_options(fn: Callable) -> Callable:
+    fn = click.option("--dataset", default=None,
+                      help="Clean reference data [default: the run's dataset; required for "
+                      "--pipeline].")(fn)
+    fn = click.option("--data-dir", type=click.Path(), default=None,
+                      help="Root of on-disk reference data.")(fn)
+    fn = click.option("--inception-weights", type=click.Path(), default=None,
+                      help="Local Inception weights (pt_inception-2015-12-05) for FID/IS/KID.")(fn)
+    return fn
+
+
+def resolve_reference(loaded, dataset: str | None, data_dir: str | None):
+    """The clean reference of a model, checked against its data shape."""
+    from dmattack.data import load_dataset
+    from dmattack.evaluation import clean_dataset, reference_for
+
+    if dataset is not None and dataset != loaded.dataset:
+        ds = load_dataset(dataset, data_dir=data_dir,
+                          resolution=loaded.data_shape[-1] if len(loaded.data_shape) == 3
+                          else None)
+    else:
+        ds = clean_dataset(loaded, data_dir)
+    ref = reference_for(ds)
+    if tuple(ref.data.shape[1:]) != tuple(loaded.data_shape):
+        raise ValueError(f"model {loaded.source} makes samples of shape {loaded.data_shape} but "
+                         f"the reference {ds.name} has shape {tuple(ref.data.shape[1:])}")
+    return ref
+
+
+def evaluation_label(metrics: list[str], num_samples: int) -> str:
+    """E.g. ``FID-10k`` or ``FD (exact)-2k``: the headline metric and sample count."""
+    from evaluators import metric_labels
+
+    n = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
+    name = metric_labels(metrics[0])[0] if metrics[0] != "variance-ratio" else "variance ratio"
+    return f"{name}-{n}"
+
+
+def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in metrics.items() if k != "protocol"}
+
+
+def _model_name(loaded) -> str:
+    return Path(loaded.source).name
+
+
+def _progress_steps(bar: Progress, task) -> Callable[[int, int], None]:
+    rate = _Rate()
+
+    def tick(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, rate=rate(done))
+
+    return tick
+
+
+def attack_options(fn: Callable) -> Callable:
+    fn = click.option("--loss", default="mean", show_default=True,
+                      help="Attack loss: mean (‖Δμ_θ‖², METHOD §6), eps (‖Δε_θ‖²) or x0.")(fn)
+    fn = click.option("--window", default="spread", show_default=True,
+                      help="Which steps are attacked: first | last | spread.")(fn)
+    fn = click.option("--pgd-steps", type=int, default=20, show_default=True)(fn)
+    fn = click.option("--random-dist", default="sign", show_default=True,
+                      help="Random control: sign (±σ_t) | uniform (U(−σ_t, σ_t)).")(fn)
+    fn = click.option("--project", default="auto", show_default=True,
+                      help="auto (fgsm: none, pgd: every iteration) | on | end (pgd) | off "
+                      "(fgsm).")(fn)
+    fn = click.option("--eps-scale", type=float, default=1.0, show_default=True,
+                      help="Budget multiplier: ε_t = scale·√β̃_t.")(fn)
+    return fn
+
+
+def _spec_options(opts: dict[str, Any]) -> dict[str, Any]:
+    project = {"auto": None, "on": True, "off": False, "end": "end"}.get(opts["project"], "?")
+    if project == "?":
+        raise ValueError(f"--project {opts['project']!r} is invalid; allowed: auto, on, off, end")
+    return dict(loss=opts["loss"], pgd_steps=opts["pgd_steps"], random_dist=opts["random_dist"],
+                eps_scale=opts["eps_scale"], project=project)
+
+
+# ----------------------------------------------------------------------------- attack
+@main.command()
+@model_options
+@sampler_options
+@reference_options
+@attack_options
+@click.option("--method", default="pgd", show_default=True, help="fgsm | pgd | random.")
+@click.option("--steps-attacked", default="50", show_default=True,
+              help="Percent of the sampler's reverse steps attacked (0..100).")
+@click.option("--num-samples", type=int, default=None,
+              help="[default: by preset: tiny 256, mlp 2000, GPU presets 10k].")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--first-sample", type=int, default=0, show_default=True,
+              help="Index of the first sample (for sharding across processes/GPUs).")
+@click.option("--metric", default=None, help="Comma list [default: by data: fid for images, "
+              "fd-exact for known distributions; variance-ratio always].")
+@click.option("--out", type=click.Path(), default=None,
+              help="Result folder [default: <run>/attacks/<label>-<sampler>-n<N>-seed<S>].")
+@friendly_errors
+def attack(**o: Any) -> None:
+    """Attack the reverse chain: clean vs attacked samples with paired randomness."""
+    from dmattack.attack_eval import run_attack
+    from dmattack.attacks import AttackSpec
+    from dmattack.evaluation import default_metrics, make_metric_fn
+    from evaluators import METRICS
+
+    percent = parse_percents(o["steps_attacked"])
+    if len(percent) != 1:
+        raise ValueError("--steps-attacked takes one percent here; use `dmattack curve` for many")
+    spec = AttackSpec(o["method"], percent[0], o["window"], **_spec_options(o))
+    loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
+    sampler, proto = make_sampler(o["sampler"], o["sampler_steps"], o["eta"], o["clip_denoised"],
+                                  loaded)
+    n = o["num_samples"] or proto.num_samples
+    batch = o["batch_size"] or proto.batch_size
+    if n <= 0 or batch <= 0 or o["first_sample"] < 0:
+        raise ValueError(f"--num-samples {n} / --batch-size {batch} must be > 0 and "
+                         f"--first-sample {o['first_sample']} >= 0")
+    ref = resolve_reference(loaded, o["dataset"], o["data_dir"])
+    metrics = (parse_list(o["metric"], "metric", METRICS) if o["metric"]
+               else list(default_metrics(loaded.data_shape, ref.truth)))
+    slabel = sampler.describe(loaded.diffusion.num_timesteps)
+    label = evaluation_label(metrics, n)
+    out_dir = Path(o["out"] or _default_out(loaded, "attacks",
+                                            f"{spec.describe()}-{slabel}-n{n}-seed{o['seed']}"))
+    console.print(f"[bold]attack[/] {spec.describe()} on {loaded.source}: {n} samples, sampler "
+                  f"{slabel}, batch {batch}, seed {o['seed']}, metric {', '.join(metrics)} "
+                  f"({label}), reference: {ref.name}")
+    metric_fn = make_metric_fn(ref, metrics, protocol={"evaluation": label},
+                               inception_weights=o["inception_weights"])
+    with progress_bar() as bar:
+        task = bar.add_task("sample clean + attacked", total=None, rate="")
+        result = run_attack(loaded, spec, num_samples=n, seed=o["seed"], sampler=sampler,
+                            batch_size=batch, metric_fn=metric_fn, device=dev, out_dir=out_dir,
+                            progress=_progress_steps(bar, task), first_sample=o["first_sample"])
+    clean, attacked = metric_row(result["metrics"]["clean"]), metric_row(
+        result["metrics"]["attacked"])
+    print_table(f"{label} · {spec.describe()} · window {spec.window} · {slabel} · "
+                f"{result['num_attacked_steps']}/{sampler.num_steps(loaded.diffusion.num_timesteps)}"
+                " steps attacked",
+                ["metric", "clean", "attacked"],
+                [[k, clean[k], attacked.get(k)] for k in clean])
+    stdout.print(str(out_dir))
+
+
+def _default_out(loaded, kind: str, name: str) -> Path:
+    """Results of a run go inside it; those of a pipeline under runs/<kind>/<pipeline>/."""
+    if loaded.config.get("kind") == "dmattack-run":
+        return Path(loaded.source) / kind / name
+    return RUNS_ROOT / kind / _model_name(loaded) / name
+
+
+# ----------------------------------------------------------------------------- curve
+@main.command()
+@click.option("--run", "runs", multiple=True, type=click.Path(),
+              help="Run folder (repeat for several models) [default: newest under runs/].")
+@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(),
+              help="diffusers DDPM pipeline folder (repeatable).")
+@click.option("--ema/--no-ema", default=True, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@sampler_options
+@reference_options
+@attack_options
+@click.option("--method", default="fgsm,pgd,random", show_default=True,
+              help="Comma list of fgsm, pgd, random.")
+@click.option("--steps-attacked", default="0,25,50,75,100", show_default=True,
+              help="Comma list of percents of reverse steps attacked.")
+@click.option("--windows", default=None, help="Comma list of windows [default: --window].")
+@click.option("--num-samples", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--metric", default=None, help="Comma list; the first is plotted.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Curve folder [default: runs/curves/<hash of the settings>]; re-running the "
+              "same command there resumes.")
+@friendly_errors
+def curve(**o: Any) -> None:
+    """Metric-versus-%-attacked curves for one or more models (paper Figure 7)."""
+    import hashlib
+    import json
+
+    from dmattack.attack_eval import curve_specs, run_curve
+    from dmattack.attacks import METHODS, WINDOWS
+    from dmattack.evaluation import default_metrics, make_metric_fn
+    from evaluators import METRICS
+
+    methods = parse_list(o["method"], "method", METHODS)
+    percents = parse_percents(o["steps_attacked"])
+    windows = parse_list(o["windows"] or o["window"], "window", WINDOWS)
+    specs = curve_specs(methods, percents, windows, **{
+        k: v for k, v in _spec_options(o).items() if k != "project" or v is not None})
+    if not o["runs"] and not o["pipelines"]:
+        from dmattack.runs import newest_run
+
+        o["runs"] = (str(newest_run(RUNS_ROOT)),)
+    models = []
+    for r in o["runs"]:
+        models.append(_load_model(r, None, o["ema"], o["device"]))
+    for p in o["pipelines"]:
+        models.append(_load_model(None, p, o["ema"], o["device"]))
+    dev = models[0][1]
+    models = [m for m, _ in models]
+    shapes = {m.data_shape for m in models}
+    if len(shapes) > 1:
+        raise ValueError(f"models make samples of different shapes {sorted(shapes)}; a curve "
+                         "compares models on one dataset")
+    sampler, proto = make_sampler(o["sampler"], o["sampler_steps"], o["eta"], o["clip_denoised"],
+                                  models[0])
+    n = o["num_samples"] or proto.num_samples
+    batch = o["batch_size"] or proto.batch_size
+    if n <= 0 or batch <= 0:
+        raise ValueError(f"--num-samples {n} / --batch-size {batch}: both must be > 0")
+    ref = resolve_reference(models[0], o["dataset"], o["data_dir"])
+    metrics = (parse_list(o["metric"], "metric", METRICS) if o["metric"]
+               else list(default_metrics(models[0].data_shape, ref.truth)))
+    label = evaluation_label(metrics, n)
+    key = json.dumps([[m.source for m in models], o["ema"], [s.to_dict() for s in specs],
+                      sampler.__dict__, n, o["seed"], metrics], sort_keys=True)
+    out_dir = Path(o["out"] or RUNS_ROOT / "curves" / hashlib.sha256(key.encode()).hexdigest()[:12])
+    slabel = sampler.describe(models[0].diffusion.num_timesteps)
+    console.print(f"[bold]curve[/] {len(models)} model(s) × {', '.join(methods)} × "
+                  f"{', '.join(windows)} at {', '.join(f'{p:g}' for p in percents)}% attacked; "
+                  f"{n} samples, sampler {slabel}, seed {o['seed']}, metric {label} → {out_dir}")
+    metric_fn = make_metric_fn(ref, metrics, protocol={"evaluation": label},
+                               inception_weights=o["inception_weights"])
+    with progress_bar("point") as bar:
+        task = bar.add_task("curve points", total=None, rate="", point="")
+        rate = _Rate()
+
+        def on_point(done: int, total: int, record: dict[str, Any]) -> None:
+            tag = " (resumed)" if record.get("resumed") else ""
+            bar.update(task, completed=done, total=total, rate=rate(done),
+                       point=f"{record['model_name']} {record['label']}{tag}")
+
+        result = run_curve(models, specs, num_samples=n, seed=o["seed"], sampler=sampler,
+                           batch_size=batch, metric_fn=metric_fn, device=dev, out_dir=out_dir,
+                           metric=None, progress=on_point)
+    print_table(f"{result['metric']} ({label}) vs % of {slabel} steps attacked",
+                ["series", "model", *(f"{p:g}%" for p in result["percents"])],
+                [[r["series"], r["model"], *r["values"]] for r in result["rows"]])
+    stdout.print(str(out_dir))
+
+
+# ----------------------------------------------------------------------------- evaluate
+@main.command()
+@model_options
+@sampler_options
+@reference_options
+@click.option("--metrics", default=None,
+              help="Comma list of fid, is, kid, fd-exact, subspace, plane, loglik, "
+              "memorization, variance-ratio [default: by data].")
+@click.option("--num-samples", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--first-sample", type=int, default=0, show_default=True)
+@click.option("--samples", "sample_files", multiple=True, type=click.Path(),
+              help="Score these samples.safetensors files (concatenated, e.g. shards) instead "
+              "of sampling.")
+@click.option("--samples-key", default="samples", show_default=True,
+              help="Tensor to read from --samples files (samples | clean | attacked).")
+@click.option("--feature-extractor", default="auto", show_default=True,
+              help="auto | inception | digits-cnn (for fid/is/kid).")
+@click.option("--memorization-space", default="auto", show_default=True,
+              help="auto | pixels | digits-cnn | inception | dinov2.")
+@click.option("--dinov2-dir", type=click.Path(), default=None,
+              help="Local facebookresearch/dinov2 checkout with weights.")
+@click.option("--out", type=click.Path(), default=None,
+              help="Result folder [default: <run>/eval/<sampler>-n<N>-seed<S>].")
+@friendly_errors
+def evaluate(**o: Any) -> None:
+    """Score samples of a model: FID/IS/KID, exact metrics, memorisation."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from dmattack.evaluation import default_metrics
+    from dmattack.io import provenance, write_json
+    from dmattack.sampling import sample_batched
+    from dmattack.seeding import sample_seeds
+    from dmattack.train import TrainConfig, build_data
+    from evaluators import METRICS, check_metrics
+    from evaluators import evaluate as evaluate_samples
+
+    loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
+    ref = resolve_reference(loaded, o["dataset"], o["data_dir"])
+    metrics = (parse_list(o["metrics"], "metrics", METRICS) if o["metrics"]
+               else list(default_metrics(loaded.data_shape, ref.truth)))
+    check_metrics(metrics, loaded.data_shape, ref.truth)
+    sampler, proto = make_sampler(o["sampler"], o["sampler_steps"], o["eta"], o["clip_denoised"],
+                                  loaded)
+    slabel = sampler.describe(loaded.diffusion.num_timesteps)
+    if o["sample_files"]:
+        parts = []
+        for f in o["sample_files"]:
+            try:
+                parts.append(load_file(f)[o["samples_key"]])
+            except (OSError, SafetensorError, KeyError) as e:
+                raise ValueError(f"cannot read tensor {o['samples_key']!r} from {f}: "
+                                 f"{str(e).splitlines()[0]}") from None
+        x = torch.cat(parts)
+        if tuple(x.shape[1:]) != tuple(loaded.data_shape):
+            raise ValueError(f"samples of shape {tuple(x.shape[1:])} do not match the model's "
+                             f"{loaded.data_shape}")
+        n, source = len(x), {"files": list(o["sample_files"]), "key": o["samples_key"]}
+    else:
+        n = o["num_samples"] or proto.num_samples
+        batch = o["batch_size"] or proto.batch_size
+        if n <= 0 or batch <= 0 or o["first_sample"] < 0:
+            raise ValueError(f"--num-samples {n} / --batch-size {batch} must be > 0 and "
+                             f"--first-sample {o['first_sample']} >= 0")
+        source = {"sampler": sampler.__dict__, "sampler_label": slabel, "seed": o["seed"],
+                  "first_sample": o["first_sample"], "batch_size": batch}
+    label = evaluation_label(metrics, n)
+    out_dir = Path(o["out"] or _default_out(loaded, "eval", f"{slabel}-n{n}-seed{o['seed']}"))
+    train_set = None
+    if "memorization" in metrics:
+        if loaded.config.get("kind") == "dmattack-run":
+            data = build_data(TrainConfig.from_dict(loaded.config["train"]))
+            train_set = data.tensor() if data.tensor() is not None else ref.data
+        else:
+            train_set = ref.data
+    console.print(f"[bold]evaluate[/] {loaded.source}: {', '.join(metrics)} on {n} samples "
+                  f"({label}), reference {ref.name}")
+    if not o["sample_files"]:
+        with progress_bar() as bar, torch.no_grad():
+            steps = sampler.num_steps(loaded.diffusion.num_timesteps)
+            task = bar.add_task("sample", total=steps * -(-n // batch), rate="")
+            done, rate = [0], _Rate()
+
+            def tick(_: int) -> None:
+                done[0] += 1
+                bar.update(task, completed=done[0], rate=rate(done[0]))
+
+            x = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
+                               sample_seeds(o["seed"], n, start=o["first_sample"]), batch,
+                               sampler, device=dev, progress=tick)
+    result = evaluate_samples(
+        x, ref.data, metrics, truth=ref.truth, feature_extractor=o["feature_extractor"],
+        inception_weights=o["inception_weights"], reference_name=ref.name,
+        protocol={"evaluation": label, "source": loaded.source, "ema": loaded.ema,
+                  "samples_from": source},
+        train_set=train_set, out_dir=out_dir, memorization_space=o["memorization_space"],
+        dinov2_dir=o["dinov2_dir"])
+    write_json(out_dir / "results.json", {"kind": "evaluate", "metrics": result,
+                                          "provenance": provenance()})
+    print_table(f"{label} · {loaded.source} · {'EMA' if loaded.ema else 'raw'}",
+                ["metric", "value"], [[k, v] for k, v in metric_row(result).items()])
+    stdout.print(str(out_dir))
+
+
+# ----------------------------------------------------------------------------- export
+@main.command()
+@click.option("--run", type=click.Path(), default=None,
+              help="Run folder [default: newest under runs/].")
+@click.option("--ema/--no-ema", default=True, show_default=True)
+@click.option("--out", type=click.Path(), required=True, help="New pipeline folder.")
+@friendly_errors
+def export(run: str | None, ema: bool, out: str) -> None:
+    """Export a run as a diffusers DDPMPipeline folder."""
+    from dmattack.pipeline import export_pipeline
+
+    if Path(out).exists() and any(Path(out).iterdir()):
+        raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
+    loaded, _ = _load_model(run, None, ema, "cpu")
+    stdout.print(str(export_pipeline(loaded, out)))
+
+
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    table = Table(title=title)
+    stdout.print(f"[bold]{title}[/]")
+    table = Table()
     for c in columns:
         table.add_column(c)
     for r in rows:

@@ -149,8 +149,12 @@ def run_attack(
     device: torch.device | str,
     out_dir: str | os.PathLike,
     progress: Callable[[int, int], None] | None = None,
+    first_sample: int = 0,
 ) -> dict[str, Any]:
     """Sample clean and attacked with the same seeds, score both, write the results.
+
+    Samples ``first_sample … first_sample+num_samples−1`` of the seed's sequence are drawn, so
+    disjoint ranges run on different GPUs concatenate to exactly one larger run.
 
     Writes (atomically) into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
     (N, *shape) float32, model space), ``clean.png`` / ``attacked.png`` (image grids; scatter
@@ -159,7 +163,7 @@ def run_attack(
     counts reverse steps over both passes.
     """
     out = Path(out_dir)
-    seeds = sample_seeds(seed, num_samples)
+    seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
     steps = attacked_steps(sd.num_timesteps, spec.percent, spec.window)
     clean, attacked, seconds = _sample_pair(loaded, spec, seeds, sampler, batch_size, device,
@@ -182,8 +186,9 @@ def run_attack(
         "sampler": _sampler_dict(sampler, loaded.diffusion.num_timesteps),
         "num_samples": num_samples,
         "seed": seed,
-        "seeds": "dmattack.seeding.sample_seeds(seed, num_samples); clean and attacked share "
-                 "them (chain noise stream 0, attack stream 1)",
+        "first_sample": first_sample,
+        "seeds": "dmattack.seeding.sample_seeds(seed, num_samples, start=first_sample); clean "
+                 "and attacked share them (chain noise stream 0, attack stream 1)",
         "batch_size": batch_size,
         "device": str(device),
         "model": _model_dict(loaded),

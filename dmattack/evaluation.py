@@ -77,8 +77,11 @@ def default_metrics(shape: Sequence[int], truth: Any) -> tuple[str, ...]:
 
 def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
                    protocol: dict[str, Any] | None = None, **evaluate_kwargs: Any) -> MetricFn:
-    """``metric_fn(samples) -> {label: value, ..., "protocol": {...}}`` for these metrics."""
-    from evaluators import evaluate
+    """``metric_fn(samples) -> {label: value, ..., "protocol": {...}}`` for these metrics
+    (checked against the reference's shape and truth now, before any sampling)."""
+    from evaluators import check_metrics, evaluate
+
+    check_metrics(tuple(metrics), tuple(reference.data.shape[1:]), reference.truth)
 
     def metric_fn(samples: torch.Tensor) -> dict[str, Any]:
         return evaluate(samples, reference.data, tuple(metrics), truth=reference.truth,

@@ -53,8 +53,8 @@ def scatter_png(clouds: Sequence[torch.Tensor], titles: Sequence[str],
     fig, axes = plt.subplots(1, len(clouds), figsize=(4 * len(clouds), 4), squeeze=False)
     for ax, cloud, title in zip(axes[0], clouds, titles, strict=True):
         cloud = cloud[torch.isfinite(cloud).all(dim=1)]
-        colour = cloud[:, 2] if cloud.shape[1] > 2 else None
-        ax.scatter(cloud[:, dims[0]], cloud[:, dims[1]], s=2, c=colour, cmap="viridis")
+        colour = {"c": cloud[:, 2], "cmap": "viridis"} if cloud.shape[1] > 2 else {}
+        ax.scatter(cloud[:, dims[0]], cloud[:, dims[1]], s=2, **colour)
         ax.set_title(title)
         ax.set_xlabel(f"x{dims[0]}")
         ax.set_ylabel(f"x{dims[1]}")

@@ -22,7 +22,7 @@ from .errors import MetricError
 from .fidelity import IMAGE_METRICS, LABELS, PROVENANCE_KEYS, image_metrics, label_suffix
 from .memorization import THRESHOLDS, memorization
 
-__all__ = ["METRICS", "MetricError", "evaluate", "metric_labels"]
+__all__ = ["METRICS", "MetricError", "check_metrics", "evaluate", "metric_labels"]
 
 METRICS = ("fid", "is", "kid", "fd-exact", "subspace", "plane", "loglik", "memorization",
            "variance-ratio")
@@ -55,9 +55,10 @@ def metric_labels(metric: str, extractor: str = "inception", space: str = "pixel
     }[metric]
 
 
-def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_set: Any,
-           out_dir: Any) -> None:
-    """One-line ValueError for an unknown metric or one impossible for these inputs."""
+def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
+                  truth: Any = None) -> None:
+    """One-line ValueError for an unknown metric or one impossible for samples of per-sample
+    ``shape`` (e.g. FID on vectors) or without the needed ``truth``; call before sampling."""
     for m in metrics:
         if m not in METRICS:
             raise ValueError(f"unknown metric {m!r}; allowed: {', '.join(METRICS)}")
@@ -66,7 +67,14 @@ def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_s
                              f"(N, {', '.join(map(str, shape))})")
         missing = [a for a in TRUTH_NEEDS.get(m, ()) if not hasattr(truth, a)]
         if missing:
-            raise ValueError(f"{m} needs truth with attribute(s) {', '.join(missing)}")
+            raise ValueError(f"{m} needs a known distribution (truth with attribute(s) "
+                             f"{', '.join(missing)}); this data has none")
+
+
+def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_set: Any,
+           out_dir: Any) -> None:
+    check_metrics(metrics, shape, truth)
+    for m in metrics:
         if m == "memorization" and (train_set is None or out_dir is None):
             raise ValueError("memorization needs train_set and out_dir (for its histogram)")
 

@@ -424,7 +424,7 @@ def test_evaluate_rejects_unknown_and_impossible_metrics(digits):
     assert "\n" not in str(err.value) and all(m in str(err.value) for m in METRICS)
     with pytest.raises(ValueError, match="fid needs images"):
         evaluate(v, v, ["fid"])
-    with pytest.raises(ValueError, match="fd-exact needs truth"):
+    with pytest.raises(ValueError, match="fd-exact needs a known distribution"):
         evaluate(v, v, ["fd-exact"])
     with pytest.raises(ValueError, match="memorization needs train_set"):
         evaluate(v, v, ["memorization"])
