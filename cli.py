@@ -222,28 +222,39 @@ def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: st
     return load_run(run or newest_run(RUNS_ROOT), use_ema=use_ema, device=dev), dev
 
 
-def sampler_options(fn: Callable) -> Callable:
-    fn = click.option("--sampler", default=None,
-                      help="ddpm | ddim | respaced [default: by preset].")(fn)
-    fn = click.option("--sampler-steps", "--steps", "sampler_steps", type=int, default=None,
-                      help="Steps for ddim/respaced [default: by preset].")(fn)
-    fn = click.option("--eta", type=float, default=0.0, show_default=True,
-                      help="DDIM η.")(fn)
-    fn = click.option("--clip-denoised/--no-clip-denoised", default=None,
-                      help="Clip x̂_0 to [-1, 1] inside each step [default: off, or the "
-                      "pipeline scheduler's clip_sample].")(fn)
-    return fn
+def option_group(*options: Callable) -> Callable[[Callable], Callable]:
+    """A decorator applying click options so that --help lists them in the given order."""
+
+    def apply(fn: Callable) -> Callable:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
 
 
-def model_options(fn: Callable) -> Callable:
-    fn = click.option("--run", type=click.Path(), default=None,
-                      help="Run folder [default: newest under runs/].")(fn)
-    fn = click.option("--pipeline", type=click.Path(), default=None,
-                      help="A diffusers DDPM pipeline folder instead of a run.")(fn)
-    fn = click.option("--ema/--no-ema", default=True, show_default=True,
-                      help="Sample with the EMA weights.")(fn)
-    fn = click.option("--device", default="auto", show_default=True)(fn)
-    return fn
+sampler_options = option_group(
+    click.option("--sampler", default=None,
+                 help="ddpm | ddim | respaced [default: by preset]."),
+    click.option("--sampler-steps", "--steps", "sampler_steps", type=int, default=None,
+                 help="Steps for ddim/respaced [default: by preset]."),
+    click.option("--eta", type=float, default=0.0, show_default=True,
+                 help="DDIM η."),
+    click.option("--clip-denoised/--no-clip-denoised", default=None,
+                 help="Clip x̂_0 to [-1, 1] inside each step [default: off, or the "
+                 "pipeline scheduler's clip_sample]."),
+)
+
+
+model_options = option_group(
+    click.option("--run", type=click.Path(), default=None,
+                 help="Run folder [default: newest under runs/]."),
+    click.option("--pipeline", type=click.Path(), default=None,
+                 help="A diffusers DDPM pipeline folder instead of a run."),
+    click.option("--ema/--no-ema", default=True, show_default=True,
+                 help="Sample with the EMA weights."),
+    click.option("--device", default="auto", show_default=True),
+)
 
 
 def make_sampler(name: str | None, steps: int | None, eta: float, clip: bool, loaded):
@@ -338,15 +349,15 @@ def parse_percents(value: str) -> list[float]:
     return out
 
 
-def reference_options(fn: Callable) -> Callable:
-    fn = click.option("--dataset", default=None,
-                      help="Clean reference data [default: the run's dataset; required for "
-                      "--pipeline].")(fn)
-    fn = click.option("--data-dir", type=click.Path(), default=None,
-                      help="Root of on-disk reference data.")(fn)
-    fn = click.option("--inception-weights", type=click.Path(), default=None,
-                      help="Local Inception weights (pt_inception-2015-12-05) for FID/IS/KID.")(fn)
-    return fn
+reference_options = option_group(
+    click.option("--dataset", default=None,
+                 help="Clean reference data [default: the run's dataset; required for "
+                 "--pipeline]."),
+    click.option("--data-dir", type=click.Path(), default=None,
+                 help="Root of on-disk reference data."),
+    click.option("--inception-weights", type=click.Path(), default=None,
+                 help="Local Inception weights (pt_inception-2015-12-05) for FID/IS/KID."),
+)
 
 
 def resolve_reference(loaded, dataset: str | None, data_dir: str | None):
@@ -393,20 +404,20 @@ def _progress_steps(bar: Progress, task) -> Callable[[int, int], None]:
     return tick
 
 
-def attack_options(fn: Callable) -> Callable:
-    fn = click.option("--loss", default="mean", show_default=True,
-                      help="Attack loss: mean (‖Δμ_θ‖², METHOD §6), eps (‖Δε_θ‖²) or x0.")(fn)
-    fn = click.option("--window", default="spread", show_default=True,
-                      help="Which steps are attacked: first | last | spread.")(fn)
-    fn = click.option("--pgd-steps", type=int, default=20, show_default=True)(fn)
-    fn = click.option("--random-dist", default="sign", show_default=True,
-                      help="Random control: sign (±σ_t) | uniform (U(−σ_t, σ_t)).")(fn)
-    fn = click.option("--project", default="auto", show_default=True,
-                      help="auto (fgsm: none, pgd: every iteration) | on | end (pgd) | off "
-                      "(fgsm).")(fn)
-    fn = click.option("--eps-scale", type=float, default=1.0, show_default=True,
-                      help="Budget multiplier: ε_t = scale·√β̃_t.")(fn)
-    return fn
+attack_options = option_group(
+    click.option("--loss", default="mean", show_default=True,
+                 help="Attack loss: mean (‖Δμ_θ‖², METHOD §6), eps (‖Δε_θ‖²) or x0."),
+    click.option("--window", default="spread", show_default=True,
+                 help="Which steps are attacked: first | last | spread."),
+    click.option("--pgd-steps", type=int, default=20, show_default=True),
+    click.option("--random-dist", default="sign", show_default=True,
+                 help="Random control: sign (±σ_t) | uniform (U(−σ_t, σ_t))."),
+    click.option("--project", default="auto", show_default=True,
+                 help="auto (fgsm: none, pgd: every iteration) | on | end (pgd) | off "
+                 "(fgsm)."),
+    click.option("--eps-scale", type=float, default=1.0, show_default=True,
+                 help="Budget multiplier: ε_t = scale·√β̃_t."),
+)
 
 
 def _spec_options(opts: dict[str, Any]) -> dict[str, Any]:
