@@ -1,11 +1,14 @@
-"""Atomic file writes (temp file in the same folder + rename) and provenance records."""
+"""Atomic file writes (temp file in the same folder + rename), output-folder pre-flight checks
+and provenance records."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,16 +19,67 @@ from typing import Any
 
 TRACKED_PACKAGES = ("torch", "torchvision", "diffusers", "torch-fidelity", "torchattacks",
                     "numpy", "scikit-learn", "safetensors")
+MiB = 1 << 20
+# errno values that mean "this folder cannot take the file" (not a bug in the caller)
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                   errno.ENOTDIR, errno.EFBIG}
+
+
+class OutputError(OSError, ValueError):
+    """An output folder or file that cannot be written (no space, read-only, not a folder).
+
+    An ``OSError`` (callers catching those keep working) and a ``ValueError`` (the CLI prints it
+    as one line and exits 2). The message names the path."""
+
+    def __str__(self) -> str:
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()
+
+
+def _describe(e: OSError) -> str:
+    return (e.strerror or str(e) or type(e).__name__).splitlines()[0]
+
+
+def check_writable(folder: str | os.PathLike, min_free_bytes: int = 0) -> Path:
+    """Pre-flight check before long work: ``folder`` exists (created if needed), a file can be
+    created, written, synced and removed in it, and at least ``min_free_bytes`` are free there.
+
+    Raises :class:`OutputError` (one line naming the folder) otherwise; returns the folder.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        try:
+            os.write(fd, b"dmattack")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise OutputError(e.errno, f"output folder {folder} is not writable: {_describe(e)}"
+                          ) from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free_bytes:
+        raise OutputError(errno.ENOSPC, f"output folder {folder} has {free / MiB:.0f} MiB free; "
+                          f"this needs at least {min_free_bytes / MiB:.0f} MiB")
+    return folder
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically,
-    on error it is removed and ``path`` is left untouched."""
+    on error it is removed and ``path`` is left untouched.
+
+    A storage failure (disk full, quota, read-only, permission) is raised as
+    :class:`OutputError` naming ``path``; the previous file stays as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
-                               dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
+                                   dir=path.parent)
+    except OSError as e:
+        raise _storage_error(e, path) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -34,9 +88,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 → the usual file mode
         os.replace(tmp_path, path)
+    except OSError as e:
+        raise _storage_error(e, path) from None
     finally:
-        if tmp_path.exists():
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+
+
+def _storage_error(e: OSError, path: Path) -> OSError:
+    """``e`` as a one-line :class:`OutputError` naming ``path`` when it is a storage failure
+    (disk full, read-only, permission), else ``e`` itself."""
+    if isinstance(e, OutputError) or e.errno not in _STORAGE_ERRNOS:
+        return e
+    return OutputError(e.errno, f"cannot write {path}: {_describe(e)}; the previous version "
+                       "of the file, if any, is unchanged")
 
 
 def _umask() -> int:

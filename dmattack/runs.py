@@ -7,34 +7,54 @@ Layout of a run folder::
         model/ ema/      U-Nets: diffusers ``save_pretrained`` folders;
         model.safetensors ema.safetensors   vector models (MLP)
         state.pt         optimizer state and step (tensors only: loads with weights_only=True)
-        meta.json        step and what the checkpoint holds
+        meta.json        step, what the checkpoint holds and the sha256 of every file in it
     samples/             PNG grids written during training
     log.jsonl            training losses
+    .lock                while a process writes the run: its pid and host
 
-Every file is written atomically; a checkpoint becomes visible only when complete.
+Every file is written atomically; a checkpoint becomes visible only when complete (written
+into a temp folder, fsynced, then renamed). Loading checks every file against the sha256 in
+``meta.json``; when ``checkpoint/`` is truncated or corrupt, ``checkpoint.prev/`` is used
+instead (with a warning naming the bad file). Nothing is unpickled except ``state.pt``, and
+that only with ``torch.load(weights_only=True)`` (plain tensors and containers, no code).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import logging
+import math
 import os
+import pickle
 import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .diffusion import GaussianDiffusion, beta_schedule
+from .diffusion import SCHEDULES, VARIANCE_TYPES, GaussianDiffusion, beta_schedule
 from .io import write_json
-from .models import UNetEps, build_model
+from .models import PRESETS, UNET_PRESETS, UNetEps, build_model
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint"
 PREVIOUS = "checkpoint.prev"
+META = "meta.json"
+PARTIAL_PREFIX = ".checkpoint."  # temp / to-be-deleted checkpoint folders
+log = logging.getLogger("dmattack")
+T = TypeVar("T")
+# what a truncated, corrupt or foreign checkpoint file raises while being loaded
+LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
+               pickle.UnpicklingError, SafetensorError)
 
 
 class RunError(ValueError):
@@ -56,6 +76,9 @@ class LoadedModel:
     dataset: str | None = None
     ema: bool = True
     config: dict[str, Any] = field(default_factory=dict)
+    # sha256 of the checkpoint's meta.json (which lists the sha256 of each weight file): changes
+    # whenever the weights do (None for models not loaded from a run checkpoint)
+    fingerprint: str | None = None
 
     @property
     def preset(self) -> str | None:
@@ -82,27 +105,70 @@ def _save_weights(model: nn.Module, folder: Path, name: str) -> None:
         save_file(state, str(folder / f"{name}.safetensors"))
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != META)
+
+
+def _fsync(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems refuse fsync on folders
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module, state: dict[str, Any],
-                    step: int) -> Path:
-    """Write a complete checkpoint into a temp folder, then swap it in; the previous
-    checkpoint is kept as ``checkpoint.prev``."""
+                    step: int, **meta: Any) -> Path:
+    """Write a complete checkpoint into a temp folder, fsync it, then swap it in; the previous
+    checkpoint is kept as ``checkpoint.prev``. ``meta`` goes into meta.json besides the step,
+    the model kind and the sha256 of every file.
+
+    A kill at any moment leaves ``checkpoint/`` or ``checkpoint.prev/`` (or both) complete;
+    leftover ``.checkpoint.*`` temp folders are removed by :func:`remove_partial_checkpoints`.
+    """
     run_dir = Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint.", dir=run_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=PARTIAL_PREFIX, dir=run_dir))
+    trash = run_dir / f"{PARTIAL_PREFIX}old-{uuid.uuid4().hex[:8]}"
     try:
         _save_weights(model, tmp, "model")
         _save_weights(ema, tmp, "ema")
         torch.save(state, tmp / "state.pt")
-        write_json(tmp / "meta.json", {"step": step, "unet": isinstance(model, UNetEps)})
+        files = _files(tmp)
+        for f in files:
+            _fsync(f)
+        write_json(tmp / META, {"step": step, "unet": isinstance(model, UNetEps), **meta,
+                                "files": {f.relative_to(tmp).as_posix(): sha256_file(f)
+                                          for f in files}})
+        _fsync(tmp)
         current, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
         if current.exists():
             if previous.exists():
-                shutil.rmtree(previous)
+                os.replace(previous, trash)  # out of sight at once; deleted below
             os.replace(current, previous)
         os.replace(tmp, current)
+        _fsync(run_dir)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        for leftover in (tmp, trash):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
     return run_dir / CHECKPOINT
+
+
+def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
+    """Delete the temp folders a killed :func:`save_checkpoint` may have left (call while
+    holding the run's lock)."""
+    for p in Path(run_dir).glob(f"{PARTIAL_PREFIX}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -116,52 +182,193 @@ def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{path} is not valid JSON: {e}") from None
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+    validate_config(cfg, path)
+    return cfg
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
+    """Check a run's config.json content (e.g. after a hand edit): every field needed to
+    rebuild the model, its diffusion and, for a trained run, the training config. Raises a
+    one-line :class:`RunError` naming the file and the first bad field."""
+    def bad(name: str, value: Any, allowed: str) -> RunError:
+        return RunError(f"{path}: field '{name}' is {value!r}; allowed: {allowed}")
+
+    if not isinstance(cfg, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     for key in ("model", "diffusion", "data"):
         if not isinstance(cfg.get(key), dict):
             raise RunError(f"{path}: field '{key}' is missing or not an object")
-    return cfg
+    m, d = cfg["model"], cfg["diffusion"]
+    if m.get("preset") not in PRESETS:
+        raise bad("model.preset", m.get("preset"), ", ".join(PRESETS))
+    shape = m.get("data_shape")
+    rank = (3,) if m["preset"] in UNET_PRESETS else (1,)
+    if not (isinstance(shape, list) and len(shape) in rank and all(
+            _is_int(v) and 0 < v <= 1 << 16 for v in shape)):
+        raise bad("model.data_shape", shape, f"a list of {rank[0]} positive integers for "
+                  f"preset {m['preset']}")
+    dropout = m.get("dropout")
+    if dropout is not None and not (_is_number(dropout) and 0 <= dropout < 1):
+        raise bad("model.dropout", dropout, "null or a number in [0, 1)")
+    if d.get("schedule") not in SCHEDULES:
+        raise bad("diffusion.schedule", d.get("schedule"), ", ".join(SCHEDULES))
+    if not (_is_int(d.get("num_timesteps")) and 0 < d["num_timesteps"] <= 100_000):
+        raise bad("diffusion.num_timesteps", d.get("num_timesteps"), "an integer in 1..100000")
+    if d.get("variance_type") not in VARIANCE_TYPES:
+        raise bad("diffusion.variance_type", d.get("variance_type"), ", ".join(VARIANCE_TYPES))
+    name = cfg["data"].get("name")
+    if name is not None and not isinstance(name, str):
+        raise bad("data.name", name, "a dataset name")
+    if "train" in cfg or cfg.get("kind") == "dmattack-run":
+        _validate_train_section(cfg, path)
+
+
+def _validate_train_section(cfg: dict[str, Any], path: str | os.PathLike) -> None:
+    from .train import TrainConfig  # imported here: train imports this module
+
+    t = cfg.get("train")
+    if not isinstance(t, dict):
+        raise RunError(f"{path}: field 'train' is missing or not an object")
+    try:
+        train_cfg = TrainConfig.from_dict(t).resolved()
+        train_cfg.validate()
+    except (ValueError, TypeError) as e:
+        field_name = getattr(e, "field", None)
+        where = f"field 'train.{field_name}'" if field_name else "field 'train'"
+        raise RunError(f"{path}: {where}: {str(e).splitlines()[0]}") from None
+    # the sections the model is rebuilt from must agree with the training config
+    for section, key, value in (("model", "preset", train_cfg.preset),
+                                ("model", "dropout", train_cfg.dropout),
+                                ("diffusion", "schedule", train_cfg.schedule),
+                                ("diffusion", "num_timesteps", train_cfg.num_timesteps),
+                                ("diffusion", "variance_type", train_cfg.variance_type)):
+        if cfg[section].get(key) != value:
+            raise RunError(f"{path}: field '{section}.{key}' is {cfg[section].get(key)!r} but "
+                           f"the run was trained with train.{key} = {value!r}; restore the "
+                           "original value")
 
 
 def _load_weights(model: nn.Module, folder: Path, name: str) -> None:
     if isinstance(model, UNetEps):
         from diffusers import UNet2DModel
 
-        model.unet = UNet2DModel.from_pretrained(folder / name, low_cpu_mem_usage=False)
+        # safetensors only: a pickled .bin in the folder is never loaded
+        model.unet = UNet2DModel.from_pretrained(folder / name, low_cpu_mem_usage=False,
+                                                 use_safetensors=True)
     else:
         model.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
+    """The meta.json of a checkpoint folder after checking every file it lists against its
+    sha256; a one-line :class:`RunError` naming the first missing, truncated or corrupt file.
+    (Checkpoints written before the sha256 list are only checked for a readable meta.json.)"""
+    ckpt = Path(ckpt)
+    meta_path = ckpt / META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"checkpoint {ckpt} is incomplete: {meta_path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"checkpoint file {meta_path} is unreadable: {_first_line(e)}") from None
+    if not (isinstance(meta, dict) and _is_int(meta.get("step")) and meta["step"] >= 0
+            and isinstance(meta.get("files", {}), dict)):
+        raise RunError(f"checkpoint file {meta_path} is corrupt: expected a step and a file list")
+    for rel, digest in meta.get("files", {}).items():
+        f = ckpt / rel
+        if not f.is_file():
+            raise RunError(f"checkpoint file {f} is missing")
+        try:
+            ok = sha256_file(f) == digest
+        except OSError as e:
+            raise RunError(f"checkpoint file {f} is unreadable: {_first_line(e)}") from None
+        if not ok:
+            raise RunError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
+                           f"from the one in {meta_path})")
+    return meta
+
+
+def _checkpoint_candidates(run_dir: Path) -> list[Path]:
+    return [run_dir / n for n in (CHECKPOINT, PREVIOUS) if (run_dir / n).is_dir()]
+
+
+def open_checkpoint(run_dir: str | os.PathLike,
+                    load: Callable[[Path, dict[str, Any]], T] | None = None
+                    ) -> tuple[Path, dict[str, Any], T | None]:
+    """The newest usable checkpoint of a run: ``(folder, meta, load(folder, meta))``.
+
+    ``checkpoint/`` is tried first, then ``checkpoint.prev/``. A checkpoint is usable when its
+    files match the sha256 list in meta.json and ``load`` (if given) succeeds; a failure is
+    logged as a warning naming the bad file and the previous checkpoint is tried. When none is
+    usable, a one-line :class:`RunError` names the bad file(s).
+    """
+    run_dir = Path(run_dir)
+    candidates = _checkpoint_candidates(run_dir)
+    errors: list[str] = []
+    for i, ckpt in enumerate(candidates):
+        try:
+            meta = verify_checkpoint(ckpt)
+            result = load(ckpt, meta) if load is not None else None
+        except RunError as e:
+            errors.append(str(e))
+        except LOAD_ERRORS as e:
+            errors.append(f"checkpoint {ckpt} is unreadable or does not match its config: "
+                          f"{_first_line(e)}")
+        else:
+            return ckpt, meta, result
+        if i + 1 < len(candidates):
+            log.warning("%s; falling back to %s", errors[-1], candidates[i + 1])
+    if not errors:
+        raise RunError(f"run {run_dir} has no checkpoint yet")
+    raise RunError(f"run {run_dir} has no usable checkpoint: {'; '.join(errors)}")
+
+
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
-    """The newest complete checkpoint of a run (falls back to ``checkpoint.prev``)."""
-    for name in (CHECKPOINT, PREVIOUS):
-        d = Path(run_dir) / name
-        if (d / "meta.json").is_file():
-            return d
-    raise RunError(f"run {run_dir} has no checkpoint yet")
+    """The newest complete checkpoint of a run whose files are intact (falls back to
+    ``checkpoint.prev``, see :func:`open_checkpoint`)."""
+    return open_checkpoint(run_dir)[0]
 
 
 def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path) -> dict[str, Any]:
     """Load model (and EMA) weights of a checkpoint folder; returns its meta.json."""
+    meta = verify_checkpoint(ckpt)
     try:
         _load_weights(model, ckpt, "model")
         if ema is not None:
             _load_weights(ema, ckpt, "ema")
-        return json.loads((ckpt / "meta.json").read_text())
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
+    except LOAD_ERRORS as e:
         raise RunError(f"checkpoint {ckpt} is unreadable or does not match its config: "
-                       f"{str(e).splitlines()[0]}") from None
+                       f"{_first_line(e)}") from None
+    return meta
 
 
 def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
              device: torch.device | str = "cpu") -> LoadedModel:
     """Load a trained run for sampling (EMA weights by default), in eval mode."""
     cfg = read_config(run_dir)
-    model = model_from_config(cfg)
-    ckpt = checkpoint_dir(run_dir)
     try:
+        model = model_from_config(cfg)
+    except (ValueError, TypeError) as e:
+        raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {_first_line(e)}") from None
+
+    def load(ckpt: Path, meta: dict[str, Any]) -> None:
         _load_weights(model, ckpt, "ema" if use_ema else "model")
-    except (OSError, RuntimeError, ValueError, KeyError) as e:
-        raise RunError(f"checkpoint {ckpt} is unreadable: {str(e).splitlines()[0]}") from None
+
+    ckpt, _, _ = open_checkpoint(run_dir, load)
     model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -171,6 +378,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
         dataset=cfg["data"].get("name"),
         ema=use_ema,
         config=cfg,
+        fingerprint=sha256_file(ckpt / META),
     )
 
 
@@ -178,7 +386,7 @@ def newest_run(root: str | os.PathLike = "runs") -> Path:
     """The most recently modified run folder (one with a checkpoint) under ``root``."""
     root = Path(root)
     runs = [p for p in root.glob("*") if (p / CONFIG).is_file() and (
-        (p / CHECKPOINT / "meta.json").is_file() or (p / PREVIOUS / "meta.json").is_file())]
+        (p / CHECKPOINT / META).is_file() or (p / PREVIOUS / META).is_file())]
     if not runs:
         raise RunError(f"no trained run found under {root}/; train one with `dmattack train` "
                        "or pass --run")

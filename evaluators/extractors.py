@@ -96,11 +96,29 @@ def resolve_weights(extractor: str, weights: str | os.PathLike | None) -> Path:
         if not path.is_file():
             raise MetricError(f"Inception weights not found at {path} (--inception-weights); "
                               f"download them from {URL_INCEPTION_V3}")
-        return path
+        return _tensors_only(path)
     path = inception_cache_path()
     if not path.is_file():
         raise MetricError(f"Inception weights not found (looked in {path}); download "
                           f"{URL_INCEPTION_V3} there or pass --inception-weights PATH")
+    return _tensors_only(path)
+
+
+@lru_cache(maxsize=16)
+def _checked(path: str, size: int, mtime_ns: int) -> None:
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means: not a plain tensor file
+        raise MetricError(f"refusing Inception weights {path}: not a plain state dict "
+                          f"loadable without executing pickled code ({type(e).__name__})"
+                          ) from None
+
+
+def _tensors_only(path: Path) -> Path:
+    """``path`` if it loads with ``weights_only=True``. torch-fidelity itself unpickles the
+    file without that guard, so a file carrying code is refused before it gets there."""
+    st = path.stat()
+    _checked(str(path.resolve()), st.st_size, st.st_mtime_ns)
     return path
 
 

@@ -432,3 +432,23 @@ def test_evaluate_rejects_unknown_and_impossible_metrics(digits):
         evaluate(digits[:4], digits[:4], ["fid"], feature_extractor="vgg")
     with pytest.raises(ValueError, match="reserved"):
         evaluate(v, v, ["variance-ratio"], protocol={"num_samples": 3})
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_inception_weights_with_pickled_code_are_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"w": torch.zeros(1), "payload": _Exploit(marker)}, evil)
+    x = torch.zeros(4, 3, 32, 32)
+    with pytest.raises(MetricError, match="refusing Inception weights"):
+        evaluate(x, x, ["fid"], inception_weights=evil, cache_dir=tmp_path)
+    assert not marker.exists()

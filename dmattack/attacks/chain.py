@@ -18,6 +18,7 @@ does not depend on its batch (see :mod:`dmattack.seeding`).
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
 
 import torch
@@ -35,7 +36,7 @@ _REPR_HIDDEN = ("model", "attack", "supported_mode", "attack_mode", "targeted",
                 "normalization_used", "diffusion", "generator", "loss")
 
 
-class ChainAttack(Attack):
+class ChainAttack(Attack, metaclass=ABCMeta):
     """Base class: budget, random draws, mode handling and ``repr`` shared by the chain attacks.
 
     Args:
@@ -73,9 +74,9 @@ class ChainAttack(Attack):
         x_adv = self.perturb(x_t, t, budget)
         return torch.where(budget > 0, x_adv, x_t).detach()
 
+    @abstractmethod
     def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-        """The attacked state for budget ε_t (B, 1, …); overridden by each attack."""
-        raise NotImplementedError
+        """The attacked state for budget ε_t (B, 1, …); defined by each attack."""
 
     def budget(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """ε_t = eps_scale·√β̃_t per sample, shaped (B, 1, …) to broadcast against ``x_t``."""

@@ -63,11 +63,24 @@ def _cifar_error(path: Path) -> DataError:
         f"({', '.join(CIFAR_BATCHES)}; download it with torchvision on a machine with internet)")
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR batches (dicts, lists, bytes and numpy arrays) and refuses every other
+    global, so a crafted batch file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> np.ndarray:
-    """One torchvision/CIFAR pickle batch → (n, 3, 32, 32) uint8."""
+    """One torchvision/CIFAR pickle batch → (n, 3, 32, 32) uint8 (restricted unpickling)."""
     try:
         with open(path, "rb") as f:
-            data = np.asarray(pickle.load(f, encoding="latin1")["data"])
+            data = np.asarray(_ArrayUnpickler(f, encoding="latin1").load()["data"])
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
         raise DataError(f"invalid CIFAR-10 batch {path}: {type(e).__name__}: {e}") from e
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
