@@ -1,0 +1,31 @@
+"""Write docs/cli.md from the click app's own help texts: `python scripts/cli_reference.py`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cli  # noqa: E402
+
+
+def render() -> str:
+    """The CLI reference as Markdown: the group's help, then each command's --help."""
+    parts = ["# CLI reference\n",
+             "Generated from `dmattack --help` by `scripts/cli_reference.py`; "
+             "`tests/test_docs.py` keeps it current.\n"]
+    with click.Context(cli.main, info_name="dmattack", terminal_width=100) as ctx:
+        parts.append(f"```\n{cli.main.get_help(ctx)}\n```\n")
+        for name, command in sorted(cli.main.commands.items()):
+            with click.Context(command, info_name=f"dmattack {name}", parent=None,
+                               terminal_width=100) as sub:
+                parts.append(f"## dmattack {name}\n\n```\n{command.get_help(sub)}\n```\n")
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    (ROOT / "docs" / "cli.md").write_text(render())
