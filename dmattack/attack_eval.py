@@ -9,11 +9,15 @@ samples bit for bit. The metric is the caller's ``metric_fn(samples) -> dict[str
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import io
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +30,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .attacks.schedule import AttackSpec, attacked_steps, make_hook_factory
-from .io import provenance, write_atomic, write_json, write_text
+from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
+from .locking import lock_folder
 from .runs import LoadedModel
 from .sampling import SamplerConfig, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
@@ -34,6 +39,7 @@ from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
 POINTS = "points.jsonl"
+STAGING_PREFIX = ".staging."
 CPU_PRESETS = ("tiny", "mlp", "mlp-small")
 
 
@@ -156,13 +162,34 @@ def run_attack(
     Samples ``first_sample … first_sample+num_samples−1`` of the seed's sequence are drawn, so
     disjoint ranges run on different GPUs concatenate to exactly one larger run.
 
-    Writes (atomically) into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
+    Writes into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
     (N, *shape) float32, model space), ``clean.png`` / ``attacked.png`` (image grids; scatter
     plots for low-dimensional vectors) and, last, ``results.json`` with the full protocol and
     ``metrics = {"clean": …, "attacked": …}``, which is also returned. ``progress(done, total)``
     counts reverse steps over both passes.
+
+    Before sampling, ``out_dir`` is checked for writability and free space
+    (:class:`~dmattack.io.OutputError`) and locked against a second writer
+    (:class:`~dmattack.locking.LockError`). A killed run leaves the previous results (if any)
+    intact: all files are written into a staging folder and then renamed into place, with
+    ``results.json`` removed first and moved in last, so a ``results.json`` always belongs to
+    the samples beside it. Re-running the command recomputes the same numbers.
     """
     out = Path(out_dir)
+    # room for samples.safetensors (clean + attacked, float32) and the PNGs, checked up front
+    check_writable(out, 8 * num_samples * math.prod(loaded.data_shape) + 32 * MiB)
+    with lock_folder(out, "attack folder", command="dmattack attack"):
+        return _run_attack_locked(loaded, spec, num_samples, seed, sampler, batch_size,
+                                  metric_fn, device, out, progress, first_sample)
+
+
+def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, seed: int,
+                       sampler: SamplerConfig, batch_size: int, metric_fn: MetricFn,
+                       device: torch.device | str, out: Path,
+                       progress: Callable[[int, int], None] | None,
+                       first_sample: int) -> dict[str, Any]:
+    for leftover in out.glob(f"{STAGING_PREFIX}*"):  # from a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
     steps = attacked_steps(sd.num_timesteps, spec.percent, spec.window)
@@ -173,9 +200,6 @@ def run_attack(
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
 
     tensors = {"clean": clean.float().contiguous(), "attacked": attacked.float().contiguous()}
-    write_atomic(out / "samples.safetensors", lambda p: save_file(tensors, str(p)))
-    save_samples_png(clean, out / "clean.png", title="clean")
-    save_samples_png(attacked, out / "attacked.png", title=spec.describe())
     result = {
         "kind": "attack",
         "label": spec.describe(),
@@ -198,7 +222,27 @@ def run_attack(
                   "attacked_png": "attacked.png"},
         "provenance": provenance(),
     }
-    write_json(out / "results.json", result)
+    stage = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+    try:
+        # everything is written (and fsynced) into a staging folder first: a full disk or a
+        # kill leaves the previous results as they were
+        try:
+            write_atomic(stage / "samples.safetensors", lambda p: save_file(tensors, str(p)))
+            save_samples_png(clean, stage / "clean.png", title="clean")
+            save_samples_png(attacked, stage / "attacked.png", title=spec.describe())
+            write_json(stage / "results.json", result)
+        except OSError as e:
+            reason = (os.strerror(e.errno) if e.errno else
+                      (str(e).strip().splitlines() or [type(e).__name__])[0])
+            raise OutputError(e.errno or errno.EIO, f"cannot write the results into {out}: "
+                              f"{reason}; the previous results there are unchanged") from None
+        # then moved in with renames: results.json goes first out and last in, so whenever it
+        # exists it describes the samples beside it
+        (out / "results.json").unlink(missing_ok=True)
+        for name in ("samples.safetensors", "clean.png", "attacked.png", "results.json"):
+            os.replace(stage / name, out / name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return result
 
 
@@ -232,17 +276,40 @@ def read_points(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 def _append_point(path: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(record) + "\n"
-    with open(path, "a") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    """Append one record and fsync; a failed write (disk full) is cut off again, so the store
+    keeps only whole records, and raised as a one-line OutputError."""
+    line = (json.dumps(record) + "\n").encode()
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "ab") as f:
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise OutputError(e.errno or errno.EIO, f"cannot append a point to {path}: "
+                          f"{e.strerror or e}; the points before it are kept") from None
 
 
 def _point_key(loaded: LoadedModel, label: str, sampler_label: str, num_samples: int,
                seed: int) -> str:
+    """What identifies a point; includes the weights' fingerprint, so a point of a model
+    trained further since (or otherwise changed) is recomputed, never reused."""
     ema = "ema" if loaded.ema else "raw"
-    return f"{loaded.source}[{ema}]|{label}|{sampler_label}|n={num_samples}|seed={seed}"
+    weights = f"|weights={loaded.fingerprint[:16]}" if loaded.fingerprint else ""
+    return f"{loaded.source}[{ema}]{weights}|{label}|{sampler_label}|n={num_samples}|seed={seed}"
+
+
+def _read_store(store: Path) -> dict[str, dict[str, Any]]:
+    done = {}
+    for n, record in enumerate(read_points(store), 1):
+        if not (isinstance(record, dict) and isinstance(record.get("key"), str)
+                and isinstance(record.get("metrics"), dict)):
+            raise ValueError(f"{store}: record {n} is not a curve point; move the file away to "
+                             "recompute the curve")
+        done[record["key"]] = record
+    return done
 
 
 def _model_names(models: Sequence[LoadedModel]) -> dict[str, str]:
@@ -276,11 +343,26 @@ def run_curve(
     values = ``metric``, default the first metric returned) and ``curve.png`` (random control
     dashed). ``progress(done, total, record)`` is called after each point (``record["resumed"]``
     is True for one read back from the store). Returns the ``curve.json`` content.
+
+    The key includes the model's weight fingerprint (:attr:`LoadedModel.fingerprint`), so a
+    store is never reused for changed weights. ``out_dir`` is checked for writability and
+    locked against a second writer before any point is computed.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out, 32 * MiB)
+    with lock_folder(out, "curve folder", command="dmattack curve"):
+        return _run_curve_locked(models, specs, num_samples, seed, sampler, batch_size,
+                                 metric_fn, device, out, metric, progress)
+
+
+def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec],
+                      num_samples: int, seed: int, sampler: SamplerConfig, batch_size: int,
+                      metric_fn: MetricFn, device: torch.device | str, out: Path,
+                      metric: str | None,
+                      progress: Callable[[int, int, dict[str, Any]], None] | None
+                      ) -> dict[str, Any]:
     store = out / POINTS
-    done = {p["key"]: p for p in read_points(store)}
+    done = _read_store(store)
     seeds = sample_seeds(seed, num_samples)
     attack_specs = [s for s in specs if s.percent > 0]
     total = len(models) * (1 + len(attack_specs))

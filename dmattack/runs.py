@@ -343,9 +343,11 @@ def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     return open_checkpoint(run_dir)[0]
 
 
-def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path) -> dict[str, Any]:
-    """Load model (and EMA) weights of a checkpoint folder; returns its meta.json."""
-    meta = verify_checkpoint(ckpt)
+def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path,
+                      verify: bool = True) -> dict[str, Any]:
+    """Load model (and EMA) weights of a checkpoint folder; returns its meta.json (checked
+    against the files' sha256 unless ``verify=False``, when the caller already did)."""
+    meta = verify_checkpoint(ckpt) if verify else json.loads((ckpt / META).read_text())
     try:
         _load_weights(model, ckpt, "model")
         if ema is not None:

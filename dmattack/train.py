@@ -2,13 +2,23 @@
 
 All randomness of step ``k`` (batch indices, t, ε, δ, ξ, dropout) is drawn from seeds derived
 from ``(seed, k)``, so a resumed run continues exactly where an uninterrupted one would be.
+
+Reliability (docs/reliability.md): one process per run folder (``.lock``); the output folder is
+checked for writability and free space before training; a non-finite loss or gradient stops
+the run naming the step (``nan_policy="stop"``) or skips that optimiser step
+(``nan_policy="skip"``); weights are checked finite before each checkpoint, so the last good
+checkpoint is never overwritten by a diverged model.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
+import logging
+import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,18 +28,25 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import DATASETS, corrupt, load_dataset
+from .data import DATASETS, DataError, corrupt, load_dataset
 from .diffusion import SCHEDULES, VARIANCE_TYPES
-from .io import provenance, write_json
+from .io import MiB, OutputError, check_writable, provenance, write_json, write_text
+from .locking import lock_folder
 from .models import PRESETS, UNET_PRESETS
 from .objectives import ObjectiveConfig, training_loss
 from .runs import (
+    CHECKPOINT,
     CONFIG,
+    LOAD_ERRORS,
+    PREVIOUS,
+    RunError,
     checkpoint_dir,
     diffusion_from_config,
     load_weights_into,
     model_from_config,
+    open_checkpoint,
     read_config,
+    remove_partial_checkpoints,
     save_checkpoint,
 )
 from .sampling import SamplerConfig, sample
@@ -37,6 +54,10 @@ from .seeding import derive_seed, sample_seeds
 from .visualize import save_samples_png
 
 TRAIN_STREAM = 2  # seed purpose of per-step training randomness
+NAN_POLICIES = ("stop", "skip")
+NAN_SKIP_LIMIT = 100  # consecutive skipped steps after which nan_policy="skip" stops anyway
+MAX_NUM_DATA = 10_000_000
+log = logging.getLogger("dmattack")
 
 # Per-preset defaults of (steps, batch size, warm-up steps). The CPU presets fit the
 # 5-minute budget of `dmattack train` on 2 cores; the GPU presets follow Ho et al. 2020.
@@ -47,6 +68,32 @@ PRESET_DEFAULTS: dict[str, tuple[int, int, int]] = {
     "ddpm-cifar10": (800_000, 128, 5000),
     "ddpm-64": (500_000, 64, 5000),
 }
+
+
+class ConfigError(ValueError):
+    """An invalid training-config field (one line; ``field`` names it)."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field_name
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Raise ConfigError unless ``value`` fits a simple annotation like ``int | None``."""
+    kinds = [a.strip() for a in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    for kind in kinds:
+        if (kind == "str" and isinstance(value, str)
+                or kind == "bool" and isinstance(value, bool)
+                or kind == "int" and number and isinstance(value, int)
+                or kind == "float" and number and math.isfinite(value)):
+            return
+    names = {"str": "a string", "bool": "true or false", "int": "an integer",
+             "float": "a finite number", "None": "null"}
+    allowed = " or ".join(names.get(k, k) for k in kinds)
+    raise ConfigError(name, f"{name}={value!r} is invalid; allowed: {allowed}")
 
 
 @dataclass
@@ -87,6 +134,7 @@ class TrainConfig:
     preview_steps: int = 100
     log_every: int = 25
     num_workers: int = 0
+    nan_policy: str = "stop"  # non-finite loss/gradient: "stop" (raise) or "skip" the step
 
     def resolved(self) -> TrainConfig:
         """A copy with the preset's defaults filled in for unset steps / batch / warm-up."""
@@ -101,8 +149,15 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise ValueError (one line naming the field, value and what is allowed).
         Call on a :meth:`resolved` config."""
-        def bad(name: str, allowed: str) -> ValueError:
-            return ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: {allowed}")
+        def bad(name: str, allowed: str) -> ConfigError:
+            return ConfigError(name, f"{name}={getattr(self, name)!r} is invalid; "
+                               f"allowed: {allowed}")
+
+        for f in dataclasses.fields(self):
+            if f.name != "objective":
+                _check_type(f.name, getattr(self, f.name), str(f.type))
+        if not isinstance(self.objective, ObjectiveConfig):
+            raise bad("objective", "an ObjectiveConfig")
 
         if self.dataset not in DATASETS:
             raise bad("dataset", ", ".join(DATASETS))
@@ -123,12 +178,22 @@ class TrainConfig:
         if self.num_preview < 0 or self.warmup < 0 or self.num_workers < 0:
             raise bad("num_preview" if self.num_preview < 0 else
                       "warmup" if self.warmup < 0 else "num_workers", "an integer >= 0")
+        if self.num_data is not None and not 0 < self.num_data <= MAX_NUM_DATA:
+            raise bad("num_data", f"an integer in 1..{MAX_NUM_DATA}")
+        if self.resolution is not None and not 0 < self.resolution <= 4096:
+            raise bad("resolution", "an image side in 1..4096")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise bad("dropout", "a probability in [0, 1)")
         if not self.lr > 0:
             raise bad("lr", "a learning rate > 0")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "a decay in [0, 1)")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise bad("grad_clip" if self.grad_clip < 0 else "weight_decay", "a value >= 0")
+        if not (self.grad_clip >= 0 and self.weight_decay >= 0):
+            raise bad("grad_clip" if not self.grad_clip >= 0 else "weight_decay",
+                      "a value >= 0")
+        if self.nan_policy not in NAN_POLICIES:
+            raise bad("nan_policy", ", ".join(NAN_POLICIES))
+        parse_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -137,19 +202,56 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config from :meth:`to_dict` output (e.g. a run's config.json); a
+        malformed field raises a one-line :class:`ConfigError` naming it."""
+        if not isinstance(d, dict):
+            raise ConfigError("train", f"expected an object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"unknown training config field {unknown[0]!r}")
+            raise ConfigError(unknown[0], f"unknown training config field {unknown[0]!r}")
         d = dict(d)
-        d["objective"] = ObjectiveConfig.from_dict(d.get("objective", {}))
+        objective = d.get("objective", {})
+        try:
+            if not isinstance(objective, dict):
+                raise ValueError(f"expected an object, got {objective!r}")
+            d["objective"] = ObjectiveConfig.from_dict(objective)
+        except (ValueError, TypeError) as e:
+            raise ConfigError("objective", str(e).splitlines()[0]) from None
+        for f in dataclasses.fields(cls):
+            if f.name in d and f.name != "objective":
+                _check_type(f.name, d[f.name], str(f.type))
         return cls(**d)
 
 
-def resolve_device(name: str) -> torch.device:
+def parse_device(name: str) -> torch.device | None:
+    """The torch device a name stands for (None for ``auto``), without checking it is
+    present; a one-line ConfigError for a malformed or unsupported name."""
     if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError("device", f"device {name!r} is invalid; allowed: auto, cpu, cuda, "
+                          "cuda:N, mps")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU) or a torch device string; a one-line
+    ValueError for a malformed name or a device that is not there."""
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if device.type == "cuda" and not (torch.cuda.is_available() and (
+            device.index is None or device.index < torch.cuda.device_count())):
+        raise ConfigError("device", f"device {name!r} is not available here "
+                          f"({torch.cuda.device_count()} CUDA device(s) found)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device", f"device {name!r} is not available here")
+    return device
 
 
 def build_data(cfg: TrainConfig):
@@ -194,8 +296,15 @@ class _Batches:
             num_workers=cfg.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for batch in loader:
-            yield batch.to(self.device, non_blocking=True)
+        try:
+            for batch in loader:
+                yield batch.to(self.device, non_blocking=True)
+        except DataError as e:
+            # a worker's DataError arrives wrapped ("Caught DataError in DataLoader worker
+            # process 0", then its traceback): re-raise its own one-line message
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            msg = lines[-1].split("DataError: ", 1)[-1] if lines else "unreadable data"
+            raise DataError(msg) from None
 
 
 @torch.no_grad()
@@ -239,11 +348,73 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
     }
 
 
-def resume_config(run_dir: str | Path, steps: int | None = None) -> TrainConfig:
-    """The config of an existing run (with a checkpoint), optionally extended to ``steps``."""
-    saved = read_config(run_dir)["train"]
-    checkpoint_dir(run_dir)
-    return TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
+def resume_config(run_dir: str | Path, steps: int | None = None,
+                  nan_policy: str | None = None) -> TrainConfig:
+    """The config of an existing run (with a checkpoint), optionally extended to ``steps``
+    and with another ``nan_policy`` (neither changes the steps already trained)."""
+    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
+    if _has_checkpoints(run_dir):
+        checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
+    cfg = TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
+    if nan_policy is not None:
+        cfg = dataclasses.replace(cfg, nan_policy=nan_policy)
+    return cfg
+
+
+def _has_checkpoints(run_dir: str | Path) -> bool:
+    return any((Path(run_dir) / name).is_dir() for name in (CHECKPOINT, PREVIOUS))
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """Disk size of one checkpoint: model + EMA weights + AdamW's two moments (float32)."""
+    return 16 * sum(p.numel() for p in model.parameters()) + 64 * 1024
+
+
+def _all_finite(*modules: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+def _grad_norm(model: nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+def _repair_log(log_path: Path, last_step: int | None) -> None:
+    """Cut a torn last line (a kill mid-write) and, on resume, the records of steps after the
+    checkpoint (they are trained again), so the log reads like an uninterrupted run's."""
+    if not log_path.exists():
+        return
+    data = log_path.read_bytes()
+    lines = data[:data.rfind(b"\n") + 1].decode(errors="replace").splitlines(keepends=True)
+
+    def keep(line: str) -> bool:
+        try:
+            return last_step is None or int(json.loads(line)["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            return False
+
+    kept = [line for line in lines if keep(line)]
+    if len(kept) != len(lines) or len(data) != sum(len(x.encode()) for x in lines):
+        write_text(log_path, "".join(kept))
+
+
+def _append_log(log_path: Path, record: dict[str, Any]) -> None:
+    try:
+        with open(log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise OutputError(e.errno or errno.EIO, f"cannot append to {log_path}: "
+                          f"{e.strerror or e}") from None
+
+
+def _quarantine(ckpt: Path) -> None:
+    """Move an unusable ``checkpoint/`` aside (kept for inspection, never rotated into
+    ``checkpoint.prev``), so the good previous checkpoint survives the next save."""
+    target = ckpt.with_name(f"{ckpt.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.replace(ckpt, target)
+    log.warning("moved the unusable checkpoint %s to %s", ckpt, target)
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
@@ -254,39 +425,76 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     ``build_data(cfg)`` when the caller already built it.
 
     ``callback(step, stats)`` is called after every optimiser step with the step just finished
-    (1-based) and its loss statistics.
+    (1-based) and its loss statistics (``stats["skipped"]`` is 1 for a step skipped under
+    ``nan_policy="skip"``).
+
+    Raises :class:`~dmattack.locking.LockError` when another live process writes ``run_dir``,
+    :class:`~dmattack.io.OutputError` when it cannot be written (or lacks room for a
+    checkpoint), ``FloatingPointError`` on a non-finite loss / gradient (``nan_policy="stop"``)
+    or non-finite weights; the last good checkpoint is never overwritten. On resume an unusable
+    ``checkpoint/`` (truncated, corrupt) is moved aside to ``checkpoint.corrupt-<time>/`` and
+    training continues from ``checkpoint.prev/``.
     """
     run_dir = Path(run_dir)
     cfg = cfg.resolved()
     cfg.validate()
     device = resolve_device(cfg.device)
+    created = not run_dir.exists()
+    check_writable(run_dir)  # before the data is built: a bad --out fails at once
+    try:
+        with lock_folder(run_dir, "run folder", command="dmattack train"):
+            return _train_locked(cfg, run_dir, resume, callback, data, device)
+    except BaseException:
+        if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # failed before writing anything: leave no empty run folder
+        raise
+
+
+def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
+                  callback: StepCallback | None, data, device: torch.device) -> Path:
     data = build_data(cfg) if data is None else data
     run_cfg = _run_config(cfg, data)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / CONFIG, run_cfg)
+    remove_partial_checkpoints(run_dir)
 
     torch.manual_seed(derive_seed(cfg.seed, 0))
     model = model_from_config(run_cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     diffusion = diffusion_from_config(run_cfg)
+    # room for one more checkpoint (the new one is complete before the oldest is deleted)
+    check_writable(run_dir, checkpoint_bytes(model) + 32 * MiB)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
                                   weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
-    start = 0
+    start = skipped = 0
+    if resume and not _has_checkpoints(run_dir):  # killed before its first checkpoint
+        log.warning("run %s has no checkpoint yet; training it from step 0", run_dir)
+        resume = False
     if resume:
-        ckpt = checkpoint_dir(run_dir)
-        load_weights_into(model, ema, ckpt)
+        def load(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+            load_weights_into(model, ema, ckpt, verify=False)
+            path = ckpt / "state.pt"
+            try:  # weights_only: tensors and plain containers, never pickled code
+                state = torch.load(path, map_location=device, weights_only=True)
+                optimizer.load_state_dict(state["optimizer"])
+            except LOAD_ERRORS as e:
+                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise RunError(f"checkpoint file {path} is unreadable: {msg}") from None
+            return state
+
+        ckpt, _, state = open_checkpoint(run_dir, load)
         model.to(device)
         ema.to(device).requires_grad_(False)
-        state = torch.load(ckpt / "state.pt", map_location=device, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        start = int(state["step"])
+        start, skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+        if ckpt.name != CHECKPOINT and (run_dir / CHECKPOINT).exists():
+            _quarantine(run_dir / CHECKPOINT)
+    write_json(run_dir / CONFIG, run_cfg)
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     log_path = run_dir / "log.jsonl"
+    _repair_log(log_path, start if resume else 0)
     model.train()
     ema.eval()
-    step = start
+    step, last_checkpoint, run_of_skips = start, start if resume else None, 0
     t0 = time.time()
     for x0 in _Batches(data, cfg, device, start):
         torch.manual_seed(derive_seed(cfg.seed, step, TRAIN_STREAM, 1))
@@ -294,28 +502,65 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             group["lr"] = lr_at(cfg, step)
         with autocast:
             loss, stats = training_loss(model, diffusion, x0, cfg.objective)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {step + 1}; the last "
-                                     f"good checkpoint is kept in {run_dir}")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            stats["grad_norm"] = float(nn.utils.clip_grad_norm_(model.parameters(),
-                                                                cfg.grad_clip))
-        optimizer.step()
-        update_ema(ema, model, ema_decay_at(cfg, step))
+        bad = None if torch.isfinite(loss) else "loss"
+        if bad is None:
+            loss.backward()
+            if cfg.grad_clip > 0:
+                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                stats["grad_norm"] = norm
+            else:
+                norm = _grad_norm(model)
+            if not torch.isfinite(norm):
+                bad = "gradient"
+        if bad is not None:
+            kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}"
+                    if last_checkpoint is not None else "no checkpoint was written yet")
+            if cfg.nan_policy == "stop":
+                raise FloatingPointError(
+                    f"non-finite training {bad} at step {step + 1}; stopped "
+                    f"(nan_policy=stop); {kept}; resume with nan_policy=skip to skip such "
+                    "steps, or lower the learning rate")
+            skipped += 1
+            run_of_skips += 1
+            if run_of_skips > NAN_SKIP_LIMIT:
+                raise FloatingPointError(
+                    f"non-finite training {bad} at {run_of_skips} steps in a row (last: step "
+                    f"{step + 1}); the run has diverged; {kept}")
+            optimizer.zero_grad(set_to_none=True)
+            log.warning("non-finite training %s at step %d: optimiser step skipped "
+                        "(nan_policy=skip, %d skipped so far)", bad, step + 1, skipped)
+            stats = {"loss": float(loss.detach()), "skipped": 1.0,
+                     "skipped_total": float(skipped)}
+        else:
+            run_of_skips = 0
+            optimizer.step()
+            update_ema(ema, model, ema_decay_at(cfg, step))
+            stats = {k: float(v) for k, v in stats.items()}
+            stats["loss"] = float(loss.detach())
         step += 1
-        stats = {k: float(v) for k, v in stats.items()}
-        stats["loss"] = float(loss.detach())
         if callback is not None:
             callback(step, stats)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            with open(log_path, "a") as f:
-                f.write(json.dumps({"step": step, "time_s": round(time.time() - t0, 3),
-                                    **stats}) + "\n")
+        if bad is not None or step % cfg.log_every == 0 or step == cfg.steps:
+            _append_log(log_path, {"step": step, "time_s": round(time.time() - t0, 3),
+                                   **stats})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint(run_dir, model, ema,
-                            {"step": step, "optimizer": optimizer.state_dict()}, step)
+            if not _all_finite(model, ema):
+                raise FloatingPointError(
+                    f"the weights became non-finite by step {step}; the checkpoint was not "
+                    f"written and the last good one (step {last_checkpoint}) is kept in "
+                    f"{run_dir}")
+            try:
+                save_checkpoint(run_dir, model, ema,
+                                {"step": step, "optimizer": optimizer.state_dict(),
+                                 "skipped_steps": skipped}, step, skipped_steps=skipped)
+            except (OSError, RuntimeError) as e:
+                raise OutputError(getattr(e, "errno", None) or errno.EIO,
+                                  f"writing the checkpoint of step {step} to {run_dir} failed "
+                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                                  f"); the last good checkpoint (step {last_checkpoint}) is "
+                                  "intact: free some space and resume") from None
+            last_checkpoint = step
         if cfg.num_preview and (step % cfg.sample_every == 0 or step == cfg.steps):
             write_preview(ema, diffusion, data.shape, cfg, run_dir / "samples" /
                           f"step-{step:07d}.png", device)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -17,15 +16,6 @@ from dmattack.sampling import SamplerConfig, sample_batched
 from dmattack.seeding import sample_seeds
 
 SAMPLER = SamplerConfig("respaced", 10)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny MLPs gain nothing from intra-op threads; on a busy 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def mlp_model(name: str, seed: int = 0, dim: int = 2) -> LoadedModel:

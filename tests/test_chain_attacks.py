@@ -24,15 +24,6 @@ K = 20
 SAMPLER = SamplerConfig("respaced", K)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny MLPs gain nothing from intra-op threads; on a busy 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def diffusion():
     return GaussianDiffusion.from_schedule("linear", 1000)

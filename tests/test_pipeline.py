@@ -17,15 +17,6 @@ from dmattack.runs import LoadedModel
 T = 50
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny U-Nets gain nothing from intra-op threads; on a busy 2-core machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_unet() -> UNet2DModel:
     torch.manual_seed(0)
     return UNet2DModel(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 16),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import pickle
 from pathlib import Path
 
@@ -22,6 +23,7 @@ _CONVERTIBLE = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", 
                 "LAB", "HSV", *_SIXTEEN_BIT)
 CIFAR_FOLDER = "cifar-10-batches-py"
 CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+log = logging.getLogger("dmattack")
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -119,12 +121,22 @@ def _to_rgb8(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _readable(path: Path) -> bool:
-    """Whether PIL can open ``path`` (header only) in a mode we can convert to RGB."""
+_READ_ERRORS = (OSError, SyntaxError, ValueError, TypeError, EOFError, MemoryError,
+                Image.DecompressionBombError)
+
+
+def _readable(path: Path, resolution: int) -> bool:
+    """Whether ``path`` decodes completely (a truncated file does not) in a mode with a
+    well-defined RGB conversion. JPEGs are decoded at a reduced scale (≥ the target size)."""
     try:
         with Image.open(path) as image:
-            return image.mode in _CONVERTIBLE
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            if image.mode not in _CONVERTIBLE:
+                return False
+            image.draft("RGB", (resolution, resolution))
+            image.load()
+            _to_rgb8(image)
+        return True
+    except _READ_ERRORS:
         return False
 
 
@@ -132,9 +144,12 @@ class ImageFolderDataset(DiffusionDataset):
     """Images read lazily from a folder tree: resized (shorter side, bilinear) and centre-cropped
     to (3, r, r), RGB, values in [−1, 1].
 
-    Files are taken in sorted relative-path order; those PIL cannot open are skipped when the
-    folder is indexed and counted in ``skipped``. With ``num_samples`` only the first
-    ``num_samples`` readable files are used (and only those are checked).
+    Files are taken in sorted relative-path order. When the folder is indexed every file is
+    decoded once; those that cannot be (unreadable, truncated, an image mode without a
+    well-defined RGB conversion) are skipped, counted in ``skipped`` and logged. Grayscale,
+    palette, RGBA (alpha dropped) and 16-bit images are converted; any size is resized. With
+    ``num_samples`` only the first ``num_samples`` readable files are used (and only those are
+    checked). A file that breaks after indexing raises a one-line :class:`DataError` naming it.
     """
 
     def __init__(self, name: str, root: Path, resolution: int, num_samples: int | None,
@@ -150,10 +165,14 @@ class ImageFolderDataset(DiffusionDataset):
         for path in candidates:
             if num_samples is not None and len(self.files) == num_samples:
                 break
-            if _readable(path):
+            if _readable(path, resolution):
                 self.files.append(path)
             else:
                 self.skipped += 1
+                if self.skipped <= 3:
+                    log.warning("skipping unreadable image %s", path)
+        if self.skipped:
+            log.warning("skipped %d unreadable image file(s) under %s", self.skipped, root)
         if not self.files:
             raise DataError(f"no readable images found under {root} ({len(candidates)} "
                             f"{'/'.join(IMAGE_EXTENSIONS)} files, {self.skipped} unreadable)")
@@ -173,8 +192,13 @@ class ImageFolderDataset(DiffusionDataset):
         return len(self.files)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.files[index]) as image:
-            return uint8_to_model(self._transform(_to_rgb8(image)))
+        path = self.files[index]
+        try:
+            with Image.open(path) as image:
+                return uint8_to_model(self._transform(_to_rgb8(image)))
+        except _READ_ERRORS as e:  # changed on disk since the folder was indexed
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"cannot read image {path}: {msg}") from None
 
 
 def load_image_folder(name: str, data_dir: str | Path | None, resolution: int,
