@@ -122,6 +122,14 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
               help="Robust-rand's batch-wise ξ ~ U(a, b).")
 @click.option("--fgsm-step", default="std", show_default=True,
               help="FGSM training step: std (r/√3), wong (1.25·r) or a number (× r).")
+@click.option("--fgsm-cost", default="discrepancy", show_default=True,
+              help="Cost the training FGSM ascends: discrepancy (Eq. 6) | equivariance.")
+@click.option("--ip-gamma", type=float, default=0.1, show_default=True,
+              help="DDPM-IP input-perturbation strength γ.")
+@click.option("--dropout", type=float, default=None,
+              help="Dropout [default: the preset's, 0.1 for ddpm-cifar10 / ddpm-64].")
+@click.option("--num-workers", type=int, default=0, show_default=True,
+              help="DataLoader workers for on-disk image data.")
 @click.option("--stop-gradient/--no-stop-gradient", default=False, show_default=True,
               help="Stop-grad on ε_θ(x_t) inside the regulariser.")
 @click.option("--invariance-form", default="trades", show_default=True,
@@ -188,6 +196,7 @@ def _train_config(opts: dict[str, Any]):
     objective = ObjectiveConfig(
         method=opts["method"], lam=opts["lam"], lambda_scaling=opts["lambda_scaling"],
         stop_gradient=opts["stop_gradient"], fgsm_step=fgsm_step,
+        fgsm_cost=opts["fgsm_cost"], ip_gamma=opts["ip_gamma"],
         invariance_form=opts["invariance_form"],
         ray=RayConfig(rho=opts["rho"], bias=opts["bias"], base=opts["ray_base"],
                       xi_range=tuple(opts["xi_range"])),
@@ -199,7 +208,8 @@ def _train_config(opts: dict[str, Any]):
         dataset=opts["dataset"], data_dir=opts["data_dir"], resolution=opts["resolution"],
         num_data=opts["num_data"], corrupt_mode=opts["corrupt_mode"],
         corrupt_fraction=opts["corrupt_fraction"], corrupt_sigma=opts["corrupt_sigma"],
-        preset=preset, schedule=opts["schedule"], num_timesteps=opts["num_timesteps"],
+        preset=preset, dropout=opts["dropout"], num_workers=opts["num_workers"],
+        schedule=opts["schedule"], num_timesteps=opts["num_timesteps"],
         variance_type=opts["variance_type"], objective=objective,
         steps=opts["steps"], batch_size=opts["batch_size"], lr=opts["lr"],
         ema_decay=opts["ema_decay"], seed=opts["seed"], device=opts["device"],
@@ -257,13 +267,18 @@ model_options = option_group(
 )
 
 
+DEFAULT_STRIDED_STEPS = 100
+
+
 def make_sampler(name: str | None, steps: int | None, eta: float, clip: bool, loaded):
     from dmattack.attack_eval import default_protocol
     from dmattack.sampling import SamplerConfig
 
     proto = default_protocol(loaded)
-    sampler = SamplerConfig(name or proto.sampler.name,
-                            steps if steps is not None else proto.sampler.steps, eta,
+    name = name or proto.sampler.name
+    if steps is None and name != "ddpm":  # the preset's length, or METHOD §8's 100 DDIM steps
+        steps = proto.sampler.steps or DEFAULT_STRIDED_STEPS
+    sampler = SamplerConfig(name, steps, eta,
                             proto.sampler.clip_denoised if clip is None else clip)
     sampler.validate(loaded.diffusion.num_timesteps)
     return sampler, proto
@@ -275,11 +290,13 @@ def make_sampler(name: str | None, steps: int | None, eta: float, clip: bool, lo
 @click.option("--num-samples", type=int, default=64, show_default=True)
 @click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--first-sample", type=int, default=0, show_default=True,
+              help="Index of the first sample (for sharding across processes/GPUs).")
 @click.option("--out", type=click.Path(), default=None,
               help="Output folder [default: <run>/samples/<sampler>-seed<seed>].")
 @friendly_errors
 def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_denoised,
-               num_samples, batch_size, seed, out) -> None:
+               num_samples, batch_size, seed, first_sample, out) -> None:
     """Sample from a trained run: a PNG grid and the samples as a safetensors file."""
     import torch
     from safetensors.torch import save_file
@@ -289,13 +306,14 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
     from dmattack.seeding import sample_seeds
     from dmattack.visualize import save_samples_png
 
-    if num_samples <= 0 or batch_size <= 0:
-        raise ValueError(f"--num-samples {num_samples} / --batch-size {batch_size}: both must "
-                         "be > 0")
+    if num_samples <= 0 or batch_size <= 0 or first_sample < 0:
+        raise ValueError(f"--num-samples {num_samples} / --batch-size {batch_size} must be > 0 "
+                         f"and --first-sample {first_sample} >= 0")
     loaded, dev = _load_model(run, pipeline, ema, device)
     sampler_cfg, _ = make_sampler(sampler, sampler_steps, eta, clip_denoised, loaded)
     label = sampler_cfg.describe(loaded.diffusion.num_timesteps)
-    folder = Path(out or Path(loaded.source) / "samples" / f"{label}-seed{seed}")
+    shard = f"-from{first_sample}" if first_sample else ""
+    folder = Path(out or Path(loaded.source) / "samples" / f"{label}-seed{seed}{shard}")
     console.print(f"[bold]sample[/] {num_samples} from {loaded.source} "
                   f"({'EMA' if loaded.ema else 'raw'} weights), sampler {label}, seed {seed}")
     steps = sampler_cfg.num_steps(loaded.diffusion.num_timesteps)
@@ -310,14 +328,15 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
             bar.update(task, completed=done[0], rate=rate(done[0]))
 
         x = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
-                           sample_seeds(seed, num_samples), batch_size, sampler_cfg,
-                           device=dev, progress=tick)
+                           sample_seeds(seed, num_samples, start=first_sample), batch_size,
+                           sampler_cfg, device=dev, progress=tick)
     write_atomic(folder / "samples.safetensors",
                  lambda p: save_file({"samples": x.contiguous()}, str(p)))
     save_samples_png(x, folder / "samples.png", title=label)
     write_json(folder / "samples.json", {
         "what": "model-space samples (N, *shape), images in [-1, 1]",
-        "num_samples": num_samples, "seed": seed, "sampler": sampler_cfg.__dict__,
+        "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
+        "sampler": sampler_cfg.__dict__,
         "sampler_label": label, "source": loaded.source, "ema": loaded.ema,
         "num_nonfinite": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
         **provenance(),
@@ -356,7 +375,8 @@ reference_options = option_group(
     click.option("--data-dir", type=click.Path(), default=None,
                  help="Root of on-disk reference data."),
     click.option("--inception-weights", type=click.Path(), default=None,
-                 help="Local Inception weights (pt_inception-2015-12-05) for FID/IS/KID."),
+                 help="Local Inception weights for FID/IS/KID (torch-fidelity's "
+                 "weights-inception-2015-12-05-6726825d.pth)."),
 )
 
 
@@ -729,7 +749,6 @@ def export(run: str | None, ema: bool, out: str) -> None:
 def demo(quick: bool, train_images: bool, seed: int, device: str, out: str | None) -> None:
     """The paper's controlled experiments on embedded data, end to end, with a report."""
     from dmattack.demo import headline_rows, run_demo
-
     from dmattack.train import resolve_device
 
     stamp = time.strftime("%Y%m%d-%H%M%S")

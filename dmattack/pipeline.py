@@ -84,7 +84,7 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
             raise ValueError(f"{root} is not a diffusers DDPM pipeline folder: {need} is missing")
     try:
         scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
-        unet = UNet2DModel.from_pretrained(root / "unet")
+        unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False)
     except (OSError, RuntimeError, ValueError, TypeError) as e:
         raise ValueError(f"{root}: cannot load the pipeline: {str(e).splitlines()[0]}") from None
     sched_cfg = dict(scheduler.config)
