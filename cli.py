@@ -81,10 +81,37 @@ class _Rate:
         return f"{(n - self.n0) / dt:5.1f} it/s" if dt > 0 else ""
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineUsage:
+    """Usage errors (bad option values) as one ``Error: ...`` line, without the usage block."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as e:
+            e.ctx = None
+            raise
+
+
+class _Command(_OneLineUsage, click.Command):
+    pass
+
+
+class _Group(_OneLineUsage, click.Group):
+    command_class = _Command
+
+
+# Upper bounds keep a typo from hanging a machine for days; all are far above real use.
+COUNT = click.IntRange(1, 10_000_000)
+INDEX = click.IntRange(0, 2**40)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dmattack")
 def main() -> None:
     """Adversarial training and reverse-chain attacks for diffusion models."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
 # ----------------------------------------------------------------------------- train
@@ -142,6 +169,9 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--nan-policy", type=click.Choice(["stop", "skip"]), default=None,
+              help="Non-finite loss or gradient: stop (default; the last good checkpoint is "
+              "kept) or skip that optimiser step (counted in log.jsonl).")
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
@@ -149,12 +179,13 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 @friendly_errors
 def train(**opts: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder."""
+    from dmattack.io import check_writable
     from dmattack.train import build_data, resume_config
     from dmattack.train import train as train_run
 
     if opts["resume"]:
         run_dir = Path(opts["resume"])
-        cfg = resume_config(run_dir, opts["steps"])
+        cfg = resume_config(run_dir, opts["steps"], nan_policy=opts["nan_policy"])
     else:
         cfg = _train_config(opts).resolved()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -164,6 +195,7 @@ def train(**opts: Any) -> None:
                              "or another --out")
     cfg.validate()
     data = build_data(cfg)
+    check_writable(run_dir)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
@@ -213,6 +245,7 @@ def _train_config(opts: dict[str, Any]):
         variance_type=opts["variance_type"], objective=objective,
         steps=opts["steps"], batch_size=opts["batch_size"], lr=opts["lr"],
         ema_decay=opts["ema_decay"], seed=opts["seed"], device=opts["device"],
+        nan_policy=opts["nan_policy"] or "stop",
         checkpoint_every=opts["checkpoint_every"],
     )
 
@@ -287,10 +320,10 @@ def make_sampler(name: str | None, steps: int | None, eta: float, clip: bool, lo
 @main.command("sample")
 @model_options
 @sampler_options
-@click.option("--num-samples", type=int, default=64, show_default=True)
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--num-samples", type=COUNT, default=64, show_default=True)
+@click.option("--batch-size", type=COUNT, default=256, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--first-sample", type=int, default=0, show_default=True,
+@click.option("--first-sample", type=INDEX, default=0, show_default=True,
               help="Index of the first sample (for sharding across processes/GPUs).")
 @click.option("--out", type=click.Path(), default=None,
               help="Output folder [default: <run>/samples/<sampler>-seed<seed>].")
@@ -306,9 +339,6 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
     from dmattack.seeding import sample_seeds
     from dmattack.visualize import save_samples_png
 
-    if num_samples <= 0 or batch_size <= 0 or first_sample < 0:
-        raise ValueError(f"--num-samples {num_samples} / --batch-size {batch_size} must be > 0 "
-                         f"and --first-sample {first_sample} >= 0")
     loaded, dev = _load_model(run, pipeline, ema, device)
     sampler_cfg, _ = make_sampler(sampler, sampler_steps, eta, clip_denoised, loaded)
     label = sampler_cfg.describe(loaded.diffusion.num_timesteps)
@@ -457,11 +487,11 @@ def _spec_options(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--method", default="pgd", show_default=True, help="fgsm | pgd | random.")
 @click.option("--steps-attacked", default="50", show_default=True,
               help="Percent of the sampler's reverse steps attacked (0..100).")
-@click.option("--num-samples", type=int, default=None,
+@click.option("--num-samples", type=COUNT, default=None,
               help="[default: by preset: tiny 256, mlp 2000, GPU presets 10k].")
-@click.option("--batch-size", type=int, default=None)
+@click.option("--batch-size", type=COUNT, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--first-sample", type=int, default=0, show_default=True,
+@click.option("--first-sample", type=INDEX, default=0, show_default=True,
               help="Index of the first sample (for sharding across processes/GPUs).")
 @click.option("--metric", default=None, help="Comma list [default: by data: fid for images, "
               "fd-exact for known distributions; variance-ratio always].")
@@ -484,9 +514,6 @@ def attack(**o: Any) -> None:
                                   loaded)
     n = o["num_samples"] or proto.num_samples
     batch = o["batch_size"] or proto.batch_size
-    if n <= 0 or batch <= 0 or o["first_sample"] < 0:
-        raise ValueError(f"--num-samples {n} / --batch-size {batch} must be > 0 and "
-                         f"--first-sample {o['first_sample']} >= 0")
     ref = resolve_reference(loaded, o["dataset"], o["data_dir"])
     metrics = (parse_list(o["metric"], "metric", METRICS) if o["metric"]
                else list(default_metrics(loaded.data_shape, ref.truth)))
@@ -537,8 +564,8 @@ def _default_out(loaded, kind: str, name: str) -> Path:
 @click.option("--steps-attacked", default="0,25,50,75,100", show_default=True,
               help="Comma list of percents of reverse steps attacked.")
 @click.option("--windows", default=None, help="Comma list of windows [default: --window].")
-@click.option("--num-samples", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--num-samples", type=COUNT, default=None)
+@click.option("--batch-size", type=COUNT, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--metric", default=None, help="Comma list; the first is plotted.")
 @click.option("--out", type=click.Path(), default=None,
@@ -579,8 +606,6 @@ def curve(**o: Any) -> None:
                                   models[0])
     n = o["num_samples"] or proto.num_samples
     batch = o["batch_size"] or proto.batch_size
-    if n <= 0 or batch <= 0:
-        raise ValueError(f"--num-samples {n} / --batch-size {batch}: both must be > 0")
     ref = resolve_reference(models[0], o["dataset"], o["data_dir"])
     metrics = (parse_list(o["metric"], "metric", METRICS) if o["metric"]
                else list(default_metrics(models[0].data_shape, ref.truth)))
@@ -620,10 +645,10 @@ def curve(**o: Any) -> None:
 @click.option("--metrics", default=None,
               help="Comma list of fid, is, kid, fd-exact, subspace, plane, loglik, "
               "memorization, variance-ratio [default: by data].")
-@click.option("--num-samples", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--num-samples", type=COUNT, default=None)
+@click.option("--batch-size", type=COUNT, default=None)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--first-sample", type=int, default=0, show_default=True)
+@click.option("--first-sample", type=INDEX, default=0, show_default=True)
 @click.option("--samples", "sample_files", multiple=True, type=click.Path(),
               help="Score these samples.safetensors files (concatenated, e.g. shards) instead "
               "of sampling.")
@@ -676,9 +701,6 @@ def evaluate(**o: Any) -> None:
     else:
         n = o["num_samples"] or proto.num_samples
         batch = o["batch_size"] or proto.batch_size
-        if n <= 0 or batch <= 0 or o["first_sample"] < 0:
-            raise ValueError(f"--num-samples {n} / --batch-size {batch} must be > 0 and "
-                             f"--first-sample {o['first_sample']} >= 0")
         source = {"sampler": sampler.__dict__, "sampler_label": slabel, "seed": o["seed"],
                   "first_sample": o["first_sample"], "batch_size": batch}
     label = evaluation_label(metrics, n)
@@ -730,7 +752,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
     """Export a run as a diffusers DDPMPipeline folder."""
     from dmattack.pipeline import export_pipeline
 
-    if Path(out).exists() and any(Path(out).iterdir()):
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise ValueError(f"--out {out} exists and is not empty; choose a new folder")
     loaded, _ = _load_model(run, None, ema, "cpu")
     stdout.print(str(export_pipeline(loaded, out)))

@@ -102,7 +102,9 @@ class GaussianDiffusion:
         )
         if variance_type == "fixed_large":
             # improved-diffusion: β̃_1 in place of β_0 so the (unused) last-step variance is sane
-            self.sampler_variance = np.append(self.posterior_variance[1], betas[1:])
+            self.sampler_variance = np.append(self.posterior_variance[1:2], betas[1:])
+            if self.num_timesteps == 1:  # a one-step chain: the only step adds no noise
+                self.sampler_variance = self.posterior_variance.copy()
         else:
             self.sampler_variance = self.posterior_variance.copy()
 

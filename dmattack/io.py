@@ -46,6 +46,10 @@ def check_writable(folder: str | os.PathLike, min_free_bytes: int = 0) -> Path:
     Raises :class:`OutputError` (one line naming the folder) otherwise; returns the folder.
     """
     folder = Path(folder)
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise OutputError(errno.ENOTDIR, f"output folder {folder} is not writable: {blocker} "
+                          "is not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
@@ -78,8 +82,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix,
                                    dir=path.parent)
-    except OSError as e:
-        raise _storage_error(e, path) from None
+    except OSError as e:  # the folder cannot hold the file (a file in the way, no space, …)
+        blocker = next((p for p in (path.parent, *path.parent.parents)
+                        if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is not a folder" if blocker is not None else _describe(e)
+        raise OutputError(e.errno, f"cannot write {path}: {reason}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -222,8 +222,8 @@ def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
         raise bad("model.dropout", dropout, "null or a number in [0, 1)")
     if d.get("schedule") not in SCHEDULES:
         raise bad("diffusion.schedule", d.get("schedule"), ", ".join(SCHEDULES))
-    if not (_is_int(d.get("num_timesteps")) and 0 < d["num_timesteps"] <= 100_000):
-        raise bad("diffusion.num_timesteps", d.get("num_timesteps"), "an integer in 1..100000")
+    if not (_is_int(d.get("num_timesteps")) and 2 <= d["num_timesteps"] <= 100_000):
+        raise bad("diffusion.num_timesteps", d.get("num_timesteps"), "an integer in 2..100000")
     if d.get("variance_type") not in VARIANCE_TYPES:
         raise bad("diffusion.variance_type", d.get("variance_type"), ", ".join(VARIANCE_TYPES))
     name = cfg["data"].get("name")

@@ -57,6 +57,9 @@ TRAIN_STREAM = 2  # seed purpose of per-step training randomness
 NAN_POLICIES = ("stop", "skip")
 NAN_SKIP_LIMIT = 100  # consecutive skipped steps after which nan_policy="skip" stops anyway
 MAX_NUM_DATA = 10_000_000
+MAX_STEPS = 1_000_000_000
+IN_MEMORY_IMAGES = ("digits", "cifar10")
+MAX_TIMESTEPS = 100_000
 log = logging.getLogger("dmattack")
 
 # Per-preset defaults of (steps, batch size, warm-up steps). The CPU presets fit the
@@ -175,17 +178,27 @@ class TrainConfig:
                      "sample_every", "log_every", "preview_steps"):
             if getattr(self, name) <= 0:
                 raise bad(name, "an integer > 0")
+        if self.steps > MAX_STEPS:
+            raise bad("steps", f"an integer in 1..{MAX_STEPS}")
+        if not 2 <= self.num_timesteps <= MAX_TIMESTEPS:
+            raise bad("num_timesteps", f"an integer in 2..{MAX_TIMESTEPS}")
         if self.num_preview < 0 or self.warmup < 0 or self.num_workers < 0:
             raise bad("num_preview" if self.num_preview < 0 else
                       "warmup" if self.warmup < 0 else "num_workers", "an integer >= 0")
+        if self.num_workers > 256:
+            raise bad("num_workers", "an integer in 0..256")
         if self.num_data is not None and not 0 < self.num_data <= MAX_NUM_DATA:
             raise bad("num_data", f"an integer in 1..{MAX_NUM_DATA}")
         if self.resolution is not None and not 0 < self.resolution <= 4096:
             raise bad("resolution", "an image side in 1..4096")
+        if self.resolution is not None and self.dataset in IN_MEMORY_IMAGES \
+                and self.resolution > 256:
+            raise bad("resolution", f"an image side in 1..256 for {self.dataset} (held in "
+                      "memory)")
         if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise bad("dropout", "a probability in [0, 1)")
-        if not self.lr > 0:
-            raise bad("lr", "a learning rate > 0")
+        if not 0 < self.lr <= 1:
+            raise bad("lr", "a learning rate in (0, 1]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise bad("ema_decay", "a decay in [0, 1)")
         if not (self.grad_clip >= 0 and self.weight_decay >= 0):

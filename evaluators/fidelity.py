@@ -9,15 +9,19 @@ torch-fidelity version), so a new reference or extractor gets a new entry.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch_fidelity
 
 from .extractors import BATCH_SIZE, EXTRACTORS, resolve_weights, weights_sha256
 from .images import UInt8Images, to_uint8
+
+log = logging.getLogger("dmattack")
 
 IMAGE_METRICS = ("fid", "is", "kid")
 LABELS = {  # metric → {torch-fidelity key: report label (before the extractor suffix)}
@@ -103,6 +107,7 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
                              f"{tuple(reference_u8.shape[1:])} image shapes differ")
         key = reference_key(reference_u8, reference_name, fe_name, weights_hash)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        drop_unsafe_cache_files(root / "torch-fidelity", key)
         kwargs.update(input2=UInt8Images(reference_u8), input2_cache_name=key, cache=True,
                       cache_root=str(root / "torch-fidelity"))
         provenance.update(reference_cache_key=key, reference_cache_dir=kwargs["cache_root"],
@@ -112,6 +117,25 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
         provenance["kid_subset_size"] = kwargs["kid_subset_size"]
     raw = torch_fidelity.calculate_metrics(**kwargs)
     return _label(raw, extractor), provenance
+
+
+# What torch-fidelity's cache files legitimately hold besides tensors: numpy mu / sigma.
+_CACHE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                  np.dtypes.Float64DType, np.dtypes.Float32DType]
+
+
+def drop_unsafe_cache_files(cache_root: Path, key: str) -> None:
+    """torch-fidelity unpickles its cache files without ``weights_only``; load ours first with
+    only tensors and numpy arrays allowed, and delete (it is only a cache) any that fail, so a
+    planted file cannot run code. Recomputed statistics replace a deleted file."""
+    for path in sorted(Path(cache_root).glob(f"{key}*.pt")):
+        try:
+            with torch.serialization.safe_globals(_CACHE_GLOBALS):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure: not a plain cache file
+            log.warning("deleting cache file %s: not loadable without executing pickled code "
+                        "(%s)", path, type(e).__name__)
+            path.unlink()
 
 
 def label_suffix(extractor: str) -> str:

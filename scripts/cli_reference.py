@@ -18,11 +18,11 @@ def render() -> str:
     parts = ["# CLI reference\n",
              "Generated from `dmattack --help` by `scripts/cli_reference.py`; "
              "`tests/test_docs.py` keeps it current.\n"]
-    with click.Context(cli.main, info_name="dmattack", terminal_width=100) as ctx:
+    settings = {"terminal_width": 100, "help_option_names": ["-h", "--help"]}
+    with click.Context(cli.main, info_name="dmattack", **settings) as ctx:
         parts.append(f"```\n{cli.main.get_help(ctx)}\n```\n")
         for name, command in sorted(cli.main.commands.items()):
-            with click.Context(command, info_name=f"dmattack {name}", parent=None,
-                               terminal_width=100) as sub:
+            with click.Context(command, info_name=f"dmattack {name}", **settings) as sub:
                 parts.append(f"## dmattack {name}\n\n```\n{command.get_help(sub)}\n```\n")
     return "\n".join(parts)
 

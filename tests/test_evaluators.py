@@ -452,3 +452,15 @@ def test_inception_weights_with_pickled_code_are_refused(tmp_path):
     with pytest.raises(MetricError, match="refusing Inception weights"):
         evaluate(x, x, ["fid"], inception_weights=evil, cache_dir=tmp_path)
     assert not marker.exists()
+
+
+def test_planted_cache_file_is_deleted_not_unpickled(tmp_path):
+    x = torch.from_numpy(load_digits().images[:40]).float().div(8).sub(1).unsqueeze(1)
+    first = evaluate(x, x, ["fid"], cache_dir=tmp_path)
+    cached = sorted((tmp_path / "torch-fidelity").glob("*.pt"))
+    assert cached
+    marker = tmp_path / "pwned"
+    torch.save({"mu": _Exploit(marker)}, cached[0])
+    again = evaluate(x, x, ["fid"], cache_dir=tmp_path)
+    assert not marker.exists()
+    assert again["FID (digits-cnn)"] == pytest.approx(first["FID (digits-cnn)"], abs=1e-6)
