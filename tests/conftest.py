@@ -12,3 +12,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class PickleExploit:
+    """Unpickling this with plain pickle creates ``marker``: a stand-in for code in a file."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def exploit(tmp_path):
+    """(payload, marker): pickle ``payload`` into a file; loading it safely leaves no marker."""
+    marker = tmp_path / "pwned"
+    return PickleExploit(marker), marker

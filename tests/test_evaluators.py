@@ -434,33 +434,23 @@ def test_evaluate_rejects_unknown_and_impossible_metrics(digits):
         evaluate(v, v, ["variance-ratio"], protocol={"num_samples": 3})
 
 
-class _Exploit:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_inception_weights_with_pickled_code_are_refused(tmp_path):
-    marker = tmp_path / "pwned"
+def test_inception_weights_with_pickled_code_are_refused(tmp_path, exploit):
+    payload, marker = exploit
     evil = tmp_path / "evil.pth"
-    torch.save({"w": torch.zeros(1), "payload": _Exploit(marker)}, evil)
+    torch.save({"w": torch.zeros(1), "payload": payload}, evil)
     x = torch.zeros(4, 3, 32, 32)
     with pytest.raises(MetricError, match="refusing Inception weights"):
         evaluate(x, x, ["fid"], inception_weights=evil, cache_dir=tmp_path)
     assert not marker.exists()
 
 
-def test_planted_cache_file_is_deleted_not_unpickled(tmp_path):
+def test_planted_cache_file_is_deleted_not_unpickled(tmp_path, exploit):
     x = torch.from_numpy(load_digits().images[:40]).float().div(8).sub(1).unsqueeze(1)
     first = evaluate(x, x, ["fid"], cache_dir=tmp_path)
     cached = sorted((tmp_path / "torch-fidelity").glob("*.pt"))
     assert cached
-    marker = tmp_path / "pwned"
-    torch.save({"mu": _Exploit(marker)}, cached[0])
+    payload, marker = exploit
+    torch.save({"mu": payload}, cached[0])
     again = evaluate(x, x, ["fid"], cache_dir=tmp_path)
     assert not marker.exists()
     assert again["FID (digits-cnn)"] == pytest.approx(first["FID (digits-cnn)"], abs=1e-6)

@@ -280,20 +280,10 @@ def test_resume_without_any_checkpoint_starts_over(tmp_path):
 
 
 # ================================================================== pickled code
-class _Exploit:
-    """Unpickling this with plain pickle creates the marker file."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_checkpoint_with_pickled_code_is_refused(two_checkpoints, tmp_path, caplog):
-    run, marker = two_checkpoints, tmp_path / "pwned"
+def test_checkpoint_with_pickled_code_is_refused(two_checkpoints, exploit, caplog):
+    run, (payload, marker) = two_checkpoints, exploit
     for folder in (CHECKPOINT, PREVIOUS):
-        torch.save({"step": 10, "optimizer": _Exploit(marker)}, run / folder / "state.pt")
+        torch.save({"step": 10, "optimizer": payload}, run / folder / "state.pt")
         meta = json.loads((run / folder / "meta.json").read_text())
         meta["files"]["state.pt"] = runs_mod.sha256_file(run / folder / "state.pt")
         write_json(run / folder / "meta.json", meta)  # the attacker fixed the checksums too
@@ -305,16 +295,16 @@ def test_checkpoint_with_pickled_code_is_refused(two_checkpoints, tmp_path, capl
     assert marker.exists()
 
 
-def test_unet_checkpoint_loads_safetensors_only(tmp_path):
+def test_unet_checkpoint_loads_safetensors_only(tmp_path, exploit):
     run = train(_cfg(dataset="digits", preset="tiny", steps=1, batch_size=4, num_data=None,
                      checkpoint_every=1), tmp_path / "img")
-    marker = tmp_path / "pwned"
+    payload, marker = exploit
     for folder in (CHECKPOINT, PREVIOUS):
         if not (run / folder).exists():
             continue
         ema = run / folder / "ema"
         (ema / "diffusion_pytorch_model.safetensors").unlink()
-        torch.save(_Exploit(marker), ema / "diffusion_pytorch_model.bin")
+        torch.save(payload, ema / "diffusion_pytorch_model.bin")
         meta = json.loads((run / folder / "meta.json").read_text())
         meta["files"] = {}
         write_json(run / folder / "meta.json", meta)
