@@ -134,7 +134,7 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 @click.option("--corrupt-mode", default="gaussian", show_default=True,
               help="gaussian | outliers (vector data).")
 @click.option("--steps", type=int, default=None,
-              help="Optimiser steps [default: by preset: tiny 1000, mlp 3000, ddpm-cifar10 800k].")
+              help="Optimiser steps [default: by preset: tiny 800, mlp 3000, ddpm-cifar10 800k].")
 @click.option("--batch-size", type=int, default=None,
               help="[default: by preset: tiny 64, mlp 256, ddpm-cifar10 128, ddpm-64 64].")
 @click.option("--lr", type=float, default=2e-4, show_default=True)

@@ -65,7 +65,7 @@ log = logging.getLogger("dmattack")
 # Per-preset defaults of (steps, batch size, warm-up steps). The CPU presets fit the
 # 5-minute budget of `dmattack train` on 2 cores; the GPU presets follow Ho et al. 2020.
 PRESET_DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "tiny": (1000, 64, 100),
+    "tiny": (800, 64, 100),
     "mlp": (3000, 256, 100),
     "mlp-small": (3000, 256, 100),
     "ddpm-cifar10": (800_000, 128, 5000),
