@@ -1,0 +1,225 @@
+"""Check the paper's claims (METHOD §9) and our own expectations (METHOD §11) against the
+numbers a demo run measured. Every verdict is computed here from results.json content."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+Row = dict[str, Any]
+
+
+def _fmt(v: float | None, sign: str = "") -> str:
+    """3 significant digits (scientific above 1e4); ``sign="+"`` always shows the sign."""
+    if v is None:
+        return "n/a"
+    return f"{v:{sign}.3g}" if abs(v) < 1e4 else f"{v:{sign}.2e}"
+
+
+def _verdict(flags: Sequence[bool]) -> str:
+    if not flags:
+        return "n/a"
+    return "held" if all(flags) else "did not hold" if not any(flags) else "partly"
+
+
+def _claim(cid: str, text: str, source: str, flags: Sequence[bool], evidence: str) -> Row:
+    return {"id": cid, "claim": text, "source": source, "verdict": _verdict(flags),
+            "checks_passed": sum(flags), "checks": len(flags), "evidence": evidence}
+
+
+def _better(a: float | None, b: float | None, lower: bool = True) -> bool:
+    """a is better than b (both finite); a missing value is never better."""
+    if a is None:
+        return False
+    if b is None:
+        return True
+    return a < b if lower else a > b
+
+
+def _diverged(row: Row) -> bool:
+    return row.get("train_error") is not None or row.get("num_nonfinite", 0) > 0
+
+
+def subspace_claims(section: Row) -> list[Row]:
+    """Section 1: Robust vs DDPM on corrupted data, adv vs rand, invariance, clean smoothing."""
+    rows = {(r["data"], r["method"]): r for r in section["rows"]}
+    metrics = (("subspace error", True), ("subspace PSNR (dB)", False), ("FD (exact)", True))
+    out = []
+
+    def compare(a: str, b: str, data: str = "corrupted") -> tuple[list[bool], str]:
+        ra, rb = rows.get((data, a)), rows.get((data, b))
+        if ra is None or rb is None:
+            return [], "not run"
+        flags = [_better(ra.get(m), rb.get(m), low) for m, low in metrics]
+        text = "; ".join(f"{m}: {b} {_fmt(rb.get(m))} vs {a} {_fmt(ra.get(m))}"
+                         for m, _ in metrics)
+        return flags, text
+
+    flags, ev = compare("robust-adv", "ddpm")
+    out.append(_claim("robust-adv-beats-ddpm", "On corrupted data Robust_adv beats DDPM on "
+                      "subspace error, PSNR and Fréchet distance", "paper Fig. 3, Table 1",
+                      flags, ev))
+    flags, ev = compare("robust-rand", "ddpm")
+    out.append(_claim("robust-rand-beats-ddpm", "On corrupted data Robust_rand beats DDPM too",
+                      "paper Fig. 3", flags, ev))
+    flags, ev = compare("robust-adv", "robust-rand")
+    out.append(_claim("adv-beats-rand", "Robust_adv beats Robust_rand on corrupted data",
+                      "paper Table 2", flags, ev))
+
+    inv_flags, inv_ev = [], []
+    for data in ("corrupted", "clean"):
+        inv, ddpm = rows.get((data, "invariance")), rows.get((data, "ddpm"))
+        if inv is None or ddpm is None:
+            continue
+        worse = _diverged(inv) or _better(ddpm.get("FD (exact)"), inv.get("FD (exact)"))
+        inv_flags.append(worse)
+        note = (f"training stopped: {inv['train_error']}" if inv.get("train_error") else
+                f"FD {_fmt(inv.get('FD (exact)'))} vs DDPM {_fmt(ddpm.get('FD (exact)'))}, "
+                f"{inv.get('num_nonfinite', 0)} non-finite samples")
+        inv_ev.append(f"{data} data: {note}")
+    out.append(_claim("invariance-worse", "The invariance baseline is worse than DDPM "
+                      "(it may diverge at λ = 0.3)", "paper §4 / Table (FID 356.9), METHOD §11",
+                      inv_flags, "; ".join(inv_ev)))
+
+    adv, ddpm = rows.get(("clean", "robust-adv")), rows.get(("clean", "ddpm"))
+    if adv is not None and ddpm is not None:
+        vr_a, vr_d = adv.get("variance ratio"), ddpm.get("variance ratio")
+        flags = [_better(vr_a, vr_d)] if vr_a is not None and vr_d is not None else []
+        out.append(_claim(
+            "robust-smooths-clean", "On clean data Robust_adv loses variance (smoother samples, "
+            "the clean-data FID penalty)", "paper Table 1 (7.2 → 28.7), METHOD §11", flags,
+            f"variance ratio DDPM {_fmt(vr_d)} vs Robust_adv {_fmt(vr_a)}; FD DDPM "
+            f"{_fmt(ddpm.get('FD (exact)'))} vs Robust_adv {_fmt(adv.get('FD (exact)'))}"))
+    return out
+
+
+TOY_PRIMARY = {"oblique-plane": ("plane distance", True), "3-gaussians": ("loglik (nats)", False)}
+
+
+def toy_claims(section: Row) -> list[Row]:
+    """Section 2: Robust_adv vs DDPM (plane distance / mixture log-likelihood, the metric that
+    sees the structure; FD shown too) and invariance vs DDPM (FD) on every 3-D set."""
+    rows = {(r["dataset"], r["corruption"], r["method"]): r for r in section["rows"]}
+    combos = sorted({(d, c) for d, c, _ in rows})
+    adv_flags, adv_ev, inv_flags, inv_ev = [], [], [], []
+    for d, c in combos:
+        ddpm, adv, inv = (rows.get((d, c, m)) for m in ("ddpm", "robust-adv", "invariance"))
+        if ddpm is None:
+            continue
+        metric, lower = TOY_PRIMARY[d]
+        if adv is not None:
+            adv_flags.append(_better(adv.get(metric), ddpm.get(metric), lower))
+            adv_ev.append(f"{d}/{c}: {metric} {_fmt(ddpm.get(metric))} → "
+                          f"{_fmt(adv.get(metric))} (FD {_fmt(ddpm.get('FD (exact)'))} → "
+                          f"{_fmt(adv.get('FD (exact)'))})")
+        if inv is not None:
+            inv_flags.append(_diverged(inv)
+                             or _better(ddpm.get("FD (exact)"), inv.get("FD (exact)")))
+            inv_ev.append(f"{d}/{c}: FD {_fmt(inv.get('FD (exact)'))} vs DDPM "
+                          f"{_fmt(ddpm.get('FD (exact)'))}, {inv.get('num_nonfinite', 0)} "
+                          "non-finite")
+    return [
+        _claim("toy-robust-beats-ddpm", "On 3-D data with inlier noise or outliers Robust_adv "
+               "stays closer to the clean structure than DDPM (distance to the plane; "
+               "log-likelihood under the clean mixture)", "paper Fig. 2, METHOD §11",
+               adv_flags, "DDPM → Robust_adv: " + "; ".join(adv_ev)),
+        _claim("toy-invariance-worse", "On 3-D data the invariance baseline is worse than DDPM",
+               "paper Fig. 8", inv_flags, "; ".join(inv_ev)),
+    ]
+
+
+def _degradation(row: Row) -> float | None:
+    """Mean increase of the metric over the attacked percents (vs the 0% point)."""
+    at = dict(zip(row["percents"], row["values"], strict=True))
+    if at.get(0) is None:
+        return None
+    incs = [v - at[0] for q, v in at.items() if q > 0 and v is not None]
+    return statistics.fmean(incs) if incs else None
+
+
+def attack_claims(section: Row) -> list[Row]:
+    """Section 3: Robust_adv degrades more slowly than DDPM; gradient attacks vs random."""
+    slow_flags, slow_ev, rand_flags, rand_ev = [], [], [], []
+    improves = False
+    for kind in ("subspace", "images"):
+        for curve in section[kind]:
+            by = {(r["model"], r["series"]): r for r in curve["rows"]}
+            models = sorted({m for m, _ in by})
+            ddpm = next((m for m in models if m.endswith("-ddpm")), None)
+            adv = next((m for m in models if m.endswith("-robust-adv")), None)
+            for series in sorted({s for _, s in by}):
+                if series.startswith("random"):
+                    continue
+                d_ddpm = _degradation(by[ddpm, series]) if (ddpm, series) in by else None
+                d_adv = _degradation(by[adv, series]) if (adv, series) in by else None
+                if d_ddpm is None or d_adv is None:
+                    continue
+                slow_flags.append(d_adv < d_ddpm)
+                improves = improves or d_adv < 0
+                slow_ev.append(f"{kind}/{series}: {_fmt(d_ddpm, '+')} vs {_fmt(d_adv, '+')}")
+                rand = next((s for _, s in by if s.startswith("random")), None)
+                for model in (ddpm, adv):
+                    d_att = _degradation(by[model, series])
+                    d_rand = (_degradation(by[model, rand])
+                              if rand and (model, rand) in by else None)
+                    if d_att is None or d_rand is None:
+                        continue
+                    scale = max(abs(d_att), abs(d_rand), 1e-12)
+                    rand_flags.append(d_att - d_rand <= 0.25 * scale)
+                    rand_ev.append(f"{kind}/{series}/{model}: {_fmt(d_att, '+')} vs random "
+                                   f"{_fmt(d_rand, '+')}")
+    slow = _claim("attack-robust-slower", "Under attack Robust_adv degrades more slowly than "
+                  "DDPM", "paper Table 4 / Fig. 7", slow_flags, "mean metric increase over the "
+                  "attacked percents, DDPM vs Robust_adv: " + "; ".join(slow_ev))
+    if improves:
+        slow["evidence"] += (" — where Robust_adv's increase is negative its samples improve "
+                             "under attack: it starts with too little variance (ratio < 1) and "
+                             "the attack noise fills it in (METHOD §11), so part of this "
+                             "'robustness' is smoothing; see the variance-ratio tables")
+    weights = section["settings"].get("mean_loss_network_weight", {})
+    note = ", ".join(f"{k} steps: median {w['median']:.3g}" for k, w in weights.items())
+    like = _claim("attack-like-random", "FGSM / PGD with the paper's `mean` loss are no "
+                  "stronger than the model-free random control (within 25%)", "METHOD §11",
+                  rand_flags, "mean increase, attack vs random: " + "; ".join(rand_ev)
+                  + (f" — ε_θ enters the `mean` loss with weight β_t/√(1−ᾱ_t) ({note}); "
+                     "METHOD §11 measured the full 1000-step chain, where it is negligible, "
+                     "while these curves use short respaced chains" if note else ""))
+    return [slow, like]
+
+
+MIN_EFFECT = 0.05  # relative FD change below which fewer steps "changed nothing"
+
+
+def steps_claims(section: Row) -> list[Row]:
+    """Section 4: going from the most to the fewest steps hurts Robust_adv less than DDPM.
+    Inconclusive when neither model's FD moves by ``MIN_EFFECT`` (relative)."""
+    rows = section["rows"]
+    steps = sorted({r["steps"] for r in rows})
+    lo, hi = steps[0], steps[-1]
+    fd = {(r["data"], r["method"], r["steps"]): r.get("FD (exact)") for r in rows}
+    flags, ev, largest = [], [], 0.0
+    for data in ("clean", "corrupted"):
+        d = {m: (fd.get((data, m, lo)), fd.get((data, m, hi))) for m in ("ddpm", "robust-adv")}
+        if any(a is None or b is None for a, b in d.values()):
+            continue
+        inc = {m: a - b for m, (a, b) in d.items()}
+        largest = max([largest, *(abs(inc[m]) / d[m][1] for m in d)])
+        flags.append(inc["robust-adv"] < inc["ddpm"])
+        ev.append(f"{data} data, FD change {hi} → {lo} steps: DDPM {inc['ddpm']:+.3g} "
+                  f"({inc['ddpm'] / d['ddpm'][1]:+.1%}), Robust_adv {inc['robust-adv']:+.3g} "
+                  f"({inc['robust-adv'] / d['robust-adv'][1]:+.1%})")
+    claim = _claim("steps-robust-degrades-less", f"With fewer sampling steps ({lo} instead of "
+                   f"{hi}) Robust_adv loses less quality than DDPM", "paper Table 3", flags,
+                   "; ".join(ev))
+    if flags and largest < MIN_EFFECT:
+        claim["verdict"] = "inconclusive"
+        claim["evidence"] += (f" — every change is below {MIN_EFFECT:.0%}: at this scale neither "
+                              "model degrades with fewer steps, so the comparison is noise")
+    return [claim]
+
+
+def assess(sections: Row) -> list[Row]:
+    """All claims, in report order."""
+    return (subspace_claims(sections["corrupted_subspace"]) + toy_claims(sections["toy_3d"])
+            + attack_claims(sections["attacks"]) + steps_claims(sections["sampling_steps"]))

@@ -1,0 +1,326 @@
+"""The four demo sections, one function each. Each returns its JSON-able section record
+(settings, metrics, figures relative to the output folder) and what later sections reuse."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..attack_eval import curve_specs
+from ..attacks import AttackSpec
+from ..diffusion import GaussianDiffusion, respace
+from ..train import build_data
+from . import figures
+from .common import Context, TrainedModel, score, train_all, train_config
+from .plan import AttackPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
+from .tasks import curve_task, sample_task, sampler_config
+
+SUBSPACE_METRICS = ("subspace", "fd-exact", "variance-ratio")
+TOY_METRICS = {"oblique-plane": ("fd-exact", "plane", "variance-ratio"),
+               "3-gaussians": ("fd-exact", "loglik", "variance-ratio")}
+CURVE_METRICS = {"subspace": (("fd-exact", "variance-ratio"), "FD (exact)"),
+                 "images": (("fid", "variance-ratio"), "FID (digits-cnn)")}
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+ATTACKED = ("ddpm", "robust-adv")
+METHOD_ORDER = ("fgsm", "pgd", "random")
+IMAGE_RUNS = {m: f"digits-{m}" for m in ATTACKED}
+
+Key = tuple[str, str]  # (data condition, method)
+
+
+def _failed_row(tm: TrainedModel) -> dict[str, Any]:
+    return {"num_nonfinite": 0, "num_evaluated": 0, "train_error": tm.error,
+            "train_seconds": tm.seconds}
+
+
+def _rel(ctx: Context, path: Path) -> str:
+    return Path(path).relative_to(ctx.out_dir).as_posix()
+
+
+def _seeds_text(seed: int, n: int) -> str:
+    return f"dmattack.seeding.sample_seeds({seed}, {n})"
+
+
+def _sample_all(ctx: Context, models: dict[Any, TrainedModel], num_samples: int, steps: int,
+                num_paths: int, advance) -> dict[Any, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Samples (and trajectories) of every model that trained, on the pool."""
+    keys = [k for k, tm in models.items() if tm.loaded is not None]
+    results = ctx.pool.map(sample_task, [(str(models[k].run_dir), num_samples, steps, ctx.seed,
+                                          num_paths, ctx.device) for k in keys], advance)
+    return dict(zip(keys, results, strict=True))
+
+
+# --------------------------------------------------------------------------- section 1
+def corrupted_subspace(plan: SubspacePlan, ctx: Context
+                       ) -> tuple[dict[str, Any], dict[Key, TrainedModel], dict[Key, torch.Tensor]]:
+    """Train every method on corrupted and on clean digits-subspace; score samples against the
+    true distribution. Returns (section, models by key, samples by key)."""
+    conditions = {"corrupted": plan.corrupt_fraction, "clean": 0.0}
+    cfgs = {(c, m): train_config("digits-subspace", m, plan.train, seed=ctx.seed,
+                                 device=ctx.device, num_data=plan.num_data, corrupt_fraction=f,
+                                 corrupt_sigma=plan.corrupt_sigma)
+            for c, f in conditions.items() for m in plan.methods}
+    with ctx.stage(f"1 digits-subspace: train {len(cfgs)} models",
+                   len(cfgs) * plan.train.steps) as advance:
+        trained = train_all(ctx, {f"subspace-{c}-{m}": cfg for (c, m), cfg in cfgs.items()},
+                            advance)
+    models = {(c, m): trained[f"subspace-{c}-{m}"] for c, m in cfgs}
+
+    with ctx.stage("1 digits-subspace: sample", len(cfgs) * plan.sampler_steps) as advance:
+        drawn = _sample_all(ctx, models, plan.num_samples, plan.sampler_steps, 0, advance)
+    samples = {k: x for k, (x, _) in drawn.items()}
+    rows = []
+    for key, tm in models.items():
+        row = {"data": key[0], "method": key[1]}
+        if tm.loaded is None:
+            rows.append({**row, **_failed_row(tm)})
+        else:
+            rows.append({**row, **score(ctx.reference(tm.loaded), samples[key],
+                                        SUBSPACE_METRICS), "train_seconds": tm.seconds})
+    ref = ctx.reference(next(tm.loaded for tm in models.values() if tm.loaded is not None))
+    noisy = build_data(cfgs["corrupted", plan.methods[0]]).tensor()
+    truth = ref.truth.sample(plan.num_samples, torch.Generator().manual_seed(ctx.seed)).float()
+    references = [
+        {"data": "corrupted", "method": "training data itself",
+         **score(ref, noisy, SUBSPACE_METRICS)},
+        {"data": "clean", "method": "true distribution (exact draws)",
+         **score(ref, truth, SUBSPACE_METRICS)},
+    ]
+    figs = {}
+    for cond in conditions:
+        panels = [("true distribution", truth)]
+        panels += [("training data", noisy)] if cond == "corrupted" else []
+        panels += [(m, samples[cond, m]) for m in plan.methods if (cond, m) in samples]
+        figs[cond] = _rel(ctx, figures.digit_grids(
+            panels, ctx.out_dir / "figures" / f"subspace_{cond}_samples.png",
+            f"digits-subspace samples, models trained on {cond} data"))
+    section = {
+        "title": "Corrupted training data: digits-subspace",
+        "settings": {**asdict(plan), "dataset": "digits-subspace",
+                     "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
+                     "seeds": _seeds_text(ctx.seed, plan.num_samples),
+                     "training_seed": ctx.seed, "metrics": list(SUBSPACE_METRICS)},
+        "rows": rows,
+        "references": references,
+        "figures": figs,
+        "runs": {f"{c}/{m}": _rel(ctx, tm.run_dir) for (c, m), tm in models.items()},
+    }
+    return section, models, samples
+
+
+# --------------------------------------------------------------------------- section 2
+def _corruption_text(corr: Corruption) -> str:
+    if corr.mode == "gaussian":
+        return f"{corr.fraction:.0%} of samples + N(0, {corr.sigma:g}²)"
+    return f"{corr.fraction:.0%} of samples replaced by uniform points in the data's box"
+
+
+def toy_3d(plan: ToyPlan, ctx: Context) -> dict[str, Any]:
+    """3-D sets with inlier noise and with outliers: train, sample, score; scatter plots of
+    generations and of a few chains' trajectories."""
+    cfgs = {(d, c, m): train_config(d, m, plan.train, seed=ctx.seed, device=ctx.device,
+                                    num_data=plan.num_data, corrupt_mode=c.mode,
+                                    corrupt_fraction=c.fraction, corrupt_sigma=c.sigma)
+            for d in plan.datasets for c in plan.corruptions for m in plan.methods}
+    with ctx.stage(f"2 3-D data: train {len(cfgs)} models",
+                   len(cfgs) * plan.train.steps) as advance:
+        trained = train_all(ctx, {f"{d}-{c.mode}-{m}": cfg for (d, c, m), cfg in cfgs.items()},
+                            advance)
+    models = {k: trained[f"{k[0]}-{k[1].mode}-{k[2]}"] for k in cfgs}
+    with ctx.stage("2 3-D data: sample", len(cfgs) * plan.sampler_steps) as advance:
+        drawn = _sample_all(ctx, models, plan.num_samples, plan.sampler_steps,
+                            plan.num_trajectories, advance)
+
+    rows: list[dict[str, Any]] = []
+    figs: dict[str, str] = {}
+    for d in plan.datasets:
+        for c in plan.corruptions:
+            data = build_data(cfgs[d, c, plan.methods[0]])
+            noisy, clean = data.tensor(), getattr(data, "base", data).tensor()
+            clouds, paths, ref = [], [], None
+            for m in plan.methods:
+                tm = models[d, c, m]
+                row = {"dataset": d, "corruption": c.label, "method": m}
+                if tm.loaded is None:
+                    rows.append({**row, **_failed_row(tm)})
+                    continue
+                ref = ctx.reference(tm.loaded)
+                x, traj = drawn[d, c, m]
+                clouds.append((m, x))
+                paths.append((m, traj))
+                rows.append({**row, **score(ref, x, TOY_METRICS[d]), "train_seconds": tm.seconds})
+            if ref is not None:
+                rows.append({"dataset": d, "corruption": c.label,
+                             "method": "training data itself", **score(ref, noisy, TOY_METRICS[d])})
+            path = figures.toy_scatter(d, clean, noisy, clouds, paths,
+                                       ctx.out_dir / "figures" / f"toy_{d}_{c.mode}.png",
+                                       f"{d}, {c.label} ({_corruption_text(c)})")
+            figs[f"{d}, {c.label}"] = _rel(ctx, path)
+    return {
+        "title": "3-D data with inlier noise and with outliers",
+        "settings": {**asdict(plan),
+                     "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
+                     "seeds": _seeds_text(ctx.seed, plan.num_samples), "training_seed": ctx.seed,
+                     "metrics": {k: list(v) for k, v in TOY_METRICS.items()}},
+        "rows": rows,
+        "figures": figs,
+    }
+
+
+# --------------------------------------------------------------------------- section 3
+def check_image_runs() -> None:
+    """Raise FileNotFoundError (one line) unless both shipped digits U-Net runs exist."""
+    missing = [n for n in IMAGE_RUNS.values() if not (CHECKPOINTS / n / "config.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"pretrained run {CHECKPOINTS / missing[0]} is missing; "
+                                "pass --train-images to train the digits U-Nets here")
+
+
+def _image_runs(plan: AttackPlan, ctx: Context, train_images: bool) -> tuple[list[str], str]:
+    """Run folders of the two digits U-Nets (shipped, or trained now) and how they were made."""
+    if not train_images:
+        check_image_runs()
+        return ([str(CHECKPOINTS / n) for n in IMAGE_RUNS.values()],
+                "pretrained with the commands in checkpoints/README.md ("
+                + ", ".join(f"checkpoints/{n}" for n in IMAGE_RUNS.values()) + ")")
+    cfgs = {name: train_config("digits", method, plan.image_train, seed=ctx.seed,
+                               device=ctx.device, num_data=None)
+            for method, name in IMAGE_RUNS.items()}
+    with ctx.stage("3 attacks: train the digits U-Nets", 2 * plan.image_train.steps) as advance:
+        trained = train_all(ctx, cfgs, advance)
+    failed = [tm for tm in trained.values() if tm.loaded is None]
+    if failed:
+        raise FloatingPointError(f"{failed[0].name}: {failed[0].error}")
+    return ([str(tm.run_dir) for tm in trained.values()],
+            f"trained in this demo ({asdict(plan.image_train)}), run folders under runs/")
+
+
+def attack_curves(plan: AttackPlan, ctx: Context, subspace_models: dict[Key, TrainedModel],
+                  train_images: bool) -> dict[str, Any]:
+    """FGSM / PGD-20 / random curves, ddpm vs robust-adv: section 1's clean-trained
+    digits-subspace models (FD, variance ratio) and the digits U-Nets (FID (digits-cnn),
+    variance ratio). One pool task per (data, curve plan, window, attack method), costliest
+    first; curves with the same window, samples and sampler are merged into one table and
+    one figure."""
+    sub = [subspace_models["clean", m] for m in ATTACKED]
+    if any(tm.loaded is None for tm in sub):
+        raise FloatingPointError("a clean digits-subspace model diverged; no attack curves")
+    image_runs, image_source = _image_runs(plan, ctx, train_images)
+    runs = {"subspace": [str(tm.run_dir) for tm in sub], "images": image_runs}
+    jobs = []
+    for kind, curve_plans in (("subspace", plan.subspace), ("images", plan.images)):
+        metrics, main = CURVE_METRICS[kind]
+        for cp in curve_plans:
+            for window in cp.windows:
+                key = (kind, window, cp.num_samples, cp.sampler_steps)
+                for method in cp.methods:
+                    specs = curve_specs((method,), cp.percents, (window,), loss=plan.loss)
+                    folder = (ctx.out_dir / "attacks" / f"{kind}-{window}-n{cp.num_samples}"
+                              / f"{method}-{len(jobs)}")
+                    jobs.append((key, (runs[kind], specs, cp.num_samples, ctx.seed,
+                                       cp.sampler_steps, metrics, main, str(folder),
+                                       ctx.device)))
+    total = sum(len(args[0]) * (1 + len(args[1])) for _, args in jobs)
+    jobs.sort(key=lambda j: -_cost(j[1][1], j[1][2]))
+    with ctx.stage(f"3 attacks: {len(jobs)} curves", total) as advance:
+        curves = ctx.pool.map(curve_task, [args for _, args in jobs], advance)
+    merged: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
+    for (key, _), curve in zip(jobs, curves, strict=True):
+        merged.setdefault(key, []).append(curve)
+    out: dict[str, Any] = {"subspace": [], "images": []}
+    for (kind, window, n, k), group in merged.items():
+        table = {"window": window, "num_samples": n, "sampler_steps": k,
+                 **_merge_curves(ctx, group)}
+        path = ctx.out_dir / "figures" / f"attack_{kind}_{window}_n{n}.png"
+        table["figure"] = _rel(ctx, figures.attack_plot(
+            table, path, f"{kind}: {window} window, {n} samples, {k} respaced steps, "
+                         f"loss {plan.loss}"))
+        out[kind].append(table)
+    steps = sorted({cp.sampler_steps for cp in (*plan.subspace, *plan.images)} | {1000})
+    out["settings"] = {**asdict(plan), "image_models": image_source,
+                       "subspace_models": "section 1's models trained on clean data",
+                       "budget": "ε_t = √β̃_t per attacked step (ℓ∞, METHOD §6)",
+                       "mean_loss_network_weight": {str(k): _network_weight(k) for k in steps}}
+    return out
+
+
+def _network_weight(steps: int) -> dict[str, float]:
+    """Weight β_t/√(1−ᾱ_t) of ε_θ inside the ``mean`` loss μ_θ, over the steps of a respaced
+    chain of the default linear schedule (METHOD §11: ≤ 0.02 on the full chain)."""
+    d = GaussianDiffusion.from_schedule()
+    d = d if steps == d.num_timesteps else respace(d, steps)
+    w = d.betas / np.sqrt(1.0 - d.alphas_cumprod)
+    return {"median": round(float(np.median(w)), 4), "max": round(float(w.max()), 4)}
+
+
+def _cost(specs: list[AttackSpec], num_samples: int) -> float:
+    """Rough cost of a curve: attacked-step gradient evaluations × samples."""
+    return num_samples * sum(s.percent * (s.pgd_steps if s.method == "pgd" else 1) + 1
+                             for s in specs)
+
+
+def _merge_curves(ctx: Context, curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """One table from the curves of one window (one curve per attack method): per row the
+    percents it ran (0 = the clean point, shared by every row of a model), the main metric
+    and the variance ratio."""
+    rows, folders = [], []
+    for curve in curves:
+        ratio = {(p["model_name"], p["series"], p["percent"]): p["metrics"].get("variance ratio")
+                 for p in curve["points"]}
+        for r in curve["rows"]:
+            pairs = [(q, v) for q, v in zip(curve["percents"], r["values"], strict=True)
+                     if v is not None]
+            rows.append({"model": r["model"], "series": r["series"], "method": r["method"],
+                         "percents": [q for q, _ in pairs], "values": [v for _, v in pairs],
+                         "variance_ratio": [ratio.get((r["model"],
+                                                       "clean" if q == 0 else r["series"], q))
+                                            for q, _ in pairs]})
+        folders.append({"csv": _rel(ctx, Path(curve["csv"])), "png": _rel(ctx, Path(curve["png"])),
+                        "seconds": curve["seconds"]})
+    rows.sort(key=lambda r: (r["model"], METHOD_ORDER.index(r["method"])))
+    protocol = curves[0]["protocol"]
+    return {"metric": curves[0]["metric"],
+            "percents": sorted({q for r in rows for q in r["percents"]}), "rows": rows,
+            "sampler": protocol["sampler"]["label"], "seed": protocol["seed"],
+            "curves": folders, "seconds": round(sum(f["seconds"] for f in folders), 2)}
+
+
+# --------------------------------------------------------------------------- section 4
+def sampling_steps(plan: StepsPlan, sub_plan: SubspacePlan, ctx: Context,
+                   models: dict[Key, TrainedModel],
+                   samples: dict[Key, torch.Tensor]) -> dict[str, Any]:
+    """FD / subspace error / variance ratio of ddpm and robust-adv (both data conditions of
+    section 1) on fewer respaced ancestral steps, same seeds; section 1's samples are reused
+    for its own step count."""
+    keys = [(c, m) for c in ("clean", "corrupted") for m in plan.methods
+            if models[c, m].loaded is not None]
+    todo = [(k, s) for k in keys for s in plan.steps
+            if not (s == sub_plan.sampler_steps and k in samples)]
+    with ctx.stage("4 fewer sampling steps", sum(s for _, s in todo)) as advance:
+        drawn = ctx.pool.map(sample_task, [(str(models[k].run_dir), sub_plan.num_samples, s,
+                                            ctx.seed, 0, ctx.device) for k, s in todo], advance)
+    new = {ks: x for ks, (x, _) in zip(todo, drawn, strict=True)}
+    rows = []
+    for key in keys:
+        ref = ctx.reference(models[key].loaded)
+        for steps in plan.steps:
+            x = new[key, steps] if (key, steps) in new else samples[key]
+            rows.append({"data": key[0], "method": key[1], "steps": steps,
+                         **score(ref, x, SUBSPACE_METRICS)})
+    fig = figures.steps_plot(rows, plan.steps, ctx.out_dir / "figures" / "sampling_steps.png")
+    return {
+        "title": "Fewer sampling steps (respaced ancestral sampler)",
+        "settings": {**asdict(plan), "dataset": "digits-subspace",
+                     "models": "section 1's models", "num_samples": sub_plan.num_samples,
+                     "seeds": _seeds_text(ctx.seed, sub_plan.num_samples),
+                     "metrics": list(SUBSPACE_METRICS)},
+        "rows": rows,
+        "figures": {"steps": _rel(ctx, fig)},
+    }
+
+
+__all__ = ["attack_curves", "check_image_runs", "corrupted_subspace", "sampling_steps", "toy_3d"]

@@ -1,0 +1,149 @@
+"""Settings of `dmattack demo`: the default run (≤ 10 min on a 2-core CPU) and ``--quick``
+(≤ 2 min). Every number here is recorded in results.json and in the report."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How each model of a section is trained (see :class:`dmattack.train.TrainConfig`).
+
+    ``lr`` is far above the library default (2e-4) and the batch large: these small MLPs need
+    ~0.5M training samples, and few large steps fit the time budget best. Measured on
+    digits-subspace (90% noisy, DDPM, subspace error / FD): 2000 × 256 at lr 2e-4 leaves
+    4.10 / 4.27 (worse than the noisy data's 1.98 / 2.03); 2000 × 256 at 2e-3 gives
+    2.90 / 3.10; 700 × 1024 at 5e-3 gives 2.79 / 2.99 in ~60% of the time."""
+
+    preset: str = "mlp-small"
+    steps: int = 600
+    batch_size: int = 1024
+    lr: float = 5e-3
+    warmup: int = 100
+    lam: float = 0.3
+    lambda_scaling: str = "var"
+
+
+@dataclass(frozen=True)
+class SubspacePlan:
+    """Section 1: digits-subspace (64-D, known Gaussian on k = 9 PCA directions)."""
+
+    methods: tuple[str, ...] = ("ddpm", "robust-rand", "robust-adv", "invariance")
+    corrupt_fraction: float = 0.9
+    corrupt_sigma: float = 0.2
+    num_data: int = 2000
+    train: TrainSettings = field(default_factory=TrainSettings)
+    num_samples: int = 500
+    sampler_steps: int = 1000  # full ancestral DDPM sampler (METHOD Eq. 4)
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One corruption of the 3-D sets: ``gaussian`` inlier noise or uniform ``outliers``."""
+
+    label: str
+    mode: str
+    fraction: float
+    sigma: float = 0.0
+
+
+@dataclass(frozen=True)
+class ToyPlan:
+    """Section 2: 3-D oblique-plane and 3-gaussians, generations and trajectories."""
+
+    datasets: tuple[str, ...] = ("oblique-plane", "3-gaussians")
+    corruptions: tuple[Corruption, ...] = (
+        Corruption("inlier noise", "gaussian", 0.9, 0.2),
+        Corruption("outliers", "outliers", 0.2),
+    )
+    methods: tuple[str, ...] = ("ddpm", "robust-adv", "invariance")
+    num_data: int = 4000
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(
+        steps=600, batch_size=256, lr=5e-3))
+    num_samples: int = 1000
+    sampler_steps: int = 100
+    num_trajectories: int = 8
+
+
+@dataclass(frozen=True)
+class CurvePlan:
+    """Attack curves of ``methods`` on ``windows`` at ``percents`` of the steps attacked
+    (plus the clean 0% point), ``num_samples`` per point, respaced sampler of
+    ``sampler_steps``. Plans with the same window, samples and sampler share one table."""
+
+    methods: tuple[str, ...]
+    windows: tuple[str, ...]
+    percents: tuple[float, ...]
+    num_samples: int
+    sampler_steps: int
+
+
+ALL_WINDOWS = ("first", "last", "spread")
+PERCENTS = (25.0, 50.0, 75.0, 100.0)
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """Section 3: ddpm vs robust-adv under FGSM / PGD-20 / the random control. PGD-20 costs
+    ~21 network gradients per attacked step, so it runs on fewer points than FGSM."""
+
+    subspace: tuple[CurvePlan, ...] = (
+        CurvePlan(("fgsm", "random"), ALL_WINDOWS, PERCENTS, 300, 50),
+        CurvePlan(("pgd",), ("spread",), PERCENTS, 300, 50),
+        CurvePlan(("pgd",), ("first", "last"), (50.0,), 300, 50),
+    )
+    images: tuple[CurvePlan, ...] = (
+        CurvePlan(("fgsm", "random"), ("spread",), PERCENTS, 128, 25),
+        CurvePlan(("pgd",), ("spread",), (50.0,), 64, 25),
+    )
+    loss: str = "mean"  # the paper's J_att (METHOD §6.1)
+    # --train-images: the settings of `dmattack train --method …` (tiny preset defaults)
+    image_train: TrainSettings = field(default_factory=lambda: TrainSettings(
+        preset="tiny", steps=1000, batch_size=64, lr=2e-4, warmup=100))
+
+
+@dataclass(frozen=True)
+class StepsPlan:
+    """Section 4: respaced ancestral sampling with fewer steps (paper Table 3)."""
+
+    steps: tuple[int, ...] = (1000, 500, 300)
+    methods: tuple[str, ...] = ("ddpm", "robust-adv")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    quick: bool
+    subspace: SubspacePlan
+    toy: ToyPlan
+    attacks: AttackPlan
+    steps: StepsPlan
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_plan() -> DemoPlan:
+    """The full demo: every section as the issue describes it."""
+    return DemoPlan(False, SubspacePlan(), ToyPlan(), AttackPlan(), StepsPlan())
+
+
+def quick_plan() -> DemoPlan:
+    """``--quick``: shorter training, fewer samples, the ``spread`` window only, PGD-20 at one
+    point, FGSM + random on images, and half-length chains (section 4 compares 500 / 250 / 150
+    respaced steps, the default's ratios); still every section and every method of sections
+    1, 2 and 4."""
+    return DemoPlan(
+        True,
+        SubspacePlan(train=TrainSettings(steps=120, batch_size=512), num_samples=200,
+                     sampler_steps=500),
+        ToyPlan(train=TrainSettings(steps=100, batch_size=256, lr=5e-3), num_samples=500,
+                sampler_steps=50, num_trajectories=6),
+        AttackPlan(
+            subspace=(CurvePlan(("fgsm", "random"), ("spread",), PERCENTS, 200, 25),
+                      CurvePlan(("pgd",), ("spread",), (50.0,), 200, 25)),
+            images=(CurvePlan(("fgsm", "random"), ("spread",), (100.0,), 64, 10),),
+        ),
+        StepsPlan(steps=(500, 250, 150)),
+    )

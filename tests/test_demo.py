@@ -1,0 +1,159 @@
+"""`dmattack demo --quick` end to end: every section present with finite numbers, a report
+that embeds existing figures, and the progress callback (run once per module)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+import cli
+import dmattack.demo as demo_pkg
+from dmattack.demo import headline_rows, run_demo
+from dmattack.demo.plan import (
+    AttackPlan,
+    CurvePlan,
+    DemoPlan,
+    StepsPlan,
+    SubspacePlan,
+    ToyPlan,
+    TrainSettings,
+    quick_plan,
+)
+
+SECTIONS = ("corrupted_subspace", "toy_3d", "attacks", "sampling_steps")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], list]:
+    out = tmp_path_factory.mktemp("demo")
+    calls: list[tuple[str, int, int]] = []
+    results = run_demo(out, quick=True, progress=lambda *a: calls.append(a))
+    return out, results, calls
+
+
+def _numbers(obj: Any) -> list[float]:
+    if isinstance(obj, bool):
+        return []
+    if isinstance(obj, (int, float)):
+        return [float(obj)]
+    if isinstance(obj, dict):
+        return [x for v in obj.values() for x in _numbers(v)]
+    if isinstance(obj, list):
+        return [x for v in obj for x in _numbers(v)]
+    return []
+
+
+def _metric_values(rows: list[dict[str, Any]], labels: tuple[str, ...]) -> list[Any]:
+    return [r[k] for r in rows for k in labels if k in r]
+
+
+@pytest.mark.slow
+def test_results_json_has_every_section_with_finite_numbers(demo):
+    out, results, _ = demo
+    on_disk = json.loads((out / "results.json").read_text(), parse_constant=lambda c: c)
+    assert on_disk["kind"] == "dmattack-demo" and on_disk["quick"] is True
+    assert set(SECTIONS) <= set(on_disk["sections"])
+    assert all(math.isfinite(x) for x in _numbers(on_disk)), "NaN/inf in results.json"
+    secs = on_disk["sections"]
+    sub = secs["corrupted_subspace"]["rows"]
+    assert {(r["data"], r["method"]) for r in sub} == {
+        (d, m) for d in ("corrupted", "clean")
+        for m in ("ddpm", "robust-rand", "robust-adv", "invariance")}
+    for r in sub + secs["toy_3d"]["rows"] + secs["sampling_steps"]["rows"]:
+        # None only where nothing finite was left to score (recorded explicitly)
+        if r.get("FD (exact)") is None:
+            assert r["num_evaluated"] == 0 or r.get("train_error")
+    labels = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
+    for rows in (sub, secs["sampling_steps"]["rows"]):
+        assert any(v is not None for v in _metric_values(rows, labels))
+    assert any(r.get("plane distance") is not None for r in secs["toy_3d"]["rows"])
+    assert any(r.get("loglik (nats)") is not None for r in secs["toy_3d"]["rows"])
+    for kind, metric in (("subspace", "FD (exact)"), ("images", "FID (digits-cnn)")):
+        tables = secs["attacks"][kind]
+        assert tables, kind
+        for table in tables:
+            assert table["metric"] == metric
+            assert {r["model"].rsplit("-", 1)[-1] for r in table["rows"]} == {"ddpm", "adv"}
+            for r in table["rows"]:
+                assert r["percents"][0] == 0 and len(r["percents"]) >= 2
+                assert all(v is not None for v in r["values"])
+    assert {r["steps"] for r in secs["sampling_steps"]["rows"]} == set(quick_plan().steps.steps)
+    verdicts = {"held", "partly", "did not hold", "inconclusive", "n/a"}
+    assert on_disk["claims"] and all(c["verdict"] in verdicts for c in on_disk["claims"])
+    assert on_disk["timings"]["total"] > 0
+    assert on_disk["provenance"]["versions"]["torch"]
+    assert results["sections"].keys() == on_disk["sections"].keys()
+
+
+@pytest.mark.slow
+def test_report_embeds_existing_figures(demo):
+    out, _, _ = demo
+    text = (out / "report.md").read_text()
+    for heading in ("What held and what did not", "1. Corrupted", "2. 3-D", "3. Attacks",
+                    "4. Fewer sampling steps", "Timings"):
+        assert heading in text
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert len(images) >= 8
+    for rel in images:
+        assert not Path(rel).is_absolute()
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 1000, rel
+
+
+@pytest.mark.slow
+def test_progress_and_headline(demo):
+    _, results, calls = demo
+    assert calls[-1] == ("report", 1, 1)
+    assert all(0 <= done <= total for _, done, total in calls)
+    stages = {label for label, _, _ in calls}
+    assert any(s.startswith("1 ") for s in stages) and any(s.startswith("3 ") for s in stages)
+    columns, rows = headline_rows(results)
+    assert len(rows) == 8 and all(len(r) == len(columns) for r in rows)
+
+
+def test_refuses_a_non_empty_folder(tmp_path):
+    (tmp_path / "keep.txt").write_text("x")
+    with pytest.raises(ValueError, match="not empty"):
+        run_demo(tmp_path, quick=True)
+
+
+def _tiny_plan() -> DemoPlan:
+    """Every section at toy size (seconds): for checking the CLI's wiring, not the numbers."""
+    few = TrainSettings(steps=4, batch_size=64, warmup=1)
+    return DemoPlan(
+        True, SubspacePlan(train=few, num_data=200, num_samples=40, sampler_steps=20),
+        ToyPlan(datasets=("oblique-plane",), train=few, num_data=200, num_samples=40,
+                sampler_steps=10, num_trajectories=2),
+        AttackPlan(subspace=(CurvePlan(("fgsm",), ("spread",), (100.0,), 40, 10),),
+                   images=(CurvePlan(("random",), ("spread",), (100.0,), 16, 5),)),
+        StepsPlan(steps=(20, 10)))
+
+
+def test_cli_demo_prints_headline_and_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo_pkg, "quick_plan", _tiny_plan)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(cli.main, ["demo", "--quick", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "Headline" in result.output and str(out / "report.md") in result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["plan"]["subspace"]["num_samples"] == 40
+    assert (out / "report.md").is_file()
+    # a second run into the same folder is refused with one line, exit 2, nothing touched
+    before = (out / "results.json").read_bytes()
+    again = CliRunner().invoke(cli.main, ["demo", "--quick", "--out", str(out)])
+    assert again.exit_code == 2 and len(again.output.strip().splitlines()) == 1
+    assert "is not empty" in again.output
+    assert (out / "results.json").read_bytes() == before
+
+
+def test_cli_demo_rejects_a_non_empty_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli.main, ["demo", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
+    assert "not empty" in result.output and "Traceback" not in result.output
+    assert (tmp_path / "notes.txt").read_text() == "mine"
