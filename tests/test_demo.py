@@ -130,18 +130,23 @@ def _tiny_plan() -> DemoPlan:
         ToyPlan(datasets=("oblique-plane",), train=few, num_data=200, num_samples=40,
                 sampler_steps=10, num_trajectories=2),
         AttackPlan(subspace=(CurvePlan(("fgsm",), ("spread",), (100.0,), 40, 10),),
-                   images=(CurvePlan(("random",), ("spread",), (100.0,), 16, 5),)),
+                   images=(CurvePlan(("random",), ("spread",), (100.0,), 16, 5),),
+                   image_train=TrainSettings(preset="tiny", steps=3, batch_size=16, warmup=1)),
         StepsPlan(steps=(20, 10)))
 
 
 def test_cli_demo_prints_headline_and_report(tmp_path, monkeypatch):
+    """The CLI end to end on a toy-size plan, retraining the digits U-Nets (--train-images)."""
     monkeypatch.setattr(demo_pkg, "quick_plan", _tiny_plan)
     out = tmp_path / "report"
-    result = CliRunner().invoke(cli.main, ["demo", "--quick", "--out", str(out)])
+    result = CliRunner().invoke(cli.main, ["demo", "--quick", "--train-images", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "Headline" in result.output and str(out / "report.md") in result.output
     results = json.loads((out / "results.json").read_text())
-    assert results["plan"]["subspace"]["num_samples"] == 40
+    assert results["plan"]["subspace"]["num_samples"] == 40 and results["train_images"]
+    for name in ("digits-ddpm", "digits-robust-adv"):
+        assert (out / "runs" / name / "config.json").is_file()
+    assert "trained in this demo" in results["sections"]["attacks"]["settings"]["image_models"]
     assert (out / "report.md").is_file()
     # a second run into the same folder is refused with one line, exit 2, nothing touched
     before = (out / "results.json").read_bytes()
