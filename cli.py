@@ -169,6 +169,12 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--checkpoint-every", type=int, default=500, show_default=True)
+@click.option("--grad-accum", type=int, default=None,
+              help="Micro-batches per optimiser step (per process) [default: 1].")
+@click.option("--compile/--no-compile", "compile_model", default=None,
+              help="torch.compile the model: slower start, faster steps [default: off].")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Channels-last U-Net memory layout [default: on for CUDA].")
 @click.option("--nan-policy", type=click.Choice(["stop", "skip"]), default=None,
               help="Non-finite loss or gradient: stop (default; the last good checkpoint is "
               "kept) or skip that optimiser step (counted in log.jsonl).")
@@ -178,14 +184,20 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
               help="Continue this run folder (to --steps if given).")
 @friendly_errors
 def train(**opts: Any) -> None:
-    """Train a DDPM or Robust diffusion model; prints the run folder."""
+    """Train a DDPM or Robust diffusion model; prints the run folder.
+
+    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) train ... (docs/performance.md).
+    """
+    from dmattack import distributed
     from dmattack.io import check_writable
     from dmattack.train import build_data, resume_config
     from dmattack.train import train as train_run
 
     if opts["resume"]:
         run_dir = Path(opts["resume"])
-        cfg = resume_config(run_dir, opts["steps"], nan_policy=opts["nan_policy"])
+        cfg = resume_config(run_dir, opts["steps"], nan_policy=opts["nan_policy"],
+                            grad_accum=opts["grad_accum"], compile=opts["compile_model"],
+                            channels_last=opts["channels_last"])
     else:
         cfg = _train_config(opts).resolved()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -194,8 +206,11 @@ def train(**opts: Any) -> None:
             raise ValueError(f"run folder {run_dir} already holds a run; use --resume {run_dir} "
                              "or another --out")
     cfg.validate()
+    _join_torchrun(cfg.device)
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
     data = build_data(cfg)
-    check_writable(run_dir)
+    if distributed.is_main():
+        check_writable(run_dir)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
@@ -247,15 +262,28 @@ def _train_config(opts: dict[str, Any]):
         ema_decay=opts["ema_decay"], seed=opts["seed"], device=opts["device"],
         nan_policy=opts["nan_policy"] or "stop",
         checkpoint_every=opts["checkpoint_every"],
+        grad_accum=1 if opts["grad_accum"] is None else opts["grad_accum"],
+        compile=bool(opts["compile_model"]), channels_last=opts["channels_last"],
     )
 
 
 # ----------------------------------------------------------------------------- sample
-def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: str):
-    from dmattack.runs import load_run, newest_run
+def _join_torchrun(device: str):
+    """This process's torch device. Under torchrun it also joins the process group (one GPU
+    per process) and silences the console of ranks other than 0, which report and write."""
+    from dmattack import distributed
     from dmattack.train import resolve_device
 
-    dev = resolve_device(device)
+    dev = distributed.init(resolve_device(device))
+    if not distributed.is_main():
+        console.quiet = stdout.quiet = True
+    return dev
+
+
+def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: str):
+    from dmattack.runs import load_run, newest_run
+
+    dev = _join_torchrun(device)
     if run and pipeline:
         raise ValueError("give either --run or --pipeline, not both")
     if pipeline:
@@ -330,12 +358,16 @@ def make_sampler(name: str | None, steps: int | None, eta: float, clip: bool, lo
 @friendly_errors
 def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_denoised,
                num_samples, batch_size, seed, first_sample, out) -> None:
-    """Sample from a trained run: a PNG grid and the samples as a safetensors file."""
+    """Sample from a trained run: a PNG grid and the samples as a safetensors file.
+
+    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) sample ... splits the samples.
+    """
     import torch
     from safetensors.torch import save_file
 
+    from dmattack import distributed
     from dmattack.io import provenance, write_atomic, write_json
-    from dmattack.sampling import sample_batched
+    from dmattack.sampling import sample_sharded
     from dmattack.seeding import sample_seeds
     from dmattack.visualize import save_samples_png
 
@@ -347,7 +379,8 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
     console.print(f"[bold]sample[/] {num_samples} from {loaded.source} "
                   f"({'EMA' if loaded.ema else 'raw'} weights), sampler {label}, seed {seed}")
     steps = sampler_cfg.num_steps(loaded.diffusion.num_timesteps)
-    total = steps * -(-num_samples // batch_size)
+    seeds = sample_seeds(seed, num_samples, start=first_sample)
+    total = steps * -(-len(distributed.shard(seeds, batch_size)) // batch_size)  # this rank's
     rate = _Rate()
     with progress_bar() as bar, torch.no_grad():
         task = bar.add_task("sample", total=total, rate="")
@@ -357,9 +390,10 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
             done[0] += 1
             bar.update(task, completed=done[0], rate=rate(done[0]))
 
-        x = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
-                           sample_seeds(seed, num_samples, start=first_sample), batch_size,
-                           sampler_cfg, device=dev, progress=tick)
+        x = sample_sharded(loaded.model, loaded.diffusion, loaded.data_shape, seeds,
+                           batch_size, sampler_cfg, device=dev, progress=tick)
+    if x is None:  # under torchrun, rank 0 writes all the samples
+        return
     write_atomic(folder / "samples.safetensors",
                  lambda p: save_file({"samples": x.contiguous()}, str(p)))
     save_samples_png(x, folder / "samples.png", title=label)
@@ -369,6 +403,7 @@ def sample_cmd(run, pipeline, ema, device, sampler, sampler_steps, eta, clip_den
         "sampler": sampler_cfg.__dict__,
         "sampler_label": label, "source": loaded.source, "ema": loaded.ema,
         "num_nonfinite": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
+        "world_size": distributed.world_size(),
         **provenance(),
     })
     stdout.print(str(folder))
@@ -499,7 +534,10 @@ def _spec_options(opts: dict[str, Any]) -> dict[str, Any]:
               help="Result folder [default: <run>/attacks/<label>-<sampler>-n<N>-seed<S>].")
 @friendly_errors
 def attack(**o: Any) -> None:
-    """Attack the reverse chain: clean vs attacked samples with paired randomness."""
+    """Attack the reverse chain: clean vs attacked samples with paired randomness.
+
+    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) attack ... splits the samples.
+    """
     from dmattack.attack_eval import run_attack
     from dmattack.attacks import AttackSpec
     from dmattack.evaluation import default_metrics, make_metric_fn
@@ -573,7 +611,11 @@ def _default_out(loaded, kind: str, name: str) -> Path:
               "same command there resumes.")
 @friendly_errors
 def curve(**o: Any) -> None:
-    """Metric-versus-%-attacked curves for one or more models (paper Figure 7)."""
+    """Metric-versus-%-attacked curves for one or more models (paper Figure 7).
+
+    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
+    samples; a killed run resumes, also inside a point.
+    """
     import hashlib
     import json
 

@@ -5,6 +5,12 @@ sample i are identical in both runs (the attack draws from its own ATTACK stream
 difference in the metric is the attack's effect alone, and 0% attacked reproduces the clean
 samples bit for bit. The metric is the caller's ``metric_fn(samples) -> dict[str, float]``
 (samples (N, *shape) in model space, on CPU).
+
+Under torchrun (:mod:`dmattack.distributed`) every process calls :func:`run_attack` /
+:func:`run_curve` with the same arguments: each samples its contiguous slice of the seeds, rank
+0 gathers them, scores, writes the files and sends the result to the others. A curve keeps each
+process's finished slice of an unfinished point on disk (``shards/``), so a killed sharded
+curve resumes inside a point, too.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import json
 import math
@@ -26,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from . import distributed
 from .attacks.schedule import AttackSpec, attacked_steps, make_hook_factory
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
@@ -39,6 +48,7 @@ from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
 POINTS = "points.jsonl"
+SHARDS = "shards"  # per-process slices of unfinished curve points (sharded runs)
 STAGING_PREFIX = ".staging."
 CPU_PRESETS = ("tiny", "mlp", "mlp-small")
 
@@ -111,7 +121,8 @@ def _sample_pair(
     progress: Callable[[int, int], None] | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:
     """Clean (if ``want_clean``) and attacked (if ``spec`` attacks any step) samples with the
-    same seeds; returns (clean, attacked, seconds). ``progress(done, total)`` counts steps."""
+    same seeds (this process's; not gathered); returns (clean, attacked, seconds).
+    ``progress(done, total)`` counts steps."""
     sd = sampling_diffusion(loaded.diffusion, sampler)
     k = sd.num_timesteps
     attacking = spec is not None and bool(attacked_steps(k, spec.percent, spec.window))
@@ -174,13 +185,19 @@ def run_attack(
     intact: all files are written into a staging folder and then renamed into place, with
     ``results.json`` removed first and moved in last, so a ``results.json`` always belongs to
     the samples beside it. Re-running the command recomputes the same numbers.
+
+    Under torchrun each process samples its slice of the seeds; rank 0 scores and writes, and
+    every rank returns the result.
     """
     out = Path(out_dir)
+    args = (loaded, spec, num_samples, seed, sampler, batch_size, metric_fn, device, out,
+            progress, first_sample)
+    if not distributed.is_main():
+        return _run_attack_locked(*args)
     # room for samples.safetensors (clean + attacked, float32) and the PNGs, checked up front
     check_writable(out, 8 * num_samples * math.prod(loaded.data_shape) + 32 * MiB)
     with lock_folder(out, "attack folder", command="dmattack attack"):
-        return _run_attack_locked(loaded, spec, num_samples, seed, sampler, batch_size,
-                                  metric_fn, device, out, progress, first_sample)
+        return _run_attack_locked(*args)
 
 
 def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, seed: int,
@@ -188,13 +205,19 @@ def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, 
                        device: torch.device | str, out: Path,
                        progress: Callable[[int, int], None] | None,
                        first_sample: int) -> dict[str, Any]:
-    for leftover in out.glob(f"{STAGING_PREFIX}*"):  # from a killed run
-        shutil.rmtree(leftover, ignore_errors=True)
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
     steps = attacked_steps(sd.num_timesteps, spec.percent, spec.window)
-    clean, attacked, seconds = _sample_pair(loaded, spec, seeds, sampler, batch_size, device,
-                                            True, progress)
+    clean, attacked, seconds = _sample_pair(loaded, spec, distributed.shard(seeds, batch_size),
+                                            sampler, batch_size, device, True, progress)
+    seconds = _slowest(seconds)
+    clean = distributed.gather_rows(clean)
+    if attacked is not None:
+        attacked = distributed.gather_rows(attacked)
+    if not distributed.is_main():
+        return distributed.broadcast_object(None)
+    for leftover in out.glob(f"{STAGING_PREFIX}*"):  # from a killed run
+        shutil.rmtree(leftover, ignore_errors=True)
     if attacked is None:  # nothing attacked: the attacked run is the clean run, bit for bit
         attacked, seconds["attacked"] = clean.clone(), 0.0
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
@@ -215,6 +238,7 @@ def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, 
                  "and attacked share them (chain noise stream 0, attack stream 1)",
         "batch_size": batch_size,
         "device": str(device),
+        "world_size": distributed.world_size(),
         "model": _model_dict(loaded),
         "metrics": metrics,
         "seconds": seconds,
@@ -243,7 +267,13 @@ def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, 
             os.replace(stage / name, out / name)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return result
+    return distributed.broadcast_object(result)
+
+
+def _slowest(seconds: dict[str, float]) -> dict[str, float]:
+    """Per key, the slowest process's seconds (the wall time of a sharded pass)."""
+    every = distributed.all_gather_objects(seconds)
+    return {k: max(s[k] for s in every) for k in seconds}
 
 
 # --------------------------------------------------------------------------- curves
@@ -347,12 +377,20 @@ def run_curve(
     The key includes the model's weight fingerprint (:attr:`LoadedModel.fingerprint`), so a
     store is never reused for changed weights. ``out_dir`` is checked for writability and
     locked against a second writer before any point is computed.
+
+    Under torchrun each process samples its slice of every point's seeds and keeps it in
+    ``out_dir/shards/<point>/<first>-<last+1>.safetensors`` until rank 0 has recorded the
+    point; a re-run with the same slicing (same number of processes) reuses finished slices.
+    Rank 0 scores and writes; every rank returns the curve.
     """
     out = Path(out_dir)
+    args = (models, specs, num_samples, seed, sampler, batch_size, metric_fn, device, out,
+            metric, progress)
+    if not distributed.is_main():
+        return _run_curve_locked(*args)
     check_writable(out, 32 * MiB)
     with lock_folder(out, "curve folder", command="dmattack curve"):
-        return _run_curve_locked(models, specs, num_samples, seed, sampler, batch_size,
-                                 metric_fn, device, out, metric, progress)
+        return _run_curve_locked(*args)
 
 
 def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec],
@@ -361,9 +399,11 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
                       metric: str | None,
                       progress: Callable[[int, int, dict[str, Any]], None] | None
                       ) -> dict[str, Any]:
+    main = distributed.is_main()
     store = out / POINTS
-    done = _read_store(store)
-    seeds = sample_seeds(seed, num_samples)
+    done = distributed.broadcast_object(_read_store(store) if main else None)
+    seeds = distributed.shard(sample_seeds(seed, num_samples), batch_size)
+    first, stop = distributed.shard_range(num_samples, batch_size)
     attack_specs = [s for s in specs if s.percent > 0]
     total = len(models) * (1 + len(attack_specs))
     names = _model_names(models)
@@ -375,16 +415,23 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
         for spec in [None, *attack_specs]:
             label = "clean" if spec is None else spec.describe()
             key = _point_key(loaded, label, slabel, num_samples, seed)
+            shard_dir = out / SHARDS / hashlib.sha256(key.encode()).hexdigest()[:16]
             if key in done:
                 record = {**done[key], "resumed": True}
+                if main:  # killed after recording the point, before removing its slices
+                    shutil.rmtree(shard_dir, ignore_errors=True)
             else:
-                clean, attacked, seconds = _sample_pair(
-                    loaded, spec, seeds, sampler, batch_size, device, spec is None, None)
-                if clean is not None:
-                    metrics = metric_fn(clean)
-                elif attacked is not None:
-                    metrics = metric_fn(attacked)
-                else:  # no step attacked at this chain length: the clean run, bit for bit
+                samples, seconds = _shard(shard_dir / f"{first}-{stop}.safetensors",
+                                          _point_samples, loaded, spec, seeds, sampler,
+                                          batch_size, device)
+                seconds = max(distributed.all_gather_objects(seconds))
+                if samples is not None:  # else no step is attacked at this chain length
+                    samples = distributed.gather_rows(samples)
+                if not main:
+                    metrics = {}
+                elif samples is not None:
+                    metrics = metric_fn(samples)
+                else:  # the clean run, bit for bit
                     metrics = dict(clean_metrics)
                 record = {
                     "key": key, "model": loaded.source, "model_name": names[loaded.source],
@@ -394,9 +441,12 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
                     "percent": 0.0 if spec is None else float(spec.percent),
                     "spec": None if spec is None else spec.to_dict(),
                     "sampler": slabel, "num_samples": num_samples, "seed": seed,
-                    "metrics": metrics, "seconds": sum(seconds.values()),
+                    "metrics": metrics, "seconds": seconds,
                 }
-                _append_point(store, record)
+                if main:
+                    _append_point(store, record)
+                    shutil.rmtree(shard_dir, ignore_errors=True)
+                record = distributed.broadcast_object(record)
                 done[key] = record
                 record = {**record, "resumed": False}
             if spec is None:
@@ -405,12 +455,17 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
             if progress is not None:
                 progress(len(records), total, record)
 
+    if not main:
+        return distributed.broadcast_object(None)
+    with contextlib.suppress(OSError):
+        (out / SHARDS).rmdir()  # only when empty: slices of other settings are kept
     curve = _curve_table(records, attack_specs, metric)
     curve.update({
         "protocol": {"num_samples": num_samples, "seed": seed, "batch_size": batch_size,
                      "sampler": _sampler_dict(sampler, models[0].diffusion.num_timesteps)
                      if models else asdict(sampler),
-                     "specs": [s.to_dict() for s in specs], "device": str(device)},
+                     "specs": [s.to_dict() for s in specs], "device": str(device),
+                     "world_size": distributed.world_size()},
         "models": [_model_dict(m) for m in models],
         "points": [{k: v for k, v in r.items() if k != "resumed"} for r in records],
         "provenance": provenance(),
@@ -418,7 +473,35 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
     write_json(out / "curve.json", curve)
     write_text(out / "curve.csv", _curve_csv(curve))
     _curve_png(curve, out / "curve.png")
-    return curve
+    return distributed.broadcast_object(curve)
+
+
+def _point_samples(loaded: LoadedModel, spec: AttackSpec | None, seeds: Sequence[int],
+                   sampler: SamplerConfig, batch_size: int, device: torch.device | str
+                   ) -> tuple[torch.Tensor | None, float]:
+    """The samples a curve point scores (clean for ``spec`` None, else attacked; None when no
+    step is attacked at this chain length) and the seconds they took."""
+    clean, attacked, seconds = _sample_pair(loaded, spec, seeds, sampler, batch_size, device,
+                                            spec is None, None)
+    return (clean if clean is not None else attacked), sum(seconds.values())
+
+
+def _shard(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]],
+           *args: Any) -> tuple[torch.Tensor | None, float]:
+    """``compute(*args)`` → (this process's samples of a point, seconds). In a sharded run the
+    samples are kept at ``path`` and read back instead of recomputed when a killed run is
+    resumed (an unreadable file is recomputed)."""
+    if not distributed.is_distributed():
+        return compute(*args)
+    with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("samples"), float(f.metadata()["seconds"])
+    samples, seconds = compute(*args)
+    if samples is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {"samples": samples.contiguous()}
+        write_atomic(path, lambda p: save_file(tensors, str(p), {"seconds": repr(seconds)}))
+    return samples, seconds
 
 
 def _curve_table(records: list[dict[str, Any]], specs: Sequence[AttackSpec],

@@ -46,12 +46,6 @@ def beta_schedule(name: str, num_timesteps: int = 1000) -> np.ndarray:
     raise ValueError(f"unknown beta schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
 
 
-def _extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Gather ``arr[t]`` (per sample) and broadcast to ``like``'s shape, in ``like``'s dtype."""
-    out = torch.from_numpy(arr).to(device=t.device)[t].to(like.dtype)
-    return out.reshape(-1, *([1] * (like.dim() - 1)))
-
-
 class GaussianDiffusion:
     """DDPM forward/reverse process for a fixed beta schedule.
 
@@ -107,6 +101,23 @@ class GaussianDiffusion:
                 self.sampler_variance = self.posterior_variance.copy()
         else:
             self.sampler_variance = self.posterior_variance.copy()
+        self.sampler_std_table = np.sqrt(self.sampler_variance)
+        self.attack_std_table = np.sqrt(self.posterior_variance)
+        self._device_tables: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def device_table(self, name: str, device: torch.device) -> torch.Tensor:
+        """The numpy table ``name`` as a tensor on ``device``, copied there once: a step then
+        costs no host-to-device copy (and no sync on a GPU)."""
+        key = (name, device)
+        if key not in self._device_tables:
+            self._device_tables[key] = torch.from_numpy(getattr(self, name)).to(device)
+        return self._device_tables[key]
+
+    def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Gather table ``name`` at ``t`` (per sample) and broadcast to ``like``'s shape, in
+        ``like``'s dtype (tables are float64)."""
+        out = self.device_table(name, t.device)[t].to(like.dtype)
+        return out.reshape(-1, *([1] * (like.dim() - 1)))
 
     @classmethod
     def from_schedule(
@@ -118,18 +129,18 @@ class GaussianDiffusion:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (METHOD Eq. 2). Shapes (B, …); t (B,)."""
         return (
-            _extract(self.sqrt_alphas_cumprod, t, x0) * x0
-            + _extract(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+            self._extract("sqrt_alphas_cumprod", t, x0) * x0
+            + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
         )
 
     def noise_std(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """√(1−ᾱ_t) broadcast to ``like`` (the factor in front of ε in x_t)."""
-        return _extract(self.sqrt_one_minus_alphas_cumprod, t, like)
+        return self._extract("sqrt_one_minus_alphas_cumprod", t, like)
 
     # ----------------------------------------------------------------- reverse process
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Original training timesteps for indices ``t`` (identity unless respaced)."""
-        return torch.from_numpy(self.timestep_map).to(t.device)[t]
+        return self.device_table("timestep_map", t.device)[t]
 
     def predict_eps(self, model: EpsModel, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return model(x_t, self.model_timesteps(t))
@@ -137,8 +148,8 @@ class GaussianDiffusion:
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t."""
         return (
-            _extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t
-            - _extract(self.sqrt_recipm1_alphas_cumprod, t, x_t) * eps
+            self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+            - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
         )
 
     def q_posterior_mean(
@@ -146,8 +157,8 @@ class GaussianDiffusion:
     ) -> torch.Tensor:
         """μ̃_t(x_t, x_0) of q(x_{t−1} | x_t, x_0)."""
         return (
-            _extract(self.posterior_mean_coef1, t, x_t) * x0
-            + _extract(self.posterior_mean_coef2, t, x_t) * x_t
+            self._extract("posterior_mean_coef1", t, x_t) * x0
+            + self._extract("posterior_mean_coef2", t, x_t) * x_t
         )
 
     def mean_from_eps(
@@ -168,11 +179,11 @@ class GaussianDiffusion:
 
     def sampler_std(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """σ_t of the ancestral sampler (√β_t or √β̃_t per ``variance_type``)."""
-        return _extract(np.sqrt(self.sampler_variance), t, like)
+        return self._extract("sampler_std_table", t, like)
 
     def attack_std(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """σ_t = √β̃_t, the per-step attack budget of METHOD §6 (0 at the last step)."""
-        return _extract(np.sqrt(self.posterior_variance), t, like)
+        return self._extract("attack_std_table", t, like)
 
     def p_sample(
         self,
@@ -201,11 +212,10 @@ class GaussianDiffusion:
         x0 = self.predict_x0(x_t, t, eps)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
-            eps = (_extract(self.sqrt_recip_alphas_cumprod, t, x_t) * x_t - x0) / _extract(
-                self.sqrt_recipm1_alphas_cumprod, t, x_t
-            )
-        abar = _extract(self.alphas_cumprod, t, x_t)
-        abar_prev = _extract(self.alphas_cumprod_prev, t, x_t)
+            eps = (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / (
+                self._extract("sqrt_recipm1_alphas_cumprod", t, x_t))
+        abar = self._extract("alphas_cumprod", t, x_t)
+        abar_prev = self._extract("alphas_cumprod_prev", t, x_t)
         sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         mean = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
         nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))

@@ -17,6 +17,17 @@ Forward passes per call (B = batch size):
   clean output.
 * ``invariance`` (madry): a no-grad forward of B inside FGSM, the FGSM forward of B and one
   backward w.r.t. δ, then the forward of B at x_t^adv.
+
+Why robust-adv does not batch its clean and perturbed forwards into one 2B forward: the FGSM
+step needs ε_θ(x_t) (inside J) before x_t^adv exists, so a 2B forward on [x_t, x_t^adv] needs an
+extra clean forward first (4B rows instead of 3B), and a 2B forward on [x_t, x_t + δ_0] makes
+the input backward and the parameter backward run over 2B rows each. Both were measured slower
+than the three forwards of B (docs/performance.md).
+
+Randomness: all draws of a step (:class:`StepDraws`) are made up front for the whole batch, so
+a trainer can draw them once for a global batch and hand each process or micro-batch its rows
+(:meth:`StepDraws.rows`); the loss is then the same function of (x0, draws) however the batch
+is split.
 """
 
 from __future__ import annotations
@@ -35,7 +46,6 @@ from .attacks.perturbation import (
     is_number,
     mean_flat,
     perturb,
-    random_perturbation,
     ray,
 )
 from .diffusion import EpsModel, GaussianDiffusion
@@ -134,54 +144,106 @@ def lambda_weight(r: torch.Tensor, lam: float, scaling: str = "var") -> torch.Te
     raise ValueError(f"lambda scaling {scaling!r} unknown; allowed: {', '.join(LAMBDA_SCALINGS)}")
 
 
+@dataclass(frozen=True)
+class StepDraws:
+    """The random draws of one training step for a batch of B rows (one device).
+
+    ``t`` (B,) long timesteps; ``noise`` ε (B, …); ``ip_noise`` ε' of ddpm-ip (B, …);
+    ``xi`` the batch-wise ξ of robust-rand (0-d, float64); ``u`` (B, …) U[0, 1) draws of the
+    random start δ_0 = (2u − 1)·r of robust-adv, robust-rand and invariance. Unused ones are
+    None.
+    """
+
+    t: torch.Tensor
+    noise: torch.Tensor
+    ip_noise: torch.Tensor | None = None
+    xi: torch.Tensor | None = None
+    u: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int,
+             memory_format: torch.memory_format = torch.contiguous_format) -> StepDraws:
+        """The draws of rows ``start … stop−1`` (ξ is shared), image tensors in
+        ``memory_format``."""
+        def cut(v: torch.Tensor | None) -> torch.Tensor | None:
+            if v is None:
+                return None
+            v = v[start:stop]
+            return v.contiguous(memory_format=memory_format) if v.dim() == 4 else v
+
+        return StepDraws(self.t[start:stop], cut(self.noise), cut(self.ip_noise), self.xi,
+                         cut(self.u))
+
+
+def draw_step(diffusion: GaussianDiffusion, cfg: ObjectiveConfig, shape: tuple[int, ...],
+              device: torch.device | str, dtype: torch.dtype = torch.float32,
+              generator: torch.Generator | None = None) -> StepDraws:
+    """Every random draw of one step for a batch of ``shape`` = (B, …), in the order t, ε,
+    ε' (ddpm-ip), ξ (robust-rand), u (methods with a perturbation); from ``generator`` or the
+    global RNG of ``device``. ε, ε' and u have ``dtype``."""
+    kw = dict(generator=generator, device=device)
+    t = torch.randint(0, diffusion.num_timesteps, shape[:1], **kw)
+    noise = torch.randn(shape, dtype=dtype, **kw)
+    ip_noise = torch.randn(shape, dtype=dtype, **kw) if cfg.method == "ddpm-ip" else None
+    xi = None
+    if cfg.method == "robust-rand":
+        lo, hi = cfg.ray.xi_range
+        xi = torch.empty((), device=device, dtype=torch.float64).uniform_(lo, hi,
+                                                                            generator=generator)
+    u = None if cfg.method in ("ddpm", "ddpm-ip") else torch.rand(shape, dtype=dtype, **kw)
+    return StepDraws(t, noise, ip_noise, xi, u)
+
+
+def _start(u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """δ_0 = (2u − 1)·r: U(−r, r) per sample from u (B, …) and r (B,)."""
+    return (2 * u - 1) * r.reshape(-1, *([1] * (u.dim() - 1))).to(u.dtype)
+
+
 def training_loss(
-    model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor, cfg: ObjectiveConfig
+    model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor, cfg: ObjectiveConfig,
+    draws: StepDraws | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One stochastic estimate of the objective on a batch x0 (B, …) (Algorithm 1, METHOD §5).
 
-    Draws t ~ U{0..T−1} per sample, ε ~ N(0, I), ξ (robust-rand) and δ_0 from the global torch
-    RNG of x0's device, in that order; dropout draws follow. Returns the scalar loss (with
-    gradients w.r.t. θ) and ``stats`` over :data:`STAT_KEYS`: ``loss``; ``mse`` (the regression
-    term); ``reg`` (the weighted regulariser, loss = mse + reg); ``residual`` (the unweighted
-    regulariser, batch mean); ``r`` and ``lam_t`` (batch means). Terms a method lacks are 0.
-    The stats cost one device sync.
+    ``draws`` holds t ~ U{0..T−1} per sample, ε ~ N(0, I), ξ (robust-rand) and the random start
+    of δ for these B rows; by default they are drawn by :func:`draw_step` from the global torch
+    RNG of x0's device (dropout draws follow, in the forward passes). Returns the scalar loss
+    (with gradients w.r.t. θ) and ``stats`` over :data:`STAT_KEYS`: ``loss``; ``mse`` (the
+    regression term); ``reg`` (the weighted regulariser, loss = mse + reg); ``residual`` (the
+    unweighted regulariser, batch mean); ``r`` and ``lam_t`` (batch means). Terms a method lacks
+    are 0. The stats cost one device sync.
     """
+    if draws is None:
+        draws = draw_step(diffusion, cfg, tuple(x0.shape), x0.device, x0.dtype)
     predict = diffusion.predict_eps
-    B = x0.shape[0]
-    t = torch.randint(0, diffusion.num_timesteps, (B,), device=x0.device)
-    noise = torch.randn_like(x0)
+    t, noise = draws.t, draws.noise
     zero = x0.new_zeros(())
 
     if cfg.method in ("ddpm", "ddpm-ip"):
         input_noise = noise
         if cfg.method == "ddpm-ip":
-            input_noise = noise + cfg.ip_gamma * torch.randn_like(x0)
+            input_noise = noise + cfg.ip_gamma * draws.ip_noise
         e = predict(model, diffusion.q_sample(x0, t, input_noise), t)
         mse = mean_flat((noise - e) ** 2).mean()
         return mse, _stats(mse, mse, zero, zero, zero, zero)
 
     x_t = diffusion.q_sample(x0, t, noise)
     if cfg.method == "robust-rand":
-        lo, hi = cfg.ray.xi_range
-        xi = torch.empty((), device=x0.device, dtype=torch.float64).uniform_(lo, hi)
-        r = ray(diffusion, t, cfg.ray, xi, dtype=x0.dtype)
-        delta = random_perturbation(x_t, r)
+        r = ray(diffusion, t, cfg.ray, draws.xi, dtype=x0.dtype)
+        delta = _start(draws.u, r)
         both = predict(model, torch.cat([x_t, perturb(diffusion, x_t, t, delta)]), t.repeat(2))
         e, e_adv = both.chunk(2)
     elif cfg.method == "invariance" and cfg.invariance_form == "madry":
         r = ray(diffusion, t, cfg.ray, dtype=x0.dtype)
-        delta = fgsm_perturbation(
-            model, diffusion, x_t, t, r, step=cfg.fgsm_step, cost=cfg.fgsm_cost
-        )
+        delta = fgsm_perturbation(model, diffusion, x_t, t, r, step=cfg.fgsm_step,
+                                  cost=cfg.fgsm_cost, delta0=_start(draws.u, r))
         e_adv = predict(model, perturb(diffusion, x_t, t, delta), t)
         mse = mean_flat((noise - e_adv) ** 2).mean()
         return mse, _stats(mse, mse, zero, zero, r.mean(), zero)
     else:  # robust-adv, invariance (trades)
         r = ray(diffusion, t, cfg.ray, dtype=x0.dtype)
         e = predict(model, x_t, t)
-        delta = fgsm_perturbation(
-            model, diffusion, x_t, t, r, step=cfg.fgsm_step, cost=cfg.fgsm_cost, eps_clean=e
-        )
+        delta = fgsm_perturbation(model, diffusion, x_t, t, r, step=cfg.fgsm_step,
+                                  cost=cfg.fgsm_cost, eps_clean=e, delta0=_start(draws.u, r))
         e_adv = predict(model, perturb(diffusion, x_t, t, delta), t)
 
     lam_t = lambda_weight(r, cfg.lam, cfg.lambda_scaling)
@@ -206,6 +268,8 @@ __all__ = [
     "METHODS",
     "STAT_KEYS",
     "ObjectiveConfig",
+    "StepDraws",
+    "draw_step",
     "lambda_weight",
     "training_loss",
 ]

@@ -3,16 +3,22 @@
 Every random draw of sample ``i`` (its x_T and each per-step z) comes from a generator seeded
 by ``seeds[i]`` alone, so a sample never depends on the batch it runs in, nor on whether other
 samples are attacked. The loop is gradient-transparent: wrap it in ``torch.no_grad()`` yourself
-for clean sampling; a hook may enable gradients for its own computation.
+for clean sampling; a hook may enable gradients for its own computation. While the loop runs,
+the parameters of an ``nn.Module`` model do not require gradients, so an attack's backward
+pass computes the gradient with respect to its input only. Under torchrun,
+:func:`sample_sharded` splits the seeds across processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from . import distributed
 from .diffusion import EpsModel, GaussianDiffusion, respace
 from .seeding import CHAIN_NOISE, generators, randn_per_sample
 
@@ -58,6 +64,21 @@ def sampling_diffusion(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> Gaus
     return diffusion if k == diffusion.num_timesteps else respace(diffusion, k)
 
 
+@contextmanager
+def frozen(model: EpsModel) -> Iterator[None]:
+    """Parameters of an ``nn.Module`` ``model`` stop requiring gradients inside the block
+    (restored afterwards): attack gradients then flow to the input only."""
+    params = list(model.parameters()) if isinstance(model, nn.Module) else []
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
 def sample(
     model: EpsModel,
     diffusion: GaussianDiffusion,
@@ -75,18 +96,19 @@ def sample(
     sd = sampling_diffusion(diffusion, sampler)
     gens = generators(seeds, CHAIN_NOISE, device)
     x = randn_per_sample(shape, gens, device)
-    for step, i in enumerate(reversed(range(sd.num_timesteps))):
-        t = torch.full((len(seeds),), i, device=device, dtype=torch.long)
-        if hook is not None:
-            x = hook(x, t, step)
-        noise = randn_per_sample(shape, gens, device)
-        if sampler.name == "ddim":
-            x = sd.ddim_step(model, x, t, noise, sampler.eta, sampler.clip_denoised)
-        else:
-            x = sd.p_sample(model, x, t, noise, sampler.clip_denoised)
-        x = x.detach()
-        if progress is not None:
-            progress(step)
+    with frozen(model):
+        for step, i in enumerate(reversed(range(sd.num_timesteps))):
+            t = torch.full((len(seeds),), i, device=device, dtype=torch.long)
+            if hook is not None:
+                x = hook(x, t, step)
+            noise = randn_per_sample(shape, gens, device)
+            if sampler.name == "ddim":
+                x = sd.ddim_step(model, x, t, noise, sampler.eta, sampler.clip_denoised)
+            else:
+                x = sd.p_sample(model, x, t, noise, sampler.clip_denoised)
+            x = x.detach()
+            if progress is not None:
+                progress(step)
     return x
 
 
@@ -112,3 +134,27 @@ def sample_batched(
         hook = hook_factory(chunk) if hook_factory is not None else None
         out.append(sample(model, diffusion, shape, chunk, sampler, hook, device, progress).cpu())
     return torch.cat(out) if out else torch.empty(0, *shape)
+
+
+def sample_sharded(
+    model: EpsModel,
+    diffusion: GaussianDiffusion,
+    shape: Sequence[int],
+    seeds: Sequence[int],
+    batch_size: int,
+    sampler: SamplerConfig = SamplerConfig(),
+    hook_factory: Callable[[Sequence[int]], StepHook | None] | None = None,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor | None:
+    """:func:`sample_batched` with the seeds split across torchrun's processes.
+
+    Each process samples a contiguous slice of whole batches of ``seeds``
+    (:func:`dmattack.distributed.shard`); rank 0 gets all N samples (N, *shape) on CPU, in seed
+    order, the other ranks None. Per-sample seeds and unchanged batches make the result the
+    single-process one (bit for bit on the same hardware). Without torchrun this is
+    :func:`sample_batched`.
+    """
+    x = sample_batched(model, diffusion, shape, distributed.shard(seeds, batch_size),
+                       batch_size, sampler, hook_factory, device, progress)
+    return distributed.gather_rows(x)

@@ -8,10 +8,20 @@ checked for writability and free space before training; a non-finite loss or gra
 the run naming the step (``nan_policy="stop"``) or skips that optimiser step
 (``nan_policy="skip"``); weights are checked finite before each checkpoint, so the last good
 checkpoint is never overwritten by a diverged model.
+
+Speed (docs/performance.md): bf16 autocast, fused AdamW and channels-last U-Nets on CUDA,
+``torch.compile`` (``compile=True``), a ``foreach`` EMA, in-memory data kept on the GPU when it
+fits, pinned non-blocking copies otherwise. Under ``torchrun`` (:mod:`dmattack.distributed`)
+the model is wrapped in DistributedDataParallel: every process draws the randomness of the
+whole global batch from the step's seed and trains on its own contiguous rows, in
+``grad_accum`` micro-batches, so W processes × K micro-batches give the single-process result
+for the same global batch (up to float reduction order; dropout masks are drawn per
+micro-batch). Rank 0 alone writes the run folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import errno
@@ -27,13 +37,15 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from . import distributed
 from .data import DATASETS, DataError, corrupt, load_dataset
 from .diffusion import SCHEDULES, VARIANCE_TYPES
 from .io import MiB, OutputError, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
 from .models import PRESETS, UNET_PRESETS
-from .objectives import ObjectiveConfig, training_loss
+from .objectives import STAT_KEYS, ObjectiveConfig, draw_step, training_loss
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -60,6 +72,8 @@ MAX_NUM_DATA = 10_000_000
 MAX_STEPS = 1_000_000_000
 IN_MEMORY_IMAGES = ("digits", "cifar10")
 MAX_TIMESTEPS = 100_000
+# an in-memory training set is kept on the GPU up to this size (and a quarter of the free memory)
+DEVICE_DATA_MAX_BYTES = 8 << 30
 log = logging.getLogger("dmattack")
 
 # Per-preset defaults of (steps, batch size, warm-up steps). The CPU presets fit the
@@ -138,6 +152,10 @@ class TrainConfig:
     log_every: int = 25
     num_workers: int = 0
     nan_policy: str = "stop"  # non-finite loss/gradient: "stop" (raise) or "skip" the step
+    # speed (results equal up to float round-off, see docs/performance.md)
+    grad_accum: int = 1  # micro-batches per optimiser step, per process
+    compile: bool = False  # torch.compile the model used for training
+    channels_last: bool | None = None  # U-Nets only; None: on CUDA
 
     def resolved(self) -> TrainConfig:
         """A copy with the preset's defaults filled in for unset steps / batch / warm-up."""
@@ -206,6 +224,9 @@ class TrainConfig:
                       "a value >= 0")
         if self.nan_policy not in NAN_POLICIES:
             raise bad("nan_policy", ", ".join(NAN_POLICIES))
+        if not 1 <= self.grad_accum <= self.batch_size or self.batch_size % self.grad_accum:
+            raise bad("grad_accum", f"a divisor of batch_size={self.batch_size} (micro-batches "
+                      "per step)")
         parse_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,36 +298,88 @@ def build_data(cfg: TrainConfig):
     return data
 
 
+def epoch_permutation(epoch: int, n: int, seed: int) -> torch.Tensor:
+    """The seeded order of the n training samples in ``epoch`` (n,)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, epoch, TRAIN_STREAM, 0))
+    return torch.randperm(n, generator=g)
+
+
 def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor:
     """Indices of the batch of ``step``: epochs are seeded permutations, last partial
     batch dropped (with fewer samples than a batch, each batch is a full permutation prefix)."""
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(derive_seed(seed, epoch, TRAIN_STREAM, 0))
-    perm = torch.randperm(n, generator=g)
-    return perm[k * batch_size:(k + 1) * batch_size]
+    return epoch_permutation(epoch, n, seed)[k * batch_size:(k + 1) * batch_size]
+
+
+class _BatchPlan:
+    """:func:`batch_indices` of consecutive steps, one permutation per epoch (not per step),
+    cut to this process's rows ``lo … hi−1`` of the global batch."""
+
+    def __init__(self, n: int, cfg: TrainConfig, lo: int, hi: int) -> None:
+        self.n, self.cfg, self.lo, self.hi = n, cfg, lo, hi
+        self.epoch, self.perm = -1, torch.empty(0, dtype=torch.long)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        b = self.cfg.batch_size
+        epoch, k = divmod(step, max(1, self.n // b))
+        if epoch != self.epoch:
+            self.epoch, self.perm = epoch, epoch_permutation(epoch, self.n, self.cfg.seed)
+        return self.perm[k * b:(k + 1) * b][self.lo:self.hi]
+
+
+class _StepIndices:
+    """The DataLoader batch sampler of steps ``start … end−1`` (this process's rows)."""
+
+    def __init__(self, plan: _BatchPlan, steps: range) -> None:
+        self.plan, self.steps = plan, steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self.plan(s).tolist() for s in self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+
+def data_fits_on_device(nbytes: int, device: torch.device) -> bool:
+    """Whether an in-memory training set of ``nbytes`` stays on ``device`` for the whole run:
+    always off CUDA; on CUDA when it takes at most :data:`DEVICE_DATA_MAX_BYTES` and a quarter
+    of the free memory (CIFAR-10 in float32 takes 0.6 GB)."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= min(DEVICE_DATA_MAX_BYTES, free // 4)
 
 
 class _Batches:
-    """Iterates the training batches of steps ``start..end−1`` (model space, on device)."""
+    """Iterates this process's rows ``lo … hi−1`` of the global training batches of steps
+    ``start … end−1`` (model space, on ``device``)."""
 
-    def __init__(self, data, cfg: TrainConfig, device: torch.device, start: int) -> None:
+    def __init__(self, data, cfg: TrainConfig, device: torch.device, start: int, lo: int,
+                 hi: int) -> None:
         self.data, self.cfg, self.device, self.start = data, cfg, device, start
+        self.plan = _BatchPlan(len(data), cfg, lo, hi)
         tensor = data.tensor()
-        self.tensor = tensor.to(device) if tensor is not None else None
+        if tensor is not None and data_fits_on_device(tensor.nbytes, device):
+            tensor = tensor.to(device)
+        self.tensor = tensor
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and not x.is_cuda:  # pinned: overlaps the GPU's work
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        cfg, n = self.cfg, len(self.data)
-        steps = range(self.start, cfg.steps)
+        steps = range(self.start, self.cfg.steps)
         if self.tensor is not None:
             for step in steps:
-                idx = batch_indices(step, n, cfg.batch_size, cfg.seed).to(self.device)
-                yield self.tensor[idx]
+                idx = self.plan(step).to(self.tensor.device)
+                yield self._to_device(self.tensor[idx])
             return
         loader = torch.utils.data.DataLoader(
             self.data,
-            batch_sampler=[batch_indices(s, n, cfg.batch_size, cfg.seed).tolist() for s in steps],
-            num_workers=cfg.num_workers,
+            batch_sampler=_StepIndices(self.plan, steps),
+            num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
         )
         try:
@@ -357,21 +430,30 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
         "diffusion": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps,
                       "variance_type": cfg.variance_type},
         "seed": cfg.seed,
+        "world_size": distributed.world_size(),  # processes of the (last) launch
         **provenance(),
     }
 
 
+RESUME_OVERRIDES = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers")
+
+
 def resume_config(run_dir: str | Path, steps: int | None = None,
-                  nan_policy: str | None = None) -> TrainConfig:
+                  nan_policy: str | None = None, **overrides: Any) -> TrainConfig:
     """The config of an existing run (with a checkpoint), optionally extended to ``steps``
-    and with another ``nan_policy`` (neither changes the steps already trained)."""
+    and with another ``nan_policy`` or speed setting (``grad_accum``, ``compile``,
+    ``channels_last``, ``num_workers``); none of them changes the steps already trained.
+    An override given as None keeps the saved value."""
+    unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
+    if unknown:
+        raise ConfigError(unknown[0], f"{unknown[0]} cannot change on resume; allowed: "
+                          f"{', '.join(RESUME_OVERRIDES)}")
     saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
     if _has_checkpoints(run_dir):
         checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
     cfg = TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
-    if nan_policy is not None:
-        cfg = dataclasses.replace(cfg, nan_policy=nan_policy)
-    return cfg
+    changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
+    return dataclasses.replace(cfg, **changes)
 
 
 def _has_checkpoints(run_dir: str | Path) -> bool:
@@ -441,6 +523,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     (1-based) and its loss statistics (``stats["skipped"]`` is 1 for a step skipped under
     ``nan_policy="skip"``).
 
+    Under torchrun every process calls this with the same arguments; each trains on its rows
+    of every global batch (``batch_size`` must divide by world size × ``grad_accum``), and only
+    rank 0 locks and writes ``run_dir`` and calls ``callback``.
+
     Raises :class:`~dmattack.locking.LockError` when another live process writes ``run_dir``,
     :class:`~dmattack.io.OutputError` when it cannot be written (or lacks room for a
     checkpoint), ``FloatingPointError`` on a non-finite loss / gradient (``nan_policy="stop"``)
@@ -451,7 +537,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     run_dir = Path(run_dir)
     cfg = cfg.resolved()
     cfg.validate()
-    device = resolve_device(cfg.device)
+    device = distributed.init(resolve_device(cfg.device))
+    world = distributed.world_size()
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ConfigError("batch_size", f"batch_size={cfg.batch_size} is invalid; allowed: a "
+                          f"multiple of {world} processes × grad_accum {cfg.grad_accum}")
+    if not distributed.is_main():
+        return _train_locked(cfg, run_dir, resume, None, data, device)
     created = not run_dir.exists()
     check_writable(run_dir)  # before the data is built: a bad --out fails at once
     try:
@@ -463,69 +555,152 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
         raise
 
 
+def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """channels-last for U-Nets on CUDA (or as ``cfg.channels_last`` forces), else contiguous."""
+    on = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+    return torch.channels_last if on and cfg.preset in UNET_PRESETS else torch.contiguous_format
+
+
+def fused_adamw(device: torch.device) -> bool:
+    """Whether AdamW's fused kernel serves ``device``: CUDA, and CPU from PyTorch 2.4 (there
+    5× faster than the default per-parameter loop)."""
+    version = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2])
+    return device.type == "cuda" or (device.type == "cpu" and version >= (2, 4))
+
+
+def _match_layout(optimizer: torch.optim.Optimizer) -> None:
+    """Give loaded optimizer moments their parameter's memory layout (a checkpoint written
+    with another layout would otherwise pair elements wrongly in fused/foreach updates)."""
+    for p, state in optimizer.state.items():
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.shape == p.shape and v.stride() != p.stride():
+                state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
+
+
 def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                   callback: StepCallback | None, data, device: torch.device) -> Path:
+    main = distributed.is_main()
     data = build_data(cfg) if data is None else data
+    if len(data) < distributed.world_size() * cfg.grad_accum:
+        raise ConfigError("grad_accum", f"{len(data)} training samples cannot fill "
+                          f"{distributed.world_size()} processes × {cfg.grad_accum} micro-batches")
     run_cfg = _run_config(cfg, data)
-    remove_partial_checkpoints(run_dir)
+    if main:
+        remove_partial_checkpoints(run_dir)
 
+    fmt = _memory_format(cfg, device)
+    if device.type == "cuda":  # fixed shapes: let cuDNN pick its fastest convolutions
+        torch.backends.cudnn.benchmark = True
     torch.manual_seed(derive_seed(cfg.seed, 0))
-    model = model_from_config(run_cfg).to(device)
+    model = model_from_config(run_cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
     diffusion = diffusion_from_config(run_cfg)
-    # room for one more checkpoint (the new one is complete before the oldest is deleted)
-    check_writable(run_dir, checkpoint_bytes(model) + 32 * MiB)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay,
-                                  fused=device.type == "cuda")
+    if main:  # room for one more checkpoint (the new one is complete before the oldest goes)
+        check_writable(run_dir, checkpoint_bytes(model) + 32 * MiB)
+
+    def place_and_optimizer() -> torch.optim.Optimizer:
+        model.to(device, memory_format=fmt)
+        ema.to(device, memory_format=fmt).requires_grad_(False)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=fused_adamw(device))
+
     start = skipped = 0
     if resume and not _has_checkpoints(run_dir):  # killed before its first checkpoint
-        log.warning("run %s has no checkpoint yet; training it from step 0", run_dir)
+        if main:
+            log.warning("run %s has no checkpoint yet; training it from step 0", run_dir)
         resume = False
     if resume:
-        def load(ckpt: Path, meta: dict[str, Any]) -> dict[str, Any]:
+        def load(ckpt: Path, meta: dict[str, Any]) -> tuple[torch.optim.Optimizer, dict]:
+            # U-Net weights load as new modules: the optimiser is built after them
             load_weights_into(model, ema, ckpt, verify=False)
+            opt = place_and_optimizer()
             path = ckpt / "state.pt"
             try:  # weights_only: tensors and plain containers, never pickled code
                 state = torch.load(path, map_location=device, weights_only=True)
-                optimizer.load_state_dict(state["optimizer"])
+                opt.load_state_dict(state["optimizer"])
             except LOAD_ERRORS as e:
                 msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise RunError(f"checkpoint file {path} is unreadable: {msg}") from None
-            return state
+            _match_layout(opt)
+            return opt, state
 
-        ckpt, _, state = open_checkpoint(run_dir, load)
-        model.to(device)
-        ema.to(device).requires_grad_(False)
+        ckpt, _, (optimizer, state) = open_checkpoint(run_dir, load)
         start, skipped = int(state["step"]), int(state.get("skipped_steps", 0))
-        if ckpt.name != CHECKPOINT and (run_dir / CHECKPOINT).exists():
+        distributed.barrier()  # every rank has read the checkpoint before rank 0 moves any
+        if main and ckpt.name != CHECKPOINT and (run_dir / CHECKPOINT).exists():
             _quarantine(run_dir / CHECKPOINT)
-    write_json(run_dir / CONFIG, run_cfg)
+    else:
+        optimizer = place_and_optimizer()
+    if main:
+        write_json(run_dir / CONFIG, run_cfg)
+        _repair_log(run_dir / "log.jsonl", start if resume else 0)
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
-    log_path = run_dir / "log.jsonl"
-    _repair_log(log_path, start if resume else 0)
-    model.train()
+    ddp = None
+    if distributed.is_distributed():
+        ddp = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda"
+                                      else None)
+    net = ddp or model
+    if cfg.compile:
+        net = torch.compile(net)
+    net.train()
     ema.eval()
+    _loop(cfg, run_dir, data, device, fmt, model, ema, net, ddp, diffusion, optimizer, start,
+          skipped, resume, callback)
+    return run_dir
+
+
+def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
+          fmt: torch.memory_format, model: nn.Module, ema: nn.Module, net: nn.Module,
+          ddp: DistributedDataParallel | None, diffusion, optimizer: torch.optim.Optimizer,
+          start: int, skipped: int, resume: bool, callback: StepCallback | None) -> None:
+    """Steps ``start … cfg.steps−1``. ``net`` is what the loss calls (``model``, or its DDP
+    wrapper ``ddp``, possibly compiled); ``model`` is saved and feeds the EMA."""
+    main, world = distributed.is_main(), distributed.world_size()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    rows = min(cfg.batch_size, len(data))  # the global batch (fewer samples: all of them)
+    lo, hi = distributed.shard_range(rows)
+    micro = [(lo + (hi - lo) * m // cfg.grad_accum, lo + (hi - lo) * (m + 1) // cfg.grad_accum)
+             for m in range(cfg.grad_accum)]
+    shape = (rows, *data.shape)
+    log_path = run_dir / "log.jsonl"
     step, last_checkpoint, run_of_skips = start, start if resume else None, 0
     t0 = time.time()
-    for x0 in _Batches(data, cfg, device, start):
+    for x_local in _Batches(data, cfg, device, start, lo, hi):
+        x_local = x_local.contiguous(memory_format=fmt) if x_local.dim() == 4 else x_local
         torch.manual_seed(derive_seed(cfg.seed, step, TRAIN_STREAM, 1))
+        draws = draw_step(diffusion, cfg.objective, shape, device)  # the whole global batch
         for group in optimizer.param_groups:
             group["lr"] = lr_at(cfg, step)
-        with autocast:
-            loss, stats = training_loss(model, diffusion, x0, cfg.objective)
         optimizer.zero_grad(set_to_none=True)
-        bad = None if torch.isfinite(loss) else "loss"
-        if bad is None:
-            loss.backward()
-            if cfg.grad_clip > 0:
-                norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                stats["grad_norm"] = norm
-            else:
-                norm = _grad_norm(model)
-            if not torch.isfinite(norm):
-                bad = "gradient"
+        total = torch.zeros((), device=device)
+        stat_sum = dict.fromkeys(STAT_KEYS, 0.0)
+        for m, (a, b) in enumerate(micro):
+            # the share of the global mean: DDP averages over ranks, so × world
+            weight = world * (b - a) / rows
+            last = m == len(micro) - 1  # DDP averages the gradients after the last one
+            with ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext():
+                # dropout masks of this micro-batch: a stream of its own (step, first row)
+                torch.manual_seed(derive_seed(cfg.seed, step, TRAIN_STREAM, 2, a))
+                with autocast:
+                    loss, stats = training_loss(net, diffusion, x_local[a - lo:b - lo],
+                                                cfg.objective, draws.rows(a, b, fmt))
+                (loss * weight).backward()  # a non-finite loss is caught below
+            total += loss.detach().float() * weight
+            for k in STAT_KEYS:
+                stat_sum[k] += stats[k] * weight
+        if world > 1:
+            reduced = distributed.all_reduce_mean(
+                torch.tensor([float(total), *stat_sum.values()], dtype=torch.float64))
+            total, stat_sum = reduced[0], dict(zip(STAT_KEYS, reduced[1:].tolist(),
+                                                   strict=True))
+        if cfg.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        else:
+            norm = _grad_norm(model)
+        loss_value, norm_value = torch.stack([total.float().to(norm.device),
+                                              norm.float()]).tolist()  # one sync
+        bad = ("loss" if not math.isfinite(loss_value) else
+               "gradient" if not math.isfinite(norm_value) else None)
         if bad is not None:
             kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}"
                     if last_checkpoint is not None else "no checkpoint was written yet")
@@ -541,20 +716,21 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                     f"non-finite training {bad} at {run_of_skips} steps in a row (last: step "
                     f"{step + 1}); the run has diverged; {kept}")
             optimizer.zero_grad(set_to_none=True)
-            log.warning("non-finite training %s at step %d: optimiser step skipped "
-                        "(nan_policy=skip, %d skipped so far)", bad, step + 1, skipped)
-            stats = {"loss": float(loss.detach()), "skipped": 1.0,
-                     "skipped_total": float(skipped)}
+            if main:
+                log.warning("non-finite training %s at step %d: optimiser step skipped "
+                            "(nan_policy=skip, %d skipped so far)", bad, step + 1, skipped)
+            stats = {"loss": loss_value, "skipped": 1.0, "skipped_total": float(skipped)}
         else:
             run_of_skips = 0
             optimizer.step()
             update_ema(ema, model, ema_decay_at(cfg, step))
-            stats = {k: float(v) for k, v in stats.items()}
-            stats["loss"] = float(loss.detach())
+            stats = {**stat_sum, "loss": loss_value}
+            if cfg.grad_clip > 0:
+                stats["grad_norm"] = norm_value
         step += 1
-        if callback is not None:
+        if main and callback is not None:
             callback(step, stats)
-        if bad is not None or step % cfg.log_every == 0 or step == cfg.steps:
+        if main and (bad is not None or step % cfg.log_every == 0 or step == cfg.steps):
             _append_log(log_path, {"step": step, "time_s": round(time.time() - t0, 3),
                                    **stats})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -563,21 +739,30 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                     f"the weights became non-finite by step {step}; the checkpoint was not "
                     f"written and the last good one (step {last_checkpoint}) is kept in "
                     f"{run_dir}")
-            try:
-                save_checkpoint(run_dir, model, ema,
-                                {"step": step, "optimizer": optimizer.state_dict(),
-                                 "skipped_steps": skipped}, step, skipped_steps=skipped)
-            except (OSError, RuntimeError) as e:
-                raise OutputError(getattr(e, "errno", None) or errno.EIO,
-                                  f"writing the checkpoint of step {step} to {run_dir} failed "
-                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
-                                  f"); the last good checkpoint (step {last_checkpoint}) is "
-                                  "intact: free some space and resume") from None
+            if main:
+                _save(run_dir, model, ema, optimizer, step, skipped, last_checkpoint)
+            distributed.barrier()
             last_checkpoint = step
         if cfg.num_preview and (step % cfg.sample_every == 0 or step == cfg.steps):
-            write_preview(ema, diffusion, data.shape, cfg, run_dir / "samples" /
-                          f"step-{step:07d}.png", device)
-    return run_dir
+            if main:
+                write_preview(ema, diffusion, data.shape, cfg, run_dir / "samples" /
+                              f"step-{step:07d}.png", device)
+            distributed.barrier()
+
+
+def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
+          step: int, skipped: int, last_checkpoint: int | None) -> None:
+    """Write the checkpoint of ``step`` (a one-line OutputError naming the kept one)."""
+    try:
+        save_checkpoint(run_dir, model, ema,
+                        {"step": step, "optimizer": optimizer.state_dict(),
+                         "skipped_steps": skipped}, step, skipped_steps=skipped)
+    except (OSError, RuntimeError) as e:
+        raise OutputError(getattr(e, "errno", None) or errno.EIO,
+                          f"writing the checkpoint of step {step} to {run_dir} failed "
+                          f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                          f"); the last good checkpoint (step {last_checkpoint}) is "
+                          "intact: free some space and resume") from None
 
 
 @torch.no_grad()

@@ -424,9 +424,9 @@ def _nan_at(step_with_nan: int, gradient: bool = False):
     real = train_mod.training_loss
     calls = {"n": 0}
 
-    def loss_fn(model, diffusion, x0, cfg):
+    def loss_fn(model, diffusion, x0, cfg, draws=None):
         calls["n"] += 1
-        loss, stats = real(model, diffusion, x0, cfg)
+        loss, stats = real(model, diffusion, x0, cfg, draws)
         if calls["n"] == step_with_nan:
             if gradient:  # finite value, NaN gradient: d/dx sqrt(|x - x|) at 0
                 p = next(model.parameters())

@@ -93,7 +93,7 @@ def ray(
     The pixel-space bound is √(1−ᾱ_t)·r = (1−ᾱ_t)^{ρ/2} + ξb ("std" base): ≈ b as t → 0 and
     ≈ 1 + b at t = T−1. ``xi`` is a float or a tensor broadcastable to (B,).
     """
-    s = torch.from_numpy(diffusion.sqrt_one_minus_alphas_cumprod).to(t.device)[t]
+    s = diffusion.device_table("sqrt_one_minus_alphas_cumprod", t.device)[t]
     numerator = s**cfg.rho if cfg.base == "std" else (s * s) ** cfg.rho
     return ((numerator + xi * cfg.bias) / s).to(dtype)
 

@@ -1,0 +1,24 @@
+"""Shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import torch
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU model (from /proc/cpuinfo) and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name"))
+    except (OSError, StopIteration):
+        model = "CPU"
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (timings end here)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
