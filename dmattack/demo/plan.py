@@ -18,7 +18,7 @@ class TrainSettings:
     2.90 / 3.10; 700 × 1024 at 5e-3 gives 2.79 / 2.99 in ~60% of the time."""
 
     preset: str = "mlp-small"
-    steps: int = 600
+    steps: int = 500
     batch_size: int = 1024
     lr: float = 5e-3
     warmup: int = 100
@@ -61,7 +61,7 @@ class ToyPlan:
     methods: tuple[str, ...] = ("ddpm", "robust-adv", "invariance")
     num_data: int = 4000
     train: TrainSettings = field(default_factory=lambda: TrainSettings(
-        steps=600, batch_size=256, lr=5e-3))
+        steps=500, batch_size=256, lr=5e-3))
     num_samples: int = 1000
     sampler_steps: int = 100
     num_trajectories: int = 8
@@ -90,12 +90,12 @@ class AttackPlan:
     ~21 network gradients per attacked step, so it runs on fewer points than FGSM."""
 
     subspace: tuple[CurvePlan, ...] = (
-        CurvePlan(("fgsm", "random"), ALL_WINDOWS, PERCENTS, 300, 50),
-        CurvePlan(("pgd",), ("spread",), PERCENTS, 300, 50),
-        CurvePlan(("pgd",), ("first", "last"), (50.0,), 300, 50),
+        CurvePlan(("fgsm", "random"), ALL_WINDOWS, PERCENTS, 250, 50),
+        CurvePlan(("pgd",), ("spread",), PERCENTS, 250, 50),
+        CurvePlan(("pgd",), ("first", "last"), (50.0,), 250, 50),
     )
     images: tuple[CurvePlan, ...] = (
-        CurvePlan(("fgsm", "random"), ("spread",), PERCENTS, 128, 25),
+        CurvePlan(("fgsm", "random"), ("spread",), PERCENTS, 96, 25),
         CurvePlan(("pgd",), ("spread",), (50.0,), 64, 25),
     )
     loss: str = "mean"  # the paper's J_att (METHOD §6.1)
