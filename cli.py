@@ -837,8 +837,8 @@ def demo(quick: bool, train_images: bool, seed: int, device: str, out: str | Non
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     stdout.print(f"[bold]{title}[/]")
     table = Table()
-    for c in columns:
-        table.add_column(c)
+    for i, c in enumerate(columns):
+        table.add_column(c, no_wrap=i < 2)  # the row labels stay whole in a narrow terminal
     for r in rows:
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
     stdout.print(table)

@@ -36,8 +36,7 @@ def _nonfinite(r: Row) -> str:
 
 def headline_rows(results: Row) -> tuple[list[str], list[list[str]]]:
     """Section 1's table (corrupted and clean digits-subspace) for the terminal."""
-    columns = ["data", "method", "subspace err ↓", "PSNR ↑", "FD ↓", "var. ratio",
-               "non-finite"]
+    columns = ["data", "method", "subspace err ↓", "PSNR ↑", "FD ↓", "var. ratio", "NaN/inf"]
     rows = [[r["data"], r["method"], *(fmt(r.get(c)) for c in SUBSPACE_COLUMNS), _nonfinite(r)]
             for r in results["sections"]["corrupted_subspace"]["rows"]]
     return columns, rows
