@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from dmattack.demo.plan import (
     TrainSettings,
     quick_plan,
 )
+from dmattack.demo.pool import TaskPool
 
 SECTIONS = ("corrupted_subspace", "toy_3d", "attacks", "sampling_steps")
 
@@ -162,3 +165,27 @@ def test_cli_demo_rejects_a_non_empty_folder(tmp_path):
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1
     assert "not empty" in result.output and "Traceback" not in result.output
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _task_exits(*_: Any, report) -> None:
+    os._exit(3)  # a worker killed mid-task (the OOM killer, a signal)
+
+
+def _task_fails(seconds: float, *, report) -> None:
+    if seconds == 0:
+        raise ValueError("task failed")
+    time.sleep(seconds)
+
+
+def test_pool_reports_a_dead_worker_instead_of_hanging():
+    with pytest.raises(RuntimeError, match="worker process died"):
+        with TaskPool(2) as pool:
+            pool.map(_task_exits, [(), ()], lambda n: None)
+
+
+def test_pool_reraises_a_task_error_and_stops_the_other_tasks():
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="task failed"):
+        with TaskPool(2) as pool:
+            pool.map(_task_fails, [(60.0,), (0,)], lambda n: None)
+    assert time.perf_counter() - start < 30  # the 60 s task was terminated, not awaited

@@ -14,6 +14,8 @@ import multiprocessing as mp
 import os
 import queue as queue_mod
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -39,18 +41,19 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 
 class TaskPool:
     """A pool of ``workers`` processes (0: run tasks in this process). Use as a context
-    manager; an exception inside the block terminates the workers."""
+    manager; an exception inside the block stops the workers. A worker that dies (killed,
+    out of memory) fails the map with a one-line RuntimeError instead of hanging it."""
 
     def __init__(self, workers: int, threads: int = 1) -> None:
         self.workers = workers
         self.threads = threads
-        self._pool = None
+        self._pool: ProcessPoolExecutor | None = None
         self._queue = None
         if workers > 0:
             ctx = mp.get_context("spawn")
             self._queue = ctx.Queue()
-            self._pool = ctx.Pool(workers, initializer=_init_worker,
-                                  initargs=(self._queue, threads))
+            self._pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                             initargs=(self._queue, threads))
 
     @classmethod
     def for_device(cls, device: str) -> TaskPool:
@@ -70,19 +73,22 @@ class TaskPool:
         first task exception is re-raised here."""
         if self._pool is None:
             return [fn(*args, report=advance) for args in arglist]
-        pending = [self._pool.apply_async(_run, (fn, args)) for args in arglist]
-        while not all(r.ready() for r in pending):
-            self._drain(advance, POLL_S)
-            for r in pending:
-                if r.ready() and not r.successful():
-                    r.get()  # re-raise the worker's exception
-        self._drain(advance, 0.0)
-        return [r.get() for r in pending]
-
-    def _drain(self, advance: Callable[[int], None], wait: float) -> None:
+        futures: list[Future] = [self._pool.submit(_run, fn, args) for args in arglist]
+        pending = set(futures)
         try:
-            n = self._queue.get(timeout=wait) if wait else self._queue.get_nowait()
-            advance(n)
+            while pending:
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                self._drain(advance)
+                for f in done:
+                    f.result()  # re-raise the first failure at once
+            self._drain(advance)
+            return [f.result() for f in futures]
+        except BrokenProcessPool:
+            raise RuntimeError("a demo worker process died (killed, or out of memory); "
+                               "rerun with a fresh --out folder") from None
+
+    def _drain(self, advance: Callable[[int], None]) -> None:
+        try:
             while True:
                 advance(self._queue.get_nowait())
         except queue_mod.Empty:
@@ -94,8 +100,9 @@ class TaskPool:
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if self._pool is None:
             return
-        if exc_type is None:
-            self._pool.close()
-        else:
-            self._pool.terminate()
-        self._pool.join()
+        if exc_type is not None:  # stop the tasks still running, not just the queued ones
+            workers = list((self._pool._processes or {}).values())  # no public API in 3.11
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers:
+                proc.terminate()
+        self._pool.shutdown(wait=True)
