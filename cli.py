@@ -826,8 +826,12 @@ def demo(quick: bool, train_images: bool, seed: int, device: str, out: str | Non
         def on_progress(stage: str, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, stage=stage, rate="")
 
-        results = run_demo(out_dir, quick=quick, seed=seed, device=device,
-                           train_images=train_images, progress=on_progress)
+        try:
+            results = run_demo(out_dir, quick=quick, seed=seed, device=device,
+                               train_images=train_images, progress=on_progress)
+        except ChildProcessError as e:  # not bad input: exit 1, still one line
+            console.print(f"Error: {e}")
+            sys.exit(1)
     columns, rows = headline_rows(results)
     print_table("Headline: digits-subspace, 90% of training samples noisy (σ = 0.2)", columns,
                 rows)

@@ -178,7 +178,7 @@ def _task_fails(seconds: float, *, report) -> None:
 
 
 def test_pool_reports_a_dead_worker_instead_of_hanging():
-    with pytest.raises(RuntimeError, match="worker process died"):
+    with pytest.raises(ChildProcessError, match="worker process died"):
         with TaskPool(2) as pool:
             pool.map(_task_exits, [(), ()], lambda n: None)
 

@@ -42,7 +42,7 @@ def _run(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
 class TaskPool:
     """A pool of ``workers`` processes (0: run tasks in this process). Use as a context
     manager; an exception inside the block stops the workers. A worker that dies (killed,
-    out of memory) fails the map with a one-line RuntimeError instead of hanging it."""
+    out of memory) fails the map with a one-line ChildProcessError instead of hanging it."""
 
     def __init__(self, workers: int, threads: int = 1) -> None:
         self.workers = workers
@@ -84,8 +84,8 @@ class TaskPool:
             self._drain(advance)
             return [f.result() for f in futures]
         except BrokenProcessPool:
-            raise RuntimeError("a demo worker process died (killed, or out of memory); "
-                               "rerun with a fresh --out folder") from None
+            raise ChildProcessError("a demo worker process died (killed, or out of memory); "
+                                    "rerun with a fresh --out folder") from None
 
     def _drain(self, advance: Callable[[int], None]) -> None:
         try:
