@@ -1,0 +1,62 @@
+"""Command-line value types shared by every command: numbers (fractions such as ``8/255``
+allowed) and "a number or a name" settings. Range checks are left to the config dataclasses
+(:mod:`dmattack.settings`), so the library and the CLI refuse a value with the same message."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import click
+
+
+def parse_number(text: str, kind: type = float) -> int | float:
+    """``"0.5"``, ``"1e-4"``, ``"8/255"`` (floats), ``"nan"`` → the number; raises ValueError."""
+    text = text.strip()
+    if kind is int:
+        return int(text)
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(Fraction(num.strip()) / Fraction(den.strip()))
+    return float(text)
+
+
+class Number(click.ParamType):
+    """An int or float option (floats also as a fraction, e.g. ``8/255``)."""
+
+    def __init__(self, kind: type) -> None:
+        self.kind = kind
+        self.name = "integer" if kind is int else "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int | float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        try:
+            return parse_number(str(value), self.kind)
+        except (ValueError, ZeroDivisionError):
+            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}",
+                      param, ctx)
+
+
+class NumberOrName(click.ParamType):
+    """A setting that is a number or a named choice (e.g. ``--fgsm-step std|wong|0.5``)."""
+
+    name = "number|name"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> float | str:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_number(value)
+        except (ValueError, ZeroDivisionError):
+            return value
+
+
+_NUMBERS = {int: Number(int), float: Number(float)}
+NUMBER_OR_NAME = NumberOrName()
+
+
+def number_type(kind: type) -> Number:
+    return _NUMBERS[kind]

@@ -1,0 +1,322 @@
+"""Settings declared once: a config dataclass's fields carry their default, type, allowed values
+and help text; validation and the command-line options are derived from them.
+
+In the spirit of improved-diffusion's ``add_dict_to_argparser``, but typed::
+
+    @dataclass(frozen=True)
+    class MyConfig:
+        eps_scale: float = setting(1.0, "Budget multiplier, ε_t = eps_scale·σ_t.", low=0)
+        window: str = setting("spread", "Which steps.", choices=("spread", "first", "last"))
+
+        def __post_init__(self) -> None:
+            check_settings(self)
+
+    @click.command()
+    @click_options(MyConfig)
+    def cmd(**opts):
+        cfg = from_options(MyConfig, opts)
+
+Supported field types: ``bool``, ``int``, ``float``, ``str``, unions of those with ``None``,
+``str | float`` (a named choice or a number), fixed-length tuples of numbers, and nested config
+dataclasses (their options are flattened into the parent's). Every float is checked finite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+META_KEY = "dmattack"
+Choices = tuple[str, ...] | Callable[[], tuple[str, ...]] | None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a config field declares besides its default (see :func:`setting`)."""
+
+    help: str
+    choices: Choices = None
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    option: str | None = None
+    deprecated: tuple[str, ...] = ()
+    cli: bool = True
+
+    def allowed_choices(self) -> tuple[str, ...] | None:
+        return self.choices() if callable(self.choices) else self.choices
+
+    def range_text(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+    def in_range(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None
+                    and (value >= self.high if self.high_open else value > self.high))
+
+
+def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,
+            choices: Choices = None, low: float | None = None, high: float | None = None,
+            low_open: bool = False, high_open: bool = False, option: str | None = None,
+            deprecated: tuple[str, ...] = (), cli: bool = True) -> Any:
+    """A dataclass field with its help text and allowed values.
+
+    Args:
+        default / default_factory: as :func:`dataclasses.field`.
+        help: one line for ``--help`` and the docs.
+        choices: allowed strings, or a callable returning them (e.g. a registry's ``names``).
+        low, high: numeric bounds (inclusive unless ``low_open`` / ``high_open``).
+        option: the command-line spelling (default ``--field-name``).
+        deprecated: older spellings still accepted with a deprecation warning.
+        cli: False for a library-only setting (no command-line option).
+    """
+    meta = {META_KEY: Setting(help, choices, low, high, low_open, high_open, option,
+                              tuple(deprecated), cli)}
+    if default_factory is not MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def setting_of(field: dataclasses.Field) -> Setting | None:
+    return field.metadata.get(META_KEY)
+
+
+def option_name(field: dataclasses.Field) -> str:
+    """The command-line spelling of a field, e.g. ``--eps-scale``."""
+    s = setting_of(field)
+    return s.option if s is not None and s.option else "--" + field.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class FieldType:
+    """A field's annotation, reduced to what validation and the CLI need."""
+
+    kinds: tuple[type, ...]  # among bool, int, float, str, tuple, or one config dataclass
+    optional: bool
+    tuple_len: int = 0
+
+    @property
+    def config(self) -> type | None:
+        return next((k for k in self.kinds if dataclasses.is_dataclass(k)), None)
+
+
+def field_types(cls: type) -> dict[str, FieldType]:
+    """Resolved annotations of a config dataclass's fields."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        out[f.name] = _reduce(hints[f.name])
+    return out
+
+
+def _reduce(tp: Any) -> FieldType:
+    args = typing.get_args(tp) if _is_union(tp) else (tp,)
+    optional = type(None) in args
+    kinds, tuple_len = [], 0
+    for a in args:
+        if a is type(None):
+            continue
+        origin = typing.get_origin(a)
+        if origin is tuple:
+            kinds.append(tuple)
+            tuple_len = len(typing.get_args(a))
+        elif a in (bool, int, float, str) or dataclasses.is_dataclass(a):
+            kinds.append(a)
+        else:
+            raise TypeError(f"unsupported setting type {a!r}")
+    return FieldType(tuple(kinds), optional, tuple_len)
+
+
+def _is_union(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def _describe(ft: FieldType, s: Setting | None) -> str:
+    names = []
+    choices = s.allowed_choices() if s else None
+    rng = s.range_text() if s else ""
+    for k in ft.kinds:
+        if k is str:
+            names.append(", ".join(choices) if choices else "a non-empty string")
+        elif k is bool:
+            names.append("true or false")
+        elif k in (int, float):
+            noun = "an integer" if k is int else "a finite number"
+            names.append(f"{noun} {rng}".strip())
+        elif k is tuple:
+            names.append(f"{ft.tuple_len} finite numbers {rng}".strip())
+    if ft.optional:
+        names.append("none")
+    return " or ".join(dict.fromkeys(names))
+
+
+def _number_ok(value: Any, kind: type, s: Setting | None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if kind is int and not isinstance(value, int):
+        return False
+    if not math.isfinite(value):
+        return False
+    return s is None or s.in_range(value)
+
+
+def _value_ok(value: Any, ft: FieldType, s: Setting | None) -> bool:
+    if value is None:
+        return ft.optional
+    for k in ft.kinds:
+        if k is bool and isinstance(value, bool):
+            return True
+        if k in (int, float) and _number_ok(value, k, s):
+            return True
+        if k is str and isinstance(value, str) and value.strip():
+            choices = s.allowed_choices() if s else None
+            if choices is None or value in choices:
+                return True
+        if k is tuple and isinstance(value, (tuple, list)) and len(value) == ft.tuple_len:
+            if all(_number_ok(v, float, s) for v in value):
+                return True
+    return False
+
+
+def check_settings(obj: Any, prefix: str = "") -> None:
+    """Check every field of config dataclass ``obj`` against its type and declared range.
+
+    Raises :class:`ConfigError` on the first bad field: one line naming the field, its
+    command-line option, the value and what is allowed. Nested configs are checked too.
+    """
+    types_ = field_types(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        ft = types_[f.name]
+        if ft.config is not None and isinstance(value, ft.config):
+            check_settings(value, prefix + f.name + ".")
+            continue
+        s = setting_of(f)
+        if not _value_ok(value, ft, s):
+            raise ConfigError(f"{prefix}{f.name} ({option_name(f)}) = {value!r} is invalid; "
+                              f"allowed: {_describe(ft, s)}", field=prefix + f.name)
+
+
+def iter_settings(cls: type, prefix: str = ""
+                  ) -> Iterator[tuple[str, dataclasses.Field, FieldType]]:
+    """``(dotted path, field, type)`` of every leaf setting of ``cls``, nested configs
+    flattened (``objective.ray.rho``)."""
+    types_ = field_types(cls)
+    for f in dataclasses.fields(cls):
+        ft = types_[f.name]
+        if ft.config is not None:
+            yield from iter_settings(ft.config, prefix + f.name + ".")
+        else:
+            yield prefix + f.name, f, ft
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+# ----------------------------------------------------------------------- command-line options
+def param_name(path: str) -> str:
+    """The click parameter name of a dotted setting path (``objective.ray.rho`` →
+    ``objective__ray__rho``)."""
+    return path.replace(".", "__")
+
+
+def _leaf_default(instance: Any, path: str) -> Any:
+    for part in path.split("."):
+        instance = getattr(instance, part)
+    return instance
+
+
+def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = None
+                  ) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per command-line setting of ``cls``.
+
+    Defaults come from ``instance`` (default: ``cls()``), so nested configs whose parent
+    overrides their defaults show the parent's. Values are not checked here: building the
+    config (:func:`from_options`) checks them, with one message for the library and the CLI.
+    ``exclude`` lists dotted paths to leave out (the command sets them itself).
+    """
+    import click
+
+    from .option_types import NUMBER_OR_NAME, number_type
+
+    base = cls() if instance is None else instance
+    options = []
+    for path, f, ft in iter_settings(cls):
+        s = setting_of(f)
+        if path in exclude or s is None or not s.cli:
+            continue
+        default = _leaf_default(base, path)
+        name = option_name(f)
+        help_text = s.help
+        choices = s.allowed_choices() if s.choices is not None and not callable(s.choices) \
+            else None
+        if choices:
+            help_text += f" [{' | '.join(choices)}]"
+        kw: dict[str, Any] = {"default": default, "show_default": True, "help": help_text}
+        if ft.kinds == (bool,) and not ft.optional:
+            decls = [f"{name}/--no-{name[2:]}", param_name(path)]
+        elif ft.kinds == (bool,):
+            decls = [f"{name}/--no-{name[2:]}", param_name(path)]
+            kw["show_default"] = default is not None
+        else:
+            decls = [name, param_name(path)]
+            if tuple in ft.kinds:
+                kw["type"] = tuple(number_type(float) for _ in range(ft.tuple_len))
+                kw["default"] = None if default is None else tuple(default)
+            elif str in ft.kinds and (float in ft.kinds or int in ft.kinds):
+                kw["type"] = NUMBER_OR_NAME
+            elif int in ft.kinds:
+                kw["type"] = number_type(int)
+            elif float in ft.kinds:
+                kw["type"] = number_type(float)
+            else:
+                kw["type"] = str
+        options.append(click.Option(decls, **kw))
+
+    def apply(fn: Callable) -> Callable:
+        params = getattr(fn, "__click_params__", [])
+        # click applies decorators bottom-up and reverses the list: append in reverse order
+        params.extend(reversed(options))
+        fn.__click_params__ = params
+        return fn
+
+    return apply
+
+
+def from_options(cls: type, opts: dict[str, Any], base: Any = None) -> Any:
+    """Build config ``cls`` from click's keyword arguments (made by :func:`click_options` of
+    ``cls``). Settings the command did not declare keep their value in ``base`` (default:
+    ``cls()``). Raises :class:`ConfigError` for a bad value (the config checks itself)."""
+
+    def build(instance: Any, prefix: str) -> Any:
+        changes = {}
+        types_ = field_types(type(instance))
+        for f in dataclasses.fields(instance):
+            path = prefix + f.name
+            if types_[f.name].config is not None:
+                changes[f.name] = build(getattr(instance, f.name), path + ".")
+            elif param_name(path) in opts:
+                v = opts[param_name(path)]
+                changes[f.name] = tuple(v) if isinstance(v, list) else v
+        return dataclasses.replace(instance, **changes)
+
+    return build(cls() if base is None else base, "")
