@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ def load_classifier(spec: str, device: torch.device | str = "cpu"
         info["format"] = "safetensors (digits-cnn architecture)"
     elif _is_torchscript(path):
         try:
-            model = torch.jit.load(str(path), map_location=device)
+            with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript as deprecated
+                warnings.simplefilter("ignore", FutureWarning)
+                model = torch.jit.load(str(path), map_location=device)
         except (RuntimeError, ValueError, OSError) as e:
             raise InputFileError(f"classifier {path}: cannot load the TorchScript archive: "
                                  f"{first_line(e)}") from None
@@ -125,7 +128,9 @@ def load_classifier(spec: str, device: torch.device | str = "cpu"
         raise InputFileError(f"classifier {path} is not a TorchScript archive or safetensors "
                              "weights (a pickled torch.save file is refused: it can run code "
                              "when loaded); export it with torch.jit.script(model).save(path)")
-    return model.to(device).eval().requires_grad_(False), info
+    for p in model.parameters():  # (ScriptModules refuse requires_grad_)
+        p.requires_grad_(False)
+    return model.to(device).eval(), info
 
 
 def check_classifier(classifier: nn.Module, data_shape: tuple[int, ...], what: str,

@@ -360,9 +360,9 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
                     "reverse_steps": None if model.purifier is None
                     else model.purifier.num_reverse_steps,
                     "attack": attack, "eval_mode": str(mode), "num_samples": len(y_all),
-                    "clean_accuracy": float(ok_clean.float().mean()),
-                    "robust_accuracy": float((ok_clean & ok_adv).float().mean()),
-                    "adversarial_accuracy": float(ok_adv.float().mean()),
+                    "clean_accuracy": int(ok_clean.sum()) / len(y_all),
+                    "robust_accuracy": int((ok_clean & ok_adv).sum()) / len(y_all),
+                    "adversarial_accuracy": int(ok_adv.sum()) / len(y_all),
                     "attack_seconds": round(seconds, 3),
                     "clean_seconds": round(clean_seconds, 3)})
     result = {
