@@ -289,3 +289,28 @@ def test_torchscript_and_safetensors_classifiers(tmp_path):
               str(tmp_path / "w.safetensors"))
     model, _ = load_classifier(str(tmp_path / "w.safetensors"))
     torch.testing.assert_close(model(x), net(2 * x - 1))
+
+
+def test_purification_section_verdict_follows_the_numbers(monkeypatch, tmp_path):
+    from dmattack.purification import demo
+
+    def fake(robust_adv_robust):
+        def run(cfg, models, out_dir, device):
+            rows = [{"purifier": "none", "t_star": None, "attack": a, "eval_mode": "single",
+                     "num_samples": 10, "clean_accuracy": 1.0, "robust_accuracy": 0.0}
+                    for a in ("pgd-eot", "bpda-eot")]
+            for name, acc in (("digits-ddpm", [0.3, 0.4]),
+                              ("digits-robust-adv", robust_adv_robust)):
+                for t_star, a in zip((0.1, 0.2), acc, strict=True):
+                    rows += [{"purifier": name, "t_star": t_star, "attack": attack,
+                              "eval_mode": "single", "num_samples": 10, "clean_accuracy": 0.9,
+                              "robust_accuracy": a} for attack in ("pgd-eot", "bpda-eot")]
+            return {"rows": rows, "config": {}}
+        return run
+
+    for acc, verdict in (([0.5, 0.6], "held"), ([0.1, 0.2], "did not hold"),
+                         ([0.5, 0.2], "partly")):
+        monkeypatch.setattr(demo, "run_purification", fake(acc))
+        section = demo.purification_section(tmp_path)
+        assert section["claim"]["verdict"] == verdict
+        assert section["accuracy"]["robust-adv t*=0.1 pgd-eot"]["robust"] == acc[0]
