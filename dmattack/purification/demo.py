@@ -29,7 +29,7 @@ def purification_section(out_dir: str | Path, config: PurifyConfig = SECTION_CON
     settings, accuracies keyed ``"<purifier> t*=<t> <attack>"`` (first eval mode), the wall
     time and the claim with its verdict (one check per t*: Robust_adv's robust accuracy under
     ``pgd-eot`` above DDPM's)."""
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     result = run_purification(config, [RUNS["ddpm"], RUNS["robust-adv"]], out_dir, device)
     mode = result["rows"][0]["eval_mode"]
     names = {UNDEFENDED: "none", RUNS["ddpm"].name: "ddpm", RUNS["robust-adv"].name: "robust-adv"}
@@ -56,4 +56,5 @@ def purification_section(out_dir: str | Path, config: PurifyConfig = SECTION_CON
                   "evidence": "; ".join(evidence) + f" (robust accuracy, pgd-eot, {mode}, "
                   f"n={result['rows'][0]['num_samples']})"},
         "seconds": round(time.perf_counter() - tic, 2),
+        "cpu_seconds": round(time.process_time() - cpu, 2),  # all threads of this process
     }
