@@ -20,13 +20,16 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 from torchattacks.attack import Attack
 
 from ..diffusion import GaussianDiffusion
+from ..registry import ATTACKS
 from ..seeding import rand_per_sample
+from .base import AttackEntry, format_number
 from .losses import LossFn, PredictionGap, make_loss
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
@@ -234,3 +237,23 @@ class ChainRandom(ChainAttack):
         u = self.uniform(x_t)
         unit = torch.where(u < 0.5, -1.0, 1.0).to(u.dtype) if self.dist == "sign" else 2 * u - 1
         return x_t + budget * unit
+
+
+# ----------------------------------------------------------------------------- registrations
+ATTACKS.register("fgsm", AttackEntry(
+    make=lambda s: partial(ChainFGSM, loss=s.loss, eps_scale=s.eps_scale,
+                           project=s.project == "on"),
+    head=lambda s: f"fgsm-{s.loss}", options=("loss", "project"),
+    projects=("auto", "off", "on"), suffix=lambda s: ["proj"] if s.project == "on" else []))
+ATTACKS.register("pgd", AttackEntry(
+    make=lambda s: partial(ChainPGD, loss=s.loss, eps_scale=s.eps_scale, steps=s.pgd_steps,
+                           alpha_scale=s.alpha_scale,
+                           project="end" if s.project == "end" else True),
+    head=lambda s: f"pgd{s.pgd_steps}-{s.loss}",
+    options=("loss", "pgd_steps", "alpha_scale", "project"), projects=("auto", "on", "end"),
+    suffix=lambda s: ([*(["projend"] if s.project == "end" else []),
+                       *([f"alpha{format_number(s.alpha_scale)}"] if s.alpha_scale != 1 / 8
+                         else [])])))
+ATTACKS.register("random", AttackEntry(
+    make=lambda s: partial(ChainRandom, dist=s.random_dist, eps_scale=s.eps_scale),
+    head=lambda s: f"random-{s.random_dist}", options=("random_dist",), control=True))
