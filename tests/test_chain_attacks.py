@@ -125,13 +125,13 @@ def test_attacks_raise_the_loss(sd, loss):
         budget = sd.attack_std(t, x)
         start = x + (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) - 1) \
             * budget
-        l_start = fn(start, x, t)
-        l_fgsm = fn(ChainFGSM(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t),
-                    x, t)
-        l_pgd = fn(ChainPGD(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t),
-                   x, t)
-        l_rand = fn(ChainRandom(model, sd, generator=torch.Generator().manual_seed(4))(x, t),
-                    x, t)
+        l_start = fn.evaluate(start, x, t)
+        l_fgsm = fn.evaluate(
+            ChainFGSM(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t), x, t)
+        l_pgd = fn.evaluate(
+            ChainPGD(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t), x, t)
+        l_rand = fn.evaluate(
+            ChainRandom(model, sd, generator=torch.Generator().manual_seed(4))(x, t), x, t)
         assert l_fgsm.mean() > l_start.mean()
         assert l_pgd.mean() > l_start.mean()
         assert l_pgd.mean() >= l_fgsm.mean() * (1 - 1e-3)
