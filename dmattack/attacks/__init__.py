@@ -14,14 +14,15 @@ from .base import AttackEntry, PerStepFactory, WholeChainAttack, format_number
 from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom
 from .losses import LOSSES, LossFn, PredictionGap, StepLoss, make_loss
 from .perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
-from .schedule import PROJECTS, WINDOWS, AttackSpec, attacked_steps, make_hook_factory
+from .plan import AttackPlan, make_hook_factory
+from .schedule import PROJECTS, WINDOWS, AttackSpec, attacked_steps
 
 __all__ = [
     "AttackEntry", "PerStepFactory", "WholeChainAttack", "format_number",
     "ChainAttack", "ChainFGSM", "ChainPGD", "ChainRandom",
     "LOSSES", "LossFn", "PredictionGap", "StepLoss", "make_loss",
     "RayConfig", "fgsm_perturbation", "random_perturbation", "ray",
-    "PROJECTS", "WINDOWS", "AttackSpec", "attacked_steps", "make_hook_factory",
+    "AttackPlan", "make_hook_factory", "PROJECTS", "WINDOWS", "AttackSpec", "attacked_steps",
 ]
 
 

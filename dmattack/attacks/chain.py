@@ -1,4 +1,5 @@
-"""White-box attacks on one reverse step of a diffusion chain (METHOD §6), torchattacks-style.
+"""White-box attacks on one reverse step of a diffusion chain (docs/method.md §6),
+torchattacks-style.
 
 ``x_adv = atk(x_t, t)`` perturbs the current state x_t (B, …), model space) before the reverse
 step at indices ``t`` (B,) of the diffusion the sampler walks. The ℓ∞ budget is the chain's own
@@ -68,6 +69,16 @@ class _EpsModel(nn.Module):
             raise TypeError(_CLASSIFIER_ONLY)
         return self.eps_model(x, t, *args, **kwargs)
 
+    @classmethod
+    def of(cls, model: nn.Module) -> _EpsModel:
+        """The one view of ``model`` (shared by its attacks, as torchattacks' wrappers expect);
+        kept in the model's ``__dict__`` without registering it as a submodule."""
+        view = model.__dict__.get("_dmattack_eps_view")
+        if view is None:
+            view = cls(model)
+            object.__setattr__(model, "_dmattack_eps_view", view)
+        return view
+
 
 class ChainAttack(Attack, metaclass=ABCMeta):
     """Base class: budget, random draws, gradients, mode handling, settings and ``repr`` shared
@@ -88,7 +99,7 @@ class ChainAttack(Attack, metaclass=ABCMeta):
         if not (is_number(eps_scale) and eps_scale >= 0):
             raise ConfigError(f"eps_scale = {eps_scale!r} is invalid; allowed: a finite "
                               "number >= 0", field="eps_scale")
-        self.model = _EpsModel(model)
+        self.model = _EpsModel.of(model)
         self.diffusion = diffusion
         self.eps_scale = eps_scale
         self.generator = generator
@@ -212,13 +223,13 @@ class _GradientChainAttack(ChainAttack):
 
 
 class ChainFGSM(_GradientChainAttack):
-    r"""FGSM with random start on one reverse step (METHOD Algorithm 2).
+    r"""FGSM with random start on one reverse step (the paper's Algorithm 2, docs/method.md §6.1).
 
     u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g). The step has
-    size ε_t and lands on the ball's surface, so no projection is needed (METHOD §6.1).
+    size ε_t and lands on the ball's surface, so no projection is needed (docs/method.md §6.1).
     ``project=True`` gives the alternative reading x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
     With ``loss="mean"`` the gradient points along u (∂μ_θ/∂x ≈ (1/√α_t) I), so the step is
-    ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (METHOD §11).
+    ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (docs/method.md §11).
 
     Args:
         model: the ε-model. diffusion: the diffusion the sampler walks.
@@ -249,11 +260,12 @@ class ChainFGSM(_GradientChainAttack):
 
 
 class ChainPGD(_GradientChainAttack):
-    r"""PGD with random start on one reverse step (METHOD Algorithm 3; PGD-20 by default).
+    r"""PGD with random start on one reverse step (the paper's Algorithm 3, docs/method.md §6.2;
+    PGD-20 by default).
 
     δ ~ U(−ε_t, ε_t); ``steps`` times δ ← δ + α·sign(∇_δ J(x_t + δ)) with α = alpha_scale·ε_t,
     projected onto the ℓ∞ ball ‖δ‖∞ ≤ ε_t after every iteration (``project=True``, the default)
-    or once at the end (``project="end"``, the paper's wording, METHOD §6.2).
+    or once at the end (``project="end"``, the paper's wording, docs/method.md §6.2).
 
     Args:
         model, diffusion, loss, eps_scale, generator: as :class:`ChainFGSM`.
@@ -299,7 +311,7 @@ class ChainRandom(ChainAttack):
     """The model-free control at the same budget (no gradient).
 
     ``dist="sign"``: δ = ε_t·(random ±1 per coordinate), the step FGSM with the ``mean`` loss
-    reduces to (METHOD §11); ``dist="uniform"``: δ ~ U(−ε_t, ε_t). x_adv = x_t + δ.
+    reduces to (docs/method.md §11); ``dist="uniform"``: δ ~ U(−ε_t, ε_t). x_adv = x_t + δ.
 
     Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
     """

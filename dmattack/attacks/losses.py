@@ -1,4 +1,4 @@
-"""Attack losses for the reverse chain (METHOD §6, §11).
+"""Attack losses for the reverse chain (docs/method.md §6, §11).
 
 A loss maps a perturbed state to one value per sample, (B,); the attacks ascend it. ``x_adv``
 and ``x_t`` are (B, …) states in model space and ``t`` (B,) are indices into the diffusion the
@@ -6,14 +6,14 @@ sampler walks. Two forms: a :class:`StepLoss` (``reference(x_t, t)`` computed on
 step, then ``loss(x_adv, t, ref)`` per iteration), or a plain ``loss_fn(x_adv, x_t, t)``.
 
 The built-in losses compare one prediction of the network at the perturbed and the clean state,
-‖f(x') − f(x_t)‖² with the per-sample mean over dimensions (METHOD §1):
+‖f(x') − f(x_t)‖² with the per-sample mean over dimensions (docs/method.md §1):
 
-* ``mean``: f = μ_θ, the reverse-step mean (METHOD's J_att, model-space units). Weak by
+* ``mean``: f = μ_θ, the reverse-step mean (the paper's J_att, model-space units). Weak by
   construction: μ_θ(x') − μ_θ(x_t) = (1/√α_t)[(x' − x_t) − β_t/√(1−ᾱ_t) (ε_θ(x') − ε_θ(x_t))],
   and β_t/√(1−ᾱ_t) ≤ 0.02 for t ≥ 100, so ∂μ_θ/∂x ≈ (1/√α_t) I and the loss is dominated by
   ‖x' − x_t‖². Its gradient at a random start x_t + u points along u: the FGSM step is ≈ the
-  sign of the random start (99.9% of coordinates in METHOD §11), i.e. a model-free random-sign
-  step, and PGD is no stronger than FGSM.
+  sign of the random start (99.9% of coordinates in docs/method.md §11), i.e. a model-free
+  random-sign step, and PGD is no stronger than FGSM.
 * ``eps``: f = ε_θ (noise units); it sees the network only, so it is the strongest of the three.
 * ``x0``: f = x̂_0 = (x − √(1−ᾱ_t) ε_θ)/√ᾱ_t (model space); the network term is weighted
   √(1−ᾱ_t) against the identity term, so it matters at high noise and fades at low noise.

@@ -1,20 +1,16 @@
-"""Which reverse steps get attacked, and how (METHOD §6.1 "steps attacked", §10.8, §11)."""
+"""Which reverse steps get attacked, and how (docs/method.md §6.1 "steps attacked", §10.8, §11)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError
 from ..registry import ATTACKS, registry_choices
-from ..sampling import StepHook
-from ..seeding import ATTACK, generators
 from ..settings import check_settings, option_name, setting
 from .base import AttackEntry, WholeChainAttack, build_per_step, format_number
 from .chain import RANDOM_DISTS, ChainAttack, GeneratorArg
@@ -129,35 +125,3 @@ class AttackSpec:
                               "run it with dmattack.attack_eval.run_attack / run_curve",
                               field="method")
         return build_per_step(made, model, diffusion, generator)
-
-
-def make_hook_factory(
-    spec: AttackSpec,
-    model: nn.Module,
-    sampling_diffusion: GaussianDiffusion,
-    num_steps: int,
-    device: torch.device | str = "cpu",
-) -> Callable[[Sequence[int]], StepHook | None]:
-    """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.sampling.sample_batched`.
-
-    Each chunk's attack draws its random starts from per-sample ATTACK-stream generators of the
-    chunk's seeds, and attacks only at :func:`attacked_steps` (``num_steps`` reverse steps of
-    ``sampling_diffusion``). With no attacked step the factory returns None, so the run is the
-    clean run, bit for bit.
-    """
-    if num_steps != sampling_diffusion.num_timesteps:
-        raise ValueError(f"num_steps {num_steps} differs from the sampling diffusion's "
-                         f"{sampling_diffusion.num_timesteps} steps")
-    steps = frozenset(attacked_steps(num_steps, spec.percent, spec.window))
-
-    def factory(chunk_seeds: Sequence[int]) -> StepHook | None:
-        if not steps:
-            return None
-        atk = spec.make_attack(model, sampling_diffusion, generators(chunk_seeds, ATTACK, device))
-
-        def hook(x_t: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
-            return atk(x_t, t) if step in steps else x_t
-
-        return hook
-
-    return factory
