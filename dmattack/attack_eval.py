@@ -41,6 +41,7 @@ from torch import nn
 from . import distributed
 from .attacks.plan import AttackPlan
 from .attacks.schedule import COMMON_OPTIONS, AttackSpec
+from .errors import ConfigError
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
 from .runs import LoadedModel
@@ -499,6 +500,12 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
         sd = sampling_diffusion(loaded.diffusion, sampler)
         # every attack's record before any sampling: a bad setting fails at once
         attack_records = [plan.record(loaded.model, sd) for plan in attack_plans]
+        by_label: dict[str, dict[str, Any]] = {}
+        for rec in attack_records:
+            if by_label.setdefault(rec["label"], rec) != rec:
+                raise ConfigError(f"two attacks share the label {rec['label']!r} but differ in "
+                                  "their settings; give them distinct names "
+                                  "(AttackPlan(..., name=...))", field="name")
         clean_key = _point_key(loaded, "clean", slabel, num_samples, seed)
         clean_file = out / CLEAN / f"{hashlib.sha256(clean_key.encode()).hexdigest()[:16]}" \
             ".safetensors"

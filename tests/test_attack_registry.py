@@ -139,12 +139,16 @@ def test_user_factory_and_subclass_record_their_own_settings(loaded, tmp_path):
     b = load_file(str(tmp_path / "s" / "samples.safetensors"))["attacked"]
     assert not torch.equal(a, b)
 
-    # distinct settings with the same name never share a curve point
-    weak = AttackPlan(partial(ChainPush, strength=1.0), 50, name="push-strong")
+    # distinct settings are distinct curve points; under one name they are refused
+    weak = AttackPlan(partial(ChainPush, strength=1.0), 50, name="push-weak")
     curve = run_curve([loaded], [strong, weak], **kw(tmp_path / "c"))
     vals = [p["metrics"]["norm"] for p in curve["points"] if p["percent"] == 50]
     assert len(vals) == 2 and vals[0] != vals[1]
     assert vals[0] == res["metrics"]["attacked"]["norm"]
+    assert [r["series"] for r in curve["rows"]] == ["push-strong-spread", "push-weak-spread"]
+    same_name = AttackPlan(partial(ChainPush, strength=1.0), 50, name="push-strong")
+    with pytest.raises(ConfigError, match="share the label 'push-strong-spread-50%'"):
+        run_curve([loaded], [strong, same_name], **kw(tmp_path / "d"))
 
     with pytest.raises(ConfigError, match="name=' *my-attack"):
         AttackPlan(lambda model, diffusion, generator=None: ChainPush(model, diffusion), 50)
