@@ -125,3 +125,40 @@ def test_default_protocol():
     assert (p.num_samples, p.sampler.name, p.label) == (10_000, "ddpm", "FID-10k")
     assert p.sampler.num_steps(1000) == 1000 and p.sampler.clip_denoised
     assert p.to_dict()["sampler"]["name"] == "ddpm"
+
+
+def test_paired_damage_closed_forms():
+    from dmattack.attack_eval import paired_damage
+    from evaluators.digits_model import digits_split, load_digits_cnn
+
+    clean = torch.zeros(6, 3)
+    attacked = clean + torch.tensor([0.1, 0.1, 0.1, 0.2, 0.2, 0.2]).unsqueeze(1)
+    attacked[5, 0] = float("nan")
+    d = paired_damage(clean, attacked)
+    assert d["num_samples"] == 5 and d["num_nonfinite"] == 1
+    assert abs(d["pixel deviation mean"] - (3 * 0.01 + 2 * 0.04) / 5) < 1e-7
+    assert abs(d["pixel deviation median"] - 0.01) < 1e-7
+    assert "class changed (digits-cnn)" not in d
+
+    _, _, x, _ = digits_split()
+    net = load_digits_cnn()
+    a, b = x[:40], x[40:80]
+    with torch.no_grad():
+        expected = float((net(a).argmax(1) != net(b).argmax(1)).double().mean())
+    assert paired_damage(a, b)["class changed (digits-cnn)"] == expected > 0
+    same = paired_damage(a, a.clone())
+    assert same["class changed (digits-cnn)"] == 0 and same["pixel deviation mean"] == 0
+
+
+def test_attack_results_record_the_attacked_steps(tmp_path):
+    res = run_attack(mlp_model("a"), AttackSpec("random", 100, window="first"), num_samples=4,
+                     seed=1, sampler=SAMPLER, batch_size=4, metric_fn=counting_metric([]),
+                     device="cpu", out_dir=tmp_path)
+    assert res["steps_attacked"] == "10 of 10" and res["last_step_attacked"] is True
+    assert res["num_steps"] == 10 and res["attacked_steps"] == list(range(10))
+    assert res["attack"]["kind"] == "per-step" and res["attack"]["random_dist"] == "sign"
+    assert res["damage"]["pixel deviation mean"] > 0
+    res = run_attack(mlp_model("a"), AttackSpec("random", 30, window="first"), num_samples=4,
+                     seed=1, sampler=SAMPLER, batch_size=4, metric_fn=counting_metric([]),
+                     device="cpu", out_dir=tmp_path)
+    assert res["steps_attacked"] == "3 of 10" and res["last_step_attacked"] is False
