@@ -23,7 +23,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 
 from dmattack.io import atomic_path
 
-from .errors import MetricError
+from .errors import ConfigError, MetricError
 from .extractors import extract_features, resolve_weights, weights_sha256
 from .images import to_uint8
 
@@ -122,7 +122,7 @@ def memorization(samples: torch.Tensor, train_set: torch.Tensor, *, space: str =
         ``num_nonfinite``, ``space``, ``weights_sha256`` (None for pixels), ``histogram``.
     """
     if space not in SPACES:
-        raise ValueError(f"unknown memorization space {space!r}; allowed: {', '.join(SPACES)}")
+        raise ConfigError(f"unknown memorization space {space!r}; allowed: {', '.join(SPACES)}")
     samples, train_set = torch.as_tensor(samples), torch.as_tensor(train_set)
     if samples.shape[1:] != train_set.shape[1:]:
         raise ValueError(f"samples {tuple(samples.shape[1:])} and training set "
