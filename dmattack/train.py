@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .data import DataError, corrupt, load_dataset
+from .data import DataError
 from .errors import ConfigError, DivergedError, OutputError, first_line
 from .io import MiB, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
@@ -62,7 +62,7 @@ from .runs import (
 )
 from .sampling import SamplerConfig, sample
 from .seeding import derive_seed, sample_seeds
-from .train_config import TrainConfig, parse_device  # noqa: F401 - the training API
+from .train_config import TrainConfig, build_data, parse_device  # noqa: F401 - the API
 from .visualize import save_samples_png
 
 TRAIN_STREAM = 2  # seed purpose of per-step training randomness
@@ -84,16 +84,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"device {name!r} is not available here", field="device")
     return device
-
-
-def build_data(cfg: TrainConfig):
-    """The (possibly corrupted) training set of a config."""
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, resolution=cfg.resolution,
-                        num_samples=cfg.num_data, seed=cfg.seed)
-    if cfg.corrupt_fraction > 0:
-        data = corrupt(data, mode=cfg.corrupt_mode, fraction=cfg.corrupt_fraction,
-                       sigma=cfg.corrupt_sigma, seed=derive_seed(cfg.seed, 1))
-    return data
 
 
 def epoch_permutation(epoch: int, n: int, seed: int) -> torch.Tensor:
@@ -252,6 +242,17 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     cfg = TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
     changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
+
+
+def new_run_dir(cfg: TrainConfig, out: str | Path | None, runs_root: str | Path) -> Path:
+    """The folder of a new run: ``out``, or ``<runs_root>/<dataset>-<method>-<time>``; a
+    one-line ConfigError when it already holds a run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out or Path(runs_root) / f"{cfg.dataset}-{cfg.objective.method}-{stamp}")
+    if (run_dir / CONFIG).exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} "
+                          "or another --out", field="out")
+    return run_dir
 
 
 def _has_checkpoints(run_dir: str | Path) -> bool:

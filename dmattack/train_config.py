@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from .data import is_vector_dataset
+from .data import corrupt, is_vector_dataset, load_dataset
 from .data.corruption import MODES as CORRUPT_MODES
 from .diffusion import SCHEDULES, VARIANCE_TYPES
 from .errors import ConfigError, first_line
 from .objectives import ObjectiveConfig
 from .registry import DATASETS, PRESETS
+from .seeding import derive_seed
 from .settings import check_settings, setting
 
 NAN_POLICIES = ("stop", "skip")
@@ -168,3 +169,13 @@ class TrainConfig:
         except (ConfigError, TypeError) as e:
             raise ConfigError(first_line(e), field="objective") from None
         return cls(**d)
+
+
+def build_data(cfg: TrainConfig):
+    """The (possibly corrupted) training set of a config."""
+    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, resolution=cfg.resolution,
+                        num_samples=cfg.num_data, seed=cfg.seed)
+    if cfg.corrupt_fraction > 0:
+        data = corrupt(data, mode=cfg.corrupt_mode, fraction=cfg.corrupt_fraction,
+                       sigma=cfg.corrupt_sigma, seed=derive_seed(cfg.seed, 1))
+    return data
