@@ -167,6 +167,8 @@ def _describe(ft: FieldType, s: Setting | None) -> str:
             names.append(f"{noun} {rng}".strip())
         elif k is tuple:
             names.append(f"{ft.tuple_len} finite numbers {rng}".strip())
+        elif dataclasses.is_dataclass(k):
+            names.append(f"a {k.__name__}")
     if ft.optional:
         names.append("none")
     return " or ".join(dict.fromkeys(names))
