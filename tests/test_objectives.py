@@ -11,13 +11,13 @@ from torch import nn
 from dmattack.attacks.perturbation import RayConfig, ray
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
-from dmattack.registry import OBJECTIVES
 from dmattack.objectives import (
     STAT_KEYS,
     ObjectiveConfig,
     lambda_weight,
     training_loss,
 )
+from dmattack.registry import OBJECTIVES
 
 VARIANTS = [
     dict(method="ddpm"),

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dmattack.errors import ConfigError
 from dmattack.diffusion import GaussianDiffusion
+from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
 from dmattack.seeding import CHAIN_NOISE, generators, sample_seeds
