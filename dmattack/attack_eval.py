@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import distributed
-from .attacks.schedule import AttackSpec, attacked_steps, make_hook_factory
+from .attacks.schedule import COMMON_OPTIONS, AttackSpec, attacked_steps, make_hook_factory
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
 from .runs import LoadedModel
@@ -279,9 +279,15 @@ def _slowest(seconds: dict[str, float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- curves
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
                 windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
-    """methods × windows × percents as :class:`AttackSpec` (``options``: the other fields)."""
-    return [AttackSpec(method=m, percent=p, window=w, **options)
-            for m in methods for w in windows for p in percents]
+    """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
+    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random)."""
+    specs = []
+    for m in methods:
+        reads = set(COMMON_OPTIONS) | set(AttackSpec(method=m).entry().options)
+        own = {k: v for k, v in options.items() if k in reads}
+        specs += [AttackSpec(method=m, percent=p, window=w, **own)
+                  for w in windows for p in percents]
+    return specs
 
 
 def read_points(path: str | os.PathLike) -> list[dict[str, Any]]:
