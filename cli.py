@@ -28,6 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from dmattack.attacks import AttackSpec
 from dmattack.errors import ConfigError, DmattackError, OutputError, first_line
 from dmattack.evaluation import EvaluationConfig
 from dmattack.option_types import parse_list, parse_percents
@@ -293,39 +294,11 @@ def sample_cmd(**o: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- attack
-attack_options = option_group(
-    click.option("--loss", default="mean", show_default=True,
-                 help="Attack loss: mean (‖Δμ_θ‖², docs/method.md §6), eps (‖Δε_θ‖²) or x0."),
-    click.option("--window", default="spread", show_default=True,
-                 help="Which steps are attacked: first | last | spread."),
-    click.option("--pgd-steps", type=int, default=20, show_default=True),
-    click.option("--random-dist", default="sign", show_default=True,
-                 help="Random control: sign (±σ_t) | uniform (U(−σ_t, σ_t))."),
-    click.option("--project", default="auto", show_default=True,
-                 help="auto (fgsm: none, pgd: every iteration) | on | end (pgd) | off "
-                 "(fgsm)."),
-    click.option("--eps-scale", type=float, default=1.0, show_default=True,
-                 help="Budget multiplier: ε_t = scale·√β̃_t."),
-)
-
-
-def _spec_options(opts: dict[str, Any]) -> dict[str, Any]:
-    project = {"auto": None, "on": True, "off": False, "end": "end"}.get(opts["project"], "?")
-    if project == "?":
-        raise ConfigError(f"--project {opts['project']!r} is invalid; allowed: auto, on, off, "
-                          "end", field="project")
-    return dict(loss=opts["loss"], pgd_steps=opts["pgd_steps"], random_dist=opts["random_dist"],
-                eps_scale=opts["eps_scale"], project=project)
-
-
 @main.command()
 @model_options
 @sampler_options
 @evaluation_options
-@attack_options
-@click.option("--method", default="pgd", show_default=True, help="fgsm | pgd | random.")
-@click.option("--steps-attacked", default="50", show_default=True,
-              help="Percent of the sampler's reverse steps attacked (0..100).")
+@click_options(AttackSpec)
 @click.option("--out", type=click.Path(), default=None,
               help="Result folder [default: <run>/attacks/<label>-<sampler>-n<N>-seed<S>].")
 @friendly_errors
@@ -335,14 +308,9 @@ def attack(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) attack ... splits the samples.
     """
     from dmattack.attack_eval import run_attack
-    from dmattack.attacks import AttackSpec
     from dmattack.evaluation import default_out_dir
 
-    percent = parse_percents(o["steps_attacked"])
-    if len(percent) != 1:
-        raise ConfigError("--steps-attacked takes one percent here; use `dmattack curve` for "
-                          "many", field="steps_attacked")
-    spec = AttackSpec(o["method"], percent[0], o["window"], **_spec_options(o))
+    spec = from_options(AttackSpec, o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     ev = _evaluation(o, loaded)
     name = f"{spec.describe()}-{ev.sampler_label}-n{ev.num_samples}-seed{ev.config.seed}"
@@ -376,9 +344,9 @@ def attack(**o: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @sampler_options
 @evaluation_options
-@attack_options
+@click_options(AttackSpec, exclude=("method", "percent"))
 @click.option("--method", default="fgsm,pgd,random", show_default=True,
-              help="Comma list of fgsm, pgd, random.")
+              help="Comma list of registered attacks (dmattack plugins lists them).")
 @click.option("--steps-attacked", default="0,25,50,75,100", show_default=True,
               help="Comma list of percents of reverse steps attacked.")
 @click.option("--windows", default=None, help="Comma list of windows [default: --window].")
@@ -393,15 +361,17 @@ def curve(**o: Any) -> None:
     samples; a killed run resumes, also inside a point.
     """
     from dmattack.attack_eval import curve_specs, run_curve
-    from dmattack.attacks import METHODS, WINDOWS
+    from dmattack.attacks import WINDOWS
     from dmattack.evaluation import curve_folder
+    from dmattack.registry import ATTACKS
     from dmattack.runs import newest_run
 
-    methods = parse_list(o["method"], "method", METHODS)
+    methods = parse_list(o["method"], "method", ATTACKS.names())
     percents = parse_percents(o["steps_attacked"])
     windows = parse_list(o["windows"] or o["window"], "window", WINDOWS)
-    specs = curve_specs(methods, percents, windows, **{
-        k: v for k, v in _spec_options(o).items() if k != "project" or v is not None})
+    settings = {k: v for k, v in option_values(o).items()  # each attack takes those it reads
+                if k in AttackSpec.__dataclass_fields__ and k not in ("method", "window")}
+    specs = curve_specs(methods, percents, windows, **settings)
     runs = [(r, None) for r in o["runs"] or ([] if o["pipelines"] else [newest_run(RUNS_ROOT)])]
     loaded = [_load_model(r, p, o["ema"], o["device"])
               for r, p in [*runs, *[(None, p) for p in o["pipelines"]]]]

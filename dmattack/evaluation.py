@@ -123,7 +123,7 @@ class EvaluationConfig:
     metrics: str | None = setting(None, "Comma list of metrics; the first is the headline.",
                                   auto="the data: fid for images, fd-exact for known "
                                   "distributions; variance-ratio always",
-                                  deprecated=("--metric",))
+                                  aliases=("--metric",))
     dataset: str | None = setting(None, "Clean reference data [default: the run's dataset; "
                                   "required for --pipeline].", choices=DATASETS.names)
     data_dir: str | None = setting(None, "Root of on-disk reference data.")

@@ -51,6 +51,7 @@ class Setting:
     deprecated: tuple[str, ...] = ()
     cli: bool = True
     auto: str | None = None
+    aliases: tuple[str, ...] = ()
 
     def allowed_choices(self) -> tuple[str, ...] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -73,7 +74,8 @@ class Setting:
 def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,
             choices: Choices = None, low: float | None = None, high: float | None = None,
             low_open: bool = False, high_open: bool = False, option: str | None = None,
-            deprecated: tuple[str, ...] = (), cli: bool = True, auto: str | None = None) -> Any:
+            deprecated: tuple[str, ...] = (), cli: bool = True, auto: str | None = None,
+            aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field with its help text and allowed values.
 
     Args:
@@ -86,9 +88,10 @@ def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MI
         cli: False for a library-only setting (no command-line option); say why in ``help``.
         auto: on the command line the option defaults to "unset" and this text says what
             picks the value then (e.g. ``"the model's preset"``); the command fills it in.
+        aliases: other spellings accepted as equals (no warning).
     """
     meta = {META_KEY: Setting(help, choices, low, high, low_open, high_open, option,
-                              tuple(deprecated), cli, auto)}
+                              tuple(deprecated), cli, auto, tuple(aliases))}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -297,7 +300,7 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
         if ft.kinds == (bool,):
             decls = [f"{name}/--no-{name[2:]}", param_name(path)]
         else:
-            decls = [name, param_name(path)]
+            decls = [name, *s.aliases, param_name(path)]
             kw["type"] = _click_type(ft)
             if tuple in ft.kinds and default is not None:
                 kw["default"] = tuple(default)
