@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -462,7 +463,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
     from dmattack.pipeline import export_pipeline
 
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise OutputError(17, f"--out {out} exists and is not empty; choose a new folder")
+        raise OutputError(errno.EEXIST, f"--out {out} exists and is not empty; choose a new folder")
     loaded, _ = _load_model(run, None, ema, "cpu")
     stdout.print(str(export_pipeline(loaded, out)))
 

@@ -130,7 +130,7 @@ def memorization(samples: torch.Tensor, train_set: torch.Tensor, *, space: str =
     good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
     num_nonfinite = len(samples) - len(good)
     if len(good) == 0 or len(train_set) == 0:
-        raise ValueError(f"need at least 1 finite sample and 1 training item, got {len(good)} "
+        raise ConfigError(f"need at least 1 finite sample and 1 training item, got {len(good)} "
                          f"and {len(train_set)}")
     train_mean = train_set.reshape(len(train_set), -1).double().mean(0)
     q, path = features(good, space, train_mean, weights)

@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, PILToTensor, Resize
 from torchvision.transforms import functional as TF
 
+from ..errors import ConfigError
 from .base import DataError, DiffusionDataset, InMemoryDataset, uint8_to_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -38,7 +39,7 @@ def _first(data: torch.Tensor, num_samples: int | None, name: str) -> torch.Tens
     if num_samples is None:
         return data
     if not 0 < num_samples <= len(data):
-        raise ValueError(f"num_samples={num_samples} out of range for {name}: 1..{len(data)}")
+        raise ConfigError(f"num_samples={num_samples} out of range for {name}: 1..{len(data)}")
     return data[:num_samples]
 
 
@@ -177,7 +178,7 @@ class ImageFolderDataset(DiffusionDataset):
             raise DataError(f"no readable images found under {root} ({len(candidates)} "
                             f"{'/'.join(IMAGE_EXTENSIONS)} files, {self.skipped} unreadable)")
         if num_samples is not None and len(self.files) < num_samples:
-            raise ValueError(f"num_samples={num_samples} but only {len(self.files)} readable "
+            raise ConfigError(f"num_samples={num_samples} but only {len(self.files)} readable "
                              f"images under {root}")
         super().__init__(name, (3, resolution, resolution), "image", seed=seed,
                          resolution=resolution,
