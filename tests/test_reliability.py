@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from conftest import invoke_cli, tiny_train_config
 from PIL import Image
 from safetensors.torch import load_file
 
-import cli
 import dmattack.runs as runs_mod
 import dmattack.train as train_mod
 from dmattack.attack_eval import POINTS, curve_specs, run_attack, run_curve
@@ -30,17 +29,15 @@ from dmattack.attacks import AttackSpec
 from dmattack.data import DataError, load_dataset
 from dmattack.io import OutputError, check_writable, write_json
 from dmattack.locking import LockError, lock_folder
-from dmattack.objectives import ObjectiveConfig
 from dmattack.runs import (
     CHECKPOINT,
     PREVIOUS,
     RunError,
     checkpoint_dir,
     load_run,
-    read_config,
 )
 from dmattack.sampling import SamplerConfig
-from dmattack.train import TrainConfig, resume_config, train
+from dmattack.train import resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # single-threaded kernels in the subprocesses too (tests/conftest.py sets them here): the
@@ -48,12 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 
 
-def _cfg(**kw) -> TrainConfig:
-    base = dict(dataset="oblique-plane", preset="mlp-small", num_data=256, steps=20,
-                batch_size=32, checkpoint_every=10, sample_every=10_000, num_preview=0,
-                log_every=5, warmup=5, objective=ObjectiveConfig("robust-adv"))
-    base.update(kw)
-    return TrainConfig(**base)
+_cfg = tiny_train_config
 
 
 def _weights(run: Path, folder: str = CHECKPOINT) -> dict[str, torch.Tensor]:
@@ -78,8 +70,7 @@ def _step(run: Path, folder: str = CHECKPOINT) -> int:
     return json.loads((run / folder / "meta.json").read_text())["step"]
 
 
-def _cli(*args: str):
-    return CliRunner().invoke(cli.main, list(args))
+_cli = invoke_cli
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> None:
@@ -219,11 +210,6 @@ def test_sigkill_during_attack_keeps_old_results_and_rerun_is_identical(plane_ru
 
 
 # ================================================================== corrupt checkpoints
-@pytest.fixture
-def two_checkpoints(tmp_path) -> Path:
-    return train(_cfg(steps=20), tmp_path / "run")
-
-
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "meta"])
 def test_corrupt_checkpoint_falls_back_to_previous(two_checkpoints, damage, caplog):
     run = two_checkpoints
@@ -552,49 +538,6 @@ def test_lock_in_one_process_blocks_a_second_handle(tmp_path):
         with pytest.raises(LockError, match=f"curve folder .* process {os.getpid()}"):
             run_curve([_toy_model()], curve_specs(["fgsm"], [50]), **_toy_kw(tmp_path))
     run_curve([_toy_model()], curve_specs(["fgsm"], [50]), **_toy_kw(tmp_path))
-
-
-# ================================================================== hand-edited config.json
-EDITS = [
-    (lambda c: c["model"].update(preset="huge"), "model.preset"),
-    (lambda c: c["model"].update(data_shape=[3, "x"]), "model.data_shape"),
-    (lambda c: c["model"].update(data_shape=[1, 8, 8]), "model.data_shape"),
-    (lambda c: c["model"].update(dropout=2), "model.dropout"),
-    (lambda c: c["diffusion"].update(num_timesteps=-5), "diffusion.num_timesteps"),
-    (lambda c: c["diffusion"].update(num_timesteps=500), "diffusion.num_timesteps"),
-    (lambda c: c["diffusion"].update(schedule="quadratic"), "diffusion.schedule"),
-    (lambda c: c["diffusion"].update(variance_type="learned"), "diffusion.variance_type"),
-    (lambda c: c.pop("diffusion"), "'diffusion'"),
-    (lambda c: c["train"].update(steps="many"), "train.steps"),
-    (lambda c: c["train"].update(lr=-1), "train.lr"),
-    (lambda c: c["train"].update(nan_policy="ignore"), "train.nan_policy"),
-    (lambda c: c["train"].update(colour="red"), "train.colour"),
-    (lambda c: c["train"].update(device="gpu9"), "train.device"),
-    (lambda c: c["train"]["objective"].update(lam="big"), "train.objective"),
-    (lambda c: c.update(train=[1, 2]), "'train'"),
-    (lambda c: c["data"].update(name=5), "data.name"),
-]
-
-
-@pytest.mark.parametrize("edit,field", EDITS, ids=[f for _, f in EDITS])
-def test_hand_edited_config_names_the_field(two_checkpoints, edit, field):
-    run = two_checkpoints
-    cfg = json.loads((run / "config.json").read_text())
-    edit(cfg)
-    (run / "config.json").write_text(json.dumps(cfg))
-    for call in (lambda: read_config(run), lambda: load_run(run), lambda: resume_config(run)):
-        with pytest.raises(RunError) as err:
-            call()
-        assert field in str(err.value) and "\n" not in str(err.value)
-    result = _cli("sample", "--run", str(run), "--num-samples", "2")
-    assert result.exit_code == 2 and field in result.output
-    assert len(result.output.strip().splitlines()) == 1
-
-
-def test_config_that_is_not_an_object(two_checkpoints):
-    (two_checkpoints / "config.json").write_text("[1, 2]")
-    with pytest.raises(RunError, match="expected a JSON object"):
-        read_config(two_checkpoints)
 
 
 # ================================================================== image folders
