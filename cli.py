@@ -18,18 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
+from dmattack import cli_output as ui
 from dmattack.attacks import AttackSpec
+from dmattack.cli_output import console, metric_row, print_table, progress_bar, stdout
 from dmattack.errors import ConfigError, DmattackError, OutputError, first_line
 from dmattack.evaluation import EvaluationConfig
 from dmattack.option_types import parse_list, parse_percents
@@ -37,12 +29,7 @@ from dmattack.sampling import SamplerConfig
 from dmattack.settings import click_options, from_options, option_values
 from dmattack.train_config import TrainConfig
 
-console = Console(stderr=True)
-stdout = Console()
-
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
-# train options that may change when a run is resumed (besides --steps)
-RESUME_OPTIONS = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers")
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -60,50 +47,6 @@ def friendly_errors(fn: Callable) -> Callable:
             sys.exit(2)
 
     return wrapper
-
-
-def progress_bar(*extra: str) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        *[TextColumn(f"{{task.fields[{name}]}}") for name in extra],
-        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-        console=console, transient=False,
-    )
-
-
-class _Rate:
-    """Iterations per second over the whole task, for the progress bar."""
-
-    def __init__(self) -> None:
-        self.t0, self.n0 = time.time(), None
-
-    def __call__(self, n: int) -> str:
-        if self.n0 is None:
-            self.n0, self.t0 = n, time.time()
-            return ""
-        dt = time.time() - self.t0
-        return f"{(n - self.n0) / dt:5.1f} it/s" if dt > 0 else ""
-
-
-def _ticker(bar: Progress, task: Any) -> Callable[[Any], None]:
-    """``progress(_)`` advancing ``task`` by one per call."""
-    done, rate = [0], _Rate()
-
-    def tick(_: Any) -> None:
-        done[0] += 1
-        bar.update(task, completed=done[0], rate=rate(done[0]))
-
-    return tick
-
-
-def _progress_steps(bar: Progress, task: Any) -> Callable[[int, int], None]:
-    rate = _Rate()
-
-    def tick(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total, rate=rate(done))
-
-    return tick
 
 
 class _OneLineUsage:
@@ -165,40 +108,25 @@ def train(**o: Any) -> None:
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) train ... (docs/performance.md).
     """
-    from dmattack import distributed
-    from dmattack.io import check_writable
-    from dmattack.train import build_data, new_run_dir, resume_config
+    from dmattack.cli_output import train_progress
+    from dmattack.train import RESUME_OVERRIDES, prepare_run
     from dmattack.train import train as train_run
 
-    if o["resume"]:
-        fixed = [p.opts[0] for p in click.get_current_context().command.params
-                 if _given(p.name) and p.name not in (*RESUME_OPTIONS, "steps", "resume")]
-        if fixed:
-            raise ConfigError(f"{fixed[0]} cannot change on --resume; allowed: --steps, "
-                              + ", ".join("--" + k.replace("_", "-") for k in RESUME_OPTIONS))
-        run_dir = Path(o["resume"])
-        cfg = resume_config(run_dir, o["steps"], **{k: o[k] for k in RESUME_OPTIONS
-                                                    if _given(k)})
-    else:
-        cfg = from_options(TrainConfig, o).resolved()
-        run_dir = new_run_dir(cfg, o["out"], RUNS_ROOT)
-    cfg.validate()
-    _join_torchrun(cfg.device)
-    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
-    data = build_data(cfg)
-    if distributed.is_main():
-        check_writable(run_dir)
+    fixed = [p.opts[0] for p in click.get_current_context().command.params if _given(p.name)
+             and p.name not in (*RESUME_OVERRIDES, "steps", "resume")]
+    if o["resume"] and fixed:
+        raise ConfigError(f"{fixed[0]} cannot change on --resume; allowed: --steps, "
+                          + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES))
+    cfg = None if o["resume"] else from_options(TrainConfig, o)
+    overrides = {k: o[k] for k in RESUME_OVERRIDES if _given(k)}
+    cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], o["steps"],
+                                     _join_torchrun, **overrides)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
-    rate = _Rate()
     with progress_bar("loss") as bar:
-        task = bar.add_task("train", total=cfg.steps, rate="", loss="")
-
-        def on_step(step: int, stats: dict[str, float]) -> None:
-            bar.update(task, completed=step, rate=rate(step), loss=f"loss {stats['loss']:.4f}")
-
-        train_run(cfg, run_dir, resume=bool(o["resume"]), callback=on_step, data=data)
+        train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
+                  callback=train_progress(bar, cfg.steps))
     stdout.print(str(run_dir))
 
 
@@ -289,7 +217,7 @@ def sample_cmd(**o: Any) -> None:
         task = bar.add_task("sample", rate="", total=num_sampling_ticks(
             loaded, sampler, o["num_samples"], o["batch_size"]))
         written = write_samples(loaded, sampler, o["num_samples"], o["batch_size"], o["seed"],
-                                folder, o["first_sample"], dev, _ticker(bar, task))
+                                folder, o["first_sample"], dev, ui.ticker(bar, task))
     if written is not None:  # under torchrun, rank 0 writes all the samples
         stdout.print(str(written))
 
@@ -325,7 +253,7 @@ def attack(**o: Any) -> None:
         result = run_attack(loaded, spec, num_samples=ev.num_samples, seed=ev.config.seed,
                             sampler=ev.sampler, batch_size=ev.batch_size,
                             metric_fn=ev.metric_fn(), device=dev, out_dir=out_dir,
-                            progress=_progress_steps(bar, task),
+                            progress=ui.progress_steps(bar, task),
                             first_sample=ev.config.first_sample)
     clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
@@ -388,17 +316,10 @@ def curve(**o: Any) -> None:
                   f"{ev.num_samples} samples, sampler {ev.sampler_label}, seed {ev.config.seed}, "
                   f"metric {ev.label} → {out_dir}")
     with progress_bar("point") as bar:
-        task = bar.add_task("curve points", total=None, rate="", point="")
-        rate = _Rate()
-
-        def on_point(done: int, total: int, record: dict[str, Any]) -> None:
-            tag = " (resumed)" if record.get("resumed") else ""
-            bar.update(task, completed=done, total=total, rate=rate(done),
-                       point=f"{record['model_name']} {record['label']}{tag}")
-
         result = run_curve(models, specs, num_samples=ev.num_samples, seed=ev.config.seed,
                            sampler=ev.sampler, batch_size=ev.batch_size, metric_fn=ev.metric_fn(),
-                           device=dev, out_dir=out_dir, metric=None, progress=on_point)
+                           device=dev, out_dir=out_dir, metric=None,
+                           progress=ui.curve_progress(bar))
     print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
                 ["series", "model", *(f"{p:g}%" for p in result["percents"])],
                 [[r["series"], r["model"], *r["values"]] for r in result["rows"]])
@@ -444,7 +365,7 @@ def evaluate(**o: Any) -> None:
         result = evaluate_model(
             loaded, ev, out_dir, samples=x,
             samples_from={"files": list(files), "key": o["samples_key"]} if files else None,
-            device=dev, progress=_ticker(bar, task), feature_extractor=o["feature_extractor"],
+            device=dev, progress=ui.ticker(bar, task), feature_extractor=o["feature_extractor"],
             memorization_space=o["memorization_space"], dinov2_dir=o["dinov2_dir"])
     print_table(f"{ev.label} · {loaded.source} · {'EMA' if loaded.ema else 'raw'}",
                 ["metric", "value"], [[k, v] for k, v in metric_row(result).items()])
@@ -522,20 +443,6 @@ def plugins() -> None:
     print_table("registered entries", ["registry", "name", "registered by"], rows)
     print_table("plugins (entry-point group dmattack)", ["plugin", "status"],
                 [[k, v] for k, v in PLUGINS.items()] or [["(none installed)", ""]])
-
-
-def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k != "protocol"}
-
-
-def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
-    stdout.print(f"[bold]{title}[/]")
-    table = Table()
-    for i, c in enumerate(columns):
-        table.add_column(c, no_wrap=i < 2)  # the row labels stay whole in a narrow terminal
-    for r in rows:
-        table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
-    stdout.print(table)
 
 
 if __name__ == "__main__":

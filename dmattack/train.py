@@ -255,6 +255,31 @@ def new_run_dir(cfg: TrainConfig, out: str | Path | None, runs_root: str | Path)
     return run_dir
 
 
+def prepare_run(cfg: TrainConfig | None, out: str | Path | None, runs_root: str | Path,
+                resume: str | Path | None = None, steps: int | None = None,
+                join: Callable[[str], Any] | None = None, **overrides: Any
+                ) -> tuple[TrainConfig, Path, Any]:
+    """What ``dmattack train`` does before the first step: ``(config, run folder, data)``.
+
+    A new run of ``cfg`` (resolved) goes into ``out`` (default :func:`new_run_dir`); with
+    ``resume`` the run there continues (to ``steps``, with the ``overrides`` of
+    :func:`resume_config`). ``join(device)`` joins torchrun's process group first (the run
+    folder is then rank 0's); the data is built and the folder checked writable."""
+    if resume:
+        cfg, run_dir = resume_config(resume, steps, **overrides), Path(resume)
+    else:
+        cfg = cfg.resolved()
+        run_dir = new_run_dir(cfg, out, runs_root)
+    cfg.validate()
+    if join is not None:
+        join(cfg.device)
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
+    data = build_data(cfg)
+    if distributed.is_main():
+        check_writable(run_dir)
+    return cfg, run_dir, data
+
+
 def _has_checkpoints(run_dir: str | Path) -> bool:
     return any((Path(run_dir) / name).is_dir() for name in (CHECKPOINT, PREVIOUS))
 
