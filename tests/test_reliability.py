@@ -27,6 +27,7 @@ import dmattack.train as train_mod
 from dmattack.attack_eval import POINTS, curve_specs, run_attack, run_curve
 from dmattack.attacks import AttackSpec
 from dmattack.data import DataError, load_dataset
+from dmattack.errors import ConfigError
 from dmattack.io import OutputError, check_writable, write_json
 from dmattack.locking import LockError, lock_folder
 from dmattack.runs import (
@@ -472,17 +473,20 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path, monkeypatch):
 
 
 def test_nan_policy_is_validated_and_can_change_on_resume(two_checkpoints):
-    with pytest.raises(ValueError, match="nan_policy='ignore'"):
-        _cfg(nan_policy="ignore").resolved().validate()
+    message = r"nan_policy \(--nan-policy\) = 'ignore' is invalid; allowed: stop, skip"
+    with pytest.raises(ConfigError, match=message):
+        _cfg(nan_policy="ignore")
+    with pytest.raises(ConfigError, match=message):
+        resume_config(two_checkpoints, nan_policy="ignore")
     assert resume_config(two_checkpoints).nan_policy == "stop"
     assert resume_config(two_checkpoints, nan_policy="skip").nan_policy == "skip"
 
 
 # ================================================================== concurrent writers
 LOCK_HOLDER = """
-import importlib.util, sys, time
-spec = importlib.util.spec_from_file_location("locking", sys.argv[1])
-locking = importlib.util.module_from_spec(spec); spec.loader.exec_module(locking)
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from dmattack import locking
 lock = locking.FolderLock(sys.argv[2], "run folder", command="holder").acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -492,7 +496,7 @@ time.sleep(600)
 def test_second_writer_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_path, caplog):
     run = tmp_path / "run"
     holder = subprocess.Popen(
-        [sys.executable, "-c", LOCK_HOLDER, str(ROOT / "dmattack" / "locking.py"), str(run)],
+        [sys.executable, "-c", LOCK_HOLDER, str(ROOT), str(run)],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
