@@ -51,7 +51,7 @@ class SamplerConfig:
     eta: float = setting(0.0, "DDIM η (0: deterministic DDIM, 1: ancestral-like).", low=0,
                          high=1)
     clip_denoised: bool = setting(False, "Clip x̂_0 to [-1, 1] inside each step.",
-                                  auto="off, or the pipeline scheduler's clip_sample")
+                                  auto="the model (off; a pipeline: its scheduler's clip_sample)")
 
     def __post_init__(self) -> None:
         check_settings(self)

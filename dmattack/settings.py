@@ -293,7 +293,7 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
             help_text += f" [{' | '.join(choices)}]"
         if s.auto:
             help_text += f" [default: by {s.auto}]"
-        elif default is None:
+        elif default is None and "[default:" not in help_text:
             help_text += " [default: none]"
         kw: dict[str, Any] = {"default": default, "show_default": default is not None,
                               "help": help_text}

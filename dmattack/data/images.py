@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, PILToTensor, Resize
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from .base import DataError, DiffusionDataset, InMemoryDataset, uint8_to_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -198,8 +198,7 @@ class ImageFolderDataset(DiffusionDataset):
             with Image.open(path) as image:
                 return uint8_to_model(self._transform(_to_rgb8(image)))
         except _READ_ERRORS as e:  # changed on disk since the folder was indexed
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"cannot read image {path}: {msg}") from None
+            raise DataError(f"cannot read image {path}: {first_line(e)}") from None
 
 
 def load_image_folder(name: str, data_dir: str | Path | None, resolution: int,
