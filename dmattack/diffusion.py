@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from .errors import ConfigError
+
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """A noise predictor: ``eps = model(x_t, t)`` with ``t`` a LongTensor of original timesteps."""
 
@@ -43,7 +45,7 @@ def beta_schedule(name: str, num_timesteps: int = 1000) -> np.ndarray:
              for i in range(num_timesteps)],
             dtype=np.float64,
         )
-    raise ValueError(f"unknown beta schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
+    raise ConfigError(f"unknown beta schedule {name!r}; allowed: {', '.join(SCHEDULES)}")
 
 
 class GaussianDiffusion:
@@ -227,7 +229,7 @@ def respace(diffusion: GaussianDiffusion, num_steps: int) -> GaussianDiffusion:
     ``timestep_respacing``): β_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}}, model called at τ_i (METHOD §8)."""
     T = diffusion.num_timesteps
     if not 1 <= num_steps <= T:
-        raise ValueError(f"respaced steps {num_steps} outside 1..{T}")
+        raise ConfigError(f"respaced steps {num_steps} outside 1..{T}")
     use = sorted({round(x) for x in np.linspace(0, T - 1, num_steps)})
     abar = diffusion.alphas_cumprod[use]
     abar_prev = np.append(1.0, abar[:-1])

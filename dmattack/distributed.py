@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
 T = TypeVar("T")
 TIMEOUT = timedelta(minutes=30)  # a rank waiting this long for the others gives up
 
@@ -30,7 +32,7 @@ def env_world_size() -> int:
     try:
         return max(1, int(os.environ.get("WORLD_SIZE", "1")))
     except ValueError:
-        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
+        raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer") from None
 
 
 def is_distributed() -> bool:
@@ -63,11 +65,11 @@ def init(device: torch.device) -> torch.device:
     if world == 1:
         return device
     if device.type not in ("cuda", "cpu"):
-        raise ValueError(f"device {device} cannot be used under torchrun; use cuda or cpu")
+        raise ConfigError(f"device {device} cannot be used under torchrun; use cuda or cpu")
     if device.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise ValueError(f"local rank {local} needs a GPU but only "
+            raise ConfigError(f"local rank {local} needs a GPU but only "
                              f"{torch.cuda.device_count()} are visible; start fewer processes")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)

@@ -35,7 +35,16 @@ class RunFolderError(InputFileError):
 
 
 class OutputError(DmattackError, OSError):
-    """An output path cannot be written: not a folder, not empty, read-only, too long, full."""
+    """An output path cannot be written: not a folder, not empty, read-only, too long, full.
+
+    Built like an ``OSError``: ``OutputError(errno.ENOSPC, "one line naming the path")``."""
+
+    def __str__(self) -> str:
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()
+
+
+class LockError(DmattackError, ValueError):
+    """A folder is being written by another live process (one line naming its pid and host)."""
 
 
 class MissingResourceError(DmattackError, RuntimeError):
@@ -43,7 +52,16 @@ class MissingResourceError(DmattackError, RuntimeError):
     optional package, a GPU); the message says how to provide it."""
 
 
+class DivergedError(DmattackError, FloatingPointError):
+    """Training diverged (a non-finite loss, gradient or weights); the message names the step
+    and the last good checkpoint, which is kept."""
+
+
 def first_line(error: BaseException) -> str:
     """The first line of ``str(error)``, or the exception's type name when it has no text."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+__all__ = ["ConfigError", "DivergedError", "DmattackError", "InputFileError", "LockError",
+           "MissingResourceError", "OutputError", "RunFolderError", "first_line"]

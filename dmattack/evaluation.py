@@ -1,17 +1,27 @@
 """Glue between trained models and the ``evaluators`` package: the clean reference data of a
-model, the default metrics for its data, and a ``metric_fn(samples) -> dict`` for attacks."""
+model, the default metrics for its data, a ``metric_fn(samples) -> dict`` for attacks, and
+:func:`prepare_evaluation`, the one setup (sampler → sample count → batch → reference →
+metrics → label) that ``dmattack evaluate``, ``attack`` and ``curve`` share."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .data import DiffusionDataset, load_dataset
+from .errors import ConfigError
+from .registry import DATASETS, METRICS
 from .runs import LoadedModel
+from .sampling import SamplerConfig
+from .settings import check_settings, setting
 
 MetricFn = Callable[[torch.Tensor], dict[str, Any]]
 MAX_REFERENCE = 50_000  # the paper's FID reference size (CIFAR-10 train set)
@@ -35,7 +45,8 @@ def clean_dataset(loaded: LoadedModel, data_dir: str | os.PathLike | None = None
     train_cfg = loaded.config.get("train", {})
     name = loaded.dataset
     if name is None:
-        raise ValueError(f"{loaded.source} names no dataset; pass --dataset for the reference")
+        raise ConfigError(f"{loaded.source} names no dataset; pass --dataset for the reference",
+                          field="dataset")
     return load_dataset(
         name,
         data_dir=data_dir or train_cfg.get("data_dir"),
@@ -88,3 +99,173 @@ def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
                         reference_name=reference.name, protocol=protocol, **evaluate_kwargs)
 
     return metric_fn
+
+
+DEFAULT_STRIDED_STEPS = 100  # a strided sampler's length when neither user nor preset sets one
+MAX_SAMPLES = 10_000_000
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How a model's samples are scored: how many, in which batches, against which reference,
+    with which metrics. Unset (None) values come from the model's protocol
+    (:func:`~dmattack.attack_eval.default_protocol`) and its data."""
+
+    num_samples: int | None = setting(None, "Samples to draw.", low=1, high=MAX_SAMPLES,
+                                      auto="the model's preset: tiny 256, mlp 2000, GPU "
+                                      "presets 10k")
+    batch_size: int | None = setting(None, "Samples per batch.", low=1, high=MAX_SAMPLES,
+                                     auto="the model's preset")
+    seed: int = setting(0, "Seed of the per-sample randomness (x_T and every z).", low=0,
+                        high=2**63 - 1)
+    first_sample: int = setting(0, "Index of the first sample (for sharding across "
+                                "processes/GPUs).", low=0, high=2**40)
+    metrics: str | None = setting(None, "Comma list of metrics; the first is the headline.",
+                                  auto="the data: fid for images, fd-exact for known "
+                                  "distributions; variance-ratio always",
+                                  aliases=("--metric",))
+    dataset: str | None = setting(None, "Clean reference data [default: the run's dataset; "
+                                  "required for --pipeline].", choices=DATASETS.names)
+    data_dir: str | None = setting(None, "Root of on-disk reference data.")
+    inception_weights: str | None = setting(None, "Local Inception weights for FID/IS/KID "
+                                            "(torch-fidelity's "
+                                            "weights-inception-2015-12-05-6726825d.pth).")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.metrics is not None:
+            metric_list(self.metrics)
+
+    def metric_names(self) -> list[str] | None:
+        return None if self.metrics is None else metric_list(self.metrics)
+
+
+def metric_list(text: str) -> list[str]:
+    """``"fid,variance-ratio"`` → the metric names, each checked against the METRICS
+    registry."""
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise ConfigError("--metrics is empty; give a comma-separated list", field="metrics")
+    for m in items:
+        METRICS.get(m, "metric")
+    return items
+
+
+def resolve_sampler(loaded: LoadedModel, name: str | None = None, steps: int | None = None,
+                    eta: float | None = None, clip_denoised: bool | None = None
+                    ) -> SamplerConfig:
+    """The sampler of the model's protocol with the given fields replaced (None keeps the
+    protocol's). A strided sampler without a length runs the preset's, or
+    :data:`DEFAULT_STRIDED_STEPS` (docs/method.md §8)."""
+    from .attack_eval import default_protocol
+
+    proto = default_protocol(loaded).sampler
+    given = dict(name=name, steps=steps, eta=eta, clip_denoised=clip_denoised)
+    sampler = dataclasses.replace(proto, **{k: v for k, v in given.items() if v is not None})
+    if sampler.steps is None and sampler.name != "ddpm":
+        sampler = dataclasses.replace(sampler, steps=DEFAULT_STRIDED_STEPS)
+    sampler.validate(loaded.diffusion.num_timesteps)
+    return sampler
+
+
+def resolve_reference(loaded: LoadedModel, dataset: str | None = None,
+                      data_dir: str | os.PathLike | None = None) -> Reference:
+    """The clean reference of a model (its own training set, or ``dataset``), checked against
+    its data shape."""
+    if dataset is not None and dataset != loaded.dataset:
+        ds = load_dataset(dataset, data_dir=data_dir,
+                          resolution=loaded.data_shape[-1] if len(loaded.data_shape) == 3
+                          else None)
+    else:
+        ds = clean_dataset(loaded, data_dir)
+    ref = reference_for(ds)
+    if tuple(ref.data.shape[1:]) != tuple(loaded.data_shape):
+        raise ConfigError(f"model {loaded.source} makes samples of shape {loaded.data_shape} "
+                          f"but the reference {ds.name} has shape "
+                          f"{tuple(ref.data.shape[1:])}", field="dataset")
+    return ref
+
+
+def evaluation_label(metrics: Sequence[str], num_samples: int) -> str:
+    """E.g. ``FID-10k`` or ``FD (exact)-2k``: the headline metric and sample count."""
+    from evaluators import metric_labels
+
+    n = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
+    name = metric_labels(metrics[0])[0] if metrics[0] != "variance-ratio" else "variance ratio"
+    return f"{name}-{n}"
+
+
+@dataclass
+class EvaluationSetup:
+    """Everything a scoring command resolved: the sampler (and its label, e.g.
+    ``respaced-25``), sample count and batch, the clean reference, the metrics and the label
+    the numbers are reported under (e.g. ``FID-256``)."""
+
+    sampler: SamplerConfig
+    sampler_label: str
+    num_samples: int
+    batch_size: int
+    reference: Reference
+    metrics: list[str]
+    label: str
+    config: EvaluationConfig
+
+    def metric_fn(self, **evaluate_kwargs: Any) -> MetricFn:
+        """``metric_fn(samples)`` for :func:`~dmattack.attack_eval.run_attack` /
+        ``run_curve``."""
+        return make_metric_fn(self.reference, self.metrics, protocol={"evaluation": self.label},
+                              inception_weights=self.config.inception_weights,
+                              **evaluate_kwargs)
+
+
+def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationConfig(),
+                       sampler: SamplerConfig | None = None,
+                       num_samples: int | None = None) -> EvaluationSetup:
+    """Resolve a scoring run of ``loaded`` before any sampling: the sampler (default: the
+    model's protocol, :func:`resolve_sampler`), sample count (``num_samples`` overrides
+    ``cfg``, e.g. for samples read from files) and batch, the reference, the metrics (checked
+    against the data) and the result label. Raises :class:`ConfigError` for a bad choice."""
+    from evaluators import check_metrics
+
+    from .attack_eval import default_protocol
+
+    proto = default_protocol(loaded)
+    sampler = sampler if sampler is not None else resolve_sampler(loaded)
+    sampler.validate(loaded.diffusion.num_timesteps)
+    n = num_samples or cfg.num_samples or proto.num_samples
+    reference = resolve_reference(loaded, cfg.dataset, cfg.data_dir)
+    metrics = cfg.metric_names() or list(default_metrics(loaded.data_shape, reference.truth))
+    check_metrics(metrics, tuple(loaded.data_shape), reference.truth)
+    return EvaluationSetup(sampler, sampler.describe(loaded.diffusion.num_timesteps), n,
+                           cfg.batch_size or proto.batch_size, reference, metrics,
+                           evaluation_label(metrics, n), cfg)
+
+
+def memorization_train_set(loaded: LoadedModel, reference: Reference) -> torch.Tensor:
+    """The set memorisation is measured against: a run's own (possibly corrupted) training
+    set, else the clean reference."""
+    if loaded.config.get("kind") != "dmattack-run":
+        return reference.data
+    from .train_config import TrainConfig, build_data
+
+    data = build_data(TrainConfig.from_dict(loaded.config["train"]))
+    return data.tensor() if data.tensor() is not None else reference.data
+
+
+def default_out_dir(loaded: LoadedModel, kind: str, name: str, runs_root: str | os.PathLike
+                    ) -> Path:
+    """Results of a run go inside it (``<run>/<kind>/<name>``); those of a pipeline under
+    ``<runs_root>/<kind>/<pipeline folder name>/<name>``."""
+    if loaded.config.get("kind") == "dmattack-run":
+        return Path(loaded.source) / kind / name
+    return Path(runs_root) / kind / Path(loaded.source).name / name
+
+
+def curve_folder(models: Sequence[LoadedModel], specs: Sequence[Any], setup: EvaluationSetup,
+                 ema: bool, runs_root: str | os.PathLike) -> Path:
+    """``<runs_root>/curves/<hash>``: the default store of a curve, named by everything that
+    defines its points, so re-running the same command resumes there."""
+    key = json.dumps([[m.source for m in models], ema, [s.to_dict() for s in specs],
+                      setup.sampler.__dict__, setup.num_samples, setup.config.seed,
+                      setup.metrics], sort_keys=True)
+    return Path(runs_root) / "curves" / hashlib.sha256(key.encode()).hexdigest()[:12]

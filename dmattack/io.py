@@ -17,6 +17,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .errors import OutputError
+
 TRACKED_PACKAGES = ("torch", "torchvision", "diffusers", "torch-fidelity", "torchattacks",
                     "numpy", "scikit-learn", "safetensors")
 MiB = 1 << 20
@@ -25,14 +27,6 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
                    errno.ENOTDIR, errno.EFBIG}
 
 
-class OutputError(OSError, ValueError):
-    """An output folder or file that cannot be written (no space, read-only, not a folder).
-
-    An ``OSError`` (callers catching those keep working) and a ``ValueError`` (the CLI prints it
-    as one line and exits 2). The message names the path."""
-
-    def __str__(self) -> str:
-        return self.strerror if isinstance(self.strerror, str) else super().__str__()
 
 
 def _describe(e: OSError) -> str:

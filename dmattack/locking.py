@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .errors import LockError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -28,8 +30,6 @@ LOCK_NAME = ".lock"
 log = logging.getLogger("dmattack")
 
 
-class LockError(ValueError):
-    """The folder is being written by another live process (one line naming its pid)."""
 
 
 def _pid_alive(pid: int) -> bool:

@@ -1,4 +1,4 @@
-"""Training objectives (METHOD §4–§5): DDPM, Robust_adv / Robust_rand, the invariance
+"""Training objectives (docs/method.md §4–§5): DDPM, Robust_adv / Robust_rand, the invariance
 baseline, and DDPM-IP.
 
 All squared norms are per-sample means over dimensions, then averaged over the batch (as in
@@ -33,6 +33,7 @@ is split.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -40,78 +41,52 @@ import torch
 
 from .attacks.perturbation import (
     FGSM_COSTS,
+    FGSM_STEPS,
     RayConfig,
     fgsm_perturbation,
-    fgsm_step_size,
-    is_number,
     mean_flat,
     perturb,
     ray,
 )
 from .diffusion import EpsModel, GaussianDiffusion
+from .errors import ConfigError
+from .registry import OBJECTIVES
+from .settings import check_settings, setting
+from .tensors import per_sample
 
-METHODS = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 LAMBDA_SCALINGS = ("var", "std", "mul", "const")
 INVARIANCE_FORMS = ("trades", "madry")
 STAT_KEYS = ("loss", "mse", "reg", "residual", "r", "lam_t")
+DRAWS = ("ip_noise", "xi", "u")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Which training loss to minimise and its hyper-parameters.
+    """Which training loss to minimise (an :data:`~dmattack.registry.OBJECTIVES` entry) and
+    its hyper-parameters; fields a method does not use are ignored by it. σ_δ = r(t)/√3."""
 
-    Attributes:
-        method: ``ddpm`` (Eq. 3), ``robust-adv`` / ``robust-rand`` (Eq. 9 with an FGSM or a
-            random δ), ``invariance`` (Eq. 8), ``ddpm-ip`` (Ning et al. 2023).
-        lam: λ of the regulariser weight λ_t.
-        lambda_scaling: λ_t = λ/σ_δ² (``var``), λ/σ_δ (``std``), λ·σ_δ (``mul``) or λ
-            (``const``), with σ_δ = r(t)/√3.
-        stop_gradient: detach ε_θ(x_t, t) inside the regulariser (the loss's DDPM term keeps
-            its gradient either way).
-        ray: the ray r(t) (ξ = 1 for adv and invariance, ξ ~ U(ray.xi_range) per batch for rand).
-        fgsm_step: α of the training FGSM step: ``std`` (r/√3), ``wong`` (1.25·r) or a float
-            multiple of r.
-        fgsm_cost: J maximised by FGSM: ``discrepancy`` (Eq. 6) or ``equivariance``.
-        invariance_form: ``trades`` ‖ε − e‖² + λ_t‖e − e_adv‖² (Eq. 15) or ``madry``
-            ‖ε − e_adv‖².
-        ip_gamma: DDPM-IP input perturbation γ: x_t is built with ε + γε', the target stays ε.
-    """
-
-    method: str = "ddpm"
-    lam: float = 0.3
-    lambda_scaling: str = "var"
-    stop_gradient: bool = False
+    method: str = setting("robust-adv", "Training objective (docs/method.md §4).",
+                          choices=OBJECTIVES.names)
+    lam: float = setting(0.3, "Regulariser weight λ (docs/method.md §4).", low=0,
+                         option="--lambda")
+    lambda_scaling: str = setting("var", "λ_t = λ/σ_δ² (var), λ/σ_δ (std), λ·σ_δ (mul) or λ "
+                                  "(const).", choices=LAMBDA_SCALINGS)
+    stop_gradient: bool = setting(False, "Stop-grad on ε_θ(x_t) inside the regulariser (the "
+                                  "DDPM term keeps its gradient).")
     ray: RayConfig = field(default_factory=RayConfig)
-    fgsm_step: str | float = "std"
-    fgsm_cost: str = "discrepancy"
-    invariance_form: str = "trades"
-    ip_gamma: float = 0.1
+    fgsm_step: str | float = setting("std", "FGSM training step α: std (r/√3), wong (1.25·r) or "
+                                     "a number (× r).", choices=FGSM_STEPS, low=0,
+                                     low_open=True)
+    fgsm_cost: str = setting("discrepancy", "Cost the training FGSM ascends: discrepancy "
+                             "(Eq. 6) or equivariance.", choices=FGSM_COSTS)
+    invariance_form: str = setting("trades", "Invariance baseline: trades ‖ε − e‖² + "
+                                   "λ_t‖e − e_adv‖² or madry ‖ε − e_adv‖² (Eq. 8 readings).",
+                                   choices=INVARIANCE_FORMS)
+    ip_gamma: float = setting(0.1, "DDPM-IP input-perturbation strength γ (x_t built with "
+                              "ε + γε', target ε).", low=0)
 
     def __post_init__(self) -> None:
-        def allowed(name: str, options: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in options:
-                raise ValueError(
-                    f"objective {name} {value!r} unknown; allowed: {', '.join(options)}"
-                )
-
-        allowed("method", METHODS)
-        allowed("lambda_scaling", LAMBDA_SCALINGS)
-        allowed("fgsm_cost", FGSM_COSTS)
-        allowed("invariance_form", INVARIANCE_FORMS)
-        if not (is_number(self.lam) and self.lam >= 0):
-            raise ValueError(f"objective lam {self.lam!r} invalid; allowed: a finite number >= 0")
-        if not isinstance(self.stop_gradient, bool):
-            raise ValueError(
-                f"objective stop_gradient {self.stop_gradient!r} invalid; allowed: true, false"
-            )
-        if not isinstance(self.ray, RayConfig):
-            raise ValueError(f"objective ray {self.ray!r} invalid; allowed: a RayConfig")
-        fgsm_step_size(torch.ones(1), self.fgsm_step)  # raises a one-line ValueError if bad
-        if not (is_number(self.ip_gamma) and self.ip_gamma >= 0):
-            raise ValueError(
-                f"objective ip_gamma {self.ip_gamma!r} invalid; allowed: a finite number >= 0"
-            )
+        check_settings(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the ray nested as a dict)."""
@@ -123,15 +98,37 @@ class ObjectiveConfig:
     def from_dict(cls, d: dict[str, Any]) -> ObjectiveConfig:
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown objective config keys {sorted(unknown)}")
+            raise ConfigError(f"unknown objective config keys {sorted(unknown)}")
         d = dict(d)
         if isinstance(d.get("ray"), dict):
             d["ray"] = RayConfig.from_dict(d["ray"])
         return cls(**d)
 
 
+LossFn = Callable[[EpsModel, GaussianDiffusion, torch.Tensor, ObjectiveConfig, "StepDraws"],
+                  tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A training objective as registered in :data:`~dmattack.registry.OBJECTIVES`.
+
+    ``loss(model, diffusion, x0, cfg, draws) -> (scalar loss, stats over STAT_KEYS)``;
+    ``draws``: which optional random draws of :class:`StepDraws` it needs (among
+    :data:`DRAWS`); ``label``: one line for listings."""
+
+    loss: LossFn
+    draws: tuple[str, ...]
+    label: str
+
+    def __post_init__(self) -> None:
+        unknown = set(self.draws) - set(DRAWS)
+        if unknown:
+            raise ValueError(f"unknown draws {sorted(unknown)}; allowed: {', '.join(DRAWS)}")
+
+
 def lambda_weight(r: torch.Tensor, lam: float, scaling: str = "var") -> torch.Tensor:
-    """λ_t per sample (B,) from the ray r (B,) in ε units, with σ_δ = r/√3 (METHOD §4)."""
+    """λ_t per sample (B,) from the ray r (B,) in ε units, with σ_δ = r/√3 (docs/method.md §4)."""
     sigma = r / math.sqrt(3)
     if scaling == "var":
         return lam / sigma**2
@@ -141,7 +138,8 @@ def lambda_weight(r: torch.Tensor, lam: float, scaling: str = "var") -> torch.Te
         return lam * sigma
     if scaling == "const":
         return torch.full_like(r, lam)
-    raise ValueError(f"lambda scaling {scaling!r} unknown; allowed: {', '.join(LAMBDA_SCALINGS)}")
+    raise ConfigError(f"lambda scaling {scaling!r} unknown; allowed: "
+                      f"{', '.join(LAMBDA_SCALINGS)}")
 
 
 @dataclass(frozen=True)
@@ -178,31 +176,34 @@ def draw_step(diffusion: GaussianDiffusion, cfg: ObjectiveConfig, shape: tuple[i
               device: torch.device | str, dtype: torch.dtype = torch.float32,
               generator: torch.Generator | None = None) -> StepDraws:
     """Every random draw of one step for a batch of ``shape`` = (B, …), in the order t, ε,
-    ε' (ddpm-ip), ξ (robust-rand), u (methods with a perturbation); from ``generator`` or the
-    global RNG of ``device``. ε, ε' and u have ``dtype``."""
+    then those the objective needs: ε' (ddpm-ip), ξ (robust-rand), u (methods with a
+    perturbation); from ``generator`` or the global RNG of ``device``. ε, ε' and u have
+    ``dtype``."""
+    needs = OBJECTIVES.get(cfg.method, "--method").draws
     kw = dict(generator=generator, device=device)
     t = torch.randint(0, diffusion.num_timesteps, shape[:1], **kw)
     noise = torch.randn(shape, dtype=dtype, **kw)
-    ip_noise = torch.randn(shape, dtype=dtype, **kw) if cfg.method == "ddpm-ip" else None
+    ip_noise = torch.randn(shape, dtype=dtype, **kw) if "ip_noise" in needs else None
     xi = None
-    if cfg.method == "robust-rand":
+    if "xi" in needs:
         lo, hi = cfg.ray.xi_range
         xi = torch.empty((), device=device, dtype=torch.float64).uniform_(lo, hi,
                                                                             generator=generator)
-    u = None if cfg.method in ("ddpm", "ddpm-ip") else torch.rand(shape, dtype=dtype, **kw)
+    u = torch.rand(shape, dtype=dtype, **kw) if "u" in needs else None
     return StepDraws(t, noise, ip_noise, xi, u)
 
 
 def _start(u: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """δ_0 = (2u − 1)·r: U(−r, r) per sample from u (B, …) and r (B,)."""
-    return (2 * u - 1) * r.reshape(-1, *([1] * (u.dim() - 1))).to(u.dtype)
+    return (2 * u - 1) * per_sample(r, u)
 
 
 def training_loss(
     model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor, cfg: ObjectiveConfig,
     draws: StepDraws | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One stochastic estimate of the objective on a batch x0 (B, …) (Algorithm 1, METHOD §5).
+    """One stochastic estimate of the objective on a batch x0 (B, …) (the paper's Algorithm 1,
+    docs/method.md §5).
 
     ``draws`` holds t ~ U{0..T−1} per sample, ε ~ N(0, I), ξ (robust-rand) and the random start
     of δ for these B rows; by default they are drawn by :func:`draw_step` from the global torch
@@ -212,45 +213,79 @@ def training_loss(
     unweighted regulariser, batch mean); ``r`` and ``lam_t`` (batch means). Terms a method lacks
     are 0. The stats cost one device sync.
     """
+    objective = OBJECTIVES.get(cfg.method, "--method")
     if draws is None:
         draws = draw_step(diffusion, cfg, tuple(x0.shape), x0.device, x0.dtype)
-    predict = diffusion.predict_eps
-    t, noise = draws.t, draws.noise
+    return objective.loss(model, diffusion, x0, cfg, draws)
+
+
+def ddpm_loss(model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor,
+              cfg: ObjectiveConfig, draws: StepDraws) -> tuple[torch.Tensor, dict[str, float]]:
+    """‖ε − ε_θ(x_t, t)‖² (Eq. 3); for ddpm-ip x_t is built with ε + γε' (Ning et al. 2023)."""
     zero = x0.new_zeros(())
+    input_noise = draws.noise
+    if draws.ip_noise is not None:
+        input_noise = draws.noise + cfg.ip_gamma * draws.ip_noise
+    e = diffusion.predict_eps(model, diffusion.q_sample(x0, draws.t, input_noise), draws.t)
+    mse = mean_flat((draws.noise - e) ** 2).mean()
+    return mse, _stats(mse, mse, zero, zero, zero, zero)
 
-    if cfg.method in ("ddpm", "ddpm-ip"):
-        input_noise = noise
-        if cfg.method == "ddpm-ip":
-            input_noise = noise + cfg.ip_gamma * draws.ip_noise
-        e = predict(model, diffusion.q_sample(x0, t, input_noise), t)
-        mse = mean_flat((noise - e) ** 2).mean()
-        return mse, _stats(mse, mse, zero, zero, zero, zero)
 
+def robust_rand_loss(model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor,
+                     cfg: ObjectiveConfig, draws: StepDraws
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 9 with a random δ ~ U(−ξr, ξr) (batch-wise ξ), one forward of 2B."""
+    t = draws.t
+    x_t = diffusion.q_sample(x0, t, draws.noise)
+    r = ray(diffusion, t, cfg.ray, draws.xi, dtype=x0.dtype)
+    delta = _start(draws.u, r)
+    both = diffusion.predict_eps(model, torch.cat([x_t, perturb(diffusion, x_t, t, delta)]),
+                                 t.repeat(2))
+    e, e_adv = both.chunk(2)
+    return _regularised(cfg, x0, draws, r, delta, e, e_adv)
+
+
+def robust_adv_loss(model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor,
+                    cfg: ObjectiveConfig, draws: StepDraws
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. 9 with δ from one FGSM step (Eqs. 6–7); also the trades invariance baseline (Eq. 8,
+    ``cfg.method == "invariance"``). Three forwards of B."""
+    t = draws.t
+    x_t = diffusion.q_sample(x0, t, draws.noise)
+    r = ray(diffusion, t, cfg.ray, dtype=x0.dtype)
+    e = diffusion.predict_eps(model, x_t, t)
+    delta = fgsm_perturbation(model, diffusion, x_t, t, r, step=cfg.fgsm_step,
+                              cost=cfg.fgsm_cost, eps_clean=e, delta0=_start(draws.u, r))
+    e_adv = diffusion.predict_eps(model, perturb(diffusion, x_t, t, delta), t)
+    return _regularised(cfg, x0, draws, r, delta, e, e_adv)
+
+
+def invariance_loss(model: EpsModel, diffusion: GaussianDiffusion, x0: torch.Tensor,
+                    cfg: ObjectiveConfig, draws: StepDraws
+                    ) -> tuple[torch.Tensor, dict[str, float]]:
+    """The invariance baseline (Eq. 8): trades (as robust-adv, target ε_θ(x_t)) or madry
+    ‖ε − ε_θ(x_t^adv)‖²."""
+    if cfg.invariance_form != "madry":
+        return robust_adv_loss(model, diffusion, x0, cfg, draws)
+    t, noise, zero = draws.t, draws.noise, x0.new_zeros(())
     x_t = diffusion.q_sample(x0, t, noise)
-    if cfg.method == "robust-rand":
-        r = ray(diffusion, t, cfg.ray, draws.xi, dtype=x0.dtype)
-        delta = _start(draws.u, r)
-        both = predict(model, torch.cat([x_t, perturb(diffusion, x_t, t, delta)]), t.repeat(2))
-        e, e_adv = both.chunk(2)
-    elif cfg.method == "invariance" and cfg.invariance_form == "madry":
-        r = ray(diffusion, t, cfg.ray, dtype=x0.dtype)
-        delta = fgsm_perturbation(model, diffusion, x_t, t, r, step=cfg.fgsm_step,
-                                  cost=cfg.fgsm_cost, delta0=_start(draws.u, r))
-        e_adv = predict(model, perturb(diffusion, x_t, t, delta), t)
-        mse = mean_flat((noise - e_adv) ** 2).mean()
-        return mse, _stats(mse, mse, zero, zero, r.mean(), zero)
-    else:  # robust-adv, invariance (trades)
-        r = ray(diffusion, t, cfg.ray, dtype=x0.dtype)
-        e = predict(model, x_t, t)
-        delta = fgsm_perturbation(model, diffusion, x_t, t, r, step=cfg.fgsm_step,
-                                  cost=cfg.fgsm_cost, eps_clean=e, delta0=_start(draws.u, r))
-        e_adv = predict(model, perturb(diffusion, x_t, t, delta), t)
+    r = ray(diffusion, t, cfg.ray, dtype=x0.dtype)
+    delta = fgsm_perturbation(model, diffusion, x_t, t, r, step=cfg.fgsm_step,
+                              cost=cfg.fgsm_cost, delta0=_start(draws.u, r))
+    e_adv = diffusion.predict_eps(model, perturb(diffusion, x_t, t, delta), t)
+    mse = mean_flat((noise - e_adv) ** 2).mean()
+    return mse, _stats(mse, mse, zero, zero, r.mean(), zero)
 
+
+def _regularised(cfg: ObjectiveConfig, x0: torch.Tensor, draws: StepDraws, r: torch.Tensor,
+                 delta: torch.Tensor, e: torch.Tensor, e_adv: torch.Tensor
+                 ) -> tuple[torch.Tensor, dict[str, float]]:
+    """‖ε − e‖² + λ_t‖target − e_adv‖² with target e + δ (robust) or e (invariance)."""
     lam_t = lambda_weight(r, cfg.lam, cfg.lambda_scaling)
     e_reg = e.detach() if cfg.stop_gradient else e
     target = e_reg if cfg.method == "invariance" else e_reg + delta
     residual = mean_flat((target - e_adv) ** 2)
-    mse = mean_flat((noise - e) ** 2).mean()
+    mse = mean_flat((draws.noise - e) ** 2).mean()
     reg = (lam_t * residual).mean()
     loss = mse + reg
     return loss, _stats(loss, mse, reg, residual.mean(), r.mean(), lam_t.mean())
@@ -262,11 +297,22 @@ def _stats(*values: torch.Tensor) -> dict[str, float]:
     return dict(zip(STAT_KEYS, floats, strict=True))
 
 
+OBJECTIVES.register("ddpm", Objective(ddpm_loss, (), "DDPM ‖ε − ε_θ(x_t)‖² (Eq. 3)"))
+OBJECTIVES.register("robust-adv", Objective(
+    robust_adv_loss, ("u",), "Robust_adv: Eq. 9 with an FGSM δ inside the ray"))
+OBJECTIVES.register("robust-rand", Objective(
+    robust_rand_loss, ("xi", "u"), "Robust_rand: Eq. 9 with a uniform δ, batch-wise ξ"))
+OBJECTIVES.register("invariance", Objective(
+    invariance_loss, ("u",), "invariance baseline (Eq. 8, trades or madry)"))
+OBJECTIVES.register("ddpm-ip", Objective(
+    ddpm_loss, ("ip_noise",), "DDPM-IP input perturbation (Ning et al. 2023)"))
+
+
 __all__ = [
     "INVARIANCE_FORMS",
     "LAMBDA_SCALINGS",
-    "METHODS",
     "STAT_KEYS",
+    "Objective",
     "ObjectiveConfig",
     "StepDraws",
     "draw_step",

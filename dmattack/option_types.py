@@ -4,10 +4,13 @@ allowed) and "a number or a name" settings. Range checks are left to the config 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
 
 import click
+
+from .errors import ConfigError
 
 
 def parse_number(text: str, kind: type = float) -> int | float:
@@ -60,3 +63,32 @@ NUMBER_OR_NAME = NumberOrName()
 
 def number_type(kind: type) -> Number:
     return _NUMBERS[kind]
+
+
+def parse_list(value: str, what: str, allowed: Iterable[str] | None = None) -> list[str]:
+    """A comma list of ``--what`` (``"fgsm,pgd"``), each item in ``allowed`` when given."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ConfigError(f"--{what} is empty; give a comma-separated list", field=what)
+    allowed = None if allowed is None else tuple(allowed)
+    for v in items:
+        if allowed is not None and v not in allowed:
+            raise ConfigError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}",
+                              field=what)
+    return items
+
+
+def parse_percents(value: str) -> list[float]:
+    """``--steps-attacked`` as a list of percents in 0..100."""
+    out = []
+    for v in parse_list(value, "steps-attacked"):
+        try:
+            p = parse_number(v)
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"--steps-attacked {v!r} is not a number; allowed: 0..100",
+                              field="steps_attacked") from None
+        if not 0 <= p <= 100:
+            raise ConfigError(f"--steps-attacked {v} is outside 0..100 (percent of reverse "
+                              "steps)", field="steps_attacked")
+        out.append(p)
+    return out

@@ -19,6 +19,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from .diffusion import GaussianDiffusion, beta_schedule
+from .errors import ConfigError, InputFileError, first_line
 from .io import provenance, write_json
 from .models import UNetEps
 from .runs import LoadedModel
@@ -52,18 +53,18 @@ def _betas(scheduler: DDPMScheduler) -> np.ndarray:
 def _check_scheduler(cfg: dict[str, Any], where: Path) -> str:
     """Refuse settings GaussianDiffusion cannot express; returns our variance type."""
     if cfg.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError(f"{where}: prediction_type {cfg['prediction_type']!r} is not supported "
-                         "(only 'epsilon')")
+        raise InputFileError(f"{where}: prediction_type {cfg['prediction_type']!r} is not "
+                             "supported (only 'epsilon')")
     variance = cfg.get("variance_type") or "fixed_small"
     if variance not in _VARIANCES:
-        raise ValueError(f"{where}: variance_type {variance!r} is not supported (learned "
+        raise InputFileError(f"{where}: variance_type {variance!r} is not supported (learned "
                          f"variances are not); allowed: {', '.join(_VARIANCES)}")
     if cfg.get("thresholding"):
-        raise ValueError(f"{where}: dynamic thresholding is not supported")
+        raise InputFileError(f"{where}: dynamic thresholding is not supported")
     if cfg.get("rescale_betas_zero_snr"):
-        raise ValueError(f"{where}: rescale_betas_zero_snr is not supported")
+        raise InputFileError(f"{where}: rescale_betas_zero_snr is not supported")
     if cfg.get("clip_sample") and cfg.get("clip_sample_range", 1.0) != 1.0:
-        raise ValueError(f"{where}: clip_sample_range {cfg['clip_sample_range']} is not "
+        raise InputFileError(f"{where}: clip_sample_range {cfg['clip_sample_range']} is not "
                          "supported (only 1.0)")
     return _VARIANCES[variance]
 
@@ -81,16 +82,17 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
     root = Path(path)
     for need in (root, root / "unet" / "config.json", root / "scheduler" / "scheduler_config.json"):
         if not need.exists():
-            raise ValueError(f"{root} is not a diffusers DDPM pipeline folder: {need} is missing")
+            raise InputFileError(f"{root} is not a diffusers DDPM pipeline folder: {need} is "
+                                 "missing")
     try:
         scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
         unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False)
     except (OSError, RuntimeError, ValueError, TypeError) as e:
-        raise ValueError(f"{root}: cannot load the pipeline: {str(e).splitlines()[0]}") from None
+        raise InputFileError(f"{root}: cannot load the pipeline: {first_line(e)}") from None
     sched_cfg = dict(scheduler.config)
     variance = _check_scheduler(sched_cfg, root / "scheduler")
     if unet.config.out_channels != unet.config.in_channels:
-        raise ValueError(f"{root / 'unet'}: out_channels {unet.config.out_channels} != "
+        raise InputFileError(f"{root / 'unet'}: out_channels {unet.config.out_channels} != "
                          f"in_channels {unet.config.in_channels} (learned variance is not "
                          "supported)")
     size = unet.config.sample_size
@@ -118,11 +120,11 @@ def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
     diffusions raise a one-line ValueError.
     """
     if not isinstance(loaded.model, UNetEps):
-        raise ValueError(f"cannot export {type(loaded.model).__name__} from {loaded.source}: "
+        raise ConfigError(f"cannot export {type(loaded.model).__name__} from {loaded.source}: "
                          "diffusers has no pipeline for vector data (only U-Net models export)")
     d = loaded.diffusion
     if not np.array_equal(d.timestep_map, np.arange(d.num_timesteps)):
-        raise ValueError("cannot export a respaced diffusion; export the full training schedule")
+        raise ConfigError("cannot export a respaced diffusion; export the full training schedule")
     scheduler = DDPMScheduler(
         num_train_timesteps=d.num_timesteps,
         trained_betas=d.betas.tolist(),

@@ -19,6 +19,7 @@ the CLI included (``dmattack plugins`` lists them).
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from typing import Any, Generic, TypeVar
@@ -73,13 +74,14 @@ class Registry(Generic[T]):
         if not isinstance(name, str) or not name or name != name.strip() or "," in name:
             raise ValueError(f"{self.kind} name {name!r} must be a non-empty string "
                              "without commas or surrounding spaces")
+        caller = sys._getframe(1).f_globals.get("__name__", "?")  # the registering module
 
         def add(obj: T) -> T:
             if name in self._entries and not replace:
                 raise ValueError(f"{self.kind} {name!r} is already registered "
                                  f"(by {self._origin[name]}); pass replace=True to override")
             self._entries[name] = obj
-            self._origin[name] = getattr(obj, "__module__", None) or "?"
+            self._origin[name] = caller
             return obj
 
         if entry is None:

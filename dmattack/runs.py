@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import os
 import pickle
 import shutil
@@ -41,9 +40,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .diffusion import SCHEDULES, VARIANCE_TYPES, GaussianDiffusion, beta_schedule
+from .diffusion import GaussianDiffusion, beta_schedule
+from .errors import ConfigError, RunFolderError, first_line
 from .io import write_json
-from .models import PRESETS, UNET_PRESETS, UNetEps, build_model
+from .models import PRESETS, UNetEps, build_model
+from .settings import check_field
+from .train_config import TrainConfig
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint"
@@ -57,8 +59,9 @@ LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
                pickle.UnpicklingError, SafetensorError)
 
 
-class RunError(ValueError):
-    """A folder that is not a usable run (one-line message naming the path)."""
+RunError = RunFolderError
+"""A folder that is not a usable run (one-line message naming the path); the name
+:class:`~dmattack.errors.RunFolderError` has in this module."""
 
 
 @dataclass
@@ -192,60 +195,58 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
     """Check a run's config.json content (e.g. after a hand edit): every field needed to
-    rebuild the model, its diffusion and, for a trained run, the training config. Raises a
-    one-line :class:`RunError` naming the file and the first bad field."""
-    def bad(name: str, value: Any, allowed: str) -> RunError:
-        return RunError(f"{path}: field '{name}' is {value!r}; allowed: {allowed}")
-
+    rebuild the model, its diffusion and, for a trained run, the training config, against the
+    settings declared in :class:`~dmattack.train_config.TrainConfig`. Raises a one-line
+    :class:`RunError` naming the file and the first bad field."""
     if not isinstance(cfg, dict):
         raise RunError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     for key in ("model", "diffusion", "data"):
         if not isinstance(cfg.get(key), dict):
             raise RunError(f"{path}: field '{key}' is missing or not an object")
-    m, d = cfg["model"], cfg["diffusion"]
-    if m.get("preset") not in PRESETS:
-        raise bad("model.preset", m.get("preset"), ", ".join(PRESETS))
+    m = cfg["model"]
+
+    def check(section: str, key: str, name: str | None = None) -> None:
+        where = f"{path}: field '{section}.{key}'"
+        value = cfg[section].get(key)
+        try:
+            if value is None and key != "dropout":
+                raise ConfigError(f"{where} is missing")
+            check_field(TrainConfig, name or key, value, where)
+        except ConfigError as e:
+            raise RunError(str(e)) from None
+
+    check("model", "preset")
+    check("model", "dropout")
+    check("diffusion", "schedule")
+    check("diffusion", "num_timesteps")
+    check("diffusion", "variance_type")
     shape = m.get("data_shape")
-    rank = (3,) if m["preset"] in UNET_PRESETS else (1,)
-    if not (isinstance(shape, list) and len(shape) in rank and all(
+    rank = 3 if PRESETS[m["preset"]].kind == "image" else 1
+    if not (isinstance(shape, list) and len(shape) == rank and all(
             _is_int(v) and 0 < v <= 1 << 16 for v in shape)):
-        raise bad("model.data_shape", shape, f"a list of {rank[0]} positive integers for "
-                  f"preset {m['preset']}")
-    dropout = m.get("dropout")
-    if dropout is not None and not (_is_number(dropout) and 0 <= dropout < 1):
-        raise bad("model.dropout", dropout, "null or a number in [0, 1)")
-    if d.get("schedule") not in SCHEDULES:
-        raise bad("diffusion.schedule", d.get("schedule"), ", ".join(SCHEDULES))
-    if not (_is_int(d.get("num_timesteps")) and 2 <= d["num_timesteps"] <= 100_000):
-        raise bad("diffusion.num_timesteps", d.get("num_timesteps"), "an integer in 2..100000")
-    if d.get("variance_type") not in VARIANCE_TYPES:
-        raise bad("diffusion.variance_type", d.get("variance_type"), ", ".join(VARIANCE_TYPES))
+        raise RunError(f"{path}: field 'model.data_shape' = {shape!r} is invalid; allowed: a "
+                       f"list of {rank} positive integers for preset {m['preset']}")
     name = cfg["data"].get("name")
     if name is not None and not isinstance(name, str):
-        raise bad("data.name", name, "a dataset name")
+        raise RunError(f"{path}: field 'data.name' = {name!r} is invalid; allowed: a dataset "
+                       "name")
     if "train" in cfg or cfg.get("kind") == "dmattack-run":
         _validate_train_section(cfg, path)
 
 
 def _validate_train_section(cfg: dict[str, Any], path: str | os.PathLike) -> None:
-    from .train import TrainConfig  # imported here: train imports this module
-
     t = cfg.get("train")
     if not isinstance(t, dict):
         raise RunError(f"{path}: field 'train' is missing or not an object")
     try:
         train_cfg = TrainConfig.from_dict(t).resolved()
         train_cfg.validate()
-    except (ValueError, TypeError) as e:
+    except ConfigError as e:
         field_name = getattr(e, "field", None)
         where = f"field 'train.{field_name}'" if field_name else "field 'train'"
-        raise RunError(f"{path}: {where}: {str(e).splitlines()[0]}") from None
+        raise RunError(f"{path}: {where}: {first_line(e)}") from None
     # the sections the model is rebuilt from must agree with the training config
     for section, key, value in (("model", "preset", train_cfg.preset),
                                 ("model", "dropout", train_cfg.dropout),
@@ -269,10 +270,6 @@ def _load_weights(model: nn.Module, folder: Path, name: str) -> None:
         model.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
     """The meta.json of a checkpoint folder after checking every file it lists against its
     sha256; a one-line :class:`RunError` naming the first missing, truncated or corrupt file.
@@ -284,7 +281,7 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise RunError(f"checkpoint {ckpt} is incomplete: {meta_path} is missing") from None
     except (OSError, ValueError) as e:
-        raise RunError(f"checkpoint file {meta_path} is unreadable: {_first_line(e)}") from None
+        raise RunError(f"checkpoint file {meta_path} is unreadable: {first_line(e)}") from None
     if not (isinstance(meta, dict) and _is_int(meta.get("step")) and meta["step"] >= 0
             and isinstance(meta.get("files", {}), dict)):
         raise RunError(f"checkpoint file {meta_path} is corrupt: expected a step and a file list")
@@ -295,7 +292,7 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
         try:
             ok = sha256_file(f) == digest
         except OSError as e:
-            raise RunError(f"checkpoint file {f} is unreadable: {_first_line(e)}") from None
+            raise RunError(f"checkpoint file {f} is unreadable: {first_line(e)}") from None
         if not ok:
             raise RunError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
                            f"from the one in {meta_path})")
@@ -327,7 +324,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
             errors.append(str(e))
         except LOAD_ERRORS as e:
             errors.append(f"checkpoint {ckpt} is unreadable or does not match its config: "
-                          f"{_first_line(e)}")
+                          f"{first_line(e)}")
         else:
             return ckpt, meta, result
         if i + 1 < len(candidates):
@@ -354,7 +351,7 @@ def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path,
             _load_weights(ema, ckpt, "ema")
     except LOAD_ERRORS as e:
         raise RunError(f"checkpoint {ckpt} is unreadable or does not match its config: "
-                       f"{_first_line(e)}") from None
+                       f"{first_line(e)}") from None
     return meta
 
 
@@ -364,8 +361,8 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     cfg = read_config(run_dir)
     try:
         model = model_from_config(cfg)
-    except (ValueError, TypeError) as e:
-        raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {_first_line(e)}") from None
+    except ConfigError as e:
+        raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
 
     def load(ckpt: Path, meta: dict[str, Any]) -> None:
         _load_weights(model, ckpt, "ema" if use_ema else "model")

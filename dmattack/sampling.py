@@ -20,9 +20,14 @@ from torch import nn
 
 from . import distributed
 from .diffusion import EpsModel, GaussianDiffusion, respace
+from .errors import ConfigError
+from .registry import SAMPLERS
 from .seeding import CHAIN_NOISE, generators, randn_per_sample
+from .settings import check_settings, setting
 
-SAMPLERS = ("ddpm", "ddim", "respaced")
+SAMPLERS.register("ddpm", "ancestral sampling on all T steps (Ho et al. 2020)")
+SAMPLERS.register("respaced", "ancestral sampling on `steps` evenly strided timesteps")
+SAMPLERS.register("ddim", "DDIM with η on `steps` strided timesteps (Song et al. 2021)")
 
 StepHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``hook(x_t, t, step) -> x_t'`` runs before each reverse step; ``t`` (B,) are indices into the
@@ -34,19 +39,28 @@ class SamplerConfig:
     """Which reverse process to run.
 
     ``ddpm``: ancestral on all T steps; ``respaced``: ancestral on ``steps`` evenly strided
-    timesteps (METHOD §8); ``ddim``: DDIM with ``eta`` on ``steps`` strided timesteps.
+    timesteps (docs/method.md §8); ``ddim``: DDIM with ``eta`` on ``steps`` strided timesteps.
+    On the command line, name, steps and clip_denoised default to the model's protocol.
     """
 
-    name: str = "ddpm"
-    steps: int | None = None
-    eta: float = 0.0
-    clip_denoised: bool = False
+    name: str = setting("ddpm", "Reverse sampler.", choices=SAMPLERS.names, option="--sampler",
+                        auto="the model's preset")
+    steps: int | None = setting(None, "Steps of ddim/respaced (ddpm uses all T).", low=1,
+                                option="--sampler-steps", deprecated=("--steps",),
+                                auto="the model's preset; 100 for a strided sampler")
+    eta: float = setting(0.0, "DDIM η (0: deterministic DDIM, 1: ancestral-like).", low=0,
+                         high=1)
+    clip_denoised: bool = setting(False, "Clip x̂_0 to [-1, 1] inside each step.",
+                                  auto="the model (off; a pipeline: its scheduler's clip_sample)")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
 
     def validate(self, num_timesteps: int) -> None:
-        if self.name not in SAMPLERS:
-            raise ValueError(f"unknown sampler {self.name!r}; allowed: {', '.join(SAMPLERS)}")
-        if self.steps is not None and not 1 <= self.steps <= num_timesteps:
-            raise ValueError(f"sampler steps {self.steps} outside 1..{num_timesteps}")
+        """Check the sampler fits a diffusion of ``num_timesteps`` steps."""
+        if self.steps is not None and self.steps > num_timesteps:
+            raise ConfigError(f"steps (--sampler-steps) = {self.steps} is invalid; allowed: "
+                              f"1..{num_timesteps} (the model's T)", field="steps")
 
     def num_steps(self, num_timesteps: int) -> int:
         if self.name == "ddpm" or self.steps is None:

@@ -50,6 +50,8 @@ class Setting:
     option: str | None = None
     deprecated: tuple[str, ...] = ()
     cli: bool = True
+    auto: str | None = None
+    aliases: tuple[str, ...] = ()
 
     def allowed_choices(self) -> tuple[str, ...] | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -72,7 +74,8 @@ class Setting:
 def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MISSING,
             choices: Choices = None, low: float | None = None, high: float | None = None,
             low_open: bool = False, high_open: bool = False, option: str | None = None,
-            deprecated: tuple[str, ...] = (), cli: bool = True) -> Any:
+            deprecated: tuple[str, ...] = (), cli: bool = True, auto: str | None = None,
+            aliases: tuple[str, ...] = ()) -> Any:
     """A dataclass field with its help text and allowed values.
 
     Args:
@@ -82,13 +85,21 @@ def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MI
         low, high: numeric bounds (inclusive unless ``low_open`` / ``high_open``).
         option: the command-line spelling (default ``--field-name``).
         deprecated: older spellings still accepted with a deprecation warning.
-        cli: False for a library-only setting (no command-line option).
+        cli: False for a library-only setting (no command-line option); say why in ``help``.
+        auto: on the command line the option defaults to "unset" and this text says what
+            picks the value then (e.g. ``"the model's preset"``); the command fills it in.
+        aliases: other spellings accepted as equals (no warning).
     """
     meta = {META_KEY: Setting(help, choices, low, high, low_open, high_open, option,
-                              tuple(deprecated), cli)}
+                              tuple(deprecated), cli, auto, tuple(aliases))}
     if default_factory is not MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def is_number(v: Any) -> bool:
+    """True for a finite int or float (bools excluded)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def setting_of(field: dataclasses.Field) -> Setting | None:
@@ -159,17 +170,15 @@ def _describe(ft: FieldType, s: Setting | None) -> str:
             names.append(f"{noun} {rng}".strip())
         elif k is tuple:
             names.append(f"{ft.tuple_len} finite numbers {rng}".strip())
+        elif dataclasses.is_dataclass(k):
+            names.append(f"a {k.__name__}")
     if ft.optional:
         names.append("none")
     return " or ".join(dict.fromkeys(names))
 
 
 def _number_ok(value: Any, kind: type, s: Setting | None) -> bool:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    if kind is int and not isinstance(value, int):
-        return False
-    if not math.isfinite(value):
+    if not is_number(value) or (kind is int and not isinstance(value, int)):
         return False
     return s is None or s.in_range(value)
 
@@ -211,6 +220,17 @@ def check_settings(obj: Any, prefix: str = "") -> None:
                               f"allowed: {_describe(ft, s)}", field=prefix + f.name)
 
 
+def check_field(cls: type, name: str, value: Any, where: str = "") -> None:
+    """Check one ``value`` against field ``name`` of config ``cls`` (e.g. a value read from a
+    file that is not built into ``cls``); a :class:`ConfigError` names ``where`` (default: the
+    field and its option)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    ft, s = field_types(cls)[name], setting_of(f)
+    if not _value_ok(value, ft, s):
+        raise ConfigError(f"{where or f'{name} ({option_name(f)})'} = {value!r} is invalid; "
+                          f"allowed: {_describe(ft, s)}", field=name)
+
+
 def iter_settings(cls: type, prefix: str = ""
                   ) -> Iterator[tuple[str, dataclasses.Field, FieldType]]:
     """``(dotted path, field, type)`` of every leaf setting of ``cls``, nested configs
@@ -245,18 +265,18 @@ def _leaf_default(instance: Any, path: str) -> Any:
     return instance
 
 
-def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = None
-                  ) -> Callable[[Callable], Callable]:
+def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = None,
+                  prefix: str = "") -> Callable[[Callable], Callable]:
     """A decorator adding one click option per command-line setting of ``cls``.
 
     Defaults come from ``instance`` (default: ``cls()``), so nested configs whose parent
     overrides their defaults show the parent's. Values are not checked here: building the
     config (:func:`from_options`) checks them, with one message for the library and the CLI.
-    ``exclude`` lists dotted paths to leave out (the command sets them itself).
+    ``exclude`` lists dotted paths to leave out (the command sets them itself). ``prefix``
+    (e.g. ``"sampler."``) goes before every parameter name, so two configs with a field of the
+    same name can serve one command; pass the same prefix to :func:`from_options`.
     """
     import click
-
-    from .option_types import NUMBER_OR_NAME, number_type
 
     base = cls() if instance is None else instance
     options = []
@@ -264,33 +284,31 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
         s = setting_of(f)
         if path in exclude or s is None or not s.cli:
             continue
-        default = _leaf_default(base, path)
+        default = None if s.auto else _leaf_default(base, path)
+        path = prefix + path
         name = option_name(f)
         help_text = s.help
-        choices = s.allowed_choices() if s.choices is not None and not callable(s.choices) \
-            else None
+        choices = s.allowed_choices()
         if choices:
             help_text += f" [{' | '.join(choices)}]"
-        kw: dict[str, Any] = {"default": default, "show_default": True, "help": help_text}
-        if ft.kinds == (bool,) and not ft.optional:
+        if s.auto:
+            help_text += f" [default: by {s.auto}]"
+        elif default is None and "[default:" not in help_text:
+            help_text += " [default: none]"
+        kw: dict[str, Any] = {"default": default, "show_default": default is not None,
+                              "help": help_text}
+        if ft.kinds == (bool,):
             decls = [f"{name}/--no-{name[2:]}", param_name(path)]
-        elif ft.kinds == (bool,):
-            decls = [f"{name}/--no-{name[2:]}", param_name(path)]
-            kw["show_default"] = default is not None
         else:
-            decls = [name, param_name(path)]
-            if tuple in ft.kinds:
-                kw["type"] = tuple(number_type(float) for _ in range(ft.tuple_len))
-                kw["default"] = None if default is None else tuple(default)
-            elif str in ft.kinds and (float in ft.kinds or int in ft.kinds):
-                kw["type"] = NUMBER_OR_NAME
-            elif int in ft.kinds:
-                kw["type"] = number_type(int)
-            elif float in ft.kinds:
-                kw["type"] = number_type(float)
-            else:
-                kw["type"] = str
+            decls = [name, *s.aliases, param_name(path)]
+            kw["type"] = _click_type(ft)
+            if tuple in ft.kinds and default is not None:
+                kw["default"] = tuple(default)
         options.append(click.Option(decls, **kw))
+        for i, old in enumerate(s.deprecated):
+            options.append(click.Option(
+                [old, f"{param_name(path)}__deprecated_{i}"], type=kw.get("type"),
+                hidden=True, expose_value=True, callback=_warn_deprecated(old, name)))
 
     def apply(fn: Callable) -> Callable:
         params = getattr(fn, "__click_params__", [])
@@ -302,21 +320,63 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
     return apply
 
 
-def from_options(cls: type, opts: dict[str, Any], base: Any = None) -> Any:
+def _click_type(ft: FieldType) -> Any:
+    import click
+
+    from .option_types import NUMBER_OR_NAME, number_type
+
+    if tuple in ft.kinds:
+        return tuple(number_type(float) for _ in range(ft.tuple_len))
+    if str in ft.kinds and (float in ft.kinds or int in ft.kinds):
+        return NUMBER_OR_NAME
+    if int in ft.kinds:
+        return number_type(int)
+    if float in ft.kinds:
+        return number_type(float)
+    return click.STRING
+
+
+def _warn_deprecated(old: str, new: str) -> Callable[..., Any]:
+    def callback(ctx: Any, param: Any, value: Any) -> Any:
+        if value is not None:
+            import click
+
+            click.echo(f"warning: {old} is deprecated here; use {new}", err=True)
+        return value
+
+    return callback
+
+
+def option_values(opts: dict[str, Any]) -> dict[str, Any]:
+    """click's keyword arguments with deprecated spellings folded into their new names (and
+    removed)."""
+    out = {k: v for k, v in opts.items() if "__deprecated_" not in k}
+    for k, v in opts.items():
+        if "__deprecated_" in k and v is not None:
+            out[k.split("__deprecated_")[0]] = v
+    return out
+
+
+def from_options(cls: type, opts: dict[str, Any], base: Any = None, prefix: str = "") -> Any:
     """Build config ``cls`` from click's keyword arguments (made by :func:`click_options` of
-    ``cls``). Settings the command did not declare keep their value in ``base`` (default:
-    ``cls()``). Raises :class:`ConfigError` for a bad value (the config checks itself)."""
+    ``cls``). Settings the command did not declare, and ``auto`` settings left unset (None),
+    keep their value in ``base`` (default: ``cls()``). Raises :class:`ConfigError` for a bad
+    value (the config checks itself)."""
+    opts = option_values(opts)
 
     def build(instance: Any, prefix: str) -> Any:
         changes = {}
         types_ = field_types(type(instance))
         for f in dataclasses.fields(instance):
             path = prefix + f.name
+            s = setting_of(f)
             if types_[f.name].config is not None:
                 changes[f.name] = build(getattr(instance, f.name), path + ".")
             elif param_name(path) in opts:
                 v = opts[param_name(path)]
+                if v is None and s is not None and s.auto:
+                    continue
                 changes[f.name] = tuple(v) if isinstance(v, list) else v
         return dataclasses.replace(instance, **changes)
 
-    return build(cls() if base is None else base, "")
+    return build(cls() if base is None else base, prefix)

@@ -31,7 +31,6 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +39,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .data import DATASETS, DataError, corrupt, load_dataset
-from .diffusion import SCHEDULES, VARIANCE_TYPES
-from .io import MiB, OutputError, check_writable, provenance, write_json, write_text
+from .data import DataError
+from .errors import ConfigError, DivergedError, OutputError, first_line
+from .io import MiB, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
-from .models import PRESETS, UNET_PRESETS
-from .objectives import STAT_KEYS, ObjectiveConfig, draw_step, training_loss
+from .models import UNET_PRESETS
+from .objectives import STAT_KEYS, draw_step, training_loss
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -63,215 +62,14 @@ from .runs import (
 )
 from .sampling import SamplerConfig, sample
 from .seeding import derive_seed, sample_seeds
+from .train_config import TrainConfig, build_data, parse_device  # noqa: F401 - the API
 from .visualize import save_samples_png
 
 TRAIN_STREAM = 2  # seed purpose of per-step training randomness
-NAN_POLICIES = ("stop", "skip")
 NAN_SKIP_LIMIT = 100  # consecutive skipped steps after which nan_policy="skip" stops anyway
-MAX_NUM_DATA = 10_000_000
-MAX_STEPS = 1_000_000_000
-IN_MEMORY_IMAGES = ("digits", "cifar10")
-MAX_TIMESTEPS = 100_000
 # an in-memory training set is kept on the GPU up to this size (and a quarter of the free memory)
 DEVICE_DATA_MAX_BYTES = 8 << 30
 log = logging.getLogger("dmattack")
-
-# Per-preset defaults of (steps, batch size, warm-up steps). The CPU presets fit the
-# 5-minute budget of `dmattack train` on 2 cores; the GPU presets follow Ho et al. 2020.
-PRESET_DEFAULTS: dict[str, tuple[int, int, int]] = {
-    "tiny": (800, 64, 100),
-    "mlp": (3000, 256, 100),
-    "mlp-small": (3000, 256, 100),
-    "ddpm-cifar10": (800_000, 128, 5000),
-    "ddpm-64": (500_000, 64, 5000),
-}
-
-
-class ConfigError(ValueError):
-    """An invalid training-config field (one line; ``field`` names it)."""
-
-    def __init__(self, field_name: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field_name
-
-
-def _check_type(name: str, value: Any, annotation: str) -> None:
-    """Raise ConfigError unless ``value`` fits a simple annotation like ``int | None``."""
-    kinds = [a.strip() for a in annotation.split("|")]
-    if value is None and "None" in kinds:
-        return
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    for kind in kinds:
-        if (kind == "str" and isinstance(value, str)
-                or kind == "bool" and isinstance(value, bool)
-                or kind == "int" and number and isinstance(value, int)
-                or kind == "float" and number and math.isfinite(value)):
-            return
-    names = {"str": "a string", "bool": "true or false", "int": "an integer",
-             "float": "a finite number", "None": "null"}
-    allowed = " or ".join(names.get(k, k) for k in kinds)
-    raise ConfigError(name, f"{name}={value!r} is invalid; allowed: {allowed}")
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (recorded in the run's config.json)."""
-
-    # data
-    dataset: str = "digits"
-    data_dir: str | None = None
-    resolution: int | None = None
-    num_data: int | None = None
-    corrupt_mode: str = "gaussian"
-    corrupt_fraction: float = 0.0
-    corrupt_sigma: float = 0.2
-    # model and diffusion
-    preset: str = "tiny"
-    dropout: float | None = None
-    schedule: str = "linear"
-    num_timesteps: int = 1000
-    variance_type: str = "fixed_large"
-    # objective (METHOD §3–§5)
-    objective: ObjectiveConfig = field(default_factory=lambda: ObjectiveConfig("robust-adv"))
-    # optimisation
-    steps: int | None = None  # None: the preset's default (PRESET_DEFAULTS)
-    batch_size: int | None = None
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    warmup: int | None = None
-    grad_clip: float = 1.0
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True
-    # bookkeeping
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 500
-    sample_every: int = 500
-    num_preview: int = 64
-    preview_steps: int = 100
-    log_every: int = 25
-    num_workers: int = 0
-    nan_policy: str = "stop"  # non-finite loss/gradient: "stop" (raise) or "skip" the step
-    # speed (results equal up to float round-off, see docs/performance.md)
-    grad_accum: int = 1  # micro-batches per optimiser step, per process
-    compile: bool = False  # torch.compile the model used for training
-    channels_last: bool | None = None  # U-Nets only; None: on CUDA
-
-    def resolved(self) -> TrainConfig:
-        """A copy with the preset's defaults filled in for unset steps / batch / warm-up."""
-        steps, batch, warmup = PRESET_DEFAULTS.get(self.preset, (1000, 64, 100))
-        return dataclasses.replace(
-            self,
-            steps=steps if self.steps is None else self.steps,
-            batch_size=batch if self.batch_size is None else self.batch_size,
-            warmup=warmup if self.warmup is None else self.warmup,
-        )
-
-    def validate(self) -> None:
-        """Raise ValueError (one line naming the field, value and what is allowed).
-        Call on a :meth:`resolved` config."""
-        def bad(name: str, allowed: str) -> ConfigError:
-            return ConfigError(name, f"{name}={getattr(self, name)!r} is invalid; "
-                               f"allowed: {allowed}")
-
-        for f in dataclasses.fields(self):
-            if f.name != "objective":
-                _check_type(f.name, getattr(self, f.name), str(f.type))
-        if not isinstance(self.objective, ObjectiveConfig):
-            raise bad("objective", "an ObjectiveConfig")
-
-        if self.dataset not in DATASETS:
-            raise bad("dataset", ", ".join(DATASETS))
-        if self.preset not in PRESETS:
-            raise bad("preset", ", ".join(PRESETS))
-        if self.schedule not in SCHEDULES:
-            raise bad("schedule", ", ".join(SCHEDULES))
-        if self.variance_type not in VARIANCE_TYPES:
-            raise bad("variance_type", ", ".join(VARIANCE_TYPES))
-        if not 0.0 <= self.corrupt_fraction <= 1.0:
-            raise bad("corrupt_fraction", "a fraction in [0, 1]")
-        if not self.corrupt_sigma >= 0.0:
-            raise bad("corrupt_sigma", "a noise std >= 0")
-        for name in ("steps", "batch_size", "num_timesteps", "checkpoint_every",
-                     "sample_every", "log_every", "preview_steps"):
-            if getattr(self, name) <= 0:
-                raise bad(name, "an integer > 0")
-        if self.steps > MAX_STEPS:
-            raise bad("steps", f"an integer in 1..{MAX_STEPS}")
-        if not 2 <= self.num_timesteps <= MAX_TIMESTEPS:
-            raise bad("num_timesteps", f"an integer in 2..{MAX_TIMESTEPS}")
-        if self.num_preview < 0 or self.warmup < 0 or self.num_workers < 0:
-            raise bad("num_preview" if self.num_preview < 0 else
-                      "warmup" if self.warmup < 0 else "num_workers", "an integer >= 0")
-        if self.num_workers > 256:
-            raise bad("num_workers", "an integer in 0..256")
-        if self.num_data is not None and not 0 < self.num_data <= MAX_NUM_DATA:
-            raise bad("num_data", f"an integer in 1..{MAX_NUM_DATA}")
-        if self.resolution is not None and not 0 < self.resolution <= 4096:
-            raise bad("resolution", "an image side in 1..4096")
-        if self.resolution is not None and self.dataset in IN_MEMORY_IMAGES \
-                and self.resolution > 256:
-            raise bad("resolution", f"an image side in 1..256 for {self.dataset} (held in "
-                      "memory)")
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise bad("dropout", "a probability in [0, 1)")
-        if not 0 < self.lr <= 1:
-            raise bad("lr", "a learning rate in (0, 1]")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise bad("ema_decay", "a decay in [0, 1)")
-        if not (self.grad_clip >= 0 and self.weight_decay >= 0):
-            raise bad("grad_clip" if not self.grad_clip >= 0 else "weight_decay",
-                      "a value >= 0")
-        if self.nan_policy not in NAN_POLICIES:
-            raise bad("nan_policy", ", ".join(NAN_POLICIES))
-        if not 1 <= self.grad_accum <= self.batch_size or self.batch_size % self.grad_accum:
-            raise bad("grad_accum", f"a divisor of batch_size={self.batch_size} (micro-batches "
-                      "per step)")
-        parse_device(self.device)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["objective"] = self.objective.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config from :meth:`to_dict` output (e.g. a run's config.json); a
-        malformed field raises a one-line :class:`ConfigError` naming it."""
-        if not isinstance(d, dict):
-            raise ConfigError("train", f"expected an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown training config field {unknown[0]!r}")
-        d = dict(d)
-        objective = d.get("objective", {})
-        try:
-            if not isinstance(objective, dict):
-                raise ValueError(f"expected an object, got {objective!r}")
-            d["objective"] = ObjectiveConfig.from_dict(objective)
-        except (ValueError, TypeError) as e:
-            raise ConfigError("objective", str(e).splitlines()[0]) from None
-        for f in dataclasses.fields(cls):
-            if f.name in d and f.name != "objective":
-                _check_type(f.name, d[f.name], str(f.type))
-        return cls(**d)
-
-
-def parse_device(name: str) -> torch.device | None:
-    """The torch device a name stands for (None for ``auto``), without checking it is
-    present; a one-line ConfigError for a malformed or unsupported name."""
-    if name == "auto":
-        return None
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError, ValueError):
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise ConfigError("device", f"device {name!r} is invalid; allowed: auto, cpu, cuda, "
-                          "cuda:N, mps")
-    return device
-
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else CPU) or a torch device string; a one-line
@@ -281,21 +79,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not (torch.cuda.is_available() and (
             device.index is None or device.index < torch.cuda.device_count())):
-        raise ConfigError("device", f"device {name!r} is not available here "
-                          f"({torch.cuda.device_count()} CUDA device(s) found)")
+        raise ConfigError(f"device {name!r} is not available here "
+                          f"({torch.cuda.device_count()} CUDA device(s) found)", field="device")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device", f"device {name!r} is not available here")
+        raise ConfigError(f"device {name!r} is not available here", field="device")
     return device
-
-
-def build_data(cfg: TrainConfig):
-    """The (possibly corrupted) training set of a config."""
-    data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, resolution=cfg.resolution,
-                        num_samples=cfg.num_data, seed=cfg.seed)
-    if cfg.corrupt_fraction > 0:
-        data = corrupt(data, mode=cfg.corrupt_mode, fraction=cfg.corrupt_fraction,
-                       sigma=cfg.corrupt_sigma, seed=derive_seed(cfg.seed, 1))
-    return data
 
 
 def epoch_permutation(epoch: int, n: int, seed: int) -> torch.Tensor:
@@ -446,14 +234,50 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     An override given as None keeps the saved value."""
     unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if unknown:
-        raise ConfigError(unknown[0], f"{unknown[0]} cannot change on resume; allowed: "
-                          f"{', '.join(RESUME_OVERRIDES)}")
+        raise ConfigError(f"{unknown[0]} cannot change on resume; allowed: "
+                          f"{', '.join(RESUME_OVERRIDES)}", field=unknown[0])
     saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
     if _has_checkpoints(run_dir):
         checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
     cfg = TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
     changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
+
+
+def new_run_dir(cfg: TrainConfig, out: str | Path | None, runs_root: str | Path) -> Path:
+    """The folder of a new run: ``out``, or ``<runs_root>/<dataset>-<method>-<time>``; a
+    one-line ConfigError when it already holds a run."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(out or Path(runs_root) / f"{cfg.dataset}-{cfg.objective.method}-{stamp}")
+    if (run_dir / CONFIG).exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} "
+                          "or another --out", field="out")
+    return run_dir
+
+
+def prepare_run(cfg: TrainConfig | None, out: str | Path | None, runs_root: str | Path,
+                resume: str | Path | None = None, steps: int | None = None,
+                join: Callable[[str], Any] | None = None, **overrides: Any
+                ) -> tuple[TrainConfig, Path, Any]:
+    """What ``dmattack train`` does before the first step: ``(config, run folder, data)``.
+
+    A new run of ``cfg`` (resolved) goes into ``out`` (default :func:`new_run_dir`); with
+    ``resume`` the run there continues (to ``steps``, with the ``overrides`` of
+    :func:`resume_config`). ``join(device)`` joins torchrun's process group first (the run
+    folder is then rank 0's); the data is built and the folder checked writable."""
+    if resume:
+        cfg, run_dir = resume_config(resume, steps, **overrides), Path(resume)
+    else:
+        cfg = cfg.resolved()
+        run_dir = new_run_dir(cfg, out, runs_root)
+    cfg.validate()
+    if join is not None:
+        join(cfg.device)
+    run_dir = Path(distributed.broadcast_object(str(run_dir)))  # rank 0's time stamp
+    data = build_data(cfg)
+    if distributed.is_main():
+        check_writable(run_dir)
+    return cfg, run_dir, data
 
 
 def _has_checkpoints(run_dir: str | Path) -> bool:
@@ -530,7 +354,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     Raises :class:`~dmattack.locking.LockError` when another live process writes ``run_dir``,
     :class:`~dmattack.io.OutputError` when it cannot be written (or lacks room for a
     checkpoint), ``FloatingPointError`` on a non-finite loss / gradient (``nan_policy="stop"``)
-    or non-finite weights; the last good checkpoint is never overwritten. On resume an unusable
+    or non-finite weights (a :class:`~dmattack.errors.DivergedError`, a FloatingPointError);
+    the last good checkpoint is never overwritten. On resume an unusable
     ``checkpoint/`` (truncated, corrupt) is moved aside to ``checkpoint.corrupt-<time>/`` and
     training continues from ``checkpoint.prev/``.
     """
@@ -540,8 +365,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     device = distributed.init(resolve_device(cfg.device))
     world = distributed.world_size()
     if cfg.batch_size % (world * cfg.grad_accum):
-        raise ConfigError("batch_size", f"batch_size={cfg.batch_size} is invalid; allowed: a "
-                          f"multiple of {world} processes × grad_accum {cfg.grad_accum}")
+        raise ConfigError(f"batch_size={cfg.batch_size} is invalid; allowed: a multiple of "
+                          f"{world} processes × grad_accum {cfg.grad_accum}", field="batch_size")
     if not distributed.is_main():
         return _train_locked(cfg, run_dir, resume, None, data, device)
     created = not run_dir.exists()
@@ -582,8 +407,9 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
     main = distributed.is_main()
     data = build_data(cfg) if data is None else data
     if len(data) < distributed.world_size() * cfg.grad_accum:
-        raise ConfigError("grad_accum", f"{len(data)} training samples cannot fill "
-                          f"{distributed.world_size()} processes × {cfg.grad_accum} micro-batches")
+        raise ConfigError(f"{len(data)} training samples cannot fill "
+                          f"{distributed.world_size()} processes × {cfg.grad_accum} "
+                          "micro-batches", field="grad_accum")
     run_cfg = _run_config(cfg, data)
     if main:
         remove_partial_checkpoints(run_dir)
@@ -619,8 +445,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                 state = torch.load(path, map_location=device, weights_only=True)
                 opt.load_state_dict(state["optimizer"])
             except LOAD_ERRORS as e:
-                msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise RunError(f"checkpoint file {path} is unreadable: {msg}") from None
+                raise RunError(f"checkpoint file {path} is unreadable: {first_line(e)}"
+                               ) from None
             _match_layout(opt)
             return opt, state
 
@@ -705,14 +531,14 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
             kept = (f"the last good checkpoint (step {last_checkpoint}) is kept in {run_dir}"
                     if last_checkpoint is not None else "no checkpoint was written yet")
             if cfg.nan_policy == "stop":
-                raise FloatingPointError(
+                raise DivergedError(
                     f"non-finite training {bad} at step {step + 1}; stopped "
                     f"(nan_policy=stop); {kept}; resume with nan_policy=skip to skip such "
                     "steps, or lower the learning rate")
             skipped += 1
             run_of_skips += 1
             if run_of_skips > NAN_SKIP_LIMIT:
-                raise FloatingPointError(
+                raise DivergedError(
                     f"non-finite training {bad} at {run_of_skips} steps in a row (last: step "
                     f"{step + 1}); the run has diverged; {kept}")
             optimizer.zero_grad(set_to_none=True)
@@ -735,7 +561,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
                                    **stats})
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if not _all_finite(model, ema):
-                raise FloatingPointError(
+                raise DivergedError(
                     f"the weights became non-finite by step {step}; the checkpoint was not "
                     f"written and the last good one (step {last_checkpoint}) is kept in "
                     f"{run_dir}")
@@ -760,9 +586,8 @@ def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opti
     except (OSError, RuntimeError) as e:
         raise OutputError(getattr(e, "errno", None) or errno.EIO,
                           f"writing the checkpoint of step {step} to {run_dir} failed "
-                          f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
-                          f"); the last good checkpoint (step {last_checkpoint}) is "
-                          "intact: free some space and resume") from None
+                          f"({first_line(e)}); the last good checkpoint (step "
+                          f"{last_checkpoint}) is intact: free some space and resume") from None
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ every requested metric value is None (nothing is computed).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,40 @@ import torch
 import torch_fidelity
 
 from dmattack.io import atomic_path
+from dmattack.registry import METRICS
 
 from . import exact
-from .errors import MetricError
+from .errors import ConfigError, MetricError
 from .fidelity import IMAGE_METRICS, LABELS, PROVENANCE_KEYS, image_metrics, label_suffix
 from .memorization import THRESHOLDS, memorization
 
-__all__ = ["METRICS", "MetricError", "check_metrics", "evaluate", "metric_labels"]
+__all__ = ["METRICS", "Metric", "MetricError", "check_metrics", "evaluate", "metric_labels"]
 
-METRICS = ("fid", "is", "kid", "fd-exact", "subspace", "plane", "loglik", "memorization",
-           "variance-ratio")
-TRUTH_NEEDS = {"fd-exact": ("mean", "covariance"), "subspace": ("mean", "basis"),
-               "plane": ("normal",), "loglik": ("means", "std")}
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric as registered in :data:`~dmattack.registry.METRICS`: what it needs (images;
+    attributes of a known distribution ``truth``) and one line for listings."""
+
+    label: str
+    needs_images: bool = False
+    truth_needs: tuple[str, ...] = ()
+
+
+for _name, _metric in {
+    "fid": Metric("Fréchet Inception (or digits-cnn) distance", needs_images=True),
+    "is": Metric("Inception score", needs_images=True),
+    "kid": Metric("kernel Inception distance", needs_images=True),
+    "fd-exact": Metric("exact Fréchet distance to the known distribution",
+                       truth_needs=("mean", "covariance")),
+    "subspace": Metric("distance to the known subspace (error, PSNR)",
+                       truth_needs=("mean", "basis")),
+    "plane": Metric("distance to the known plane", truth_needs=("normal",)),
+    "loglik": Metric("log-likelihood under the known mixture", truth_needs=("means", "std")),
+    "memorization": Metric("share of samples near a training item (cosine similarity)"),
+    "variance-ratio": Metric("sample variance / reference variance (smoothing: < 1)"),
+}.items():
+    METRICS.register(_name, _metric)
 
 
 def _is_image(shape: tuple[int, ...]) -> bool:
@@ -57,18 +80,17 @@ def metric_labels(metric: str, extractor: str = "inception", space: str = "pixel
 
 def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
                   truth: Any = None) -> None:
-    """One-line ValueError for an unknown metric or one impossible for samples of per-sample
+    """One-line ConfigError for an unknown metric or one impossible for samples of per-sample
     ``shape`` (e.g. FID on vectors) or without the needed ``truth``; call before sampling."""
     for m in metrics:
-        if m not in METRICS:
-            raise ValueError(f"unknown metric {m!r}; allowed: {', '.join(METRICS)}")
-        if m in IMAGE_METRICS and not _is_image(shape):
-            raise ValueError(f"{m} needs images (N, C, H, W) with C in {{1, 3}}; samples are "
-                             f"(N, {', '.join(map(str, shape))})")
-        missing = [a for a in TRUTH_NEEDS.get(m, ()) if not hasattr(truth, a)]
+        metric = METRICS.get(m, "metric")
+        if metric.needs_images and not _is_image(shape):
+            raise ConfigError(f"{m} needs images (N, C, H, W) with C in {{1, 3}}; samples are "
+                              f"(N, {', '.join(map(str, shape))})", field="metrics")
+        missing = [a for a in metric.truth_needs if not hasattr(truth, a)]
         if missing:
-            raise ValueError(f"{m} needs a known distribution (truth with attribute(s) "
-                             f"{', '.join(missing)}); this data has none")
+            raise ConfigError(f"{m} needs a known distribution (truth with attribute(s) "
+                              f"{', '.join(missing)}); this data has none", field="metrics")
 
 
 def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_set: Any,
@@ -76,7 +98,7 @@ def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_s
     check_metrics(metrics, shape, truth)
     for m in metrics:
         if m == "memorization" and (train_set is None or out_dir is None):
-            raise ValueError("memorization needs train_set and out_dir (for its histogram)")
+            raise ConfigError("memorization needs train_set and out_dir (for its histogram)")
 
 
 def _resolve(name: str, allowed: tuple[str, ...], auto: str) -> str:
@@ -84,7 +106,8 @@ def _resolve(name: str, allowed: tuple[str, ...], auto: str) -> str:
     if name == "auto":
         return auto
     if name not in allowed:
-        raise ValueError(f"unknown feature space {name!r}; allowed: auto, {', '.join(allowed)}")
+        raise ConfigError(f"unknown feature space {name!r}; allowed: auto, "
+                          f"{', '.join(allowed)}")
     return name
 
 

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from scipy.special import logsumexp
 
+from .errors import ConfigError
+
 PSNR_CAP_DB = 100.0
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -40,7 +42,8 @@ def finite_rows(x: ArrayLike) -> tuple[np.ndarray, int]:
 def _finite(x: ArrayLike, minimum: int = 1) -> np.ndarray:
     rows, _ = finite_rows(x)
     if len(rows) < minimum:
-        raise ValueError(f"need at least {minimum} finite samples, got {len(rows)}")
+        raise ConfigError(f"need at least {minimum} finite samples, got {len(rows)}; draw more "
+                          "(--num-samples)")
     return rows
 
 

@@ -16,7 +16,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
 from .digits_model import DEFAULT_WEIGHTS, FEATURE_DIM, load_digits_cnn
-from .errors import MetricError
+from .errors import ConfigError, MetricError
 from .images import UInt8Images, to_uint8
 
 DIGITS_CNN = "digits-cnn"
@@ -90,7 +90,8 @@ def resolve_weights(extractor: str, weights: str | os.PathLike | None) -> Path:
                               f"`python -m evaluators.digits_cnn --out {path}`")
         return path
     if extractor != "inception":
-        raise ValueError(f"unknown feature extractor {extractor!r}; allowed: digits-cnn, inception")
+        raise ConfigError(f"unknown feature extractor {extractor!r}; allowed: digits-cnn, "
+                          "inception")
     if weights is not None:
         path = Path(weights)
         if not path.is_file():

@@ -23,7 +23,7 @@ from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d
 
 from dmattack.io import atomic_path
 
-from .errors import MetricError
+from .errors import ConfigError, MetricError
 from .extractors import extract_features, resolve_weights, weights_sha256
 from .images import to_uint8
 
@@ -122,7 +122,7 @@ def memorization(samples: torch.Tensor, train_set: torch.Tensor, *, space: str =
         ``num_nonfinite``, ``space``, ``weights_sha256`` (None for pixels), ``histogram``.
     """
     if space not in SPACES:
-        raise ValueError(f"unknown memorization space {space!r}; allowed: {', '.join(SPACES)}")
+        raise ConfigError(f"unknown memorization space {space!r}; allowed: {', '.join(SPACES)}")
     samples, train_set = torch.as_tensor(samples), torch.as_tensor(train_set)
     if samples.shape[1:] != train_set.shape[1:]:
         raise ValueError(f"samples {tuple(samples.shape[1:])} and training set "
@@ -130,7 +130,7 @@ def memorization(samples: torch.Tensor, train_set: torch.Tensor, *, space: str =
     good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
     num_nonfinite = len(samples) - len(good)
     if len(good) == 0 or len(train_set) == 0:
-        raise ValueError(f"need at least 1 finite sample and 1 training item, got {len(good)} "
+        raise ConfigError(f"need at least 1 finite sample and 1 training item, got {len(good)} "
                          f"and {len(train_set)}")
     train_mean = train_set.reshape(len(train_set), -1).double().mean(0)
     q, path = features(good, space, train_mean, weights)

@@ -1,7 +1,10 @@
 """Shared test setup."""
 
+from pathlib import Path
+
 import pytest
 import torch
+from click.testing import CliRunner
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,3 +32,31 @@ def exploit(tmp_path):
     """(payload, marker): pickle ``payload`` into a file; loading it safely leaves no marker."""
     marker = tmp_path / "pwned"
     return PickleExploit(marker), marker
+
+
+def tiny_train_config(**overrides):
+    """A training config that trains in seconds on a CPU: 20 steps of an mlp-small on 256
+    oblique-plane vectors, checkpoints every 10 steps, no preview grids."""
+    from dmattack.objectives import ObjectiveConfig
+    from dmattack.train import TrainConfig
+
+    base = dict(dataset="oblique-plane", preset="mlp-small", num_data=256, steps=20,
+                batch_size=32, checkpoint_every=10, sample_every=10_000, num_preview=0,
+                log_every=5, warmup=5, objective=ObjectiveConfig("robust-adv"))
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def invoke_cli(*args: str):
+    """``dmattack <args>`` in this process (exceptions caught, as a user would see them)."""
+    import cli
+
+    return CliRunner().invoke(cli.main, list(args))
+
+
+@pytest.fixture
+def two_checkpoints(tmp_path) -> Path:
+    """A run trained for 20 steps: ``checkpoint/`` (step 20) and ``checkpoint.prev/`` (10)."""
+    from dmattack.train import train
+
+    return train(tiny_train_config(steps=20), tmp_path / "run")

@@ -28,8 +28,8 @@ def digits_raw() -> np.ndarray:
 # ---------------------------------------------------------------- loading
 
 
-def test_datasets_tuple():
-    assert DATASETS == ("digits", "cifar10", "celeba", "lsun-bedroom", "imagefolder",
+def test_datasets_registry():
+    assert DATASETS.names() == ("digits", "cifar10", "celeba", "lsun-bedroom", "imagefolder",
                         "oblique-plane", "3-gaussians", "digits-subspace")
 
 

@@ -28,6 +28,7 @@ from dmattack.demo.plan import (
     quick_plan,
 )
 from dmattack.demo.pool import TaskPool
+from dmattack.errors import OutputError
 
 SECTIONS = ("corrupted_subspace", "toy_3d", "attacks", "sampling_steps")
 
@@ -121,7 +122,7 @@ def test_progress_and_headline(demo):
 
 def test_refuses_a_non_empty_folder(tmp_path):
     (tmp_path / "keep.txt").write_text("x")
-    with pytest.raises(ValueError, match="not empty"):
+    with pytest.raises(OutputError, match="not empty"):
         run_demo(tmp_path, quick=True)
 
 

@@ -12,12 +12,12 @@ from dmattack.attacks.perturbation import RayConfig, ray
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.objectives import (
-    METHODS,
     STAT_KEYS,
     ObjectiveConfig,
     lambda_weight,
     training_loss,
 )
+from dmattack.registry import OBJECTIVES
 
 VARIANTS = [
     dict(method="ddpm"),
@@ -69,6 +69,7 @@ def _data(n=64, d=3, seed=0):
 
 def test_config_defaults_and_round_trip():
     cfg = ObjectiveConfig()
+    assert cfg.method == "robust-adv"  # the training default
     assert (cfg.lam, cfg.lambda_scaling, cfg.stop_gradient) == (0.3, "var", False)
     assert (cfg.fgsm_step, cfg.fgsm_cost, cfg.invariance_form) == ("std", "discrepancy", "trades")
     assert cfg.ray == RayConfig() and cfg.ip_gamma == 0.1
@@ -84,7 +85,7 @@ def test_config_defaults_and_round_trip():
     "kwargs, field",
     [(dict(method="adv"), "method"), (dict(lambda_scaling="sq"), "lambda_scaling"),
      (dict(lam=-1.0), "lam"), (dict(stop_gradient=1), "stop_gradient"),
-     (dict(fgsm_step="big"), "fgsm step"), (dict(fgsm_cost="l1"), "fgsm_cost"),
+     (dict(fgsm_step="big"), "fgsm_step"), (dict(fgsm_cost="l1"), "fgsm_cost"),
      (dict(invariance_form="x"), "invariance_form"), (dict(ip_gamma=-0.1), "ip_gamma"),
      (dict(ray={"rho": 2}), "ray")],
 )
@@ -107,7 +108,7 @@ def test_ddpm_loss_matches_hand_computation(diffusion):
     model = build_model("mlp-small", (3,))
     x0 = _data()
     torch.manual_seed(7)
-    loss, stats = training_loss(model, diffusion, x0, ObjectiveConfig())
+    loss, stats = training_loss(model, diffusion, x0, ObjectiveConfig("ddpm"))
 
     torch.manual_seed(7)
     t = torch.randint(0, 1000, (64,))
@@ -214,4 +215,4 @@ def test_forward_counts(diffusion, kwargs, expected):
 
 
 def test_all_methods_covered():
-    assert {v["method"] for v in VARIANTS} == set(METHODS)
+    assert {v["method"] for v in VARIANTS} == set(OBJECTIVES.names())

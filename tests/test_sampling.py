@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dmattack.diffusion import GaussianDiffusion
+from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
 from dmattack.seeding import CHAIN_NOISE, generators, sample_seeds
@@ -79,10 +80,16 @@ def test_ddim_eta0_is_deterministic_given_x_T(setup):
 
 
 def test_sampler_config_validation():
-    with pytest.raises(ValueError, match="unknown sampler 'euler'"):
-        SamplerConfig("euler").validate(1000)
-    with pytest.raises(ValueError, match="outside 1..1000"):
-        SamplerConfig("respaced", 0).validate(1000)
+    with pytest.raises(ConfigError, match=r"name \(--sampler\) = 'euler' is invalid; allowed: "
+                       "ddpm, respaced, ddim"):
+        SamplerConfig("euler")
+    with pytest.raises(ConfigError, match=r"--sampler-steps\) = 0 is invalid; allowed: an "
+                       "integer >= 1"):
+        SamplerConfig("respaced", 0)
+    with pytest.raises(ConfigError, match=r"= 1001 is invalid; allowed: 1..1000"):
+        SamplerConfig("respaced", 1001).validate(1000)
+    with pytest.raises(ConfigError, match=r"eta \(--eta\) = 1.5"):
+        SamplerConfig("ddim", 10, eta=1.5)
     assert SamplerConfig("ddpm", 50).num_steps(1000) == 1000
     assert SamplerConfig("respaced", 50).describe(1000) == "respaced-50"
 

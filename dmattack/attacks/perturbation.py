@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
+from ..errors import ConfigError
+from ..settings import check_settings, setting
 
 RAY_BASES = ("std", "var")
 FGSM_STEPS = ("std", "wong")
@@ -45,25 +47,19 @@ class RayConfig:
     Robust_rand's batch-wise ξ ~ U(a, b); Robust_adv uses ξ = 1.
     """
 
-    rho: float = 2.0
-    bias: float = 8 / 255
-    base: str = "std"
-    xi_range: tuple[float, float] = (1.0, 2.0)
+    rho: float = setting(2.0, "Ray exponent ρ.", low=0, low_open=True)
+    bias: float = setting(8 / 255, "Ray floor b (model-space units).", low=0)
+    base: str = setting("std", "Ray numerator: std (s^ρ) or var ((s²)^ρ).", choices=RAY_BASES,
+                        option="--ray-base")
+    xi_range: tuple[float, float] = setting((1.0, 2.0), "Robust-rand's batch-wise ξ ~ U(a, b).",
+                                            low=0)
 
     def __post_init__(self) -> None:
-        if not (is_number(self.rho) and self.rho > 0):
-            raise ValueError(f"ray rho {self.rho!r} invalid; allowed: a finite number > 0")
-        if not (is_number(self.bias) and self.bias >= 0):
-            raise ValueError(f"ray bias {self.bias!r} invalid; allowed: a finite number >= 0")
-        if self.base not in RAY_BASES:
-            raise ValueError(f"ray base {self.base!r} unknown; allowed: {', '.join(RAY_BASES)}")
-        xr = self.xi_range
-        if not (
-            isinstance(xr, (tuple, list)) and len(xr) == 2 and all(is_number(v) for v in xr)
-            and 0 <= xr[0] <= xr[1]
-        ):
-            raise ValueError(f"ray xi_range {xr!r} invalid; allowed: (a, b) with 0 <= a <= b")
-        object.__setattr__(self, "xi_range", (float(xr[0]), float(xr[1])))
+        check_settings(self)
+        if self.xi_range[0] > self.xi_range[1]:
+            raise ConfigError(f"xi_range (--xi-range) = {self.xi_range!r} is invalid; allowed: "
+                              "(a, b) with 0 <= a <= b", field="xi_range")
+        object.__setattr__(self, "xi_range", tuple(float(v) for v in self.xi_range))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -74,9 +70,9 @@ class RayConfig:
     def from_dict(cls, d: dict[str, Any]) -> RayConfig:
         unknown = set(d) - {"rho", "bias", "base", "xi_range"}
         if unknown:
-            raise ValueError(f"unknown ray config keys {sorted(unknown)}")
+            raise ConfigError(f"unknown ray config keys {sorted(unknown)}")
         d = dict(d)
-        if "xi_range" in d:
+        if isinstance(d.get("xi_range"), list):
             d["xi_range"] = tuple(d["xi_range"])
         return cls(**d)
 

@@ -1,29 +1,82 @@
-"""Training data in model space: images in [−1, 1] or vectors, optionally corrupted (METHOD §7).
+"""Training data in model space: images in [−1, 1] or vectors, optionally corrupted
+(docs/method.md §7).
 
-``load_dataset(name, ...)`` builds any dataset in :data:`DATASETS`; ``corrupt(ds, ...)`` wraps
-one with Gaussian noise or outliers; ``ds.truth`` is the known clean distribution of the
+``load_dataset(name, ...)`` builds any dataset of the DATASETS registry; ``corrupt(ds, ...)``
+wraps one with Gaussian noise or outliers; ``ds.truth`` is the known clean distribution of the
 synthetic vector sets (a :class:`KnownDistribution`, torch.float64).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..registry import DATASETS
 from .base import DataError, DiffusionDataset, InMemoryDataset, check_choice, check_seed
 from .corruption import CorruptedDataset, corrupt
 from .images import ImageFolderDataset, load_cifar10, load_digits_images, load_image_folder
 from .truth import GaussianMixture, GaussianSubspace, KnownDistribution, ObliquePlane
 from .vectors import DEFAULT_PARAMS, load_vectors
 
-DATASETS = ("digits", "cifar10", "celeba", "lsun-bedroom", "imagefolder",
-            "oblique-plane", "3-gaussians", "digits-subspace")
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    """A dataset as registered in :data:`~dmattack.registry.DATASETS`.
+
+    ``load(data_dir, resolution, num_samples, seed, **params)`` builds it (``resolution`` is
+    None for the default, always None for vectors); ``kind`` is ``"image"`` or ``"vector"``;
+    ``label`` is one line for listings."""
+
+    load: Callable[..., DiffusionDataset]
+    kind: str
+    label: str
+
+
+def _no_params(load: Callable[..., DiffusionDataset], name: str) -> Callable[..., DiffusionDataset]:
+    def build(data_dir, resolution, num_samples, seed, **params):
+        if params:
+            raise ConfigError(f"unknown parameter {sorted(params)[0]!r} for {name}; it takes "
+                              "none")
+        return load(data_dir, resolution, num_samples, seed)
+
+    return build
+
+
+def _register_builtin() -> None:
+    DATASETS.register("digits", DatasetEntry(_no_params(
+        lambda d, r, n, s: load_digits_images(r, n, s), "digits"), "image",
+        "scikit-learn's 8×8 handwritten digits (embedded)"))
+    DATASETS.register("cifar10", DatasetEntry(_no_params(load_cifar10, "cifar10"), "image",
+                                              "CIFAR-10 under --data-dir"))
+    for name, side in FOLDER_RESOLUTION.items():
+        DATASETS.register(name, DatasetEntry(_no_params(
+            lambda d, r, n, s, name=name, side=side: load_image_folder(name, d, r or side, n, s),
+            name), "image", f"an image folder under --data-dir ({side}×{side} by default)"))
+    for name in DEFAULT_PARAMS:
+        def load(d, r, n, s, name=name, **params):
+            if r is not None:
+                raise ConfigError(f"{name} is vector data; resolution must be None, got {r}",
+                                  field="resolution")
+            return load_vectors(name, n, s, **params)
+
+        DATASETS.register(name, DatasetEntry(load, "vector",
+                                             "synthetic vectors with a known distribution"))
+
+
 FOLDER_RESOLUTION = {"celeba": 64, "lsun-bedroom": 64, "imagefolder": 32}
+_register_builtin()
+
+
+def is_vector_dataset(name: str) -> bool:
+    return DATASETS.get(name, "--dataset").kind == "vector"
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, resolution: int | None = None,
                  num_samples: int | None = None, seed: int = 0,
                  **params: float) -> DiffusionDataset:
-    """Build the dataset ``name`` (one of :data:`DATASETS`).
+    """Build the dataset ``name`` (a :data:`~dmattack.registry.DATASETS` entry).
 
     ``data_dir``: where cifar10/celeba/lsun-bedroom/imagefolder live (unused by the embedded
     sets). ``resolution``: image side (defaults: digits 8, cifar10 32, celeba/lsun-bedroom 64,
@@ -31,24 +84,15 @@ def load_dataset(name: str, data_dir: str | Path | None = None, resolution: int 
     vector sets draw N (defaults 4000, digits-subspace 2000). ``seed`` seeds the vector draws.
     ``params``: distribution parameters of the vector sets (see ``vectors.DEFAULT_PARAMS``).
     """
-    check_choice("dataset", name, DATASETS)
+    entry = DATASETS.get(name, "dataset")
     seed = check_seed(seed)
     if resolution is not None and not (isinstance(resolution, int) and resolution > 0):
-        raise ValueError(f"resolution must be a positive int, got {resolution!r}")
-    if name in DEFAULT_PARAMS:
-        if resolution is not None:
-            raise ValueError(f"{name} is vector data; resolution must be None, got {resolution}")
-        return load_vectors(name, num_samples, seed, **params)
-    if params:
-        raise ValueError(f"unknown parameter {sorted(params)[0]!r} for {name}; it takes none")
-    if name == "digits":
-        return load_digits_images(resolution, num_samples, seed)
-    if name == "cifar10":
-        return load_cifar10(data_dir, resolution, num_samples, seed)
-    return load_image_folder(name, data_dir, resolution or FOLDER_RESOLUTION[name], num_samples,
-                             seed)
+        raise ConfigError(f"resolution must be a positive int, got {resolution!r}",
+                          field="resolution")
+    return entry.load(data_dir, resolution, num_samples, seed, **params)
 
 
-__all__ = ["DATASETS", "DEFAULT_PARAMS", "CorruptedDataset", "DataError", "DiffusionDataset",
-           "GaussianMixture", "GaussianSubspace", "ImageFolderDataset", "InMemoryDataset",
-           "KnownDistribution", "ObliquePlane", "corrupt", "load_dataset"]
+__all__ = ["DATASETS", "DEFAULT_PARAMS", "CorruptedDataset", "DataError", "DatasetEntry",
+           "DiffusionDataset", "GaussianMixture", "GaussianSubspace", "ImageFolderDataset",
+           "InMemoryDataset", "KnownDistribution", "ObliquePlane", "check_choice", "corrupt",
+           "is_vector_dataset", "load_dataset"]

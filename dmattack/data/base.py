@@ -3,28 +3,32 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import ConfigError, InputFileError
 from .truth import KnownDistribution
 
 
-class DataError(ValueError):
+class DataError(InputFileError):
     """Data that cannot be found or read (a missing folder, an empty folder, a bad file)."""
 
 
-def check_choice(what: str, value: Any, allowed: tuple[str, ...]) -> None:
-    """Raise a one-line ValueError unless ``value`` is one of ``allowed``."""
+def check_choice(what: str, value: Any, allowed: Iterable[str]) -> None:
+    """Raise a one-line ConfigError unless ``value`` is one of ``allowed``."""
+    allowed = tuple(allowed)
     if value not in allowed:
-        raise ValueError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}")
+        raise ConfigError(f"unknown {what} {value!r}; allowed: {', '.join(allowed)}", field=what)
 
 
 def check_seed(seed: int) -> int:
-    """``seed`` as a Python int; a one-line ValueError unless it is an integer >= 0."""
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    """``seed`` as a Python int; a one-line ConfigError unless it is an integer >= 0."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, float)) or int(seed) != seed \
+            or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}", field="seed")
     return int(seed)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..seeding import derive_seed
 from .base import DiffusionDataset, check_choice, check_seed
 
@@ -106,13 +107,13 @@ def corrupt(ds: DiffusionDataset, mode: str = "gaussian", fraction: float = 0.0,
     """
     check_choice("corruption mode", mode, MODES)
     if isinstance(ds, CorruptedDataset):
-        raise ValueError(f"dataset {ds.name!r} is already corrupted; corrupt the clean dataset")
+        raise ConfigError(f"dataset {ds.name!r} is already corrupted; corrupt the clean dataset")
     fraction, sigma = float(fraction), float(sigma)
     if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+        raise ConfigError(f"fraction must be in [0, 1], got {fraction}")
     if not (math.isfinite(sigma) and sigma >= 0.0):
-        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+        raise ConfigError(f"sigma must be a finite number >= 0, got {sigma}")
     if mode == "outliers" and ds.kind != "vector":
-        raise ValueError(f"mode 'outliers' needs vector data; {ds.name!r} is {ds.kind} data "
+        raise ConfigError(f"mode 'outliers' needs vector data; {ds.name!r} is {ds.kind} data "
                          f"(allowed for images: gaussian)")
     return CorruptedDataset(ds, mode, fraction, sigma, check_seed(seed))

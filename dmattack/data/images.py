@@ -13,6 +13,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, PILToTensor, Resize
 from torchvision.transforms import functional as TF
 
+from ..errors import ConfigError, first_line
 from .base import DataError, DiffusionDataset, InMemoryDataset, uint8_to_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -38,7 +39,7 @@ def _first(data: torch.Tensor, num_samples: int | None, name: str) -> torch.Tens
     if num_samples is None:
         return data
     if not 0 < num_samples <= len(data):
-        raise ValueError(f"num_samples={num_samples} out of range for {name}: 1..{len(data)}")
+        raise ConfigError(f"num_samples={num_samples} out of range for {name}: 1..{len(data)}")
     return data[:num_samples]
 
 
@@ -177,7 +178,7 @@ class ImageFolderDataset(DiffusionDataset):
             raise DataError(f"no readable images found under {root} ({len(candidates)} "
                             f"{'/'.join(IMAGE_EXTENSIONS)} files, {self.skipped} unreadable)")
         if num_samples is not None and len(self.files) < num_samples:
-            raise ValueError(f"num_samples={num_samples} but only {len(self.files)} readable "
+            raise ConfigError(f"num_samples={num_samples} but only {len(self.files)} readable "
                              f"images under {root}")
         super().__init__(name, (3, resolution, resolution), "image", seed=seed,
                          resolution=resolution,
@@ -197,8 +198,7 @@ class ImageFolderDataset(DiffusionDataset):
             with Image.open(path) as image:
                 return uint8_to_model(self._transform(_to_rgb8(image)))
         except _READ_ERRORS as e:  # changed on disk since the folder was indexed
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"cannot read image {path}: {msg}") from None
+            raise DataError(f"cannot read image {path}: {first_line(e)}") from None
 
 
 def load_image_folder(name: str, data_dir: str | Path | None, resolution: int,

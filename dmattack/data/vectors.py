@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import ConfigError
 from .base import InMemoryDataset
 from .images import digits_pixels
 from .truth import GaussianMixture, GaussianSubspace, KnownDistribution, ObliquePlane
@@ -38,7 +39,7 @@ def pca_subspace(x: np.ndarray, variance_fraction: float,
     ``variance_fraction``; per-component stds are s_k/√(N − 1) (s: singular values).
     """
     if not 0 < variance_fraction <= 1:
-        raise ValueError(f"variance_fraction must be in (0, 1], got {variance_fraction}")
+        raise ConfigError(f"variance_fraction must be in (0, 1], got {variance_fraction}")
     data = torch.as_tensor(x, dtype=torch.float64)
     mean = data.mean(dim=0)
     _, s, vh = torch.linalg.svd(data - mean, full_matrices=False)
@@ -70,15 +71,15 @@ def load_vectors(name: str, num_samples: int | None, seed: int,
     defaults = DEFAULT_PARAMS[name]
     unknown = sorted(set(params) - set(defaults))
     if unknown:
-        raise ValueError(f"unknown parameter {unknown[0]!r} for {name}; "
+        raise ConfigError(f"unknown parameter {unknown[0]!r} for {name}; "
                          f"allowed: {', '.join(defaults)}")
     resolved = {k: float(params.get(k, v)) for k, v in defaults.items()}
     for key, value in resolved.items():
         if not value >= 0:
-            raise ValueError(f"{key} must be >= 0, got {value}")
+            raise ConfigError(f"{key} must be >= 0, got {value}")
     num_samples = DEFAULT_NUM_SAMPLES[name] if num_samples is None else int(num_samples)
     if num_samples < 1:
-        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        raise ConfigError(f"num_samples must be >= 1, got {num_samples}")
     truth = _truth(name, resolved)
     x = truth.sample(num_samples, torch.Generator().manual_seed(seed)).to(torch.float32)
     record: dict[str, Any] = dict(resolved)

@@ -4,6 +4,7 @@ fewer sampling steps). Writes ``report.md``, PNG figures and ``results.json``.""
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..errors import OutputError
 from ..io import provenance, write_json
 from ..train import resolve_device
 from . import experiments
@@ -37,7 +39,8 @@ def check_run(out_dir: Path, train_images: bool = False) -> None:
     if not train_images:
         experiments.check_image_runs()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise ValueError(f"output folder {out_dir} is not empty; pass another one or remove it")
+        raise OutputError(errno.EEXIST, f"output folder {out_dir} is not empty; pass another "
+                          "one or remove it")
 
 
 def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str = "cpu",

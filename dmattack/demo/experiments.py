@@ -13,6 +13,7 @@ import torch
 from ..attack_eval import curve_specs
 from ..attacks import AttackSpec
 from ..diffusion import GaussianDiffusion, respace
+from ..errors import MissingResourceError
 from ..train import build_data
 from . import figures
 from .common import Context, TrainedModel, score, train_all, train_config
@@ -176,7 +177,7 @@ def check_image_runs() -> None:
     """Raise FileNotFoundError (one line) unless both shipped digits U-Net runs exist."""
     missing = [n for n in IMAGE_RUNS.values() if not (CHECKPOINTS / n / "config.json").is_file()]
     if missing:
-        raise FileNotFoundError(f"pretrained run {CHECKPOINTS / missing[0]} is missing; "
+        raise MissingResourceError(f"pretrained run {CHECKPOINTS / missing[0]} is missing; "
                                 "pass --train-images to train the digits U-Nets here")
 
 

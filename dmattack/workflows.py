@@ -1,0 +1,125 @@
+"""What the sampling and scoring commands do, as library calls: ``dmattack sample`` is
+:func:`write_samples`, ``dmattack evaluate`` is :func:`evaluate_model` (``attack`` and ``curve``
+are :func:`~dmattack.attack_eval.run_attack` and :func:`~dmattack.attack_eval.run_curve`)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import distributed
+from .errors import ConfigError, InputFileError, first_line
+from .evaluation import EvaluationSetup, memorization_train_set
+from .io import provenance, write_atomic, write_json
+from .runs import LoadedModel
+from .sampling import SamplerConfig, sample_batched, sample_sharded
+from .seeding import sample_seeds
+
+Progress = Callable[[int], None]
+
+
+def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
+                  batch_size: int, seed: int, folder: str | os.PathLike, first_sample: int = 0,
+                  device: torch.device | str = "cpu", progress: Progress | None = None
+                  ) -> Path | None:
+    """Draw samples ``first_sample … first_sample+num_samples−1`` and write
+    ``samples.safetensors`` (model space (N, *shape)), ``samples.png`` and ``samples.json``
+    (settings, provenance) into ``folder``. Under torchrun the seeds are split across processes
+    and rank 0 writes (the other ranks return None). ``progress(step)`` ticks once per
+    reverse step of each of this process's batches."""
+    from safetensors.torch import save_file
+
+    from .visualize import save_samples_png
+
+    folder = Path(folder)
+    label = sampler.describe(loaded.diffusion.num_timesteps)
+    seeds = sample_seeds(seed, num_samples, start=first_sample)
+    with torch.no_grad():
+        x = sample_sharded(loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size,
+                           sampler, device=device, progress=progress)
+    if x is None:
+        return None
+    write_atomic(folder / "samples.safetensors",
+                 lambda p: save_file({"samples": x.contiguous()}, str(p)))
+    save_samples_png(x, folder / "samples.png", title=label)
+    write_json(folder / "samples.json", {
+        "what": "model-space samples (N, *shape), images in [-1, 1]",
+        "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
+        "sampler": sampler.__dict__, "sampler_label": label, "source": loaded.source,
+        "ema": loaded.ema,
+        "num_nonfinite": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
+        "world_size": distributed.world_size(),
+        **provenance(),
+    })
+    return folder
+
+
+def num_sampling_ticks(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
+                       batch_size: int) -> int:
+    """How often ``progress`` is called while this process draws its share of the samples."""
+    seeds = list(range(num_samples))
+    mine = len(distributed.shard(seeds, batch_size))
+    return sampler.num_steps(loaded.diffusion.num_timesteps) * -(-mine // batch_size)
+
+
+def read_sample_files(files: Sequence[str | os.PathLike], key: str,
+                      shape: Sequence[int]) -> torch.Tensor:
+    """Tensor ``key`` of each safetensors file, concatenated (e.g. shards); a one-line
+    :class:`InputFileError` for an unreadable file or a shape other than (N, *shape)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    parts = []
+    for f in files:
+        try:
+            parts.append(load_file(str(f))[key])
+        except (OSError, SafetensorError, KeyError) as e:
+            raise InputFileError(f"cannot read tensor {key!r} from {f}: {first_line(e)}"
+                                 ) from None
+    x = torch.cat(parts)
+    if tuple(x.shape[1:]) != tuple(shape):
+        raise InputFileError(f"samples of shape {tuple(x.shape[1:])} do not match the model's "
+                             f"{tuple(shape)}")
+    return x
+
+
+def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | os.PathLike,
+                   samples: torch.Tensor | None = None, samples_from: dict[str, Any] | None = None,
+                   device: torch.device | str = "cpu", progress: Progress | None = None,
+                   **evaluate_kwargs: Any) -> dict[str, Any]:
+    """Score ``samples`` (N, *shape) of ``loaded`` (default: draw ``setup.num_samples`` with
+    ``setup.sampler`` from seed ``setup.config.seed``) and write ``results.json`` (metrics,
+    protocol, provenance) into ``out_dir``; returns the metrics. ``evaluate_kwargs`` go to
+    :func:`evaluators.evaluate` (feature_extractor, memorization_space, dinov2_dir)."""
+    from evaluators import evaluate
+
+    cfg = setup.config
+    if samples is None:
+        source = {"sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
+                  "seed": cfg.seed, "first_sample": cfg.first_sample,
+                  "batch_size": setup.batch_size}
+        with torch.no_grad():
+            samples = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
+                                     sample_seeds(cfg.seed, setup.num_samples,
+                                                  start=cfg.first_sample),
+                                     setup.batch_size, setup.sampler,
+                                     device=device, progress=progress)
+    elif samples_from is None:
+        raise ConfigError("evaluate_model: say where given samples come from (samples_from)")
+    else:
+        source = samples_from
+    train_set = (memorization_train_set(loaded, setup.reference)
+                 if "memorization" in setup.metrics else None)
+    result = evaluate(
+        samples, setup.reference.data, setup.metrics, truth=setup.reference.truth,
+        inception_weights=cfg.inception_weights, reference_name=setup.reference.name,
+        protocol={"evaluation": setup.label, "source": loaded.source, "ema": loaded.ema,
+                  "samples_from": source},
+        train_set=train_set, out_dir=out_dir, **evaluate_kwargs)
+    write_json(Path(out_dir) / "results.json", {"kind": "evaluate", "metrics": result,
+                                                "provenance": provenance()})
+    return result
