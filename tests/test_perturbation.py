@@ -68,7 +68,7 @@ def test_ray_pixel_space_bound(diffusion):
      dict(xi_range=(2.0, 1.0)), dict(xi_range=(1.0,)), dict(xi_range=(-1.0, 1.0))],
 )
 def test_ray_config_validation(kwargs):
-    with pytest.raises(ValueError, match="ray"):
+    with pytest.raises(ValueError, match=r"(rho|bias|base|xi_range) \(--"):
         RayConfig(**kwargs)
 
 
