@@ -48,6 +48,13 @@ def friendly_errors(fn: Callable) -> Callable:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             click.echo(f"Error: {msg}", err=True)
             sys.exit(2)
+        except OSError as e:  # a storage failure anywhere (issue 15): one line, exit 2
+            from dmattack.oserrors import output_error
+
+            if (one_line := output_error(e)) is None or os.environ.get("DMATTACK_DEBUG"):
+                raise
+            click.echo(f"Error: {one_line}", err=True)
+            sys.exit(2)
 
     return wrapper
 

@@ -38,12 +38,13 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .diffusion import SCHEDULES, VARIANCE_TYPES, GaussianDiffusion, beta_schedule
 from .io import write_json
 from .models import PRESETS, UNET_PRESETS, UNetEps, build_model
+from .oserrors import save_file, torch_save  # storage failures: one line naming the file
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint"
@@ -141,7 +142,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module, state: dict
     try:
         _save_weights(model, tmp, "model")
         _save_weights(ema, tmp, "ema")
-        torch.save(state, tmp / "state.pt")
+        torch_save(state, tmp / "state.pt")
         files = _files(tmp)
         for f in files:
             _fsync(f)

@@ -46,6 +46,7 @@ from .io import MiB, OutputError, check_writable, provenance, write_json, write_
 from .locking import lock_folder
 from .models import PRESETS, UNET_PRESETS
 from .objectives import STAT_KEYS, ObjectiveConfig, draw_step, training_loss
+from .oserrors import WRITE_ERRORS, describe, error_number
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -757,10 +758,10 @@ def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opti
         save_checkpoint(run_dir, model, ema,
                         {"step": step, "optimizer": optimizer.state_dict(),
                          "skipped_steps": skipped}, step, skipped_steps=skipped)
-    except (OSError, RuntimeError) as e:
-        raise OutputError(getattr(e, "errno", None) or errno.EIO,
+    except (*WRITE_ERRORS, RuntimeError) as e:  # WRITE_ERRORS: + SafetensorError
+        raise OutputError(error_number(e) or errno.EIO,
                           f"writing the checkpoint of step {step} to {run_dir} failed "
-                          f"({str(e).strip().splitlines()[0] if str(e).strip() else e!r}"
+                          f"({describe(e)}"
                           f"); the last good checkpoint (step {last_checkpoint}) is "
                           "intact: free some space and resume") from None
 
