@@ -185,6 +185,8 @@ METHOD_CHOICES = ("ddpm", "robust-adv", "robust-rand", "invariance", "ddpm-ip")
 @click.option("--nan-policy", type=click.Choice(["stop", "skip"]), default=None,
               help="Non-finite loss or gradient: stop (default; the last good checkpoint is "
               "kept) or skip that optimiser step (counted in log.jsonl).")
+@click.option("--tensorboard/--no-tensorboard", default=None,
+              help="TensorBoard events in <run>/tb/ when tensorboard is installed [default: on].")
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
@@ -204,7 +206,7 @@ def train(**opts: Any) -> None:
         run_dir = Path(opts["resume"])
         cfg = resume_config(run_dir, opts["steps"], nan_policy=opts["nan_policy"],
                             grad_accum=opts["grad_accum"], compile=opts["compile_model"],
-                            channels_last=opts["channels_last"])
+                            channels_last=opts["channels_last"], tensorboard=opts["tensorboard"])
     else:
         cfg = _train_config(opts).resolved()
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -271,6 +273,7 @@ def _train_config(opts: dict[str, Any]):
         checkpoint_every=opts["checkpoint_every"],
         grad_accum=1 if opts["grad_accum"] is None else opts["grad_accum"],
         compile=bool(opts["compile_model"]), channels_last=opts["channels_last"],
+        tensorboard=opts["tensorboard"] is not False,
     )
 
 

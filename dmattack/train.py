@@ -64,6 +64,7 @@ from .runs import (
 )
 from .sampling import SamplerConfig, sample
 from .seeding import derive_seed, sample_seeds
+from .tensorboard_log import TrainingBoard
 from .visualize import save_samples_png
 
 TRAIN_STREAM = 2  # seed purpose of per-step training randomness
@@ -157,6 +158,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimiser step, per process
     compile: bool = False  # torch.compile the model used for training
     channels_last: bool | None = None  # U-Nets only; None: on CUDA
+    tensorboard: bool = True  # <run>/tb/ events when the tensorboard package is installed
 
     def resolved(self) -> TrainConfig:
         """A copy with the preset's defaults filled in for unset steps / batch / warm-up."""
@@ -436,7 +438,8 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
     }
 
 
-RESUME_OVERRIDES = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers")
+RESUME_OVERRIDES = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers",
+                    "tensorboard")
 
 
 def resume_config(run_dir: str | Path, steps: int | None = None,
@@ -666,6 +669,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
     log_path = run_dir / "log.jsonl"
     step, last_checkpoint, run_of_skips = start, start if resume else None, 0
     t0 = time.time()
+    board = TrainingBoard(run_dir, start, cfg.batch_size, enabled=main and cfg.tensorboard)
     for x_local in _Batches(data, cfg, device, start, lo, hi):
         x_local = x_local.contiguous(memory_format=fmt) if x_local.dim() == 4 else x_local
         torch.manual_seed(derive_seed(cfg.seed, step, TRAIN_STREAM, 1))
@@ -734,6 +738,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
         if main and (bad is not None or step % cfg.log_every == 0 or step == cfg.steps):
             _append_log(log_path, {"step": step, "time_s": round(time.time() - t0, 3),
                                    **stats})
+            board.log(step, stats, norm_value, optimizer.param_groups[0]["lr"])
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if not _all_finite(model, ema):
                 raise FloatingPointError(
@@ -746,9 +751,10 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
             last_checkpoint = step
         if cfg.num_preview and (step % cfg.sample_every == 0 or step == cfg.steps):
             if main:
-                write_preview(ema, diffusion, data.shape, cfg, run_dir / "samples" /
-                              f"step-{step:07d}.png", device)
+                board.preview(step, write_preview(ema, diffusion, data.shape, cfg, run_dir /
+                                                  "samples" / f"step-{step:07d}.png", device))
             distributed.barrier()
+    board.close()
 
 
 def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
@@ -768,11 +774,13 @@ def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opti
 
 @torch.no_grad()
 def write_preview(ema: nn.Module, diffusion, shape, cfg: TrainConfig, path: Path,
-                  device: torch.device) -> None:
-    """A PNG of EMA samples (respaced ancestral sampler, fixed seeds across checkpoints)."""
+                  device: torch.device) -> torch.Tensor:
+    """A PNG of EMA samples (respaced ancestral sampler, fixed seeds across checkpoints);
+    returns the samples (model space, (num_preview, *shape))."""
     steps = min(cfg.preview_steps, cfg.num_timesteps)
     x = sample(ema, diffusion, shape, sample_seeds(cfg.seed, cfg.num_preview),
                SamplerConfig("respaced", steps), device=device)
     save_samples_png(x, path, title=f"EMA samples, {steps} respaced steps")
+    return x
 
 
