@@ -1,0 +1,213 @@
+"""Diffusion purification P(x) as an ``nn.Module`` (docs/method.md §13).
+
+For an image x ∈ [0, 1]^d (the classifier's input space)::
+
+    x′ = 2x − 1;   x_n = √ᾱ_n x′ + √(1−ᾱ_n) ε;   reverse chain n → 0;   P(x) = (x_0 + 1)/2 ∈ [0, 1]
+
+where n = t* is the number of forward steps (0 ≤ n ≤ T; DiffPure's CIFAR-10 setting is n = 0.1·T)
+and ᾱ_n is the product of the first n of the T forward factors (our 0-indexed table at n − 1).
+The reverse chain walks the first n timesteps of the model's diffusion, respaced to K steps
+(ancestral) or with DDIM. n = 0 is the identity.
+
+Gradient modes: ``full`` (exact ∂P/∂x; each reverse step is checkpointed so memory grows with K
+inputs, not K networks' activations), ``bpda`` (forward P(x), backward the identity; Athalye et
+al. 2018) and ``none`` (no graph, for evaluation).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..diffusion import GaussianDiffusion
+from ..errors import ConfigError, RunFolderError, first_line
+from ..runs import LoadedModel
+from ..sampling import SamplerConfig, sampling_diffusion
+from ..seeding import randn_per_sample
+
+GRADIENTS = ("full", "bpda", "none")
+PURIFY_SAMPLERS = ("ancestral", "ddim")
+
+
+def forward_steps(t_star: float, num_timesteps: int) -> int:
+    """The number of forward steps n of a t* setting: a fraction of T when t* < 1 (rounded,
+    ``0.1`` → 0.1·T), else an integer timestep in 1..T. Raises :class:`ConfigError`."""
+    if isinstance(t_star, bool) or not isinstance(t_star, (int, float)) \
+            or not math.isfinite(t_star) or t_star < 0:
+        raise ConfigError(f"t_star (--t-star) = {t_star!r} is invalid; allowed: a fraction of T "
+                          f"in [0, 1) or an integer timestep 1..{num_timesteps}", field="t_star")
+    if t_star < 1:
+        return round(t_star * num_timesteps)
+    if t_star != int(t_star) or t_star > num_timesteps:
+        raise ConfigError(f"t_star (--t-star) = {t_star!r} is outside the chain; allowed: a "
+                          f"fraction of T in [0, 1) or an integer timestep 1..{num_timesteps}",
+                          field="t_star")
+    return int(t_star)
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
+    """A dmattack run folder (EMA weights) or a diffusers DDPM pipeline folder, in eval mode.
+    Raises :class:`RunFolderError` (one line) for anything else."""
+    from ..pipeline import load_pipeline
+    from ..runs import RunError, load_run
+
+    folder = Path(path)
+    try:
+        if (folder / "model_index.json").is_file() or (folder / "unet").is_dir():
+            return load_pipeline(folder, device)
+        return load_run(folder, device=device)
+    except (RunError, ValueError, OSError) as e:
+        raise RunFolderError(first_line(e)) from None
+
+
+class Purifier(nn.Module):
+    """P: (B, *data_shape) images in [0, 1] → purified images in [0, 1], same shape.
+
+    Args:
+        model: noise predictor ``eps = model(x_t, t)`` (frozen and put in eval mode here).
+        diffusion: the model's training diffusion (T timesteps).
+        data_shape: per-sample shape in model space, e.g. (1, 8, 8).
+        t_star: forward steps: a fraction of T (< 1) or a timestep 1..T; 0 is the identity.
+        steps: reverse steps K over [0, t*] (None: every one of the n timesteps).
+        sampler: ``ancestral`` (DDPM steps on the respaced chain) or ``ddim`` (with ``eta``).
+        gradient: ``full``, ``bpda`` or ``none`` (see the module docstring).
+        seed: None draws fresh noise from torch's global generator on every call (the stochastic
+            defence); an int redraws the same noise on every call (a deterministic defence).
+        checkpoint_steps: recompute each reverse step in the backward pass (``full`` only).
+        clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain.
+    """
+
+    def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
+                 data_shape: Sequence[int], t_star: float = 0.1, steps: int | None = None,
+                 sampler: str = "ancestral", eta: float = 0.0, gradient: str = "full",
+                 seed: int | None = None, checkpoint_steps: bool = True,
+                 clip_denoised: bool = False) -> None:
+        super().__init__()
+        if gradient not in GRADIENTS:
+            raise ConfigError(f"gradient = {gradient!r} is invalid; allowed: "
+                              f"{', '.join(GRADIENTS)}", field="gradient")
+        if sampler not in PURIFY_SAMPLERS:
+            raise ConfigError(f"purify_sampler (--purify-sampler) = {sampler!r} is invalid; "
+                              f"allowed: {', '.join(PURIFY_SAMPLERS)}", field="purify_sampler")
+        n = forward_steps(t_star, diffusion.num_timesteps)
+        if steps is not None and not (isinstance(steps, int) and 1 <= steps <= max(n, 1)):
+            raise ConfigError(f"purify_steps (--purify-steps) = {steps!r} is outside 1..{n} "
+                              f"(the t* = {t_star} chain has {n} timesteps)",
+                              field="purify_steps")
+        self.model = model.eval().requires_grad_(False)
+        self.diffusion = diffusion
+        self.data_shape = tuple(data_shape)
+        self.t_star, self.n, self.steps, self.sampler, self.eta = t_star, n, steps, sampler, eta
+        self.gradient, self.seed = gradient, seed
+        self.checkpoint_steps, self.clip_denoised = checkpoint_steps, clip_denoised
+        if n > 0:
+            # the first n timesteps as a diffusion of their own, then respaced to K steps: its
+            # last index has ᾱ_n exactly and its timestep_map points into the trained schedule
+            head = GaussianDiffusion(diffusion.betas[:n], diffusion.variance_type,
+                                     diffusion.timestep_map[:n])
+            name = "ddim" if sampler == "ddim" else "respaced"
+            self.chain = sampling_diffusion(head, SamplerConfig(name, steps or n, eta,
+                                                                clip_denoised))
+
+    @classmethod
+    def from_loaded(cls, loaded: LoadedModel, **kwargs) -> Purifier:
+        """A purifier around a model from :func:`dmattack.runs.load_run` /
+        :func:`dmattack.pipeline.load_pipeline` (keyword arguments as the constructor's)."""
+        kwargs.setdefault("clip_denoised", bool(loaded.config.get("clip_sample", False)))
+        return cls(loaded.model, loaded.diffusion, loaded.data_shape, **kwargs)
+
+    @classmethod
+    def from_folder(cls, path: str | os.PathLike, device: torch.device | str = "cpu",
+                    **kwargs) -> Purifier:
+        """A purifier from a dmattack run folder or a diffusers DDPM pipeline folder."""
+        return cls.from_loaded(load_model(path, device), **kwargs)
+
+    def replace(self, **changes) -> Purifier:
+        """The same purifier (sharing the network) with some settings changed, e.g.
+        ``purifier.replace(gradient="bpda")``."""
+        kwargs = dict(t_star=self.t_star, steps=self.steps, sampler=self.sampler, eta=self.eta,
+                      gradient=self.gradient, seed=self.seed,
+                      checkpoint_steps=self.checkpoint_steps, clip_denoised=self.clip_denoised)
+        return Purifier(self.model, self.diffusion, self.data_shape, **{**kwargs, **changes})
+
+    @property
+    def num_reverse_steps(self) -> int:
+        """K, the number of network evaluations per purification (0 for the identity)."""
+        return self.chain.num_timesteps if self.n > 0 else 0
+
+    @property
+    def deterministic(self) -> bool:
+        """True when every call returns the same output for the same input."""
+        return self.n == 0 or self.seed is not None
+
+    def describe(self) -> dict:
+        """The settings that determine P (for result files)."""
+        return {"t_star": self.t_star, "forward_steps": self.n, "num_timesteps":
+                self.diffusion.num_timesteps, "reverse_steps": self.num_reverse_steps,
+                "sampler": self.sampler, "eta": self.eta, "clip_denoised": self.clip_denoised,
+                "gradient": self.gradient, "seed": self.seed}
+
+    # ------------------------------------------------------------------------- the chain
+    def _noise(self, batch: int, like: torch.Tensor,
+               generators: Sequence[torch.Generator] | None) -> list[torch.Tensor]:
+        """1 + K standard normal tensors (B, *data_shape): ε of the forward jump, then z of
+        each reverse step (the last step's z is drawn and unused)."""
+        count = 1 + self.num_reverse_steps
+        if generators is not None:
+            if len(generators) != batch:
+                raise ValueError(f"{len(generators)} generators for a batch of {batch}")
+            return [randn_per_sample(self.data_shape, generators, like.device, like.dtype)
+                    for _ in range(count)]
+        gen = None
+        if self.seed is not None:
+            gen = torch.Generator(like.device).manual_seed(self.seed)
+        return [torch.randn((batch, *self.data_shape), generator=gen, device=like.device,
+                            dtype=like.dtype) for _ in range(count)]
+
+    def _step(self, x: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
+        t = torch.full((len(x),), index, device=x.device, dtype=torch.long)
+        if self.sampler == "ddim":
+            return self.chain.ddim_step(self.model, x, t, noise, self.eta, self.clip_denoised)
+        return self.chain.p_sample(self.model, x, t, noise, self.clip_denoised)
+
+    def purify(self, x: torch.Tensor,
+               generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """P(x) with exact gradients (checkpointed per step when ``checkpoint_steps``).
+
+        ``generators``: one per sample for reproducible noise independent of batching
+        (:func:`dmattack.seeding.generators`); otherwise see ``seed``.
+        """
+        if self.n == 0:
+            return x
+        noise = self._noise(len(x), x, generators)
+        t = torch.full((len(x),), self.n - 1, device=x.device, dtype=torch.long)
+        x_t = self.diffusion.q_sample(2 * x - 1, t, noise[0])
+        for k, index in enumerate(reversed(range(self.chain.num_timesteps))):
+            if self.checkpoint_steps and torch.is_grad_enabled() and x_t.requires_grad:
+                # the noise is an input, so the recomputation needs no RNG replay
+                x_t = checkpoint(self._step, x_t, noise[1 + k], index, use_reentrant=False,
+                                 preserve_rng_state=False)
+            else:
+                x_t = self._step(x_t, noise[1 + k], index)
+        return ((x_t + 1) / 2).clamp(0, 1)
+
+    def forward(self, x: torch.Tensor,
+                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
+        """(B, *data_shape) in [0, 1] → (B, *data_shape) in [0, 1], with the gradient mode's
+        backward pass."""
+        if tuple(x.shape[1:]) != self.data_shape:
+            raise ConfigError(f"input shape {tuple(x.shape[1:])} does not match the purifier's "
+                              f"data shape {self.data_shape}")
+        if self.gradient == "full":
+            return self.purify(x, generators)
+        with torch.no_grad():
+            purified = self.purify(x.detach(), generators)
+        if self.gradient == "none":
+            return purified
+        return x + (purified - x).detach()  # BPDA: value P(x), gradient of the identity
