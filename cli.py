@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
 import sys
 import time
@@ -25,6 +26,7 @@ from dmattack.cli_output import console, metric_row, print_table, progress_bar, 
 from dmattack.errors import ConfigError, DmattackError, OutputError, first_line
 from dmattack.evaluation import EvaluationConfig
 from dmattack.option_types import parse_list, parse_percents
+from dmattack.oserrors import output_error
 from dmattack.sampling import SamplerConfig
 from dmattack.settings import click_options, from_options, option_values
 from dmattack.train_config import TrainConfig
@@ -33,17 +35,18 @@ RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
 
 
 def friendly_errors(fn: Callable) -> Callable:
-    """A :class:`DmattackError` becomes one line on stderr and exit code 2 (no traceback);
-    anything else propagates. Set DMATTACK_DEBUG=1 to see the traceback of a user error too."""
+    """A DmattackError or a storage OSError (dmattack.oserrors): one line on stderr, exit code 2;
+    anything else propagates. DMATTACK_DEBUG=1 shows the traceback of a user error too."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except DmattackError as e:
-            if os.environ.get("DMATTACK_DEBUG"):
+        except (DmattackError, OSError) as e:  # OSError: a full disk, a name too long, …
+            known = e if isinstance(e, DmattackError) else output_error(e)
+            if known is None or os.environ.get("DMATTACK_DEBUG"):
                 raise
-            click.echo(f"Error: {first_line(e)}", err=True)
+            click.echo(f"Error: {first_line(known)}", err=True)
             sys.exit(2)
 
     return wrapper
@@ -83,8 +86,6 @@ def option_group(*options: Callable) -> Callable[[Callable], Callable]:
 @click.version_option(package_name="dmattack")
 def main() -> None:
     """Adversarial training and reverse-chain attacks for diffusion models."""
-    import logging
-
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
 
 
@@ -100,8 +101,8 @@ def _given(name: str) -> bool:
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
-              help="Continue this run folder (to --steps if given; --nan-policy, --grad-accum, "
-              "--compile, --channels-last and --num-workers may change).")
+              help="Continue this run folder (to --steps if given). Also allowed with it: --nan-"
+              "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers.")
 @friendly_errors
 def train(**o: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder.

@@ -143,6 +143,8 @@ class EvaluationConfig:
 def metric_list(text: str) -> list[str]:
     """``"fid,variance-ratio"`` → the metric names, each checked against the METRICS
     registry."""
+    import evaluators  # noqa: F401 - registers the built-in metrics
+
     items = [v.strip() for v in text.split(",") if v.strip()]
     if not items:
         raise ConfigError("--metrics is empty; give a comma-separated list", field="metrics")

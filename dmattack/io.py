@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError
+from .oserrors import WRITE_ERRORS, describe, error_number, output_error
 
 TRACKED_PACKAGES = ("torch", "torchvision", "diffusers", "torch-fidelity", "torchattacks",
                     "numpy", "scikit-learn", "safetensors")
 MiB = 1 << 20
-# errno values that mean "this folder cannot take the file" (not a bug in the caller)
-_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
-                   errno.ENOTDIR, errno.EFBIG}
 
 
 
@@ -89,20 +87,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp's 0600 → the usual file mode
         os.replace(tmp_path, path)
-    except OSError as e:
+    except WRITE_ERRORS as e:  # OSError and safetensors' SafetensorError
         raise _storage_error(e, path) from None
     finally:
         with contextlib.suppress(OSError):
             tmp_path.unlink()
 
 
-def _storage_error(e: OSError, path: Path) -> OSError:
+def _storage_error(e: BaseException, path: Path) -> BaseException:
     """``e`` as a one-line :class:`OutputError` naming ``path`` when it is a storage failure
-    (disk full, read-only, permission), else ``e`` itself."""
-    if isinstance(e, OutputError) or e.errno not in _STORAGE_ERRNOS:
+    (disk full, file-size limit, name too long, read-only, permission), else ``e`` itself."""
+    if isinstance(e, OutputError) or output_error(e, path) is None:
         return e
-    return OutputError(e.errno, f"cannot write {path}: {_describe(e)}; the previous version "
-                       "of the file, if any, is unchanged")
+    return OutputError(error_number(e), f"cannot write {path}: {describe(e, path)}; the "
+                       "previous version of the file, if any, is unchanged")
 
 
 def _umask() -> int:

@@ -22,6 +22,7 @@ from .diffusion import GaussianDiffusion, beta_schedule
 from .errors import ConfigError, InputFileError, first_line
 from .io import provenance, write_json
 from .models import UNetEps
+from .oserrors import os_errors
 from .runs import LoadedModel
 
 EXPORT_META = "dmattack.json"
@@ -137,7 +138,8 @@ def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     old = out.with_name(f".{out.name}.old")
     try:
-        DDPMPipeline(unet=loaded.model.unet, scheduler=scheduler).save_pretrained(tmp)
+        with os_errors(out):  # a full disk or name too long: one line naming the folder
+            DDPMPipeline(unet=loaded.model.unet, scheduler=scheduler).save_pretrained(tmp)
         write_json(tmp / EXPORT_META, {
             "source": loaded.source, "dataset": loaded.dataset, "ema": loaded.ema,
             "data_shape": list(loaded.data_shape), **provenance()})

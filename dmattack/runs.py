@@ -37,13 +37,14 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from .diffusion import GaussianDiffusion, beta_schedule
 from .errors import ConfigError, RunFolderError, first_line
 from .io import write_json
 from .models import PRESETS, UNetEps, build_model
+from .oserrors import save_file, torch_save  # storage failures: one line naming the file
 from .settings import check_field
 from .train_config import TrainConfig
 
@@ -144,7 +145,7 @@ def save_checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module, state: dict
     try:
         _save_weights(model, tmp, "model")
         _save_weights(ema, tmp, "ema")
-        torch.save(state, tmp / "state.pt")
+        torch_save(state, tmp / "state.pt")
         files = _files(tmp)
         for f in files:
             _fsync(f)

@@ -45,6 +45,7 @@ from .io import MiB, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
 from .models import UNET_PRESETS
 from .objectives import STAT_KEYS, draw_step, training_loss
+from .oserrors import WRITE_ERRORS, describe, error_number
 from .runs import (
     CHECKPOINT,
     CONFIG,
@@ -62,6 +63,7 @@ from .runs import (
 )
 from .sampling import SamplerConfig, sample
 from .seeding import derive_seed, sample_seeds
+from .tensorboard_log import TrainingBoard
 from .train_config import TrainConfig, build_data, parse_device  # noqa: F401 - the API
 from .visualize import save_samples_png
 
@@ -70,6 +72,7 @@ NAN_SKIP_LIMIT = 100  # consecutive skipped steps after which nan_policy="skip" 
 # an in-memory training set is kept on the GPU up to this size (and a quarter of the free memory)
 DEVICE_DATA_MAX_BYTES = 8 << 30
 log = logging.getLogger("dmattack")
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` (CUDA when available, else CPU) or a torch device string; a one-line
@@ -223,14 +226,16 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
     }
 
 
-RESUME_OVERRIDES = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers")
+RESUME_OVERRIDES = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers",
+                    "tensorboard")
 
 
 def resume_config(run_dir: str | Path, steps: int | None = None,
                   nan_policy: str | None = None, **overrides: Any) -> TrainConfig:
     """The config of an existing run (with a checkpoint), optionally extended to ``steps``
-    and with another ``nan_policy`` or speed setting (``grad_accum``, ``compile``,
-    ``channels_last``, ``num_workers``); none of them changes the steps already trained.
+    and with another ``nan_policy``, ``tensorboard`` or speed setting (``grad_accum``,
+    ``compile``, ``channels_last``, ``num_workers``); none of them changes the steps already
+    trained.
     An override given as None keeps the saved value."""
     unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if unknown:
@@ -491,6 +496,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
     log_path = run_dir / "log.jsonl"
     step, last_checkpoint, run_of_skips = start, start if resume else None, 0
     t0 = time.time()
+    board = TrainingBoard(run_dir, start, cfg.batch_size, enabled=main and cfg.tensorboard)
     for x_local in _Batches(data, cfg, device, start, lo, hi):
         x_local = x_local.contiguous(memory_format=fmt) if x_local.dim() == 4 else x_local
         torch.manual_seed(derive_seed(cfg.seed, step, TRAIN_STREAM, 1))
@@ -559,6 +565,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
         if main and (bad is not None or step % cfg.log_every == 0 or step == cfg.steps):
             _append_log(log_path, {"step": step, "time_s": round(time.time() - t0, 3),
                                    **stats})
+            board.log(step, stats, norm_value, optimizer.param_groups[0]["lr"])
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             if not _all_finite(model, ema):
                 raise DivergedError(
@@ -571,9 +578,10 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
             last_checkpoint = step
         if cfg.num_preview and (step % cfg.sample_every == 0 or step == cfg.steps):
             if main:
-                write_preview(ema, diffusion, data.shape, cfg, run_dir / "samples" /
-                              f"step-{step:07d}.png", device)
+                board.preview(step, write_preview(ema, diffusion, data.shape, cfg, run_dir /
+                                                  "samples" / f"step-{step:07d}.png", device))
             distributed.barrier()
+    board.close()
 
 
 def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
@@ -583,20 +591,22 @@ def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opti
         save_checkpoint(run_dir, model, ema,
                         {"step": step, "optimizer": optimizer.state_dict(),
                          "skipped_steps": skipped}, step, skipped_steps=skipped)
-    except (OSError, RuntimeError) as e:
-        raise OutputError(getattr(e, "errno", None) or errno.EIO,
+    except (*WRITE_ERRORS, RuntimeError) as e:  # WRITE_ERRORS: + SafetensorError
+        raise OutputError(error_number(e) or errno.EIO,
                           f"writing the checkpoint of step {step} to {run_dir} failed "
-                          f"({first_line(e)}); the last good checkpoint (step "
+                          f"({describe(e)}); the last good checkpoint (step "
                           f"{last_checkpoint}) is intact: free some space and resume") from None
 
 
 @torch.no_grad()
 def write_preview(ema: nn.Module, diffusion, shape, cfg: TrainConfig, path: Path,
-                  device: torch.device) -> None:
-    """A PNG of EMA samples (respaced ancestral sampler, fixed seeds across checkpoints)."""
+                  device: torch.device) -> torch.Tensor:
+    """A PNG of EMA samples (respaced ancestral sampler, fixed seeds across checkpoints);
+    returns the samples (model space, (num_preview, *shape))."""
     steps = min(cfg.preview_steps, cfg.num_timesteps)
     x = sample(ema, diffusion, shape, sample_seeds(cfg.seed, cfg.num_preview),
                SamplerConfig("respaced", steps), device=device)
     save_samples_png(x, path, title=f"EMA samples, {steps} respaced steps")
+    return x
 
 

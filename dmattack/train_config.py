@@ -98,6 +98,8 @@ class TrainConfig:
                                high=4096)
     preview_steps: int = setting(100, "Respaced sampler steps of the previews.", low=1)
     log_every: int = setting(25, "Optimiser steps between log.jsonl records.", low=1)
+    tensorboard: bool = setting(True, "TensorBoard events in <run>/tb/ when tensorboard is "
+                                "installed (pip install 'dmattack[tensorboard]').")
     num_workers: int = setting(0, "DataLoader workers for on-disk image data.", low=0,
                                high=256)
     nan_policy: str = setting("stop", "Non-finite loss or gradient: stop (the last good "
