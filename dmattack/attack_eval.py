@@ -45,7 +45,7 @@ from .errors import ConfigError
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
 from .runs import LoadedModel
-from .sampling import SamplerConfig, sample_batched, sampling_diffusion
+from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
 from .visualize import save_samples_png
 
@@ -80,9 +80,11 @@ def default_protocol(loaded: LoadedModel) -> Protocol:
     respaced steps, sized so that PGD-20 on 50% of the steps takes ≤ 3 minutes on 2 cores
     (measured: ≈ 70 s for a ``tiny`` 8×8 U-Net, ≈ 45 s for ``mlp`` on 64-D vectors).
     Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): the paper's protocol,
-    all 1000 ancestral steps and 10,000 samples (FID-10k). A pipeline's ``clip_sample`` becomes
-    the sampler's ``clip_denoised``."""
-    clip = bool(loaded.config.get("clip_sample", False))
+    all 1000 ancestral steps and 10,000 samples (FID-10k). x̂_0 is clipped to [-1, 1] for
+    images, not for vectors (:func:`~dmattack.sampling.clip_default`); a pipeline's
+    ``clip_sample`` wins."""
+    clip = loaded.config.get("clip_sample")
+    clip = clip_default(loaded.data_shape) if clip is None else bool(clip)
     if loaded.preset == "tiny":
         return Protocol(256, SamplerConfig("respaced", 25, clip_denoised=clip), 256, "FID-256")
     if loaded.preset in CPU_PRESETS:
@@ -104,16 +106,9 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _sampler_label(sampler: SamplerConfig, num_timesteps: int) -> str:
-    label = sampler.describe(num_timesteps)
-    if sampler.name == "ddim" and sampler.eta:
-        label += f"-eta{sampler.eta:g}"
-    return label + ("-clip" if sampler.clip_denoised else "")
-
-
 def _sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict[str, Any]:
     return {**asdict(sampler), "num_steps": sampler.num_steps(num_timesteps),
-            "label": _sampler_label(sampler, num_timesteps)}
+            "label": sampler.describe(num_timesteps)}
 
 
 def _model_dict(loaded: LoadedModel) -> dict[str, Any]:
@@ -256,6 +251,7 @@ def run_attack(
     """
     out = Path(out_dir)
     plan = AttackPlan.of(attack)
+    sampler = sampler.for_shape(loaded.data_shape)  # one setting for clean and attacked
     args = (loaded, plan, num_samples, seed, sampler, batch_size, metric_fn, device, out,
             progress, first_sample)
     if not distributed.is_main():
@@ -496,7 +492,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     records: list[dict[str, Any]] = []
 
     for loaded in models:
-        slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
+        sampler = sampler.for_shape(loaded.data_shape)  # one setting for clean and attacked
+        slabel = sampler.describe(loaded.diffusion.num_timesteps)
         sd = sampling_diffusion(loaded.diffusion, sampler)
         # every attack's record before any sampling: a bad setting fails at once
         attack_records = [plan.record(loaded.model, sd) for plan in attack_plans]
@@ -576,7 +573,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     curve = _curve_table(records, attack_plans, metric)
     curve.update({
         "protocol": {"num_samples": num_samples, "seed": seed, "batch_size": batch_size,
-                     "sampler": _sampler_dict(sampler, models[0].diffusion.num_timesteps)
+                     "sampler": _sampler_dict(sampler.for_shape(models[0].data_shape),
+                                              models[0].diffusion.num_timesteps)
                      if models else asdict(sampler),
                      "attacks": sorted({r["label"] for r in records if r["attack"]}),
                      "device": str(device), "world_size": distributed.world_size()},

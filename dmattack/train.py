@@ -601,12 +601,14 @@ def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opti
 @torch.no_grad()
 def write_preview(ema: nn.Module, diffusion, shape, cfg: TrainConfig, path: Path,
                   device: torch.device) -> torch.Tensor:
-    """A PNG of EMA samples (respaced ancestral sampler, fixed seeds across checkpoints);
-    returns the samples (model space, (num_preview, *shape))."""
+    """A PNG of EMA samples (respaced ancestral sampler, x̂_0 clipped for images as in
+    sampling, fixed seeds across checkpoints); returns the samples (model space,
+    (num_preview, *shape))."""
     steps = min(cfg.preview_steps, cfg.num_timesteps)
-    x = sample(ema, diffusion, shape, sample_seeds(cfg.seed, cfg.num_preview),
-               SamplerConfig("respaced", steps), device=device)
-    save_samples_png(x, path, title=f"EMA samples, {steps} respaced steps")
+    sampler = SamplerConfig("respaced", steps).for_shape(shape)
+    x = sample(ema, diffusion, shape, sample_seeds(cfg.seed, cfg.num_preview), sampler,
+               device=device)
+    save_samples_png(x, path, title=f"EMA samples, {sampler.describe(cfg.num_timesteps)}")
     return x
 
 

@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 
 from dmattack.attack_eval import POINTS, curve_specs, default_protocol, run_attack, run_curve
 from dmattack.attacks import AttackSpec, attacked_steps
+from dmattack.attacks.plan import AttackPlan
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.runs import LoadedModel
@@ -125,6 +126,61 @@ def test_default_protocol():
     assert (p.num_samples, p.sampler.name, p.label) == (10_000, "ddpm", "FID-10k")
     assert p.sampler.num_steps(1000) == 1000 and p.sampler.clip_denoised
     assert p.to_dict()["sampler"]["name"] == "ddpm"
+
+
+def test_default_protocol_clips_images_not_vectors_and_a_pipeline_decides():
+    tiny = LoadedModel(build_model("tiny", (1, 8, 8)), GaussianDiffusion.from_schedule(),
+                       (1, 8, 8), "/runs/t", config={"model": {"preset": "tiny"}})
+    assert default_protocol(tiny).sampler.clip_denoised is True
+    assert default_protocol(mlp_model("m")).sampler.clip_denoised is False
+    pipe = LoadedModel(tiny.model, tiny.diffusion, (1, 8, 8), "/pipes/p",
+                       config={"kind": "diffusers-pipeline", "clip_sample": False})
+    assert default_protocol(pipe).sampler.clip_denoised is False
+
+
+class ConvEps(torch.nn.Module):
+    """A small image ε-model (B, 1, 4, 4) → (B, 1, 4, 4) whose x̂_0 leaves [-1, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_attack_on_images_clips_by_default_and_records_it(tmp_path):
+    loaded = LoadedModel(ConvEps().eval(), GaussianDiffusion.from_schedule(), (1, 4, 4),
+                         "/runs/img", dataset="toy", config={})
+    spec = AttackSpec("fgsm", 50, loss="eps")
+    seeds = sample_seeds(2, 6)
+    for clip, expect in ((None, True), (False, False), (True, True)):
+        sampler = SamplerConfig("respaced", 6, clip_denoised=clip)
+        out = tmp_path / str(clip)
+        res = run_attack(loaded, spec, num_samples=6, seed=2, sampler=sampler, batch_size=3,
+                         metric_fn=counting_metric([]), device="cpu", out_dir=out)
+        saved = json.loads((out / "results.json").read_text())
+        assert saved["sampler"]["clip_denoised"] is expect is res["sampler"]["clip_denoised"]
+        assert saved["sampler"]["label"] == "respaced-6" + ("-clip" if expect else "")
+        # clean and attacked use the same resolved sampler: the clean samples are those of an
+        # explicit setting, and the attacked ones are the attack plan's with that setting
+        resolved = SamplerConfig("respaced", 6, clip_denoised=expect)
+        x = load_file(str(out / "samples.safetensors"))
+        with torch.no_grad():
+            clean = sample_batched(loaded.model, loaded.diffusion, (1, 4, 4), seeds, 3,
+                                   resolved)
+            attacked = AttackPlan.of(spec).sample(loaded.model, loaded.diffusion, (1, 4, 4),
+                                                  seeds, 3, resolved)
+        assert torch.equal(x["clean"], clean) and torch.equal(x["attacked"], attacked)
+    on = load_file(str(tmp_path / "None" / "samples.safetensors"))["clean"]
+    off = load_file(str(tmp_path / "False" / "samples.safetensors"))["clean"]
+    assert not torch.allclose(on, off)
+    # vectors: no clipping unless asked
+    res = run_attack(mlp_model("v"), spec, num_samples=4, seed=1, sampler=SAMPLER,
+                     batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                     out_dir=tmp_path / "vec")
+    assert res["sampler"]["clip_denoised"] is False and res["sampler"]["label"] == "respaced-10"
 
 
 def test_paired_damage_closed_forms():
