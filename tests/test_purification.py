@@ -120,6 +120,19 @@ def test_noise_fresh_by_default_fixed_with_seed_or_generators():
     torch.testing.assert_close(together[1:2], alone)
 
 
+def test_clipping_follows_the_data_a_pipeline_and_an_explicit_setting():
+    x = images()
+    default, on, off = (tiny_purifier(seed=3, **kw) for kw in
+                        ({}, {"clip_denoised": True}, {"clip_denoised": False}))
+    assert default.clip_denoised is True and default.describe()["clip_denoised"] is True
+    assert torch.equal(default(x), on(x)) and not torch.equal(on(x), off(x))
+    assert Purifier.from_loaded(tiny_loaded()).clip_denoised is True
+    pipe = tiny_loaded()
+    pipe.config = {"kind": "diffusers-pipeline", "clip_sample": False}
+    assert Purifier.from_loaded(pipe).clip_denoised is False
+    assert Purifier.from_loaded(pipe, clip_denoised=True).clip_denoised is True
+
+
 def test_t_star_fraction_and_timestep():
     assert tiny_purifier(t_star=0.5).n == 10
     assert tiny_purifier(t_star=7, steps=None).num_reverse_steps == 7
