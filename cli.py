@@ -259,7 +259,8 @@ def attack(**o: Any) -> None:
     clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
     print_table(f"{ev.label} · {spec.describe()} · window {spec.window} · {ev.sampler_label} · "
-                f"{result['num_attacked_steps']}/{steps} steps attacked",
+                f"{result['num_attacked_steps']} of {steps} steps attacked"
+                + (" (incl. the last, budget 0)" if result["last_step_attacked"] else ""),
                 ["metric", "clean", "attacked"], [[k, clean[k], attacked.get(k)] for k in clean])
     stdout.print(str(out_dir))
 
@@ -290,7 +291,13 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import curve_specs, run_curve
+    from dmattack.attack_eval import (
+        LAST_STEP_NOTE,
+        curve_specs,
+        marked_values,
+        percent_headers,
+        run_curve,
+    )
     from dmattack.attacks import WINDOWS
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
@@ -322,8 +329,10 @@ def curve(**o: Any) -> None:
                            device=dev, out_dir=out_dir, metric=None,
                            progress=ui.curve_progress(bar))
     print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
-                ["series", "model", *(f"{p:g}%" for p in result["percents"])],
-                [[r["series"], r["model"], *r["values"]] for r in result["rows"]])
+                ["series", "model", *percent_headers(result)],
+                [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
+    if any(any(r["last_step_attacked"]) for r in result["rows"]):
+        stdout.print(LAST_STEP_NOTE)
     stdout.print(str(out_dir))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import torch
@@ -86,8 +87,10 @@ def test_run_curve_resumes_only_missing_points(tmp_path):
         ("fgsm-mean-spread", "b"), ("random-sign-spread", "b")]
     clean_a = next(p for p in first["points"] if p["label"] == "clean" and p["model"] == "/runs/a")
     assert first["rows"][0]["values"][0] == clean_a["metrics"]["norm"]
-    csv = (tmp_path / "curve.csv").read_text().splitlines()
-    assert csv[0] == "series,model,metric,0%,50%,100%" and len(csv) == 5
+    lines = (tmp_path / "curve.csv").read_text().splitlines()
+    assert lines[0] == ("series,model,metric,0% = 0 of 10 steps,50% = 5 of 10 steps,"
+                        "100% = 10 of 10 steps,last step attacked at") and len(lines) == 5
+    assert all(line.endswith(",50% 100%") for line in lines[1:])  # spread 50%: 1,3,…,9
     assert (tmp_path / "curve.png").stat().st_size > 0
 
     # a killed run: one point lost, and the last line cut mid-write
@@ -218,3 +221,28 @@ def test_attack_results_record_the_attacked_steps(tmp_path):
                      seed=1, sampler=SAMPLER, batch_size=4, metric_fn=counting_metric([]),
                      device="cpu", out_dir=tmp_path)
     assert res["steps_attacked"] == "3 of 10" and res["last_step_attacked"] is False
+
+
+def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
+    from dmattack.attack_eval import LAST_STEP_MARK, marked_values, percent_headers
+
+    specs = curve_specs(["random"], [30, 100], windows=("first", "last"))
+    curve = run_curve([mlp_model("a")], specs, num_samples=4, seed=0, sampler=SAMPLER,
+                      batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                      out_dir=tmp_path)
+    assert curve["steps_attacked"] == ["0 of 10", "3 of 10", "10 of 10"]
+    first, last = curve["rows"]
+    assert first["series"] == "random-sign-first" and last["series"] == "random-sign-last"
+    # `first` reaches the last step only at 100%; `last` always does
+    assert first["last_step_attacked"] == [False, False, True]
+    assert last["last_step_attacked"] == [False, True, True]
+    assert first["steps_attacked"] == ["0 of 10", "3 of 10", "10 of 10"]
+    assert percent_headers(curve) == ["0% = 0 of 10 steps", "30% = 3 of 10 steps",
+                                      "100% = 10 of 10 steps"]
+    marked = marked_values(last)
+    assert marked[0] == last["values"][0]
+    assert marked[1] == f"{last['values'][1]:.4g}{LAST_STEP_MARK}"
+    rows = list(csv.reader((tmp_path / "curve.csv").open()))
+    assert rows[0][3:] == [*percent_headers(curve), "last step attacked at"]
+    assert [r[-1] for r in rows[1:]] == ["100%", "30% 100%"]
+    assert [float(v) for v in rows[2][3:6]] == last["values"]  # numbers stay numbers
