@@ -123,7 +123,8 @@ def train(**o: Any) -> None:
     cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], o["steps"],
                                      _join_torchrun, **overrides)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
-                  f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}), "
+                  f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}"
+                  f"{', horizontal flips' if cfg.flip else ''}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
     with progress_bar("loss") as bar:
         train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
