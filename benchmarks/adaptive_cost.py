@@ -1,0 +1,191 @@
+"""Cost of the trajectory attack: wall time against its analytic cost, and peak memory of one
+backward pass through the chain with and without per-step checkpointing.
+
+Time. Trajectory PGD-N on a K-step chain (percent 50, spread, checkpointed) is measured end to
+end (``TrajectoryPGD.attack``). Its analytic cost, from one reverse step timed here at the same
+batch — f: forward without gradient; fg: forward recording the autograd graph (what a
+checkpointed step runs in the chain forward: grad mode is on, its saved tensors are dropped);
+fb: forward with gradient + backward to the input (the recomputation and the backward):
+
+    analytic = N·K·(fg + fb) + 3·K·f
+
+(per iteration: the chain forward, the recomputation of every step and the backward; plus the
+clean sample, the evaluation of the last iterate and the returned sample). The ratio
+measured/analytic is the overhead of the attack's own work (draws, sign, projection, the
+checkpoint machinery); target ≤ 1.2. Step timings are medians over interleaved repeats.
+
+Memory. One forward+backward pass of D through a chain of ``--memory-steps`` steps, in a fresh
+subprocess per setting that does nothing else. On CPU: the process's peak resident set size
+after the pass (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) minus its resident set size just
+before it (/proc/self/statm); an upper bound when the pass stays below the start-up peak. On
+CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the pass.
+
+    python benchmarks/adaptive_cost.py --batch 16 --steps 25 --iterations 5 --memory-steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from dmattack.attacks.differentiable import DifferentiableChain, attack_mode, draw_chain_noise
+from dmattack.attacks.distances import pixel_distance
+from dmattack.attacks.trajectory import TrajectoryPGD
+from dmattack.runs import load_run
+from dmattack.sampling import SamplerConfig
+from dmattack.seeding import sample_seeds
+
+TARGET = 1.2
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def step_costs(chain: DifferentiableChain, x: torch.Tensor, repeats: int,
+               device: torch.device) -> tuple[float, float, float]:
+    """Median seconds of one reverse step: forward without grad, forward recording the graph
+    (its output dropped), forward + backward to x."""
+    k = chain.num_steps // 2
+    noise = torch.randn_like(x)
+
+    def fwd() -> None:
+        with torch.no_grad():
+            chain.step(x, k, noise)
+
+    def fwd_graph() -> None:
+        chain.step(x.detach().requires_grad_(True), k, noise)
+
+    def fwd_bwd() -> None:
+        leaf = x.detach().requires_grad_(True)
+        torch.autograd.grad(chain.step(leaf, k, noise).sum(), leaf)
+
+    fwd(), fwd_graph(), fwd_bwd()  # warm-up
+    f, fg, fb = [], [], []
+    for _ in range(repeats):
+        f.append(timed(fwd, device))
+        fg.append(timed(fwd_graph, device))
+        fb.append(timed(fwd_bwd, device))
+    return statistics.median(f), statistics.median(fg), statistics.median(fb)
+
+
+def current_rss() -> int:
+    """Resident set size of this process now, in bytes (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
+def memory_child(a: argparse.Namespace) -> None:
+    """Print the peak memory (MiB) of one forward+backward pass through the chain."""
+    device = torch.device(a.device)
+    lm = load_run(a.run, device=device)
+    sampler = SamplerConfig("respaced", a.memory_steps)
+    chain = DifferentiableChain(lm.model, lm.diffusion, sampler, checkpoint=bool(a.checkpoint))
+    seeds = sample_seeds(0, a.batch)
+    noise = draw_chain_noise(lm.data_shape, seeds, chain.num_steps, device)
+    reference = torch.zeros_like(noise.x_T)  # D's value is irrelevant here, its graph is not
+    with attack_mode(lm.model):
+        deltas = {k: torch.zeros_like(reference).requires_grad_(True)
+                  for k in range(chain.num_steps)}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+        else:
+            before = current_rss()
+        out = chain.run(noise.x_T, noise.z, deltas=deltas)
+        torch.autograd.grad(pixel_distance(out, reference).sum(), list(deltas.values()))
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"peak_mib": (peak - before) / 2**20}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default="checkpoints/digits-ddpm")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--steps", type=int, default=25, help="chain length K of the time test")
+    p.add_argument("--iterations", type=int, default=5, help="PGD iterations N")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--attack-repeats", type=int, default=3)
+    p.add_argument("--memory-steps", type=int, default=100)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--memory-child", dest="checkpoint", type=int, default=None,
+                   help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    if a.checkpoint is not None:
+        memory_child(a)
+        return
+    device = torch.device(a.device)
+    lm = load_run(a.run, device=device)
+    sampler = SamplerConfig("respaced", a.steps)
+    seeds = sample_seeds(0, a.batch)
+    chain = DifferentiableChain(lm.model, lm.diffusion, sampler)
+    K, N = chain.num_steps, a.iterations
+    x = torch.randn(a.batch, *lm.data_shape, device=device)
+    times: dict[str, list[float]] = {"f": [], "fg": [], "fb": [], "ckpt": [], "plain": []}
+    for _ in range(a.attack_repeats):  # interleaved: a busy machine slows every term alike
+        with attack_mode(lm.model):
+            f, fg, fb = step_costs(chain, x, a.repeats, device)
+        times["f"].append(f)
+        times["fg"].append(fg)
+        times["fb"].append(fb)
+        for key, ckpt in (("ckpt", True), ("plain", False)):
+            atk = TrajectoryPGD(percent=50, iterations=N, checkpoint=ckpt)
+            times[key].append(timed(lambda atk=atk: atk.attack(
+                lm.model, lm.diffusion, sampler, lm.data_shape, seeds, device), device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    f, fg, fb = med["f"], med["fg"], med["fb"]
+    rows = {"trajectory-checkpoint=True": med["ckpt"], "trajectory-checkpoint=False": med["plain"]}
+    analytic = N * K * (fg + fb) + 3 * K * f
+    ratio = rows["trajectory-checkpoint=True"] / analytic
+    memory = {}
+    for ckpt in (1, 0):
+        cmd = [sys.executable, __file__, "--run", a.run, "--batch", str(a.batch),
+               "--memory-steps", str(a.memory_steps), "--device", a.device,
+               "--threads", str(a.threads), "--memory-child", str(ckpt)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        memory[bool(ckpt)] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
+    print(f"device {device}, batch {a.batch}, {a.threads} thread(s); one step: f {f * 1e3:.1f} ms, "
+          f"fg {fg * 1e3:.1f} ms, fb {fb * 1e3:.1f} ms")
+    print(f"{'what':44s} {'seconds':>9s}")
+    print(f"{f'trajectory PGD-{N}, K={K}, checkpointed':44s} "
+          f"{rows['trajectory-checkpoint=True']:9.2f}")
+    print(f"{f'trajectory PGD-{N}, K={K}, no checkpoint':44s} "
+          f"{rows['trajectory-checkpoint=False']:9.2f}")
+    print(f"{'analytic N·K·(fg + fb) + 3·K·f':44s} {analytic:9.2f}")
+    print(f"ratio measured/analytic (checkpointed): {ratio:.2f} (target <= {TARGET}) "
+          f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
+    mem_how = ("cuda max_memory_allocated" if device.type == "cuda"
+               else "peak RSS - RSS before the pass")
+    print(f"peak memory of one backward pass, K={a.memory_steps} ({mem_how}): "
+          f"checkpointed {memory[True]:.1f} MiB, not checkpointed {memory[False]:.1f} MiB")
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump({"config": vars(a), "torch": torch.__version__, "step_forward_s": f,
+                       "step_forward_graph_s": fg,
+                       "step_forward_backward_s": fb, "seconds": rows, "analytic_s": analytic,
+                       "ratio": ratio, "target": TARGET, "memory_mib": memory,
+                       "memory_method": mem_how}, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
