@@ -1,4 +1,4 @@
-"""Paired clean-versus-attacked evaluation and attacked-steps curves (METHOD §6, §8, §11).
+"""Paired clean-versus-attacked evaluation and attacked-steps curves (docs/method.md §6, §8, §11).
 
 Clean and attacked samples use the same per-sample seeds: the x_T and every chain noise z of
 sample i are identical in both runs (the attack draws from its own ATTACK stream), so a
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -38,7 +39,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from . import distributed
-from .attacks.schedule import AttackSpec, attacked_steps, make_hook_factory
+from .attacks.plan import AttackPlan
+from .attacks.schedule import COMMON_OPTIONS, AttackSpec
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
 from .runs import LoadedModel
@@ -47,9 +49,14 @@ from .seeding import sample_seeds
 from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
+Attack = AttackSpec | AttackPlan | str
+"""What run_attack / run_curve accept: a registered attack's spec (or name), or an
+:class:`~dmattack.attacks.plan.AttackPlan` of a user's per-step factory or whole-chain attack."""
 POINTS = "points.jsonl"
 SHARDS = "shards"  # per-process slices of unfinished curve points (sharded runs)
+CLEAN = "clean"  # a curve's clean samples per model, for the paired damage of later points
 STAGING_PREFIX = ".staging."
+DIGITS_SHAPE = (1, 8, 8)
 CPU_PRESETS = ("tiny", "mlp", "mlp-small")
 
 
@@ -116,16 +123,15 @@ def _model_dict(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _sample_pair(
-    loaded: LoadedModel, spec: AttackSpec | None, seeds: Sequence[int], sampler: SamplerConfig,
+    loaded: LoadedModel, plan: AttackPlan | None, seeds: Sequence[int], sampler: SamplerConfig,
     batch_size: int, device: torch.device | str, want_clean: bool,
     progress: Callable[[int, int], None] | None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:
-    """Clean (if ``want_clean``) and attacked (if ``spec`` attacks any step) samples with the
+    """Clean (if ``want_clean``) and attacked (if ``plan`` attacks any step) samples with the
     same seeds (this process's; not gathered); returns (clean, attacked, seconds).
     ``progress(done, total)`` counts steps."""
-    sd = sampling_diffusion(loaded.diffusion, sampler)
-    k = sd.num_timesteps
-    attacking = spec is not None and bool(attacked_steps(k, spec.percent, spec.window))
+    k = sampling_diffusion(loaded.diffusion, sampler).num_timesteps
+    attacking = plan is not None and bool(plan.steps(k))
     chunks = math.ceil(len(seeds) / batch_size)
     total = chunks * k * (int(want_clean) + int(attacking))
     done = 0
@@ -136,27 +142,80 @@ def _sample_pair(
         if progress is not None:
             progress(done, total)
 
-    def run(factory) -> tuple[torch.Tensor, float]:
+    def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
         start = time.perf_counter()
-        out = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape, seeds,
-                             batch_size, sampler, factory, device, tick)
+        out = fn()
         return out, time.perf_counter() - start
 
     clean = attacked = None
     seconds: dict[str, float] = {}
     with _eval_mode(loaded.model), torch.no_grad():
         if want_clean:
-            clean, seconds["clean"] = run(None)
+            clean, seconds["clean"] = timed(lambda: sample_batched(
+                loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size, sampler,
+                None, device, tick))
         if attacking:
-            factory = make_hook_factory(spec, loaded.model, sd, k, device)
-            attacked, seconds["attacked"] = run(factory)
+            attacked, seconds["attacked"] = timed(lambda: plan.sample(
+                loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size, sampler,
+                device, tick))
     return clean, attacked, seconds
+
+
+# --------------------------------------------------------------------------- paired damage
+@functools.cache
+def _digits_classifier() -> nn.Module | None:
+    from evaluators.digits_model import DEFAULT_WEIGHTS, load_digits_cnn
+
+    return load_digits_cnn().eval() if Path(DEFAULT_WEIGHTS).exists() else None
+
+
+def paired_damage(clean: torch.Tensor, attacked: torch.Tensor) -> dict[str, Any]:
+    """Per-sample damage of an attack, between the clean and the attacked sample of each seed.
+
+    ``clean`` and ``attacked`` are (N, *shape) in model space, row i from the same seed.
+    Returns ``pixel deviation mean`` / ``median`` (over samples) of the per-sample mean squared
+    difference (model-space units²), and for digits-shaped data (1×8×8) ``class changed
+    (digits-cnn)``: the share of samples whose digits-cnn class differs (None when the shipped
+    classifier weights are missing). Rows with a non-finite value in either sample are left out
+    and counted in ``num_nonfinite``.
+    """
+    if clean.shape != attacked.shape:
+        raise ValueError(f"clean {tuple(clean.shape)} and attacked {tuple(attacked.shape)} "
+                         "samples differ in shape")
+    c, a = clean.double().flatten(1), attacked.double().flatten(1)
+    ok = torch.isfinite(c).all(1) & torch.isfinite(a).all(1)
+    dev = (a[ok] - c[ok]).pow(2).mean(1)
+    out: dict[str, Any] = {
+        "pixel deviation mean": float(dev.mean()) if len(dev) else None,
+        "pixel deviation median": float(dev.median()) if len(dev) else None,
+    }
+    if tuple(clean.shape[1:]) == DIGITS_SHAPE:
+        net = _digits_classifier()
+        changed = None
+        if net is not None and len(dev):
+            with torch.no_grad():
+                before = net(clean[ok].float()).argmax(1)
+                after = net(attacked[ok].float()).argmax(1)
+            changed = float((before != after).double().mean())
+        out["class changed (digits-cnn)"] = changed
+    out["num_samples"] = int(ok.sum())
+    out["num_nonfinite"] = int((~ok).sum())
+    return out
+
+
+def _steps_record(plan: AttackPlan | None, num_steps: int) -> dict[str, Any]:
+    """Which steps were attacked: the list, ``n of K``, and whether the last step (budget 0,
+    so never changed) is among them."""
+    steps = [] if plan is None else plan.steps(num_steps)
+    return {"attacked_steps": steps, "num_attacked_steps": len(steps), "num_steps": num_steps,
+            "steps_attacked": f"{len(steps)} of {num_steps}",
+            "last_step_attacked": (num_steps - 1) in steps}
 
 
 # --------------------------------------------------------------------------- one attack
 def run_attack(
     loaded: LoadedModel,
-    spec: AttackSpec,
+    attack: Attack,
     *,
     num_samples: int,
     seed: int,
@@ -170,14 +229,19 @@ def run_attack(
 ) -> dict[str, Any]:
     """Sample clean and attacked with the same seeds, score both, write the results.
 
+    ``attack``: a registered attack's :class:`AttackSpec` (or name), or an
+    :class:`~dmattack.attacks.plan.AttackPlan` of a user's per-step factory or whole-chain
+    attack; the results record its label and settings.
+
     Samples ``first_sample … first_sample+num_samples−1`` of the seed's sequence are drawn, so
     disjoint ranges run on different GPUs concatenate to exactly one larger run.
 
     Writes into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
     (N, *shape) float32, model space), ``clean.png`` / ``attacked.png`` (image grids; scatter
     plots for low-dimensional vectors) and, last, ``results.json`` with the full protocol and
-    ``metrics = {"clean": …, "attacked": …}``, which is also returned. ``progress(done, total)``
-    counts reverse steps over both passes.
+    ``metrics = {"clean": …, "attacked": …}``, the paired per-sample ``damage``
+    (:func:`paired_damage`) and which steps were attacked; it is also returned.
+    ``progress(done, total)`` counts reverse steps over both passes.
 
     Before sampling, ``out_dir`` is checked for writability and free space
     (:class:`~dmattack.io.OutputError`) and locked against a second writer
@@ -190,7 +254,8 @@ def run_attack(
     every rank returns the result.
     """
     out = Path(out_dir)
-    args = (loaded, spec, num_samples, seed, sampler, batch_size, metric_fn, device, out,
+    plan = AttackPlan.of(attack)
+    args = (loaded, plan, num_samples, seed, sampler, batch_size, metric_fn, device, out,
             progress, first_sample)
     if not distributed.is_main():
         return _run_attack_locked(*args)
@@ -200,15 +265,15 @@ def run_attack(
         return _run_attack_locked(*args)
 
 
-def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, seed: int,
+def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, seed: int,
                        sampler: SamplerConfig, batch_size: int, metric_fn: MetricFn,
                        device: torch.device | str, out: Path,
                        progress: Callable[[int, int], None] | None,
                        first_sample: int) -> dict[str, Any]:
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
-    steps = attacked_steps(sd.num_timesteps, spec.percent, spec.window)
-    clean, attacked, seconds = _sample_pair(loaded, spec, distributed.shard(seeds, batch_size),
+    record = plan.record(loaded.model, sd)  # before sampling: a bad setting fails at once
+    clean, attacked, seconds = _sample_pair(loaded, plan, distributed.shard(seeds, batch_size),
                                             sampler, batch_size, device, True, progress)
     seconds = _slowest(seconds)
     clean = distributed.gather_rows(clean)
@@ -221,15 +286,15 @@ def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, 
     if attacked is None:  # nothing attacked: the attacked run is the clean run, bit for bit
         attacked, seconds["attacked"] = clean.clone(), 0.0
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
+    damage = paired_damage(clean, attacked)
 
     tensors = {"clean": clean.float().contiguous(), "attacked": attacked.float().contiguous()}
     result = {
         "kind": "attack",
-        "label": spec.describe(),
-        "attack": spec.to_dict(),
-        "window": spec.window,
-        "attacked_steps": steps,
-        "num_attacked_steps": len(steps),
+        "label": plan.label,
+        "attack": record,
+        "window": plan.window,
+        **_steps_record(plan, sd.num_timesteps),
         "sampler": _sampler_dict(sampler, loaded.diffusion.num_timesteps),
         "num_samples": num_samples,
         "seed": seed,
@@ -241,6 +306,7 @@ def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, 
         "world_size": distributed.world_size(),
         "model": _model_dict(loaded),
         "metrics": metrics,
+        "damage": damage,
         "seconds": seconds,
         "files": {"samples": "samples.safetensors", "clean_png": "clean.png",
                   "attacked_png": "attacked.png"},
@@ -253,7 +319,7 @@ def _run_attack_locked(loaded: LoadedModel, spec: AttackSpec, num_samples: int, 
         try:
             write_atomic(stage / "samples.safetensors", lambda p: save_file(tensors, str(p)))
             save_samples_png(clean, stage / "clean.png", title="clean")
-            save_samples_png(attacked, stage / "attacked.png", title=spec.describe())
+            save_samples_png(attacked, stage / "attacked.png", title=plan.label)
             write_json(stage / "results.json", result)
         except OSError as e:
             reason = (os.strerror(e.errno) if e.errno else
@@ -279,9 +345,15 @@ def _slowest(seconds: dict[str, float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- curves
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
                 windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
-    """methods × windows × percents as :class:`AttackSpec` (``options``: the other fields)."""
-    return [AttackSpec(method=m, percent=p, window=w, **options)
-            for m in methods for w in windows for p in percents]
+    """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
+    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random)."""
+    specs = []
+    for m in methods:
+        reads = set(COMMON_OPTIONS) | set(AttackSpec(method=m).entry().options)
+        own = {k: v for k, v in options.items() if k in reads}
+        specs += [AttackSpec(method=m, percent=p, window=w, **own)
+                  for w in windows for p in percents]
+    return specs
 
 
 def read_points(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -323,12 +395,17 @@ def _append_point(path: Path, record: dict[str, Any]) -> None:
 
 
 def _point_key(loaded: LoadedModel, label: str, sampler_label: str, num_samples: int,
-               seed: int) -> str:
+               seed: int, attack: dict[str, Any] | None = None) -> str:
     """What identifies a point; includes the weights' fingerprint, so a point of a model
-    trained further since (or otherwise changed) is recomputed, never reused."""
+    trained further since (or otherwise changed) is recomputed, never reused, and a hash of the
+    attack's full record (its settings at full precision and the attacked steps), so distinct
+    settings never share a point."""
     ema = "ema" if loaded.ema else "raw"
     weights = f"|weights={loaded.fingerprint[:16]}" if loaded.fingerprint else ""
-    return f"{loaded.source}[{ema}]{weights}|{label}|{sampler_label}|n={num_samples}|seed={seed}"
+    digest = "" if attack is None else "|attack=" + hashlib.sha256(
+        json.dumps(attack, sort_keys=True).encode()).hexdigest()[:16]
+    return (f"{loaded.source}[{ema}]{weights}|{label}{digest}|{sampler_label}|n={num_samples}"
+            f"|seed={seed}")
 
 
 def _read_store(store: Path) -> dict[str, dict[str, Any]]:
@@ -351,7 +428,7 @@ def _model_names(models: Sequence[LoadedModel]) -> dict[str, str]:
 
 def run_curve(
     models: Sequence[LoadedModel],
-    specs: Sequence[AttackSpec],
+    attacks: Sequence[Attack],
     *,
     num_samples: int,
     seed: int,
@@ -365,18 +442,24 @@ def run_curve(
 ) -> dict[str, Any]:
     """Metric versus % of steps attacked, per model and attack series (paper Figure 7).
 
+    ``attacks``: registered attacks' :class:`AttackSpec` (e.g. from :func:`curve_specs`) and/or
+    :class:`~dmattack.attacks.plan.AttackPlan` of a user's own attacks, one per point.
+
     The clean (0%) point is computed once per model; every other point samples attacked with
     the same seeds. Each finished point is appended (fsync) to ``out_dir/points.jsonl`` and
-    skipped on a re-run (key: model source and EMA, spec label, sampler, num_samples, seed), so
-    a killed run resumes with identical results (``metric_fn`` must be deterministic). Then
-    writes ``curve.csv`` and ``curve.json`` (rows = attack series × model, columns = % attacked,
-    values = ``metric``, default the first metric returned) and ``curve.png`` (random control
-    dashed). ``progress(done, total, record)`` is called after each point (``record["resumed"]``
-    is True for one read back from the store). Returns the ``curve.json`` content.
+    skipped on a re-run (key: model source, EMA and weights, attack label and a hash of its
+    settings and attacked steps, sampler, num_samples, seed), so a killed run resumes with
+    identical results (``metric_fn`` must be deterministic). Each point records the attack's
+    settings, which steps were attacked, and the paired per-sample ``damage`` against the
+    clean samples of the same seeds (:func:`paired_damage`; the clean samples are kept in
+    ``out_dir/clean/`` for a resumed run). Then writes ``curve.csv`` and ``curve.json`` (rows =
+    attack series × model, columns = % attacked, values = ``metric``, default the first metric
+    returned) and ``curve.png`` (controls dashed). ``progress(done, total, record)`` is called
+    after each point (``record["resumed"]`` is True for one read back from the store). Returns
+    the ``curve.json`` content.
 
-    The key includes the model's weight fingerprint (:attr:`LoadedModel.fingerprint`), so a
-    store is never reused for changed weights. ``out_dir`` is checked for writability and
-    locked against a second writer before any point is computed.
+    ``out_dir`` is checked for writability and locked against a second writer before any point
+    is computed.
 
     Under torchrun each process samples its slice of every point's seeds and keeps it in
     ``out_dir/shards/<point>/<first>-<last+1>.safetensors`` until rank 0 has recorded the
@@ -384,7 +467,8 @@ def run_curve(
     Rank 0 scores and writes; every rank returns the curve.
     """
     out = Path(out_dir)
-    args = (models, specs, num_samples, seed, sampler, batch_size, metric_fn, device, out,
+    plans = [AttackPlan.of(a) for a in attacks]
+    args = (models, plans, num_samples, seed, sampler, batch_size, metric_fn, device, out,
             metric, progress)
     if not distributed.is_main():
         return _run_curve_locked(*args)
@@ -393,7 +477,7 @@ def run_curve(
         return _run_curve_locked(*args)
 
 
-def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec],
+def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan],
                       num_samples: int, seed: int, sampler: SamplerConfig, batch_size: int,
                       metric_fn: MetricFn, device: torch.device | str, out: Path,
                       metric: str | None,
@@ -402,19 +486,30 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
     main = distributed.is_main()
     store = out / POINTS
     done = distributed.broadcast_object(_read_store(store) if main else None)
-    seeds = distributed.shard(sample_seeds(seed, num_samples), batch_size)
+    all_seeds = sample_seeds(seed, num_samples)
+    seeds = distributed.shard(all_seeds, batch_size)
     first, stop = distributed.shard_range(num_samples, batch_size)
-    attack_specs = [s for s in specs if s.percent > 0]
-    total = len(models) * (1 + len(attack_specs))
+    attack_plans = [p for p in plans if p.percent > 0]
+    total = len(models) * (1 + len(attack_plans))
     names = _model_names(models)
     records: list[dict[str, Any]] = []
 
     for loaded in models:
         slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
+        sd = sampling_diffusion(loaded.diffusion, sampler)
+        # every attack's record before any sampling: a bad setting fails at once
+        attack_records = [plan.record(loaded.model, sd) for plan in attack_plans]
+        clean_key = _point_key(loaded, "clean", slabel, num_samples, seed)
+        clean_file = out / CLEAN / f"{hashlib.sha256(clean_key.encode()).hexdigest()[:16]}" \
+            ".safetensors"
         clean_metrics: dict[str, float] = {}
-        for spec in [None, *attack_specs]:
-            label = "clean" if spec is None else spec.describe()
-            key = _point_key(loaded, label, slabel, num_samples, seed)
+        clean_samples: torch.Tensor | None = None
+
+        for plan, attack in [(None, None), *zip(attack_plans, attack_records, strict=True)]:
+            label = "clean" if plan is None else plan.label
+            steps = _steps_record(plan, sd.num_timesteps)
+            key = _point_key(loaded, label, slabel, num_samples, seed,
+                             None if attack is None else {**attack, **steps})
             shard_dir = out / SHARDS / hashlib.sha256(key.encode()).hexdigest()[:16]
             if key in done:
                 record = {**done[key], "resumed": True}
@@ -422,26 +517,38 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
                     shutil.rmtree(shard_dir, ignore_errors=True)
             else:
                 samples, seconds = _shard(shard_dir / f"{first}-{stop}.safetensors",
-                                          _point_samples, loaded, spec, seeds, sampler,
+                                          _point_samples, loaded, plan, seeds, sampler,
                                           batch_size, device)
                 seconds = max(distributed.all_gather_objects(seconds))
                 if samples is not None:  # else no step is attacked at this chain length
                     samples = distributed.gather_rows(samples)
-                if not main:
-                    metrics = {}
-                elif samples is not None:
+                metrics: dict[str, Any] = {}
+                damage: dict[str, Any] | None = None
+                if main and plan is None:
                     metrics = metric_fn(samples)
-                else:  # the clean run, bit for bit
-                    metrics = dict(clean_metrics)
+                    clean_samples = samples
+                    with contextlib.suppress(OSError):  # a cache: resampled if missing
+                        clean_file.parent.mkdir(exist_ok=True)
+                        write_atomic(clean_file, lambda p, x=samples: save_file(
+                            {"samples": x.float().contiguous()}, str(p)))
+                elif main:
+                    if clean_samples is None:
+                        clean_samples = _clean_samples(loaded, clean_file, all_seeds, sampler,
+                                                       batch_size, device)
+                    clean = clean_samples
+                    attacked = clean if samples is None else samples  # None: the clean run
+                    metrics = dict(clean_metrics) if samples is None else metric_fn(samples)
+                    damage = paired_damage(clean, attacked)
                 record = {
                     "key": key, "model": loaded.source, "model_name": names[loaded.source],
                     "ema": loaded.ema, "label": label,
-                    "series": "clean" if spec is None else spec.describe(with_percent=False),
-                    "method": "clean" if spec is None else spec.method,
-                    "percent": 0.0 if spec is None else float(spec.percent),
-                    "spec": None if spec is None else spec.to_dict(),
+                    "series": "clean" if plan is None else plan.series,
+                    "method": "clean" if plan is None else plan.method,
+                    "control": plan is not None and plan.control,
+                    "percent": 0.0 if plan is None else float(plan.percent),
+                    "attack": attack, **steps,
                     "sampler": slabel, "num_samples": num_samples, "seed": seed,
-                    "metrics": metrics, "seconds": seconds,
+                    "metrics": metrics, "damage": damage, "seconds": seconds,
                 }
                 if main:
                     _append_point(store, record)
@@ -449,7 +556,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
                 record = distributed.broadcast_object(record)
                 done[key] = record
                 record = {**record, "resumed": False}
-            if spec is None:
+            if plan is None:
                 clean_metrics = record["metrics"]
             records.append(record)
             if progress is not None:
@@ -459,13 +566,13 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
         return distributed.broadcast_object(None)
     with contextlib.suppress(OSError):
         (out / SHARDS).rmdir()  # only when empty: slices of other settings are kept
-    curve = _curve_table(records, attack_specs, metric)
+    curve = _curve_table(records, attack_plans, metric)
     curve.update({
         "protocol": {"num_samples": num_samples, "seed": seed, "batch_size": batch_size,
                      "sampler": _sampler_dict(sampler, models[0].diffusion.num_timesteps)
                      if models else asdict(sampler),
-                     "specs": [s.to_dict() for s in specs], "device": str(device),
-                     "world_size": distributed.world_size()},
+                     "attacks": sorted({r["label"] for r in records if r["attack"]}),
+                     "device": str(device), "world_size": distributed.world_size()},
         "models": [_model_dict(m) for m in models],
         "points": [{k: v for k, v in r.items() if k != "resumed"} for r in records],
         "provenance": provenance(),
@@ -476,13 +583,25 @@ def _run_curve_locked(models: Sequence[LoadedModel], specs: Sequence[AttackSpec]
     return distributed.broadcast_object(curve)
 
 
-def _point_samples(loaded: LoadedModel, spec: AttackSpec | None, seeds: Sequence[int],
+def _clean_samples(loaded: LoadedModel, path: Path, seeds: Sequence[int],
+                   sampler: SamplerConfig, batch_size: int, device: torch.device | str
+                   ) -> torch.Tensor:
+    """A curve's clean samples of a model for the paired damage: read back from ``path``, or
+    resampled (unsharded) when that file is missing or unreadable."""
+    with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
+        with safe_open(str(path), "pt") as f:
+            return f.get_tensor("samples")
+    clean, _, _ = _sample_pair(loaded, None, seeds, sampler, batch_size, device, True, None)
+    return clean
+
+
+def _point_samples(loaded: LoadedModel, plan: AttackPlan | None, seeds: Sequence[int],
                    sampler: SamplerConfig, batch_size: int, device: torch.device | str
                    ) -> tuple[torch.Tensor | None, float]:
-    """The samples a curve point scores (clean for ``spec`` None, else attacked; None when no
+    """The samples a curve point scores (clean for ``plan`` None, else attacked; None when no
     step is attacked at this chain length) and the seconds they took."""
-    clean, attacked, seconds = _sample_pair(loaded, spec, seeds, sampler, batch_size, device,
-                                            spec is None, None)
+    clean, attacked, seconds = _sample_pair(loaded, plan, seeds, sampler, batch_size, device,
+                                            plan is None, None)
     return (clean if clean is not None else attacked), sum(seconds.values())
 
 
@@ -504,25 +623,27 @@ def _shard(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]]
     return samples, seconds
 
 
-def _curve_table(records: list[dict[str, Any]], specs: Sequence[AttackSpec],
+def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
                  metric: str | None) -> dict[str, Any]:
     """Rows = series × model with the metric at each % attacked (0% = the model's clean point)."""
     if metric is None:
         metric = next(iter(records[0]["metrics"]), None) if records else None
-    percents = sorted({0.0, *(float(s.percent) for s in specs)})
+    percents = sorted({0.0, *(float(p.percent) for p in plans)})
     clean = {r["model"]: r for r in records if r["label"] == "clean"}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     for r in records:
         if r["label"] == "clean":
             continue
         row = rows.setdefault((r["series"], r["model"]), {
-            "series": r["series"], "method": r["method"], "model": r["model_name"],
+            "series": r["series"], "method": r["method"], "control": r["control"],
+            "model": r["model_name"],
             "source": r["model"], "values": [None] * len(percents)})
         row["values"][percents.index(r["percent"])] = r["metrics"].get(metric)
     for row in rows.values():
         row["values"][0] = clean[row["source"]]["metrics"].get(metric)
-    if not specs:  # only clean points: one row per model
-        rows = {("clean", src): {"series": "clean", "method": "clean", "model": r["model_name"],
+    if not plans:  # only clean points: one row per model
+        rows = {("clean", src): {"series": "clean", "method": "clean", "control": False,
+                                 "model": r["model_name"],
                                  "source": src, "values": [r["metrics"].get(metric)]}
                 for src, r in clean.items()}
     return {"metric": metric, "percents": percents, "rows": list(rows.values())}
@@ -550,7 +671,7 @@ def _curve_png(curve: dict[str, Any], path: Path) -> None:
                if v is not None]
         if pts:
             ax.plot(*zip(*pts, strict=True), marker="o",
-                    linestyle="--" if row["method"] == "random" else "-",
+                    linestyle="--" if row["control"] else "-",
                     label=f"{row['model']} · {row['series']}")
     ax.set_xlabel("% of reverse steps attacked")
     ax.set_ylabel(curve["metric"] or "metric")

@@ -15,6 +15,7 @@ from dmattack.attacks import (
     make_hook_factory,
 )
 from dmattack.diffusion import GaussianDiffusion, respace
+from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
 from dmattack.seeding import ATTACK, generators, sample_seeds
@@ -124,13 +125,13 @@ def test_attacks_raise_the_loss(sd, loss):
         budget = sd.attack_std(t, x)
         start = x + (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) - 1) \
             * budget
-        l_start = fn(start, x, t)
-        l_fgsm = fn(ChainFGSM(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t),
-                    x, t)
-        l_pgd = fn(ChainPGD(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t),
-                   x, t)
-        l_rand = fn(ChainRandom(model, sd, generator=torch.Generator().manual_seed(4))(x, t),
-                    x, t)
+        l_start = fn.evaluate(start, x, t)
+        l_fgsm = fn.evaluate(
+            ChainFGSM(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t), x, t)
+        l_pgd = fn.evaluate(
+            ChainPGD(model, sd, loss, generator=torch.Generator().manual_seed(3))(x, t), x, t)
+        l_rand = fn.evaluate(
+            ChainRandom(model, sd, generator=torch.Generator().manual_seed(4))(x, t), x, t)
         assert l_fgsm.mean() > l_start.mean()
         assert l_pgd.mean() > l_start.mean()
         assert l_pgd.mean() >= l_fgsm.mean() * (1 - 1e-3)
@@ -236,7 +237,7 @@ def test_schedule_validation():
         attacked_steps(10, 101)
     with pytest.raises(ValueError, match="'middle'; allowed: spread, first, last"):
         attacked_steps(10, 50, "middle")
-    with pytest.raises(ValueError, match="unknown attack method"):
+    with pytest.raises(ValueError, match="method .--method. = 'cw' is invalid; allowed: fgsm, pgd"):
         AttackSpec("cw", 50)
     with pytest.raises(ValueError, match="project"):
         AttackSpec("fgsm", 50, project="end")
@@ -250,6 +251,36 @@ def test_spec_labels():
         "pgd20-mean-spread-50%-projend-x2"
     d = AttackSpec("pgd", 50, loss="x0").to_dict()
     assert d["label"] == "pgd20-x0-spread-50%" and d["pgd_steps"] == 20
+    # exact numbers: near-equal settings never share a label (or a curve point)
+    assert AttackSpec("pgd", 4.9999999).describe() == "pgd20-mean-spread-4.9999999%"
+    assert AttackSpec("random", 5, eps_scale=8 / 255).describe() == \
+        f"random-sign-spread-5%-x{8 / 255!r}"
+    assert AttackSpec("fgsm", 10, project=True).describe() == "fgsm-mean-spread-10%-proj"
+    assert AttackSpec("pgd", 10, alpha_scale=0.25).describe().endswith("-alpha0.25")
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(eps_scale=float("nan")), r"eps_scale \(--eps-scale\) = nan is invalid"),
+    (dict(eps_scale=float("inf")), r"eps_scale \(--eps-scale\) = inf"),
+    (dict(percent=float("nan")), r"percent \(--steps-attacked\) = nan"),
+    (dict(percent=-1), r"percent \(--steps-attacked\) = -1"),
+    (dict(alpha_scale=0.0), r"alpha_scale \(--alpha-scale\) = 0.0"),
+    (dict(pgd_steps=0), r"pgd_steps \(--pgd-steps\) = 0 is invalid; allowed: an integer >= 1"),
+    (dict(method="random", loss="eps"), r"loss \(--loss\) = 'eps' is not used by attack "
+                                        "'random'"),
+    (dict(method="fgsm", pgd_steps=5), "pgd_steps .* not used by attack 'fgsm'"),
+    (dict(method="pgd", project="off"), "'off' is invalid for pgd; allowed: auto, on, end"),
+    (dict(window=""), "window"),
+])
+def test_spec_refuses_bad_and_unused_settings(bad, message):
+    with pytest.raises(ConfigError, match=message):
+        AttackSpec(**bad)
+
+
+def test_spec_accepts_the_former_project_spelling():
+    assert AttackSpec("fgsm", 50, project=True).project == "on"
+    assert AttackSpec("fgsm", 50, project=False).project == "off"
+    assert AttackSpec("pgd", 50, project=None).project == "auto"
 
 
 # ----------------------------------------------------------------------------- paired sampling

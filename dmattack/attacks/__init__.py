@@ -1,13 +1,32 @@
-"""Attacks: training-time perturbations (METHOD §3) and reverse-chain attacks (METHOD §6)."""
+"""Attacks: training-time perturbations (docs/method.md §3) and reverse-chain attacks
+(docs/method.md §6).
 
+Reverse-chain attacks are registered in :data:`dmattack.registry.ATTACKS` (``fgsm``, ``pgd``,
+``random``, plus plugins); :class:`AttackSpec` names one with its settings, and
+:class:`AttackPlan` runs a spec, a user's per-step attack factory or a whole-chain attack
+through :func:`dmattack.attack_eval.run_attack` / ``run_curve``.
+"""
+
+from typing import Any
+
+from ..registry import ATTACKS
+from .base import AttackEntry, PerStepFactory, WholeChainAttack, format_number
 from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom
-from .losses import LOSSES, LossFn, PredictionGap, make_loss
+from .losses import LOSSES, LossFn, PredictionGap, StepLoss, make_loss
 from .perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
-from .schedule import METHODS, WINDOWS, AttackSpec, attacked_steps, make_hook_factory
+from .plan import AttackPlan, make_hook_factory
+from .schedule import PROJECTS, WINDOWS, AttackSpec, attacked_steps
 
 __all__ = [
+    "AttackEntry", "PerStepFactory", "WholeChainAttack", "format_number",
     "ChainAttack", "ChainFGSM", "ChainPGD", "ChainRandom",
-    "LOSSES", "LossFn", "PredictionGap", "make_loss",
+    "LOSSES", "LossFn", "PredictionGap", "StepLoss", "make_loss",
     "RayConfig", "fgsm_perturbation", "random_perturbation", "ray",
-    "METHODS", "WINDOWS", "AttackSpec", "attacked_steps", "make_hook_factory",
+    "AttackPlan", "make_hook_factory", "PROJECTS", "WINDOWS", "AttackSpec", "attacked_steps",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "METHODS":  # former tuple of attack names; the registry is the one list now
+        return ATTACKS.names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

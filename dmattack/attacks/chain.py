@@ -1,4 +1,5 @@
-"""White-box attacks on one reverse step of a diffusion chain (METHOD §6), torchattacks-style.
+"""White-box attacks on one reverse step of a diffusion chain (docs/method.md §6),
+torchattacks-style.
 
 ``x_adv = atk(x_t, t)`` perturbs the current state x_t (B, …), model space) before the reverse
 step at indices ``t`` (B,) of the diffusion the sampler walks. The ℓ∞ budget is the chain's own
@@ -6,10 +7,13 @@ noise scale, ε_t = ``eps_scale``·σ_t with σ_t = √β̃_t (:meth:`GaussianDi
 in model-space units; where ε_t = 0 (the last step) the input is returned unchanged.
 
 Unlike classifier attacks there are no labels and no [0, 1] box: the state is unbounded, so
-torchattacks' input checks, clamp and normalisation hooks are bypassed. What is kept: the model
-runs in eval mode during the attack (see ``set_model_training_mode``) and every module's mode is
-restored afterwards; ``repr``; ``device``. Gradients are taken with respect to the input only
-(also inside a caller's ``torch.no_grad()``); parameters never receive ``.grad``.
+torchattacks' input checks, clamp and normalisation hooks are bypassed, and its classifier-only
+surface (``get_logits``, ``MultiAttack``, targeted modes, normalisation, ``save``) raises a
+TypeError saying what to use instead. What is kept: the model runs in eval mode during the
+attack (see ``set_model_training_mode``) and every module's mode is restored afterwards;
+``repr``; ``device``. The call enables gradients itself and freezes the parameters, so an attack
+works inside a caller's ``torch.no_grad()`` (e.g. the sampling loop) and gradients flow to the
+input only; parameters never receive ``.grad``.
 
 Randomness (``generator``): None uses the global RNG, one ``torch.Generator`` draws the whole
 batch, a list of per-sample generators draws row i from generator i only, so a sample's attack
@@ -20,14 +24,21 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any, NoReturn
 
 import torch
 from torch import nn
 from torchattacks.attack import Attack
 
 from ..diffusion import GaussianDiffusion
+from ..errors import ConfigError
+from ..registry import ATTACKS
+from ..sampling import frozen
 from ..seeding import rand_per_sample
-from .losses import LossFn, PredictionGap, make_loss
+from .base import AttackEntry, format_number
+from .losses import LossFn, StepLoss, make_loss
+from .perturbation import is_number
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 RANDOM_DISTS = ("sign", "uniform")
@@ -36,12 +47,47 @@ _REPR_HIDDEN = ("model", "attack", "supported_mode", "attack_mode", "targeted",
                 "normalization_used", "diffusion", "generator", "loss")
 
 
+_CLASSIFIER_ONLY = ("a chain attack's model is an ε-model, eps = model(x_t, t), not a "
+                    "classifier, so torchattacks' classifier API (get_logits, MultiAttack, "
+                    "targeted modes, normalisation, save) does not apply; call the attack as "
+                    "x_adv = atk(x_t, t), and compare several with "
+                    "dmattack.attack_eval.run_curve")
+
+
+class _EpsModel(nn.Module):
+    """The ε-model as a chain attack holds it: ``model(x, t)`` passes through; a call without
+    ``t`` (torchattacks' classifier code, e.g. ``MultiAttack``) raises a clear TypeError."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.eps_model = model
+        self.training = model.training
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None = None, *args: object,
+                **kwargs: object) -> torch.Tensor:
+        if t is None:
+            raise TypeError(_CLASSIFIER_ONLY)
+        return self.eps_model(x, t, *args, **kwargs)
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _EpsModel:
+        """The one view of ``model`` (shared by its attacks, as torchattacks' wrappers expect);
+        kept in the model's ``__dict__`` without registering it as a submodule."""
+        view = model.__dict__.get("_dmattack_eps_view")
+        if view is None:
+            view = cls(model)
+            object.__setattr__(model, "_dmattack_eps_view", view)
+        return view
+
+
 class ChainAttack(Attack, metaclass=ABCMeta):
-    """Base class: budget, random draws, mode handling and ``repr`` shared by the chain attacks.
+    """Base class: budget, random draws, gradients, mode handling, settings and ``repr`` shared
+    by the chain attacks. A subclass implements :meth:`perturb`; see docs/library.md.
 
     Args:
-        name: attack name shown by ``repr``.
-        model: the ε-model, ``eps = model(x, timesteps)`` (noise units).
+        name: attack name shown by ``repr`` and used as its label.
+        model: the ε-model, ``eps = model(x, timesteps)`` (noise units); ``self.model(x, t)``
+            calls it.
         diffusion: the :class:`GaussianDiffusion` the sampler walks (respaced or not).
         eps_scale: budget multiplier, ε_t = eps_scale·σ_t.
         generator: None, one generator, or one generator per sample.
@@ -50,22 +96,55 @@ class ChainAttack(Attack, metaclass=ABCMeta):
     def __init__(self, name: str, model: nn.Module, diffusion: GaussianDiffusion,
                  eps_scale: float = 1.0, generator: GeneratorArg = None) -> None:
         super().__init__(name, model)
-        if eps_scale < 0:
-            raise ValueError(f"eps_scale must be >= 0, got {eps_scale}")
+        if not (is_number(eps_scale) and eps_scale >= 0):
+            raise ConfigError(f"eps_scale = {eps_scale!r} is invalid; allowed: a finite "
+                              "number >= 0", field="eps_scale")
+        self.model = _EpsModel.of(model)
         self.diffusion = diffusion
         self.eps_scale = eps_scale
         self.generator = generator
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Attack states ``x_t`` (B, …) at indices ``t`` (B,); returns x_adv on ``self.device``."""
+        """Attack states ``x_t`` (B, …) at indices ``t`` (B,); returns x_adv on ``self.device``.
+        Gradients are enabled inside (also under a caller's ``torch.no_grad()``) and flow to
+        the input only."""
+        inner = self.model.eps_model
         modes = [(m, m.training) for m in self.model.modules()]
-        self._change_model_mode(self.model.training)
+        self._change_model_mode(inner.training)
         try:
             device = self.device or x_t.device
-            return self.forward(x_t.detach().to(device), t.to(device))
+            with torch.enable_grad(), frozen(inner):
+                return self.forward(x_t.detach().to(device), t.to(device))
         finally:
             for m, training in modes:
                 m.training = training
+
+    def settings(self) -> dict[str, Any]:
+        """What the attack is run with (JSON-serialisable), recorded with its results: its
+        public attributes, a callable loss by name. Override to record more or less."""
+        out: dict[str, Any] = {}
+        for k, v in vars(self).items():
+            if k.startswith("_") or k in _REPR_HIDDEN or k in ("device", "model_name"):
+                continue
+            out[k] = _jsonable(v)
+        if hasattr(self, "loss"):
+            out["loss"] = _loss_name(self.loss)
+        return out
+
+    def get_logits(self, inputs: torch.Tensor, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(_CLASSIFIER_ONLY)
+
+    def set_normalization_used(self, mean: object, std: object) -> NoReturn:
+        raise TypeError(_CLASSIFIER_ONLY)
+
+    def set_mode_targeted_by_function(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(_CLASSIFIER_ONLY)
+
+    set_mode_targeted_random = set_mode_targeted_least_likely = set_mode_targeted_by_label = \
+        set_mode_targeted_by_function
+
+    def save(self, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(_CLASSIFIER_ONLY)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         budget = self.budget(x_t, t)
@@ -95,7 +174,7 @@ class ChainAttack(Attack, metaclass=ABCMeta):
         info = {k: v for k, v in vars(self).items()
                 if not k.startswith("_") and k not in _REPR_HIDDEN}
         if hasattr(self, "loss"):
-            info["loss"] = getattr(self.loss, "__name__", self.loss)
+            info["loss"] = _loss_name(self.loss)
         info["T"] = self.diffusion.num_timesteps
         g = self.generator
         info["generator"] = ("global" if g is None else "shared"
@@ -103,23 +182,35 @@ class ChainAttack(Attack, metaclass=ABCMeta):
         return f"{self.attack}({', '.join(f'{k}={v}' for k, v in info.items())})"
 
 
+def _loss_name(loss: object) -> str:
+    return loss if isinstance(loss, str) else getattr(loss, "__name__", None) or repr(loss)
+
+
+def _jsonable(v: Any) -> Any:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return getattr(v, "__name__", None) or type(v).__name__
+
+
 class _GradientChainAttack(ChainAttack):
     """A chain attack that ascends a loss (:mod:`dmattack.attacks.losses`) by its gradient."""
 
     def __init__(self, name: str, model: nn.Module, diffusion: GaussianDiffusion,
-                 loss: str | LossFn, eps_scale: float, generator: GeneratorArg) -> None:
+                 loss: str | LossFn | StepLoss, eps_scale: float, generator: GeneratorArg
+                 ) -> None:
         super().__init__(name, model, diffusion, eps_scale, generator)
         self.loss = loss
         self._loss_fn = make_loss(loss, model, diffusion)
 
     def bound_loss(self, x_t: torch.Tensor, t: torch.Tensor
                    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``x_adv -> (B,)`` loss at this step; a built-in loss's clean term is computed once."""
+        """``x_adv -> (B,)`` loss at this step; its clean reference is computed once."""
         fn = self._loss_fn
-        if isinstance(fn, PredictionGap):
+        with torch.no_grad():
             ref = fn.reference(x_t, t)
-            return lambda x: fn.gap(x, t, ref)
-        return lambda x: fn(x, x_t, t)
+        return lambda x: fn(x, t, ref)
 
     @staticmethod
     def grad_sign(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
@@ -132,18 +223,19 @@ class _GradientChainAttack(ChainAttack):
 
 
 class ChainFGSM(_GradientChainAttack):
-    r"""FGSM with random start on one reverse step (METHOD Algorithm 2).
+    r"""FGSM with random start on one reverse step (the paper's Algorithm 2, docs/method.md §6.1).
 
     u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g). The step has
-    size ε_t and lands on the ball's surface, so no projection is needed (METHOD §6.1).
+    size ε_t and lands on the ball's surface, so no projection is needed (docs/method.md §6.1).
     ``project=True`` gives the alternative reading x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
     With ``loss="mean"`` the gradient points along u (∂μ_θ/∂x ≈ (1/√α_t) I), so the step is
-    ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (METHOD §11).
+    ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (docs/method.md §11).
 
     Args:
         model: the ε-model. diffusion: the diffusion the sampler walks.
-        loss: ``"mean"`` (METHOD's J_att; weak, see :mod:`~dmattack.attacks.losses`), ``"eps"``,
-            ``"x0"``, or ``loss_fn(x_adv, x_t, t) -> (B,)``.
+        loss: ``"mean"`` (the paper's J_att; weak, see :mod:`~dmattack.attacks.losses`),
+            ``"eps"``, ``"x0"``, a :class:`~dmattack.attacks.losses.StepLoss` (clean reference
+            computed once per step) or ``loss_fn(x_adv, x_t, t) -> (B,)``.
         eps_scale: ε_t = eps_scale·√β̃_t. project: see above. generator: see module docstring.
 
     Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
@@ -154,8 +246,8 @@ class ChainFGSM(_GradientChainAttack):
     """
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
-                 loss: str | LossFn = "mean", eps_scale: float = 1.0, project: bool = False,
-                 generator: GeneratorArg = None) -> None:
+                 loss: str | LossFn | StepLoss = "mean", eps_scale: float = 1.0,
+                 project: bool = False, generator: GeneratorArg = None) -> None:
         super().__init__("ChainFGSM", model, diffusion, loss, eps_scale, generator)
         self.project = bool(project)
 
@@ -168,11 +260,12 @@ class ChainFGSM(_GradientChainAttack):
 
 
 class ChainPGD(_GradientChainAttack):
-    r"""PGD with random start on one reverse step (METHOD Algorithm 3; PGD-20 by default).
+    r"""PGD with random start on one reverse step (the paper's Algorithm 3, docs/method.md §6.2;
+    PGD-20 by default).
 
     δ ~ U(−ε_t, ε_t); ``steps`` times δ ← δ + α·sign(∇_δ J(x_t + δ)) with α = alpha_scale·ε_t,
     projected onto the ℓ∞ ball ‖δ‖∞ ≤ ε_t after every iteration (``project=True``, the default)
-    or once at the end (``project="end"``, the paper's wording, METHOD §6.2).
+    or once at the end (``project="end"``, the paper's wording, docs/method.md §6.2).
 
     Args:
         model, diffusion, loss, eps_scale, generator: as :class:`ChainFGSM`.
@@ -187,16 +280,16 @@ class ChainPGD(_GradientChainAttack):
     """
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
-                 loss: str | LossFn = "mean", eps_scale: float = 1.0, steps: int = 20,
+                 loss: str | LossFn | StepLoss = "mean", eps_scale: float = 1.0, steps: int = 20,
                  alpha_scale: float = 1 / 8, project: bool | str = True,
                  generator: GeneratorArg = None) -> None:
         super().__init__("ChainPGD", model, diffusion, loss, eps_scale, generator)
         if project is not True and project != "end":
-            raise ValueError(f"PGD project must be True (every iteration) or 'end', "
-                             f"got {project!r}")
+            raise ConfigError(f"PGD project must be True (every iteration) or 'end', "
+                              f"got {project!r}", field="project")
         if steps < 1 or alpha_scale <= 0:
-            raise ValueError(f"PGD needs steps >= 1 and alpha_scale > 0, got {steps}, "
-                             f"{alpha_scale}")
+            raise ConfigError(f"PGD needs steps >= 1 and alpha_scale > 0, got {steps}, "
+                              f"{alpha_scale}")
         self.steps = steps
         self.alpha_scale = alpha_scale
         self.project = project
@@ -218,7 +311,7 @@ class ChainRandom(ChainAttack):
     """The model-free control at the same budget (no gradient).
 
     ``dist="sign"``: δ = ε_t·(random ±1 per coordinate), the step FGSM with the ``mean`` loss
-    reduces to (METHOD §11); ``dist="uniform"``: δ ~ U(−ε_t, ε_t). x_adv = x_t + δ.
+    reduces to (docs/method.md §11); ``dist="uniform"``: δ ~ U(−ε_t, ε_t). x_adv = x_t + δ.
 
     Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
     """
@@ -227,10 +320,31 @@ class ChainRandom(ChainAttack):
                  eps_scale: float = 1.0, generator: GeneratorArg = None) -> None:
         super().__init__("ChainRandom", model, diffusion, eps_scale, generator)
         if dist not in RANDOM_DISTS:
-            raise ValueError(f"unknown random dist {dist!r}; allowed: {', '.join(RANDOM_DISTS)}")
+            raise ConfigError(f"unknown random dist {dist!r}; allowed: "
+                              f"{', '.join(RANDOM_DISTS)}", field="random_dist")
         self.dist = dist
 
     def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         u = self.uniform(x_t)
         unit = torch.where(u < 0.5, -1.0, 1.0).to(u.dtype) if self.dist == "sign" else 2 * u - 1
         return x_t + budget * unit
+
+
+# ----------------------------------------------------------------------------- registrations
+ATTACKS.register("fgsm", AttackEntry(
+    make=lambda s: partial(ChainFGSM, loss=s.loss, eps_scale=s.eps_scale,
+                           project=s.project == "on"),
+    head=lambda s: f"fgsm-{s.loss}", options=("loss", "project"),
+    projects=("auto", "off", "on"), suffix=lambda s: ["proj"] if s.project == "on" else []))
+ATTACKS.register("pgd", AttackEntry(
+    make=lambda s: partial(ChainPGD, loss=s.loss, eps_scale=s.eps_scale, steps=s.pgd_steps,
+                           alpha_scale=s.alpha_scale,
+                           project="end" if s.project == "end" else True),
+    head=lambda s: f"pgd{s.pgd_steps}-{s.loss}",
+    options=("loss", "pgd_steps", "alpha_scale", "project"), projects=("auto", "on", "end"),
+    suffix=lambda s: ([*(["projend"] if s.project == "end" else []),
+                       *([f"alpha{format_number(s.alpha_scale)}"] if s.alpha_scale != 1 / 8
+                         else [])])))
+ATTACKS.register("random", AttackEntry(
+    make=lambda s: partial(ChainRandom, dist=s.random_dist, eps_scale=s.eps_scale),
+    head=lambda s: f"random-{s.random_dist}", options=("random_dist",), control=True))

@@ -1,18 +1,19 @@
-"""Attack losses for the reverse chain (METHOD §6, §11).
+"""Attack losses for the reverse chain (docs/method.md §6, §11).
 
-A loss maps a perturbed state to one value per sample: ``loss_fn(x_adv, x_t, t) -> (B,)``, where
-``x_adv`` and ``x_t`` are (B, …) states in model space and ``t`` (B,) are indices into the
-diffusion the sampler walks. The attacks ascend it.
+A loss maps a perturbed state to one value per sample, (B,); the attacks ascend it. ``x_adv``
+and ``x_t`` are (B, …) states in model space and ``t`` (B,) are indices into the diffusion the
+sampler walks. Two forms: a :class:`StepLoss` (``reference(x_t, t)`` computed once per attacked
+step, then ``loss(x_adv, t, ref)`` per iteration), or a plain ``loss_fn(x_adv, x_t, t)``.
 
 The built-in losses compare one prediction of the network at the perturbed and the clean state,
-‖f(x') − f(x_t)‖² with the per-sample mean over dimensions (METHOD §1):
+‖f(x') − f(x_t)‖² with the per-sample mean over dimensions (docs/method.md §1):
 
-* ``mean``: f = μ_θ, the reverse-step mean (METHOD's J_att, model-space units). Weak by
+* ``mean``: f = μ_θ, the reverse-step mean (the paper's J_att, model-space units). Weak by
   construction: μ_θ(x') − μ_θ(x_t) = (1/√α_t)[(x' − x_t) − β_t/√(1−ᾱ_t) (ε_θ(x') − ε_θ(x_t))],
   and β_t/√(1−ᾱ_t) ≤ 0.02 for t ≥ 100, so ∂μ_θ/∂x ≈ (1/√α_t) I and the loss is dominated by
   ‖x' − x_t‖². Its gradient at a random start x_t + u points along u: the FGSM step is ≈ the
-  sign of the random start (99.9% of coordinates in METHOD §11), i.e. a model-free random-sign
-  step, and PGD is no stronger than FGSM.
+  sign of the random start (99.9% of coordinates in docs/method.md §11), i.e. a model-free
+  random-sign step, and PGD is no stronger than FGSM.
 * ``eps``: f = ε_θ (noise units); it sees the network only, so it is the strongest of the three.
 * ``x0``: f = x̂_0 = (x − √(1−ᾱ_t) ε_θ)/√ᾱ_t (model space); the network term is weighted
   √(1−ᾱ_t) against the identity term, so it matters at high noise and fades at low noise.
@@ -21,10 +22,12 @@ The built-in losses compare one prediction of the network at the perturbed and t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
+from ..errors import ConfigError
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(x_adv, x_t, t) -> (B,)`` per-sample attack loss (higher = stronger attack)."""
@@ -32,17 +35,43 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("mean", "eps", "x0")
 
 
-class PredictionGap:
-    """Built-in loss ‖f(x_adv) − f(x_t)‖² (per-sample mean over dims) with f named by ``target``
-    (``mean`` = μ_θ, ``eps`` = ε_θ, ``x0`` = x̂_0; see the module docstring).
+class StepLoss:
+    """A per-sample attack loss whose clean reference is computed once per attacked step.
 
-    Called as a :data:`LossFn`, it recomputes the clean term; the attacks call
-    :meth:`reference` once per step (under ``no_grad``) and then :meth:`gap` per iteration.
+    The attacks call ``ref = loss.reference(x_t, t)`` once per step (under ``no_grad``), then
+    ``loss(x_adv, t, ref) -> (B,)`` per FGSM step / PGD iteration with gradients enabled on
+    ``x_adv``. Subclass it and implement :meth:`__call__` (and :meth:`reference` for anything
+    that depends on the clean state only; the default reference is ``x_t`` itself).
     """
+
+    def reference(self, x_t: torch.Tensor, t: torch.Tensor) -> Any:
+        """What the loss compares against, computed once per step (default: ``x_t``)."""
+        return x_t
+
+    def __call__(self, x_adv: torch.Tensor, t: torch.Tensor, ref: Any) -> torch.Tensor:
+        """Per-sample loss (B,) of the perturbed state ``x_adv`` (B, …)."""
+        raise NotImplementedError
+
+    def evaluate(self, x_adv: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
+                 ) -> torch.Tensor:
+        """The loss with a freshly computed reference: ``self(x_adv, t, reference(x_t, t))``."""
+        with torch.no_grad():
+            ref = self.reference(x_t, t)
+        return self(x_adv, t, ref)
+
+    def __repr__(self) -> str:
+        return type(self).__name__
+
+
+class PredictionGap(StepLoss):
+    """Built-in loss ‖f(x_adv) − f(x_t)‖² (per-sample mean over dims) with f named by ``target``
+    (``mean`` = μ_θ, ``eps`` = ε_θ, ``x0`` = x̂_0; see the module docstring); the reference is
+    f(x_t)."""
 
     def __init__(self, target: str, model: EpsModel, diffusion: GaussianDiffusion) -> None:
         if target not in LOSSES:
-            raise ValueError(f"unknown attack loss {target!r}; allowed: {', '.join(LOSSES)}")
+            raise ConfigError(f"unknown attack loss {target!r}; allowed: {', '.join(LOSSES)}",
+                              field="loss")
         self.target = target
         self.model = model
         self.diffusion = diffusion
@@ -56,25 +85,33 @@ class PredictionGap:
         return eps if self.target == "eps" else d.predict_x0(x, t, eps)
 
     def reference(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The clean term f(x_t, t), without gradient."""
-        with torch.no_grad():
-            return self.predict(x_t, t)
+        """The clean term f(x_t, t)."""
+        return self.predict(x_t, t)
 
-    def gap(self, x_adv: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x_adv: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
         """Per-sample mean of (f(x_adv) − ref)², shape (B,)."""
         return (self.predict(x_adv, t) - ref).flatten(1).pow(2).mean(1)
-
-    def __call__(self, x_adv: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return self.gap(x_adv, t, self.reference(x_t, t))
 
     def __repr__(self) -> str:
         return self.target
 
 
-def make_loss(
-    loss: str | LossFn, model: EpsModel, diffusion: GaussianDiffusion
-) -> PredictionGap | LossFn:
-    """The loss named ``loss`` (one of :data:`LOSSES`), or ``loss`` itself if it is callable."""
-    if callable(loss):
+class _PlainLoss(StepLoss):
+    """A plain ``loss_fn(x_adv, x_t, t)`` as a StepLoss (its reference is ``x_t``)."""
+
+    def __init__(self, fn: LossFn) -> None:
+        self.fn = fn
+
+    def __call__(self, x_adv: torch.Tensor, t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+        return self.fn(x_adv, ref, t)
+
+
+def make_loss(loss: str | LossFn | StepLoss, model: EpsModel, diffusion: GaussianDiffusion
+              ) -> StepLoss:
+    """The loss named ``loss`` (one of :data:`LOSSES`), a :class:`StepLoss` as is, or a plain
+    callable ``loss_fn(x_adv, x_t, t)`` wrapped as one."""
+    if isinstance(loss, StepLoss):
         return loss
+    if callable(loss):
+        return _PlainLoss(loss)
     return PredictionGap(loss, model, diffusion)

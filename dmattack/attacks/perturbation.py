@@ -1,9 +1,9 @@
-"""Training-time perturbations of the noisy sample (METHOD §3, Eqs. 5–7).
+"""Training-time perturbations of the noisy sample (docs/method.md §3, Eqs. 5–7).
 
 Units: δ is in noise (ε) units. It enters the noisy sample as x_t^adv = x_t + √(1−ᾱ_t)·δ
 (Eq. 5), so the pixel-space (model-space) shift is √(1−ᾱ_t)·δ. The ray r(t) bounds |δ_i| in ε
 units, per sample; σ_δ = r/√3 is the standard deviation of the uniform start δ_0 ~ U(−r, r).
-Timesteps are 0-indexed (METHOD's t is ours plus one).
+Timesteps are 0-indexed (the paper's t is ours plus one).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def perturb(
 
 
 def fgsm_step_size(r: torch.Tensor, step: str | float = "std") -> torch.Tensor:
-    """Signed-step size α per sample (B,): σ_δ = r/√3 ("std", METHOD §3.2), 1.25·r ("wong",
+    """Signed-step size α per sample (B,): σ_δ = r/√3 ("std", docs/method.md §3.2), 1.25·r ("wong",
     Wong et al. 2020), or ``step``·r for a positive float."""
     if step == "std":
         return r / math.sqrt(3)
@@ -137,7 +137,7 @@ def fgsm_cost(
     """Per-sample cost J (B,) maximised by the training FGSM step.
 
     ``discrepancy`` (Eq. 6): mean_dims ‖ε_θ(x_t^adv) − ε_θ(x_t)‖²;
-    ``equivariance`` (METHOD §10.6): mean_dims ‖ε_θ(x_t) + δ − ε_θ(x_t^adv)‖².
+    ``equivariance`` (docs/method.md §10.6): mean_dims ‖ε_θ(x_t) + δ − ε_θ(x_t^adv)‖².
     """
     if cost == "discrepancy":
         return mean_flat((eps_pert - eps_clean) ** 2)

@@ -1,23 +1,22 @@
-"""Which reverse steps get attacked, and how (METHOD §6.1 "steps attacked", §10.8, §11)."""
+"""Which reverse steps get attacked, and how (docs/method.md §6.1 "steps attacked", §10.8, §11)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
-from ..sampling import StepHook
-from ..seeding import ATTACK, generators
-from .chain import RANDOM_DISTS, ChainAttack, ChainFGSM, ChainPGD, ChainRandom, GeneratorArg
+from ..errors import ConfigError
+from ..registry import ATTACKS, registry_choices
+from ..settings import check_settings, option_name, setting
+from .base import AttackEntry, WholeChainAttack, build_per_step, format_number
+from .chain import RANDOM_DISTS, ChainAttack, GeneratorArg
 from .losses import LOSSES
 
 WINDOWS = ("spread", "first", "last")
-METHODS = ("fgsm", "pgd", "random")
 
 
 def attacked_steps(num_steps: int, percent: float, window: str = "spread") -> list[int]:
@@ -41,64 +40,78 @@ def attacked_steps(num_steps: int, percent: float, window: str = "spread") -> li
     return [math.floor((i + 0.5) * num_steps / count) for i in range(count)]
 
 
+PROJECTS = ("auto", "on", "off", "end")
+COMMON_OPTIONS = ("method", "percent", "window", "eps_scale")
+"""AttackSpec fields every attack reads; the others belong to the attacks that declare them."""
+
+
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack setting of an evaluation: method, share of steps, window and attack options.
-
-    ``loss`` applies to fgsm/pgd, ``random_dist`` to random, ``pgd_steps`` and ``alpha_scale``
-    to pgd. ``project``: None = the method's default (fgsm: no projection; pgd: every
-    iteration); fgsm accepts True, pgd True or ``"end"``. Budget ε_t = eps_scale·√β̃_t.
+    """One attack setting of an evaluation: which registered attack, on which steps, with which
+    options. Flat: each field is one command-line option; each attack reads the fields its
+    registry entry lists (:class:`~dmattack.attacks.base.AttackEntry`), and a field it does not
+    read must stay at its default. Budget ε_t = eps_scale·√β̃_t (model-space units).
     """
 
-    method: str
-    percent: float
-    window: str = "spread"
-    loss: str = "mean"
-    pgd_steps: int = 20
-    alpha_scale: float = 1 / 8
-    project: bool | str | None = None
-    random_dist: str = "sign"
-    eps_scale: float = 1.0
+    method: str = setting("pgd", "Attack: a registered attack (dmattack plugins lists them).",
+                          choices=registry_choices(ATTACKS))
+    percent: float = setting(50.0, "Percent of the sampler's reverse steps attacked (0..100).",
+                             low=0, high=100, option="--steps-attacked")
+    window: str = setting("spread", "Which steps are attacked: spread (evenly strided), first "
+                          "(high noise) or last (low noise).", choices=WINDOWS)
+    loss: str = setting("mean", "Attack loss of fgsm/pgd: mean (‖Δμ_θ‖², the paper's), eps "
+                        "(‖Δε_θ‖²) or x0 (‖Δx̂_0‖²).", choices=LOSSES)
+    pgd_steps: int = setting(20, "PGD iterations per attacked step.", low=1)
+    alpha_scale: float = setting(1 / 8, "PGD step size in units of ε_t.", low=0, low_open=True)
+    project: str = setting("auto", "Projection onto the ℓ∞ ball: auto (fgsm: none, pgd: every "
+                           "iteration), on, off (fgsm) or end (pgd, once at the end).",
+                           choices=PROJECTS)
+    random_dist: str = setting("sign", "Random control: sign (±ε_t) or uniform (U(−ε_t, ε_t)).",
+                               choices=RANDOM_DISTS)
+    eps_scale: float = setting(1.0, "Budget multiplier: ε_t = eps_scale·√β̃_t.", low=0,
+                               high=100)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown attack method {self.method!r}; allowed: "
-                             f"{', '.join(METHODS)}")
-        attacked_steps(1, self.percent, self.window)  # validates percent and window
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown attack loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
-        if self.random_dist not in RANDOM_DISTS:
-            raise ValueError(f"unknown random dist {self.random_dist!r}; allowed: "
-                             f"{', '.join(RANDOM_DISTS)}")
-        allowed_project = {"fgsm": (None, False, True), "pgd": (None, True, "end"),
-                           "random": (None,)}[self.method]
-        if self.project not in allowed_project:
-            raise ValueError(f"project={self.project!r} is not valid for {self.method}; "
-                             f"allowed: {', '.join(map(repr, allowed_project))}")
-        if self.pgd_steps < 1 or self.alpha_scale <= 0 or self.eps_scale < 0:
-            raise ValueError("need pgd_steps >= 1, alpha_scale > 0 and eps_scale >= 0")
+        if self.project is None or isinstance(self.project, bool):  # the former spelling
+            object.__setattr__(self, "project", {None: "auto", True: "on", False: "off"}[
+                self.project])
+        check_settings(self)
+        entry = self.entry()
+        if self.project not in entry.projects:
+            raise ConfigError(f"project (--project) = {self.project!r} is invalid for "
+                              f"{self.method}; allowed: {', '.join(entry.projects)}",
+                              field="project")
+        for f in fields(self):
+            if f.name in COMMON_OPTIONS or f.name in entry.options or f.name == "project":
+                continue
+            if getattr(self, f.name) != f.default:
+                used = ", ".join((*COMMON_OPTIONS[2:], *entry.options)) or "none"
+                raise ConfigError(f"{f.name} ({option_name(f)}) = {getattr(self, f.name)!r} "
+                                  f"is not used by attack {self.method!r}; it reads: {used}",
+                                  field=f.name)
+        if entry.check is not None:
+            entry.check(self)
+
+    def entry(self) -> AttackEntry:
+        """The registered attack this spec names."""
+        return ATTACKS.get(self.method, "--method")
 
     def describe(self, with_percent: bool = True) -> str:
         """Short label, e.g. ``pgd20-mean-spread-50%``; options off their defaults are appended
-        (``-projend``, ``-alpha0.25``, ``-x2``), so distinct specs get distinct labels."""
-        if self.method == "pgd":
-            parts = [f"pgd{self.pgd_steps}", self.loss]
-        elif self.method == "fgsm":
-            parts = ["fgsm", self.loss]
-        else:
-            parts = ["random", self.random_dist]
-        parts.append(self.window)
+        (``-projend``, ``-alpha0.25``, ``-x2``), so distinct specs get distinct labels. Numbers
+        are exact (``5`` and ``4.9999999`` differ)."""
+        entry = self.entry()
+        parts = [entry.head(self), self.window]
         if with_percent:
-            parts.append(f"{self.percent:g}%")
-        if self.method == "fgsm" and self.project:
-            parts.append("proj")
-        if self.method == "pgd" and self.project == "end":
-            parts.append("projend")
-        if self.method == "pgd" and self.alpha_scale != 1 / 8:
-            parts.append(f"alpha{self.alpha_scale:g}")
+            parts.append(f"{format_number(self.percent)}%")
+        parts.extend(entry.suffix(self))
         if self.eps_scale != 1:
-            parts.append(f"x{self.eps_scale:g}")
+            parts.append(f"x{format_number(self.eps_scale)}")
         return "-".join(parts)
+
+    def settings(self) -> dict[str, Any]:
+        """The options besides method, percent and window (what the attack is run with)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("method", "percent", "window")}
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.describe()}
@@ -106,43 +119,9 @@ class AttackSpec:
     def make_attack(self, model: nn.Module, diffusion: GaussianDiffusion,
                     generator: GeneratorArg = None) -> ChainAttack:
         """The per-step attack this spec describes, on ``diffusion`` (the one sampled)."""
-        if self.method == "random":
-            return ChainRandom(model, diffusion, self.random_dist, self.eps_scale, generator)
-        if self.method == "fgsm":
-            return ChainFGSM(model, diffusion, self.loss, self.eps_scale, bool(self.project),
-                             generator)
-        return ChainPGD(model, diffusion, self.loss, self.eps_scale, self.pgd_steps,
-                        self.alpha_scale, True if self.project is None else self.project,
-                        generator)
-
-
-def make_hook_factory(
-    spec: AttackSpec,
-    model: nn.Module,
-    sampling_diffusion: GaussianDiffusion,
-    num_steps: int,
-    device: torch.device | str = "cpu",
-) -> Callable[[Sequence[int]], StepHook | None]:
-    """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.sampling.sample_batched`.
-
-    Each chunk's attack draws its random starts from per-sample ATTACK-stream generators of the
-    chunk's seeds, and attacks only at :func:`attacked_steps` (``num_steps`` reverse steps of
-    ``sampling_diffusion``). With no attacked step the factory returns None, so the run is the
-    clean run, bit for bit.
-    """
-    if num_steps != sampling_diffusion.num_timesteps:
-        raise ValueError(f"num_steps {num_steps} differs from the sampling diffusion's "
-                         f"{sampling_diffusion.num_timesteps} steps")
-    steps = frozenset(attacked_steps(num_steps, spec.percent, spec.window))
-
-    def factory(chunk_seeds: Sequence[int]) -> StepHook | None:
-        if not steps:
-            return None
-        atk = spec.make_attack(model, sampling_diffusion, generators(chunk_seeds, ATTACK, device))
-
-        def hook(x_t: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
-            return atk(x_t, t) if step in steps else x_t
-
-        return hook
-
-    return factory
+        made = self.entry().make(self)
+        if isinstance(made, WholeChainAttack):
+            raise ConfigError(f"attack {self.method!r} attacks the whole chain, not one step; "
+                              "run it with dmattack.attack_eval.run_attack / run_curve",
+                              field="method")
+        return build_per_step(made, model, diffusion, generator)

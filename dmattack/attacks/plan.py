@@ -1,0 +1,229 @@
+"""What :func:`~dmattack.attack_eval.run_attack` and ``run_curve`` run: an attack plus the steps
+it attacks (docs/method.md §6.1 "steps attacked").
+
+An :class:`AttackPlan` wraps any of
+
+* a registered attack's :class:`~dmattack.attacks.schedule.AttackSpec` (``AttackPlan.of(spec)``);
+* a user's per-step attack factory ``factory(model, diffusion, generator=...) -> ChainAttack``
+  (a ChainAttack subclass is one);
+* a :class:`~dmattack.attacks.base.WholeChainAttack`,
+
+with ``percent`` and ``window``, and samples the attacked chain with the clean run's per-sample
+seeds, so clean and attacked samples differ by the attack alone and 0% attacked is the clean run
+bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..diffusion import GaussianDiffusion
+from ..errors import ConfigError
+from ..sampling import SamplerConfig, StepHook, frozen, sample_batched, sampling_diffusion
+from ..seeding import ATTACK, generators
+from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
+from .schedule import AttackSpec, attacked_steps
+
+RESERVED = ("method", "label", "series", "kind", "percent", "window")
+"""Keys of an attack record that an attack's own settings may not use."""
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """An attack and the share of reverse steps it attacks.
+
+    Args:
+        attack: a per-step factory (called as ``attack(model, diffusion, generator=g)`` once per
+            batch, ``g`` one ATTACK-stream generator per sample) or a
+            :class:`~dmattack.attacks.base.WholeChainAttack`.
+        percent: percent of the sampler's reverse steps attacked, [0, 100].
+        window: ``spread``, ``first`` or ``last`` (:func:`attacked_steps`).
+        name: the series name (default: a whole-chain attack's ``label``, else the factory's
+            ``__name__``, e.g. the ChainAttack subclass's name).
+        settings: what to record as the attack's settings (default: the attack's own
+            ``settings()``; a per-step factory is built once on the sampled diffusion to ask).
+        spec: the registered attack's spec this plan was made from (:meth:`of`), else None.
+    """
+
+    attack: PerStepFactory | WholeChainAttack
+    percent: float
+    window: str = "spread"
+    name: str | None = None
+    settings: Mapping[str, Any] | None = None
+    spec: AttackSpec | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.percent, (int, float)) and not isinstance(self.percent, bool)
+                and math.isfinite(self.percent)):
+            raise ConfigError(f"percent = {self.percent!r} is invalid; allowed: a finite number "
+                              "in [0, 100]", field="percent")
+        try:
+            attacked_steps(1, self.percent, self.window)
+        except ValueError as e:
+            raise ConfigError(str(e), field="window") from None
+        if not (self.whole_chain or callable(self.attack)):
+            raise ConfigError(f"attack {self.attack!r} is neither a per-step attack factory "
+                              "(model, diffusion, generator=...) -> ChainAttack nor a "
+                              "WholeChainAttack", field="attack")
+        name = self.base_name
+        if not name or name == "<lambda>" or not isinstance(name, str) or "%" in name:
+            raise ConfigError(f"attack name {name!r} cannot label results; pass "
+                              "AttackPlan(..., name='my-attack')", field="name")
+
+    @classmethod
+    def of(cls, attack: AttackSpec | AttackPlan | str) -> AttackPlan:
+        """The plan of a spec (or of a registered attack's name, with its default settings);
+        a plan is returned as is."""
+        if isinstance(attack, AttackPlan):
+            return attack
+        if isinstance(attack, str):
+            attack = AttackSpec(method=attack)
+        if not isinstance(attack, AttackSpec):
+            raise ConfigError(f"{attack!r} is not an AttackSpec or AttackPlan; wrap your own "
+                              "attack as AttackPlan(attack, percent, window)", field="attack")
+        return cls(attack.entry().make(attack), attack.percent, attack.window,
+                   name=attack.describe(with_percent=False), spec=attack)
+
+    # ------------------------------------------------------------------ what it is called
+    @property
+    def whole_chain(self) -> bool:
+        return isinstance(self.attack, WholeChainAttack)
+
+    @property
+    def kind(self) -> str:
+        return "whole-chain" if self.whole_chain else "per-step"
+
+    @property
+    def base_name(self) -> str:
+        if self.name is not None:
+            return self.name
+        if self.whole_chain:
+            return self.attack.label
+        return getattr(self.attack, "__name__", "") or type(self.attack).__name__
+
+    @property
+    def method(self) -> str:
+        """The registered attack's name, or the series name of a user's attack."""
+        return self.spec.method if self.spec is not None else self.base_name
+
+    @property
+    def control(self) -> bool:
+        """A model-free control (drawn dashed in curve plots)."""
+        return self.spec is not None and self.spec.entry().control
+
+    @property
+    def series(self) -> str:
+        """Label without the percent, e.g. ``pgd20-mean-spread`` or ``MyAttack-spread``."""
+        return self.base_name if self.spec is not None else f"{self.base_name}-{self.window}"
+
+    @property
+    def label(self) -> str:
+        """Label with the percent, e.g. ``pgd20-mean-spread-50%`` (numbers exact)."""
+        if self.spec is not None:
+            return self.spec.describe()
+        return f"{self.series}-{format_number(self.percent)}%"
+
+    def steps(self, num_steps: int) -> list[int]:
+        """The reverse steps attacked on a chain of ``num_steps`` (0 = the first, at x_T)."""
+        return attacked_steps(num_steps, self.percent, self.window)
+
+    def attack_settings(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
+        """The attack's own settings (see ``settings``); ``diffusion`` is the sampled one."""
+        if self.settings is not None:
+            return dict(self.settings)
+        if self.spec is not None:
+            return self.spec.settings()
+        if self.whole_chain:
+            return dict(self.attack.settings())
+        return build_per_step(self.attack, model, diffusion, None).settings()
+
+    def record(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
+        """What results record about the attack: method, label, series, kind, percent, window
+        and its settings (flat)."""
+        settings = self.attack_settings(model, diffusion)
+        clash = sorted(set(settings) & set(RESERVED))
+        if clash:
+            raise ConfigError(f"attack settings use reserved keys {clash}; rename them",
+                              field="settings")
+        return {"method": self.method, "label": self.label, "series": self.series,
+                "kind": self.kind, "percent": self.percent, "window": self.window, **settings}
+
+    # ------------------------------------------------------------------ running it
+    def hook_factory(self, model: nn.Module, diffusion: GaussianDiffusion,
+                     device: torch.device | str = "cpu"
+                     ) -> Callable[[Sequence[int]], StepHook | None]:
+        """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.sampling.sample_batched` (per-step
+        attacks only) on ``diffusion``, the one the sampler walks.
+
+        Each chunk's attack draws its random starts from per-sample ATTACK-stream generators of
+        the chunk's seeds and attacks only the :meth:`steps`. With no attacked step the factory
+        returns None, so the run is the clean run, bit for bit.
+        """
+        if self.whole_chain:
+            raise ConfigError(f"{self.label} attacks the whole chain; it has no per-step hook "
+                              "(use AttackPlan.sample)", field="attack")
+        steps = frozenset(self.steps(diffusion.num_timesteps))
+
+        def factory(chunk_seeds: Sequence[int]) -> StepHook | None:
+            if not steps:
+                return None
+            atk = build_per_step(self.attack, model, diffusion,
+                                 generators(chunk_seeds, ATTACK, device))
+
+            def hook(x_t: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+                return atk(x_t, t) if step in steps else x_t
+
+            return hook
+
+        return factory
+
+    def sample(self, model: nn.Module, diffusion: GaussianDiffusion, shape: Sequence[int],
+               seeds: Sequence[int], batch_size: int, sampler: SamplerConfig,
+               device: torch.device | str = "cpu",
+               progress: Callable[[int], None] | None = None) -> torch.Tensor:
+        """Attacked samples (N, *shape) float32 on CPU for ``seeds``, in chunks of
+        ``batch_size``; ``diffusion`` is the model's full diffusion. ``progress(step)`` is called
+        once per reverse step of every chunk. Wrap the call in ``torch.no_grad()`` (attacks
+        enable gradients themselves)."""
+        sd = sampling_diffusion(diffusion, sampler)
+        steps = self.steps(sd.num_timesteps)
+        if not (self.whole_chain and steps):
+            factory = None if self.whole_chain else self.hook_factory(model, sd, device)
+            return sample_batched(model, diffusion, shape, seeds, batch_size, sampler, factory,
+                                  device, progress)
+        out = []
+        with frozen(model):
+            for start in range(0, len(seeds), batch_size):
+                chunk = list(seeds[start:start + batch_size])
+                x = self.attack.sample_attacked(model, sd, sampler, tuple(shape), chunk, steps,
+                                                device)
+                if not isinstance(x, torch.Tensor) or tuple(x.shape) != (len(chunk), *shape):
+                    got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                    raise TypeError(f"{type(self.attack).__name__}.sample_attacked returned "
+                                    f"{got}, expected a tensor {(len(chunk), *shape)}")
+                out.append(x.detach().float().cpu())
+                if progress is not None:
+                    for step in range(sd.num_timesteps):
+                        progress(step)
+        return torch.cat(out) if out else torch.empty(0, *shape)
+
+
+def make_hook_factory(
+    attack: AttackSpec | AttackPlan,
+    model: nn.Module,
+    sampling_diffusion: GaussianDiffusion,
+    num_steps: int,
+    device: torch.device | str = "cpu",
+) -> Callable[[Sequence[int]], StepHook | None]:
+    """:meth:`AttackPlan.hook_factory` of a spec or plan; ``num_steps`` must be the number of
+    reverse steps of ``sampling_diffusion`` (a check)."""
+    if num_steps != sampling_diffusion.num_timesteps:
+        raise ValueError(f"num_steps {num_steps} differs from the sampling diffusion's "
+                         f"{sampling_diffusion.num_timesteps} steps")
+    return AttackPlan.of(attack).hook_factory(model, sampling_diffusion, device)
