@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import torch
 
+from dmattack.attacks import attacked_steps
 from dmattack.attacks.differentiable import DifferentiableChain, attack_mode, draw_chain_noise
 from dmattack.attacks.distances import pixel_distance
 from dmattack.attacks.trajectory import TrajectoryPGD
@@ -140,6 +141,7 @@ def main() -> None:
     seeds = sample_seeds(0, a.batch)
     chain = DifferentiableChain(lm.model, lm.diffusion, sampler)
     K, N = chain.num_steps, a.iterations
+    steps = attacked_steps(K, 50, "spread")
     x = torch.randn(a.batch, *lm.data_shape, device=device)
     times: dict[str, list[float]] = {"f": [], "fg": [], "fb": [], "ckpt": [], "plain": []}
     for _ in range(a.attack_repeats):  # interleaved: a busy machine slows every term alike
@@ -151,7 +153,7 @@ def main() -> None:
         for key, ckpt in (("ckpt", True), ("plain", False)):
             atk = TrajectoryPGD(percent=50, iterations=N, checkpoint=ckpt)
             times[key].append(timed(lambda atk=atk: atk.attack(
-                lm.model, lm.diffusion, sampler, lm.data_shape, seeds, device), device))
+                lm.model, lm.diffusion, sampler, lm.data_shape, seeds, steps, device), device))
     med = {k: statistics.median(v) for k, v in times.items()}
     f, fg, fb = med["f"], med["fg"], med["fb"]
     rows = {"trajectory-checkpoint=True": med["ckpt"], "trajectory-checkpoint=False": med["plain"]}

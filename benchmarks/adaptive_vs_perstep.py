@@ -9,8 +9,8 @@ moves the final sample from the clean sample with the same seeds:
 * class change: share of samples whose digits-cnn class differs from the clean sample's.
 
 Attacks: per-step PGD-k with the ``mean`` loss and with the ``eps`` loss, the random-sign
-control (all through ``make_hook_factory`` + ``sample_batched``), TrajectoryPGD (pixel D, k
-iterations) and LookaheadPGD (pixel D, ``--eot`` draws, ``--horizon`` steps, k iterations).
+control, TrajectoryPGD (pixel D, k iterations) and LookaheadPGD (pixel D, ``--eot`` draws,
+``--horizon`` steps, k iterations), all through ``AttackPlan.sample`` (what ``run_attack`` runs).
 Writes a JSON record (config, seeds, versions, numbers, seconds) and prints a table.
 
     python benchmarks/adaptive_vs_perstep.py --samples 64 --out adaptive_vs_perstep.json
@@ -25,11 +25,11 @@ import time
 
 import torch
 
+from dmattack.attacks import AttackPlan, AttackSpec
 from dmattack.attacks.lookahead import LookaheadPGD
-from dmattack.attacks.schedule import AttackSpec, make_hook_factory
 from dmattack.attacks.trajectory import TrajectoryPGD
 from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
+from dmattack.sampling import SamplerConfig, sample_batched
 from dmattack.seeding import sample_seeds
 from evaluators.digits_model import DEFAULT_WEIGHTS, load_digits_cnn
 
@@ -70,13 +70,16 @@ def main() -> None:
         with torch.no_grad():
             return cnn(x).argmax(1)
 
-    per_step = {"pgd-mean": AttackSpec("pgd", a.percent, loss="mean", pgd_steps=a.iterations),
-                "pgd-eps": AttackSpec("pgd", a.percent, loss="eps", pgd_steps=a.iterations),
-                "random": AttackSpec("random", a.percent)}
-    adaptive = {
-        "trajectory": TrajectoryPGD(percent=a.percent, iterations=a.iterations),
-        "lookahead": LookaheadPGD(percent=a.percent, eot=a.eot, horizon=horizon,
-                                  iterations=a.lookahead_iterations or a.iterations),
+    plans = {
+        "pgd-mean": AttackPlan.of(AttackSpec("pgd", a.percent, loss="mean",
+                                             pgd_steps=a.iterations)),
+        "pgd-eps": AttackPlan.of(AttackSpec("pgd", a.percent, loss="eps",
+                                            pgd_steps=a.iterations)),
+        "random": AttackPlan.of(AttackSpec("random", a.percent)),
+        "trajectory": AttackPlan(TrajectoryPGD(iterations=a.iterations), a.percent),
+        "lookahead": AttackPlan(LookaheadPGD(eot=a.eot, horizon=horizon,
+                                             iterations=a.lookahead_iterations or a.iterations),
+                                a.percent),
     }
     methods = a.methods.split(",")
     record = {"config": vars(a), "sampler": sampler.describe(1000), "num_seeds": len(seeds),
@@ -85,28 +88,17 @@ def main() -> None:
               "between clean and attacked samples with the same seeds", "runs": {}}
     for run in a.runs.split(","):
         lm = load_run(run)
-        sd = sampling_diffusion(lm.diffusion, sampler)
         t0 = time.perf_counter()
         with torch.no_grad():
             clean = sample_batched(lm.model, lm.diffusion, lm.data_shape, seeds, a.batch, sampler)
         rows = {"clean": {"seconds": time.perf_counter() - t0}}
         for m in methods:
             t0 = time.perf_counter()
-            if m in per_step:
-                spec = per_step[m]
-                factory = make_hook_factory(spec, lm.model, sd, sd.num_timesteps)
-                with torch.no_grad():
-                    x = sample_batched(lm.model, lm.diffusion, lm.data_shape, seeds, a.batch,
-                                       sampler, factory)
-                settings = spec.to_dict()
-            else:
-                atk = adaptive[m]
-                x = torch.cat([atk.sample_attacked(lm.model, lm.diffusion, sampler,
-                                                   lm.data_shape, seeds[i:i + a.batch]).cpu()
-                               for i in range(0, len(seeds), a.batch)])
-                settings = atk.settings()
+            plan = plans[m]
+            with torch.no_grad():
+                x = plan.sample(lm.model, lm.diffusion, lm.data_shape, seeds, a.batch, sampler)
             rows[m] = {**paired(x, clean, classify), "seconds": time.perf_counter() - t0,
-                       "settings": settings}
+                       "label": plan.label, "settings": plan.attack_settings(lm.model, None)}
             print(f"{run:32s} {m:11s} pixel mean {rows[m]['pixel_mean']:.4f} median "
                   f"{rows[m]['pixel_median']:.4f} class changed {rows[m]['class_changed']:.3f}"
                   f"  ({rows[m]['seconds']:.0f} s)", flush=True)

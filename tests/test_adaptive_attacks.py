@@ -6,10 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from dmattack.attacks import (
+    AttackPlan,
+    AttackSpec,
+    WholeChainAttack,
+    attacked_steps,
+    make_hook_factory,
+)
 from dmattack.attacks.differentiable import DifferentiableChain, draw_chain_noise
 from dmattack.attacks.distances import pixel_distance
 from dmattack.attacks.lookahead import LookaheadPGD
-from dmattack.attacks.schedule import AttackSpec, attacked_steps, make_hook_factory
 from dmattack.attacks.trajectory import TrajectoryPGD
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.errors import ConfigError
@@ -68,14 +74,20 @@ def test_unperturbed_chain_is_sample_bit_for_bit(tiny, sampler):
                            sample(model, diffusion, SHAPE, SEEDS, sampler))
 
 
-@pytest.mark.parametrize("attack", [TrajectoryPGD(percent=0),
-                                    LookaheadPGD(percent=0, horizon="end")])
-def test_zero_percent_is_the_clean_run(tiny, attack):
+@pytest.mark.parametrize("attack", [TrajectoryPGD(), LookaheadPGD(horizon="end")])
+def test_no_attacked_step_is_the_clean_run(tiny, attack):
+    """0% attacked, or only the last step (budget √β̃ = 0): the clean run, bit for bit."""
     model, diffusion = tiny
     sampler = SamplerConfig("respaced", 5)
     with torch.no_grad():
         clean = sample(model, diffusion, SHAPE, SEEDS, sampler)
-    assert torch.equal(attack.sample_attacked(model, diffusion, sampler, SHAPE, SEEDS), clean)
+    assert isinstance(attack, WholeChainAttack)
+    for steps in ([], [4]):
+        out = attack.sample_attacked(model, diffusion, sampler, SHAPE, SEEDS, steps)
+        assert torch.equal(out, clean)
+    plan = AttackPlan(attack, percent=0)
+    with torch.no_grad():
+        assert torch.equal(plan.sample(model, diffusion, SHAPE, SEEDS, 3, sampler), clean)
 
 
 def replay(model, diffusion, sampler, deltas):
@@ -92,21 +104,21 @@ def replay(model, diffusion, sampler, deltas):
         return sample(model, diffusion, SHAPE, SEEDS, sampler, hook=hook), touched
 
 
-@pytest.mark.parametrize("attack", [
-    TrajectoryPGD(percent=50, iterations=3),
-    TrajectoryPGD(percent=50, iterations=2, keep="last", window="last", checkpoint=False),
-    LookaheadPGD(percent=50, iterations=2, eot=2, horizon=2),
+@pytest.mark.parametrize("attack, window", [
+    (TrajectoryPGD(iterations=3), "spread"),
+    (TrajectoryPGD(iterations=2, keep="last", checkpoint=False), "last"),
+    (LookaheadPGD(iterations=2, eot=2, horizon=2), "spread"),
 ], ids=["trajectory", "trajectory-last", "lookahead"])
 @pytest.mark.parametrize("sampler", SAMPLERS[1:], ids=lambda s: s.name)
-def test_budget_holds_and_only_attacked_steps_move(tiny, attack, sampler):
+def test_budget_holds_and_only_attacked_steps_move(tiny, attack, window, sampler):
     model, diffusion = tiny
-    model.train()
-    r = attack.attack(model, diffusion, sampler, SHAPE, SEEDS)
-    assert model.training and all(m.training for m in model.modules())  # mode restored
-    assert all(p.grad is None for p in model.parameters())
     sd = sampling_diffusion(diffusion, sampler)
     k = sd.num_timesteps
-    steps = attacked_steps(k, attack.config.percent, attack.config.window)
+    steps = attacked_steps(k, 50, window)
+    model.train()
+    r = attack.attack(model, diffusion, sampler, SHAPE, SEEDS, steps)
+    assert model.training and all(m.training for m in model.modules())  # mode restored
+    assert all(p.grad is None for p in model.parameters())
     with_budget = [s for s in steps if sd.attack_std_table[k - 1 - s] > 0]
     assert sorted(r.deltas) == with_budget and with_budget
     for s, d in r.deltas.items():
@@ -135,8 +147,8 @@ def test_trajectory_beats_random_and_per_step_mean(digits):
             x = sample_batched(model, diffusion, shape, seeds, 4, sampler,
                                make_hook_factory(spec, model, sd, sd.num_timesteps))
             dev[name] = float(pixel_distance(x, clean).mean())
-    traj = TrajectoryPGD(percent=50, iterations=3).sample_attacked(
-        model, diffusion, sampler, shape, seeds)
+    traj = TrajectoryPGD(iterations=3).sample_attacked(
+        model, diffusion, sampler, shape, seeds, attacked_steps(sd.num_timesteps, 50))
     dev["trajectory"] = float(pixel_distance(traj, clean).mean())
     assert dev["trajectory"] > 2 * max(dev["random"], dev["pgd-mean"]), dev
 
@@ -151,8 +163,9 @@ def test_lookahead_horizon_zero_is_per_step_pgd_with_x0_loss(digits):
     with torch.no_grad():
         ref = sample_batched(model, diffusion, SHAPE, seeds, 3, sampler,
                              make_hook_factory(spec, model, sd, sd.num_timesteps))
-    atk = LookaheadPGD(percent=50, iterations=3, eot=1, horizon=0, keep="last")
-    out = atk.sample_attacked(model, diffusion, sampler, SHAPE, seeds)
+    atk = LookaheadPGD(iterations=3, eot=1, horizon=0, keep="last")
+    out = atk.sample_attacked(model, diffusion, sampler, SHAPE, seeds,
+                              attacked_steps(sd.num_timesteps, 50))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -163,13 +176,14 @@ def test_user_and_feature_distances(digits):
     def l1(a, b):
         return (a - b).abs().flatten(1).sum(1)
 
-    r = TrajectoryPGD(percent=50, iterations=1, distance=l1).attack(
-        model, diffusion, sampler, SHAPE, seeds)
+    steps = [0, 2]
+    r = TrajectoryPGD(iterations=1, distance=l1).attack(model, diffusion, sampler, SHAPE, seeds,
+                                                        steps)
     torch.testing.assert_close(r.distance, l1(r.x0, r.clean))
     assert TrajectoryPGD(distance=l1).settings()["distance"] == "l1"
-    r = LookaheadPGD(percent=50, iterations=1, eot=1, horizon=1, distance="features",
+    r = LookaheadPGD(iterations=1, eot=1, horizon=1, distance="features",
                      feature_extractor="digits-cnn").attack(model, diffusion, sampler, SHAPE,
-                                                            seeds)
+                                                            seeds, steps)
     assert torch.isfinite(r.distance).all() and (r.distance >= 0).all()
 
 
@@ -178,30 +192,49 @@ def test_user_and_feature_distances(digits):
     lambda: TrajectoryPGD(distance="features", feature_extractor="vgg"),
     lambda: TrajectoryPGD(distance="pixel", feature_extractor="digits-cnn"),
     lambda: TrajectoryPGD(iterations=0),
-    lambda: TrajectoryPGD(percent=120),
-    lambda: TrajectoryPGD(window="middle"),
+    lambda: TrajectoryPGD(eps_scale=-1),
+    lambda: TrajectoryPGD(keep="first"),
     lambda: LookaheadPGD(eot=0),
     lambda: LookaheadPGD(horizon=-1),
     lambda: LookaheadPGD(horizon="forever"),
-], ids=["distance", "extractor", "extractor-without-features", "iterations", "percent",
-        "window", "eot", "horizon-negative", "horizon-name"])
+], ids=["distance", "extractor", "extractor-without-features", "iterations", "eps-scale",
+        "keep", "eot", "horizon-negative", "horizon-name"])
 def test_bad_settings_raise_config_error(make):
     with pytest.raises(ConfigError) as e:
         make()
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("attack, sampler, shape", [
-    (LookaheadPGD(horizon=6), SamplerConfig("respaced", 5), SHAPE),
-    (TrajectoryPGD(), SamplerConfig("euler", 5), SHAPE),
-    (TrajectoryPGD(distance=lambda a, b: a.sum()), SamplerConfig("respaced", 5), SHAPE),
+@pytest.mark.parametrize("attack, sampler, shape, steps", [
+    (LookaheadPGD(horizon=6), SamplerConfig("respaced", 5), SHAPE, [0]),
+    (TrajectoryPGD(), SamplerConfig("euler", 5), SHAPE, [0]),
+    (TrajectoryPGD(distance=lambda a, b: a.sum()), SamplerConfig("respaced", 5), SHAPE, [0]),
     (TrajectoryPGD(distance="features", feature_extractor="digits-cnn"),
-     SamplerConfig("respaced", 5), (3, 8, 8)),
-], ids=["horizon-longer-than-chain", "sampler", "user-distance-shape", "extractor-shape"])
-def test_bad_runs_raise_config_error(tiny, attack, sampler, shape):
+     SamplerConfig("respaced", 5), (3, 8, 8), [0]),
+    (TrajectoryPGD(), SamplerConfig("respaced", 5), SHAPE, [0, 5]),
+], ids=["horizon-longer-than-chain", "sampler", "user-distance-shape", "extractor-shape",
+        "step-outside-chain"])
+def test_bad_runs_raise_config_error(tiny, attack, sampler, shape, steps):
     model, diffusion = tiny
     if shape != SHAPE:
         model = build_model("tiny", shape).eval()
     with pytest.raises(ConfigError) as e:
-        attack.attack(model, diffusion, sampler, shape, SEEDS)
+        attack.attack(model, diffusion, sampler, shape, SEEDS, steps)
     assert "\n" not in str(e.value)
+
+
+def test_runs_as_an_attack_plan(tiny):
+    """Through AttackPlan (what run_attack / run_curve use): same samples as a direct call,
+    a record without reserved keys, a label naming the settings."""
+    model, diffusion = tiny
+    sampler = SamplerConfig("ddim", 5)
+    atk = LookaheadPGD(iterations=1, eot=1, horizon="end", eps_scale=2)
+    plan = AttackPlan(atk, percent=50, window="spread")
+    with torch.no_grad():
+        planned = plan.sample(model, diffusion, SHAPE, SEEDS, 3, sampler)
+    direct = atk.sample_attacked(model, sampling_diffusion(diffusion, sampler), sampler, SHAPE,
+                                 SEEDS, attacked_steps(5, 50))
+    assert torch.equal(planned, direct)
+    record = plan.record(model, sampling_diffusion(diffusion, sampler))
+    assert record["label"] == "lookahead-pgd1-eot1-hend-pixel-x2-spread-50%"
+    assert record["eot"] == 1 and record["horizon"] == "end" and record["kind"] == "whole-chain"

@@ -38,7 +38,6 @@ from ..settings import check_settings, setting
 from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult
 from .differentiable import DifferentiableChain, attack_mode, require_grad_path
 from .distances import FEATURE_EXTRACTORS, Distance
-from .schedule import WINDOWS
 
 HORIZON_END = "end"
 
@@ -47,9 +46,6 @@ HORIZON_END = "end"
 class LookaheadConfig:
     """Settings of :class:`LookaheadPGD` (``distance`` may also be a callable from Python)."""
 
-    percent: float = setting(50.0, "Percent of reverse steps attacked.", low=0, high=100,
-                             option="--steps-attacked")
-    window: str = setting("spread", "Which steps are attacked.", choices=WINDOWS)
     eps_scale: float = setting(1.0, "Budget multiplier: eps_s = eps_scale * sqrt(beta~_s).",
                                low=0)
     iterations: int = setting(20, "PGD iterations per attacked step.", low=1)
@@ -77,9 +73,9 @@ class LookaheadPGD(AdaptiveChainAttack):
     ``"features"`` or a callable ``D(x0_adv, x0_clean) -> (B,)``.
 
     Examples::
-        >>> atk = LookaheadPGD(percent=50, eot=4, horizon=5)
+        >>> atk = LookaheadPGD(eot=4, horizon=5)
         >>> x0_adv = atk.sample_attacked(model, diffusion, SamplerConfig("respaced", 25),
-        ...                              (1, 8, 8), seeds)
+        ...                              (1, 8, 8), seeds, attacked_steps(25, 50, "spread"))
     """
 
     name = "lookahead"
@@ -92,11 +88,9 @@ class LookaheadPGD(AdaptiveChainAttack):
     def from_config(cls, config: LookaheadConfig) -> LookaheadPGD:
         return cls(**{k: getattr(config, k) for k in config.__dataclass_fields__})
 
-    @property
-    def label(self) -> str:
-        """E.g. ``lookahead20-eot4-h5-pixel-spread-50%``."""
-        base = super().label.split("-", 1)
-        return f"{base[0]}-eot{self.config.eot}-h{self.config.horizon}-{base[1]}"
+    def label_parts(self) -> list[str]:
+        """``eotM`` and ``hH``: the label reads e.g. ``lookahead-pgd20-eot4-h5-pixel``."""
+        return [f"eot{self.config.eot}", f"h{self.config.horizon}"]
 
     def horizon_steps(self, step: int, num_steps: int) -> int:
         """Reverse steps run ahead from step ``step`` (truncated at the chain's end)."""
@@ -104,8 +98,8 @@ class LookaheadPGD(AdaptiveChainAttack):
         return num_steps - step if h == HORIZON_END else min(int(h), num_steps - step)
 
     def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
-               shape: Sequence[int], seeds: Sequence[int], device: torch.device | str = "cpu"
-               ) -> AdaptiveResult:
+               shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
+               device: torch.device | str = "cpu") -> AdaptiveResult:
         c = self.config
         chain = DifferentiableChain(model, diffusion, sampler, c.checkpoint)
         if c.horizon != HORIZON_END and int(c.horizon) > chain.num_steps:
@@ -114,7 +108,7 @@ class LookaheadPGD(AdaptiveChainAttack):
                               f"'{HORIZON_END}'", field="horizon")
         shape, device = tuple(shape), torch.device(device)
         D = self.make_distance(shape, device)
-        budgets = self.budgets(chain, len(seeds), shape, device)
+        budgets = self.budgets(chain, steps, len(seeds), shape, device)
         gens = generators(seeds, ATTACK, device)
         chosen: dict[int, torch.Tensor] = {}
 

@@ -37,16 +37,12 @@ from ..settings import check_settings, setting
 from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult
 from .differentiable import DifferentiableChain, attack_mode, draw_chain_noise, require_grad_path
 from .distances import FEATURE_EXTRACTORS, Distance
-from .schedule import WINDOWS
 
 
 @dataclass(frozen=True)
 class TrajectoryConfig:
     """Settings of :class:`TrajectoryPGD` (``distance`` may also be a callable from Python)."""
 
-    percent: float = setting(50.0, "Percent of reverse steps attacked.", low=0, high=100,
-                             option="--steps-attacked")
-    window: str = setting("spread", "Which steps are attacked.", choices=WINDOWS)
     eps_scale: float = setting(1.0, "Budget multiplier: eps_s = eps_scale * sqrt(beta~_s).",
                                low=0)
     iterations: int = setting(20, "PGD iterations (one chain forward and backward each).",
@@ -73,9 +69,11 @@ class TrajectoryPGD(AdaptiveChainAttack):
     ``"features"`` or a callable ``D(x0_adv, x0_clean) -> (B,)``.
 
     Examples::
-        >>> atk = TrajectoryPGD(percent=50, iterations=20, distance="pixel")
+        >>> atk = TrajectoryPGD(iterations=20, distance="pixel")
+        >>> steps = attacked_steps(25, percent=50, window="spread")
         >>> x0_adv = atk.sample_attacked(model, diffusion, SamplerConfig("respaced", 25),
-        ...                              (1, 8, 8), seeds)
+        ...                              (1, 8, 8), seeds, steps)
+        >>> # or through run_attack / run_curve: AttackPlan(atk, percent=50, window="spread")
     """
 
     name = "trajectory"
@@ -90,8 +88,8 @@ class TrajectoryPGD(AdaptiveChainAttack):
         return cls(**fields)
 
     def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
-               shape: Sequence[int], seeds: Sequence[int], device: torch.device | str = "cpu"
-               ) -> AdaptiveResult:
+               shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
+               device: torch.device | str = "cpu") -> AdaptiveResult:
         c = self.config
         chain = DifferentiableChain(model, diffusion, sampler, c.checkpoint)
         shape, device = tuple(shape), torch.device(device)
@@ -99,7 +97,7 @@ class TrajectoryPGD(AdaptiveChainAttack):
         with attack_mode(model):
             with torch.no_grad():
                 clean = sample(model, diffusion, shape, seeds, sampler, device=device)
-            budgets = self.budgets(chain, len(seeds), shape, device)
+            budgets = self.budgets(chain, steps, len(seeds), shape, device)
             if not budgets:
                 return AdaptiveResult(clean, clean, {}, torch.zeros(len(seeds), device=device))
             noise = draw_chain_noise(shape, seeds, chain.num_steps, device)
