@@ -18,7 +18,9 @@ Memory. One forward+backward pass of D through a chain of ``--memory-steps`` ste
 subprocess per setting that does nothing else. On CPU: the process's peak resident set size
 after the pass (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) minus its resident set size just
 before it (/proc/self/statm); an upper bound when the pass stays below the start-up peak. On
-CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the pass.
+CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the pass. Also, exactly:
+the bytes of the tensors saved for backward during the forward pass (counted by
+``torch.autograd.graph.saved_tensors_hooks``; a checkpointed step saves only its inputs).
 
     python benchmarks/adaptive_cost.py --batch 16 --steps 25 --iterations 5 --memory-steps 100
 """
@@ -102,18 +104,29 @@ def memory_child(a: argparse.Namespace) -> None:
     with attack_mode(lm.model):
         deltas = {k: torch.zeros_like(reference).requires_grad_(True)
                   for k in range(chain.num_steps)}
+        # warm-up: one step forward and backward (kernel set-up and allocator pools)
+        out = chain.run(noise.x_T, noise.z[:1], stop=1, deltas=deltas)
+        torch.autograd.grad(out.sum(), [deltas[0]])
+        del out
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         else:
             before = current_rss()
-        out = chain.run(noise.x_T, noise.z, deltas=deltas)
+        saved = [0]
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            saved[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = chain.run(noise.x_T, noise.z, deltas=deltas)
         torch.autograd.grad(pixel_distance(out, reference).sum(), list(deltas.values()))
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"peak_mib": (peak - before) / 2**20}))
+    print(json.dumps({"peak_mib": (peak - before) / 2**20, "saved_mib": saved[0] / 2**20}))
 
 
 def main() -> None:
@@ -151,7 +164,7 @@ def main() -> None:
         times["fg"].append(fg)
         times["fb"].append(fb)
         for key, ckpt in (("ckpt", True), ("plain", False)):
-            atk = TrajectoryPGD(percent=50, iterations=N, checkpoint=ckpt)
+            atk = TrajectoryPGD(iterations=N, checkpoint=ckpt)
             times[key].append(timed(lambda atk=atk: atk.attack(
                 lm.model, lm.diffusion, sampler, lm.data_shape, seeds, steps, device), device))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -165,7 +178,7 @@ def main() -> None:
                "--memory-steps", str(a.memory_steps), "--device", a.device,
                "--threads", str(a.threads), "--memory-child", str(ckpt)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        memory[bool(ckpt)] = json.loads(out.strip().splitlines()[-1])["peak_mib"]
+        memory[bool(ckpt)] = json.loads(out.strip().splitlines()[-1])
     print(f"device {device}, batch {a.batch}, {a.threads} thread(s); one step: f {f * 1e3:.1f} ms, "
           f"fg {fg * 1e3:.1f} ms, fb {fb * 1e3:.1f} ms")
     print(f"{'what':44s} {'seconds':>9s}")
@@ -178,8 +191,10 @@ def main() -> None:
           f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
     mem_how = ("cuda max_memory_allocated" if device.type == "cuda"
                else "peak RSS - RSS before the pass")
-    print(f"peak memory of one backward pass, K={a.memory_steps} ({mem_how}): "
-          f"checkpointed {memory[True]:.1f} MiB, not checkpointed {memory[False]:.1f} MiB")
+    print(f"one backward pass through K={a.memory_steps} steps, batch {a.batch}:")
+    print(f"{'':16s} {'peak MiB (' + mem_how + ')':>40s} {'saved for backward MiB':>24s}")
+    for ckpt, name in ((True, "checkpointed"), (False, "not checkpointed")):
+        print(f"{name:16s} {memory[ckpt]['peak_mib']:40.1f} {memory[ckpt]['saved_mib']:24.2f}")
     if a.out:
         with open(a.out, "w") as fh:
             json.dump({"config": vars(a), "torch": torch.__version__, "step_forward_s": f,
