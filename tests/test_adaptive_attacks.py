@@ -238,3 +238,23 @@ def test_runs_as_an_attack_plan(tiny):
     record = plan.record(model, sampling_diffusion(diffusion, sampler))
     assert record["label"] == "lookahead-pgd1-eot1-hend-pixel-x2-spread-50%"
     assert record["eot"] == 1 and record["horizon"] == "end" and record["kind"] == "whole-chain"
+
+
+def test_inception_embedding_matches_torch_fidelity(monkeypatch):
+    """The differentiable Inception path equals torch-fidelity's uint8 forward on images whose
+    pixels are exact uint8 values (random weights: the check is of the layers, not the weights)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    import evaluators.extractors
+    from dmattack.attacks.distances import InceptionEmbedding
+
+    monkeypatch.setattr(evaluators.extractors, "resolve_weights", lambda name, w: "unused")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: {})
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+    torch.manual_seed(0)
+    embed = InceptionEmbedding().eval()
+    u8 = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    x = u8.float() / 127.5 - 1
+    with torch.no_grad():
+        (ref,) = embed.net(u8)
+        torch.testing.assert_close(embed(x), ref, rtol=1e-4, atol=1e-4)
