@@ -2,12 +2,13 @@
 backward pass through the chain with and without per-step checkpointing.
 
 Time. Trajectory PGD-N on a K-step chain (percent 50, spread, checkpointed) is measured end to
-end (``TrajectoryPGD.attack``). Its analytic cost, from one reverse step timed here at the same
-batch — f: forward without gradient; fg: forward recording the autograd graph (what a
-checkpointed step runs in the chain forward: grad mode is on, its saved tensors are dropped);
-fb: forward with gradient + backward to the input (the recomputation and the backward):
+end (``TrajectoryPGD.attack``). Its analytic cost, from the same K-step chain timed here at the
+same batch without checkpoints — f: forward without gradient; fg: forward recording the autograd
+graph (what a checkpointed step runs in the chain forward: grad mode is on, its saved tensors
+are dropped); fb: forward with gradient + backward to the input (the recomputation and the
+backward):
 
-    analytic = N·K·(fg + fb) + 3·K·f
+    analytic = N·(fg + fb) + 3·f
 
 (per iteration: the chain forward, the recomputation of every step and the backward; plus the
 clean sample, the evaluation of the last iterate and the returned sample). The ratio
@@ -59,23 +60,22 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def step_costs(chain: DifferentiableChain, x: torch.Tensor, repeats: int,
-               device: torch.device) -> tuple[float, float, float]:
-    """Median seconds of one reverse step: forward without grad, forward recording the graph
-    (its output dropped), forward + backward to x."""
-    k = chain.num_steps // 2
-    noise = torch.randn_like(x)
+def chain_costs(chain: DifferentiableChain, x: torch.Tensor, noise: list[torch.Tensor],
+                repeats: int, device: torch.device) -> tuple[float, float, float]:
+    """Median seconds of the whole K-step chain from ``x``: forward without grad (f), forward
+    recording the graph, output dropped (fg), forward + backward to x without checkpoints (fb)."""
+    plain = DifferentiableChain(chain.model, chain.diffusion, chain.sampler, checkpoint=False)
 
     def fwd() -> None:
         with torch.no_grad():
-            chain.step(x, k, noise)
+            plain.run(x, noise)
 
     def fwd_graph() -> None:
-        chain.step(x.detach().requires_grad_(True), k, noise)
+        plain.run(x.detach().requires_grad_(True), noise)
 
     def fwd_bwd() -> None:
         leaf = x.detach().requires_grad_(True)
-        torch.autograd.grad(chain.step(leaf, k, noise).sum(), leaf)
+        torch.autograd.grad(plain.run(leaf, noise).sum(), leaf)
 
     fwd(), fwd_graph(), fwd_bwd()  # warm-up
     f, fg, fb = [], [], []
@@ -138,6 +138,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--attack-repeats", type=int, default=3)
     p.add_argument("--memory-steps", type=int, default=100)
+    p.add_argument("--memory-batch", type=int, default=16)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--memory-child", dest="checkpoint", type=int, default=None,
@@ -156,10 +157,11 @@ def main() -> None:
     K, N = chain.num_steps, a.iterations
     steps = attacked_steps(K, 50, "spread")
     x = torch.randn(a.batch, *lm.data_shape, device=device)
+    noise = [torch.randn_like(x) for _ in range(K)]
     times: dict[str, list[float]] = {"f": [], "fg": [], "fb": [], "ckpt": [], "plain": []}
     for _ in range(a.attack_repeats):  # interleaved: a busy machine slows every term alike
         with attack_mode(lm.model):
-            f, fg, fb = step_costs(chain, x, a.repeats, device)
+            f, fg, fb = chain_costs(chain, x, noise, a.repeats, device)
         times["f"].append(f)
         times["fg"].append(fg)
         times["fb"].append(fb)
@@ -170,28 +172,28 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     f, fg, fb = med["f"], med["fg"], med["fb"]
     rows = {"trajectory-checkpoint=True": med["ckpt"], "trajectory-checkpoint=False": med["plain"]}
-    analytic = N * K * (fg + fb) + 3 * K * f
+    analytic = N * (fg + fb) + 3 * f
     ratio = rows["trajectory-checkpoint=True"] / analytic
     memory = {}
     for ckpt in (1, 0):
-        cmd = [sys.executable, __file__, "--run", a.run, "--batch", str(a.batch),
+        cmd = [sys.executable, __file__, "--run", a.run, "--batch", str(a.memory_batch),
                "--memory-steps", str(a.memory_steps), "--device", a.device,
                "--threads", str(a.threads), "--memory-child", str(ckpt)]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         memory[bool(ckpt)] = json.loads(out.strip().splitlines()[-1])
-    print(f"device {device}, batch {a.batch}, {a.threads} thread(s); one step: f {f * 1e3:.1f} ms, "
-          f"fg {fg * 1e3:.1f} ms, fb {fb * 1e3:.1f} ms")
+    print(f"device {device}, batch {a.batch}, {a.threads} thread(s); one K={K} chain: f {f:.2f} s, "
+          f"fg {fg:.2f} s, fb {fb:.2f} s")
     print(f"{'what':44s} {'seconds':>9s}")
     print(f"{f'trajectory PGD-{N}, K={K}, checkpointed':44s} "
           f"{rows['trajectory-checkpoint=True']:9.2f}")
     print(f"{f'trajectory PGD-{N}, K={K}, no checkpoint':44s} "
           f"{rows['trajectory-checkpoint=False']:9.2f}")
-    print(f"{'analytic N·K·(fg + fb) + 3·K·f':44s} {analytic:9.2f}")
+    print(f"{'analytic N·(fg + fb) + 3·f':44s} {analytic:9.2f}")
     print(f"ratio measured/analytic (checkpointed): {ratio:.2f} (target <= {TARGET}) "
           f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
     mem_how = ("cuda max_memory_allocated" if device.type == "cuda"
                else "peak RSS - RSS before the pass")
-    print(f"one backward pass through K={a.memory_steps} steps, batch {a.batch}:")
+    print(f"one backward pass through K={a.memory_steps} steps, batch {a.memory_batch}:")
     print(f"{'':16s} {'peak MiB (' + mem_how + ')':>40s} {'saved for backward MiB':>24s}")
     for ckpt, name in ((True, "checkpointed"), (False, "not checkpointed")):
         print(f"{name:16s} {memory[ckpt]['peak_mib']:40.1f} {memory[ckpt]['saved_mib']:24.2f}")

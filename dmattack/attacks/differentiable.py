@@ -102,9 +102,10 @@ class DifferentiableChain:
     def _step(self, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and torch.is_grad_enabled() and x.requires_grad:
             # the step draws no random numbers (its noise is an input) and the model runs in
-            # eval mode, so the recomputation needs no RNG bookkeeping
+            # eval mode: the recomputation is the same deterministic computation, so it needs
+            # neither RNG bookkeeping nor the per-tensor metadata check
             return checkpoint_segment(self.step, x, step, noise, use_reentrant=False,
-                                      preserve_rng_state=False)
+                                      preserve_rng_state=False, determinism_check="none")
         return self.step(x, step, noise)
 
     def run(self, x: torch.Tensor, noise: Sequence[torch.Tensor], start: int = 0,
