@@ -17,8 +17,8 @@ checkpoint machinery); target ≤ 1.2. Step timings are medians over interleaved
 
 Memory. One forward+backward pass of D through a chain of ``--memory-steps`` steps, in a fresh
 subprocess per setting that does nothing else. On CPU: the process's peak resident set size
-after the pass (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) minus its resident set size just
-before it (/proc/self/statm); an upper bound when the pass stays below the start-up peak. On
+during the pass (VmHWM of /proc/self/status, reset to the current RSS just before the pass by
+writing 5 to /proc/self/clear_refs) minus its resident set size just before it. On
 CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the pass. Also, exactly:
 the bytes of the tensors saved for backward during the forward pass (counted by
 ``torch.autograd.graph.saved_tensors_hooks``; a checkpointed step saves only its inputs).
@@ -92,6 +92,20 @@ def current_rss() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def reset_peak_rss() -> None:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss() -> int:
+    """Peak resident set size (VmHWM) in bytes. Unlike ``getrusage``'s ru_maxrss, which a
+    process inherits from its parent across fork and exec, VmHWM is this process's own."""
+    with open("/proc/self/status") as f:
+        line = next(x for x in f if x.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
+
+
 def memory_child(a: argparse.Namespace) -> None:
     """Print the peak memory (MiB) of one forward+backward pass through the chain."""
     device = torch.device(a.device)
@@ -112,6 +126,7 @@ def memory_child(a: argparse.Namespace) -> None:
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
         else:
+            reset_peak_rss()
             before = current_rss()
         saved = [0]
 
@@ -125,7 +140,7 @@ def memory_child(a: argparse.Namespace) -> None:
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            peak = peak_rss()
     print(json.dumps({"peak_mib": (peak - before) / 2**20, "saved_mib": saved[0] / 2**20}))
 
 
@@ -192,7 +207,7 @@ def main() -> None:
     print(f"ratio measured/analytic (checkpointed): {ratio:.2f} (target <= {TARGET}) "
           f"{'OK' if ratio <= TARGET else 'ABOVE TARGET'}")
     mem_how = ("cuda max_memory_allocated" if device.type == "cuda"
-               else "peak RSS - RSS before the pass")
+               else "VmHWM - RSS before the pass")
     print(f"one backward pass through K={a.memory_steps} steps, batch {a.memory_batch}:")
     print(f"{'':16s} {'peak MiB (' + mem_how + ')':>40s} {'saved for backward MiB':>24s}")
     for ckpt, name in ((True, "checkpointed"), (False, "not checkpointed")):
