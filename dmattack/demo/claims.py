@@ -237,13 +237,19 @@ def robust_helps(cell: Row) -> bool | None:
 
 
 def sweep_onset(differences: Sequence[Row]) -> dict[float, float | None]:
-    """Per σ, the smallest corrupted fraction where Robust_adv helps (:func:`robust_helps`);
-    None where it helps at no fraction."""
+    """Per σ (ascending), where Robust_adv starts to help: the smallest corrupted fraction from
+    which it helps (:func:`robust_helps`) at that and every larger fraction; None where it
+    does not help at the largest fraction."""
+    by_sigma: dict[float, list[Row]] = {}
+    for cell in differences:
+        by_sigma.setdefault(cell["sigma"], []).append(cell)
     out: dict[float, float | None] = {}
-    for cell in sorted(differences, key=lambda c: (c["sigma"], c["fraction"])):
-        out.setdefault(cell["sigma"], None)
-        if out[cell["sigma"]] is None and robust_helps(cell):
-            out[cell["sigma"]] = cell["fraction"]
+    for sigma in sorted(by_sigma):
+        out[sigma] = None
+        for cell in sorted(by_sigma[sigma], key=lambda c: -c["fraction"]):
+            if not robust_helps(cell):
+                break
+            out[sigma] = cell["fraction"]
     return out
 
 
