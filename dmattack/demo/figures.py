@@ -192,7 +192,9 @@ def sweep_heatmap(cells: Sequence[dict[str, Any]], fractions: Sequence[float],
                    aspect="auto")
     for i in range(len(sigmas)):
         for j in range(len(fractions)):
-            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8)
+            dark = bool(abs(grid[i, j]) > 0.6 * lim)  # NaN compares False
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
     ax.set_xticks(range(len(fractions)), [f"{p:g}" for p in fractions])
     ax.set_yticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
     ax.set_xlabel("corrupted fraction p of the training samples")

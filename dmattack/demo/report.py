@@ -232,7 +232,8 @@ def _sweep(s: Row) -> str:
         _table(["σ \\ p", *(f"{p:g}" for p in fractions)],
                [[f"{x:g}", *(cell(grid[x, p], "FD difference") for p in fractions)]
                 for x in sigmas]), "",
-        "Robust_adv starts to help (difference above its seed spread, above 0 with one seed): "
+        "Where Robust_adv starts to help (the smallest p from which the difference is above "
+        "its seed spread at that and every larger p; above 0 with one seed): "
         + "; ".join(f"σ = {x:g}: " + ("at no p" if p is None else f"from p = {p:g}")
                     for x, p in onset.items()) + ".", "",
         _figure(s["figures"]["heatmap"], "FD difference heatmap"), "",
