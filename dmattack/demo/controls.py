@@ -106,12 +106,12 @@ def matched_steps(budget_seconds: float, step_seconds: float) -> int:
 
 def compute_matched(plan: ComputePlan, ctx: Context) -> dict[str, Any]:
     """Robust_adv vs DDPM on corrupted digits-subspace, DDPM also trained for as many steps as
-    fit in Robust_adv's measured training time. Robust_adv and a DDPM of the same step count
-    train side by side (same load), which measures both methods' wall time per optimiser step;
-    the budget is Robust_adv's optimiser-step time × its steps (the fixed start-up and
-    checkpoint costs of a run, the same for both methods and 10× a short run's steps in a
-    fresh worker process, are left out), and the compute-matched DDPM trains for
-    ``matched_steps(budget, DDPM's step time)`` steps."""
+    fit in Robust_adv's measured training time. The three trainings run one after the other,
+    each alone on the pool (a training next to another one measured 2-3× slower per step on a
+    loaded 2-core machine): Robust_adv first (its budget: its optimiser-step time × its steps,
+    without the start-up and checkpoint costs every run pays, which in a fresh worker process
+    include seconds of library warm-up), then DDPM with the same steps (its time per step),
+    then the compute-matched DDPM for ``matched_steps(budget, DDPM's step time)`` steps."""
     def cfg(method: str, steps: int):
         return train_config("digits-subspace", method, replace(plan.train, steps=steps),
                             seed=ctx.seed, device=ctx.device, num_data=plan.num_data,
@@ -119,10 +119,11 @@ def compute_matched(plan: ComputePlan, ctx: Context) -> dict[str, Any]:
                             corrupt_sigma=plan.corrupt_sigma)
 
     steps = plan.train.steps
-    with ctx.stage("compute: train Robust_adv and DDPM (timed)", 2 * steps) as advance:
-        first = train_all(ctx, {"compute-robust-adv": cfg(ADV, steps),
-                                "compute-ddpm": cfg(DDPM, steps)}, advance)
-    adv, ddpm = first["compute-robust-adv"], first["compute-ddpm"]
+    with ctx.stage("compute: train Robust_adv (timed)", steps) as advance:
+        adv = train_all(ctx, {"compute-robust-adv": cfg(ADV, steps)},
+                        advance)["compute-robust-adv"]
+    with ctx.stage("compute: train DDPM (timed)", steps) as advance:
+        ddpm = train_all(ctx, {"compute-ddpm": cfg(DDPM, steps)}, advance)["compute-ddpm"]
     if ddpm.step_seconds is None or adv.step_seconds is None:
         raise ConfigError(f"the compute section needs at least 2 training steps, not {steps}",
                           "compute.train.steps")
@@ -146,11 +147,12 @@ def compute_matched(plan: ComputePlan, ctx: Context) -> dict[str, Any]:
                      "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
                      "seeds": _seeds_text(ctx.seed, plan.num_samples),
                      "training_seed": ctx.seed, "metrics": list(SWEEP_METRICS),
-                     "matching": "Robust_adv and a DDPM of the same step count train side by "
-                                 "side (same load); compute-matched steps = ⌊Robust_adv's "
-                                 "optimiser-step time × its steps / that DDPM's mean "
-                                 "optimiser-step time⌋ (wall time of the steps only, without "
-                                 "the start-up and checkpoint costs every run pays)"},
+                     "matching": "Robust_adv, then a DDPM of the same step count, then the "
+                                 "compute-matched DDPM train one at a time; compute-matched "
+                                 "steps = ⌊Robust_adv's optimiser-step time × its steps / that "
+                                 "DDPM's mean optimiser-step time⌋ (wall time of the steps "
+                                 "only, without the start-up and checkpoint costs every run "
+                                 "pays)"},
         "rows": rows,
         "runs": {f"{m}, {t}": ctx.rel(tm.run_dir) for (m, t), (tm, _) in entries.items()},
     }
