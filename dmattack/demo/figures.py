@@ -186,8 +186,7 @@ def sweep_heatmap(cells: Sequence[dict[str, Any]], fractions: Sequence[float],
     finite = grid[torch.isfinite(grid)]
     lim = (float(finite.abs().max()) if len(finite) else 0.0) or 1.0
     fig, ax = plt.subplots(figsize=(1.6 * len(fractions) + 2.2, 1.0 * len(sigmas) + 1.6))
-    cmap = plt.get_cmap("RdBu_r").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
     im = ax.imshow(grid.numpy(), cmap=cmap, vmin=-lim, vmax=lim, origin="lower",
                    aspect="auto")
     for i in range(len(sigmas)):
