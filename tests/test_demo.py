@@ -7,7 +7,9 @@ import json
 import math
 import os
 import re
+import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,19 +18,26 @@ from click.testing import CliRunner
 
 import cli
 import dmattack.demo as demo_pkg
-from dmattack.demo import headline_rows, run_demo
+from dmattack.demo import SECTIONS as SECTIONS_BY_NAME
+from dmattack.demo import headline_rows, resolve_sections, run_demo
+from dmattack.demo.aggregate import aggregate_rows, aggregate_sections, agreement, combine_claims
+from dmattack.demo.claims import compute_claims, robust_helps, sweep_claims, sweep_onset
+from dmattack.demo.controls import matched_steps, sweep_differences
 from dmattack.demo.plan import (
     AttackPlan,
+    ComputePlan,
     CurvePlan,
     DemoPlan,
     StepsPlan,
     SubspacePlan,
+    SweepPlan,
     ToyPlan,
     TrainSettings,
     quick_plan,
 )
 from dmattack.demo.pool import TaskPool
-from dmattack.errors import OutputError
+from dmattack.demo.report import cell, cells
+from dmattack.errors import ConfigError, OutputError
 
 SECTIONS = ("corrupted_subspace", "toy_3d", "attacks", "sampling_steps")
 
@@ -192,6 +201,295 @@ def test_pool_reraises_a_task_error_and_stops_the_other_tasks():
     assert time.perf_counter() - start < 30  # the 60 s task was terminated, not awaited
 
 
+# --------------------------------------------------------------------------- seeds
+def test_aggregate_rows_mean_std_and_missing_values():
+    seeds = [
+        [{"data": "clean", "method": "ddpm", "FD (exact)": 1.0, "num_evaluated": 40,
+          "values": [1.0, 2.0, None], "note": "first"},
+         {"data": "clean", "method": "robust-adv", "FD (exact)": None, "num_evaluated": 0}],
+        [{"data": "clean", "method": "robust-adv", "FD (exact)": 5.0, "num_evaluated": 40},
+         {"data": "clean", "method": "ddpm", "FD (exact)": 2.0, "num_evaluated": 40,
+          "values": [1.0, 4.0, 3.0], "note": "second"}],
+        [{"data": "clean", "method": "ddpm", "FD (exact)": 6.0, "num_evaluated": 40,
+          "values": [1.0, 6.0, 5.0]},
+         {"data": "clean", "method": "robust-adv", "FD (exact)": 7.0, "num_evaluated": 40}],
+    ]
+    ddpm, adv = aggregate_rows(seeds)  # matched by name, first-seen order
+    assert (ddpm["method"], adv["method"]) == ("ddpm", "robust-adv")
+    assert ddpm["FD (exact)"] == pytest.approx(3.0)
+    assert ddpm["std"]["FD (exact)"] == pytest.approx(statistics.stdev([1.0, 2.0, 6.0]))
+    assert ddpm["num_evaluated"] == 40 and "num_evaluated" not in ddpm["std"]  # same everywhere
+    assert ddpm["values"] == pytest.approx([1.0, 4.0, 4.0])
+    assert ddpm["std"]["values"][0] is None  # identical in every seed
+    assert ddpm["std"]["values"][1] == pytest.approx(2.0)
+    assert ddpm["num_seeds"]["values"] == [3, 3, 2]
+    assert ddpm["note"] == "first"
+    # a seed without a value: mean of the others, and how many seeds had one
+    assert adv["FD (exact)"] == pytest.approx(6.0) and adv["num_seeds"]["FD (exact)"] == 2
+    assert adv["std"]["FD (exact)"] == pytest.approx(math.sqrt(2.0))
+    assert adv["num_evaluated"] == pytest.approx(80 / 3)
+
+
+def test_aggregate_sections_merges_nested_rows_and_keeps_first_settings():
+    def section(seed: int, fd: float) -> dict[str, Any]:
+        table = {"window": "spread", "rows": [{"model": "m", "series": "fgsm", "values": [fd]}]}
+        return {"attacks": {"subspace": [table], "settings": {"seed": seed}},
+                "steps": {"settings": {"training_seed": seed},
+                          "rows": [{"data": "clean", "method": "ddpm", "steps": 10,
+                                    "FD (exact)": fd}]}}
+    merged = aggregate_sections([section(0, 1.0), section(1, 3.0)])
+    assert merged["attacks"]["settings"] == {"seed": 0}
+    row = merged["attacks"]["subspace"][0]["rows"][0]
+    assert row["values"] == [2.0] and row["std"]["values"] == [pytest.approx(math.sqrt(2))]
+    assert merged["steps"]["rows"][0]["steps"] == 10
+    assert merged["steps"]["rows"][0]["FD (exact)"] == 2.0
+
+
+def test_verdict_agreement_counts_seeds():
+    assert agreement(["held"] * 3) == ("held", "held in 3/3 seeds")
+    assert agreement(["held", "did not hold", "held"]) == (
+        "held", "held in 2/3 seeds, did not hold in 1/3")
+    assert agreement(["held", "partly"]) == ("mixed", "held in 1/2 seeds, partly in 1/2")
+    per_seed = [[{"id": "a", "verdict": "held"}], [{"id": "a", "verdict": "partly"}],
+                [{"id": "a", "verdict": "held"}]]
+    on_means = [{"id": "a", "verdict": "partly", "checks_passed": 1, "checks": 2,
+                 "evidence": "means"}]
+    (claim,) = combine_claims(per_seed, on_means)
+    assert claim["verdict"] == "held" and claim["verdict_on_means"] == "partly"
+    assert claim["seed_verdicts"] == ["held", "partly", "held"]
+    assert claim["agreement"] == "held in 2/3 seeds, partly in 1/3"
+    assert claim["evidence"] == "means"
+
+
+def test_report_cells_show_mean_and_std():
+    row = {"FD (exact)": 1.234, "values": [1.0, 2.0], "std": {"FD (exact)": 0.0512,
+                                                             "values": [None, 0.25]}}
+    assert cell(row, "FD (exact)") == "1.23 ± 0.051"
+    assert cell({"FD (exact)": 1.5}, "FD (exact)") == 1.5
+    assert cells(row, "values") == [1.0, "2 ± 0.25"]
+
+
+# --------------------------------------------------------------------------- controls
+def _cells(diffs: dict[tuple[float, float], tuple[float, float | None]]) -> list[dict[str, Any]]:
+    out = []
+    for (p, s), (v, std) in diffs.items():
+        c = {"fraction": p, "sigma": s, "FD difference": v}
+        if std is not None:
+            c["std"] = {"FD difference": std}
+        out.append(c)
+    return out
+
+
+def test_sweep_onset_needs_a_difference_beyond_the_seed_spread():
+    cells = _cells({(0.0, 0.1): (-0.2, 0.05), (0.3, 0.1): (0.1, 0.2), (0.6, 0.1): (0.3, 0.1),
+                    (0.9, 0.1): (0.5, 0.1),
+                    (0.0, 0.4): (-0.2, 0.05), (0.3, 0.4): (0.2, 0.1), (0.6, 0.4): (0.4, 0.1),
+                    (0.9, 0.4): (0.6, 0.1)})
+    # σ = 0.1: +0.1 ± 0.2 at p = 0.3 is within the spread, +0.3 ± 0.1 at 0.6 is not
+    assert sweep_onset(cells) == {0.1: 0.6, 0.4: 0.3}
+    helps, clean = sweep_claims({"differences": cells})
+    assert helps["verdict"] == "held" and (helps["checks_passed"], helps["checks"]) == (2, 2)
+    assert "σ = 0.1: from p = 0.6" in helps["evidence"]
+    assert clean["verdict"] == "held"  # Robust does not help on clean data
+
+
+def test_sweep_claims_single_seed_and_no_help():
+    cells = _cells({(0.0, 0.2): (0.1, None), (0.9, 0.2): (0.2, None),
+                    (0.0, 0.4): (0.1, None), (0.9, 0.4): (-0.3, None)})
+    assert sweep_onset(cells) == {0.2: 0.0, 0.4: None}
+    assert robust_helps({"fraction": 0.9, "sigma": 0.2, "FD difference": None}) is None
+    helps, clean = sweep_claims({"differences": cells})
+    assert helps["verdict"] == "partly" and "σ = 0.4: at no p" in helps["evidence"]
+    assert clean["verdict"] == "did not hold"
+
+
+def test_sweep_differences_share_the_clean_models():
+    rows = [{"fraction": 0.0, "sigma": None, "method": "ddpm", "FD (exact)": 1.0},
+            {"fraction": 0.0, "sigma": None, "method": "robust-adv", "FD (exact)": 1.5},
+            {"fraction": 0.9, "sigma": 0.2, "method": "ddpm", "FD (exact)": 3.0},
+            {"fraction": 0.9, "sigma": 0.2, "method": "robust-adv", "FD (exact)": None}]
+    cells = sweep_differences(rows, (0.0, 0.9), (0.1, 0.2))
+    by = {(c["fraction"], c["sigma"]): c["FD difference"] for c in cells}
+    assert by == {(0.0, 0.1): -0.5, (0.0, 0.2): -0.5, (0.9, 0.1): None, (0.9, 0.2): None}
+
+
+def _compute_section(adv_fd: float, adv_err: float) -> dict[str, Any]:
+    def row(method, training, steps, fd, err):
+        return {"method": method, "training": training, "train_steps": steps, "FD (exact)": fd,
+                "subspace error": err, "step_seconds": 0.01, "step_time_total": steps * 0.01}
+    return {"rows": [row("ddpm", "plan steps", 100, 3.0, 3.0),
+                     row("ddpm", "compute-matched", 220, 2.5, 2.0),
+                     row("robust-adv", "plan steps", 100, adv_fd, adv_err)]}
+
+
+def test_compute_claim_from_numbers():
+    (claim,) = compute_claims(_compute_section(2.0, 1.5))
+    assert claim["verdict"] == "held" and claim["checks"] == 2
+    assert "220 steps" in claim["evidence"]
+    assert compute_claims(_compute_section(2.0, 2.5))[0]["verdict"] == "partly"
+    assert compute_claims(_compute_section(2.6, 2.5))[0]["verdict"] == "did not hold"
+    assert compute_claims(_compute_section(None, None))[0]["verdict"] == "did not hold"
+    assert matched_steps(2.2, 0.01) == 220 and matched_steps(0.001, 0.01) == 1
+
+
+def test_sections_and_seeds_are_checked_before_any_work(tmp_path):
+    assert resolve_sections(None) == ("subspace", "toy", "attacks", "steps")
+    assert resolve_sections(["compute", "sweep"]) == ("sweep", "compute")
+    assert resolve_sections(["steps"]) == ("subspace", "steps")
+    assert resolve_sections(["all"]) == tuple(SECTIONS_BY_NAME)
+    with pytest.raises(ConfigError, match="'swep' is not one of"):
+        run_demo(tmp_path / "a", sections=["swep"])
+    with pytest.raises(ConfigError, match="seeds 0 is not an integer >= 1"):
+        run_demo(tmp_path / "b", seeds=0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _controls_plan() -> DemoPlan:
+    few = TrainSettings(steps=4, batch_size=64, warmup=1)
+    tiny = _tiny_plan()
+    return replace(tiny, sweep=SweepPlan(fractions=(0.0, 0.9), sigmas=(0.1, 0.4), train=few,
+                                         num_data=200, num_samples=40, sampler_steps=10),
+                   compute=ComputePlan(train=few, num_data=200, num_samples=40,
+                                       sampler_steps=10))
+
+
+@pytest.mark.slow
+def test_controls_end_to_end_over_two_seeds(tmp_path):
+    """The sweep and compute sections at toy size, two seeds: per-seed numbers kept, the
+    aggregate is their mean, verdicts count seeds, heatmap and report written."""
+    results = run_demo(tmp_path, plan=_controls_plan(), sections=("sweep", "compute"), seeds=2)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["seeds"] == [0, 1] and on_disk["sections_run"] == ["sweep", "compute"]
+    assert set(on_disk["sections"]) == {"corruption_sweep", "compute_matched"}
+    sweep = on_disk["sections"]["corruption_sweep"]
+    # p = 0 trained once per method; 2 × (1 + 2) models per seed
+    assert len(sweep["rows"]) == 6 and len(sweep["differences"]) == 4
+    for i, cell_ in enumerate(sweep["differences"]):
+        per = [p["sections"]["corruption_sweep"]["differences"][i]["FD difference"]
+               for p in on_disk["per_seed"]]
+        assert cell_["FD difference"] == pytest.approx(statistics.fmean(per))
+        assert cell_["std"]["FD difference"] == pytest.approx(statistics.stdev(per))
+    rows = {(r["method"], r["training"]): r for r in on_disk["sections"]["compute_matched"]["rows"]}
+    for p in on_disk["per_seed"]:
+        seed_rows = {(r["method"], r["training"]): r
+                     for r in p["sections"]["compute_matched"]["rows"]}
+        adv, same = seed_rows["robust-adv", "plan steps"], seed_rows["ddpm", "plan steps"]
+        matched = seed_rows["ddpm", "compute-matched"]
+        assert matched["train_steps"] == matched_steps(adv["step_seconds"] * 4,
+                                                       same["step_seconds"])
+        assert (tmp_path / f"seed-{p['seed']}" / "runs" / "compute-ddpm-matched").is_dir()
+    assert rows["robust-adv", "plan steps"]["train_steps"] == 4
+    ids = [c["id"] for c in on_disk["claims"]]
+    assert ids == ["sweep-robust-helps-when-corrupted", "sweep-no-help-on-clean",
+                   "robust-beats-compute-matched-ddpm"]
+    for c in on_disk["claims"]:
+        assert len(c["seed_verdicts"]) == 2 and "/2 seeds" in c["agreement"]
+    assert (tmp_path / sweep["figures"]["heatmap"]).stat().st_size > 1000
+    text = (tmp_path / "report.md").read_text()
+    assert "2 seeds" in text and " ± " in text and "Control: Corruption sweep" in text
+    columns, table = headline_rows(results)
+    assert table and all(len(r) == len(columns) for r in table)
+
+
+# --- verdicts from hand-made results (fast) -------------------------------------------------
+
+def _curve_row(model: str, series: str, at: dict[int, float | None]) -> dict[str, Any]:
+    return {"model": model, "series": series, "percents": list(at), "values": list(at.values())}
+
+
+def _attacks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"subspace": [{"rows": rows}], "images": [], "settings": {}}
+
+
+def _claim_row(claims: list[dict[str, Any]], cid: str) -> dict[str, Any]:
+    return next(c for c in claims if c["id"] == cid)
+
+
+def test_attack_like_random_compares_the_percents_both_ran():
+    from dmattack.demo.claims import attack_claims
+
+    # PGD runs at 50% only, random at 25-100%. Here PGD (+0.5) is weaker than random at 50%
+    # (+1.0): "held", with the shared percent named.
+    rows = []
+    for model in ("a-ddpm", "a-robust-adv"):
+        rows.append(_curve_row(model, "pgd", {0: 1.0, 50: 1.5}))
+        rows.append(_curve_row(model, "random", {0: 1.0, 25: 1.1, 50: 2.0, 100: 4.0}))
+    like = _claim_row(attack_claims(_attacks(rows)), "attack-like-random")
+    assert (like["verdict"], like["checks"]) == ("held", 2)
+    assert "at 50%: +0.5 vs random +1" in like["evidence"]
+    # PGD +2 is twice random's +1 at 50%: "did not hold". Random's mean over its own percents
+    # (+0.5, +1, +6: +2.5) would have called PGD no stronger than random.
+    rows = []
+    for model in ("a-ddpm", "a-robust-adv"):
+        rows.append(_curve_row(model, "pgd", {0: 1.0, 50: 3.0}))
+        rows.append(_curve_row(model, "random", {0: 1.0, 25: 1.5, 50: 2.0, 100: 7.0}))
+    like = _claim_row(attack_claims(_attacks(rows)), "attack-like-random")
+    assert like["verdict"] == "did not hold"
+
+
+def test_attack_robust_slower_uses_shared_percents():
+    from dmattack.demo.claims import attack_claims
+
+    rows = [_curve_row("a-ddpm", "fgsm", {0: 1.0, 50: 2.0, 100: 9.0}),
+            _curve_row("a-robust-adv", "fgsm", {0: 1.0, 50: 2.5, 100: None})]
+    slow = _claim_row(attack_claims(_attacks(rows)), "attack-robust-slower")
+    # shared: 50% only (Robust's 100% point is missing): +1 vs +1.5 → Robust degrades faster
+    assert slow["verdict"] == "did not hold" and "at 50%" in slow["evidence"]
+
+
+def _subspace_section(adv: dict[str, Any], ddpm: dict[str, Any]) -> dict[str, Any]:
+    base = {"num_nonfinite": 0, "train_error": None}
+    return {"rows": [{"data": d, "method": m, **base, **vals}
+                     for d in ("clean", "corrupted")
+                     for m, vals in (("robust-adv", adv), ("ddpm", ddpm))]}
+
+
+def test_robust_smooths_clean_needs_a_variance_ratio_below_one():
+    from dmattack.demo.claims import subspace_claims
+
+    def verdict(vr_adv: float, vr_ddpm: float) -> str:
+        section = _subspace_section({"variance ratio": vr_adv}, {"variance ratio": vr_ddpm})
+        return _claim_row(subspace_claims(section), "robust-smooths-clean")["verdict"]
+
+    assert verdict(0.8, 0.95) == "held"
+    assert verdict(1.1, 1.3) == "partly"  # below DDPM but not below the data's variance
+    assert verdict(0.9, 0.8) == "partly"
+    assert verdict(1.2, 1.1) == "did not hold"
+
+
+def test_a_robust_row_with_nonfinite_samples_never_wins():
+    from dmattack.demo.claims import steps_claims, subspace_claims, toy_claims
+
+    good = {"subspace error": 0.1, "subspace PSNR (dB)": 30.0, "FD (exact)": 1.0,
+            "variance ratio": 0.8}
+    bad = {"subspace error": 0.5, "subspace PSNR (dB)": 10.0, "FD (exact)": 5.0,
+           "variance ratio": 0.95}
+    section = _subspace_section(good, bad)
+    claims = subspace_claims(section)
+    assert _claim_row(claims, "robust-adv-beats-ddpm")["verdict"] == "held"
+    assert _claim_row(claims, "robust-smooths-clean")["verdict"] == "held"
+    for r in section["rows"]:
+        if r["method"] == "robust-adv":
+            r["num_nonfinite"] = 3  # metrics of the finite rows alone
+    claims = subspace_claims(section)
+    assert _claim_row(claims, "robust-adv-beats-ddpm")["verdict"] == "did not hold"
+    assert _claim_row(claims, "robust-smooths-clean")["verdict"] == "did not hold"
+
+    toy = {"rows": [{"dataset": "oblique-plane", "corruption": "outliers", "method": m,
+                     "plane distance": d, "FD (exact)": 1.0, "num_nonfinite": n}
+                    for m, d, n in (("ddpm", 0.5, 0), ("robust-adv", 0.1, 2))]}
+    assert _claim_row(toy_claims(toy), "toy-robust-beats-ddpm")["verdict"] == "did not hold"
+
+    steps = {"rows": [{"data": "clean", "method": m, "steps": s, "FD (exact)": fd,
+                       "num_nonfinite": n}
+                      for m, s, fd, n in (("ddpm", 10, 3.0, 0), ("ddpm", 50, 1.0, 0),
+                                          ("robust-adv", 10, 1.1, 4),
+                                          ("robust-adv", 50, 1.0, 0))]}
+    assert steps_claims(steps)[0]["verdict"] == "did not hold"
+    steps["rows"][2]["num_nonfinite"] = 0
+    assert steps_claims(steps)[0]["verdict"] == "held"
+
+
 def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     from types import SimpleNamespace
 
@@ -212,7 +510,8 @@ def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
                "seconds": 1.0}
               for s, m, last in (("fgsm-mean-first", "fgsm", [False, False, True]),
                                  ("random-sign-first", "random", [False, False, True]))]
-    table = _merge_curves(SimpleNamespace(out_dir=tmp_path), curves)
+    ctx = SimpleNamespace(rel=lambda path: Path(path).relative_to(tmp_path).as_posix())
+    table = _merge_curves(ctx, curves)
     assert table["steps_attacked"] == ["0 of 25", "13 of 25", "25 of 25"]
     assert table["rows"][0]["last_step_attacked"] == [False, False, True]
     text = _curve_table({**table, "figure": "f.png"})

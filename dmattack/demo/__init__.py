@@ -1,21 +1,25 @@
 """`dmattack demo`: everything the toolkit is for, on data with a known distribution, in
 minutes on a CPU (sections: corrupted digits-subspace, 3-D scatter plots, attack curves,
-fewer sampling steps). Writes ``report.md``, PNG figures and ``results.json``."""
+fewer sampling steps; on request the reviewers' controls: a corruption sweep and a
+compute-matched DDPM), over one or several seeds. Writes ``report.md``, PNG figures and
+``results.json``."""
 
 from __future__ import annotations
 
 import errno
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from ..io import provenance, write_json
 from ..train import resolve_device
-from . import experiments
+from . import controls, experiments
+from .aggregate import aggregate_sections, combine_claims
 from .claims import assess
 from .common import Context, Progress
 from .plan import DemoPlan, default_plan, quick_plan
@@ -32,26 +36,89 @@ def _load() -> str:
         return "n/a"
 
 
-def check_run(out_dir: Path, train_images: bool = False) -> None:
+SECTIONS = {"subspace": "corrupted_subspace", "toy": "toy_3d", "attacks": "attacks",
+            "steps": "sampling_steps", "sweep": "corruption_sweep", "compute": "compute_matched"}
+"""Section names (``--section``) → their key in results.json, in report order."""
+DEFAULT_SECTIONS = ("subspace", "toy", "attacks", "steps")
+NEEDS_SUBSPACE = ("attacks", "steps")  # they reuse section 1's models
+
+
+def resolve_sections(sections: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The sections to run, in report order: ``None`` or empty → the default four; ``all`` →
+    every section; ``attacks`` and ``steps`` bring in ``subspace`` (they reuse its models)."""
+    names = set(sections or DEFAULT_SECTIONS)
+    if "all" in names:
+        names = set(SECTIONS)
+    bad = sorted(names - set(SECTIONS))
+    if bad:
+        raise ConfigError(f"demo section {bad[0]!r} is not one of "
+                          f"{', '.join([*SECTIONS, 'all'])}", "sections")
+    if names & set(NEEDS_SUBSPACE):
+        names.add("subspace")
+    return tuple(n for n in SECTIONS if n in names)
+
+
+def check_run(out_dir: Path, train_images: bool = False, *, seeds: int = 1,
+              sections: Sequence[str] | None = None) -> None:
     """Raise a one-line error before any work if ``out_dir`` is a non-empty folder (or not a
-    folder), or if the shipped digits U-Nets are missing without ``train_images``."""
+    folder), if the shipped digits U-Nets are missing without ``train_images`` (when the
+    attacks section runs), if ``seeds`` < 1 or a section name is unknown."""
     out_dir = Path(out_dir)
-    if not train_images:
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError(f"seeds {seeds!r} is not an integer >= 1", "seeds")
+    if "attacks" in resolve_sections(sections) and not train_images:
         experiments.check_image_runs()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OutputError(errno.EEXIST, f"output folder {out_dir} is not empty; pass another "
                           "one or remove it")
 
 
+def _run_sections(plan: DemoPlan, ctx: Context, names: tuple[str, ...],
+                  train_images: bool) -> dict[str, Any]:
+    """Every section of ``names`` for one seed (``ctx.seed``); results.json's ``sections``."""
+    out: dict[str, Any] = {}
+    models = samples = None
+    if "subspace" in names:
+        out["corrupted_subspace"], models, samples = experiments.corrupted_subspace(
+            plan.subspace, ctx)
+    if "toy" in names:
+        out["toy_3d"] = experiments.toy_3d(plan.toy, ctx)
+    if "attacks" in names:
+        out["attacks"] = experiments.attack_curves(plan.attacks, ctx, models, train_images)
+    if "steps" in names:
+        out["sampling_steps"] = experiments.sampling_steps(plan.steps, plan.subspace, ctx,
+                                                           models, samples)
+    if "sweep" in names:
+        out["corruption_sweep"] = controls.corruption_sweep(plan.sweep, ctx)
+    if "compute" in names:
+        out["compute_matched"] = controls.compute_matched(plan.compute, ctx)
+    return out
+
+
+def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
+    if progress is None or not prefix:
+        return progress
+    return lambda label, done, total: progress(prefix + label, done, total)
+
+
 def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str = "cpu",
              progress: Progress | None = None, train_images: bool = False,
-             plan: DemoPlan | None = None) -> dict[str, Any]:
-    """Run every section into ``out_dir`` (must be empty or absent); returns results.json's
+             plan: DemoPlan | None = None, seeds: int = 1,
+             sections: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the demo into ``out_dir`` (must be empty or absent); returns results.json's
     content. ``progress(stage_label, done, total)`` reports each stage's sub-steps.
     ``train_images`` retrains the two digits U-Nets instead of loading the shipped
-    checkpoints; ``plan`` overrides the default / quick settings."""
+    checkpoints; ``plan`` overrides the default / quick settings. ``sections``: names from
+    :data:`SECTIONS` (default :data:`DEFAULT_SECTIONS`, see :func:`resolve_sections`).
+
+    ``seeds`` > 1 repeats every section with training and sampling seeds ``seed``,
+    ``seed + 1``, … (each into ``out_dir/seed-<s>/``): results.json's ``sections`` then hold
+    every number as the mean over the seeds with its sample std (``std``), ``per_seed`` every
+    seed's own sections, claims and timings, and each claim says how many seeds reached its
+    verdict. With one seed the folder and results.json are those of a single run."""
     out_dir = Path(out_dir)
-    check_run(out_dir, train_images)
+    names = resolve_sections(sections)
+    check_run(out_dir, train_images, seeds=seeds, sections=names)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = plan or (quick_plan() if quick else default_plan())
     device = str(resolve_device(str(device)))
@@ -59,23 +126,40 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(),
                                    "torch_threads": torch.get_num_threads(),
                                    "load_average_start": _load()}
+    seed_list = list(range(seed, seed + seeds))
+    per_seed = []
     with TaskPool.for_device(device) as pool:
         environment.update(pool.describe())
-        ctx = Context(out_dir, seed, device, pool, progress)
-        subspace, models, samples = experiments.corrupted_subspace(plan.subspace, ctx)
-        sections = {"corrupted_subspace": subspace,
-                    "toy_3d": experiments.toy_3d(plan.toy, ctx),
-                    "attacks": experiments.attack_curves(plan.attacks, ctx, models, train_images),
-                    "sampling_steps": experiments.sampling_steps(plan.steps, plan.subspace, ctx,
-                                                                 models, samples)}
+        for s in seed_list:
+            multi = len(seed_list) > 1
+            prefix = f"seed {s} ({s - seed + 1}/{seeds}) · " if multi else ""
+            ctx = Context(out_dir / f"seed-{s}" if multi else out_dir, s, device, pool,
+                          _prefixed(progress, prefix), root=out_dir)
+            secs = _run_sections(plan, ctx, names, train_images)
+            per_seed.append({"seed": s, "sections": secs, "claims": assess(secs),
+                             "timings": ctx.timings})
     environment["load_average_end"] = _load()
-    ctx.timings["total"] = round(time.perf_counter() - start, 2)
+    if len(per_seed) == 1:
+        sections_out, claims = per_seed[0]["sections"], per_seed[0]["claims"]
+        timings = per_seed[0]["timings"]
+    else:
+        sections_out = aggregate_sections([p["sections"] for p in per_seed])
+        if "corruption_sweep" in sections_out:
+            sweep = sections_out["corruption_sweep"]
+            sweep["figures"] = {"heatmap": controls.sweep_figure(
+                sweep, out_dir / "figures" / "sweep_fd_difference.png", out_dir, seeds)}
+        claims = combine_claims([p["claims"] for p in per_seed], assess(sections_out))
+        timings = {f"seed {p['seed']}: {k}": v for p in per_seed for k, v in p["timings"].items()}
+    timings["total"] = round(time.perf_counter() - start, 2)
     results = {
-        "kind": "dmattack-demo", "quick": plan.quick, "seed": seed, "device": device,
-        "train_images": train_images, "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "environment": environment, "plan": plan.to_dict(), "sections": sections,
-        "claims": assess(sections), "timings": ctx.timings, "provenance": provenance(),
+        "kind": "dmattack-demo", "quick": plan.quick, "seed": seed, "seeds": seed_list,
+        "sections_run": list(names), "device": device, "train_images": train_images,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "environment": environment, "plan": plan.to_dict(), "sections": sections_out,
+        "claims": claims, "timings": timings, "provenance": provenance(),
     }
+    if len(per_seed) > 1:
+        results["per_seed"] = per_seed
     write_json(out_dir / RESULTS, results)
     write_report(results, out_dir)
     if progress is not None:
@@ -83,4 +167,5 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     return results
 
 
-__all__ = ["RESULTS", "check_run", "headline_rows", "run_demo"]
+__all__ = ["DEFAULT_SECTIONS", "RESULTS", "SECTIONS", "check_run", "headline_rows",
+           "resolve_sections", "run_demo"]

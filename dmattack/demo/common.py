@@ -18,7 +18,7 @@ from ..runs import LoadedModel, load_run
 from ..train import TrainConfig
 from .plan import TrainSettings
 from .pool import TaskPool
-from .tasks import train_task
+from .tasks import sample_task, train_task
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage_label, done, total)``: called as sub-steps of a stage complete."""
@@ -29,7 +29,9 @@ STEP_COST = {"ddpm": 1.0, "robust-rand": 1.5, "robust-adv": 2.2, "invariance": 2
 
 @dataclass
 class Context:
-    """What every section needs: output folder, seed, device, task pool, progress, timings."""
+    """What every section needs: output folder, seed, device, task pool, progress, timings.
+    ``root`` is the report folder that recorded paths are relative to (``out_dir`` itself,
+    or its parent when each seed of a multi-seed run writes into its own subfolder)."""
 
     out_dir: Path
     seed: int
@@ -38,6 +40,11 @@ class Context:
     progress: Progress | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _references: dict[str, Reference] = field(default_factory=dict)
+    root: Path | None = None
+
+    def rel(self, path: Path) -> str:
+        """``path`` relative to the report folder, POSIX style."""
+        return Path(path).relative_to(self.root or self.out_dir).as_posix()
 
     @contextmanager
     def stage(self, label: str, total: int) -> Iterator[Callable[[int], None]]:
@@ -67,13 +74,15 @@ class Context:
 @dataclass
 class TrainedModel:
     """A trained demo model: run folder, training wall time (s), and the loaded EMA model
-    (None if training stopped on a non-finite loss; ``error`` then says where)."""
+    (None if training stopped on a non-finite loss; ``error`` then says where);
+    ``step_seconds``: mean wall time of one optimiser step after the first (s)."""
 
     name: str
     run_dir: Path
     seconds: float
     loaded: LoadedModel | None
     error: str | None = None
+    step_seconds: float | None = None
 
 
 def train_config(dataset: str, method: str, settings: TrainSettings, *, seed: int, device: str,
@@ -101,8 +110,20 @@ def train_all(ctx: Context, jobs: dict[str, TrainConfig],
     for name, res in zip(order, results, strict=True):
         run_dir = ctx.out_dir / "runs" / name
         loaded = None if res["error"] else load_run(run_dir, device=ctx.device)
-        out[name] = TrainedModel(name, run_dir, res["seconds"], loaded, res["error"])
+        out[name] = TrainedModel(name, run_dir, res["seconds"], loaded, res["error"],
+                                 res["step_seconds"])
     return {n: out[n] for n in jobs}
+
+
+def sample_all(ctx: Context, models: dict[Any, TrainedModel], num_samples: int, steps: int,
+               num_paths: int, advance: Callable[[int], None]
+               ) -> dict[Any, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Samples (and trajectories, see :func:`~dmattack.demo.tasks.sample_task`) of every model
+    that trained, seeds ``sample_seeds(ctx.seed, num_samples)``, on the pool."""
+    keys = [k for k, tm in models.items() if tm.loaded is not None]
+    results = ctx.pool.map(sample_task, [(str(models[k].run_dir), num_samples, steps, ctx.seed,
+                                          num_paths, ctx.device) for k in keys], advance)
+    return dict(zip(keys, results, strict=True))
 
 
 def score(reference: Reference, samples: torch.Tensor, metrics: Sequence[str]) -> dict[str, Any]:

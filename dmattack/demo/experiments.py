@@ -16,7 +16,7 @@ from ..diffusion import GaussianDiffusion, respace
 from ..errors import MissingResourceError
 from ..train import build_data
 from . import figures
-from .common import Context, TrainedModel, score, train_all, train_config
+from .common import Context, TrainedModel, sample_all, score, train_all, train_config
 from .plan import AttackPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
 from .tasks import curve_task, sample_task, sampler_config
 
@@ -38,21 +38,8 @@ def _failed_row(tm: TrainedModel) -> dict[str, Any]:
             "train_seconds": tm.seconds}
 
 
-def _rel(ctx: Context, path: Path) -> str:
-    return Path(path).relative_to(ctx.out_dir).as_posix()
-
-
 def _seeds_text(seed: int, n: int) -> str:
     return f"dmattack.seeding.sample_seeds({seed}, {n})"
-
-
-def _sample_all(ctx: Context, models: dict[Any, TrainedModel], num_samples: int, steps: int,
-                num_paths: int, advance) -> dict[Any, tuple[torch.Tensor, torch.Tensor | None]]:
-    """Samples (and trajectories) of every model that trained, on the pool."""
-    keys = [k for k, tm in models.items() if tm.loaded is not None]
-    results = ctx.pool.map(sample_task, [(str(models[k].run_dir), num_samples, steps, ctx.seed,
-                                          num_paths, ctx.device) for k in keys], advance)
-    return dict(zip(keys, results, strict=True))
 
 
 # --------------------------------------------------------------------------- section 1
@@ -72,7 +59,7 @@ def corrupted_subspace(plan: SubspacePlan, ctx: Context
     models = {(c, m): trained[f"subspace-{c}-{m}"] for c, m in cfgs}
 
     with ctx.stage("1 digits-subspace: sample", len(cfgs) * plan.sampler_steps) as advance:
-        drawn = _sample_all(ctx, models, plan.num_samples, plan.sampler_steps, 0, advance)
+        drawn = sample_all(ctx, models, plan.num_samples, plan.sampler_steps, 0, advance)
     samples = {k: x for k, (x, _) in drawn.items()}
     rows = []
     for key, tm in models.items():
@@ -96,7 +83,7 @@ def corrupted_subspace(plan: SubspacePlan, ctx: Context
         panels = [("true distribution", truth)]
         panels += [("training data", noisy)] if cond == "corrupted" else []
         panels += [(m, samples[cond, m]) for m in plan.methods if (cond, m) in samples]
-        figs[cond] = _rel(ctx, figures.digit_grids(
+        figs[cond] = ctx.rel(figures.digit_grids(
             panels, ctx.out_dir / "figures" / f"subspace_{cond}_samples.png",
             f"digits-subspace samples, models trained on {cond} data"))
     section = {
@@ -108,7 +95,7 @@ def corrupted_subspace(plan: SubspacePlan, ctx: Context
         "rows": rows,
         "references": references,
         "figures": figs,
-        "runs": {f"{c}/{m}": _rel(ctx, tm.run_dir) for (c, m), tm in models.items()},
+        "runs": {f"{c}/{m}": ctx.rel(tm.run_dir) for (c, m), tm in models.items()},
     }
     return section, models, samples
 
@@ -133,7 +120,7 @@ def toy_3d(plan: ToyPlan, ctx: Context) -> dict[str, Any]:
                             advance)
     models = {k: trained[f"{k[0]}-{k[1].mode}-{k[2]}"] for k in cfgs}
     with ctx.stage("2 3-D data: sample", len(cfgs) * plan.sampler_steps) as advance:
-        drawn = _sample_all(ctx, models, plan.num_samples, plan.sampler_steps,
+        drawn = sample_all(ctx, models, plan.num_samples, plan.sampler_steps,
                             plan.num_trajectories, advance)
 
     rows: list[dict[str, Any]] = []
@@ -160,7 +147,7 @@ def toy_3d(plan: ToyPlan, ctx: Context) -> dict[str, Any]:
             path = figures.toy_scatter(d, clean, noisy, clouds, paths,
                                        ctx.out_dir / "figures" / f"toy_{d}_{c.mode}.png",
                                        f"{d}, {c.label} ({_corruption_text(c)})")
-            figs[f"{d}, {c.label}"] = _rel(ctx, path)
+            figs[f"{d}, {c.label}"] = ctx.rel(path)
     return {
         "title": "3-D data with inlier noise and with outliers",
         "settings": {**asdict(plan),
@@ -237,7 +224,7 @@ def attack_curves(plan: AttackPlan, ctx: Context, subspace_models: dict[Key, Tra
         table = {"window": window, "num_samples": n, "sampler_steps": k,
                  **_merge_curves(ctx, group)}
         path = ctx.out_dir / "figures" / f"attack_{kind}_{window}_n{n}.png"
-        table["figure"] = _rel(ctx, figures.attack_plot(
+        table["figure"] = ctx.rel(figures.attack_plot(
             table, path, f"{kind}: {window} window, {n} samples, {k} respaced steps, "
                          f"loss {plan.loss}"))
         out[kind].append(table)
@@ -288,7 +275,7 @@ def _merge_curves(ctx: Context, curves: list[dict[str, Any]]) -> dict[str, Any]:
                                                        "clean" if q == 0 else r["series"], q))
                                             for q, _, _ in pairs],
                          "last_step_attacked": [last for _, _, last in pairs]})
-        folders.append({"csv": _rel(ctx, Path(curve["csv"])), "png": _rel(ctx, Path(curve["png"])),
+        folders.append({"csv": ctx.rel(Path(curve["csv"])), "png": ctx.rel(Path(curve["png"])),
                         "seconds": curve["seconds"]})
     rows.sort(key=lambda r: (r["model"], METHOD_ORDER.index(r["method"])))
     protocol = curves[0]["protocol"]
@@ -329,7 +316,7 @@ def sampling_steps(plan: StepsPlan, sub_plan: SubspacePlan, ctx: Context,
                      "seeds": _seeds_text(ctx.seed, sub_plan.num_samples),
                      "metrics": list(SUBSPACE_METRICS)},
         "rows": rows,
-        "figures": {"steps": _rel(ctx, fig)},
+        "figures": {"steps": ctx.rel(fig)},
     }
 
 

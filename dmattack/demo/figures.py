@@ -170,3 +170,39 @@ def attack_plot(table: dict[str, Any], path: Path, title: str) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def sweep_heatmap(cells: Sequence[dict[str, Any]], fractions: Sequence[float],
+                  sigmas: Sequence[float], path: Path, title: str) -> Path:
+    """Heatmap of ``FD difference`` over corruption fraction (x) × σ (y), diverging colours
+    centred at 0 (red: Robust_adv better); each cell annotated with the value and, when the
+    cell has a ``std`` of it, ± that std. Missing values are grey."""
+    grid = torch.full((len(sigmas), len(fractions)), float("nan"))
+    text = [["n/a"] * len(fractions) for _ in sigmas]
+    for c in cells:
+        i, j = list(sigmas).index(c["sigma"]), list(fractions).index(c["fraction"])
+        v = c.get("FD difference")
+        if v is None:
+            continue
+        grid[i, j] = v
+        std = c.get("std", {}).get("FD difference")
+        text[i][j] = f"{v:+.3g}" + (f"\n± {std:.2g}" if std is not None else "")
+    finite = grid[torch.isfinite(grid)]
+    lim = (float(finite.abs().max()) if len(finite) else 0.0) or 1.0
+    fig, ax = plt.subplots(figsize=(1.6 * len(fractions) + 2.2, 1.0 * len(sigmas) + 1.6))
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.85")
+    im = ax.imshow(grid.numpy(), cmap=cmap, vmin=-lim, vmax=lim, origin="lower",
+                   aspect="auto")
+    for i in range(len(sigmas)):
+        for j in range(len(fractions)):
+            dark = bool(abs(grid[i, j]) > 0.6 * lim)  # NaN compares False
+            ax.text(j, i, text[i][j], ha="center", va="center", fontsize=8,
+                    color="white" if dark else "black")
+    ax.set_xticks(range(len(fractions)), [f"{p:g}" for p in fractions])
+    ax.set_yticks(range(len(sigmas)), [f"{s:g}" for s in sigmas])
+    ax.set_xlabel("corrupted fraction p of the training samples")
+    ax.set_ylabel("noise σ")
+    fig.colorbar(im, ax=ax, label="FD(DDPM) − FD(Robust_adv)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

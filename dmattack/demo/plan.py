@@ -113,12 +113,45 @@ class StepsPlan:
 
 
 @dataclass(frozen=True)
+class SweepPlan:
+    """Section ``sweep`` (reviewers' control): DDPM vs Robust_adv on digits-subspace over a
+    grid of corruption fractions × noise σ, exact FD of each. A fraction of 0 leaves the data
+    clean whatever σ, so that column is trained once per method and shared by every σ.
+    Training is shorter than section 1's (same preset, lr, λ) so 20 models fit a few minutes."""
+
+    methods: tuple[str, ...] = ("ddpm", "robust-adv")
+    fractions: tuple[float, ...] = (0.0, 0.3, 0.6, 0.9)
+    sigmas: tuple[float, ...] = (0.1, 0.2, 0.4)
+    num_data: int = 2000
+    train: TrainSettings = field(default_factory=lambda: TrainSettings(
+        steps=300, batch_size=512))
+    num_samples: int = 500
+    sampler_steps: int = 200
+
+
+@dataclass(frozen=True)
+class ComputePlan:
+    """Section ``compute`` (reviewers' control): section 1's corrupted digits-subspace, Robust_adv
+    vs a DDPM trained for as many optimiser steps as fit in Robust_adv's measured training wall
+    time (and vs the step-matched DDPM of section 1's settings)."""
+
+    corrupt_fraction: float = 0.9
+    corrupt_sigma: float = 0.2
+    num_data: int = 2000
+    train: TrainSettings = field(default_factory=TrainSettings)
+    num_samples: int = 500
+    sampler_steps: int = 1000
+
+
+@dataclass(frozen=True)
 class DemoPlan:
     quick: bool
     subspace: SubspacePlan
     toy: ToyPlan
     attacks: AttackPlan
     steps: StepsPlan
+    sweep: SweepPlan = field(default_factory=SweepPlan)
+    compute: ComputePlan = field(default_factory=ComputePlan)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,7 +166,7 @@ def quick_plan() -> DemoPlan:
     """``--quick``: shorter training, fewer samples, the ``spread`` window only, PGD-20 at one
     point, FGSM + random on images, and half-length chains (section 4 compares 500 / 250 / 150
     respaced steps, the default's ratios); still every section and every method of sections
-    1, 2 and 4."""
+    1, 2 and 4. The controls (``sweep``, ``compute``) get section 1's quick training."""
     return DemoPlan(
         True,
         SubspacePlan(train=TrainSettings(steps=120, batch_size=512), num_samples=200,
@@ -146,4 +179,8 @@ def quick_plan() -> DemoPlan:
             images=(CurvePlan(("fgsm", "random"), ("spread",), (100.0,), 64, 10),),
         ),
         StepsPlan(steps=(500, 250, 150)),
+        SweepPlan(train=TrainSettings(steps=120, batch_size=512), num_samples=200,
+                  sampler_steps=100),
+        ComputePlan(train=TrainSettings(steps=120, batch_size=512), num_samples=200,
+                    sampler_steps=500),
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import write_text
+from .claims import sweep_onset
 
 Row = dict[str, Any]
 SUBSPACE_COLUMNS = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
@@ -22,6 +23,20 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+def cell(r: Row, key: str) -> Any:
+    """``r[key]``, as ``mean ± std`` text when the row carries a std over seeds for it."""
+    v, std = r.get(key), r.get("std", {}).get(key)
+    return v if std is None or isinstance(std, list) else f"{fmt(v)} ± {std:.2g}"
+
+
+def cells(r: Row, key: str) -> list[Any]:
+    """The list ``r[key]`` element by element, each as :func:`cell` would show it."""
+    stds = r.get("std", {}).get(key)
+    if not isinstance(stds, list):
+        return list(r[key])
+    return [v if s is None else f"{fmt(v)} ± {s:.2g}" for v, s in zip(r[key], stds, strict=True)]
+
+
 def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
@@ -31,24 +46,59 @@ def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def _nonfinite(r: Row) -> str:
     if r.get("train_error"):
         return f"training stopped ({r['train_error']})"
-    return f"{r.get('num_nonfinite', 0)}/{r.get('num_nonfinite', 0) + r.get('num_evaluated', 0)}"
+    bad, good = r.get("num_nonfinite", 0), r.get("num_evaluated", 0)
+    return f"{fmt(bad)}/{fmt(bad + good)}"
 
 
 def headline_rows(results: Row) -> tuple[list[str], list[list[str]]]:
-    """Section 1's table (corrupted and clean digits-subspace) for the terminal."""
-    columns = ["data", "method", "subspace err ↓", "PSNR ↑", "FD ↓", "var. ratio", "NaN/inf"]
-    rows = [[r["data"], r["method"], *(fmt(r.get(c)) for c in SUBSPACE_COLUMNS), _nonfinite(r)]
-            for r in results["sections"]["corrupted_subspace"]["rows"]]
-    return columns, rows
+    """Section 1's table (corrupted and clean digits-subspace) for the terminal; without
+    section 1, the compute-matched or the sweep section's table."""
+    secs = results["sections"]
+    if "corrupted_subspace" in secs:
+        columns = ["data", "method", "subspace err ↓", "PSNR ↑", "FD ↓", "var. ratio", "NaN/inf"]
+        rows = [[r["data"], r["method"], *(fmt(cell(r, c)) for c in SUBSPACE_COLUMNS),
+                 _nonfinite(r)] for r in secs["corrupted_subspace"]["rows"]]
+        return columns, rows
+    if "compute_matched" in secs:
+        columns = ["method", "training", "steps", "train (s)", "subspace err ↓", "FD ↓"]
+        return columns, [[r["method"], r["training"], fmt(cell(r, "train_steps")),
+                          fmt(cell(r, "train_seconds")), fmt(cell(r, "subspace error")),
+                          fmt(cell(r, "FD (exact)"))] for r in secs["compute_matched"]["rows"]]
+    sweep = secs["corruption_sweep"]
+    fractions = sweep["settings"]["fractions"]
+    grid = {(c["sigma"], c["fraction"]): c for c in sweep["differences"]}
+    return (["σ \\ p", *(f"{p:g}" for p in fractions)],
+            [[f"{s:g}", *(fmt(cell(grid[s, p], "FD difference")) for p in fractions)]
+             for s in sweep["settings"]["sigmas"]])
+
+
+def headline_title(results: Row) -> str:
+    """The title of :func:`headline_rows`' table."""
+    secs = results["sections"]
+    over = (f" (mean ± std over {len(results['seeds'])} seeds)"
+            if len(results.get("seeds", [])) > 1 else "")
+    if "corrupted_subspace" in secs:
+        st = secs["corrupted_subspace"]["settings"]
+        return (f"Headline: digits-subspace, {st['corrupt_fraction']:.0%} of training samples "
+                f"noisy (σ = {st['corrupt_sigma']:g}){over}")
+    if "compute_matched" in secs:
+        return f"Headline: Robust_adv vs a compute-matched DDPM{over}"
+    return f"Headline: FD(DDPM) − FD(Robust_adv) over corrupted fraction p × σ{over}"
 
 
 def _figure(path: str, alt: str) -> str:
     return f"![{alt}]({path})"
 
 
+def _verdict(c: Row) -> str:
+    if "agreement" not in c:
+        return f"**{c['verdict']}** ({c['checks_passed']}/{c['checks']})"
+    return (f"**{c['verdict']}**: {c['agreement']} (mean numbers: {c['verdict_on_means']}, "
+            f"{c['checks_passed']}/{c['checks']})")
+
+
 def _claims(results: Row) -> str:
-    rows = [[c["claim"], c["source"], f"**{c['verdict']}** ({c['checks_passed']}/{c['checks']})",
-             c["evidence"]] for c in results["claims"]]
+    rows = [[c["claim"], c["source"], _verdict(c), c["evidence"]] for c in results["claims"]]
     return _table(["claim", "source", "verdict", "measured"], rows)
 
 
@@ -67,13 +117,13 @@ def _subspace(s: Row) -> str:
         "of the clean data, < 1 means smoothing).",
         "",
         _table(["data", "method", *SUBSPACE_COLUMNS, "non-finite", "train (s)"],
-               [[r["data"], r["method"], *(r.get(c) for c in SUBSPACE_COLUMNS), _nonfinite(r),
-                 r.get("train_seconds")] for r in s["rows"]]),
+               [[r["data"], r["method"], *(cell(r, c) for c in SUBSPACE_COLUMNS),
+                 _nonfinite(r), cell(r, "train_seconds")] for r in s["rows"]]),
         "",
         "References (no model):",
         "",
         _table(["data", "what", *SUBSPACE_COLUMNS, "N"],
-               [[r["data"], r["method"], *(r.get(c) for c in SUBSPACE_COLUMNS),
+               [[r["data"], r["method"], *(cell(r, c) for c in SUBSPACE_COLUMNS),
                  r["num_evaluated"]] for r in s["references"]]),
         "",
     ]
@@ -98,7 +148,7 @@ def _toy(s: Row) -> str:
         "log-density under the clean mixture (higher is better).",
         "",
         _table(["dataset", "corruption", "method", *metric_cols, "non-finite"],
-               [[r["dataset"], r["corruption"], r["method"], *(r.get(c) for c in metric_cols),
+               [[r["dataset"], r["corruption"], r["method"], *(cell(r, c) for c in metric_cols),
                  _nonfinite(r)] for r in s["rows"]]),
         "",
         "Top row of each figure: training data, then generations (clean data in grey); bottom "
@@ -121,15 +171,15 @@ def _curve_table(c: Row) -> str:
                         strict=False))
         marked = marked or any(last.values())
 
-        def cell(values: dict, p: float, last: dict = last) -> Any:
+        def mark(values: dict, p: float, last: dict = last) -> Any:
             if p not in values:
                 return "—"
             return fmt(values[p]) + LAST_STEP_MARK if last.get(p) else values[p]
 
-        at = dict(zip(r["percents"], r["values"], strict=True))
-        vr = dict(zip(r["percents"], r["variance_ratio"], strict=True))
-        rows.append([r["model"], r["series"], *(cell(at, p) for p in pct)])
-        vr_rows.append([r["model"], r["series"], *(cell(vr, p) for p in pct)])
+        at = dict(zip(r["percents"], cells(r, "values"), strict=True))
+        vr = dict(zip(r["percents"], cells(r, "variance_ratio"), strict=True))
+        rows.append([r["model"], r["series"], *(mark(at, p) for p in pct)])
+        vr_rows.append([r["model"], r["series"], *(mark(vr, p) for p in pct)])
     counts = c.get("steps_attacked") or [None] * len(pct)
     head = ["model", "attack", *(f"{p:g}% ({n})" if n else f"{p:g}%"
                                  for p, n in zip(pct, counts, strict=True))]
@@ -168,7 +218,7 @@ def _attacks(s: Row) -> str:
 
 def _steps(s: Row) -> str:
     st = s["settings"]
-    rows = [[r["data"], r["method"], r["steps"], *(r.get(c) for c in SUBSPACE_COLUMNS),
+    rows = [[r["data"], r["method"], r["steps"], *(cell(r, c) for c in SUBSPACE_COLUMNS),
              _nonfinite(r)] for r in s["rows"]]
     return "\n".join([
         f"Models: {st['models']} (digits-subspace), {st['num_samples']} samples, seeds "
@@ -180,19 +230,90 @@ def _steps(s: Row) -> str:
         _figure(s["figures"]["steps"], "sampling steps")])
 
 
+def _sweep(s: Row) -> str:
+    st = s["settings"]
+    tr = st["train"]
+    fractions, sigmas = st["fractions"], st["sigmas"]
+    grid = {(c["sigma"], c["fraction"]): c for c in s["differences"]}
+    onset = sweep_onset(s["differences"])
+    cols = ("FD (exact)", "subspace error", "variance ratio")
+    return "\n".join([
+        f"Training data: `{st['dataset']}` ({st['num_data']} samples), a fraction p of them + "
+        f"N(0, σ²) noise, p ∈ {{{', '.join(f'{p:g}' for p in fractions)}}} × σ ∈ "
+        f"{{{', '.join(f'{x:g}' for x in sigmas)}}} (p = 0 is clean data whatever σ: one model "
+        f"per method serves every σ). Methods {', '.join(st['methods'])}; each model: preset "
+        f"`{tr['preset']}`, {tr['steps']} steps × batch {tr['batch_size']}, lr {tr['lr']}, "
+        f"λ = {tr['lam']}, training seed {st['training_seed']}. Samples: {st['num_samples']} "
+        f"per model, sampler `{st['sampler']}`. Exact FD against the true distribution.", "",
+        "FD(DDPM) − FD(Robust_adv) (positive = Robust_adv closer to the true distribution):", "",
+        _table(["σ \\ p", *(f"{p:g}" for p in fractions)],
+               [[f"{x:g}", *(cell(grid[x, p], "FD difference") for p in fractions)]
+                for x in sigmas]), "",
+        "Where Robust_adv starts to help (the smallest p from which the difference is above "
+        "its seed spread at that and every larger p; above 0 with one seed): "
+        + "; ".join(f"σ = {x:g}: " + ("at no p" if p is None else f"from p = {p:g}")
+                    for x, p in onset.items()) + ".", "",
+        _figure(s["figures"]["heatmap"], "FD difference heatmap"), "",
+        "Every model:", "",
+        _table(["p", "σ", "method", *cols, "non-finite", "train (s)"],
+               [[r["fraction"], "any" if r["sigma"] is None else r["sigma"], r["method"],
+                 *(cell(r, c) for c in cols), _nonfinite(r), cell(r, "train_seconds")]
+                for r in s["rows"]])])
+
+
+def _compute(s: Row) -> str:
+    st = s["settings"]
+    tr = st["train"]
+    cols = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
+    return "\n".join([
+        f"Training data: `{st['dataset']}` ({st['num_data']} samples), "
+        f"{st['corrupt_fraction']:.0%} of them + N(0, {st['corrupt_sigma']:g}²) (section 1's "
+        f"corrupted data). Robust_adv and DDPM: preset `{tr['preset']}`, {tr['steps']} steps × "
+        f"batch {tr['batch_size']}, lr {tr['lr']}, λ = {tr['lam']}, training seed "
+        f"{st['training_seed']}. {st['matching']}. Samples: {st['num_samples']} per model, "
+        f"sampler `{st['sampler']}`.", "",
+        _table(["method", "training", "steps", "s / step", "steps (s)", "whole run (s)", *cols,
+                "non-finite"],
+               [[r["method"], r["training"], cell(r, "train_steps"), cell(r, "step_seconds"),
+                 cell(r, "step_time_total"), cell(r, "train_seconds"),
+                 *(cell(r, c) for c in cols), _nonfinite(r)] for r in s["rows"]])])
+
+
 def _timings(results: Row) -> str:
     rows = [[k, v] for k, v in results["timings"].items()]
     return _table(["stage", "seconds"], rows)
+
+
+SECTION_TEXT = {"corrupted_subspace": ("1. ", _subspace), "toy_3d": ("2. ", _toy),
+                "attacks": ("3. ", _attacks), "sampling_steps": ("4. ", _steps),
+                "corruption_sweep": ("Control: ", _sweep),
+                "compute_matched": ("Control: ", _compute)}
+
+
+def _mode(results: Row) -> str:
+    seeds = results.get("seeds", [results["seed"]])
+    mode = "quick (`--quick`)" if results["quick"] else "default"
+    if len(seeds) == 1:
+        return f"Mode: **{mode}**; seed {results['seed']}"
+    return (f"Mode: **{mode}**; **{len(seeds)} seeds** ({', '.join(map(str, seeds))}): every "
+            "number below is the mean ± the sample std over the seeds (one number: every seed "
+            "measured the same), each verdict says how many seeds reached it; figures show "
+            f"seed {seeds[0]} (the sweep heatmap: the means); every seed's own numbers are in "
+            "`results.json` (`per_seed`)")
 
 
 def write_report(results: Row, out_dir: Path) -> Path:
     """Write ``out_dir/report.md`` from the results; returns its path."""
     secs = results["sections"]
     env = results["environment"]
-    mode = "quick (`--quick`)" if results["quick"] else "default"
+    body = []
+    for key, (number, render) in SECTION_TEXT.items():
+        if key in secs:
+            title = secs[key].get("title", "Attacks on the reverse chain")
+            body += [f"## {number}{title}", "", render(secs[key]), ""]
     text = "\n".join([
         "# dmattack demo report", "",
-        f"Mode: **{mode}**; seed {results['seed']}; device `{results['device']}`; total wall "
+        f"{_mode(results)}; device `{results['device']}`; total wall "
         f"time **{results['timings']['total']:.0f} s** on {env['cpu_count']} CPU core(s): "
         f"{env['worker_processes']} worker process(es) × {env['torch_threads_per_worker']} "
         f"torch thread(s) (0 workers = in-process, {env['torch_threads']} threads; load average "
@@ -205,17 +326,14 @@ def write_report(results: Row, out_dir: Path) -> Path:
         "size. Non-finite samples (a diverged model) are dropped before scoring: every metric "
         "is computed on the finite rows and the table says how many were dropped.", "",
         "## What held and what did not", "", _claims(results), "",
-        f"## 1. {secs['corrupted_subspace']['title']}", "", _subspace(secs["corrupted_subspace"]),
-        "",
-        f"## 2. {secs['toy_3d']['title']}", "", _toy(secs["toy_3d"]), "",
-        "## 3. Attacks on the reverse chain", "", _attacks(secs["attacks"]), "",
-        f"## 4. {secs['sampling_steps']['title']}", "", _steps(secs["sampling_steps"]), "",
+        *body,
         "## Timings", "", _timings(results), "",
         "## Provenance", "",
         f"git revision `{results['provenance']['git_revision']}`; versions: "
         + ", ".join(f"{k} {v}" for k, v in results["provenance"]["versions"].items()) + ".",
         "All settings are in `results.json` (`plan` and each section's `settings`); the "
-        "trained run folders are under `runs/`.", ""])
+        "trained run folders are under "
+        + ("`runs/`." if len(results.get("seeds", [0])) == 1 else "`seed-<seed>/runs/`."), ""])
     path = out_dir / "report.md"
     write_text(path, text)
     return path

@@ -30,11 +30,16 @@ def sampler_config(steps: int, num_timesteps: int) -> SamplerConfig:
 
 def train_task(cfg: TrainConfig, run_dir: str, *, report: Report) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``; ``report`` counts optimiser steps. Returns the wall time
-    (s) and ``error``: None, or the message of a non-finite training loss."""
+    (s), ``step_seconds``: the mean wall time (s) of an optimiser step after the first (None
+    with fewer than 2 steps), and ``error``: None, or the message of a non-finite loss."""
     start, done = time.perf_counter(), 0
+    first: tuple[int, float] | None = None  # (step, time) of the first and last callbacks
+    last: tuple[int, float] | None = None
 
     def on_step(step: int, _: dict[str, float]) -> None:
-        nonlocal done
+        nonlocal done, first, last
+        last = (step, time.perf_counter())
+        first = first or last
         if step - done >= REPORT_EVERY or step == cfg.steps:
             report(step - done)
             done = step
@@ -45,7 +50,10 @@ def train_task(cfg: TrainConfig, run_dir: str, *, report: Report) -> dict[str, A
     except FloatingPointError as e:
         report(cfg.steps - done)
         error = str(e).split(";")[0]
-    return {"seconds": round(time.perf_counter() - start, 2), "error": error}
+    step_seconds = ((last[1] - first[1]) / (last[0] - first[0])
+                    if first and last and last[0] > first[0] else None)
+    return {"seconds": round(time.perf_counter() - start, 2), "step_seconds": step_seconds,
+            "error": error}
 
 
 def sample_task(run_dir: str, num_samples: int, sampler_steps: int, seed: int, num_paths: int,

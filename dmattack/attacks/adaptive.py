@@ -1,0 +1,149 @@
+"""What the adaptive (whole-chain) attacks share: settings, budgets, random starts and the
+:class:`~dmattack.attacks.base.WholeChainAttack` interface (docs/method.md §12).
+
+An adaptive attack produces attacked samples for a batch of per-sample seeds::
+
+    steps = attacked_steps(K, percent=50, window="spread")
+    x0_adv = attack.sample_attacked(model, diffusion, sampler, shape, seeds, steps, device)
+
+or runs through ``run_attack`` / ``run_curve`` as ``AttackPlan(attack, percent, window)``.
+With the same seeds, the clean sample is ``sample(model, diffusion, shape, seeds, sampler)``:
+x_T and every chain noise z are the clean run's, only the perturbations δ_s at the attacked
+steps S differ. S and the budgets ε_s = eps_scale·√β̃_s (model space) are those of the per-step
+attacks, so all attacks plot on the same curves. Random starts and any other draw of the
+attacker come from the per-sample ATTACK streams (:mod:`dmattack.seeding`): a sample's result
+does not depend on its batch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from ..diffusion import EpsModel, GaussianDiffusion
+from ..errors import ConfigError
+from ..sampling import SamplerConfig
+from ..seeding import rand_per_sample
+from .base import format_number
+from .differentiable import DifferentiableChain
+from .distances import Distance, check_distance, distance_name, make_distance
+
+KEEP = ("best", "last")
+
+
+@dataclass
+class AdaptiveResult:
+    """One batch's outcome: attacked samples ``x0`` and clean samples ``clean`` (B, *shape),
+    model space; ``deltas[k]`` (B, *shape) the perturbation added before reverse step k (only
+    attacked steps with a positive budget); ``distance`` (B,) the attack's D(x0, clean) — for
+    the look-ahead attack this is D between the final samples, not its look-ahead objective."""
+
+    x0: torch.Tensor
+    clean: torch.Tensor
+    deltas: dict[int, torch.Tensor]
+    distance: torch.Tensor
+
+
+class AdaptiveChainAttack(ABC):
+    """Base of :class:`~dmattack.attacks.trajectory.TrajectoryPGD` and
+    :class:`~dmattack.attacks.lookahead.LookaheadPGD`.
+
+    ``config`` is the attack's settings dataclass (checked on construction); ``distance`` a
+    name from :data:`~dmattack.attacks.distances.DISTANCES` or a callable
+    ``D(x0_adv, x0_clean) -> (B,)``.
+    """
+
+    name: str = "adaptive"
+
+    def __init__(self, config: Any, distance: str | Distance) -> None:
+        check_distance(distance, config.feature_extractor)
+        self.config = config
+        self.distance = distance
+
+    # -------------------------------------------------------------------- interface
+    @property
+    def label(self) -> str:
+        """Series name without window or percent, e.g. ``trajectory-pgd20-pixel``; options off
+        their defaults are appended (``-alpha0.25``, ``-x2``, ``-last``)."""
+        c = self.config
+        parts = [self.name, f"pgd{c.iterations}", *self.label_parts(),
+                 distance_name(self.distance)]
+        if c.alpha_scale != 1 / 8:
+            parts.append(f"alpha{format_number(c.alpha_scale)}")
+        if c.eps_scale != 1:
+            parts.append(f"x{format_number(c.eps_scale)}")
+        if c.keep != "best":
+            parts.append(c.keep)
+        return "-".join(parts)
+
+    def label_parts(self) -> list[str]:
+        """Attack-specific label parts after ``pgdN`` (none here)."""
+        return []
+
+    def settings(self) -> dict[str, Any]:
+        """Every setting that determines the attacked samples, JSON-ready (a user distance is
+        recorded by its name)."""
+        return {**asdict(self.config), "distance": distance_name(self.distance)}
+
+    def sample_attacked(self, model: EpsModel, diffusion: GaussianDiffusion,
+                        sampler: SamplerConfig, shape: Sequence[int], seeds: Sequence[int],
+                        steps: Sequence[int], device: torch.device | str = "cpu"
+                        ) -> torch.Tensor:
+        """Attacked samples (B, *shape) for ``seeds`` (model space, on ``device``); ``steps``
+        are the attacked reverse steps (0 = at x_T), e.g. from ``attacked_steps``."""
+        return self.attack(model, diffusion, sampler, shape, seeds, steps, device).x0
+
+    @abstractmethod
+    def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
+               shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
+               device: torch.device | str = "cpu") -> AdaptiveResult:
+        """Attack one batch at reverse ``steps``; see :class:`AdaptiveResult`.
+
+        ``diffusion`` is the model's diffusion or the one the sampler walks (either works:
+        ``sampling_diffusion`` of the latter is itself)."""
+
+    def __repr__(self) -> str:
+        body = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
+        return f"{type(self).__name__}({body})"
+
+    # -------------------------------------------------------------------- helpers
+    def make_distance(self, shape: Sequence[int], device: torch.device | str) -> Distance:
+        return make_distance(self.distance, self.config.feature_extractor, shape, device)
+
+    def budgets(self, chain: DifferentiableChain, steps: Sequence[int], batch: int,
+                shape: Sequence[int], device: torch.device | str) -> dict[int, torch.Tensor]:
+        """ε_s (B, 1, …) of every attacked reverse step s with a positive budget, in order."""
+        k = chain.num_steps
+        bad = [s for s in steps if not 0 <= s < k or int(s) != s]
+        if bad:
+            raise ConfigError(f"attacked steps {bad} are outside the chain's steps 0..{k - 1}",
+                              field="steps")
+        like = torch.empty(batch, *shape, device=device)
+        out = {}
+        for s in sorted({int(s) for s in steps}):
+            eps = self.config.eps_scale * chain.diffusion.attack_std(
+                chain.index(s, batch, like.device), like)
+            if (eps > 0).any():
+                out[s] = eps
+        return out
+
+    @staticmethod
+    def random_start(budget: torch.Tensor, shape: Sequence[int],
+                     gens: Sequence[torch.Generator]) -> torch.Tensor:
+        """δ ~ U(−ε, ε) (B, *shape), row i from ``gens[i]``."""
+        u = rand_per_sample(shape, gens, budget.device, budget.dtype)
+        return (2 * u - 1) * budget
+
+    @staticmethod
+    def keep_best(best: dict[int, torch.Tensor], best_d: torch.Tensor,
+                  deltas: dict[int, torch.Tensor], d: torch.Tensor) -> None:
+        """Per sample, copy ``deltas`` into ``best`` where ``d`` (B,) beats ``best_d`` (both
+        updated in place)."""
+        better = d > best_d
+        best_d[better] = d[better]
+        for s, delta in deltas.items():
+            best[s][better] = delta[better].detach()

@@ -1,0 +1,160 @@
+r"""Look-ahead PGD with EOT over the future noise (threat model C, docs/method.md §12).
+
+The attacker sees the current state x_s but not the future noise. At each attacked step s, in
+order, PGD on δ (‖δ‖∞ ≤ ε_s = eps_scale·√β̃_s) maximises
+
+    E_z[ D(x̂_0^z(x_s + δ), x̂_0^z(x_s)) ]  ≈  (1/M) Σ_m D(x̂_0^{z_m}(x_s + δ), x̂_0^{z_m}(x_s))
+
+where x̂_0^z(x) runs H reverse steps from x with noise z and then predicts x̂_0 at the reached
+step (the chain's output itself when it reaches the end). The two continuations share the same
+M draws of future noise (common random numbers; EOT, Athalye et al. 2018). H = 0 compares the
+one-step predictions x̂_0 (with the pixel distance: the per-step ``x0`` loss); H = ``"end"`` runs
+to the last step. The M draws (``eot``) are drawn once per attacked step from the sample's
+ATTACK stream, after its random start, and kept for all PGD iterations, so the objective is a
+fixed function of δ and the clean continuations are computed once. Then the chain continues from
+x_s + δ with the true noise: the chain's noise draws are exactly the clean run's.
+
+PGD as in :class:`~dmattack.attacks.trajectory.TrajectoryPGD`: random start δ ~ U(−ε_s, ε_s),
+``iterations`` sign steps α = alpha_scale·ε_s, projection after each; ``keep="best"`` returns,
+per sample, the iterate with the highest estimated objective (``"last"``: the last iterate).
+
+Cost per attacked step: N × M × (H forwards + 1 x̂_0 forward, their recomputation and one
+backward) + M × (H + 1) forwards for the clean continuations (+ one evaluation of the last
+iterate with ``keep="best"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion import EpsModel, GaussianDiffusion
+from ..errors import ConfigError
+from ..sampling import SamplerConfig, sample
+from ..seeding import ATTACK, generators, randn_per_sample
+from ..settings import check_settings, setting
+from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult
+from .differentiable import DifferentiableChain, attack_mode, require_grad_path
+from .distances import FEATURE_EXTRACTORS, Distance
+
+HORIZON_END = "end"
+
+
+@dataclass(frozen=True)
+class LookaheadConfig:
+    """Settings of :class:`LookaheadPGD` (``distance`` may also be a callable from Python)."""
+
+    eps_scale: float = setting(1.0, "Budget multiplier: eps_s = eps_scale * sqrt(beta~_s).",
+                               low=0)
+    iterations: int = setting(20, "PGD iterations per attacked step.", low=1)
+    alpha_scale: float = setting(1 / 8, "PGD step in units of eps_s.", low=0, low_open=True)
+    eot: int = setting(4, "Draws of future noise averaged over (EOT).", low=1)
+    horizon: int | str = setting(5, "Reverse steps looked ahead before predicting x0: an "
+                                 "integer >= 0 or 'end'.", low=0, choices=(HORIZON_END,))
+    distance: str = setting("pixel", "What the attack maximises between the two "
+                            "continuations: pixel | features.")
+    feature_extractor: str | None = setting(None, "Embedding of distance 'features' (default: "
+                                            "digits-cnn for digits, else inception).",
+                                            choices=FEATURE_EXTRACTORS)
+    checkpoint: bool = setting(True, "Checkpoint every reverse step of the look-ahead.")
+    keep: str = setting("best", "Which PGD iterate is used, per sample: the best by the "
+                        "look-ahead objective or the last.", choices=KEEP)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+class LookaheadPGD(AdaptiveChainAttack):
+    """Look-ahead EOT PGD (see the module docstring).
+
+    Args: the fields of :class:`LookaheadConfig`; ``distance`` is ``"pixel"``,
+    ``"features"`` or a callable ``D(x0_adv, x0_clean) -> (B,)``.
+
+    Examples::
+        >>> atk = LookaheadPGD(eot=4, horizon=5)
+        >>> x0_adv = atk.sample_attacked(model, diffusion, SamplerConfig("respaced", 25),
+        ...                              (1, 8, 8), seeds, attacked_steps(25, 50, "spread"))
+    """
+
+    name = "lookahead"
+
+    def __init__(self, distance: str | Distance = "pixel", **settings) -> None:
+        name = distance if isinstance(distance, str) else "pixel"
+        super().__init__(LookaheadConfig(distance=name, **settings), distance)
+
+    @classmethod
+    def from_config(cls, config: LookaheadConfig) -> LookaheadPGD:
+        return cls(**{k: getattr(config, k) for k in config.__dataclass_fields__})
+
+    def label_parts(self) -> list[str]:
+        """``eotM`` and ``hH``: the label reads e.g. ``lookahead-pgd20-eot4-h5-pixel``."""
+        return [f"eot{self.config.eot}", f"h{self.config.horizon}"]
+
+    def horizon_steps(self, step: int, num_steps: int) -> int:
+        """Reverse steps run ahead from step ``step`` (truncated at the chain's end)."""
+        h = self.config.horizon
+        return num_steps - step if h == HORIZON_END else min(int(h), num_steps - step)
+
+    def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
+               shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
+               device: torch.device | str = "cpu") -> AdaptiveResult:
+        c = self.config
+        chain = DifferentiableChain(model, diffusion, sampler, c.checkpoint)
+        if c.horizon != HORIZON_END and int(c.horizon) > chain.num_steps:
+            raise ConfigError(f"horizon = {c.horizon} is larger than the chain's "
+                              f"{chain.num_steps} steps; allowed: 0..{chain.num_steps} or "
+                              f"'{HORIZON_END}'", field="horizon")
+        shape, device = tuple(shape), torch.device(device)
+        D = self.make_distance(shape, device)
+        budgets = self.budgets(chain, steps, len(seeds), shape, device)
+        gens = generators(seeds, ATTACK, device)
+        chosen: dict[int, torch.Tensor] = {}
+
+        def hook(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+            if step not in budgets:
+                return x
+            chosen[step] = self._attack_step(chain, x, step, budgets[step], gens, D)
+            return x + chosen[step]
+
+        with attack_mode(model), torch.no_grad():
+            clean = sample(model, diffusion, shape, seeds, sampler, device=device)
+            x0 = sample(model, diffusion, shape, seeds, sampler, hook=hook, device=device)
+            dist = D(x0, clean)
+        return AdaptiveResult(x0, clean, chosen, dist)
+
+    def _attack_step(self, chain: DifferentiableChain, x: torch.Tensor, step: int,
+                     eps: torch.Tensor, gens: Sequence[torch.Generator], D: Distance
+                     ) -> torch.Tensor:
+        """PGD on δ (B, *shape) at reverse step ``step`` from the state ``x`` (B, *shape)."""
+        c, B, shape = self.config, len(x), x.shape[1:]
+        h = self.horizon_steps(step, chain.num_steps)
+        delta = self.random_start(eps, shape, gens)
+        draws = [[randn_per_sample(shape, gens, x.device) for _ in range(h)]
+                 for _ in range(c.eot)]
+        noise = [torch.cat([draws[m][j] for m in range(c.eot)]) for j in range(h)]
+        x_rep = x.repeat(c.eot, *([1] * len(shape)))
+
+        def ahead(x_start: torch.Tensor) -> torch.Tensor:
+            return chain.predict_x0(chain.run(x_start, noise, step, step + h), step + h)
+
+        def objective(d: torch.Tensor) -> torch.Tensor:
+            return D(ahead(x_rep + d.repeat(c.eot, *([1] * len(shape)))), ref) \
+                .view(c.eot, B).mean(0)
+
+        ref = ahead(x_rep)
+        best, best_d = delta.clone(), torch.full((B,), -torch.inf, device=x.device)
+        alpha = c.alpha_scale * eps
+        for _ in range(c.iterations):
+            with torch.enable_grad():
+                leaf = delta.detach().requires_grad_(True)
+                value = objective(leaf)
+                require_grad_path(value, "the look-ahead distance")
+                (g,) = torch.autograd.grad(value.sum(), leaf)
+            self.keep_best({0: best}, best_d, {0: delta}, value.detach())
+            delta = torch.clamp(delta + alpha * g.sign(), -eps, eps)
+        if c.keep == "last":
+            return delta
+        self.keep_best({0: best}, best_d, {0: delta}, objective(delta))
+        return best

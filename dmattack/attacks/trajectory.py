@@ -1,0 +1,146 @@
+r"""Trajectory PGD: all perturbations of a chain optimised jointly (threat model B,
+docs/method.md §12).
+
+The attacker knows x_T and every future noise z (it controls or has observed the sampler's
+RNG, or attacks a deterministic DDIM chain). Variables: δ_s for the attacked steps s ∈ S,
+‖δ_s‖∞ ≤ ε_s = eps_scale·√β̃_s. With x_0(δ) the chain's output when δ_s is added to the state
+before step s, PGD maximises
+
+    L(δ) = D(x_0(δ), x_0(0))        (x_0(0): the clean sample with the same seeds)
+
+from a random start δ_s ~ U(−ε_s, ε_s), ``iterations`` times: one forward pass of the whole
+chain, one backward pass to every δ_s, δ_s ← clip(δ_s + α_s·sign(∂L/∂δ_s), ±ε_s),
+α_s = alpha_scale·ε_s.
+
+Which iterate is returned (``keep="best"``, the default): per sample, the best of the N + 1
+iterates δ^(0) … δ^(N) by D (the random start counts; the last iterate is evaluated with one
+more forward pass). Sign steps of fixed size overshoot, so the ascent is not monotone: the best
+iterate is the strongest attack the run found, for one extra chain forward, as is standard for
+robustness evaluation (e.g. AutoAttack's APGD). ``keep="last"`` returns δ^(N). The returned
+sample is ``sample()`` with the chosen δ added by a hook, so it can be reproduced exactly.
+
+Cost: N × (one chain forward + one recomputed forward per step + one backward) + 3 forwards
+(clean sample, last iterate, returned sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion import EpsModel, GaussianDiffusion
+from ..sampling import SamplerConfig, sample
+from ..seeding import ATTACK, generators
+from ..settings import check_settings, setting
+from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult
+from .differentiable import DifferentiableChain, attack_mode, draw_chain_noise, require_grad_path
+from .distances import FEATURE_EXTRACTORS, Distance
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    """Settings of :class:`TrajectoryPGD` (``distance`` may also be a callable from Python)."""
+
+    eps_scale: float = setting(1.0, "Budget multiplier: eps_s = eps_scale * sqrt(beta~_s).",
+                               low=0)
+    iterations: int = setting(20, "PGD iterations (one chain forward and backward each).",
+                              low=1)
+    alpha_scale: float = setting(1 / 8, "PGD step in units of eps_s.", low=0, low_open=True)
+    distance: str = setting("pixel", "What the attack maximises between the attacked and the "
+                            "clean sample: pixel | features.")
+    feature_extractor: str | None = setting(None, "Embedding of distance 'features' (default: "
+                                            "digits-cnn for digits, else inception).",
+                                            choices=FEATURE_EXTRACTORS)
+    checkpoint: bool = setting(True, "Checkpoint every reverse step (memory: K states + one "
+                               "step's activations).")
+    keep: str = setting("best", "Which PGD iterate is returned, per sample: the best by D or "
+                        "the last.", choices=KEEP)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+class TrajectoryPGD(AdaptiveChainAttack):
+    """Trajectory PGD (see the module docstring).
+
+    Args: the fields of :class:`TrajectoryConfig`; ``distance`` is ``"pixel"``,
+    ``"features"`` or a callable ``D(x0_adv, x0_clean) -> (B,)``.
+
+    Examples::
+        >>> atk = TrajectoryPGD(iterations=20, distance="pixel")
+        >>> steps = attacked_steps(25, percent=50, window="spread")
+        >>> x0_adv = atk.sample_attacked(model, diffusion, SamplerConfig("respaced", 25),
+        ...                              (1, 8, 8), seeds, steps)
+        >>> # or through run_attack / run_curve: AttackPlan(atk, percent=50, window="spread")
+    """
+
+    name = "trajectory"
+
+    def __init__(self, distance: str | Distance = "pixel", **settings) -> None:
+        name = distance if isinstance(distance, str) else "pixel"
+        super().__init__(TrajectoryConfig(distance=name, **settings), distance)
+
+    @classmethod
+    def from_config(cls, config: TrajectoryConfig) -> TrajectoryPGD:
+        fields = {k: getattr(config, k) for k in config.__dataclass_fields__}
+        return cls(**fields)
+
+    def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
+               shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
+               device: torch.device | str = "cpu") -> AdaptiveResult:
+        c = self.config
+        chain = DifferentiableChain(model, diffusion, sampler, c.checkpoint)
+        shape, device = tuple(shape), torch.device(device)
+        D = self.make_distance(shape, device)
+        with attack_mode(model):
+            with torch.no_grad():
+                clean = sample(model, diffusion, shape, seeds, sampler, device=device)
+            budgets = self.budgets(chain, steps, len(seeds), shape, device)
+            if not budgets:
+                return AdaptiveResult(clean, clean, {}, torch.zeros(len(seeds), device=device))
+            noise = draw_chain_noise(shape, seeds, chain.num_steps, device)
+            gens = generators(seeds, ATTACK, device)
+            deltas = {s: self.random_start(eps, shape, gens) for s, eps in budgets.items()}
+            best = {s: d.clone() for s, d in deltas.items()}
+            best_d = torch.full((len(seeds),), -torch.inf, device=device)
+            for _ in range(c.iterations):
+                d, grads = self._value_and_grad(chain, noise, deltas, clean, D)
+                self.keep_best(best, best_d, deltas, d)
+                for s, g in grads.items():
+                    alpha = c.alpha_scale * budgets[s]
+                    deltas[s] = torch.clamp(deltas[s] + alpha * g.sign(), -budgets[s], budgets[s])
+            if c.keep == "last":
+                best = deltas
+            else:
+                with torch.no_grad():
+                    d = D(chain.run(noise.x_T, noise.z, deltas=deltas), clean)
+                self.keep_best(best, best_d, deltas, d)
+            with torch.no_grad():
+                x0 = sample(model, diffusion, shape, seeds, sampler, hook=_adder(best),
+                            device=device)
+                dist = D(x0, clean)
+        return AdaptiveResult(x0, clean, best, dist)
+
+    @staticmethod
+    def _value_and_grad(chain: DifferentiableChain, noise, deltas: dict[int, torch.Tensor],
+                        clean: torch.Tensor, D: Distance
+                        ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """D (B,) at ``deltas`` and ∂ΣD/∂δ_s for every attacked step."""
+        with torch.enable_grad():
+            leaves = {s: d.detach().requires_grad_(True) for s, d in deltas.items()}
+            x0 = chain.run(noise.x_T, noise.z, deltas=leaves)
+            d = D(x0, clean)
+            require_grad_path(d, "the trajectory distance")
+            grads = torch.autograd.grad(d.sum(), list(leaves.values()))
+        return d.detach(), dict(zip(leaves, grads, strict=True))
+
+
+def _adder(deltas: dict[int, torch.Tensor]):
+    """A ``sample()`` hook adding ``deltas[step]`` before each attacked step."""
+
+    def hook(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
+        return x + deltas[step] if step in deltas else x
+
+    return hook
