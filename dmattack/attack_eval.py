@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from .locking import lock_folder
 from .runs import LoadedModel
 from .sampling import SamplerConfig, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
+from .settings import option_name
 from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
@@ -274,6 +275,7 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
     record = plan.record(loaded.model, sd)  # before sampling: a bad setting fails at once
+    plan.validate(sd, sampler, loaded.data_shape)
     clean, attacked, seconds = _sample_pair(loaded, plan, distributed.shard(seeds, batch_size),
                                             sampler, batch_size, device, True, progress)
     seconds = _slowest(seconds)
@@ -347,13 +349,20 @@ def _slowest(seconds: dict[str, float]) -> dict[str, float]:
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
                 windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
     """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
-    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random)."""
-    specs = []
+    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random,
+    ``horizon`` to lookahead only). An option off its default that no method reads is refused
+    (ConfigError): it would be silently ignored."""
+    specs, read = [], set(COMMON_OPTIONS)
     for m in methods:
         reads = set(COMMON_OPTIONS) | set(AttackSpec(method=m).entry().options)
+        read |= reads
         own = {k: v for k, v in options.items() if k in reads}
         specs += [AttackSpec(method=m, percent=p, window=w, **own)
                   for w in windows for p in percents]
+    for f in fields(AttackSpec):
+        if f.name in options and f.name not in read and options[f.name] != f.default:
+            raise ConfigError(f"{f.name} ({option_name(f)}) = {options[f.name]!r} is not used "
+                              f"by any of the attacks {', '.join(methods)}", field=f.name)
     return specs
 
 
@@ -495,6 +504,10 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     names = _model_names(models)
     records: list[dict[str, Any]] = []
 
+    for loaded in models:  # every attack checked against every model before any sampling
+        for plan in attack_plans:
+            plan.validate(sampling_diffusion(loaded.diffusion, sampler), sampler,
+                          loaded.data_shape)
     for loaded in models:
         slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
         sd = sampling_diffusion(loaded.diffusion, sampler)
