@@ -275,7 +275,7 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
     record = plan.record(loaded.model, sd)  # before sampling: a bad setting fails at once
-    plan.validate(sd, sampler, loaded.data_shape)
+    check_run([loaded], [plan], sampler)
     clean, attacked, seconds = _sample_pair(loaded, plan, distributed.shard(seeds, batch_size),
                                             sampler, batch_size, device, True, progress)
     seconds = _slowest(seconds)
@@ -346,6 +346,24 @@ def _slowest(seconds: dict[str, float]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- curves
+def check_run(models: Sequence[LoadedModel], attacks: Sequence[Attack],
+              sampler: SamplerConfig) -> None:
+    """ConfigError for what a :func:`run_attack` / :func:`run_curve` of ``attacks`` on
+    ``models`` with ``sampler`` cannot do, found before any sampling: models whose samples
+    differ in shape, an attack that cannot run on a model's chain (e.g. a sampler a
+    whole-chain attack cannot differentiate, a look-ahead horizon beyond the chain). Both call
+    it; a command calls it once its sampler is resolved, to fail before it starts."""
+    shapes = {tuple(m.data_shape) for m in models}
+    if len(shapes) > 1:
+        raise ConfigError(f"models make samples of different shapes {sorted(shapes)}; a curve "
+                          "compares models on one dataset")
+    plans = [AttackPlan.of(a) for a in attacks]
+    for loaded in models:
+        sd = sampling_diffusion(loaded.diffusion, sampler)
+        for plan in plans:
+            plan.validate(sd, sampler, loaded.data_shape)
+
+
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
                 windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
     """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
@@ -504,10 +522,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     names = _model_names(models)
     records: list[dict[str, Any]] = []
 
-    for loaded in models:  # every attack checked against every model before any sampling
-        for plan in attack_plans:
-            plan.validate(sampling_diffusion(loaded.diffusion, sampler), sampler,
-                          loaded.data_shape)
+    check_run(models, attack_plans, sampler)
     for loaded in models:
         slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
         sd = sampling_diffusion(loaded.diffusion, sampler)
