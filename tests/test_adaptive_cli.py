@@ -169,3 +169,48 @@ def test_bad_input_exits_2_with_one_line(args, needle, plugin_sampler, tmp_path)
     assert len(lines) == 1 and needle in lines[0], result.output
     assert not (tmp_path / "o" / "results.json").exists()
     assert not (tmp_path / "o" / "points.jsonl").exists()
+
+
+def _variance(samples: torch.Tensor) -> dict[str, float]:
+    return {"variance": float(samples.double().var())}
+
+
+def _sharded_attack(rank: int, world: int, port: int, out: Path) -> None:
+    """What torchrun starts in each process: join, then run_attack on this rank's seeds."""
+    import os
+
+    from dmattack import distributed
+    from dmattack.attack_eval import run_attack
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    distributed.init(torch.device("cpu"))
+    run_attack(load_run(DIGITS), AttackSpec(method="trajectory", iterations=2), num_samples=4,
+               seed=0, sampler=SamplerConfig("respaced", 5), batch_size=2, metric_fn=_variance,
+               device="cpu", out_dir=out)
+    distributed.shutdown()
+
+
+@pytest.mark.slow
+def test_whole_chain_attack_shards_under_torchrun_like_one_process(tmp_path):
+    """Two gloo processes (as torchrun starts them) each attack their whole batches; rank 0
+    gathers and writes exactly the single-process samples."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from dmattack.attack_eval import run_attack
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sharded_attack, args=(2, port, tmp_path / "two"), nprocs=2, join=True)
+    one = run_attack(load_run(DIGITS), AttackSpec(method="trajectory", iterations=2),
+                     num_samples=4, seed=0, sampler=SamplerConfig("respaced", 5), batch_size=2,
+                     metric_fn=_variance, device="cpu", out_dir=tmp_path / "one")
+    two = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["attack"] == one["attack"] and two["metrics"] == one["metrics"]
+    a, b = (load_file(tmp_path / d / "samples.safetensors") for d in ("one", "two"))
+    assert torch.equal(a["attacked"], b["attacked"]) and torch.equal(a["clean"], b["clean"])
