@@ -105,7 +105,10 @@ def same_as(cls: type, name: str, help: str | None = None, prefix: str = "") -> 
     f = cls.__dataclass_fields__[name]
     s = setting_of(f)
     if s is not None:
-        s = dataclasses.replace(s, help=prefix + (s.help if help is None else help))
+        text = s.help if help is None else help
+        if prefix and help is None:  # "Checkpoint every …" reads "prefix: checkpoint every …"
+            text = text[:1].lower() + text[1:]
+        s = dataclasses.replace(s, help=prefix + text)
     meta = {} if s is None else {META_KEY: s}
     return dataclasses.field(default=f.default, default_factory=f.default_factory,
                              metadata=meta)
