@@ -302,7 +302,7 @@ def curve(**o: Any) -> None:
     windows = parse_list(o["windows"] or o["window"], "window", WINDOWS)
     settings = {k: v for k, v in option_values(o).items()  # each attack takes those it reads
                 if k in AttackSpec.__dataclass_fields__ and k not in ("method", "window")}
-    specs = curve_specs(methods, percents, windows, **settings)
+    specs = curve_specs(methods, percents, windows, refuse_unused=True, **settings)
     runs = [(r, None) for r in o["runs"] or ([] if o["pipelines"] else [newest_run(RUNS_ROOT)])]
     loaded = [_load_model(r, p, o["ema"], o["device"])
               for r, p in [*runs, *[(None, p) for p in o["pipelines"]]]]

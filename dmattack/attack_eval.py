@@ -365,11 +365,12 @@ def check_run(models: Sequence[LoadedModel], attacks: Sequence[Attack],
 
 
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
-                windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
+                windows: Sequence[str] = ("spread",), refuse_unused: bool = False,
+                **options: Any) -> list[AttackSpec]:
     """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
     each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random,
-    ``horizon`` to lookahead only). An option off its default that no method reads is refused
-    (ConfigError): it would be silently ignored."""
+    ``horizon`` to lookahead only). With ``refuse_unused`` (the CLI's ``curve``), an option off
+    its default that none of the methods reads raises ConfigError instead of being ignored."""
     specs, read = [], set(COMMON_OPTIONS)
     for m in methods:
         reads = set(COMMON_OPTIONS) | set(AttackSpec(method=m).entry().options)
@@ -377,7 +378,7 @@ def curve_specs(methods: Sequence[str], percents: Sequence[float],
         own = {k: v for k, v in options.items() if k in reads}
         specs += [AttackSpec(method=m, percent=p, window=w, **own)
                   for w in windows for p in percents]
-    for f in fields(AttackSpec):
+    for f in fields(AttackSpec) if refuse_unused else ():
         if f.name in options and f.name not in read and options[f.name] != f.default:
             raise ConfigError(f"{f.name} ({option_name(f)}) = {options[f.name]!r} is not used "
                               f"by any of the attacks {', '.join(methods)}", field=f.name)

@@ -92,8 +92,9 @@ def test_curve_specs_pass_each_method_only_what_it_reads():
     assert by["trajectory"].eot == 4 and by["lookahead"].eot == 2
     assert by["lookahead"].horizon == "end" and by["random"].random_dist == "uniform"
     assert set(by["random"].settings()) == {"eps_scale", "random_dist"}
+    assert curve_specs(["random"], [50], loss="eps")[0].loss == "mean"  # shared options
     with pytest.raises(ConfigError, match=r"eot \(--eot\) = 8 is not used by any"):
-        curve_specs(["pgd", "trajectory"], [50], eot=8)
+        curve_specs(["pgd", "trajectory"], [50], refuse_unused=True, eot=8)
 
 
 def test_curve_runs_every_kind_and_resumes(tmp_path, monkeypatch):
