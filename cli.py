@@ -123,7 +123,8 @@ def train(**o: Any) -> None:
     cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], o["steps"],
                                      _join_torchrun, **overrides)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
-                  f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}), "
+                  f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}"
+                  f"{', horizontal flips' if cfg.flip else ''}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
     with progress_bar("loss") as bar:
         train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
@@ -260,7 +261,8 @@ def attack(**o: Any) -> None:
     clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
     print_table(f"{ev.label} · {spec.describe()} · window {spec.window} · {ev.sampler_label} · "
-                f"{result['num_attacked_steps']}/{steps} steps attacked",
+                f"{result['num_attacked_steps']} of {steps} steps attacked"
+                + (" (incl. the last, budget 0)" if result["last_step_attacked"] else ""),
                 ["metric", "clean", "attacked"], [[k, clean[k], attacked.get(k)] for k in clean])
     stdout.print(str(out_dir))
 
@@ -291,7 +293,14 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import check_run, curve_specs, run_curve
+    from dmattack.attack_eval import (
+        LAST_STEP_NOTE,
+        check_run,
+        curve_specs,
+        marked_values,
+        percent_headers,
+        run_curve,
+    )
     from dmattack.attacks import WINDOWS
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
@@ -320,8 +329,10 @@ def curve(**o: Any) -> None:
                            device=dev, out_dir=out_dir, metric=None,
                            progress=ui.curve_progress(bar))
     print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
-                ["series", "model", *(f"{p:g}%" for p in result["percents"])],
-                [[r["series"], r["model"], *r["values"]] for r in result["rows"]])
+                ["series", "model", *percent_headers(result)],
+                [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
+    if any(any(r["last_step_attacked"]) for r in result["rows"]):
+        stdout.print(LAST_STEP_NOTE)
     stdout.print(str(out_dir))
 
 

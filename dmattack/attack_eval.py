@@ -45,7 +45,7 @@ from .errors import ConfigError
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
 from .runs import LoadedModel
-from .sampling import SamplerConfig, sample_batched, sampling_diffusion
+from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
 from .settings import option_name
 from .visualize import save_samples_png
@@ -81,9 +81,11 @@ def default_protocol(loaded: LoadedModel) -> Protocol:
     respaced steps, sized so that PGD-20 on 50% of the steps takes ≤ 3 minutes on 2 cores
     (measured: ≈ 70 s for a ``tiny`` 8×8 U-Net, ≈ 45 s for ``mlp`` on 64-D vectors).
     Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): the paper's protocol,
-    all 1000 ancestral steps and 10,000 samples (FID-10k). A pipeline's ``clip_sample`` becomes
-    the sampler's ``clip_denoised``."""
-    clip = bool(loaded.config.get("clip_sample", False))
+    all 1000 ancestral steps and 10,000 samples (FID-10k). x̂_0 is clipped to [-1, 1] for
+    images, not for vectors (:func:`~dmattack.sampling.clip_default`); a pipeline's
+    ``clip_sample`` wins."""
+    clip = loaded.config.get("clip_sample")
+    clip = clip_default(loaded.data_shape) if clip is None else bool(clip)
     if loaded.preset == "tiny":
         return Protocol(256, SamplerConfig("respaced", 25, clip_denoised=clip), 256, "FID-256")
     if loaded.preset in CPU_PRESETS:
@@ -105,16 +107,9 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             m.training = training
 
 
-def _sampler_label(sampler: SamplerConfig, num_timesteps: int) -> str:
-    label = sampler.describe(num_timesteps)
-    if sampler.name == "ddim" and sampler.eta:
-        label += f"-eta{sampler.eta:g}"
-    return label + ("-clip" if sampler.clip_denoised else "")
-
-
 def _sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict[str, Any]:
     return {**asdict(sampler), "num_steps": sampler.num_steps(num_timesteps),
-            "label": _sampler_label(sampler, num_timesteps)}
+            "label": sampler.describe(num_timesteps)}
 
 
 def _model_dict(loaded: LoadedModel) -> dict[str, Any]:
@@ -257,6 +252,7 @@ def run_attack(
     """
     out = Path(out_dir)
     plan = AttackPlan.of(attack)
+    sampler = sampler.for_shape(loaded.data_shape)  # one setting for clean and attacked
     args = (loaded, plan, num_samples, seed, sampler, batch_size, metric_fn, device, out,
             progress, first_sample)
     if not distributed.is_main():
@@ -525,7 +521,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
 
     check_run(models, attack_plans, sampler)
     for loaded in models:
-        slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
+        sampler = sampler.for_shape(loaded.data_shape)  # one setting for clean and attacked
+        slabel = sampler.describe(loaded.diffusion.num_timesteps)
         sd = sampling_diffusion(loaded.diffusion, sampler)
         # every attack's record before any sampling: a bad setting fails at once
         attack_records = [plan.record(loaded.model, sd) for plan in attack_plans]
@@ -605,7 +602,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     curve = _curve_table(records, attack_plans, metric)
     curve.update({
         "protocol": {"num_samples": num_samples, "seed": seed, "batch_size": batch_size,
-                     "sampler": _sampler_dict(sampler, models[0].diffusion.num_timesteps)
+                     "sampler": _sampler_dict(sampler.for_shape(models[0].data_shape),
+                                              models[0].diffusion.num_timesteps)
                      if models else asdict(sampler),
                      "attacks": sorted({r["label"] for r in records if r["attack"]}),
                      "device": str(device), "world_size": distributed.world_size()},
@@ -659,39 +657,84 @@ def _shard(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]]
     return samples, seconds
 
 
+LAST_STEP_MARK = "†"
+LAST_STEP_NOTE = (f"{LAST_STEP_MARK} the attacked steps include the last reverse step, whose "
+                  "budget √β̃ = 0 leaves it unperturbed (one fewer step really perturbed)")
+
+
 def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
                  metric: str | None) -> dict[str, Any]:
-    """Rows = series × model with the metric at each % attacked (0% = the model's clean point)."""
+    """Rows = series × model with the metric at each % attacked (0% = the model's clean point),
+    and per cell how many steps that was (``steps_attacked``, e.g. "12 of 25") and whether the
+    zero-budget last step was among them (``last_step_attacked``). The table's
+    ``steps_attacked`` has one entry per percent (None where the models' chains differ)."""
     if metric is None:
         metric = next(iter(records[0]["metrics"]), None) if records else None
     percents = sorted({0.0, *(float(p.percent) for p in plans)})
     clean = {r["model"]: r for r in records if r["label"] == "clean"}
     rows: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def put(row: dict[str, Any], i: int, r: dict[str, Any]) -> None:
+        row["values"][i] = r["metrics"].get(metric)
+        row["steps_attacked"][i] = r.get("steps_attacked")
+        row["last_step_attacked"][i] = r.get("last_step_attacked")
+
+    def new_row(series: str, method: str, control: bool, r: dict[str, Any], n: int
+                ) -> dict[str, Any]:
+        return {"series": series, "method": method, "control": control,
+                "model": r["model_name"], "source": r["model"], "values": [None] * n,
+                "steps_attacked": [None] * n, "last_step_attacked": [None] * n}
+
     for r in records:
         if r["label"] == "clean":
             continue
-        row = rows.setdefault((r["series"], r["model"]), {
-            "series": r["series"], "method": r["method"], "control": r["control"],
-            "model": r["model_name"],
-            "source": r["model"], "values": [None] * len(percents)})
-        row["values"][percents.index(r["percent"])] = r["metrics"].get(metric)
+        row = rows.setdefault((r["series"], r["model"]), new_row(
+            r["series"], r["method"], r["control"], r, len(percents)))
+        put(row, percents.index(r["percent"]), r)
     for row in rows.values():
-        row["values"][0] = clean[row["source"]]["metrics"].get(metric)
+        put(row, 0, clean[row["source"]])
     if not plans:  # only clean points: one row per model
-        rows = {("clean", src): {"series": "clean", "method": "clean", "control": False,
-                                 "model": r["model_name"],
-                                 "source": src, "values": [r["metrics"].get(metric)]}
+        rows = {("clean", src): new_row("clean", "clean", False, r, 1)
                 for src, r in clean.items()}
-    return {"metric": metric, "percents": percents, "rows": list(rows.values())}
+        for (_, src), row in rows.items():
+            put(row, 0, clean[src])
+    columns = []
+    for i in range(len(percents)):
+        counts = {row["steps_attacked"][i] for row in rows.values()} - {None}
+        columns.append(counts.pop() if len(counts) == 1 else None)
+    return {"metric": metric, "percents": percents, "steps_attacked": columns,
+            "rows": list(rows.values())}
+
+
+def percent_headers(curve: dict[str, Any]) -> list[str]:
+    """Column headers of a curve table: ``50% = 12 of 25 steps`` (``50%`` where the models'
+    chains differ in length)."""
+    counts = curve.get("steps_attacked") or [None] * len(curve["percents"])
+    return [f"{p:g}%" + (f" = {n} steps" if n else "")
+            for p, n in zip(curve["percents"], counts, strict=True)]
+
+
+def marked_values(row: dict[str, Any]) -> list[Any]:
+    """A curve row's values, each one whose attacked steps include the last (zero-budget)
+    step as text with :data:`LAST_STEP_MARK` (e.g. ``"3.21†"``)."""
+    lasts = row.get("last_step_attacked") or [None] * len(row["values"])
+    return [f"{v:.4g}{LAST_STEP_MARK}" if last and isinstance(v, float) else v
+            for v, last in zip(row["values"], lasts, strict=True)]
 
 
 def _curve_csv(curve: dict[str, Any]) -> str:
+    """One row per series × model: the metric at each percent (header ``50% = 12 of 25
+    steps``), then the percents whose attacked steps include the last, zero-budget step."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["series", "model", "metric", *(f"{p:g}%" for p in curve["percents"])])
+    w.writerow(["series", "model", "metric", *percent_headers(curve),
+                "last step attacked at"])
     for row in curve["rows"]:
+        lasts = row.get("last_step_attacked") or [None] * len(row["values"])
+        at = [f"{p:g}%" for p, last in zip(curve["percents"], lasts, strict=True) if last]
         w.writerow([row["series"], row["model"], curve["metric"],
-                    *("" if v is None else repr(v) for v in row["values"])])
+                    *("" if v is None else repr(v) for v in row["values"]),
+                    " ".join(at) or "none"])
     return buf.getvalue()
 
 
@@ -702,14 +745,27 @@ def _curve_png(curve: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    ring = dict(s=110, facecolors="none", edgecolors="black", linewidths=0.8, zorder=3)
+    ringed_any = False
     for row in curve["rows"]:
-        pts = [(p, v) for p, v in zip(curve["percents"], row["values"], strict=True)
-               if v is not None]
+        lasts = row.get("last_step_attacked") or [None] * len(row["values"])
+        pts = [(p, v, last) for p, v, last in zip(curve["percents"], row["values"], lasts,
+                                                  strict=True) if v is not None]
         if pts:
-            ax.plot(*zip(*pts, strict=True), marker="o",
+            ax.plot([p for p, _, _ in pts], [v for _, v, _ in pts], marker="o",
                     linestyle="--" if row["control"] else "-",
                     label=f"{row['model']} · {row['series']}")
-    ax.set_xlabel("% of reverse steps attacked")
+            ringed = [(p, v) for p, v, last in pts if last]
+            if ringed:
+                ax.scatter(*zip(*ringed, strict=True), **ring)
+                ringed_any = True
+    if ringed_any:  # one legend entry, last
+        ax.scatter([], [], label="attacked steps include the last (budget 0)", **ring)
+    counts = curve.get("steps_attacked") or [None] * len(curve["percents"])
+    ax.set_xticks(curve["percents"])
+    ax.set_xticklabels([f"{p:g}%" + (f"\n{n.replace(' of ', '/')}" if n else "")
+                        for p, n in zip(curve["percents"], counts, strict=True)], fontsize=8)
+    ax.set_xlabel("% of reverse steps attacked (attacked / total steps)")
     ax.set_ylabel(curve["metric"] or "metric")
     ax.grid(alpha=0.3)
     if curve["rows"]:

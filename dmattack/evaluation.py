@@ -158,7 +158,8 @@ def resolve_sampler(loaded: LoadedModel, name: str | None = None, steps: int | N
                     ) -> SamplerConfig:
     """The sampler of the model's protocol with the given fields replaced (None keeps the
     protocol's). A strided sampler without a length runs the preset's, or
-    :data:`DEFAULT_STRIDED_STEPS` (docs/method.md §8)."""
+    :data:`DEFAULT_STRIDED_STEPS` (docs/method.md §8); ``clip_denoised`` defaults to on for
+    images and off for vectors (a pipeline: its ``clip_sample``)."""
     from .attack_eval import default_protocol
 
     proto = default_protocol(loaded).sampler
@@ -232,7 +233,8 @@ def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationCo
     from .attack_eval import default_protocol
 
     proto = default_protocol(loaded)
-    sampler = sampler if sampler is not None else resolve_sampler(loaded)
+    sampler = (sampler if sampler is not None else resolve_sampler(loaded)
+               ).for_shape(loaded.data_shape)
     sampler.validate(loaded.diffusion.num_timesteps)
     n = num_samples or cfg.num_samples or proto.num_samples
     reference = resolve_reference(loaded, cfg.dataset, cfg.data_dir)

@@ -24,6 +24,7 @@ from .io import provenance, write_json
 from .models import PRESETS, UNetEps
 from .oserrors import os_errors
 from .runs import LoadedModel
+from .sampling import clip_default
 
 EXPORT_META = "dmattack.json"
 """Written beside an exported pipeline: what it came from (dataset, EMA, data shape, the model
@@ -150,8 +151,9 @@ def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
     """Write ``loaded`` (a U-Net model) as a diffusers ``DDPMPipeline`` folder, atomically.
 
     The scheduler gets the exact betas (``trained_betas``, float64 in the JSON), our variance
-    type and ``clip_sample`` from ``loaded.config`` (False unless set). ``dmattack.json`` beside
-    it records the source run, dataset, EMA, data shape, the model config (with its preset, which
+    type and ``clip_sample`` from ``loaded.config`` (a run: True for images, as dmattack samples
+    them with x̂_0 clipped, :func:`~dmattack.sampling.clip_default`). ``dmattack.json`` beside it
+    records the source run, dataset, EMA, data shape, the model config (with its preset, which
     chooses the default protocol) and provenance. Vector (MLP) models and respaced diffusions
     raise a one-line ValueError.
     """
@@ -165,7 +167,7 @@ def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
         num_train_timesteps=d.num_timesteps,
         trained_betas=d.betas.tolist(),
         variance_type=d.variance_type,
-        clip_sample=bool(loaded.config.get("clip_sample", False)),
+        clip_sample=bool(loaded.config.get("clip_sample", clip_default(loaded.data_shape))),
         prediction_type="epsilon",
     )
     out = Path(out_dir)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -40,7 +40,10 @@ class SamplerConfig:
 
     ``ddpm``: ancestral on all T steps; ``respaced``: ancestral on ``steps`` evenly strided
     timesteps (docs/method.md §8); ``ddim``: DDIM with ``eta`` on ``steps`` strided timesteps.
-    On the command line, name, steps and clip_denoised default to the model's protocol.
+    ``clip_denoised`` None (the default) means "by the data" (:func:`clip_default`): x̂_0 is
+    clipped to [-1, 1] for images, as Ho et al. and improved-diffusion sample, and not for
+    vectors; :meth:`for_shape` resolves it, and every sampling function does so first. On the
+    command line, name, steps and clip_denoised default to the model's protocol.
     """
 
     name: str = setting("ddpm", "Reverse sampler.", choices=SAMPLERS.names, option="--sampler",
@@ -50,8 +53,9 @@ class SamplerConfig:
                                 auto="the model's preset; 100 for a strided sampler")
     eta: float = setting(0.0, "DDIM η (0: deterministic DDIM, 1: ancestral-like).", low=0,
                          high=1)
-    clip_denoised: bool = setting(False, "Clip x̂_0 to [-1, 1] inside each step.",
-                                  auto="the model (off; a pipeline: its scheduler's clip_sample)")
+    clip_denoised: bool | None = setting(
+        None, "Clip x̂_0 to [-1, 1] inside each step.",
+        auto="the data: on for images, off for vectors; a pipeline: its scheduler's clip_sample")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -67,8 +71,26 @@ class SamplerConfig:
             return num_timesteps
         return self.steps
 
+    def for_shape(self, shape: Sequence[int]) -> SamplerConfig:
+        """This sampler with ``clip_denoised`` resolved for per-sample ``shape`` (unset:
+        :func:`clip_default`)."""
+        if self.clip_denoised is not None:
+            return self
+        return replace(self, clip_denoised=clip_default(shape))
+
     def describe(self, num_timesteps: int) -> str:
-        return f"{self.name}-{self.num_steps(num_timesteps)}"
+        """E.g. ``respaced-25``, ``ddim-100-eta0.5``, ``ddpm-1000-clip`` (x̂_0 clipped)."""
+        label = f"{self.name}-{self.num_steps(num_timesteps)}"
+        if self.name == "ddim" and self.eta:
+            label += f"-eta{self.eta:g}"
+        return label + ("-clip" if self.clip_denoised else "")
+
+
+def clip_default(shape: Sequence[int]) -> bool:
+    """Whether x̂_0 is clipped to [-1, 1] by default for per-sample ``shape``: yes for images
+    (C, H, W), whose pixels live in [-1, 1] (Ho et al. 2020, improved-diffusion); no for
+    vectors, which have no such box."""
+    return len(shape) == 3
 
 
 def sampling_diffusion(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
@@ -106,7 +128,9 @@ def sample(
     """Draw ``len(seeds)`` samples of per-sample ``shape`` (model space).
 
     Returns a float32 tensor (B, *shape). ``progress(step)`` is called after every step.
+    An unset ``sampler.clip_denoised`` follows the data (:meth:`SamplerConfig.for_shape`).
     """
+    sampler = sampler.for_shape(shape)
     sd = sampling_diffusion(diffusion, sampler)
     gens = generators(seeds, CHAIN_NOISE, device)
     draws = randn_steps(shape, gens, sd.num_timesteps + 1, device)  # x_T, then one z per step

@@ -1,7 +1,8 @@
 """The training loop: DDPM, Robust (adv / rand), invariance and DDPM-IP on clean or corrupted data.
 
-All randomness of step ``k`` (batch indices, t, ε, δ, ξ, dropout) is drawn from seeds derived
-from ``(seed, k)``, so a resumed run continues exactly where an uninterrupted one would be.
+All randomness of step ``k`` (batch indices, horizontal flips, t, ε, δ, ξ, dropout) is drawn
+from seeds derived from ``(seed, k)``, so a resumed run continues exactly where an
+uninterrupted one would be.
 
 Reliability (docs/reliability.md): one process per run folder (``.lock``); the output folder is
 checked for writability and free space before training; a non-finite loss or gradient stops
@@ -101,6 +102,19 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
     per_epoch = max(1, n // batch_size)
     epoch, k = divmod(step, per_epoch)
     return epoch_permutation(epoch, n, seed)[k * batch_size:(k + 1) * batch_size]
+
+
+def flip_mask(step: int, rows: int, seed: int) -> torch.Tensor:
+    """Which rows of the global batch of ``step`` are mirrored left-right: (rows,) bool, each
+    True with probability 1/2, drawn on the CPU from ``(seed, step)`` alone (so a resumed run,
+    any device and any split into processes or micro-batches see the same flips)."""
+    g = torch.Generator().manual_seed(derive_seed(seed, step, TRAIN_STREAM, 3))
+    return torch.rand(rows, generator=g) < 0.5
+
+
+def flip_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Images (B, C, H, W) with the rows where ``mask`` (B,) is True mirrored along W."""
+    return torch.where(mask.to(x.device).reshape(-1, 1, 1, 1), x.flip(-1), x)
 
 
 class _BatchPlan:
@@ -498,6 +512,8 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
     t0 = time.time()
     board = TrainingBoard(run_dir, start, cfg.batch_size, enabled=main and cfg.tensorboard)
     for x_local in _Batches(data, cfg, device, start, lo, hi):
+        if cfg.flip:  # drawn for the global batch, cut to this process's rows
+            x_local = flip_rows(x_local, flip_mask(step, rows, cfg.seed)[lo:hi])
         x_local = x_local.contiguous(memory_format=fmt) if x_local.dim() == 4 else x_local
         torch.manual_seed(derive_seed(cfg.seed, step, TRAIN_STREAM, 1))
         draws = draw_step(diffusion, cfg.objective, shape, device)  # the whole global batch
@@ -601,12 +617,14 @@ def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.opti
 @torch.no_grad()
 def write_preview(ema: nn.Module, diffusion, shape, cfg: TrainConfig, path: Path,
                   device: torch.device) -> torch.Tensor:
-    """A PNG of EMA samples (respaced ancestral sampler, fixed seeds across checkpoints);
-    returns the samples (model space, (num_preview, *shape))."""
+    """A PNG of EMA samples (respaced ancestral sampler, x̂_0 clipped for images as in
+    sampling, fixed seeds across checkpoints); returns the samples (model space,
+    (num_preview, *shape))."""
     steps = min(cfg.preview_steps, cfg.num_timesteps)
-    x = sample(ema, diffusion, shape, sample_seeds(cfg.seed, cfg.num_preview),
-               SamplerConfig("respaced", steps), device=device)
-    save_samples_png(x, path, title=f"EMA samples, {steps} respaced steps")
+    sampler = SamplerConfig("respaced", steps).for_shape(shape)
+    x = sample(ema, diffusion, shape, sample_seeds(cfg.seed, cfg.num_preview), sampler,
+               device=device)
+    save_samples_png(x, path, title=f"EMA samples, {sampler.describe(cfg.num_timesteps)}")
     return x
 
 

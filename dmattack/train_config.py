@@ -25,6 +25,9 @@ MAX_STEPS = 1_000_000_000
 MAX_BATCH = 10_000_000
 MAX_TIMESTEPS = 100_000
 IN_MEMORY_IMAGES = ("digits", "cifar10")
+FLIP_DATASETS = ("cifar10", "celeba", "lsun-bedroom", "imagefolder")
+"""Datasets trained with random horizontal flips by default (Ho et al. 2020 flip CIFAR-10);
+not digits, which are not mirror-symmetric, and never vector data."""
 MAX_IN_MEMORY_RESOLUTION = 256
 
 
@@ -63,6 +66,10 @@ class TrainConfig:
                                       high=1)
     corrupt_sigma: float = setting(0.2, "Noise std of the corruption, in model space [-1, 1].",
                                    low=0)
+    flip: bool | None = setting(None, "Random horizontal flips of the training images (half of "
+                                "each batch, drawn from the step's seed).",
+                                auto="the dataset: on for cifar10, celeba, lsun-bedroom, "
+                                "imagefolder; off for digits and vector data")
     # model and diffusion
     preset: str | None = setting(None, "Model preset [default: tiny for images, mlp for "
                                  "vectors].", choices=PRESETS.names)
@@ -126,10 +133,14 @@ class TrainConfig:
                               f"allowed: a divisor of batch_size={self.batch_size} "
                               "(micro-batches per step)", field="grad_accum")
         parse_device(self.device)
+        if self.flip and is_vector_dataset(self.dataset):
+            raise ConfigError(f"flip (--flip) = True is invalid for {self.dataset}; allowed: "
+                              "an image dataset (vector data has nothing to mirror)",
+                              field="flip")
 
     def resolved(self) -> TrainConfig:
-        """A copy with the defaults filled in for unset preset (by the dataset's kind) and
-        steps / batch / warm-up (by the preset)."""
+        """A copy with the defaults filled in for unset preset (by the dataset's kind),
+        steps / batch / warm-up (by the preset) and flip (:data:`FLIP_DATASETS`)."""
         preset = self.preset or ("mlp" if is_vector_dataset(self.dataset) else "tiny")
         p = PRESETS.get(preset, "preset")
         return dataclasses.replace(
@@ -138,11 +149,12 @@ class TrainConfig:
             steps=p.steps if self.steps is None else self.steps,
             batch_size=p.batch_size if self.batch_size is None else self.batch_size,
             warmup=p.warmup if self.warmup is None else self.warmup,
+            flip=self.dataset in FLIP_DATASETS if self.flip is None else self.flip,
         )
 
     def validate(self) -> None:
         """Check a :meth:`resolved` config is complete (every field is checked when built)."""
-        for name in ("preset", "steps", "batch_size", "warmup"):
+        for name in ("preset", "steps", "batch_size", "warmup", "flip"):
             if getattr(self, name) is None:
                 raise ConfigError(f"{name} is unset; call resolved() first", field=name)
 
@@ -154,7 +166,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild a config from :meth:`to_dict` output (e.g. a run's config.json); a
-        malformed field raises a one-line :class:`ConfigError` naming it."""
+        malformed field raises a one-line :class:`ConfigError` naming it. A missing ``flip``
+        reads as False (a run written before flips existed trained without them)."""
         if not isinstance(d, dict):
             raise ConfigError(f"expected an object, got {type(d).__name__}", field="train")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -163,6 +176,7 @@ class TrainConfig:
             raise ConfigError(f"unknown training config field {unknown[0]!r}",
                               field=unknown[0])
         d = dict(d)
+        d.setdefault("flip", False)  # runs from before flips were trained without them
         objective = d.get("objective", {})
         try:
             if not isinstance(objective, dict):

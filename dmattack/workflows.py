@@ -36,6 +36,7 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
     from .visualize import save_samples_png
 
     folder = Path(folder)
+    sampler = sampler.for_shape(loaded.data_shape)
     label = sampler.describe(loaded.diffusion.num_timesteps)
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import torch
@@ -9,6 +10,7 @@ from safetensors.torch import load_file
 
 from dmattack.attack_eval import POINTS, curve_specs, default_protocol, run_attack, run_curve
 from dmattack.attacks import AttackSpec, attacked_steps
+from dmattack.attacks.plan import AttackPlan
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.runs import LoadedModel
@@ -85,8 +87,10 @@ def test_run_curve_resumes_only_missing_points(tmp_path):
         ("fgsm-mean-spread", "b"), ("random-sign-spread", "b")]
     clean_a = next(p for p in first["points"] if p["label"] == "clean" and p["model"] == "/runs/a")
     assert first["rows"][0]["values"][0] == clean_a["metrics"]["norm"]
-    csv = (tmp_path / "curve.csv").read_text().splitlines()
-    assert csv[0] == "series,model,metric,0%,50%,100%" and len(csv) == 5
+    lines = (tmp_path / "curve.csv").read_text().splitlines()
+    assert lines[0] == ("series,model,metric,0% = 0 of 10 steps,50% = 5 of 10 steps,"
+                        "100% = 10 of 10 steps,last step attacked at") and len(lines) == 5
+    assert all(line.endswith(",50% 100%") for line in lines[1:])  # spread 50%: 1,3,…,9
     assert (tmp_path / "curve.png").stat().st_size > 0
 
     # a killed run: one point lost, and the last line cut mid-write
@@ -127,6 +131,61 @@ def test_default_protocol():
     assert p.to_dict()["sampler"]["name"] == "ddpm"
 
 
+def test_default_protocol_clips_images_not_vectors_and_a_pipeline_decides():
+    tiny = LoadedModel(build_model("tiny", (1, 8, 8)), GaussianDiffusion.from_schedule(),
+                       (1, 8, 8), "/runs/t", config={"model": {"preset": "tiny"}})
+    assert default_protocol(tiny).sampler.clip_denoised is True
+    assert default_protocol(mlp_model("m")).sampler.clip_denoised is False
+    pipe = LoadedModel(tiny.model, tiny.diffusion, (1, 8, 8), "/pipes/p",
+                       config={"kind": "diffusers-pipeline", "clip_sample": False})
+    assert default_protocol(pipe).sampler.clip_denoised is False
+
+
+class ConvEps(torch.nn.Module):
+    """A small image ε-model (B, 1, 4, 4) → (B, 1, 4, 4) whose x̂_0 leaves [-1, 1]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_attack_on_images_clips_by_default_and_records_it(tmp_path):
+    loaded = LoadedModel(ConvEps().eval(), GaussianDiffusion.from_schedule(), (1, 4, 4),
+                         "/runs/img", dataset="toy", config={})
+    spec = AttackSpec("fgsm", 50, loss="eps")
+    seeds = sample_seeds(2, 6)
+    for clip, expect in ((None, True), (False, False), (True, True)):
+        sampler = SamplerConfig("respaced", 6, clip_denoised=clip)
+        out = tmp_path / str(clip)
+        res = run_attack(loaded, spec, num_samples=6, seed=2, sampler=sampler, batch_size=3,
+                         metric_fn=counting_metric([]), device="cpu", out_dir=out)
+        saved = json.loads((out / "results.json").read_text())
+        assert saved["sampler"]["clip_denoised"] is expect is res["sampler"]["clip_denoised"]
+        assert saved["sampler"]["label"] == "respaced-6" + ("-clip" if expect else "")
+        # clean and attacked use the same resolved sampler: the clean samples are those of an
+        # explicit setting, and the attacked ones are the attack plan's with that setting
+        resolved = SamplerConfig("respaced", 6, clip_denoised=expect)
+        x = load_file(str(out / "samples.safetensors"))
+        with torch.no_grad():
+            clean = sample_batched(loaded.model, loaded.diffusion, (1, 4, 4), seeds, 3,
+                                   resolved)
+            attacked = AttackPlan.of(spec).sample(loaded.model, loaded.diffusion, (1, 4, 4),
+                                                  seeds, 3, resolved)
+        assert torch.equal(x["clean"], clean) and torch.equal(x["attacked"], attacked)
+    on = load_file(str(tmp_path / "None" / "samples.safetensors"))["clean"]
+    off = load_file(str(tmp_path / "False" / "samples.safetensors"))["clean"]
+    assert not torch.allclose(on, off)
+    # vectors: no clipping unless asked
+    res = run_attack(mlp_model("v"), spec, num_samples=4, seed=1, sampler=SAMPLER,
+                     batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                     out_dir=tmp_path / "vec")
+    assert res["sampler"]["clip_denoised"] is False and res["sampler"]["label"] == "respaced-10"
+
+
 def test_paired_damage_closed_forms():
     from dmattack.attack_eval import paired_damage
     from evaluators.digits_model import digits_split, load_digits_cnn
@@ -162,3 +221,28 @@ def test_attack_results_record_the_attacked_steps(tmp_path):
                      seed=1, sampler=SAMPLER, batch_size=4, metric_fn=counting_metric([]),
                      device="cpu", out_dir=tmp_path)
     assert res["steps_attacked"] == "3 of 10" and res["last_step_attacked"] is False
+
+
+def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
+    from dmattack.attack_eval import LAST_STEP_MARK, marked_values, percent_headers
+
+    specs = curve_specs(["random"], [30, 100], windows=("first", "last"))
+    curve = run_curve([mlp_model("a")], specs, num_samples=4, seed=0, sampler=SAMPLER,
+                      batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                      out_dir=tmp_path)
+    assert curve["steps_attacked"] == ["0 of 10", "3 of 10", "10 of 10"]
+    first, last = curve["rows"]
+    assert first["series"] == "random-sign-first" and last["series"] == "random-sign-last"
+    # `first` reaches the last step only at 100%; `last` always does
+    assert first["last_step_attacked"] == [False, False, True]
+    assert last["last_step_attacked"] == [False, True, True]
+    assert first["steps_attacked"] == ["0 of 10", "3 of 10", "10 of 10"]
+    assert percent_headers(curve) == ["0% = 0 of 10 steps", "30% = 3 of 10 steps",
+                                      "100% = 10 of 10 steps"]
+    marked = marked_values(last)
+    assert marked[0] == last["values"][0]
+    assert marked[1] == f"{last['values'][1]:.4g}{LAST_STEP_MARK}"
+    rows = list(csv.reader((tmp_path / "curve.csv").open()))
+    assert rows[0][3:] == [*percent_headers(curve), "last step attacked at"]
+    assert [r[-1] for r in rows[1:]] == ["100%", "30% 100%"]
+    assert [float(v) for v in rows[2][3:6]] == last["values"]  # numbers stay numbers

@@ -76,6 +76,11 @@ def test_curve_resumes_finished_points(runs, tmp_path):
     assert first.exit_code == 0, first.output
     curve = json.loads((tmp_path / "c" / "curve.json").read_text())
     assert curve["percents"] == [0.0, 50.0, 100.0] and len(curve["rows"]) == 4
+    assert curve["steps_attacked"] == ["0 of 8", "4 of 8", "8 of 8"]
+    header = (tmp_path / "c" / "curve.csv").read_text().splitlines()[0]
+    assert header.endswith("50% = 4 of 8 steps,100% = 8 of 8 steps,last step attacked at")
+    # spread 50% of 8 steps attacks steps 1, 3, 5, 7: the last one, whose budget is 0
+    assert "include the last reverse step" in " ".join(first.output.split())
     assert (tmp_path / "c" / "curve.png").exists() and (tmp_path / "c" / "curve.csv").exists()
     store = tmp_path / "c" / "points.jsonl"
     lines = store.read_text().splitlines()
@@ -109,16 +114,50 @@ def test_evaluate_metrics_and_sample_files(runs, tmp_path):
     assert res["protocol"]["num_samples"] == 10
 
 
-def test_export_round_trip(tmp_path):
-    run_dir = tmp_path / "img"
-    assert run("train", "--steps", "1", "--batch-size", "4", "--out", str(run_dir)
-               ).exit_code == 0
-    result = run("export", "--run", str(run_dir), "--out", str(tmp_path / "pipe"))
+@pytest.fixture(scope="module")
+def image_run(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("img") / "run"
+    assert run("train", "--steps", "1", "--batch-size", "4", "--num-preview", "0", "--out",
+               str(run_dir)).exit_code == 0
+    return run_dir
+
+
+def test_export_round_trip(image_run, tmp_path):
+    result = run("export", "--run", str(image_run), "--out", str(tmp_path / "pipe"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "pipe" / "unet").is_dir() and (tmp_path / "pipe" / "scheduler").is_dir()
+    # the run samples its images with x̂_0 clipped: so does the exported pipeline
+    sched = json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())
+    assert sched["clip_sample"] is True
     result = run("sample", "--pipeline", str(tmp_path / "pipe"), "--num-samples", "2",
                  "--sampler", "respaced", "--steps", "3", "--out", str(tmp_path / "ps"))
     assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ps" / "samples.json").read_text())["sampler"][
+        "clip_denoised"] is True
+
+
+@pytest.mark.parametrize("flag,clip", [(None, True), ("--no-clip-denoised", False),
+                                       ("--clip-denoised", True)])
+def test_image_evaluation_clips_by_default_and_records_it(image_run, tmp_path, flag, clip):
+    args = ["evaluate", "--run", str(image_run), "--metrics", "variance-ratio",
+            "--num-samples", "4", "--batch-size", "4", "--sampler", "respaced",
+            "--sampler-steps", "3", "--out", str(tmp_path / "e"), *([flag] if flag else [])]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "e" / "results.json").read_text())["metrics"]
+    source = res["protocol"]["samples_from"]
+    assert source["sampler"]["clip_denoised"] is clip
+    assert source["sampler_label"] == "respaced-3" + ("-clip" if clip else "")
+
+
+@pytest.mark.parametrize("flag,clip", [(None, False), ("--clip-denoised", True)])
+def test_vector_attack_does_not_clip_unless_asked(runs, tmp_path, flag, clip):
+    result = run("attack", "--run", str(runs["ddpm"]), "--method", "fgsm", "--steps-attacked",
+                 "50", *SMALL, "--out", str(tmp_path / "a"), *([flag] if flag else []))
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert res["sampler"]["clip_denoised"] is clip
+    assert res["sampler"]["label"] == "respaced-8" + ("-clip" if clip else "")
 
 
 BAD = [

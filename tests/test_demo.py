@@ -488,3 +488,33 @@ def test_a_robust_row_with_nonfinite_samples_never_wins():
     assert steps_claims(steps)[0]["verdict"] == "did not hold"
     steps["rows"][2]["num_nonfinite"] = 0
     assert steps_claims(steps)[0]["verdict"] == "held"
+
+
+def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
+    from types import SimpleNamespace
+
+    from dmattack.demo.experiments import _merge_curves
+    from dmattack.demo.report import _curve_table
+
+    def points(series: str, values: dict[float, float]) -> list[dict[str, Any]]:
+        return [{"model_name": "m-ddpm", "series": "clean" if q == 0 else series,
+                 "percent": q, "metrics": {"variance ratio": 1.0}} for q in values]
+
+    curves = [{"metric": "FD", "percents": [0.0, 50.0, 100.0],
+               "steps_attacked": ["0 of 25", "13 of 25", "25 of 25"],
+               "rows": [{"model": "m-ddpm", "series": s, "method": m, "values": [1.0, 2.0, 3.0],
+                         "last_step_attacked": last}],
+               "points": points(s, {0.0: 1, 50.0: 2, 100.0: 3}),
+               "protocol": {"sampler": {"label": "respaced-25"}, "seed": 0},
+               "csv": str(tmp_path / f"{m}.csv"), "png": str(tmp_path / f"{m}.png"),
+               "seconds": 1.0}
+              for s, m, last in (("fgsm-mean-first", "fgsm", [False, False, True]),
+                                 ("random-sign-first", "random", [False, False, True]))]
+    ctx = SimpleNamespace(rel=lambda path: Path(path).relative_to(tmp_path).as_posix())
+    table = _merge_curves(ctx, curves)
+    assert table["steps_attacked"] == ["0 of 25", "13 of 25", "25 of 25"]
+    assert table["rows"][0]["last_step_attacked"] == [False, False, True]
+    text = _curve_table({**table, "figure": "f.png"})
+    assert "| model | attack | 0% (0 of 25) | 50% (13 of 25) | 100% (25 of 25) |" in text
+    assert "| m-ddpm | fgsm-mean-first | 1 | 2 | 3† |" in text
+    assert "† the attacked steps include the last reverse step" in text

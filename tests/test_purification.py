@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -120,6 +121,19 @@ def test_noise_fresh_by_default_fixed_with_seed_or_generators():
     torch.testing.assert_close(together[1:2], alone)
 
 
+def test_clipping_follows_the_data_a_pipeline_and_an_explicit_setting():
+    x = images()
+    default, on, off = (tiny_purifier(seed=3, **kw) for kw in
+                        ({}, {"clip_denoised": True}, {"clip_denoised": False}))
+    assert default.clip_denoised is True and default.describe()["clip_denoised"] is True
+    assert torch.equal(default(x), on(x)) and not torch.equal(on(x), off(x))
+    assert Purifier.from_loaded(tiny_loaded()).clip_denoised is True
+    pipe = tiny_loaded()
+    pipe.config = {"kind": "diffusers-pipeline", "clip_sample": False}
+    assert Purifier.from_loaded(pipe).clip_denoised is False
+    assert Purifier.from_loaded(pipe, clip_denoised=True).clip_denoised is True
+
+
 def test_t_star_fraction_and_timestep():
     assert tiny_purifier(t_star=0.5).n == 10
     assert tiny_purifier(t_star=7, steps=None).num_reverse_steps == 7
@@ -175,9 +189,20 @@ def test_evaluation_invariants(tmp_path):
         rows[("none", None, "bpda-eot", "single")]["robust_accuracy"]
     saved = json.loads((tmp_path / "purify.json").read_text())
     assert saved["config"]["eps"] == 0.2 and "versions" in saved["provenance"]
+    assert [p["clip_denoised"] for p in saved["purifiers"]] == [True, True]  # images: clipped
     assert len(saved["seeds"]["sample_seeds"]) == 12
     csv_lines = (tmp_path / "purify.csv").read_text().splitlines()
     assert csv_lines[0].startswith("purifier,t_star") and len(csv_lines) == 1 + 18
+
+
+def test_purification_clipping_can_be_turned_off_and_is_recorded(tmp_path):
+    cfg = tiny_config(t_star="0.5", attacks="pgd-eot", eval_modes="single", num_samples=6)
+    run_purification(cfg, [tiny_loaded()], tmp_path / "on")
+    run_purification(replace(cfg, clip_denoised=False), [tiny_loaded()], tmp_path / "off")
+    on, off = (json.loads((tmp_path / k / "purify.json").read_text()) for k in ("on", "off"))
+    assert on["purifiers"][0]["clip_denoised"] is True
+    assert off["purifiers"][0]["clip_denoised"] is False
+    assert off["config"]["clip_denoised"] is False and on["config"]["clip_denoised"] is None
 
 
 def test_resume_reuses_finished_units(tmp_path, monkeypatch):

@@ -99,6 +99,36 @@ def test_sampler_config_validation():
         SamplerConfig("ddim", 10, eta=1.5)
     assert SamplerConfig("ddpm", 50).num_steps(1000) == 1000
     assert SamplerConfig("respaced", 50).describe(1000) == "respaced-50"
+    assert SamplerConfig("respaced", 50, clip_denoised=True).describe(1000) == "respaced-50-clip"
+
+
+def test_clip_denoised_follows_the_data_unless_set():
+    assert SamplerConfig().clip_denoised is None
+    assert SamplerConfig().for_shape((1, 8, 8)).clip_denoised is True
+    assert SamplerConfig().for_shape((3, 32, 32)).clip_denoised is True
+    assert SamplerConfig().for_shape((64,)).clip_denoised is False
+    assert SamplerConfig(clip_denoised=False).for_shape((1, 8, 8)).clip_denoised is False
+    assert SamplerConfig(clip_denoised=True).for_shape((64,)).clip_denoised is True
+
+
+def test_default_sampling_clips_images_and_not_vectors():
+    # ε_θ = 0 makes x̂_0 = x_t/√ᾱ_t, far outside [-1, 1] early in the chain: clipping matters
+    def zero_eps(x, t):
+        return torch.zeros_like(x)
+
+    diffusion = GaussianDiffusion.from_schedule("linear", 1000)
+    seeds = sample_seeds(0, 3)
+    for shape, clipped in (((1, 4, 4), True), ((16,), False)):
+        default, on, off = (sample(zero_eps, diffusion, shape, seeds,
+                                   SamplerConfig("respaced", 5, clip_denoised=clip))
+                            for clip in (None, True, False))
+        assert not torch.allclose(on, off)
+        assert torch.equal(default, on if clipped else off), shape
+    # x̂_0 clipped, one reverse step from x_1 lands in the posterior mean of a clipped x̂_0
+    x = torch.full((2, 1, 4, 4), 3.0)
+    t = torch.zeros(2, dtype=torch.long)
+    step = diffusion.p_sample(zero_eps, x, t, torch.zeros_like(x), clip_denoised=True)
+    assert torch.allclose(step, diffusion.q_posterior_mean(torch.ones_like(x), x, t))
 
 
 def test_sampling_is_gradient_transparent(setup):

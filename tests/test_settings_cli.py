@@ -108,6 +108,20 @@ def test_bad_value_is_one_line_naming_option_and_allowed_values(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_flip_option_defaults_by_dataset_and_refuses_vector_data(tmp_path):
+    ctx = cli.main.commands["train"].make_context("train", [])
+    assert ctx.params["flip"] is None  # unset: the dataset decides
+    ctx = cli.main.commands["train"].make_context("train", ["--no-flip"])
+    assert from_options(TrainConfig, ctx.params).flip is False
+    result = CliRunner().invoke(cli.main, ["train", "--dataset", "oblique-plane", "--flip",
+                                           "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("Error: flip (--flip) = True is invalid for oblique-plane; "
+                                     "allowed: an image dataset (vector data has nothing to "
+                                     "mirror)")
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("value", ["nan", "inf"])
 def test_non_finite_numbers_are_refused(value, tmp_path):
     result = CliRunner().invoke(cli.main, ["train", "--lr", value, "--out", str(tmp_path)])

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dmattack.errors import ConfigError
 from dmattack.objectives import ObjectiveConfig
 from dmattack.runs import load_run, newest_run
 from dmattack.train import TrainConfig, batch_indices, ema_decay_at, resume_config, train
@@ -93,3 +94,110 @@ def test_ema_warmup():
 def test_bad_config_is_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         _cfg(**{field: value}).validate()
+
+
+# ------------------------------------------------------------------ random horizontal flips
+def _image_folder(root, n: int = 16):
+    """``n`` random-noise RGB 8×8 PNGs (no image equals its mirror)."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    root.mkdir()
+    for i in range(n):
+        pixels = torch.randint(0, 256, (8, 8, 3), generator=g, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(root / f"{i:02d}.png")
+    return root
+
+
+def _record_batches(monkeypatch) -> list[torch.Tensor]:
+    """Every x0 the trainer's loss sees, in order (one per micro-batch)."""
+    import dmattack.train as train_mod
+
+    seen: list[torch.Tensor] = []
+    real = train_mod.training_loss
+
+    def loss_fn(model, diffusion, x0, cfg, draws=None):
+        seen.append(x0.detach().cpu().clone())
+        return real(model, diffusion, x0, cfg, draws)
+
+    monkeypatch.setattr(train_mod, "training_loss", loss_fn)
+    return seen
+
+
+def _image_cfg(**kw) -> TrainConfig:
+    return _cfg(**{"preset": "tiny", "num_data": None, "steps": 4, "batch_size": 8,
+                   "num_preview": 0, "objective": ObjectiveConfig("ddpm"), **kw})
+
+
+def test_flip_default_follows_the_dataset():
+    for name in ("cifar10", "celeba", "lsun-bedroom", "imagefolder"):
+        assert TrainConfig(dataset=name).resolved().flip is True, name
+    for name in ("digits", "oblique-plane", "digits-subspace"):
+        assert TrainConfig(dataset=name).resolved().flip is False, name
+    assert TrainConfig(dataset="cifar10", flip=False).resolved().flip is False
+    assert TrainConfig(dataset="digits", flip=True).resolved().flip is True
+    with pytest.raises(ConfigError, match=r"flip \(--flip\) = True is invalid for "
+                       "oblique-plane"):
+        TrainConfig(dataset="oblique-plane", flip=True)
+    # a run written before flips existed trained without them, and resumes so
+    saved = TrainConfig(dataset="cifar10").resolved().to_dict()
+    del saved["flip"]
+    assert TrainConfig.from_dict(saved).flip is False
+
+
+def test_flip_mask_is_half_the_rows_and_seeded():
+    from dmattack.train import flip_mask
+
+    big = flip_mask(3, 20_000, seed=1)
+    assert abs(big.double().mean().item() - 0.5) < 0.02
+    assert torch.equal(flip_mask(3, 64, 1), flip_mask(3, 64, 1))
+    assert not torch.equal(flip_mask(3, 64, 1), flip_mask(4, 64, 1))
+
+
+def test_image_folder_batches_are_flipped_on_about_half_the_rows(tmp_path, monkeypatch):
+    from dmattack.data import load_dataset
+    from dmattack.train import flip_mask
+
+    root = _image_folder(tmp_path / "images")
+    seen = _record_batches(monkeypatch)
+    cfg = _image_cfg(dataset="imagefolder", data_dir=str(root), resolution=8)
+    run = train(cfg, tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["train"]["flip"] is True
+    data = load_dataset("imagefolder", data_dir=str(root), resolution=8)
+    flipped = 0
+    for step, x0 in enumerate(seen):
+        original = torch.stack([data[i] for i in batch_indices(step, 16, 8, cfg.seed)])
+        mask = flip_mask(step, 8, cfg.seed)
+        assert torch.equal(x0[mask], torch.flip(original[mask], dims=[-1]))
+        assert torch.equal(x0[~mask], original[~mask])
+        flipped += int(mask.sum())
+    assert len(seen) == 4 and 0.25 <= flipped / 32 <= 0.75
+
+
+def test_digits_are_not_flipped(tmp_path, monkeypatch):
+    from dmattack.data import load_dataset
+
+    seen = _record_batches(monkeypatch)
+    run = train(_image_cfg(dataset="digits", steps=2), tmp_path / "run")
+    assert json.loads((run / "config.json").read_text())["train"]["flip"] is False
+    data = load_dataset("digits").tensor()
+    for step, x0 in enumerate(seen):
+        assert torch.equal(x0, data[batch_indices(step, len(data), 8, 0)])
+
+
+def test_flips_are_split_exactly_by_micro_batches_and_resume(tmp_path, monkeypatch):
+    seen = _record_batches(monkeypatch)
+    cfg = _image_cfg(dataset="digits", flip=True, checkpoint_every=2)
+    straight = train(cfg, tmp_path / "straight")
+    whole = list(seen)
+    seen.clear()
+    train(_image_cfg(dataset="digits", flip=True, grad_accum=2, steps=2), tmp_path / "accum")
+    assert torch.equal(torch.cat(seen), torch.cat(whole[:2]))  # 2 micro-batches per step
+    seen.clear()
+    part = train(_image_cfg(dataset="digits", flip=True, steps=2), tmp_path / "part")
+    train(resume_config(part, steps=4), part, resume=True)
+    assert all(torch.equal(a, b) for a, b in zip(seen, whole, strict=True))
+    for name in ("model", "ema"):
+        folder = f"checkpoint/{name}/diffusion_pytorch_model.safetensors"
+        a, b = load_file(straight / folder), load_file(part / folder)
+        assert all(torch.equal(a[k], b[k]) for k in a), name

@@ -79,7 +79,8 @@ class WholeChainAttack(Protocol):
             diffusion: the diffusion the sampler walks (``sampling_diffusion(full, sampler)``):
                 K = ``diffusion.num_timesteps`` reverse steps, indices K−1 … 0.
             sampler: ``name`` (``ddpm`` / ``respaced``: ``diffusion.p_sample``; ``ddim``:
-                ``diffusion.ddim_step`` with ``sampler.eta``) and ``clip_denoised``.
+                ``diffusion.ddim_step`` with ``sampler.eta``) and ``clip_denoised`` (already
+                resolved to a bool, the clean run's setting).
             shape: per-sample shape, e.g. (1, 8, 8).
             seeds: one seed per sample of this batch.
             steps: sorted reverse-step numbers to attack (0 = the first step, at x_T, …, K−1),

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_segment
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..sampling import SamplerConfig, frozen, sampling_diffusion
+from ..sampling import SamplerConfig, clip_default, frozen, sampling_diffusion
 from ..seeding import CHAIN_NOISE, generators, randn_per_sample
 
 DIFFERENTIABLE_SAMPLERS = ("ddpm", "respaced", "ddim")
@@ -95,9 +95,11 @@ class DifferentiableChain:
         """One reverse step from state ``x`` (B, *shape) with noise ``noise``, as ``sample()``."""
         t = self.index(step, len(x), x.device)
         s, d = self.sampler, self.diffusion
+        # unset: by the data, as sample() resolves it (paired with the clean chain)
+        clip = clip_default(x.shape[1:]) if s.clip_denoised is None else s.clip_denoised
         if s.name == "ddim":
-            return d.ddim_step(self.model, x, t, noise, s.eta, s.clip_denoised)
-        return d.p_sample(self.model, x, t, noise, s.clip_denoised)
+            return d.ddim_step(self.model, x, t, noise, s.eta, clip)
+        return d.p_sample(self.model, x, t, noise, clip)
 
     def _step(self, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and torch.is_grad_enabled() and x.requires_grad:

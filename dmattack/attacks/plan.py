@@ -199,7 +199,9 @@ class AttackPlan:
         """Attacked samples (N, *shape) float32 on CPU for ``seeds``, in chunks of
         ``batch_size``; ``diffusion`` is the model's full diffusion. ``progress(step)`` is called
         once per reverse step of every chunk. Wrap the call in ``torch.no_grad()`` (attacks
-        enable gradients themselves)."""
+        enable gradients themselves). An unset ``sampler.clip_denoised`` follows the data, as
+        in clean sampling (:meth:`~dmattack.sampling.SamplerConfig.for_shape`)."""
+        sampler = sampler.for_shape(shape)
         sd = sampling_diffusion(diffusion, sampler)
         steps = self.steps(sd.num_timesteps)
         if not (self.whole_chain and steps):

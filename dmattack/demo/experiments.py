@@ -253,26 +253,35 @@ def _cost(specs: list[AttackSpec], num_samples: int) -> float:
 
 def _merge_curves(ctx: Context, curves: list[dict[str, Any]]) -> dict[str, Any]:
     """One table from the curves of one window (one curve per attack method): per row the
-    percents it ran (0 = the clean point, shared by every row of a model), the main metric
-    and the variance ratio."""
-    rows, folders = [], []
+    percents it ran (0 = the clean point, shared by every row of a model), the main metric,
+    the variance ratio and whether the attacked steps include the last (zero-budget) one; per
+    percent of the table the number of attacked steps ("12 of 25")."""
+    rows, folders, counts = [], [], {}
     for curve in curves:
         ratio = {(p["model_name"], p["series"], p["percent"]): p["metrics"].get("variance ratio")
                  for p in curve["points"]}
+        n = len(curve["percents"])
+        counts.update({q: c for q, c in zip(curve["percents"],
+                                            curve.get("steps_attacked") or [None] * n,
+                                            strict=True) if c})
         for r in curve["rows"]:
-            pairs = [(q, v) for q, v in zip(curve["percents"], r["values"], strict=True)
-                     if v is not None]
+            lasts = r.get("last_step_attacked") or [None] * n
+            pairs = [(q, v, last) for q, v, last in zip(curve["percents"], r["values"], lasts,
+                                                        strict=True) if v is not None]
             rows.append({"model": r["model"], "series": r["series"], "method": r["method"],
-                         "percents": [q for q, _ in pairs], "values": [v for _, v in pairs],
+                         "percents": [q for q, _, _ in pairs],
+                         "values": [v for _, v, _ in pairs],
                          "variance_ratio": [ratio.get((r["model"],
                                                        "clean" if q == 0 else r["series"], q))
-                                            for q, _ in pairs]})
+                                            for q, _, _ in pairs],
+                         "last_step_attacked": [last for _, _, last in pairs]})
         folders.append({"csv": ctx.rel(Path(curve["csv"])), "png": ctx.rel(Path(curve["png"])),
                         "seconds": curve["seconds"]})
     rows.sort(key=lambda r: (r["model"], METHOD_ORDER.index(r["method"])))
     protocol = curves[0]["protocol"]
-    return {"metric": curves[0]["metric"],
-            "percents": sorted({q for r in rows for q in r["percents"]}), "rows": rows,
+    percents = sorted({q for r in rows for q in r["percents"]})
+    return {"metric": curves[0]["metric"], "percents": percents,
+            "steps_attacked": [counts.get(q) for q in percents], "rows": rows,
             "sampler": protocol["sampler"]["label"], "seed": protocol["seed"],
             "curves": folders, "seconds": round(sum(f["seconds"] for f in folders), 2)}
 

@@ -156,9 +156,13 @@ def attack_plot(table: dict[str, Any], path: Path, title: str) -> Path:
                         ms=7 if r["method"] == "pgd" else 5, color=colours[r["model"]],
                         linestyle=LINESTYLES.get(r["method"], "-"),
                         label=f"{r['model']} · {r['series']}")
-        ax.set_xlabel("% of reverse steps attacked")
+        counts = table.get("steps_attacked") or [None] * len(table["percents"])
+        ax.set_xlabel("% of reverse steps attacked (attacked / total steps)")
         ax.set_ylabel(label)
         ax.set_xticks(table["percents"])
+        ax.set_xticklabels([f"{p:g}%" + (f"\n{n.replace(' of ', '/')}" if n else "")
+                            for p, n in zip(table["percents"], counts, strict=True)],
+                           fontsize=8)
         ax.grid(alpha=0.3)
     axes[1].axhline(1.0, color="0.5", lw=0.8)
     axes[1].set_yscale("log")

@@ -160,19 +160,36 @@ def _toy(s: Row) -> str:
     return "\n".join(out)
 
 
+LAST_STEP_MARK = "†"
+
+
 def _curve_table(c: Row) -> str:
     pct = c["percents"]
-    rows, vr_rows = [], []
+    rows, vr_rows, marked = [], [], False
     for r in c["rows"]:
+        last = dict(zip(r["percents"], r.get("last_step_attacked") or [None] * len(pct),
+                        strict=False))
+        marked = marked or any(last.values())
+
+        def mark(values: dict, p: float, last: dict = last) -> Any:
+            if p not in values:
+                return "—"
+            return fmt(values[p]) + LAST_STEP_MARK if last.get(p) else values[p]
+
         at = dict(zip(r["percents"], cells(r, "values"), strict=True))
         vr = dict(zip(r["percents"], cells(r, "variance_ratio"), strict=True))
-        rows.append([r["model"], r["series"], *(at.get(p, "—") for p in pct)])
-        vr_rows.append([r["model"], r["series"], *(vr.get(p, "—") for p in pct)])
-    head = ["model", "attack", *(f"{p:g}%" for p in pct)]
+        rows.append([r["model"], r["series"], *(mark(at, p) for p in pct)])
+        vr_rows.append([r["model"], r["series"], *(mark(vr, p) for p in pct)])
+    counts = c.get("steps_attacked") or [None] * len(pct)
+    head = ["model", "attack", *(f"{p:g}% ({n})" if n else f"{p:g}%"
+                                 for p, n in zip(pct, counts, strict=True))]
     csvs = ", ".join(f"[{f['csv']}]({f['csv']})" for f in c["curves"])
+    note = ([f"{LAST_STEP_MARK} the attacked steps include the last reverse step, whose budget "
+             "√β̃ = 0 leaves it unperturbed.", ""] if marked else [])
     return "\n".join([
-        f"{c['metric']} (0% = clean samples with the same seeds; — = not run):", "",
-        _table(head, rows), "", "variance ratio:", "", _table(head, vr_rows), "",
+        f"{c['metric']} (0% = clean samples with the same seeds; — = not run; column: % of the "
+        "steps attacked (attacked of all steps)):", "",
+        _table(head, rows), "", "variance ratio:", "", _table(head, vr_rows), "", *note,
         _figure(c["figure"], f"attack curves {c['figure']}"), "",
         f"CSV: {csvs}; {c['seconds']} s of worker time."])
 

@@ -23,7 +23,8 @@ REPORT_EVERY = 10  # training steps per progress message
 
 
 def sampler_config(steps: int, num_timesteps: int) -> SamplerConfig:
-    """``ddpm`` on all T steps, otherwise ``respaced`` ancestral on ``steps``."""
+    """``ddpm`` on all T steps, otherwise ``respaced`` ancestral on ``steps``; x̂_0 clipping
+    follows the data (on for the digits U-Nets' images, off for vectors)."""
     return SamplerConfig("ddpm") if steps == num_timesteps else SamplerConfig("respaced", steps)
 
 

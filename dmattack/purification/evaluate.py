@@ -126,6 +126,9 @@ class PurifyConfig:
     purify_sampler: str = setting("ancestral", "Reverse chain of the purifier.",
                                   choices=PURIFY_SAMPLERS)
     eta: float = setting(0.0, "DDIM eta (with --purify-sampler ddim).", low=0, high=1)
+    clip_denoised: bool | None = setting(
+        None, "Clip x̂_0 to [-1, 1] inside the purifier's chain.",
+        auto="the data: on for images, as sampling; a pipeline: its scheduler's clip_sample")
     attacks: str = setting("pgd-eot,bpda-eot", "Attacks, comma-separated: "
                            + ", ".join(ATTACKS) + ".", option="--attack")
     eps: float = setting(0.25, "ℓ∞ budget in [0, 1] pixel units (e.g. 8/255).", low=0, high=1)
@@ -282,7 +285,9 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
                 steps = min(steps, max(1, forward_steps(t_star, m.diffusion.num_timesteps)))
             purifier = Purifier.from_loaded(
                 m, t_star=t_star, steps=steps, sampler=cfg.purify_sampler, eta=cfg.eta,
-                gradient="full", checkpoint_steps=cfg.checkpoint_steps).to(device)
+                gradient="full", checkpoint_steps=cfg.checkpoint_steps,
+                **({} if cfg.clip_denoised is None else {"clip_denoised": cfg.clip_denoised})
+            ).to(device)
             defended.append((name, t_star, m, PurifiedClassifier(purifier, classifier)))
 
     seeds_all = sample_seeds(cfg.seed, len(x_all))

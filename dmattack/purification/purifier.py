@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError, RunFolderError, first_line
 from ..runs import LoadedModel
-from ..sampling import SamplerConfig, sampling_diffusion
+from ..sampling import SamplerConfig, clip_default, sampling_diffusion
 from ..seeding import randn_per_sample
 
 GRADIENTS = ("full", "bpda", "none")
@@ -80,14 +80,15 @@ class Purifier(nn.Module):
         seed: None draws fresh noise from torch's global generator on every call (the stochastic
             defence); an int redraws the same noise on every call (a deterministic defence).
         checkpoint_steps: recompute each reverse step in the backward pass (``full`` only).
-        clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain.
+        clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain (None: as
+            sampling does, on for images, off for vectors).
     """
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
                  data_shape: Sequence[int], t_star: float = 0.1, steps: int | None = None,
                  sampler: str = "ancestral", eta: float = 0.0, gradient: str = "full",
                  seed: int | None = None, checkpoint_steps: bool = True,
-                 clip_denoised: bool = False) -> None:
+                 clip_denoised: bool | None = None) -> None:
         super().__init__()
         if gradient not in GRADIENTS:
             raise ConfigError(f"gradient = {gradient!r} is invalid; allowed: "
@@ -105,7 +106,9 @@ class Purifier(nn.Module):
         self.data_shape = tuple(data_shape)
         self.t_star, self.n, self.steps, self.sampler, self.eta = t_star, n, steps, sampler, eta
         self.gradient, self.seed = gradient, seed
-        self.checkpoint_steps, self.clip_denoised = checkpoint_steps, clip_denoised
+        if clip_denoised is None:
+            clip_denoised = clip_default(self.data_shape)
+        self.checkpoint_steps, self.clip_denoised = checkpoint_steps, bool(clip_denoised)
         if n > 0:
             # the first n timesteps as a diffusion of their own, then respaced to K steps: its
             # last index has ᾱ_n exactly and its timestep_map points into the trained schedule
@@ -119,7 +122,8 @@ class Purifier(nn.Module):
     def from_loaded(cls, loaded: LoadedModel, **kwargs) -> Purifier:
         """A purifier around a model from :func:`dmattack.runs.load_run` /
         :func:`dmattack.pipeline.load_pipeline` (keyword arguments as the constructor's)."""
-        kwargs.setdefault("clip_denoised", bool(loaded.config.get("clip_sample", False)))
+        if loaded.config.get("clip_sample") is not None:  # a pipeline's scheduler setting
+            kwargs.setdefault("clip_denoised", bool(loaded.config["clip_sample"]))
         return cls(loaded.model, loaded.diffusion, loaded.data_shape, **kwargs)
 
     @classmethod
