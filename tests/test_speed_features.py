@@ -259,7 +259,7 @@ def test_benchmark_scripts_run_and_summarise(benchmarks, tmp_path, capsys):
     result = benchmarks("sampling_throughput").main(
         ["--device", "cpu", "--preset", "mlp-small", "--num-samples", "4", "--sampler-steps",
          "3", "--pgd-steps", "2", "--json", str(sampling_json)])
-    assert [r["job"] for r in result["rows"]] == ["clean", "fgsm", "pgd2"]
+    assert [r["job"] for r in result["rows"]] == ["clean", "clean-stepnoise", "fgsm", "pgd2"]
     benchmarks("summary").main([str(train_json), str(sampling_json)])
     table = capsys.readouterr().out
     assert "| train     | ddpm" in table and "speed >= 1" in table and "| sampling  | pgd2" in table
