@@ -47,6 +47,7 @@ from .locking import lock_folder
 from .runs import LoadedModel
 from .sampling import SamplerConfig, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
+from .tensors import nonfinite_rows, report_nonfinite
 from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
@@ -286,6 +287,8 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         shutil.rmtree(leftover, ignore_errors=True)
     if attacked is None:  # nothing attacked: the attacked run is the clean run, bit for bit
         attacked, seconds["attacked"] = clean.clone(), 0.0
+    nonfinite = {"clean": report_nonfinite(clean, "clean samples"),
+                 "attacked": report_nonfinite(attacked, f"attacked samples ({plan.label})")}
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
     damage = paired_damage(clean, attacked)
 
@@ -306,6 +309,7 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         "device": str(device),
         "world_size": distributed.world_size(),
         "model": _model_dict(loaded),
+        "num_nonfinite": nonfinite,
         "metrics": metrics,
         "damage": damage,
         "seconds": seconds,
@@ -564,6 +568,9 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     samples = distributed.gather_rows(samples)
                 metrics: dict[str, Any] = {}
                 damage: dict[str, Any] | None = None
+                nonfinite = None
+                if main and samples is not None:
+                    nonfinite = report_nonfinite(samples, f"samples of point {label}")
                 if main and plan is None:
                     metrics = metric_fn(samples)
                     clean_samples = samples
@@ -577,6 +584,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                                                        batch_size, device)
                     clean = clean_samples
                     attacked = clean if samples is None else samples  # None: the clean run
+                    if samples is None:
+                        nonfinite = nonfinite_rows(clean)
                     metrics = dict(clean_metrics) if samples is None else metric_fn(samples)
                     damage = paired_damage(clean, attacked)
                 record = {
@@ -589,7 +598,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     "attack": attack, **steps,
                     "sampler": slabel, "sampler_settings": asdict(sampler),
                     "num_samples": num_samples, "seed": seed, "model_fingerprint": model_id,
-                    "scoring": scoring, "metrics": metrics, "damage": damage, "seconds": seconds,
+                    "scoring": scoring, "num_nonfinite": nonfinite, "metrics": metrics,
+                    "damage": damage, "seconds": seconds,
                 }
                 if main:
                     _append_point(store, record)
@@ -717,7 +727,7 @@ def _curve_png(curve: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("% of reverse steps attacked")
     ax.set_ylabel(curve["metric"] or "metric")
     ax.grid(alpha=0.3)
-    if curve["rows"]:
+    if ax.get_legend_handles_labels()[0]:  # none when every value is None (all non-finite)
         ax.legend(fontsize=7)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))

@@ -18,6 +18,7 @@ from .io import provenance, write_atomic, write_json
 from .runs import LoadedModel
 from .sampling import SamplerConfig, sample_batched, sample_sharded
 from .seeding import sample_seeds
+from .tensors import report_nonfinite
 
 Progress = Callable[[int], None]
 
@@ -51,7 +52,7 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
         "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
         "sampler": sampler.__dict__, "sampler_label": label, "source": loaded.source,
         "ema": loaded.ema,
-        "num_nonfinite": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
+        "num_nonfinite": report_nonfinite(x, "samples"),
         "world_size": distributed.world_size(),
         **provenance(),
     })
