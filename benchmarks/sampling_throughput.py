@@ -7,7 +7,9 @@ the input only (the model's parameters are frozen while sampling). The model has
 weights: the cost does not depend on them. One untimed warm-up pass per job; jobs are
 interleaved over ``--repeats`` rounds and the median is reported. The analytic cost of an
 attacked step, in clean steps, is FGSM ≈ 4 (clean term, forward + input backward, the step)
-and PGD-k ≈ 2k + 2 (METHOD §11; docs/reproduce.md §5).
+and PGD-k ≈ 2k + 2 (METHOD §11; docs/reproduce.md §5). The job ``clean-stepnoise`` is clean
+sampling with the chain noise drawn one ``randn`` per sample and step (the loop before block
+draws, bit-identical output): its time over ``clean`` is the speed-up of block-drawn noise.
 
     python benchmarks/sampling_throughput.py --preset tiny --device cpu
 """
@@ -18,16 +20,28 @@ import argparse
 import json
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
+from unittest import mock
 
 import torch
 from common import device_name, sync  # benchmarks/common.py
 
+from dmattack import sampling
 from dmattack.attacks import AttackSpec, make_hook_factory
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import PRESETS, build_model
 from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
-from dmattack.seeding import sample_seeds
+from dmattack.seeding import randn_per_sample, sample_seeds
+
+STEPNOISE = "clean-stepnoise"
+
+
+def step_by_step_draws(shape, gens, count, device, dtype=torch.float32, **_):
+    """The chain noise as drawn before block draws: one randn per sample and step."""
+    for _ in range(count):
+        yield randn_per_sample(shape, gens, device, dtype)
+
 
 SHAPES = {"tiny": (1, 8, 8), "ddpm-cifar10": (3, 32, 32), "ddpm-64": (3, 64, 64),
           "mlp": (64,), "mlp-small": (64,)}
@@ -58,27 +72,29 @@ def main(argv: list[str] | None = None) -> dict:
     diffusion = GaussianDiffusion.from_schedule()
     sampler = SamplerConfig("respaced", args.sampler_steps)
     sd = sampling_diffusion(diffusion, sampler)
-    specs = {"clean": None, "fgsm": AttackSpec("fgsm", 100, loss=args.loss),
+    specs = {"clean": None, STEPNOISE: None, "fgsm": AttackSpec("fgsm", 100, loss=args.loss),
              f"pgd{args.pgd_steps}": AttackSpec("pgd", 100, loss=args.loss,
                                                 pgd_steps=args.pgd_steps)}
 
-    def run(spec: AttackSpec | None, seeds: list[int]) -> float:
+    def run(name: str, spec: AttackSpec | None, seeds: list[int]) -> float:
         factory = None if spec is None else make_hook_factory(spec, model, sd, sd.num_timesteps,
                                                               device)
+        old_noise = (mock.patch.object(sampling, "randn_steps", step_by_step_draws)
+                     if name == STEPNOISE else nullcontext())
         sync(device)
         start = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), old_noise:
             sample_batched(model, diffusion, shape, seeds, batch, sampler, factory, device)
         sync(device)
         return time.perf_counter() - start
 
     seeds = sample_seeds(0, n)
-    for spec in specs.values():  # warm-up
-        run(spec, seeds[:batch])
+    for name, spec in specs.items():  # warm-up
+        run(name, spec, seeds[:batch])
     seconds: dict[str, list[float]] = {k: [] for k in specs}
     for _ in range(args.repeats):
         for name, spec in specs.items():
-            seconds[name].append(run(spec, seeds))
+            seconds[name].append(run(name, spec, seeds))
     med = {k: statistics.median(v) for k, v in seconds.items()}
     work = n * sd.num_timesteps
     rows = [{"job": k, "step_images_per_s": work / s, "seconds": s,
@@ -91,9 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"sampling throughput: preset {preset}, {n} samples in batches of {batch}, "
           f"{sd.num_timesteps} respaced steps (all attacked), loss {args.loss}, median of "
           f"{args.repeats}, {result['device']}")
-    print(f"  {'job':8s} {'steps×images/s':>15s} {'seconds':>9s} {'× clean':>8s}")
+    print(f"  {'job':15s} {'steps×images/s':>15s} {'seconds':>9s} {'× clean':>8s}")
     for r in rows:
-        print(f"  {r['job']:8s} {r['step_images_per_s']:15.1f} {r['seconds']:9.2f} "
+        print(f"  {r['job']:15s} {r['step_images_per_s']:15.1f} {r['seconds']:9.2f} "
               f"{r['cost_vs_clean']:8.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -21,12 +21,13 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from .diffusion import GaussianDiffusion, beta_schedule
 from .errors import ConfigError, InputFileError, first_line
 from .io import provenance, write_json
-from .models import UNetEps
+from .models import PRESETS, UNetEps
 from .oserrors import os_errors
 from .runs import LoadedModel, digest, sha256_file
 
 EXPORT_META = "dmattack.json"
-"""Written beside an exported pipeline: what it came from (dataset, EMA, provenance)."""
+"""Written beside an exported pipeline: what it came from (dataset, EMA, data shape, the model
+config with its preset, provenance), so the exported weights get the run's default protocol."""
 
 # diffusers variance_type -> ours. The *_log forms are the same variances computed in log space.
 _VARIANCES = {"fixed_small": "fixed_small", "fixed_small_log": "fixed_small",
@@ -77,8 +78,11 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
     ``scaled_linear``, ``squaredcos_cap_v2`` recomputed in float64; ``trained_betas`` as given),
     ``variance_type`` (``fixed_small``/``fixed_large``). ``clip_sample`` is a sampler setting:
     it is kept in ``config["clip_sample"]`` (``default_protocol`` turns it into
-    ``SamplerConfig.clip_denoised``). Raises a one-line ValueError for a missing folder or file
-    and for settings other than ε-prediction with a fixed variance.
+    ``SamplerConfig.clip_denoised``). A folder written by :func:`export_pipeline` gets back
+    the run's dataset, EMA flag and model config (``preset``), so ``default_protocol`` gives the
+    run's protocol. Raises a one-line ValueError for a missing folder or file, for settings
+    other than ε-prediction with a fixed variance, and for a ``dmattack.json`` that does not
+    match the U-Net.
     """
     root = Path(path)
     for need in (root, root / "unet" / "config.json", root / "scheduler" / "scheduler_config.json"):
@@ -105,19 +109,49 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
                          "supported)")
     size = unet.config.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
-    meta_path = root / EXPORT_META
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    data_shape = (unet.config.in_channels, h, w)
+    meta = _read_export_meta(root / EXPORT_META, data_shape)
+    config = {"kind": "diffusers-pipeline", "clip_sample": bool(sched_cfg["clip_sample"]),
+              "scheduler": sched_cfg, "exported_from": meta.get("source")}
+    if meta.get("model") is not None:
+        config["model"] = meta["model"]
     return LoadedModel(
         model=UNetEps(unet).to(device).eval(),
         diffusion=GaussianDiffusion(_betas(scheduler), variance_type=variance),
-        data_shape=(unet.config.in_channels, h, w),
+        data_shape=data_shape,
         source=str(root.resolve()),
         dataset=meta.get("dataset"),
         ema=meta.get("ema", False),
-        config={"kind": "diffusers-pipeline", "clip_sample": bool(sched_cfg["clip_sample"]),
-                "scheduler": sched_cfg, "exported_from": meta.get("source")},
+        config=config,
         fingerprint=pipeline_fingerprint(root, sched_cfg),
     )
+
+
+def _read_export_meta(path: Path, data_shape: tuple[int, ...]) -> dict[str, Any]:
+    """``dmattack.json`` of an exported pipeline ({} when absent), checked against the U-Net's
+    per-sample ``data_shape``; its ``model`` is a run's model config with a known preset."""
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    shape = meta.get("data_shape")
+    if shape is not None and tuple(shape) != data_shape:
+        raise ValueError(f"{path}: data_shape {list(shape)} does not match the U-Net's "
+                         f"{list(data_shape)}")
+    model = meta.get("model")
+    if model is not None:
+        preset = model.get("preset") if isinstance(model, dict) else None
+        if preset not in PRESETS:
+            raise ValueError(f"{path}: model preset {preset!r} is unknown; allowed: "
+                             f"{', '.join(PRESETS)}")
+        if tuple(model.get("data_shape") or data_shape) != data_shape:
+            raise ValueError(f"{path}: model data_shape {model['data_shape']} does not match "
+                             f"the U-Net's {list(data_shape)}")
+    return meta
 
 
 def pipeline_fingerprint(root: Path, scheduler_config: dict[str, Any]) -> str:
@@ -136,8 +170,9 @@ def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
 
     The scheduler gets the exact betas (``trained_betas``, float64 in the JSON), our variance
     type and ``clip_sample`` from ``loaded.config`` (False unless set). ``dmattack.json`` beside
-    it records the source run, dataset, EMA and provenance. Vector (MLP) models and respaced
-    diffusions raise a one-line ValueError.
+    it records the source run, dataset, EMA, data shape, the model config (with its preset, which
+    chooses the default protocol) and provenance. Vector (MLP) models and respaced diffusions
+    raise a one-line ValueError.
     """
     if not isinstance(loaded.model, UNetEps):
         raise ConfigError(f"cannot export {type(loaded.model).__name__} from {loaded.source}: "
@@ -161,7 +196,8 @@ def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:
             DDPMPipeline(unet=loaded.model.unet, scheduler=scheduler).save_pretrained(tmp)
         write_json(tmp / EXPORT_META, {
             "source": loaded.source, "dataset": loaded.dataset, "ema": loaded.ema,
-            "data_shape": list(loaded.data_shape), **provenance()})
+            "data_shape": list(loaded.data_shape), "model": loaded.config.get("model"),
+            **provenance()})
         if out.exists():
             os.replace(out, old)
         os.replace(tmp, out)

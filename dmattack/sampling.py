@@ -22,7 +22,7 @@ from . import distributed
 from .diffusion import EpsModel, GaussianDiffusion, respace
 from .errors import ConfigError
 from .registry import SAMPLERS
-from .seeding import CHAIN_NOISE, generators, randn_per_sample
+from .seeding import CHAIN_NOISE, generators, randn_steps
 from .settings import check_settings, setting
 
 SAMPLERS.register("ddpm", "ancestral sampling on all T steps (Ho et al. 2020)")
@@ -112,13 +112,14 @@ def sample(
     """
     sd = sampling_diffusion(diffusion, sampler)
     gens = generators(seeds, CHAIN_NOISE, device)
-    x = randn_per_sample(shape, gens, device)
+    draws = randn_steps(shape, gens, sd.num_timesteps + 1, device)  # x_T, then one z per step
+    x = next(draws)
     with frozen(model):
         for step, i in enumerate(reversed(range(sd.num_timesteps))):
             t = torch.full((len(seeds),), i, device=device, dtype=torch.long)
             if hook is not None:
                 x = hook(x, t, step)
-            noise = randn_per_sample(shape, gens, device)
+            noise = next(draws)
             if sampler.name == "ddim":
                 x = sd.ddim_step(model, x, t, noise, sampler.eta, sampler.clip_denoised)
             else:

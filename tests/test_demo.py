@@ -389,3 +389,102 @@ def test_controls_end_to_end_over_two_seeds(tmp_path):
     assert "2 seeds" in text and " ± " in text and "Control: Corruption sweep" in text
     columns, table = headline_rows(results)
     assert table and all(len(r) == len(columns) for r in table)
+
+
+# --- verdicts from hand-made results (fast) -------------------------------------------------
+
+def _curve_row(model: str, series: str, at: dict[int, float | None]) -> dict[str, Any]:
+    return {"model": model, "series": series, "percents": list(at), "values": list(at.values())}
+
+
+def _attacks(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"subspace": [{"rows": rows}], "images": [], "settings": {}}
+
+
+def _claim_row(claims: list[dict[str, Any]], cid: str) -> dict[str, Any]:
+    return next(c for c in claims if c["id"] == cid)
+
+
+def test_attack_like_random_compares_the_percents_both_ran():
+    from dmattack.demo.claims import attack_claims
+
+    # PGD runs at 50% only, random at 25-100%. Here PGD (+0.5) is weaker than random at 50%
+    # (+1.0): "held", with the shared percent named.
+    rows = []
+    for model in ("a-ddpm", "a-robust-adv"):
+        rows.append(_curve_row(model, "pgd", {0: 1.0, 50: 1.5}))
+        rows.append(_curve_row(model, "random", {0: 1.0, 25: 1.1, 50: 2.0, 100: 4.0}))
+    like = _claim_row(attack_claims(_attacks(rows)), "attack-like-random")
+    assert (like["verdict"], like["checks"]) == ("held", 2)
+    assert "at 50%: +0.5 vs random +1" in like["evidence"]
+    # PGD +2 is twice random's +1 at 50%: "did not hold". Random's mean over its own percents
+    # (+0.5, +1, +6: +2.5) would have called PGD no stronger than random.
+    rows = []
+    for model in ("a-ddpm", "a-robust-adv"):
+        rows.append(_curve_row(model, "pgd", {0: 1.0, 50: 3.0}))
+        rows.append(_curve_row(model, "random", {0: 1.0, 25: 1.5, 50: 2.0, 100: 7.0}))
+    like = _claim_row(attack_claims(_attacks(rows)), "attack-like-random")
+    assert like["verdict"] == "did not hold"
+
+
+def test_attack_robust_slower_uses_shared_percents():
+    from dmattack.demo.claims import attack_claims
+
+    rows = [_curve_row("a-ddpm", "fgsm", {0: 1.0, 50: 2.0, 100: 9.0}),
+            _curve_row("a-robust-adv", "fgsm", {0: 1.0, 50: 2.5, 100: None})]
+    slow = _claim_row(attack_claims(_attacks(rows)), "attack-robust-slower")
+    # shared: 50% only (Robust's 100% point is missing): +1 vs +1.5 → Robust degrades faster
+    assert slow["verdict"] == "did not hold" and "at 50%" in slow["evidence"]
+
+
+def _subspace_section(adv: dict[str, Any], ddpm: dict[str, Any]) -> dict[str, Any]:
+    base = {"num_nonfinite": 0, "train_error": None}
+    return {"rows": [{"data": d, "method": m, **base, **vals}
+                     for d in ("clean", "corrupted")
+                     for m, vals in (("robust-adv", adv), ("ddpm", ddpm))]}
+
+
+def test_robust_smooths_clean_needs_a_variance_ratio_below_one():
+    from dmattack.demo.claims import subspace_claims
+
+    def verdict(vr_adv: float, vr_ddpm: float) -> str:
+        section = _subspace_section({"variance ratio": vr_adv}, {"variance ratio": vr_ddpm})
+        return _claim_row(subspace_claims(section), "robust-smooths-clean")["verdict"]
+
+    assert verdict(0.8, 0.95) == "held"
+    assert verdict(1.1, 1.3) == "partly"  # below DDPM but not below the data's variance
+    assert verdict(0.9, 0.8) == "partly"
+    assert verdict(1.2, 1.1) == "did not hold"
+
+
+def test_a_robust_row_with_nonfinite_samples_never_wins():
+    from dmattack.demo.claims import steps_claims, subspace_claims, toy_claims
+
+    good = {"subspace error": 0.1, "subspace PSNR (dB)": 30.0, "FD (exact)": 1.0,
+            "variance ratio": 0.8}
+    bad = {"subspace error": 0.5, "subspace PSNR (dB)": 10.0, "FD (exact)": 5.0,
+           "variance ratio": 0.95}
+    section = _subspace_section(good, bad)
+    claims = subspace_claims(section)
+    assert _claim_row(claims, "robust-adv-beats-ddpm")["verdict"] == "held"
+    assert _claim_row(claims, "robust-smooths-clean")["verdict"] == "held"
+    for r in section["rows"]:
+        if r["method"] == "robust-adv":
+            r["num_nonfinite"] = 3  # metrics of the finite rows alone
+    claims = subspace_claims(section)
+    assert _claim_row(claims, "robust-adv-beats-ddpm")["verdict"] == "did not hold"
+    assert _claim_row(claims, "robust-smooths-clean")["verdict"] == "did not hold"
+
+    toy = {"rows": [{"dataset": "oblique-plane", "corruption": "outliers", "method": m,
+                     "plane distance": d, "FD (exact)": 1.0, "num_nonfinite": n}
+                    for m, d, n in (("ddpm", 0.5, 0), ("robust-adv", 0.1, 2))]}
+    assert _claim_row(toy_claims(toy), "toy-robust-beats-ddpm")["verdict"] == "did not hold"
+
+    steps = {"rows": [{"data": "clean", "method": m, "steps": s, "FD (exact)": fd,
+                       "num_nonfinite": n}
+                      for m, s, fd, n in (("ddpm", 10, 3.0, 0), ("ddpm", 50, 1.0, 0),
+                                          ("robust-adv", 10, 1.1, 4),
+                                          ("robust-adv", 50, 1.0, 0))]}
+    assert steps_claims(steps)[0]["verdict"] == "did not hold"
+    steps["rows"][2]["num_nonfinite"] = 0
+    assert steps_claims(steps)[0]["verdict"] == "held"

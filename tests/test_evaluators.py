@@ -16,6 +16,7 @@ import torch_fidelity.feature_extractor_inceptionv3 as tfi
 from sklearn.datasets import load_digits
 from threadpoolctl import threadpool_limits
 
+import evaluators.inception
 from evaluators import METRICS, MetricError, evaluate, exact, metric_labels
 from evaluators.digits_cnn import train
 from evaluators.digits_model import DEFAULT_WEIGHTS, accuracy, digits_split, load_digits_cnn
@@ -309,6 +310,7 @@ def test_inception_end_to_end_native_299(random_inception_weights, tmp_path):
 def test_missing_inception_weights_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)
+    monkeypatch.setattr(evaluators.inception, "fid_helper_weights", lambda: None)  # no extra
     x = torch.zeros(4, 3, 32, 32)
     with pytest.raises(MetricError) as err:
         evaluate(x, x, ["fid"], cache_dir=tmp_path)

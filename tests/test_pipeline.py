@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
+from dmattack.attack_eval import default_protocol
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.pipeline import export_pipeline, load_pipeline
-from dmattack.runs import LoadedModel
+from dmattack.runs import LoadedModel, load_run
 
 T = 50
 
@@ -103,3 +105,31 @@ def test_refusals(tmp_path):
                       "run-mlp")
     with pytest.raises(ValueError, match="vector"):
         export_pipeline(mlp, tmp_path / "mlp")
+
+
+def test_exported_weights_keep_their_protocol(tmp_path):
+    """The shipped digits weights get FID-256 on 25 respaced steps, before and after export."""
+    run = load_run(Path(__file__).parents[1] / "checkpoints" / "digits-ddpm")
+    export_pipeline(run, tmp_path / "pipe")
+    back = load_pipeline(tmp_path / "pipe")
+    assert back.preset == run.preset == "tiny"
+    assert (back.dataset, back.data_shape) == (run.dataset, run.data_shape)
+    assert default_protocol(back) == default_protocol(run)
+    assert default_protocol(back).label == "FID-256"
+    # a pipeline without dmattack.json (e.g. from the Hub) keeps the paper-sized protocol
+    (tmp_path / "pipe" / "dmattack.json").unlink()
+    assert default_protocol(load_pipeline(tmp_path / "pipe")).label == "FID-10k"
+
+
+@pytest.mark.parametrize("meta, match", [
+    ({"data_shape": [3, 8, 8]}, "data_shape"),
+    ({"model": {"preset": "huge"}}, "preset 'huge' is unknown"),
+    ({"model": {"preset": "tiny", "data_shape": [1, 16, 16]}}, "model data_shape"),
+    ([1, 2], "JSON object"),
+])
+def test_export_meta_must_match_the_unet(tmp_path, meta, match):
+    save_pipeline(tmp_path / "p")
+    (tmp_path / "p" / "dmattack.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=match) as err:
+        load_pipeline(tmp_path / "p")
+    assert "\n" not in str(err.value)

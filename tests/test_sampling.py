@@ -7,7 +7,14 @@ from dmattack.diffusion import GaussianDiffusion
 from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
-from dmattack.seeding import CHAIN_NOISE, generators, sample_seeds
+from dmattack.seeding import (
+    CHAIN_NOISE,
+    _block_draw_is_exact,
+    generators,
+    randn_per_sample,
+    randn_steps,
+    sample_seeds,
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +116,65 @@ def test_sampling_is_gradient_transparent(setup):
         sample(model, diffusion, (3,), sample_seeds(0, 2), SamplerConfig("respaced", 3),
                hook=hook)
     assert len(seen) == 3 and all(s > 0 for s in seen)
+
+
+# --- block-drawn chain noise ----------------------------------------------------------------
+
+def _sample_step_by_step(model, diffusion, shape, seeds, sampler):
+    """The sampling loop as it was: x_T, then one randn_per_sample call per step."""
+    sd = sampling_diffusion(diffusion, sampler)
+    gens = generators(seeds, CHAIN_NOISE)
+    x = randn_per_sample(shape, gens, "cpu")
+    for i in reversed(range(sd.num_timesteps)):
+        t = torch.full((len(seeds),), i, dtype=torch.long)
+        noise = randn_per_sample(shape, gens, "cpu")
+        if sampler.name == "ddim":
+            x = sd.ddim_step(model, x, t, noise, sampler.eta, sampler.clip_denoised)
+        else:
+            x = sd.p_sample(model, x, t, noise, sampler.clip_denoised)
+    return x
+
+
+@pytest.mark.parametrize("dim", [64, 3])  # 64: block draws; 3: per-step fallback
+@pytest.mark.parametrize("sampler", [SamplerConfig("respaced", 12), SamplerConfig("ddim", 7, 1.0)])
+def test_sampling_is_bit_identical_to_step_by_step_draws(dim, sampler):
+    torch.manual_seed(0)
+    model = build_model("mlp-small", (dim,)).eval()
+    diffusion = GaussianDiffusion.from_schedule("linear", 1000)
+    seeds = sample_seeds(7, 5)
+    with torch.no_grad():
+        new = sample(model, diffusion, (dim,), seeds, sampler)
+        old = _sample_step_by_step(model, diffusion, (dim,), seeds, sampler)
+    assert torch.equal(new, old)
+
+
+def test_block_draws_are_taken_for_sizes_that_are_multiples_of_16():
+    # the speed-up relies on this property of torch's CPU generator
+    assert _block_draw_is_exact(64, 11, torch.float32, "cpu")
+    assert _block_draw_is_exact(3 * 32 * 32, 26, torch.float32, "cpu")
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (5,), (16,)])
+@pytest.mark.parametrize("block_elements", [1, 100, 1 << 24])  # several blocks + a remainder
+def test_randn_steps_equals_successive_per_sample_draws(shape, block_elements):
+    seeds = sample_seeds(3, 3)
+    got = list(randn_steps(shape, generators(seeds, CHAIN_NOISE), 9, "cpu",
+                           block_elements=block_elements * 3 * 64))
+    gens = generators(seeds, CHAIN_NOISE)
+    want = [randn_per_sample(shape, gens, "cpu") for _ in range(9)]
+    assert len(got) == 9
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_block_drawn_samples_do_not_depend_on_batch():
+    torch.manual_seed(0)
+    model = build_model("mlp-small", (64,)).eval()
+    diffusion = GaussianDiffusion.from_schedule("linear", 1000)
+    seeds, cfg = sample_seeds(11, 6), SamplerConfig("respaced", 10)
+    with torch.no_grad():
+        whole = sample(model, diffusion, (64,), seeds, cfg)
+        parts = sample_batched(model, diffusion, (64,), seeds, 4, cfg)
+        alone = torch.cat([sample(model, diffusion, (64,), [s], cfg) for s in seeds])
+    # equal up to float32 round-off of differently sized matmuls over 10 steps
+    torch.testing.assert_close(whole, parts, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(whole, alone, rtol=1e-4, atol=1e-4)

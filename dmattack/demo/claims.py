@@ -41,6 +41,12 @@ def _diverged(row: Row) -> bool:
     return row.get("train_error") is not None or row.get("num_nonfinite", 0) > 0
 
 
+def _robust_better(robust: Row, other: Row, metric: str, lower: bool = True) -> bool:
+    """``robust``'s ``metric`` beats ``other``'s and ``robust`` produced only finite samples:
+    a metric computed on the finite rows alone must not let a broken model win."""
+    return not _diverged(robust) and _better(robust.get(metric), other.get(metric), lower)
+
+
 def subspace_claims(section: Row) -> list[Row]:
     """Section 1: Robust vs DDPM on corrupted data, adv vs rand, invariance, clean smoothing."""
     rows = {(r["data"], r["method"]): r for r in section["rows"]}
@@ -51,7 +57,7 @@ def subspace_claims(section: Row) -> list[Row]:
         ra, rb = rows.get((data, a)), rows.get((data, b))
         if ra is None or rb is None:
             return [], "not run"
-        flags = [_better(ra.get(m), rb.get(m), low) for m, low in metrics]
+        flags = [_robust_better(ra, rb, m, low) for m, low in metrics]
         text = "; ".join(f"{m}: {b} {_fmt(rb.get(m))} vs {a} {_fmt(ra.get(m))}"
                          for m, _ in metrics)
         return flags, text
@@ -85,12 +91,15 @@ def subspace_claims(section: Row) -> list[Row]:
     adv, ddpm = rows.get(("clean", "robust-adv")), rows.get(("clean", "ddpm"))
     if adv is not None and ddpm is not None:
         vr_a, vr_d = adv.get("variance ratio"), ddpm.get("variance ratio")
-        flags = [_better(vr_a, vr_d)] if vr_a is not None and vr_d is not None else []
+        # loses variance: below DDPM's ratio and below 1 (the clean data's own variance)
+        flags = ([_robust_better(adv, ddpm, "variance ratio"), not _diverged(adv) and vr_a < 1]
+                 if vr_a is not None and vr_d is not None else [])
         out.append(_claim(
             "robust-smooths-clean", "On clean data Robust_adv loses variance (smoother samples, "
             "the clean-data FID penalty)", "paper Table 1 (7.2 → 28.7), METHOD §11", flags,
-            f"variance ratio DDPM {_fmt(vr_d)} vs Robust_adv {_fmt(vr_a)}; FD DDPM "
-            f"{_fmt(ddpm.get('FD (exact)'))} vs Robust_adv {_fmt(adv.get('FD (exact)'))}"))
+            f"variance ratio DDPM {_fmt(vr_d)} vs Robust_adv {_fmt(vr_a)} (1 = the data's "
+            f"variance); FD DDPM {_fmt(ddpm.get('FD (exact)'))} vs Robust_adv "
+            f"{_fmt(adv.get('FD (exact)'))}"))
     return out
 
 
@@ -109,7 +118,7 @@ def toy_claims(section: Row) -> list[Row]:
             continue
         metric, lower = TOY_PRIMARY[d]
         if adv is not None:
-            adv_flags.append(_better(adv.get(metric), ddpm.get(metric), lower))
+            adv_flags.append(_robust_better(adv, ddpm, metric, lower))
             adv_ev.append(f"{d}/{c}: {metric} {_fmt(ddpm.get(metric))} → "
                           f"{_fmt(adv.get(metric))} (FD {_fmt(ddpm.get('FD (exact)'))} → "
                           f"{_fmt(adv.get('FD (exact)'))})")
@@ -129,13 +138,25 @@ def toy_claims(section: Row) -> list[Row]:
     ]
 
 
-def _degradation(row: Row) -> float | None:
-    """Mean increase of the metric over the attacked percents (vs the 0% point)."""
-    at = dict(zip(row["percents"], row["values"], strict=True))
-    if at.get(0) is None:
+def _degradations(a: Row, b: Row) -> tuple[float, float, list[int]] | None:
+    """Mean increase of the metric over the attacked percents (vs each row's 0% point) of two
+    curve rows, over the percents > 0 at which both have a value, and those percents; None when
+    they share none or one lacks its 0% point. Comparing over different percents (e.g. PGD at
+    50% only against random at 25–100%) would compare different attack strengths."""
+    at_a = dict(zip(a["percents"], a["values"], strict=True))
+    at_b = dict(zip(b["percents"], b["values"], strict=True))
+    if at_a.get(0) is None or at_b.get(0) is None:
         return None
-    incs = [v - at[0] for q, v in at.items() if q > 0 and v is not None]
-    return statistics.fmean(incs) if incs else None
+    shared = sorted(q for q in at_a.keys() & at_b.keys()
+                    if q > 0 and at_a[q] is not None and at_b[q] is not None)
+    if not shared:
+        return None
+    return (statistics.fmean(at_a[q] - at_a[0] for q in shared),
+            statistics.fmean(at_b[q] - at_b[0] for q in shared), shared)
+
+
+def _percents(shared: list[int]) -> str:
+    return ", ".join(f"{q}%" for q in shared)
 
 
 def attack_claims(section: Row) -> list[Row]:
@@ -151,27 +172,29 @@ def attack_claims(section: Row) -> list[Row]:
             for series in sorted({s for _, s in by}):
                 if series.startswith("random"):
                     continue
-                d_ddpm = _degradation(by[ddpm, series]) if (ddpm, series) in by else None
-                d_adv = _degradation(by[adv, series]) if (adv, series) in by else None
-                if d_ddpm is None or d_adv is None:
+                pair = (_degradations(by[ddpm, series], by[adv, series])
+                        if (ddpm, series) in by and (adv, series) in by else None)
+                if pair is None:
                     continue
+                d_ddpm, d_adv, shared = pair
                 slow_flags.append(d_adv < d_ddpm)
                 improves = improves or d_adv < 0
-                slow_ev.append(f"{kind}/{series}: {_fmt(d_ddpm, '+')} vs {_fmt(d_adv, '+')}")
+                slow_ev.append(f"{kind}/{series} at {_percents(shared)}: {_fmt(d_ddpm, '+')} vs "
+                               f"{_fmt(d_adv, '+')}")
                 rand = next((s for _, s in by if s.startswith("random")), None)
                 for model in (ddpm, adv):
-                    d_att = _degradation(by[model, series])
-                    d_rand = (_degradation(by[model, rand])
-                              if rand and (model, rand) in by else None)
-                    if d_att is None or d_rand is None:
+                    pair = (_degradations(by[model, series], by[model, rand])
+                            if rand and (model, rand) in by else None)
+                    if pair is None:
                         continue
+                    d_att, d_rand, shared = pair
                     scale = max(abs(d_att), abs(d_rand), 1e-12)
                     rand_flags.append(d_att - d_rand <= 0.25 * scale)
-                    rand_ev.append(f"{kind}/{series}/{model}: {_fmt(d_att, '+')} vs random "
-                                   f"{_fmt(d_rand, '+')}")
+                    rand_ev.append(f"{kind}/{series}/{model} at {_percents(shared)}: "
+                                   f"{_fmt(d_att, '+')} vs random {_fmt(d_rand, '+')}")
     slow = _claim("attack-robust-slower", "Under attack Robust_adv degrades more slowly than "
                   "DDPM", "paper Table 4 / Fig. 7", slow_flags, "mean metric increase over the "
-                  "attacked percents, DDPM vs Robust_adv: " + "; ".join(slow_ev))
+                  "attacked percents both ran, DDPM vs Robust_adv: " + "; ".join(slow_ev))
     if improves:
         slow["evidence"] += (" — where Robust_adv's increase is negative its samples improve "
                              "under attack: it starts with too little variance (ratio < 1) and "
@@ -181,7 +204,8 @@ def attack_claims(section: Row) -> list[Row]:
     note = ", ".join(f"{k} steps: median {w['median']:.3g}" for k, w in weights.items())
     like = _claim("attack-like-random", "FGSM / PGD with the paper's `mean` loss are no "
                   "stronger than the model-free random control (within 25%)", "METHOD §11",
-                  rand_flags, "mean increase, attack vs random: " + "; ".join(rand_ev)
+                  rand_flags, "mean increase over the attacked percents both ran, attack vs "
+                  "random: " + "; ".join(rand_ev)
                   + (f" — ε_θ enters the `mean` loss with weight β_t/√(1−ᾱ_t) ({note}); "
                      "METHOD §11 measured the full 1000-step chain, where it is negligible, "
                      "while these curves use short respaced chains" if note else ""))
@@ -205,7 +229,9 @@ def steps_claims(section: Row) -> list[Row]:
             continue
         inc = {m: a - b for m, (a, b) in d.items()}
         largest = max([largest, *(abs(inc[m]) / d[m][1] for m in d)])
-        flags.append(inc["robust-adv"] < inc["ddpm"])
+        broken = any(_diverged(r) for r in rows
+                     if (r["data"], r["method"]) == (data, "robust-adv") and r["steps"] in (lo, hi))
+        flags.append(not broken and inc["robust-adv"] < inc["ddpm"])
         ev.append(f"{data} data, FD change {hi} → {lo} steps: DDPM {inc['ddpm']:+.3g} "
                   f"({inc['ddpm'] / d['ddpm'][1]:+.1%}), Robust_adv {inc['robust-adv']:+.3g} "
                   f"({inc['robust-adv'] / d['robust-adv'][1]:+.1%})")
