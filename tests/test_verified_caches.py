@@ -3,12 +3,11 @@ temp files of a killed atomic write are removed when the folder is next locked."
 
 import glob
 import os
-import time
 
 import pytest
 import torch
 
-from dmattack.io import is_stale_temp_file
+from dmattack.io import PROCESS_START, is_stale_temp_file
 from dmattack.locking import lock_folder
 from evaluators import evaluate
 
@@ -64,7 +63,7 @@ def test_temp_files_of_a_killed_write_are_removed_on_next_lock(tmp_path):
              folder / "checkpoint" / ".meta.json.zz9yx8w7.json"]
     kept = [folder / ".gitignore", folder / ".env.production", folder / "config.json",
             folder / ".notes.abcdefgh.txt"]
-    old = time.time() - 60
+    old = PROCESS_START - 60  # written before this process started
     for p in stale + kept:
         p.write_text("x")
         os.utime(p, (old, old))
