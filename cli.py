@@ -237,12 +237,13 @@ def attack(**o: Any) -> None:
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) attack ... splits the samples.
     """
-    from dmattack.attack_eval import run_attack
+    from dmattack.attack_eval import check_run, run_attack
     from dmattack.evaluation import default_out_dir
 
     spec = from_options(AttackSpec, o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     ev = _evaluation(o, loaded)
+    check_run([loaded], [spec], ev.sampler)  # before anything is printed or sampled
     name = f"{spec.describe()}-{ev.sampler_label}-n{ev.num_samples}-seed{ev.config.seed}"
     out_dir = Path(o["out"] or default_out_dir(loaded, "attacks", name, RUNS_ROOT))
     console.print(f"[bold]attack[/] {spec.describe()} on {loaded.source}: {ev.num_samples} "
@@ -290,7 +291,7 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import curve_specs, run_curve
+    from dmattack.attack_eval import check_run, curve_specs, run_curve
     from dmattack.attacks import WINDOWS
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
@@ -301,16 +302,13 @@ def curve(**o: Any) -> None:
     windows = parse_list(o["windows"] or o["window"], "window", WINDOWS)
     settings = {k: v for k, v in option_values(o).items()  # each attack takes those it reads
                 if k in AttackSpec.__dataclass_fields__ and k not in ("method", "window")}
-    specs = curve_specs(methods, percents, windows, **settings)
+    specs = curve_specs(methods, percents, windows, refuse_unused=True, **settings)
     runs = [(r, None) for r in o["runs"] or ([] if o["pipelines"] else [newest_run(RUNS_ROOT)])]
     loaded = [_load_model(r, p, o["ema"], o["device"])
               for r, p in [*runs, *[(None, p) for p in o["pipelines"]]]]
     models, dev = [m for m, _ in loaded], loaded[0][1]
-    shapes = {m.data_shape for m in models}
-    if len(shapes) > 1:
-        raise ConfigError(f"models make samples of different shapes {sorted(shapes)}; a curve "
-                          "compares models on one dataset")
     ev = _evaluation(o, models[0])
+    check_run(models, specs, ev.sampler)  # before anything is printed or sampled
     out_dir = Path(o["out"] or curve_folder(models, specs, ev, o["ema"], RUNS_ROOT))
     console.print(f"[bold]curve[/] {len(models)} model(s) × {', '.join(methods)} × "
                   f"{', '.join(windows)} at {', '.join(f'{p:g}' for p in percents)}% attacked; "

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from .locking import lock_folder
 from .runs import LoadedModel
 from .sampling import SamplerConfig, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
+from .settings import option_name
 from .tensors import nonfinite_rows, report_nonfinite
 from .visualize import save_samples_png
 
@@ -275,6 +276,7 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
     seeds = sample_seeds(seed, num_samples, start=first_sample)
     sd = sampling_diffusion(loaded.diffusion, sampler)
     record = plan.record(loaded.model, sd)  # before sampling: a bad setting fails at once
+    check_run([loaded], [plan], sampler)
     clean, attacked, seconds = _sample_pair(loaded, plan, distributed.shard(seeds, batch_size),
                                             sampler, batch_size, device, True, progress)
     seconds = _slowest(seconds)
@@ -348,16 +350,42 @@ def _slowest(seconds: dict[str, float]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- curves
+def check_run(models: Sequence[LoadedModel], attacks: Sequence[Attack],
+              sampler: SamplerConfig) -> None:
+    """ConfigError for what a :func:`run_attack` / :func:`run_curve` of ``attacks`` on
+    ``models`` with ``sampler`` cannot do, found before any sampling: models whose samples
+    differ in shape, an attack that cannot run on a model's chain (e.g. a sampler a
+    whole-chain attack cannot differentiate, a look-ahead horizon beyond the chain). Both call
+    it; a command calls it once its sampler is resolved, to fail before it starts."""
+    shapes = {tuple(m.data_shape) for m in models}
+    if len(shapes) > 1:
+        raise ConfigError(f"models make samples of different shapes {sorted(shapes)}; a curve "
+                          "compares models on one dataset")
+    plans = [AttackPlan.of(a) for a in attacks]
+    for loaded in models:
+        sd = sampling_diffusion(loaded.diffusion, sampler)
+        for plan in plans:
+            plan.validate(sd, sampler, loaded.data_shape)
+
+
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
-                windows: Sequence[str] = ("spread",), **options: Any) -> list[AttackSpec]:
+                windows: Sequence[str] = ("spread",), refuse_unused: bool = False,
+                **options: Any) -> list[AttackSpec]:
     """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
-    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random)."""
-    specs = []
+    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random,
+    ``horizon`` to lookahead only). With ``refuse_unused`` (the CLI's ``curve``), an option off
+    its default that none of the methods reads raises ConfigError instead of being ignored."""
+    specs, read = [], set(COMMON_OPTIONS)
     for m in methods:
         reads = set(COMMON_OPTIONS) | set(AttackSpec(method=m).entry().options)
+        read |= reads
         own = {k: v for k, v in options.items() if k in reads}
         specs += [AttackSpec(method=m, percent=p, window=w, **own)
                   for w in windows for p in percents]
+    for f in fields(AttackSpec) if refuse_unused else ():
+        if f.name in options and f.name not in read and options[f.name] != f.default:
+            raise ConfigError(f"{f.name} ({option_name(f)}) = {options[f.name]!r} is not used "
+                              f"by any of the attacks {', '.join(methods)}", field=f.name)
     return specs
 
 
@@ -531,6 +559,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     names = _model_names(models)
     records: list[dict[str, Any]] = []
 
+    check_run(models, attack_plans, sampler)
     for loaded in models:
         slabel = _sampler_label(sampler, loaded.diffusion.num_timesteps)
         model_id = model_identity(loaded)

@@ -43,22 +43,26 @@ class Number(click.ParamType):
 
 
 class NumberOrName(click.ParamType):
-    """A setting that is a number or a named choice (e.g. ``--fgsm-step std|wong|0.5``)."""
+    """A setting that is a number or a named choice (e.g. ``--fgsm-step std|wong|0.5``,
+    ``--horizon 5|end`` with ``kind=int``); text that is not a ``kind`` number stays a name."""
 
-    name = "number|name"
+    def __init__(self, kind: type = float) -> None:
+        self.kind = kind
+        self.name = "integer|name" if kind is int else "number|name"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> float | str:
+                ) -> int | float | str:
         if not isinstance(value, str):
             return value
         try:
-            return parse_number(value)
+            return parse_number(value, self.kind)
         except (ValueError, ZeroDivisionError):
             return value
 
 
 _NUMBERS = {int: Number(int), float: Number(float)}
-NUMBER_OR_NAME = NumberOrName()
+NUMBER_OR_NAME = NumberOrName(float)
+INTEGER_OR_NAME = NumberOrName(int)
 
 
 def number_type(kind: type) -> Number:

@@ -97,6 +97,23 @@ def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MI
     return dataclasses.field(default=default, metadata=meta)
 
 
+def same_as(cls: type, name: str, help: str | None = None, prefix: str = "") -> Any:
+    """A field declared like field ``name`` of config dataclass ``cls``: the same default and
+    allowed values, and the same help unless ``help`` is given (``prefix`` goes before it,
+    e.g. which commands read it). One declaration then serves several configs (e.g. an
+    attack's config and the flat command-line spec)."""
+    f = cls.__dataclass_fields__[name]
+    s = setting_of(f)
+    if s is not None:
+        text = s.help if help is None else help
+        if prefix and help is None:  # "Checkpoint every …" reads "prefix: checkpoint every …"
+            text = text[:1].lower() + text[1:]
+        s = dataclasses.replace(s, help=prefix + text)
+    meta = {} if s is None else {META_KEY: s}
+    return dataclasses.field(default=f.default, default_factory=f.default_factory,
+                             metadata=meta)
+
+
 def is_number(v: Any) -> bool:
     """True for a finite int or float (bools excluded)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -323,12 +340,14 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
 def _click_type(ft: FieldType) -> Any:
     import click
 
-    from .option_types import NUMBER_OR_NAME, number_type
+    from .option_types import INTEGER_OR_NAME, NUMBER_OR_NAME, number_type
 
     if tuple in ft.kinds:
         return tuple(number_type(float) for _ in range(ft.tuple_len))
-    if str in ft.kinds and (float in ft.kinds or int in ft.kinds):
+    if str in ft.kinds and float in ft.kinds:
         return NUMBER_OR_NAME
+    if str in ft.kinds and int in ft.kinds:
+        return INTEGER_OR_NAME
     if int in ft.kinds:
         return number_type(int)
     if float in ft.kinds:

@@ -29,6 +29,18 @@ SEEDS = sample_seeds(3, 3)
 SAMPLERS = [SamplerConfig("ddpm"), SamplerConfig("respaced", 5), SamplerConfig("ddim", 5)]
 
 
+PLUGIN_SAMPLER = "heun"  # a sampler a plugin could register; the chain cannot differentiate it
+
+
+@pytest.fixture
+def plugin_sampler():
+    from dmattack.registry import SAMPLERS
+
+    SAMPLERS.register(PLUGIN_SAMPLER, "a plugin's sampler (test)")
+    yield PLUGIN_SAMPLER
+    SAMPLERS.unregister(PLUGIN_SAMPLER)
+
+
 @pytest.fixture(scope="module")
 def tiny():
     """A random tiny U-Net on an 8-step schedule (the ``ddpm`` sampler walks all 8)."""
@@ -206,16 +218,17 @@ def test_bad_settings_raise_config_error(make):
 
 
 @pytest.mark.parametrize("attack, sampler, shape, steps", [
-    (LookaheadPGD(horizon=6), SamplerConfig("respaced", 5), SHAPE, [0]),
-    (TrajectoryPGD(), SamplerConfig("euler", 5), SHAPE, [0]),
-    (TrajectoryPGD(distance=lambda a, b: a.sum()), SamplerConfig("respaced", 5), SHAPE, [0]),
+    (LookaheadPGD(horizon=6), ("respaced", 5), SHAPE, [0]),
+    (TrajectoryPGD(), (PLUGIN_SAMPLER, 5), SHAPE, [0]),
+    (TrajectoryPGD(distance=lambda a, b: a.sum()), ("respaced", 5), SHAPE, [0]),
     (TrajectoryPGD(distance="features", feature_extractor="digits-cnn"),
-     SamplerConfig("respaced", 5), (3, 8, 8), [0]),
-    (TrajectoryPGD(), SamplerConfig("respaced", 5), SHAPE, [0, 5]),
+     ("respaced", 5), (3, 8, 8), [0]),
+    (TrajectoryPGD(), ("respaced", 5), SHAPE, [0, 5]),
 ], ids=["horizon-longer-than-chain", "sampler", "user-distance-shape", "extractor-shape",
         "step-outside-chain"])
-def test_bad_runs_raise_config_error(tiny, attack, sampler, shape, steps):
+def test_bad_runs_raise_config_error(tiny, plugin_sampler, attack, sampler, shape, steps):
     model, diffusion = tiny
+    sampler = SamplerConfig(*sampler)
     if shape != SHAPE:
         model = build_model("tiny", shape).eval()
     with pytest.raises(ConfigError) as e:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -28,9 +28,16 @@ from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
 from ..sampling import SamplerConfig
 from ..seeding import rand_per_sample
-from .base import format_number
-from .differentiable import DifferentiableChain
-from .distances import Distance, check_distance, distance_name, make_distance
+from .base import AttackEntry, format_number
+from .differentiable import DifferentiableChain, check_differentiable
+from .distances import (
+    Distance,
+    check_distance,
+    check_feature_shape,
+    default_extractor,
+    distance_name,
+    make_distance,
+)
 
 KEEP = ("best", "last")
 
@@ -67,22 +74,40 @@ class AdaptiveChainAttack(ABC):
     # -------------------------------------------------------------------- interface
     @property
     def label(self) -> str:
-        """Series name without window or percent, e.g. ``trajectory-pgd20-pixel``; options off
-        their defaults are appended (``-alpha0.25``, ``-x2``, ``-last``)."""
+        """Series name without window or percent: :meth:`head`, then :meth:`suffix` and
+        ``-x<eps_scale>`` when off its default, e.g. ``trajectory-pgd20-pixel-last-x2``."""
+        eps = self.config.eps_scale
+        return "-".join([self.head(), *self.suffix(),
+                         *([f"x{format_number(eps)}"] if eps != 1 else [])])
+
+    def head(self) -> str:
+        """The label's leading part: name, ``pgdN``, :meth:`label_parts`, the distance (with
+        its feature extractor when one is named), e.g. ``lookahead-pgd20-eot4-h5-pixel``."""
         c = self.config
-        parts = [self.name, f"pgd{c.iterations}", *self.label_parts(),
-                 distance_name(self.distance)]
-        if c.alpha_scale != 1 / 8:
-            parts.append(f"alpha{format_number(c.alpha_scale)}")
-        if c.eps_scale != 1:
-            parts.append(f"x{format_number(c.eps_scale)}")
-        if c.keep != "best":
-            parts.append(c.keep)
-        return "-".join(parts)
+        dist = distance_name(self.distance)
+        if c.feature_extractor is not None:
+            dist += f"-{c.feature_extractor}"
+        return "-".join([self.name, f"pgd{c.iterations}", *self.label_parts(), dist])
+
+    def suffix(self) -> list[str]:
+        """Label parts of options off their defaults besides eps_scale: ``alpha<α>``,
+        ``last``."""
+        c = self.config
+        return [*([f"alpha{format_number(c.alpha_scale)}"] if c.alpha_scale != 1 / 8 else []),
+                *([c.keep] if c.keep != "best" else [])]
 
     def label_parts(self) -> list[str]:
         """Attack-specific label parts after ``pgdN`` (none here)."""
         return []
+
+    def validate(self, diffusion: GaussianDiffusion, sampler: SamplerConfig,
+                 shape: Sequence[int]) -> None:
+        """ConfigError for a run this attack cannot do, checked before any sampling: a sampler
+        it cannot differentiate, a feature extractor that does not fit samples of ``shape``.
+        ``diffusion`` is the model's or the sampled one (as in :meth:`attack`)."""
+        check_differentiable(sampler)
+        if isinstance(self.distance, str) and self.distance == "features":
+            check_feature_shape(self.config.feature_extractor or default_extractor(shape), shape)
 
     def settings(self) -> dict[str, Any]:
         """Every setting that determines the attacked samples, JSON-ready (a user distance is
@@ -147,3 +172,20 @@ class AdaptiveChainAttack(ABC):
         best_d[better] = d[better]
         for s, delta in deltas.items():
             best[s][better] = delta[better].detach()
+
+
+def adaptive_entry(attack: type[AdaptiveChainAttack], config: type) -> AttackEntry:
+    """The registry entry of an adaptive attack: it reads ``config``'s fields from the
+    :class:`~dmattack.attacks.schedule.AttackSpec` (declared there with ``same_as``) and builds
+    ``attack.from_config(config(...))``; its label is the attack's own."""
+    options = tuple(f.name for f in fields(config) if f.name != "eps_scale")
+
+    def make(spec: Any) -> AdaptiveChainAttack:
+        return attack.from_config(config(**{k: getattr(spec, k)
+                                            for k in ("eps_scale", *options)}))
+
+    def check(spec: Any) -> None:
+        make(spec)
+
+    return AttackEntry(make=make, head=lambda s: make(s).head(), options=options,
+                       suffix=lambda s: make(s).suffix(), check=check)

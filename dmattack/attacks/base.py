@@ -45,6 +45,10 @@ class WholeChainAttack(Protocol):
     ``run_attack`` / ``run_curve`` give it the same per-sample seeds, batches, torchrun shards and
     resumable records as the per-step attacks. One object serves every percent of a curve: the
     attacked steps are passed in.
+
+    Optional: ``validate(diffusion, sampler, shape)`` raising
+    :class:`~dmattack.errors.ConfigError` for a run the attack cannot do; ``run_attack`` and
+    ``run_curve`` call it before any sampling.
     """
 
     label: str

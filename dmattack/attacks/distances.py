@@ -115,14 +115,7 @@ class FeatureDistance:
     """‖φ(x0_adv) − φ(x0_clean)‖² per sample for the named extractor (see module docstring)."""
 
     def __init__(self, extractor: str, shape: Sequence[int], device: torch.device | str) -> None:
-        check_extractor(extractor)
-        shape = tuple(shape)
-        if extractor == "digits-cnn" and not _is_digits(shape):
-            raise ConfigError(f"feature extractor 'digits-cnn' needs 1-channel 8×8 or 16×16 "
-                              f"digits, got samples of shape {shape}", field="feature_extractor")
-        if extractor == "inception" and not (len(shape) == 3 and shape[0] in (1, 3)):
-            raise ConfigError(f"feature extractor 'inception' needs (C, H, W) images with C in "
-                              f"1, 3, got samples of shape {shape}", field="feature_extractor")
+        check_feature_shape(extractor, shape)
         self.extractor = extractor
         self.embed = _embedding(extractor, str(torch.device(device)))
 
@@ -146,6 +139,18 @@ def check_distance(distance: str | Distance, feature_extractor: str | None) -> N
             raise ConfigError(f"feature_extractor={feature_extractor!r} applies to distance "
                               f"'features' only, not {distance!r}", field="feature_extractor")
         check_extractor(feature_extractor)
+
+
+def check_feature_shape(extractor: str, shape: Sequence[int]) -> None:
+    """ConfigError unless ``extractor`` is known and embeds samples of per-sample ``shape``."""
+    check_extractor(extractor)
+    shape = tuple(shape)
+    if extractor == "digits-cnn" and not _is_digits(shape):
+        raise ConfigError(f"feature extractor 'digits-cnn' needs 1-channel 8×8 or 16×16 "
+                          f"digits, got samples of shape {shape}", field="feature_extractor")
+    if extractor == "inception" and not (len(shape) == 3 and shape[0] in (1, 3)):
+        raise ConfigError(f"feature extractor 'inception' needs (C, H, W) images with C in "
+                          f"1, 3, got samples of shape {shape}", field="feature_extractor")
 
 
 def check_extractor(name: str) -> None:

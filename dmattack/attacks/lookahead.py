@@ -32,12 +32,14 @@ import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..sampling import SamplerConfig, sample
+from ..registry import ATTACKS
+from ..sampling import SamplerConfig, sample, sampling_diffusion
 from ..seeding import ATTACK, generators, randn_per_sample
-from ..settings import check_settings, setting
-from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult
+from ..settings import check_settings, same_as, setting
+from .adaptive import AdaptiveChainAttack, AdaptiveResult, adaptive_entry
 from .differentiable import DifferentiableChain, attack_mode, require_grad_path
-from .distances import FEATURE_EXTRACTORS, Distance
+from .distances import Distance
+from .trajectory import TrajectoryConfig
 
 HORIZON_END = "end"
 
@@ -46,21 +48,20 @@ HORIZON_END = "end"
 class LookaheadConfig:
     """Settings of :class:`LookaheadPGD` (``distance`` may also be a callable from Python)."""
 
-    eps_scale: float = setting(1.0, "Budget multiplier: eps_s = eps_scale * sqrt(beta~_s).",
-                               low=0)
-    iterations: int = setting(20, "PGD iterations per attacked step.", low=1)
-    alpha_scale: float = setting(1 / 8, "PGD step in units of eps_s.", low=0, low_open=True)
+    eps_scale: float = same_as(TrajectoryConfig, "eps_scale")
+    iterations: int = same_as(TrajectoryConfig, "iterations",
+                              help="PGD iterations per attacked step.")
+    alpha_scale: float = same_as(TrajectoryConfig, "alpha_scale")
     eot: int = setting(4, "Draws of future noise averaged over (EOT).", low=1)
     horizon: int | str = setting(5, "Reverse steps looked ahead before predicting x0: an "
                                  "integer >= 0 or 'end'.", low=0, choices=(HORIZON_END,))
-    distance: str = setting("pixel", "What the attack maximises between the two "
-                            "continuations: pixel | features.")
-    feature_extractor: str | None = setting(None, "Embedding of distance 'features' (default: "
-                                            "digits-cnn for digits, else inception).",
-                                            choices=FEATURE_EXTRACTORS)
-    checkpoint: bool = setting(True, "Checkpoint every reverse step of the look-ahead.")
-    keep: str = setting("best", "Which PGD iterate is used, per sample: the best by the "
-                        "look-ahead objective or the last.", choices=KEEP)
+    distance: str = same_as(TrajectoryConfig, "distance", help="What the attack maximises "
+                            "between the two continuations.")
+    feature_extractor: str | None = same_as(TrajectoryConfig, "feature_extractor")
+    checkpoint: bool = same_as(TrajectoryConfig, "checkpoint",
+                               help="Checkpoint every reverse step of the look-ahead.")
+    keep: str = same_as(TrajectoryConfig, "keep", help="Which PGD iterate is used, per sample: "
+                        "the best by the look-ahead objective or the last.")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -97,15 +98,22 @@ class LookaheadPGD(AdaptiveChainAttack):
         h = self.config.horizon
         return num_steps - step if h == HORIZON_END else min(int(h), num_steps - step)
 
+    def validate(self, diffusion: GaussianDiffusion, sampler: SamplerConfig,
+                 shape: Sequence[int]) -> None:
+        """As :meth:`AdaptiveChainAttack.validate`, and a horizon longer than the chain."""
+        super().validate(diffusion, sampler, shape)
+        k = sampling_diffusion(diffusion, sampler).num_timesteps
+        h = self.config.horizon
+        if h != HORIZON_END and h > k:
+            raise ConfigError(f"horizon (--horizon) = {h} is larger than the chain's {k} steps; "
+                              f"allowed: 0..{k} or '{HORIZON_END}'", field="horizon")
+
     def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
                shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
                device: torch.device | str = "cpu") -> AdaptiveResult:
+        self.validate(diffusion, sampler, shape)
         c = self.config
         chain = DifferentiableChain(model, diffusion, sampler, c.checkpoint)
-        if c.horizon != HORIZON_END and int(c.horizon) > chain.num_steps:
-            raise ConfigError(f"horizon = {c.horizon} is larger than the chain's "
-                              f"{chain.num_steps} steps; allowed: 0..{chain.num_steps} or "
-                              f"'{HORIZON_END}'", field="horizon")
         shape, device = tuple(shape), torch.device(device)
         D = self.make_distance(shape, device)
         budgets = self.budgets(chain, steps, len(seeds), shape, device)
@@ -158,3 +166,6 @@ class LookaheadPGD(AdaptiveChainAttack):
             return delta
         self.keep_best({0: best}, best_d, {0: delta}, objective(delta))
         return best
+
+
+ATTACKS.register("lookahead", adaptive_entry(LookaheadPGD, LookaheadConfig))

@@ -143,6 +143,15 @@ class AttackPlan:
             return dict(self.attack.settings())
         return build_per_step(self.attack, model, diffusion, None).settings()
 
+    def validate(self, diffusion: GaussianDiffusion, sampler: SamplerConfig,
+                 shape: Sequence[int]) -> None:
+        """What can be checked before sampling: a whole-chain attack's own
+        ``validate(diffusion, sampler, shape)`` where it has one (e.g. a sampler it cannot
+        differentiate, a horizon beyond the chain); raises ConfigError."""
+        check = getattr(self.attack, "validate", None) if self.whole_chain else None
+        if check is not None:
+            check(diffusion, sampler, tuple(shape))
+
     def record(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
         """What results record about the attack: method, label, series, kind, percent, window
         and its settings (flat)."""

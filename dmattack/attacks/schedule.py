@@ -11,10 +11,12 @@ from torch import nn
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError
 from ..registry import ATTACKS, registry_choices
-from ..settings import check_settings, option_name, setting
+from ..settings import check_settings, option_name, same_as, setting
 from .base import AttackEntry, WholeChainAttack, build_per_step, format_number
 from .chain import RANDOM_DISTS, ChainAttack, GeneratorArg
+from .lookahead import LookaheadConfig
 from .losses import LOSSES
+from .trajectory import TrajectoryConfig
 
 WINDOWS = ("spread", "first", "last")
 
@@ -61,8 +63,9 @@ class AttackSpec:
                           "(high noise) or last (low noise).", choices=WINDOWS)
     loss: str = setting("mean", "Attack loss of fgsm/pgd: mean (‖Δμ_θ‖², the paper's), eps "
                         "(‖Δε_θ‖²) or x0 (‖Δx̂_0‖²).", choices=LOSSES)
-    pgd_steps: int = setting(20, "PGD iterations per attacked step.", low=1)
-    alpha_scale: float = setting(1 / 8, "PGD step size in units of ε_t.", low=0, low_open=True)
+    pgd_steps: int = setting(20, "pgd: PGD iterations per attacked step.", low=1)
+    alpha_scale: float = same_as(TrajectoryConfig, "alpha_scale", help="pgd, trajectory, "
+                                 "lookahead: PGD step size in units of ε_t.")
     project: str = setting("auto", "Projection onto the ℓ∞ ball: auto (fgsm: none, pgd: every "
                            "iteration), on, off (fgsm) or end (pgd, once at the end).",
                            choices=PROJECTS)
@@ -70,6 +73,19 @@ class AttackSpec:
                                choices=RANDOM_DISTS)
     eps_scale: float = setting(1.0, "Budget multiplier: ε_t = eps_scale·√β̃_t.", low=0,
                                high=100)
+    # the adaptive attacks' settings, declared once in their configs (docs/method.md §12)
+    iterations: int = same_as(TrajectoryConfig, "iterations", help="trajectory, lookahead: PGD "
+                              "iterations (trajectory: one chain forward and backward each; "
+                              "lookahead: per attacked step).")
+    distance: str = same_as(TrajectoryConfig, "distance", help="trajectory, lookahead: what the "
+                            "attack maximises between attacked and clean samples (lookahead: "
+                            "between the two continuations).")
+    feature_extractor: str | None = same_as(TrajectoryConfig, "feature_extractor",
+                                            prefix="trajectory, lookahead: ")
+    eot: int = same_as(LookaheadConfig, "eot", prefix="lookahead: ")
+    horizon: int | str = same_as(LookaheadConfig, "horizon", prefix="lookahead: ")
+    checkpoint: bool = same_as(TrajectoryConfig, "checkpoint", prefix="trajectory, lookahead: ")
+    keep: str = same_as(TrajectoryConfig, "keep", prefix="trajectory, lookahead: ")
 
     def __post_init__(self) -> None:
         if self.project is None or isinstance(self.project, bool):  # the former spelling
@@ -110,8 +126,9 @@ class AttackSpec:
         return "-".join(parts)
 
     def settings(self) -> dict[str, Any]:
-        """The options besides method, percent and window (what the attack is run with)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("method", "percent", "window")}
+        """What the attack is run with: eps_scale and the options its entry reads."""
+        reads = ("eps_scale", *self.entry().options)
+        return {k: v for k, v in asdict(self).items() if k in reads}
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "label": self.describe()}

@@ -31,12 +31,13 @@ from dataclasses import dataclass
 import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
+from ..registry import ATTACKS
 from ..sampling import SamplerConfig, sample
 from ..seeding import ATTACK, generators
 from ..settings import check_settings, setting
-from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult
+from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult, adaptive_entry
 from .differentiable import DifferentiableChain, attack_mode, draw_chain_noise, require_grad_path
-from .distances import FEATURE_EXTRACTORS, Distance
+from .distances import DISTANCES, FEATURE_EXTRACTORS, Distance
 
 
 @dataclass(frozen=True)
@@ -49,9 +50,9 @@ class TrajectoryConfig:
                               low=1)
     alpha_scale: float = setting(1 / 8, "PGD step in units of eps_s.", low=0, low_open=True)
     distance: str = setting("pixel", "What the attack maximises between the attacked and the "
-                            "clean sample: pixel | features.")
-    feature_extractor: str | None = setting(None, "Embedding of distance 'features' (default: "
-                                            "digits-cnn for digits, else inception).",
+                            "clean sample.", choices=DISTANCES)
+    feature_extractor: str | None = setting(None, "Embedding of distance 'features' [default: "
+                                            "digits-cnn for digits, else inception].",
                                             choices=FEATURE_EXTRACTORS)
     checkpoint: bool = setting(True, "Checkpoint every reverse step (memory: K states + one "
                                "step's activations).")
@@ -90,6 +91,7 @@ class TrajectoryPGD(AdaptiveChainAttack):
     def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
                shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
                device: torch.device | str = "cpu") -> AdaptiveResult:
+        self.validate(diffusion, sampler, shape)
         c = self.config
         chain = DifferentiableChain(model, diffusion, sampler, c.checkpoint)
         shape, device = tuple(shape), torch.device(device)
@@ -144,3 +146,6 @@ def _adder(deltas: dict[int, torch.Tensor]):
         return x + deltas[step] if step in deltas else x
 
     return hook
+
+
+ATTACKS.register("trajectory", adaptive_entry(TrajectoryPGD, TrajectoryConfig))
