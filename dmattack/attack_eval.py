@@ -48,6 +48,7 @@ from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
 from .settings import option_name
+from .tensors import nonfinite_rows, report_nonfinite
 from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
@@ -284,6 +285,8 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         shutil.rmtree(leftover, ignore_errors=True)
     if attacked is None:  # nothing attacked: the attacked run is the clean run, bit for bit
         attacked, seconds["attacked"] = clean.clone(), 0.0
+    nonfinite = {"clean": report_nonfinite(clean, "clean samples"),
+                 "attacked": report_nonfinite(attacked, f"attacked samples ({plan.label})")}
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
     damage = paired_damage(clean, attacked)
 
@@ -304,6 +307,7 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         "device": str(device),
         "world_size": distributed.world_size(),
         "model": _model_dict(loaded),
+        "num_nonfinite": nonfinite,
         "metrics": metrics,
         "damage": damage,
         "seconds": seconds,
@@ -419,18 +423,45 @@ def _append_point(path: Path, record: dict[str, Any]) -> None:
                           f"{e.strerror or e}; the points before it are kept") from None
 
 
-def _point_key(loaded: LoadedModel, label: str, sampler_label: str, num_samples: int,
-               seed: int, attack: dict[str, Any] | None = None) -> str:
-    """What identifies a point; includes the weights' fingerprint, so a point of a model
-    trained further since (or otherwise changed) is recomputed, never reused, and a hash of the
-    attack's full record (its settings at full precision and the attacked steps), so distinct
-    settings never share a point."""
-    ema = "ema" if loaded.ema else "raw"
-    weights = f"|weights={loaded.fingerprint[:16]}" if loaded.fingerprint else ""
-    digest = "" if attack is None else "|attack=" + hashlib.sha256(
-        json.dumps(attack, sort_keys=True).encode()).hexdigest()[:16]
-    return (f"{loaded.source}[{ema}]{weights}|{label}{digest}|{sampler_label}|n={num_samples}"
-            f"|seed={seed}")
+def model_identity(loaded: LoadedModel) -> str:
+    """The model's content fingerprint (:attr:`LoadedModel.fingerprint`: weight files' sha256
+    and config); for a model built in memory, a sha256 of its weights and diffusion now."""
+    if loaded.fingerprint:
+        return loaded.fingerprint
+    h = hashlib.sha256(json.dumps([loaded.diffusion.variance_type, list(loaded.data_shape)]
+                                  ).encode())
+    h.update(torch.as_tensor(loaded.diffusion.betas).double().numpy().tobytes())
+    for name, t in sorted(loaded.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def metric_identity(metric_fn: MetricFn, metric_key: Any = None) -> Any:
+    """What identifies ``metric_fn``'s numbers: ``metric_key`` if given, else the
+    ``identity`` that :func:`~dmattack.evaluation.make_metric_fn` attaches (metrics, reference
+    content, extractor weights), else the function's qualified name."""
+    if metric_key is not None:
+        return metric_key
+    return getattr(metric_fn, "identity", None) or {
+        "metric_fn": f"{getattr(metric_fn, '__module__', '')}."
+                     f"{getattr(metric_fn, '__qualname__', type(metric_fn).__name__)}"}
+
+
+def _point_key(loaded: LoadedModel, model_id: str, label: str, sampler: SamplerConfig,
+               num_samples: int, seed: int, scoring: Any,
+               attack: dict[str, Any] | None = None) -> str:
+    """What identifies a point: its label and a sha256 of everything that determines its
+    value: the model (folder, EMA, content fingerprint), the sampler's full settings, the
+    number of samples, the seed, the scoring (metrics, reference, extractor weights) and the
+    attack's full record (its settings at full precision and the attacked step indices). A
+    point whose key differs is recomputed, never reused."""
+    from .runs import digest
+
+    return label + "|" + digest({
+        "model": loaded.source, "ema": loaded.ema, "fingerprint": model_id,
+        "sampler": asdict(sampler), "num_samples": num_samples, "seed": seed,
+        "scoring": scoring, "attack": attack})
 
 
 def _read_store(store: Path) -> dict[str, dict[str, Any]]:
@@ -464,6 +495,7 @@ def run_curve(
     out_dir: str | os.PathLike,
     metric: str | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+    metric_key: Any = None,
 ) -> dict[str, Any]:
     """Metric versus % of steps attacked, per model and attack series (paper Figure 7).
 
@@ -472,9 +504,13 @@ def run_curve(
 
     The clean (0%) point is computed once per model; every other point samples attacked with
     the same seeds. Each finished point is appended (fsync) to ``out_dir/points.jsonl`` and
-    skipped on a re-run (key: model source, EMA and weights, attack label and a hash of its
-    settings and attacked steps, sampler, num_samples, seed), so a killed run resumes with
-    identical results (``metric_fn`` must be deterministic). Each point records the attack's
+    skipped on a re-run when its key matches: a sha256 of everything that determines its value
+    (the model's folder, EMA and content fingerprint, the attack's full settings and attacked
+    step indices, the sampler's settings, num_samples, seed, and the scoring:
+    ``metric_key``, default :func:`metric_identity` of ``metric_fn``), so a killed run resumes
+    with identical results (``metric_fn`` must be deterministic) and a changed model, setting,
+    metric or reference is recomputed, never reused. Each point records the settings it was
+    computed with. Each point records the attack's
     settings, which steps were attacked, and the paired per-sample ``damage`` against the
     clean samples of the same seeds (:func:`paired_damage`; the clean samples are kept in
     ``out_dir/clean/`` for a resumed run). Then writes ``curve.csv`` and ``curve.json`` (rows =
@@ -494,7 +530,7 @@ def run_curve(
     out = Path(out_dir)
     plans = [AttackPlan.of(a) for a in attacks]
     args = (models, plans, num_samples, seed, sampler, batch_size, metric_fn, device, out,
-            metric, progress)
+            metric, progress, metric_identity(metric_fn, metric_key))
     if not distributed.is_main():
         return _run_curve_locked(*args)
     check_writable(out, 32 * MiB)
@@ -506,8 +542,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                       num_samples: int, seed: int, sampler: SamplerConfig, batch_size: int,
                       metric_fn: MetricFn, device: torch.device | str, out: Path,
                       metric: str | None,
-                      progress: Callable[[int, int, dict[str, Any]], None] | None
-                      ) -> dict[str, Any]:
+                      progress: Callable[[int, int, dict[str, Any]], None] | None,
+                      scoring: Any) -> dict[str, Any]:
     main = distributed.is_main()
     store = out / POINTS
     done = distributed.broadcast_object(_read_store(store) if main else None)
@@ -523,6 +559,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     for loaded in models:
         sampler = sampler.for_shape(loaded.data_shape)  # one setting for clean and attacked
         slabel = sampler.describe(loaded.diffusion.num_timesteps)
+        model_id = model_identity(loaded)
         sd = sampling_diffusion(loaded.diffusion, sampler)
         # every attack's record before any sampling: a bad setting fails at once
         attack_records = [plan.record(loaded.model, sd) for plan in attack_plans]
@@ -532,7 +569,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                 raise ConfigError(f"two attacks share the label {rec['label']!r} but differ in "
                                   "their settings; give them distinct names "
                                   "(AttackPlan(..., name=...))", field="name")
-        clean_key = _point_key(loaded, "clean", slabel, num_samples, seed)
+        clean_key = _point_key(loaded, model_id, "clean", sampler, num_samples, seed, scoring)
         clean_file = out / CLEAN / f"{hashlib.sha256(clean_key.encode()).hexdigest()[:16]}" \
             ".safetensors"
         clean_metrics: dict[str, float] = {}
@@ -541,7 +578,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
         for plan, attack in [(None, None), *zip(attack_plans, attack_records, strict=True)]:
             label = "clean" if plan is None else plan.label
             steps = _steps_record(plan, sd.num_timesteps)
-            key = _point_key(loaded, label, slabel, num_samples, seed,
+            key = _point_key(loaded, model_id, label, sampler, num_samples, seed, scoring,
                              None if attack is None else {**attack, **steps})
             shard_dir = out / SHARDS / hashlib.sha256(key.encode()).hexdigest()[:16]
             if key in done:
@@ -557,6 +594,9 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     samples = distributed.gather_rows(samples)
                 metrics: dict[str, Any] = {}
                 damage: dict[str, Any] | None = None
+                nonfinite = None
+                if main and samples is not None:
+                    nonfinite = report_nonfinite(samples, f"samples of point {label}")
                 if main and plan is None:
                     metrics = metric_fn(samples)
                     clean_samples = samples
@@ -570,6 +610,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                                                        batch_size, device)
                     clean = clean_samples
                     attacked = clean if samples is None else samples  # None: the clean run
+                    if samples is None:
+                        nonfinite = nonfinite_rows(clean)
                     metrics = dict(clean_metrics) if samples is None else metric_fn(samples)
                     damage = paired_damage(clean, attacked)
                 record = {
@@ -580,8 +622,10 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     "control": plan is not None and plan.control,
                     "percent": 0.0 if plan is None else float(plan.percent),
                     "attack": attack, **steps,
-                    "sampler": slabel, "num_samples": num_samples, "seed": seed,
-                    "metrics": metrics, "damage": damage, "seconds": seconds,
+                    "sampler": slabel, "sampler_settings": asdict(sampler),
+                    "num_samples": num_samples, "seed": seed, "model_fingerprint": model_id,
+                    "scoring": scoring, "num_nonfinite": nonfinite, "metrics": metrics,
+                    "damage": damage, "seconds": seconds,
                 }
                 if main:
                     _append_point(store, record)
@@ -768,7 +812,7 @@ def _curve_png(curve: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("% of reverse steps attacked (attacked / total steps)")
     ax.set_ylabel(curve["metric"] or "metric")
     ax.grid(alpha=0.3)
-    if curve["rows"]:
+    if ax.get_legend_handles_labels()[0]:  # none when every value is None (all non-finite)
         ax.legend(fontsize=7)
     fig.tight_layout()
     write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))

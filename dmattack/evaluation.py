@@ -6,6 +6,7 @@ metrics → label) that ``dmattack evaluate``, ``attack`` and ``curve`` share.""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,17 @@ class Reference:
     truth: Any
     name: str
     description: dict[str, Any]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the reference's content (the float32 bytes and shape of ``data``, so
+        every file under ``--data-dir`` that is read counts, byte for byte) and its
+        description (dataset, parameters, seed: what the known ``truth`` derives from)."""
+        h = hashlib.sha256(json.dumps([self.name, self.description, list(self.data.shape)],
+                                      sort_keys=True, default=str).encode())
+        for block in self.data.reshape(len(self.data), -1).split(4096):
+            h.update(block.float().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
 
 def clean_dataset(loaded: LoadedModel, data_dir: str | os.PathLike | None = None
@@ -89,16 +101,30 @@ def default_metrics(shape: Sequence[int], truth: Any) -> tuple[str, ...]:
 def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
                    protocol: dict[str, Any] | None = None, **evaluate_kwargs: Any) -> MetricFn:
     """``metric_fn(samples) -> {label: value, ..., "protocol": {...}}`` for these metrics
-    (checked against the reference's shape and truth now, before any sampling)."""
-    from evaluators import check_metrics, evaluate
+    (checked against the reference's shape and truth now, before any sampling, and every
+    weights file they need located: a missing one fails here, not after sampling).
 
-    check_metrics(tuple(metrics), tuple(reference.data.shape[1:]), reference.truth)
+    ``metric_fn.identity`` says what its numbers depend on (metrics, extractor weights'
+    sha256, the reference's content fingerprint, torch-fidelity's version); curve stores key
+    their points by it (:func:`~dmattack.attack_eval.run_curve`)."""
+    from evaluators import check_metrics, evaluate, scoring_identity
+
+    shape = tuple(reference.data.shape[1:])
+    check_metrics(tuple(metrics), shape, reference.truth)
+    identity = {**scoring_identity(tuple(metrics), shape, **{
+        k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS}),
+        "reference": reference.name, "reference_sha256": reference.fingerprint}
 
     def metric_fn(samples: torch.Tensor) -> dict[str, Any]:
         return evaluate(samples, reference.data, tuple(metrics), truth=reference.truth,
                         reference_name=reference.name, protocol=protocol, **evaluate_kwargs)
 
+    metric_fn.identity = identity  # type: ignore[attr-defined]
     return metric_fn
+
+
+SCORING_KWARGS = ("feature_extractor", "inception_weights", "memorization_space", "dinov2_dir")
+"""Keyword arguments of :func:`evaluators.evaluate` that choose what scores the samples."""
 
 
 DEFAULT_STRIDED_STEPS = 100  # a strided sampler's length when neither user nor preset sets one

@@ -8,10 +8,12 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
@@ -23,6 +25,9 @@ from .oserrors import WRITE_ERRORS, describe, error_number, output_error
 TRACKED_PACKAGES = ("torch", "torchvision", "diffusers", "torch-fidelity", "torchattacks",
                     "numpy", "scikit-learn", "safetensors")
 MiB = 1 << 20
+PROCESS_START = time.time()
+# what a killed atomic_path / check_writable leaves: ".<name>.<mkstemp's 8 chars><suffix>"
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]*)?$")
 
 
 
@@ -59,6 +64,34 @@ def check_writable(folder: str | os.PathLike, min_free_bytes: int = 0) -> Path:
         raise OutputError(errno.ENOSPC, f"output folder {folder} has {free / MiB:.0f} MiB free; "
                           f"this needs at least {min_free_bytes / MiB:.0f} MiB")
     return folder
+
+
+def is_stale_temp_file(path: Path) -> bool:
+    """Whether ``path`` is a temp file of a killed :func:`atomic_path` (``.<name>.XXXXXXXX``
+    with ``<name>``'s suffix) or :func:`check_writable` probe (``.write-test.XXXXXXXX``),
+    older than this process."""
+    m = _TEMP_NAME.match(path.name)
+    if m is None or not (m["name"] == "write-test" and not m["suffix"]
+                         or (m["suffix"] or "") == Path(m["name"]).suffix):
+        return False
+    with contextlib.suppress(OSError):
+        return path.is_file() and path.stat().st_mtime < PROCESS_START
+    return False
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temp files a killed atomic write left in ``folder`` and its subfolders one
+    level down (call while holding the folder's lock, so no live writer owns them); returns
+    what was removed."""
+    folder = Path(folder)
+    removed = []
+    for sub in (folder, *(p for p in folder.iterdir() if p.is_dir())):
+        for path in sub.glob(".*"):
+            if is_stale_temp_file(path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockError
+from .io import remove_stale_temp_files
 
 try:
     import fcntl
@@ -97,6 +98,8 @@ class FolderLock:
                 os.close(fd)
                 raise
             self._fd = fd
+            with contextlib.suppress(OSError):  # only tidying: never a reason to fail
+                remove_stale_temp_files(self.folder)
             return self
         raise LockError(f"could not lock {self.what} {self.folder}: {self.path} keeps changing")
 

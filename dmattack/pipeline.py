@@ -23,7 +23,7 @@ from .errors import ConfigError, InputFileError, first_line
 from .io import provenance, write_json
 from .models import PRESETS, UNetEps
 from .oserrors import os_errors
-from .runs import LoadedModel
+from .runs import LoadedModel, digest, sha256_file
 from .sampling import clip_default
 
 EXPORT_META = "dmattack.json"
@@ -90,9 +90,16 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
         if not need.exists():
             raise InputFileError(f"{root} is not a diffusers DDPM pipeline folder: {need} is "
                                  "missing")
+    if not any((root / "unet").glob("*.safetensors")):
+        pickled = sorted(p.name for p in (root / "unet").glob("*.bin"))
+        raise InputFileError(f"{root / 'unet'} has no .safetensors weights"
+                             + (f" (only pickled {', '.join(pickled)}, which is never loaded: "
+                                "it could execute code); convert it to safetensors"
+                                if pickled else ""))
     try:
         scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
-        unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False)
+        unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False,
+                                           use_safetensors=True)
     except (OSError, RuntimeError, ValueError, TypeError) as e:
         raise InputFileError(f"{root}: cannot load the pipeline: {first_line(e)}") from None
     sched_cfg = dict(scheduler.config)
@@ -117,6 +124,7 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
         dataset=meta.get("dataset"),
         ema=meta.get("ema", False),
         config=config,
+        fingerprint=pipeline_fingerprint(root, sched_cfg),
     )
 
 
@@ -145,6 +153,17 @@ def _read_export_meta(path: Path, data_shape: tuple[int, ...]) -> dict[str, Any]
             raise ValueError(f"{path}: model data_shape {model['data_shape']} does not match "
                              f"the U-Net's {list(data_shape)}")
     return meta
+
+
+def pipeline_fingerprint(root: Path, scheduler_config: dict[str, Any]) -> str:
+    """sha256 over the sha256 of every file in ``unet/`` (weights and config) and the
+    scheduler's effective config (diffusers' bookkeeping keys ``_*`` left out): it changes
+    whenever anything that determines the samples does."""
+    unet = root / "unet"
+    files = {p.relative_to(unet).as_posix(): sha256_file(p)
+             for p in sorted(unet.rglob("*")) if p.is_file()}
+    scheduler = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
+    return digest({"unet": files, "scheduler": scheduler})
 
 
 def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:

@@ -80,8 +80,9 @@ class LoadedModel:
     dataset: str | None = None
     ema: bool = True
     config: dict[str, Any] = field(default_factory=dict)
-    # sha256 of the checkpoint's meta.json (which lists the sha256 of each weight file): changes
-    # whenever the weights do (None for models not loaded from a run checkpoint)
+    # sha256 over what determines the model's samples: the sha256 of every weight file in use
+    # and the model / diffusion (or scheduler) config (:func:`model_fingerprint`,
+    # :func:`~dmattack.pipeline.pipeline_fingerprint`); None for a model built in memory
     fingerprint: str | None = None
 
     @property
@@ -178,6 +179,8 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- loading
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
+    if Path(run_dir).is_file():
+        raise RunError(f"run folder {run_dir} is a file, not a folder; pass the run's folder")
     if not Path(run_dir).is_dir():
         raise RunError(f"run folder {run_dir} does not exist")
     if not path.is_file():
@@ -356,6 +359,24 @@ def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path,
     return meta
 
 
+def digest(payload: Any) -> str:
+    """sha256 of a JSON-able value (keys sorted, floats at full precision)."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def model_fingerprint(cfg: dict[str, Any], ckpt: Path, meta: dict[str, Any], weights: str
+                      ) -> str:
+    """sha256 over the sha256 of each file of the ``weights`` (``model`` or ``ema``) in
+    checkpoint ``ckpt`` (taken from meta.json's list, which loading checked; hashed from disk
+    for a checkpoint without that list) and config.json's ``model`` and ``diffusion`` sections:
+    it changes whenever anything that determines the samples does."""
+    listed = meta.get("files") or {rel.relative_to(ckpt).as_posix(): sha256_file(rel)
+                                   for rel in _files(ckpt)}
+    files = {rel: d for rel, d in listed.items()
+             if rel == f"{weights}.safetensors" or rel.startswith(f"{weights}/")}
+    return digest({"weights": files, "model": cfg["model"], "diffusion": cfg["diffusion"]})
+
+
 def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
              device: torch.device | str = "cpu") -> LoadedModel:
     """Load a trained run for sampling (EMA weights by default), in eval mode."""
@@ -368,7 +389,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     def load(ckpt: Path, meta: dict[str, Any]) -> None:
         _load_weights(model, ckpt, "ema" if use_ema else "model")
 
-    ckpt, _, _ = open_checkpoint(run_dir, load)
+    ckpt, meta, _ = open_checkpoint(run_dir, load)
     model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -378,7 +399,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
         dataset=cfg["data"].get("name"),
         ema=use_ema,
         config=cfg,
-        fingerprint=sha256_file(ckpt / META),
+        fingerprint=model_fingerprint(cfg, ckpt, meta, "ema" if use_ema else "model"),
     )
 
 

@@ -59,6 +59,9 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.eta != 0 and self.name != "ddim":  # a setting the sampler would ignore
+            raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by sampler {self.name}; "
+                              "allowed: a nonzero --eta only with --sampler ddim", field="eta")
 
     def validate(self, num_timesteps: int) -> None:
         """Check the sampler fits a diffusion of ``num_timesteps`` steps."""

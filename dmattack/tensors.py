@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,3 +27,19 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+def nonfinite_rows(x: torch.Tensor) -> int:
+    """How many samples (rows of ``x`` (N, …)) hold a NaN or ±inf."""
+    return int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum()) if len(x) else 0
+
+
+def report_nonfinite(x: torch.Tensor, what: str) -> int:
+    """:func:`nonfinite_rows` of ``x``, with one warning line (logger ``dmattack``) when any:
+    a diverged model or attack must be loud, never a silent NaN in a result."""
+    n = nonfinite_rows(x)
+    if n:
+        logging.getLogger("dmattack").warning(
+            "%d of %d %s are non-finite (NaN or inf); they are recorded as num_nonfinite and "
+            "left out of the metrics", n, len(x), what)
+    return n

@@ -258,7 +258,7 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
     if _has_checkpoints(run_dir):
         checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
-    cfg = TrainConfig.from_dict({**saved, "steps": steps or saved["steps"]})
+    cfg = TrainConfig.from_dict({**saved, "steps": saved["steps"] if steps is None else steps})
     changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
 
@@ -430,6 +430,13 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                           f"{distributed.world_size()} processes × {cfg.grad_accum} "
                           "micro-batches", field="grad_accum")
     run_cfg = _run_config(cfg, data)
+    # the guards of `dmattack train`, here under the folder's lock so that train() called from
+    # Python refuses exactly what the command line refuses
+    exists = main and not resume and (run_dir / CONFIG).exists()
+    if distributed.broadcast_object(exists if main else None):
+        raise ConfigError(f"run folder {run_dir} already holds a run; resume it "
+                          "(train(resume_config(run_dir), run_dir, resume=True), --resume) or "
+                          "choose another folder", field="out")
     if main:
         remove_partial_checkpoints(run_dir)
 
@@ -471,6 +478,10 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
 
         ckpt, _, (optimizer, state) = open_checkpoint(run_dir, load)
         start, skipped = int(state["step"]), int(state.get("skipped_steps", 0))
+        if cfg.steps < start:  # before config.json is rewritten: the run stays as it was
+            raise ConfigError(f"steps = {cfg.steps} is fewer than the {start} steps run "
+                              f"{run_dir} has trained; allowed on resume: --steps >= {start}",
+                              field="steps")
         distributed.barrier()  # every rank has read the checkpoint before rank 0 moves any
         if main and ckpt.name != CHECKPOINT and (run_dir / CHECKPOINT).exists():
             _quarantine(run_dir / CHECKPOINT)

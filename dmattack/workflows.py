@@ -14,10 +14,11 @@ import torch
 from . import distributed
 from .errors import ConfigError, InputFileError, first_line
 from .evaluation import EvaluationSetup, memorization_train_set
-from .io import provenance, write_atomic, write_json
+from .io import check_writable, provenance, write_atomic, write_json
 from .runs import LoadedModel
 from .sampling import SamplerConfig, sample_batched, sample_sharded
 from .seeding import sample_seeds
+from .tensors import report_nonfinite
 
 Progress = Callable[[int], None]
 
@@ -52,7 +53,7 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
         "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
         "sampler": sampler.__dict__, "sampler_label": label, "source": loaded.source,
         "ema": loaded.ema,
-        "num_nonfinite": int((~torch.isfinite(x.flatten(1))).any(1).sum()),
+        "num_nonfinite": report_nonfinite(x, "samples"),
         "world_size": distributed.world_size(),
         **provenance(),
     })
@@ -95,20 +96,34 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     """Score ``samples`` (N, *shape) of ``loaded`` (default: draw ``setup.num_samples`` with
     ``setup.sampler`` from seed ``setup.config.seed``) and write ``results.json`` (metrics,
     protocol, provenance) into ``out_dir``; returns the metrics. ``evaluate_kwargs`` go to
-    :func:`evaluators.evaluate` (feature_extractor, memorization_space, dinov2_dir)."""
-    from evaluators import evaluate
+    :func:`evaluators.evaluate` (feature_extractor, memorization_space, dinov2_dir).
+
+    Before sampling, everything scoring needs is checked: the weights of every feature
+    extractor (a one-line :class:`~evaluators.errors.MetricError` when missing) and that
+    ``out_dir`` is writable. Drawn samples are written to ``out_dir/samples.safetensors``
+    (with ``samples.json``) before scoring, so a scoring failure keeps them: score them later
+    with ``dmattack evaluate --samples out_dir/samples.safetensors``."""
+    from evaluators import evaluate, scoring_identity
+
+    from .evaluation import SCORING_KWARGS
 
     cfg = setup.config
+    out = Path(out_dir)
+    scoring_identity(setup.metrics, tuple(loaded.data_shape),
+                     inception_weights=cfg.inception_weights,
+                     **{k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS})
+    check_writable(out)
     if samples is None:
         source = {"sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
                   "seed": cfg.seed, "first_sample": cfg.first_sample,
-                  "batch_size": setup.batch_size}
+                  "batch_size": setup.batch_size, "file": "samples.safetensors"}
         with torch.no_grad():
             samples = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
                                      sample_seeds(cfg.seed, setup.num_samples,
                                                   start=cfg.first_sample),
                                      setup.batch_size, setup.sampler,
                                      device=device, progress=progress)
+        _keep_samples(loaded, setup, samples, out)
     elif samples_from is None:
         raise ConfigError("evaluate_model: say where given samples come from (samples_from)")
     else:
@@ -121,6 +136,22 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
         protocol={"evaluation": setup.label, "source": loaded.source, "ema": loaded.ema,
                   "samples_from": source},
         train_set=train_set, out_dir=out_dir, **evaluate_kwargs)
-    write_json(Path(out_dir) / "results.json", {"kind": "evaluate", "metrics": result,
-                                                "provenance": provenance()})
+    write_json(out / "results.json", {"kind": "evaluate", "metrics": result,
+                                      "provenance": provenance()})
     return result
+
+
+def _keep_samples(loaded: LoadedModel, setup: EvaluationSetup, x: torch.Tensor,
+                  out: Path) -> None:
+    """``samples.safetensors`` + ``samples.json`` of an evaluation, written before scoring."""
+    from safetensors.torch import save_file
+
+    cfg = setup.config
+    write_atomic(out / "samples.safetensors",
+                 lambda p: save_file({"samples": x.float().contiguous()}, str(p)))
+    write_json(out / "samples.json", {
+        "what": "model-space samples (N, *shape), images in [-1, 1]",
+        "num_samples": len(x), "seed": cfg.seed, "first_sample": cfg.first_sample,
+        "sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
+        "source": loaded.source, "ema": loaded.ema, "fingerprint": loaded.fingerprint,
+        "num_nonfinite": report_nonfinite(x, "samples"), **provenance()})

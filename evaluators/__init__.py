@@ -24,7 +24,8 @@ from .errors import ConfigError, MetricError
 from .fidelity import IMAGE_METRICS, LABELS, PROVENANCE_KEYS, image_metrics, label_suffix
 from .memorization import THRESHOLDS, memorization
 
-__all__ = ["METRICS", "Metric", "MetricError", "check_metrics", "evaluate", "metric_labels"]
+__all__ = ["METRICS", "Metric", "MetricError", "check_metrics", "evaluate", "metric_labels",
+           "scoring_identity"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,43 @@ def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
         if missing:
             raise ConfigError(f"{m} needs a known distribution (truth with attribute(s) "
                               f"{', '.join(missing)}); this data has none", field="metrics")
+
+
+def scoring_identity(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...], *,
+                     feature_extractor: str = "auto",
+                     inception_weights: str | os.PathLike | None = None,
+                     memorization_space: str = "auto",
+                     dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What :func:`evaluate` will score samples of per-sample ``shape`` with, resolved before
+    any sampling: the metrics, the feature extractor of fid/is/kid and the sha256 of its
+    weights, the memorisation space (and its weights' sha256), the torch-fidelity version.
+    Raises :class:`MetricError` (one line) when weights a metric needs are missing, so a
+    command fails before its expensive part. Stores key their points by this (plus the
+    reference), so a point is never reused under other scoring."""
+    from .extractors import resolve_weights, weights_sha256
+
+    metrics = tuple(metrics)
+    out: dict[str, Any] = {"metrics": list(metrics),
+                           "torch_fidelity_version": torch_fidelity.__version__}
+    if any(m in IMAGE_METRICS for m in metrics):
+        extractor = _resolve(feature_extractor, ("digits-cnn", "inception"),
+                             "digits-cnn" if _is_digits(shape) else "inception")
+        path = resolve_weights(extractor, inception_weights if extractor == "inception"
+                               else None)
+        out.update(feature_extractor=extractor, feature_extractor_weights_sha256=(
+            weights_sha256(path)))
+    if "memorization" in metrics:
+        space = _resolve(memorization_space, ("pixels", "digits-cnn", "inception", "dinov2"),
+                         "digits-cnn" if _is_digits(shape)
+                         else "inception" if _is_image(shape) else "pixels")
+        out["memorization_space"] = space
+        if space in ("digits-cnn", "inception"):
+            path = resolve_weights(space, inception_weights if space == "inception" else None)
+            out["memorization_weights_sha256"] = weights_sha256(path)
+        elif space == "dinov2":
+            out["memorization_weights"] = None if dinov2_dir is None else str(
+                Path(dinov2_dir).resolve())
+    return out
 
 
 def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_set: Any,

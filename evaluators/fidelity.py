@@ -4,11 +4,18 @@ Reference features and FID statistics are cached by torch-fidelity under
 ``<cache_dir>/torch-fidelity`` with an entry name derived from a hash of everything that changes
 them (reference pixels and shape, reference description, extractor, weights hash,
 torch-fidelity version), so a new reference or extractor gets a new entry.
+
+Every cache file is verified before torch-fidelity reads it: after a computation the sha256 of
+each of the entry's files is written (atomically) to ``<entry>.sha256.json``; on the next use a
+file whose sha256 differs from it, or that it does not list (a write cut by a kill, a file from
+elsewhere), gets one warning line and is deleted, so torch-fidelity recomputes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 from pathlib import Path
@@ -17,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
+
+from dmattack.io import write_json
 
 from .errors import MetricError
 from .extractors import BATCH_SIZE, fidelity_name, resolve_weights, weights_name, weights_sha256
@@ -114,6 +123,7 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
                              f"{tuple(reference_u8.shape[1:])} image shapes differ")
         key = reference_key(reference_u8, reference_name, fe_name, weights_hash)
         root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        drop_unverified_cache_files(root / "torch-fidelity", key)
         drop_unsafe_cache_files(root / "torch-fidelity", key)
         kwargs.update(input2=UInt8Images(reference_u8), input2_cache_name=key, cache=True,
                       cache_root=str(root / "torch-fidelity"))
@@ -123,7 +133,49 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
         kwargs["kid_subset_size"] = min(KID_SUBSET_SIZE, n, len(reference_u8))
         provenance["kid_subset_size"] = kwargs["kid_subset_size"]
     raw = torch_fidelity.calculate_metrics(**kwargs)
+    if binary:
+        record_cache_files(root / "torch-fidelity", key)
     return _label(raw, extractor), provenance
+
+
+def _manifest(cache_root: Path, key: str) -> Path:
+    return Path(cache_root) / f"{key}.sha256.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
+    """Delete (one warning line each) every cache file of entry ``key`` whose sha256 differs
+    from the one :func:`record_cache_files` wrote, or that it does not list: torch-fidelity
+    then recomputes it instead of trusting changed content."""
+    try:
+        listed = json.loads(_manifest(cache_root, key).read_text())
+    except (OSError, ValueError):
+        listed = {}
+    listed = listed if isinstance(listed, dict) else {}
+    for path in sorted(Path(cache_root).glob(f"{key}*.pt")):
+        expected = listed.get(path.name)
+        if expected is not None and _sha256(path) == expected:
+            continue
+        log.warning("cache file %s %s; deleting it, it will be recomputed", path,
+                    "does not match its recorded sha256" if expected else
+                    "has no recorded sha256")
+        path.unlink(missing_ok=True)
+
+
+def record_cache_files(cache_root: Path, key: str) -> None:
+    """Write the sha256 of every cache file of entry ``key`` to ``<key>.sha256.json``
+    (atomically), for :func:`drop_unverified_cache_files`."""
+    files = {p.name: _sha256(p) for p in sorted(Path(cache_root).glob(f"{key}*.pt"))}
+    if files:
+        with contextlib.suppress(OSError):  # only a cache: unverified files are recomputed
+            write_json(_manifest(cache_root, key), files)
 
 
 # What torch-fidelity's cache files legitimately hold besides tensors: numpy mu / sigma.

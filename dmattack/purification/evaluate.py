@@ -148,6 +148,10 @@ class PurifyConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
+        if self.eta != 0 and self.purify_sampler != "ddim":  # a setting the chain would ignore
+            raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by --purify-sampler "
+                              f"{self.purify_sampler}; allowed: a nonzero --eta only with "
+                              "--purify-sampler ddim", field="eta")
         self.attack_names()
         self.modes()
         self.t_stars()

@@ -115,8 +115,8 @@ class Purifier(nn.Module):
             head = GaussianDiffusion(diffusion.betas[:n], diffusion.variance_type,
                                      diffusion.timestep_map[:n])
             name = "ddim" if sampler == "ddim" else "respaced"
-            self.chain = sampling_diffusion(head, SamplerConfig(name, steps or n, eta,
-                                                                clip_denoised))
+            self.chain = sampling_diffusion(head, SamplerConfig(
+                name, steps or n, eta if name == "ddim" else 0.0, clip_denoised))
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, **kwargs) -> Purifier:
