@@ -197,7 +197,7 @@ def test_sigkill_during_attack_keeps_old_results_and_rerun_is_identical(plane_ru
     proc = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=ROOT, env=CLI_ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _wait_for(lambda: (out / ".lock").exists(), proc)  # sampling has started
-    time.sleep(seconds / 4)
+    time.sleep(seconds / 10)  # the in-process timing may be inflated by load
     _sigkill(proc)
     assert (out / "results.json").read_bytes() == results  # never half-written
     assert (out / "samples.safetensors").stat().st_mtime_ns == stamp
