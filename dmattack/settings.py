@@ -330,9 +330,9 @@ def _click_type(ft: FieldType) -> Any:
     if str in ft.kinds and (float in ft.kinds or int in ft.kinds):
         return NUMBER_OR_NAME
     if int in ft.kinds:
-        return number_type(int)
+        return number_type(int, ft.optional)
     if float in ft.kinds:
-        return number_type(float)
+        return number_type(float, ft.optional)
     return click.STRING
 
 

@@ -187,6 +187,16 @@ class PurifyConfig:
         return max(m.draws for m in self.modes())
 
 
+def purify_folder(config: PurifyConfig, models: Sequence[LoadedModel], root: str | Path
+                  ) -> Path:
+    """``root/purify/<hash>``: the default result folder of ``config`` with these purifiers
+    (the same settings and weights give the same folder, so a rerun resumes there)."""
+    what = {"config": asdict(config),
+            "models": [[m.source, m.fingerprint, m.ema] for m in models]}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(root) / "purify" / digest[:12]
+
+
 # ----------------------------------------------------------------------------- units
 def _unit_path(out: Path, key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
