@@ -354,11 +354,12 @@ def purify(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) purify ... splits the batches.
     """
     from dmattack.purification import load_model, run_purification
-    from dmattack.purification.evaluate import purify_folder
+    from dmattack.purification.evaluate import prepare_purification, purify_folder
 
     cfg = from_options(PurifyConfig, o)
     dev = _join_torchrun(o["device"])
     models = [load_model(r, dev) for r in o["runs"]]
+    prepare_purification(cfg, models, dev)  # bad input: one line before anything is printed
     out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
     console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
                   f"{len(models)} purifier(s) at t* {cfg.t_star} × {', '.join(cfg.attack_names())}"
