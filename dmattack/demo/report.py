@@ -269,8 +269,12 @@ def _compute(s: Row) -> str:
                  *(cell(r, c) for c in cols), _nonfinite(r)] for r in s["rows"]])])
 
 
-def _pct(v: Any) -> Any:
-    return v if not isinstance(v, float) else f"{100 * v:.1f}"
+def _pct(r: Row, key: str) -> str:
+    """A fraction of ``r`` in %, with ``± std`` (in points) over the seeds when it has one."""
+    v, std = r.get(key), r.get("std", {}).get(key)
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
 
 
 def _adaptive(s: Row) -> str:
@@ -304,7 +308,7 @@ def _purification(s: Row) -> str:
     st = s["settings"]
     cfg = st["config"]
     rows = [[r["purifier"], "—" if r["t_star"] is None else r["t_star"], r["attack"],
-             _pct(cell(r, "clean_accuracy")), _pct(cell(r, "robust_accuracy")),
+             _pct(r, "clean_accuracy"), _pct(r, "robust_accuracy"),
              cell(r, "attack_seconds")] for r in s["rows"]]
     return "\n".join([
         f"Classifier `{st['classifier']}` on {st['data']} (n = {st['num_samples']}); purifiers "
