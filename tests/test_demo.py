@@ -474,3 +474,20 @@ def test_purification_claim_from_numbers():
         "verdict"] == "partly"
     assert purification_claims(_purification_section([0.3, 0.3], [0.1, 0.2]))[0][
         "verdict"] == "did not hold"
+
+
+def test_cli_demo_refuses_bad_seeds_and_sections_in_one_line(tmp_path):
+    for args, message in ((["--seeds", "0"], "--seeds"), (["--section", "adaptiv"], "--section"),
+                          (["--section", "sweep", "--seeds", "x"], "--seeds")):
+        result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "r"), *args])
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_headline_of_a_purification_only_run():
+    section = _purification_section([0.1, 0.2], [0.3, 0.2])
+    results = {"sections": {"purification": section}, "seeds": [0]}
+    columns, rows = headline_rows(results)
+    assert columns[:3] == ["purifier", "t*", "attack"] and len(rows) == len(section["rows"])
+    assert "purified" in demo_pkg.headline_title(results)
