@@ -351,6 +351,17 @@ def _mode(results: Row) -> str:
             "`results.json` (`per_seed`)")
 
 
+def _sections_text(results: Row) -> str:
+    """Which sections ran and which did not (with how to add them)."""
+    from ..demo_sections import SECTIONS
+
+    ran = results.get("sections_run", [])
+    left = [n for n in SECTIONS if n not in ran]
+    return (f"Sections run: {', '.join(f'`{n}`' for n in ran)}"
+            + (f"; not run: {', '.join(f'`{n}`' for n in left)} (add one with `--section NAME`)"
+               if left else "") + ".")
+
+
 def write_report(results: Row, out_dir: Path) -> Path:
     """Write ``out_dir/report.md`` from the results; returns its path."""
     secs = results["sections"]
@@ -369,6 +380,7 @@ def write_report(results: Row, out_dir: Path) -> Path:
         "at start "
         f"{env['load_average_start']}, at end {env['load_average_end']}); "
         f"{results['finished']}.", "",
+        _sections_text(results), "",
         "Everything below was measured in this run; the verdicts are computed from these numbers "
         "(see `dmattack/demo/claims.py`). The models are small CPU models (MLPs on 64-D / 3-D "
         "data, 8×8 U-Nets), so this checks the direction of the paper's claims, not their "
