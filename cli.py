@@ -9,12 +9,10 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +20,13 @@ import click
 
 from dmattack import cli_output as ui
 from dmattack.attacks import AttackSpec
+from dmattack.cli_base import Group, friendly_errors, given, option_group
 from dmattack.cli_output import console, metric_row, print_table, progress_bar, stdout
-from dmattack.errors import ConfigError, DmattackError, OutputError, first_line
+from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
+from dmattack.errors import ConfigError, OutputError
 from dmattack.evaluation import EvaluationConfig
 from dmattack.option_types import parse_list, parse_percents
-from dmattack.oserrors import output_error
+from dmattack.purification.evaluate import PurifyConfig
 from dmattack.sampling import SamplerConfig
 from dmattack.settings import click_options, from_options, option_values
 from dmattack.train_config import TrainConfig
@@ -34,65 +34,11 @@ from dmattack.train_config import TrainConfig
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
 
 
-def friendly_errors(fn: Callable) -> Callable:
-    """A DmattackError or a storage OSError (dmattack.oserrors): one line on stderr, exit code 2;
-    anything else propagates. DMATTACK_DEBUG=1 shows the traceback of a user error too."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (DmattackError, OSError) as e:  # OSError: a full disk, a name too long, …
-            known = e if isinstance(e, DmattackError) else output_error(e)
-            if known is None or os.environ.get("DMATTACK_DEBUG"):
-                raise
-            click.echo(f"Error: {first_line(known)}", err=True)
-            sys.exit(2)
-
-    return wrapper
-
-
-class _OneLineUsage:
-    """Usage errors (bad option values) as one ``Error: ...`` line, without the usage block."""
-
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as e:
-            e.ctx = None
-            raise
-
-
-class _Command(_OneLineUsage, click.Command):
-    pass
-
-
-class _Group(_OneLineUsage, click.Group):
-    command_class = _Command
-
-
-def option_group(*options: Callable) -> Callable[[Callable], Callable]:
-    """A decorator applying click options so that --help lists them in the given order."""
-
-    def apply(fn: Callable) -> Callable:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return apply
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dmattack")
 def main() -> None:
     """Adversarial training and reverse-chain attacks for diffusion models."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-
-
-def _given(name: str) -> bool:
-    """Whether option ``name`` was given on the command line (not its default)."""
-    source = click.get_current_context().get_parameter_source(name)
-    return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
 # ----------------------------------------------------------------------------- train
@@ -113,13 +59,13 @@ def train(**o: Any) -> None:
     from dmattack.train import RESUME_OVERRIDES, prepare_run
     from dmattack.train import train as train_run
 
-    fixed = [p.opts[0] for p in click.get_current_context().command.params if _given(p.name)
+    fixed = [p.opts[0] for p in click.get_current_context().command.params if given(p.name)
              and p.name not in (*RESUME_OVERRIDES, "steps", "resume")]
     if o["resume"] and fixed:
         raise ConfigError(f"{fixed[0]} cannot change on --resume; allowed: --steps, "
                           + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES))
     cfg = None if o["resume"] else from_options(TrainConfig, o)
-    overrides = {k: o[k] for k in RESUME_OVERRIDES if _given(k)}
+    overrides = {k: o[k] for k in RESUME_OVERRIDES if given(k)}
     cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], o["steps"],
                                      _join_torchrun, **overrides)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
@@ -399,41 +345,80 @@ def export(run: str | None, ema: bool, out: str) -> None:
     stdout.print(str(export_pipeline(loaded, out)))
 
 
+# ----------------------------------------------------------------------------- purify
+@main.command()
+@click.option("--run", "runs", multiple=True, type=click.Path(),
+              help="A purifier: run folder or diffusers DDPM pipeline folder (repeatable); the "
+              "undefended classifier is always a row.")
+@click_options(PurifyConfig)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(), default=None,
+              help="Result folder [default: runs/purify/<hash of the settings>]; re-running "
+              "the same command there resumes.")
+@friendly_errors
+def purify(**o: Any) -> None:
+    """Diffusion purification under attack: clean and robust accuracy of a classifier,
+    undefended and purified by each --run (PGD-EOT, BPDA-EOT, AutoAttack-rand).
+
+    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) purify ... splits the batches.
+    """
+    from dmattack.purification import load_model, run_purification
+    from dmattack.purification.evaluate import prepare_purification, purify_folder
+
+    cfg = from_options(PurifyConfig, o)
+    dev = _join_torchrun(o["device"])
+    models = [load_model(r, dev) for r in o["runs"]]
+    prepare_purification(cfg, models, dev)  # bad input: one line before anything is printed
+    out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
+    console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
+                  f"{len(models)} purifier(s) at t* {cfg.t_star} × {', '.join(cfg.attack_names())}"
+                  f", ε {cfg.eps:.4g}, {cfg.iterations} iterations × EOT-{cfg.eot} → {out_dir}")
+    with progress_bar("unit") as bar:
+        result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(bar, "purify"))
+    print_table(f"accuracy of {cfg.classifier} (robust = correct on the clean and the adversarial "
+                f"image), ε = {cfg.eps:.4g}", ui.PURIFY_COLUMNS, ui.purify_rows(result))
+    stdout.print(str(out_dir / "purify.json"))
+
+
 # ----------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--quick", is_flag=True, help="The ≤ 2-minute version (fewer steps and samples).")
 @click.option("--train-images", is_flag=True,
               help="Retrain the two digits U-Nets instead of loading checkpoints/ (slower).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Repeat every section over this many seeds (seed, seed+1, …): numbers as "
+              "mean ± std, verdicts with how many seeds agree.")
+@click.option("--section", "sections", multiple=True, type=click.Choice([*SECTIONS, "all"]),
+              help="Run only these sections (repeatable) [default: "
+              f"{', '.join(DEFAULT_SECTIONS)}; with --quick: {', '.join(QUICK_SECTIONS)}].")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None,
               help="Report folder [default: reports/demo[-quick]-<time>].")
 @friendly_errors
-def demo(quick: bool, train_images: bool, seed: int, device: str, out: str | None) -> None:
+def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple[str, ...],
+         device: str, out: str | None) -> None:
     """The paper's controlled experiments on embedded data, end to end, with a report."""
-    from dmattack.demo import check_run, headline_rows, run_demo
+    from dmattack.demo import check_run, run_demo
+    from dmattack.demo.report import headline_rows, headline_title
     from dmattack.train import resolve_device
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out or Path("reports") / f"demo{'-quick' if quick else ''}-{stamp}")
-    check_run(out_dir, train_images)
+    check_run(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick)
     device = resolve_device(device)
-    console.print(f"[bold]demo[/]{' --quick' if quick else ''}: seed {seed} → {out_dir}")
+    console.print(f"[bold]demo[/]{' --quick' if quick else ''}: seed {seed}"
+                  f"{f' … {seed + seeds - 1}' if seeds > 1 else ''} → {out_dir}")
     with progress_bar("stage") as bar:
-        task = bar.add_task("demo", total=None, rate="", stage="")
-
-        def on_progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, stage=stage, rate="")
-
         try:
             results = run_demo(out_dir, quick=quick, seed=seed, device=device,
-                               train_images=train_images, progress=on_progress)
+                               train_images=train_images, seeds=seeds,
+                               sections=sections or None,
+                               progress=ui.stage_progress(bar, "demo"))
         except ChildProcessError as e:  # not bad input: exit 1, still one line
             console.print(f"Error: {e}")
             sys.exit(1)
-    columns, rows = headline_rows(results)
-    print_table("Headline: digits-subspace, 90% of training samples noisy (σ = 0.2)", columns,
-                rows)
+    print_table(headline_title(results), *headline_rows(results))
     stdout.print(str(out_dir / "report.md"))
 
 

@@ -99,3 +99,37 @@ def curve_progress(bar: Progress) -> Callable[[int, int, dict[str, Any]], None]:
                    point=f"{record['model_name']} {record['label']}{tag}")
 
     return on_point
+
+
+def stage_progress(bar: Progress, description: str) -> Callable[[str, int, int], None]:
+    """A ``progress(stage, done, total)`` callback (the demo's) showing the current stage."""
+    task = bar.add_task(description, total=None, rate="", stage="")
+
+    def on_progress(stage: str, done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total, stage=stage, rate="")
+
+    return on_progress
+
+
+def unit_progress(bar: Progress, description: str) -> Callable[[int, int, str], None]:
+    """A ``progress(done, total, label)`` callback (run_purification's) with a rate."""
+    task, rate = bar.add_task(description, total=None, rate="", unit=""), Rate()
+
+    def on_unit(done: int, total: int, label: str) -> None:
+        bar.update(task, completed=done, total=total, rate=rate(done), unit=label)
+
+    return on_unit
+
+
+def purify_rows(result: dict[str, Any]) -> list[list[Any]]:
+    """The terminal table of a ``dmattack purify`` result: one row per purifier × t* × attack ×
+    eval mode, accuracies in %."""
+    return [[r["purifier"], "—" if r["t_star"] is None else f"{r['t_star']:g}",
+             "—" if r["reverse_steps"] is None else r["reverse_steps"], r["attack"],
+             r["eval_mode"], f"{100 * r['clean_accuracy']:.1f}",
+             f"{100 * r['robust_accuracy']:.1f}", f"{r['attack_seconds']:.1f}"]
+            for r in result["rows"]]
+
+
+PURIFY_COLUMNS = ["purifier", "t*", "K", "attack", "eval mode", "clean %", "robust %",
+                  "attack s"]

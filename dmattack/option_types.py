@@ -25,21 +25,25 @@ def parse_number(text: str, kind: type = float) -> int | float:
 
 
 class Number(click.ParamType):
-    """An int or float option (floats also as a fraction, e.g. ``8/255``)."""
+    """An int or float option (floats also as a fraction, e.g. ``8/255``); ``optional``: the
+    word ``none`` gives None (a setting typed ``int | None`` / ``float | None``)."""
 
-    def __init__(self, kind: type) -> None:
+    def __init__(self, kind: type, optional: bool = False) -> None:
         self.kind = kind
-        self.name = "integer" if kind is int else "number"
+        self.optional = optional
+        self.name = ("integer" if kind is int else "number") + ("|none" if optional else "")
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-                ) -> int | float:
+                ) -> int | float | None:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
+        if self.optional and str(value).strip().lower() == "none":
+            return None
         try:
             return parse_number(str(value), self.kind)
         except (ValueError, ZeroDivisionError):
-            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}",
-                      param, ctx)
+            self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}"
+                      + (" or none" if self.optional else ""), param, ctx)
 
 
 class NumberOrName(click.ParamType):
@@ -60,13 +64,15 @@ class NumberOrName(click.ParamType):
             return value
 
 
-_NUMBERS = {int: Number(int), float: Number(float)}
+_NUMBERS = {(k, optional): Number(k, optional) for k in (int, float)
+            for optional in (False, True)}
 NUMBER_OR_NAME = NumberOrName(float)
 INTEGER_OR_NAME = NumberOrName(int)
 
 
-def number_type(kind: type) -> Number:
-    return _NUMBERS[kind]
+def number_type(kind: type, optional: bool = False) -> Number:
+    """The click type of an ``int`` / ``float`` setting (``optional``: ``none`` parses too)."""
+    return _NUMBERS[kind, optional]
 
 
 def parse_list(value: str, what: str, allowed: Iterable[str] | None = None) -> list[str]:

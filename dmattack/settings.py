@@ -349,9 +349,9 @@ def _click_type(ft: FieldType) -> Any:
     if str in ft.kinds and int in ft.kinds:
         return INTEGER_OR_NAME
     if int in ft.kinds:
-        return number_type(int)
+        return number_type(int, ft.optional)
     if float in ft.kinds:
-        return number_type(float)
+        return number_type(float, ft.optional)
     return click.STRING
 
 

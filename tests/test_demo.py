@@ -21,13 +21,22 @@ import dmattack.demo as demo_pkg
 from dmattack.demo import SECTIONS as SECTIONS_BY_NAME
 from dmattack.demo import headline_rows, resolve_sections, run_demo
 from dmattack.demo.aggregate import aggregate_rows, aggregate_sections, agreement, combine_claims
-from dmattack.demo.claims import compute_claims, robust_helps, sweep_claims, sweep_onset
+from dmattack.demo.claims import (
+    adaptive_claims,
+    compute_claims,
+    purification_claims,
+    robust_helps,
+    sweep_claims,
+    sweep_onset,
+)
 from dmattack.demo.controls import matched_steps, sweep_differences
 from dmattack.demo.plan import (
+    AdaptivePlan,
     AttackPlan,
     ComputePlan,
     CurvePlan,
     DemoPlan,
+    PurificationPlan,
     StepsPlan,
     SubspacePlan,
     SweepPlan,
@@ -75,6 +84,14 @@ def test_results_json_has_every_section_with_finite_numbers(demo):
     assert all(math.isfinite(x) for x in _numbers(on_disk)), "NaN/inf in results.json"
     secs = on_disk["sections"]
     sub = secs["corrupted_subspace"]["rows"]
+    adaptive = secs["adaptive_attacks"]["rows"]
+    assert {(r["data"], r["model"], r["method"]) for r in adaptive} == {
+        (d, m, a) for d in ("subspace", "images") for m in ("ddpm", "robust-adv")
+        for a in ("clean", *quick_plan().adaptive.attacks)}
+    for r in adaptive:
+        assert r["value"] is not None
+        if r["method"] != "clean":
+            assert r["pixel deviation mean"] is not None and r["attacked_steps"]
     assert {(r["data"], r["method"]) for r in sub} == {
         (d, m) for d in ("corrupted", "clean")
         for m in ("ddpm", "robust-rand", "robust-adv", "invariance")}
@@ -145,7 +162,12 @@ def _tiny_plan() -> DemoPlan:
         AttackPlan(subspace=(CurvePlan(("fgsm",), ("spread",), (100.0,), 40, 10),),
                    images=(CurvePlan(("random",), ("spread",), (100.0,), 16, 5),),
                    image_train=TrainSettings(preset="tiny", steps=3, batch_size=16, warmup=1)),
-        StepsPlan(steps=(20, 10)))
+        StepsPlan(steps=(20, 10)),
+        adaptive=AdaptivePlan(attacks=("trajectory", "random"), iterations=1,
+                              subspace_samples=20, subspace_steps=6, image_samples=4,
+                              image_steps=4),
+        purification=PurificationPlan(t_stars=(0.1,), purify_steps=1, iterations=1, eot=1,
+                                      num_samples=4))
 
 
 def test_cli_demo_prints_headline_and_report(tmp_path, monkeypatch):
@@ -333,7 +355,12 @@ def test_compute_claim_from_numbers():
 
 
 def test_sections_and_seeds_are_checked_before_any_work(tmp_path):
-    assert resolve_sections(None) == ("subspace", "toy", "attacks", "steps")
+    assert resolve_sections(None) == ("subspace", "toy", "attacks", "steps", "adaptive",
+                                      "purification")
+    assert resolve_sections(None, quick=True) == ("subspace", "toy", "attacks", "steps",
+                                                  "adaptive")
+    assert resolve_sections(["adaptive"]) == ("subspace", "adaptive")
+    assert resolve_sections(["purification"]) == ("purification",)
     assert resolve_sections(["compute", "sweep"]) == ("sweep", "compute")
     assert resolve_sections(["steps"]) == ("subspace", "steps")
     assert resolve_sections(["all"]) == tuple(SECTIONS_BY_NAME)
@@ -518,3 +545,78 @@ def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     assert "| model | attack | 0% (0 of 25) | 50% (13 of 25) | 100% (25 of 25) |" in text
     assert "| m-ddpm | fgsm-mean-first | 1 | 2 | 3† |" in text
     assert "† the attacked steps include the last reverse step" in text
+
+
+def _adaptive_section(ddpm: dict[str, float], adv: dict[str, float]) -> dict[str, Any]:
+    """Rows of the adaptive section: per model, pixel deviation of each attack and the
+    trajectory attack's metric increase (same numbers on both data kinds)."""
+    rows = []
+    for kind in ("subspace", "images"):
+        for model, numbers in (("ddpm", ddpm), ("robust-adv", adv)):
+            rows.append({"data": kind, "model": model, "method": "clean", "value": 1.0})
+            for method in ("pgd-mean", "trajectory", "random"):
+                rows.append({"data": kind, "model": model, "method": method,
+                             "pixel deviation mean": numbers[method],
+                             "increase": numbers["increase"] if method == "trajectory" else 0})
+    return {"settings": {"metrics": {"subspace": "FD (exact)", "images": "FID (digits-cnn)"}},
+            "rows": rows}
+
+
+def test_adaptive_claims_from_numbers():
+    # the author's 64-sample measurement: DDPM diverges under the trajectory attack
+    ddpm = {"pgd-mean": 1.01, "trajectory": 1905.0, "random": 0.12, "increase": 300.0}
+    adv = {"pgd-mean": 0.08, "trajectory": 1.56, "random": 0.07, "increase": 20.0}
+    slower, strongest = adaptive_claims(_adaptive_section(ddpm, adv))
+    assert slower["id"] == "adaptive-robust-slower" and strongest["checks"] == 8
+    assert (slower["verdict"], slower["checks"]) == ("held", 4)
+    assert strongest["verdict"] == "held" and "1.9e+03" in strongest["evidence"]
+    # Robust_adv's samples move more: the claim fails; metric only: partly
+    assert adaptive_claims(_adaptive_section(adv, ddpm))[0]["verdict"] == "did not hold"
+    mixed = adaptive_claims(_adaptive_section(ddpm, {**adv, "increase": 400.0}))[0]
+    assert (mixed["verdict"], mixed["checks_passed"]) == ("partly", 2)
+    # a trajectory attack weaker than the random control
+    weak = adaptive_claims(_adaptive_section({**ddpm, "trajectory": 0.1}, adv))[1]
+    assert (weak["verdict"], weak["checks_passed"]) == ("partly", 4)
+    # every DDPM sample non-finite (no pixel deviation): counts as the larger damage
+    gone = adaptive_claims(_adaptive_section({**ddpm, "trajectory": None}, adv))[0]
+    assert gone["checks_passed"] == 4
+
+
+def _purification_section(ddpm: list[float], adv: list[float]) -> dict[str, Any]:
+    rows = [{"purifier": "none", "t_star": None, "attack": "pgd-eot", "eval_mode": "single",
+             "num_samples": 48, "clean_accuracy": 1.0, "robust_accuracy": 0.0}]
+    for name, accs in (("ddpm", ddpm), ("robust-adv", adv)):
+        for t_star, acc in zip((0.1, 0.2), accs, strict=True):
+            rows += [{"purifier": name, "t_star": t_star, "attack": attack,
+                      "eval_mode": "single", "num_samples": 48, "clean_accuracy": 0.9,
+                      "robust_accuracy": acc if attack == "pgd-eot" else 0.9}
+                     for attack in ("pgd-eot", "bpda-eot")]
+    return {"settings": {"t_stars": [0.1, 0.2]}, "rows": rows}
+
+
+def test_purification_claim_from_numbers():
+    (claim,) = purification_claims(_purification_section([0.104, 0.167], [0.146, 0.2]))
+    assert claim["verdict"] == "held" and claim["checks"] == 2
+    assert "t*=0.1: Robust_adv 14.6% vs DDPM 10.4%" in claim["evidence"]
+    # the measured 48-digit run: equal at t* = 0.2, so partly (BPDA rows do not count)
+    assert purification_claims(_purification_section([0.104, 0.167], [0.146, 0.167]))[0][
+        "verdict"] == "partly"
+    assert purification_claims(_purification_section([0.3, 0.3], [0.1, 0.2]))[0][
+        "verdict"] == "did not hold"
+
+
+def test_cli_demo_refuses_bad_seeds_and_sections_in_one_line(tmp_path):
+    for args, message in ((["--seeds", "0"], "--seeds"), (["--section", "adaptiv"], "--section"),
+                          (["--section", "sweep", "--seeds", "x"], "--seeds")):
+        result = CliRunner().invoke(cli.main, ["demo", "--out", str(tmp_path / "r"), *args])
+        assert result.exit_code == 2, result.output
+        assert len(result.output.strip().splitlines()) == 1 and message in result.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_headline_of_a_purification_only_run():
+    section = _purification_section([0.1, 0.2], [0.3, 0.2])
+    results = {"sections": {"purification": section}, "seeds": [0]}
+    columns, rows = headline_rows(results)
+    assert columns[:3] == ["purifier", "t*", "attack"] and len(rows) == len(section["rows"])
+    assert "purified" in demo_pkg.headline_title(results)

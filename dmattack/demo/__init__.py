@@ -1,8 +1,8 @@
 """`dmattack demo`: everything the toolkit is for, on data with a known distribution, in
 minutes on a CPU (sections: corrupted digits-subspace, 3-D scatter plots, attack curves,
-fewer sampling steps; on request the reviewers' controls: a corruption sweep and a
-compute-matched DDPM), over one or several seeds. Writes ``report.md``, PNG figures and
-``results.json``."""
+fewer sampling steps, adaptive attacks, purification; on request the reviewers' controls: a
+corruption sweep and a compute-matched DDPM), over one or several seeds. Writes
+``report.md``, PNG figures and ``results.json``."""
 
 from __future__ import annotations
 
@@ -15,16 +15,23 @@ from typing import Any
 
 import torch
 
+from ..demo_sections import (  # the section table, light enough for the CLI
+    DEFAULT_SECTIONS,
+    QUICK_SECTIONS,
+    SECTIONS,
+    SHIPPED_UNETS,
+    resolve_sections,
+)
 from ..errors import ConfigError, OutputError
 from ..io import provenance, write_json
 from ..train import resolve_device
-from . import controls, experiments
+from . import controls, experiments, robustness
 from .aggregate import aggregate_sections, combine_claims
 from .claims import assess
 from .common import Context, Progress
 from .plan import DemoPlan, default_plan, quick_plan
 from .pool import TaskPool
-from .report import headline_rows, write_report
+from .report import headline_rows, headline_title, write_report
 
 RESULTS = "results.json"
 
@@ -36,37 +43,21 @@ def _load() -> str:
         return "n/a"
 
 
-SECTIONS = {"subspace": "corrupted_subspace", "toy": "toy_3d", "attacks": "attacks",
-            "steps": "sampling_steps", "sweep": "corruption_sweep", "compute": "compute_matched"}
-"""Section names (``--section``) → their key in results.json, in report order."""
-DEFAULT_SECTIONS = ("subspace", "toy", "attacks", "steps")
-NEEDS_SUBSPACE = ("attacks", "steps")  # they reuse section 1's models
-
-
-def resolve_sections(sections: Sequence[str] | None = None) -> tuple[str, ...]:
-    """The sections to run, in report order: ``None`` or empty → the default four; ``all`` →
-    every section; ``attacks`` and ``steps`` bring in ``subspace`` (they reuse its models)."""
-    names = set(sections or DEFAULT_SECTIONS)
-    if "all" in names:
-        names = set(SECTIONS)
-    bad = sorted(names - set(SECTIONS))
-    if bad:
-        raise ConfigError(f"demo section {bad[0]!r} is not one of "
-                          f"{', '.join([*SECTIONS, 'all'])}", "sections")
-    if names & set(NEEDS_SUBSPACE):
-        names.add("subspace")
-    return tuple(n for n in SECTIONS if n in names)
-
-
 def check_run(out_dir: Path, train_images: bool = False, *, seeds: int = 1,
-              sections: Sequence[str] | None = None) -> None:
+              sections: Sequence[str] | None = None, quick: bool = False) -> None:
     """Raise a one-line error before any work if ``out_dir`` is a non-empty folder (or not a
-    folder), if the shipped digits U-Nets are missing without ``train_images`` (when the
-    attacks section runs), if ``seeds`` < 1 or a section name is unknown."""
+    folder), if the shipped digits U-Nets are missing (for the attacks section unless
+    ``train_images``; always for the adaptive and purification sections), if ``seeds`` < 1 or
+    a section name is unknown."""
     out_dir = Path(out_dir)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds {seeds!r} is not an integer >= 1", "seeds")
-    if "attacks" in resolve_sections(sections) and not train_images:
+    names = resolve_sections(sections, quick)
+    shipped = [n for n in SHIPPED_UNETS if n in names]
+    if shipped:
+        experiments.check_image_runs(f"the {' and '.join(shipped)} section(s) run on the "
+                                     "shipped U-Nets; choose other sections with --section")
+    elif "attacks" in names and not train_images:
         experiments.check_image_runs()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise OutputError(errno.EEXIST, f"output folder {out_dir} is not empty; pass another "
@@ -88,6 +79,10 @@ def _run_sections(plan: DemoPlan, ctx: Context, names: tuple[str, ...],
     if "steps" in names:
         out["sampling_steps"] = experiments.sampling_steps(plan.steps, plan.subspace, ctx,
                                                            models, samples)
+    if "adaptive" in names:
+        out["adaptive_attacks"] = robustness.adaptive_attacks(plan.adaptive, ctx, models)
+    if "purification" in names:
+        out["purification"] = robustness.purification(plan.purification, ctx)
     if "sweep" in names:
         out["corruption_sweep"] = controls.corruption_sweep(plan.sweep, ctx)
     if "compute" in names:
@@ -108,8 +103,10 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     """Run the demo into ``out_dir`` (must be empty or absent); returns results.json's
     content. ``progress(stage_label, done, total)`` reports each stage's sub-steps.
     ``train_images`` retrains the two digits U-Nets instead of loading the shipped
-    checkpoints; ``plan`` overrides the default / quick settings. ``sections``: names from
-    :data:`SECTIONS` (default :data:`DEFAULT_SECTIONS`, see :func:`resolve_sections`).
+    checkpoints; ``plan`` overrides the default / quick settings (its ``quick`` flag picks the
+    default sections). ``sections``: names from :data:`SECTIONS` (default
+    :data:`DEFAULT_SECTIONS`, with ``quick`` :data:`QUICK_SECTIONS`; see
+    :func:`resolve_sections`).
 
     ``seeds`` > 1 repeats every section with training and sampling seeds ``seed``,
     ``seed + 1``, … (each into ``out_dir/seed-<s>/``): results.json's ``sections`` then hold
@@ -117,10 +114,10 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     seed's own sections, claims and timings, and each claim says how many seeds reached its
     verdict. With one seed the folder and results.json are those of a single run."""
     out_dir = Path(out_dir)
-    names = resolve_sections(sections)
+    plan = plan or (quick_plan() if quick else default_plan())
+    names = resolve_sections(sections, plan.quick)
     check_run(out_dir, train_images, seeds=seeds, sections=names)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan or (quick_plan() if quick else default_plan())
     device = str(resolve_device(str(device)))
     start = time.perf_counter()
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(),
@@ -167,5 +164,5 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     return results
 
 
-__all__ = ["DEFAULT_SECTIONS", "RESULTS", "SECTIONS", "check_run", "headline_rows",
-           "resolve_sections", "run_demo"]
+__all__ = ["DEFAULT_SECTIONS", "QUICK_SECTIONS", "RESULTS", "SECTIONS", "check_run",
+           "headline_rows", "headline_title", "resolve_sections", "run_demo"]

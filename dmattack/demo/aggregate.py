@@ -13,7 +13,7 @@ Row = dict[str, Any]
 ROW_LISTS = ("rows", "references", "differences")
 """Section keys holding lists of measured rows; everything else is settings or files."""
 ID_KEYS = ("data", "dataset", "corruption", "model", "series", "method", "training", "steps",
-           "fraction", "sigma")
+           "fraction", "sigma", "purifier", "t_star", "attack")
 """Keys that name a row (matched across seeds), never averaged."""
 VERDICT_ORDER = ("held", "partly", "did not hold", "inconclusive", "n/a")
 

@@ -160,12 +160,13 @@ def toy_3d(plan: ToyPlan, ctx: Context) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- section 3
-def check_image_runs() -> None:
-    """Raise FileNotFoundError (one line) unless both shipped digits U-Net runs exist."""
+def check_image_runs(hint: str = "pass --train-images to train the digits U-Nets here") -> None:
+    """Raise MissingResourceError (one line, ending in ``hint``) unless both shipped digits
+    U-Net runs exist."""
     missing = [n for n in IMAGE_RUNS.values() if not (CHECKPOINTS / n / "config.json").is_file()]
     if missing:
         raise MissingResourceError(f"pretrained run {CHECKPOINTS / missing[0]} is missing; "
-                                "pass --train-images to train the digits U-Nets here")
+                                   + hint)
 
 
 def _image_runs(plan: AttackPlan, ctx: Context, train_images: bool) -> tuple[list[str], str]:

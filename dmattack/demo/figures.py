@@ -206,3 +206,63 @@ def sweep_heatmap(cells: Sequence[dict[str, Any]], fractions: Sequence[float],
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
+
+
+MODEL_COLOURS = {"ddpm": "tab:blue", "robust-adv": "tab:orange"}
+
+
+def _grouped_bars(ax: Any, groups: Sequence[str], series: dict[str, list[float | None]]) -> None:
+    """Bars of each series (colour by name) side by side in every group; None = no bar."""
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [j + (i - (len(series) - 1) / 2) * width for j in range(len(groups))]
+        ax.bar(xs, [math.nan if v is None else v for v in values], width,
+               color=MODEL_COLOURS.get(name), label=name)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8, rotation=20)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def adaptive_bars(rows: Sequence[dict[str, Any]], metrics: dict[str, str], path: Path,
+                  title: str) -> Path:
+    """Per data kind (row of panels): the paired pixel deviation (mean over samples, log scale)
+    and the main metric (clean first) of each attack, DDPM and Robust_adv side by side."""
+    kinds = list(metrics)
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(11, 3.4 * len(kinds)), squeeze=False)
+    for ax_row, kind in zip(axes, kinds, strict=True):
+        mine = [r for r in rows if r["data"] == kind]
+        models = list(dict.fromkeys(r["model"] for r in mine))
+        at = {(r["model"], r["method"]): r for r in mine}
+        for ax, key, methods, label in (
+                (ax_row[0], "pixel deviation mean",
+                 [m for m in dict.fromkeys(r["method"] for r in mine) if m != "clean"],
+                 "pixel deviation (mean squared, model space)"),
+                (ax_row[1], "value", list(dict.fromkeys(r["method"] for r in mine)),
+                 metrics[kind])):
+            _grouped_bars(ax, methods, {m: [at.get((m, x), {}).get(key) for x in methods]
+                                        for m in models})
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(kind, fontsize=9)
+        ax_row[0].set_yscale("log")
+        ax_row[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def purification_bars(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path:
+    """Clean and robust accuracy per (purifier, t*) and attack."""
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    groups = list(dict.fromkeys((r["purifier"], r["t_star"]) for r in rows))
+    at = {(r["purifier"], r["t_star"], r["attack"]): r for r in rows}
+    fig, ax = plt.subplots(figsize=(1.6 * len(groups) + 3, 3.6))
+    series = {"clean": [at[(*g, attacks[0])]["clean_accuracy"] for g in groups]}
+    series.update({f"robust, {a}": [at.get((*g, a), {}).get("robust_accuracy") for g in groups]
+                   for a in attacks})
+    names = [p if t is None else f"{p}\nt*={t:g}" for p, t in groups]
+    _grouped_bars(ax, names, series)
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -144,6 +144,46 @@ class ComputePlan:
 
 
 @dataclass(frozen=True)
+class AdaptivePlan:
+    """Section ``adaptive``: DDPM vs Robust_adv under the per-step PGD (``mean`` and ``eps``
+    losses), the whole-chain trajectory PGD, the look-ahead EOT PGD and the random control, all
+    at ``percent`` of the steps on ``window`` with the per-step budgets ε_s = √β̃_s, on section
+    1's clean-trained digits-subspace MLPs and the shipped digits U-Nets. Every attack runs
+    ``iterations`` PGD iterations (look-ahead: per attacked step, with ``eot`` draws of the
+    future noise and ``horizon`` steps of look-ahead). Sizes are cut to fit the demo's budget:
+    trajectory PGD-20 on 64 digits took minutes per model."""
+
+    attacks: tuple[str, ...] = ("pgd-mean", "pgd-eps", "trajectory", "lookahead", "random")
+    percent: float = 50.0
+    window: str = "spread"
+    iterations: int = 5
+    eot: int = 2
+    horizon: int = 2
+    distance: str = "pixel"
+    subspace_samples: int = 250
+    subspace_steps: int = 50
+    image_samples: int = 24
+    image_steps: int = 25
+
+
+@dataclass(frozen=True)
+class PurificationPlan:
+    """Section ``purification``: digits-cnn undefended and purified by the shipped DDPM and
+    Robust_adv U-Nets (:func:`dmattack.purification.demo.purification_section`'s settings):
+    ``num_samples`` held-out digits, t* ∈ ``t_stars`` (one pool task each), K = ``purify_steps``
+    reverse steps, ``attacks`` with ``iterations`` × EOT-``eot`` at ℓ∞ ``eps`` ([0, 1] units;
+    0.25: the undefended classifier keeps 0% under PGD-20), single evaluation."""
+
+    t_stars: tuple[float, ...] = (0.1, 0.2)
+    purify_steps: int = 4
+    attacks: tuple[str, ...] = ("pgd-eot", "bpda-eot")
+    eps: float = 0.25
+    iterations: int = 6
+    eot: int = 2
+    num_samples: int = 48
+
+
+@dataclass(frozen=True)
 class DemoPlan:
     quick: bool
     subspace: SubspacePlan
@@ -152,6 +192,8 @@ class DemoPlan:
     steps: StepsPlan
     sweep: SweepPlan = field(default_factory=SweepPlan)
     compute: ComputePlan = field(default_factory=ComputePlan)
+    adaptive: AdaptivePlan = field(default_factory=AdaptivePlan)
+    purification: PurificationPlan = field(default_factory=PurificationPlan)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,7 +208,9 @@ def quick_plan() -> DemoPlan:
     """``--quick``: shorter training, fewer samples, the ``spread`` window only, PGD-20 at one
     point, FGSM + random on images, and half-length chains (section 4 compares 500 / 250 / 150
     respaced steps, the default's ratios); still every section and every method of sections
-    1, 2 and 4. The controls (``sweep``, ``compute``) get section 1's quick training."""
+    1, 2 and 4. The controls (``sweep``, ``compute``) get section 1's quick training. The
+    adaptive attacks run 3 iterations on 16 digits / 100 subspace samples and 10-step chains;
+    purification (opt-in with ``--quick``) 24 digits, 4 iterations, one t*."""
     return DemoPlan(
         True,
         SubspacePlan(train=TrainSettings(steps=120, batch_size=512), num_samples=200,
@@ -183,4 +227,7 @@ def quick_plan() -> DemoPlan:
                   sampler_steps=100),
         ComputePlan(train=TrainSettings(steps=120, batch_size=512), num_samples=200,
                     sampler_steps=500),
+        AdaptivePlan(iterations=3, subspace_samples=100, subspace_steps=20, image_samples=16,
+                     image_steps=10),
+        PurificationPlan(t_stars=(0.1,), iterations=4, num_samples=24),
     )

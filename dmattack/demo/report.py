@@ -12,6 +12,7 @@ from .claims import sweep_onset
 
 Row = dict[str, Any]
 SUBSPACE_COLUMNS = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
+DAMAGE_COLUMNS = ("pixel deviation mean", "pixel deviation median", "class changed (digits-cnn)")
 
 
 def fmt(v: Any) -> str:
@@ -64,6 +65,10 @@ def headline_rows(results: Row) -> tuple[list[str], list[list[str]]]:
         return columns, [[r["method"], r["training"], fmt(cell(r, "train_steps")),
                           fmt(cell(r, "train_seconds")), fmt(cell(r, "subspace error")),
                           fmt(cell(r, "FD (exact)"))] for r in secs["compute_matched"]["rows"]]
+    if "corruption_sweep" not in secs:
+        return (["purifier", "t*", "attack", "clean", "robust"],
+                [[r["purifier"], fmt(r["t_star"]), r["attack"], fmt(cell(r, "clean_accuracy")),
+                  fmt(cell(r, "robust_accuracy"))] for r in secs["purification"]["rows"]])
     sweep = secs["corruption_sweep"]
     fractions = sweep["settings"]["fractions"]
     grid = {(c["sigma"], c["fraction"]): c for c in sweep["differences"]}
@@ -83,6 +88,8 @@ def headline_title(results: Row) -> str:
                 f"noisy (σ = {st['corrupt_sigma']:g}){over}")
     if "compute_matched" in secs:
         return f"Headline: Robust_adv vs a compute-matched DDPM{over}"
+    if "corruption_sweep" not in secs:
+        return f"Headline: digits-cnn accuracy, undefended and purified{over}"
     return f"Headline: FD(DDPM) − FD(Robust_adv) over corrupted fraction p × σ{over}"
 
 
@@ -279,6 +286,63 @@ def _compute(s: Row) -> str:
                  *(cell(r, c) for c in cols), _nonfinite(r)] for r in s["rows"]])])
 
 
+def _pct(r: Row, key: str) -> str:
+    """A fraction of ``r`` in %, with ``± std`` (in points) over the seeds when it has one."""
+    v, std = r.get(key), r.get("std", {}).get(key)
+    if v is None:
+        return "n/a"
+    return f"{100 * v:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+
+
+def _adaptive(s: Row) -> str:
+    st = s["settings"]
+    labels = "; ".join(f"`{k}` = `{v}`" for k, v in st["labels"].items())
+    out = [
+        f"{', '.join(st['attacks'])} at {st['percent']:g}% of the steps (`{st['window']}` "
+        f"window), budget {st['budget']}; {st['iterations']} PGD iterations each (look-ahead: "
+        f"per attacked step, EOT over {st['eot']} draws of the future noise, horizon "
+        f"{st['horizon']}); whole-chain attacks maximise the `{st['distance']}` distance to the "
+        f"clean sample. Labels: {labels}. digits-subspace: {st['subspace_models']}, "
+        f"{st['subspace_samples']} samples, {st['subspace_steps']} respaced steps; digits "
+        f"U-Nets ({st['image_models']}): {st['image_samples']} samples, {st['image_steps']} "
+        f"respaced steps; seeds `{st['seeds']}`. Pixel deviation = per-sample mean squared "
+        "difference between the attacked and the clean sample of the same seeds (model space, "
+        "mean and median over samples); class changed = share of digits whose digits-cnn class "
+        "differs; increase = attacked − clean value of the metric.", ""]
+    cols = ["value", "increase", "variance ratio", *DAMAGE_COLUMNS, "num_nonfinite", "seconds"]
+    for kind, metric in st["metrics"].items():
+        rows = [[r["model"], r["method"], *(cell(r, c) for c in cols)]
+                for r in s["rows"] if r["data"] == kind]
+        out += [f"### {kind}: {metric}", "",
+                _table(["model", "attack", metric, "increase", "variance ratio", "pixel dev. mean",
+                        "pixel dev. median", "class changed", "non-finite", "attack (s)"], rows),
+                ""]
+    out += [_figure(s["figures"]["bars"], "adaptive attacks"), ""]
+    return "\n".join(out)
+
+
+def _purification(s: Row) -> str:
+    st = s["settings"]
+    cfg = st["config"]
+    rows = [[r["purifier"], "—" if r["t_star"] is None else r["t_star"], r["attack"],
+             _pct(r, "clean_accuracy"), _pct(r, "robust_accuracy"),
+             cell(r, "attack_seconds")] for r in s["rows"]]
+    return "\n".join([
+        f"Classifier `{st['classifier']}` on {st['data']} (n = {st['num_samples']}); purifiers "
+        f"{', '.join(f'`{v}`' for v in st['purifiers'].values())} (EMA) at t* ∈ "
+        f"{{{', '.join(f'{t:g}' for t in st['t_stars'])}}} of T = 1000, K = "
+        f"{st['purify_steps']} respaced ancestral reverse steps; attacks "
+        f"{', '.join(st['attacks'])} (torchattacks EOTPGD; full gradients through the "
+        f"checkpointed chain, or BPDA), ℓ∞ ε = {st['eps']:g} in [0, 1] units, α = ε/4, "
+        f"{st['iterations']} iterations × EOT-{st['eot']}, single evaluation, seed "
+        f"{cfg['seed']}. ε = 0.25 is where the undefended classifier keeps 0% under PGD-20 "
+        "(docs/purification.md). Robust accuracy = correct on the clean and on the adversarial "
+        "image.", "",
+        _table(["purifier", "t*", "attack", "clean acc. (%)", "robust acc. (%)", "attack (s)"],
+               rows), "",
+        _figure(s["figures"]["bars"], "purification accuracies")])
+
+
 def _timings(results: Row) -> str:
     rows = [[k, v] for k, v in results["timings"].items()]
     return _table(["stage", "seconds"], rows)
@@ -286,6 +350,8 @@ def _timings(results: Row) -> str:
 
 SECTION_TEXT = {"corrupted_subspace": ("1. ", _subspace), "toy_3d": ("2. ", _toy),
                 "attacks": ("3. ", _attacks), "sampling_steps": ("4. ", _steps),
+                "adaptive_attacks": ("5. ", _adaptive),
+                "purification": ("6. ", _purification),
                 "corruption_sweep": ("Control: ", _sweep),
                 "compute_matched": ("Control: ", _compute)}
 
@@ -300,6 +366,17 @@ def _mode(results: Row) -> str:
             "measured the same), each verdict says how many seeds reached it; figures show "
             f"seed {seeds[0]} (the sweep heatmap: the means); every seed's own numbers are in "
             "`results.json` (`per_seed`)")
+
+
+def _sections_text(results: Row) -> str:
+    """Which sections ran and which did not (with how to add them)."""
+    from ..demo_sections import SECTIONS
+
+    ran = results.get("sections_run", [])
+    left = [n for n in SECTIONS if n not in ran]
+    return (f"Sections run: {', '.join(f'`{n}`' for n in ran)}"
+            + (f"; not run: {', '.join(f'`{n}`' for n in left)} (add one with `--section NAME`)"
+               if left else "") + ".")
 
 
 def write_report(results: Row, out_dir: Path) -> Path:
@@ -320,6 +397,7 @@ def write_report(results: Row, out_dir: Path) -> Path:
         "at start "
         f"{env['load_average_start']}, at end {env['load_average_end']}); "
         f"{results['finished']}.", "",
+        _sections_text(results), "",
         "Everything below was measured in this run; the verdicts are computed from these numbers "
         "(see `dmattack/demo/claims.py`). The models are small CPU models (MLPs on 64-D / 3-D "
         "data, 8×8 U-Nets), so this checks the direction of the paper's claims, not their "

@@ -95,3 +95,18 @@ def curve_task(run_dirs: Sequence[str], specs: Sequence[AttackSpec], num_samples
     curve["seconds"] = round(time.perf_counter() - start, 2)
     curve["csv"], curve["png"] = str(Path(out_dir) / "curve.csv"), str(Path(out_dir) / "curve.png")
     return curve
+
+
+def purify_task(config: Any, out_dir: str, device: str, *, report: Report) -> dict[str, Any]:
+    """:func:`~dmattack.purification.run_purification` of ``config`` (a PurifyConfig) with the
+    shipped DDPM and Robust_adv digits U-Nets as purifiers; ``report`` counts finished units
+    (one purifier on one batch, clean or under one attack). Returns the result with its wall
+    time (``wall_seconds``)."""
+    from ..purification import run_purification
+    from ..purification.demo import RUNS
+
+    start = time.perf_counter()
+    result = run_purification(config, [RUNS["ddpm"], RUNS["robust-adv"]], out_dir, device,
+                              progress=lambda *_: report(1))
+    result["wall_seconds"] = round(time.perf_counter() - start, 2)
+    return result

@@ -194,6 +194,16 @@ class PurifyConfig:
         return max(m.draws for m in self.modes())
 
 
+def purify_folder(config: PurifyConfig, models: Sequence[LoadedModel], root: str | Path
+                  ) -> Path:
+    """``root/purify/<hash>``: the default result folder of ``config`` with these purifiers
+    (the same settings and weights give the same folder, so a rerun resumes there)."""
+    what = {"config": asdict(config),
+            "models": [[m.source, m.fingerprint, m.ema] for m in models]}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(root) / "purify" / digest[:12]
+
+
 # ----------------------------------------------------------------------------- units
 def _unit_path(out: Path, key: dict[str, Any]) -> Path:
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -265,9 +275,16 @@ def _names(models: Sequence[LoadedModel]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
-                device: torch.device, progress: Progress | None) -> dict[str, Any]:
-    started = time.perf_counter()
+Defended = list[tuple[str, float | None, LoadedModel | None, PurifiedClassifier]]
+
+
+def prepare_purification(cfg: PurifyConfig, models: Sequence[LoadedModel],
+                         device: torch.device | str = "cpu") -> tuple[Any, ...]:
+    """Everything the evaluation needs before any attack, checked (one-line
+    :class:`ConfigError` / :class:`InputFileError` for the classifier file, the data, a shape
+    mismatch or a t* outside a model's chain): ``(classifier info, images, labels, data info,
+    number of classes, defended models)``. Cheap: call it to refuse bad input early."""
+    device = torch.device(device)
     classifier, cls_info = load_classifier(cfg.classifier, device)
     x_all, y_all, data_info = load_labeled_data(cfg.data, cfg.data_dir, cfg.num_samples)
     shape = tuple(x_all.shape[1:])
@@ -276,8 +293,7 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
         raise ConfigError(f"labels of {cfg.data} fall outside the classifier's {num_classes} "
                           "classes", field="data")
     names = _names(models)
-    defended: list[tuple[str, float | None, LoadedModel | None, PurifiedClassifier]] = [
-        (UNDEFENDED, None, None, PurifiedClassifier(None, classifier))]
+    defended: Defended = [(UNDEFENDED, None, None, PurifiedClassifier(None, classifier))]
     for name, m in zip(names, models, strict=True):
         if tuple(m.data_shape) != shape:
             raise ConfigError(f"purifier {m.source} works on data of shape {tuple(m.data_shape)}"
@@ -293,6 +309,15 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
                 **({} if cfg.clip_denoised is None else {"clip_denoised": cfg.clip_denoised})
             ).to(device)
             defended.append((name, t_star, m, PurifiedClassifier(purifier, classifier)))
+    return cls_info, x_all, y_all, data_info, num_classes, defended
+
+
+def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
+                device: torch.device, progress: Progress | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    cls_info, x_all, y_all, data_info, num_classes, defended = prepare_purification(
+        cfg, models, device)
+    classifier = defended[0][3].classifier
 
     seeds_all = sample_seeds(cfg.seed, len(x_all))
     first, stop = distributed.shard_range(len(x_all), cfg.batch_size)
