@@ -7,7 +7,7 @@ the input only (the model's parameters are frozen while sampling). The model has
 weights: the cost does not depend on them. One untimed warm-up pass per job; jobs are
 interleaved over ``--repeats`` rounds and the median is reported. The analytic cost of an
 attacked step, in clean steps, is FGSM ≈ 4 (clean term, forward + input backward, the step)
-and PGD-k ≈ 2k + 2 (METHOD §11; docs/reproduce.md §5). The job ``clean-stepnoise`` is clean
+and PGD-k ≈ 2k + 2 (docs/method.md §11; docs/reproduce.md §5). The job ``clean-stepnoise`` is clean
 sampling with the chain noise drawn one ``randn`` per sample and step (the loop before block
 draws, bit-identical output): its time over ``clean`` is the speed-up of block-drawn noise.
 

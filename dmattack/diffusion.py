@@ -1,8 +1,8 @@
-"""Gaussian diffusion math (METHOD §2): schedules, forward process, posterior, reverse mean.
+"""Gaussian diffusion math (docs/method.md §2): schedules, forward process, posterior, reverse mean.
 
 Conventions
 -----------
-* Timesteps are 0-indexed, ``t ∈ {0, …, T−1}``; METHOD's ``t`` is ours plus one.
+* Timesteps are 0-indexed, ``t ∈ {0, …, T−1}``; the paper's ``t`` is ours plus one.
 * Every coefficient is precomputed in float64 and cast to the input's dtype on use.
 * ``x`` lives in model space (images in [-1, 1]); ``eps`` is in noise units.
 * A respaced diffusion (``respace``) keeps a ``timestep_map`` from its own indices to the
@@ -129,7 +129,7 @@ class GaussianDiffusion:
 
     # ----------------------------------------------------------------- forward process
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (METHOD Eq. 2). Shapes (B, …); t (B,)."""
+        """x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Eq. 2, docs/method.md §2). Shapes (B, …); t (B,)."""
         return (
             self._extract("sqrt_alphas_cumprod", t, x0) * x0
             + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise
@@ -167,7 +167,7 @@ class GaussianDiffusion:
         self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, clip_denoised: bool = False
     ) -> torch.Tensor:
         """μ_θ from a noise prediction. Without clipping this equals
-        (1/√α_t)(x_t − β_t/√(1−ᾱ_t) ε) exactly (METHOD §2)."""
+        (1/√α_t)(x_t − β_t/√(1−ᾱ_t) ε) exactly (docs/method.md §2)."""
         x0 = self.predict_x0(x_t, t, eps)
         if clip_denoised:
             x0 = x0.clamp(-1, 1)
@@ -184,7 +184,7 @@ class GaussianDiffusion:
         return self._extract("sampler_std_table", t, like)
 
     def attack_std(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """σ_t = √β̃_t, the per-step attack budget of METHOD §6 (0 at the last step)."""
+        """σ_t = √β̃_t, the per-step attack budget of docs/method.md §6 (0 at the last step)."""
         return self._extract("attack_std_table", t, like)
 
     def p_sample(
@@ -195,7 +195,8 @@ class GaussianDiffusion:
         noise: torch.Tensor,
         clip_denoised: bool = False,
     ) -> torch.Tensor:
-        """One ancestral step (METHOD Eq. 4): x_{t−1} = μ_θ + σ_t z, with z = 0 where t = 0."""
+        """One ancestral step (Eq. 4, docs/method.md §2): x_{t−1} = μ_θ + σ_t z, with z = 0 where
+        t = 0."""
         mean = self.p_mean(model, x_t, t, clip_denoised)
         nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
         return mean + nonzero * self.sampler_std(t, x_t) * noise
@@ -226,7 +227,8 @@ class GaussianDiffusion:
 
 def respace(diffusion: GaussianDiffusion, num_steps: int) -> GaussianDiffusion:
     """The same process on ``num_steps`` evenly strided timesteps (improved-diffusion's
-    ``timestep_respacing``): β_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}}, model called at τ_i (METHOD §8)."""
+    ``timestep_respacing``): β_i = 1 − ᾱ_{τ_i}/ᾱ_{τ_{i−1}}, model called at τ_i
+    (docs/method.md §8)."""
     T = diffusion.num_timesteps
     if not 1 <= num_steps <= T:
         raise ConfigError(f"respaced steps {num_steps} outside 1..{T}")

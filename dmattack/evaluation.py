@@ -90,7 +90,7 @@ def reference_for(dataset: DiffusionDataset, max_samples: int = MAX_REFERENCE) -
 def default_metrics(shape: Sequence[int], truth: Any) -> tuple[str, ...]:
     """What a robustness researcher reads first for this data: FID for images (digits-cnn on
     the embedded digits), the exact Fréchet distance for known distributions; always the
-    variance ratio (METHOD §11: smoothing shows up as a ratio below 1)."""
+    variance ratio (docs/method.md §11: smoothing shows up as a ratio below 1)."""
     if len(shape) == 3:
         return ("fid", "variance-ratio")
     if truth is not None:

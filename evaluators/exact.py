@@ -97,7 +97,7 @@ def _subspace_residual(samples: ArrayLike, mean: ArrayLike, basis: ArrayLike) ->
 
 
 def subspace_error(samples: ArrayLike, mean: ArrayLike, basis: ArrayLike) -> float:
-    """Mean over samples of ‖(I − U Uᵀ)(x − μ)‖² (sum over the d dims; METHOD §8)."""
+    """Mean over samples of ‖(I − U Uᵀ)(x − μ)‖² (sum over the d dims; docs/method.md §8)."""
     r = _subspace_residual(samples, mean, basis)
     return float((r**2).sum(axis=1).mean())
 
@@ -139,7 +139,7 @@ def mixture_loglik(samples: ArrayLike, means: ArrayLike, std: float) -> float:
 
 def variance_ratio(samples: ArrayLike, reference: ArrayLike) -> float:
     """Total variance (trace of the covariance, ddof=1) of ``samples`` over that of
-    ``reference``; both (N, *shape), flattened. < 1 means smoothing (METHOD §11)."""
+    ``reference``; both (N, *shape), flattened. < 1 means smoothing (docs/method.md §11)."""
     x, r = _finite(samples, minimum=2), _finite(reference, minimum=2)
     if x.shape[1] != r.shape[1]:
         raise ValueError(f"samples have {x.shape[1]} dims, reference {r.shape[1]}")

@@ -1,5 +1,6 @@
 """Memorisation (Somepalli et al.): for each generated sample, the max cosine similarity to the
-training set in a feature space, the fractions above 0.9 / 0.95, and the histogram (METHOD §8).
+training set in a feature space, the fractions above 0.9 / 0.95, and the histogram
+(docs/method.md §8).
 
 Feature spaces:
 - ``pixels``: flattened model-space values minus the training-set per-pixel mean (centring

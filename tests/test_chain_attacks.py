@@ -364,7 +364,8 @@ def test_samples_do_not_depend_on_other_samples_being_attacked(model, diffusion,
 
 
 def test_mean_loss_fgsm_follows_the_random_start(model, sd):
-    """METHOD §11: ∂μ_θ/∂x ≈ (1/√α_t) I, so FGSM with the ``mean`` loss steps along sign(u)."""
+    """docs/method.md §11: ∂μ_θ/∂x ≈ (1/√α_t) I, so FGSM with the ``mean`` loss steps along
+    sign(u)."""
     x, t = state(64), torch.full((64,), 10)
     budget = sd.attack_std(t, x)
     u = (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(3)) - 1) * budget

@@ -73,7 +73,7 @@ def test_last_step_adds_no_noise(diffusion):
 
 
 def test_p_mean_closed_form(diffusion):
-    """μ_θ = (1/√α_t)(x_t − β_t/√(1−ᾱ_t) ε_θ) (METHOD §2)."""
+    """μ_θ = (1/√α_t)(x_t − β_t/√(1−ᾱ_t) ε_θ) (docs/method.md §2)."""
     x = torch.randn(6, 3, dtype=torch.float64)
     t = torch.tensor([0, 1, 10, 100, 500, 999])
     eps = _eps_model(x, t)

@@ -1,5 +1,5 @@
-"""Training objectives (METHOD §4–§5): configs, hand-checked losses, regulariser properties and
-forward-pass counts."""
+"""Training objectives (docs/method.md §4–§5): configs, hand-checked losses, regulariser
+properties and forward-pass counts."""
 
 import json
 import math

@@ -1,4 +1,4 @@
-"""Training-time perturbations (METHOD §3): the ray, the random start and the FGSM step."""
+"""Training-time perturbations (docs/method.md §3): the ray, the random start and the FGSM step."""
 
 import math
 
@@ -35,7 +35,7 @@ class LinearEps(nn.Module):
         return x @ self.A.T
 
 
-# METHOD's 1-indexed t → r(t), linear schedule, "std" base, ξ = 1
+# the paper's 1-indexed t → r(t), linear schedule, "std" base, ξ = 1
 WORKED = {1: 3.15, 10: 0.76, 50: 0.36, 200: 0.64, 500: 0.99, 1000: 1.03}
 
 

@@ -40,7 +40,7 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """Shape of the ray r(t) = (s^ρ + ξ·b)/s with s = √(1−ᾱ_t) (METHOD §3).
+    """Shape of the ray r(t) = (s^ρ + ξ·b)/s with s = √(1−ᾱ_t) (docs/method.md §3).
 
     ``base="std"`` uses s^ρ in the numerator, ``"var"`` uses (s²)^ρ = (1−ᾱ_t)^ρ. ``bias`` b is
     the pixel-space floor of the ray (model-space units). ``xi_range`` = (a, b) of

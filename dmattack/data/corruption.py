@@ -1,4 +1,4 @@
-"""Training-set corruption (METHOD §7): a seeded fraction p of the samples is altered once.
+"""Training-set corruption (docs/method.md §7): a seeded fraction p of the samples is altered once.
 
 - ``gaussian``: x̃ = x + σ·n, n ~ N(0, I), in model space, no clipping.
 - ``outliers`` (vector data only): x̃ ~ U(box), the per-coordinate bounding box of the clean data

@@ -1,4 +1,4 @@
-"""Known clean distributions of the synthetic vector sets (METHOD §7, §8).
+"""Known clean distributions of the synthetic vector sets (docs/method.md §7, §8).
 
 All parameters, moments and outputs are torch.float64 tensors on the CPU; inputs ``x`` may be
 any float tensor of shape (N, d) or (d,) and are converted to float64.

@@ -1,4 +1,4 @@
-"""Vector datasets drawn from known distributions (METHOD §7, §11); see :mod:`.truth`.
+"""Vector datasets drawn from known distributions (docs/method.md §7, §11); see :mod:`.truth`.
 
 - ``oblique-plane`` (3,): :class:`ObliquePlane`, in-plane std 0.5, normal std 0 (clean).
 - ``3-gaussians`` (3,): :class:`GaussianMixture` with means (0, 0, −1), (0, 0, 1), (1.5, 0, 0)

@@ -1,5 +1,5 @@
-"""Check the paper's claims (METHOD §9) and our own expectations (METHOD §11) against the
-numbers a demo run measured. Every verdict is computed here from results.json content."""
+"""Check the paper's claims (docs/method.md §9) and our own expectations (docs/method.md §11)
+against the numbers a demo run measured. Every verdict is computed here from results.json content."""
 
 from __future__ import annotations
 
@@ -85,7 +85,8 @@ def subspace_claims(section: Row) -> list[Row]:
                 f"{inv.get('num_nonfinite', 0)} non-finite samples")
         inv_ev.append(f"{data} data: {note}")
     out.append(_claim("invariance-worse", "The invariance baseline is worse than DDPM "
-                      "(it may diverge at λ = 0.3)", "paper §4 / Table (FID 356.9), METHOD §11",
+                      "(it may diverge at λ = 0.3)",
+                      "paper §4 / Table (FID 356.9), docs/method.md §11",
                       inv_flags, "; ".join(inv_ev)))
 
     adv, ddpm = rows.get(("clean", "robust-adv")), rows.get(("clean", "ddpm"))
@@ -96,7 +97,7 @@ def subspace_claims(section: Row) -> list[Row]:
                  if vr_a is not None and vr_d is not None else [])
         out.append(_claim(
             "robust-smooths-clean", "On clean data Robust_adv loses variance (smoother samples, "
-            "the clean-data FID penalty)", "paper Table 1 (7.2 → 28.7), METHOD §11", flags,
+            "the clean-data FID penalty)", "paper Table 1 (7.2 → 28.7), docs/method.md §11", flags,
             f"variance ratio DDPM {_fmt(vr_d)} vs Robust_adv {_fmt(vr_a)} (1 = the data's "
             f"variance); FD DDPM {_fmt(ddpm.get('FD (exact)'))} vs Robust_adv "
             f"{_fmt(adv.get('FD (exact)'))}"))
@@ -131,7 +132,7 @@ def toy_claims(section: Row) -> list[Row]:
     return [
         _claim("toy-robust-beats-ddpm", "On 3-D data with inlier noise or outliers Robust_adv "
                "stays closer to the clean structure than DDPM (distance to the plane; "
-               "log-likelihood under the clean mixture)", "paper Fig. 2, METHOD §11",
+               "log-likelihood under the clean mixture)", "paper Fig. 2, docs/method.md §11",
                adv_flags, "DDPM → Robust_adv: " + "; ".join(adv_ev)),
         _claim("toy-invariance-worse", "On 3-D data the invariance baseline is worse than DDPM",
                "paper Fig. 8", inv_flags, "; ".join(inv_ev)),
@@ -198,16 +199,17 @@ def attack_claims(section: Row) -> list[Row]:
     if improves:
         slow["evidence"] += (" — where Robust_adv's increase is negative its samples improve "
                              "under attack: it starts with too little variance (ratio < 1) and "
-                             "the attack noise fills it in (METHOD §11), so part of this "
+                             "the attack noise fills it in (docs/method.md §11), so part of this "
                              "'robustness' is smoothing; see the variance-ratio tables")
     weights = section["settings"].get("mean_loss_network_weight", {})
     note = ", ".join(f"{k} steps: median {w['median']:.3g}" for k, w in weights.items())
     like = _claim("attack-like-random", "FGSM / PGD with the paper's `mean` loss are no "
-                  "stronger than the model-free random control (within 25%)", "METHOD §11",
+                  "stronger than the model-free random control (within 25%)", "docs/method.md §11",
                   rand_flags, "mean increase over the attacked percents both ran, attack vs "
                   "random: " + "; ".join(rand_ev)
-                  + (f" — ε_θ enters the `mean` loss with weight β_t/√(1−ᾱ_t) ({note}); "
-                     "METHOD §11 measured the full 1000-step chain, where it is negligible, "
+                  + (f" — ε_θ enters the `mean` loss with weight β_t/(1−ᾱ_t) ({note}); "
+                     "docs/method.md §11 measured the full 1000-step chain, where it is "
+                     "negligible, "
                      "while these curves use short respaced chains" if note else ""))
     return [slow, like]
 

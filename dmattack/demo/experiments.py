@@ -232,14 +232,14 @@ def attack_curves(plan: AttackPlan, ctx: Context, subspace_models: dict[Key, Tra
     steps = sorted({cp.sampler_steps for cp in (*plan.subspace, *plan.images)} | {1000})
     out["settings"] = {**asdict(plan), "image_models": image_source,
                        "subspace_models": "section 1's models trained on clean data",
-                       "budget": "ε_t = √β̃_t per attacked step (ℓ∞, METHOD §6)",
+                       "budget": "ε_t = √β̃_t per attacked step (ℓ∞, docs/method.md §6)",
                        "mean_loss_network_weight": {str(k): _network_weight(k) for k in steps}}
     return out
 
 
 def _network_weight(steps: int) -> dict[str, float]:
     """Weight β_t/√(1−ᾱ_t) of ε_θ inside the ``mean`` loss μ_θ, over the steps of a respaced
-    chain of the default linear schedule (METHOD §11: ≤ 0.02 on the full chain)."""
+    chain of the default linear schedule (docs/method.md §11: ≤ 0.02 on the full chain)."""
     d = GaussianDiffusion.from_schedule()
     d = d if steps == d.num_timesteps else respace(d, steps)
     w = d.betas / np.sqrt(1.0 - d.alphas_cumprod)

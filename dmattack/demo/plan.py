@@ -36,7 +36,7 @@ class SubspacePlan:
     num_data: int = 2000
     train: TrainSettings = field(default_factory=TrainSettings)
     num_samples: int = 500
-    sampler_steps: int = 1000  # full ancestral DDPM sampler (METHOD Eq. 4)
+    sampler_steps: int = 1000  # full ancestral DDPM sampler (Eq. 4, docs/method.md §2)
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ class AttackPlan:
         CurvePlan(("fgsm", "random"), ("spread",), PERCENTS, 96, 25),
         CurvePlan(("pgd",), ("spread",), (50.0,), 64, 25),
     )
-    loss: str = "mean"  # the paper's J_att (METHOD §6.1)
+    loss: str = "mean"  # the paper's J_att (docs/method.md §6.1)
     # --train-images: the settings of `dmattack train --method …` (tiny preset defaults)
     image_train: TrainSettings = field(default_factory=lambda: TrainSettings(
         preset="tiny", steps=1000, batch_size=64, lr=2e-4, warmup=100))

@@ -210,7 +210,7 @@ def _plan_text(cp: Row) -> str:
 def _attacks(s: Row) -> str:
     st = s["settings"]
     out = [
-        f"Attack loss `{st['loss']}` (METHOD §6.1 J_att), ℓ∞ budget {st['budget']}. "
+        f"Attack loss `{st['loss']}` (docs/method.md §6.1 J_att), ℓ∞ budget {st['budget']}. "
         f"digits-subspace models: {st['subspace_models']}. Digits U-Nets: {st['image_models']}.",
         "",
     ]
