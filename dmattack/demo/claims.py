@@ -1,5 +1,6 @@
 """Check the paper's claims (docs/method.md §9) and our own expectations (docs/method.md §11)
-against the numbers a demo run measured. Every verdict is computed here from results.json content."""
+against the numbers a demo run measured. Every verdict is computed here from results.json
+content."""
 
 from __future__ import annotations
 
