@@ -191,7 +191,7 @@ def resolve_sampler(loaded: LoadedModel, name: str | None = None, steps: int | N
     proto = default_protocol(loaded).sampler
     given = dict(name=name, steps=steps, eta=eta, clip_denoised=clip_denoised)
     sampler = dataclasses.replace(proto, **{k: v for k, v in given.items() if v is not None})
-    if sampler.steps is None and sampler.name != "ddpm":
+    if sampler.steps is None and sampler.entry.strided:
         sampler = dataclasses.replace(sampler, steps=DEFAULT_STRIDED_STEPS)
     sampler.validate(loaded.diffusion.num_timesteps)
     return sampler

@@ -25,21 +25,69 @@ from .registry import SAMPLERS
 from .seeding import CHAIN_NOISE, generators, randn_steps
 from .settings import check_settings, setting
 
-SAMPLERS.register("ddpm", "ancestral sampling on all T steps (Ho et al. 2020)")
-SAMPLERS.register("respaced", "ancestral sampling on `steps` evenly strided timesteps")
-SAMPLERS.register("ddim", "DDIM with η on `steps` strided timesteps (Song et al. 2021)")
-
 StepHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``hook(x_t, t, step) -> x_t'`` runs before each reverse step; ``t`` (B,) are indices into the
 sampler's diffusion, ``step`` counts reverse steps from 0 (at x_T) to K−1. It may perturb x_t."""
+
+
+SamplerStep = Callable[[GaussianDiffusion, EpsModel, torch.Tensor, torch.Tensor, torch.Tensor,
+                        "SamplerConfig"], torch.Tensor]
+"""``step(sd, model, x_t, t, noise, cfg) -> x_prev``: one reverse step on the sampler's chain
+``sd``; ``x_t`` (B, *shape) model space, ``t`` (B,) indices into ``sd``, ``noise`` (B, *shape)
+standard normal (one is drawn for every step; a deterministic step ignores it), ``cfg`` the
+sampler settings with ``clip_denoised`` resolved to a bool."""
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A reverse sampler as registered in :data:`~dmattack.registry.SAMPLERS`.
+
+    ``step`` makes one reverse step (:data:`SamplerStep`); :meth:`chain` is the diffusion it
+    walks. ``strided``: it runs ``steps`` evenly strided timesteps (False: always all T);
+    ``uses_eta``: it reads ``SamplerConfig.eta`` (a nonzero η is refused elsewhere);
+    ``differentiable``: the adaptive attacks may backpropagate through ``step``.
+    """
+
+    description: str
+    step: SamplerStep
+    strided: bool = True
+    uses_eta: bool = False
+    differentiable: bool = True
+
+    def chain(self, diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
+        """The diffusion whose indices the sampler walks: ``diffusion`` itself at full length,
+        else respaced to ``cfg.num_steps`` timesteps (docs/method.md §8)."""
+        k = cfg.num_steps(diffusion.num_timesteps)
+        return diffusion if k == diffusion.num_timesteps else respace(diffusion, k)
+
+
+def ancestral_step(sd: GaussianDiffusion, model: EpsModel, x: torch.Tensor, t: torch.Tensor,
+                   noise: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+    """One ancestral step x_t → x_{t−1} ~ p_θ (Ho et al. 2020, Algorithm 2)."""
+    return sd.p_sample(model, x, t, noise, cfg.clip_denoised)
+
+
+def ddim_step(sd: GaussianDiffusion, model: EpsModel, x: torch.Tensor, t: torch.Tensor,
+              noise: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
+    """One DDIM step with ``cfg.eta`` (Song et al. 2021, Eq. 12)."""
+    return sd.ddim_step(model, x, t, noise, cfg.eta, cfg.clip_denoised)
+
+
+SAMPLERS.register("ddpm", Sampler("ancestral sampling on all T steps (Ho et al. 2020)",
+                                  ancestral_step, strided=False))
+SAMPLERS.register("respaced", Sampler("ancestral sampling on `steps` evenly strided timesteps",
+                                      ancestral_step))
+SAMPLERS.register("ddim", Sampler("DDIM with η on `steps` strided timesteps (Song et al. 2021)",
+                                  ddim_step, uses_eta=True))
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
     """Which reverse process to run.
 
-    ``ddpm``: ancestral on all T steps; ``respaced``: ancestral on ``steps`` evenly strided
-    timesteps (docs/method.md §8); ``ddim``: DDIM with ``eta`` on ``steps`` strided timesteps.
+    ``name`` is a registered :class:`Sampler`: ``ddpm``: ancestral on all T steps;
+    ``respaced``: ancestral on ``steps`` evenly strided timesteps (docs/method.md §8); ``ddim``:
+    DDIM with ``eta`` on ``steps`` strided timesteps; or a plugin's.
     ``clip_denoised`` None (the default) means "by the data" (:func:`clip_default`): x̂_0 is
     clipped to [-1, 1] for images, as Ho et al. and improved-diffusion sample, and not for
     vectors; :meth:`for_shape` resolves it, and every sampling function does so first. On the
@@ -59,9 +107,16 @@ class SamplerConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.eta != 0 and self.name != "ddim":  # a setting the sampler would ignore
+        if self.eta != 0 and not self.entry.uses_eta:  # a setting the sampler would ignore
+            with_eta = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].uses_eta)
             raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by sampler {self.name}; "
-                              "allowed: a nonzero --eta only with --sampler ddim", field="eta")
+                              f"allowed: a nonzero --eta only with --sampler {with_eta}",
+                              field="eta")
+
+    @property
+    def entry(self) -> Sampler:
+        """The registered :class:`Sampler` this config runs."""
+        return SAMPLERS.get(self.name, "--sampler")
 
     def validate(self, num_timesteps: int) -> None:
         """Check the sampler fits a diffusion of ``num_timesteps`` steps."""
@@ -70,7 +125,7 @@ class SamplerConfig:
                               f"1..{num_timesteps} (the model's T)", field="steps")
 
     def num_steps(self, num_timesteps: int) -> int:
-        if self.name == "ddpm" or self.steps is None:
+        if not self.entry.strided or self.steps is None:
             return num_timesteps
         return self.steps
 
@@ -84,7 +139,7 @@ class SamplerConfig:
     def describe(self, num_timesteps: int) -> str:
         """E.g. ``respaced-25``, ``ddim-100-eta0.5``, ``ddpm-1000-clip`` (x̂_0 clipped)."""
         label = f"{self.name}-{self.num_steps(num_timesteps)}"
-        if self.name == "ddim" and self.eta:
+        if self.entry.uses_eta and self.eta:
             label += f"-eta{self.eta:g}"
         return label + ("-clip" if self.clip_denoised else "")
 
@@ -97,10 +152,9 @@ def clip_default(shape: Sequence[int]) -> bool:
 
 
 def sampling_diffusion(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
-    """The diffusion whose indices the sampler walks (respaced unless full-length DDPM)."""
+    """The diffusion whose indices the sampler walks (:meth:`Sampler.chain`)."""
     cfg.validate(diffusion.num_timesteps)
-    k = cfg.num_steps(diffusion.num_timesteps)
-    return diffusion if k == diffusion.num_timesteps else respace(diffusion, k)
+    return cfg.entry.chain(diffusion, cfg)
 
 
 @contextmanager
@@ -138,17 +192,14 @@ def sample(
     gens = generators(seeds, CHAIN_NOISE, device)
     draws = randn_steps(shape, gens, sd.num_timesteps + 1, device)  # x_T, then one z per step
     x = next(draws)
+    step_fn = sampler.entry.step
     with frozen(model):
         for step, i in enumerate(reversed(range(sd.num_timesteps))):
             t = torch.full((len(seeds),), i, device=device, dtype=torch.long)
             if hook is not None:
                 x = hook(x, t, step)
             noise = next(draws)
-            if sampler.name == "ddim":
-                x = sd.ddim_step(model, x, t, noise, sampler.eta, sampler.clip_denoised)
-            else:
-                x = sd.p_sample(model, x, t, noise, sampler.clip_denoised)
-            x = x.detach()
+            x = step_fn(sd, model, x, t, noise, sampler).detach()
             if progress is not None:
                 progress(step)
     return x

@@ -3,12 +3,18 @@
 Non-finite policy: sample rows with any NaN/±inf are dropped, every metric is computed on the
 finite rows, and ``protocol["num_nonfinite"]`` says how many were dropped. If no row is finite,
 every requested metric value is None (nothing is computed).
+
+A metric is a :class:`Metric` entry of :data:`METRICS` that computes its own values; a new one
+is one registration, e.g.
+``METRICS.register("mean-abs", Metric("mean |x|", lambda x, ref, c: {"mean |x|":
+float(x.abs().mean())}, ("mean |x|",)))``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +30,135 @@ from .errors import ConfigError, MetricError
 from .fidelity import IMAGE_METRICS, LABELS, PROVENANCE_KEYS, image_metrics, label_suffix
 from .memorization import THRESHOLDS, memorization
 
-__all__ = ["METRICS", "Metric", "MetricError", "check_metrics", "evaluate", "metric_labels",
-           "scoring_identity"]
+__all__ = ["METRICS", "Metric", "MetricContext", "MetricError", "check_metrics", "evaluate",
+           "metric_labels", "scoring_identity"]
+
+
+@dataclass
+class MetricContext:
+    """What one :func:`evaluate` call gives every metric besides the samples and reference:
+    the requested ``metrics``, the known distribution ``truth``, the resolved feature
+    ``extractor`` of fid/is/kid and memorisation ``space``, the options of :func:`evaluate`,
+    ``info`` (the result's protocol, which a metric may extend with its provenance) and
+    ``cache`` (shared by the metrics of one call, e.g. one feature pass for fid/is/kid)."""
+
+    metrics: tuple[str, ...] = ()
+    truth: Any = None
+    extractor: str = "inception"
+    space: str = "pixels"
+    inception_weights: str | os.PathLike | None = None
+    cache_dir: str | os.PathLike | None = None
+    reference_name: str = "reference"
+    train_set: torch.Tensor | None = None
+    out_dir: str | os.PathLike | None = None
+    dinov2_dir: str | os.PathLike | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+
+
+MetricCompute = Callable[[torch.Tensor, torch.Tensor, MetricContext],
+                         Mapping[str, float | None]]
+"""``compute(samples, reference, context) -> {result key: value}``: ``samples`` (N, *shape) are
+the finite model-space rows (N ≥ 1), ``reference`` (N_ref, *shape) the clean reference."""
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A metric as registered in :data:`~dmattack.registry.METRICS`: what it needs (images;
-    attributes of a known distribution ``truth``) and one line for listings."""
+    """A metric as registered in :data:`~dmattack.registry.METRICS`.
+
+    ``label``: one line for listings; ``compute`` (:data:`MetricCompute`) returns exactly the
+    result ``keys`` (a sequence, or a function of the :class:`MetricContext` when they depend
+    on the extractor or space); what it needs: images (``needs_images``), attributes of a
+    known distribution ``truth`` (``truth_needs``), a training set and an output folder
+    (``needs_train_set``). :func:`check_metrics` refuses a metric whose needs are unmet.
+    """
 
     label: str
+    compute: MetricCompute
+    keys: Sequence[str] | Callable[[MetricContext], Sequence[str]]
     needs_images: bool = False
     truth_needs: tuple[str, ...] = ()
+    needs_train_set: bool = False
+
+    def result_keys(self, context: MetricContext) -> list[str]:
+        """The keys :attr:`compute` returns under ``context``."""
+        return list(self.keys(context) if callable(self.keys) else self.keys)
+
+
+def _image_keys(name: str) -> Callable[[MetricContext], list[str]]:
+    return lambda c: [label + label_suffix(c.extractor) for label in LABELS[name].values()]
+
+
+def _image_metric(name: str) -> MetricCompute:
+    """fid/is/kid: the requested ones are computed together, in one feature pass."""
+
+    def compute(x: torch.Tensor, reference: torch.Tensor, c: MetricContext) -> dict[str, float]:
+        if "image_values" not in c.cache:
+            requested = tuple(m for m in IMAGE_METRICS if m in c.metrics or m == name)
+            values, info = image_metrics(
+                x, reference, requested, extractor=c.extractor,
+                weights=c.inception_weights if c.extractor == "inception" else None,
+                cache_dir=c.cache_dir, reference_name=c.reference_name)
+            c.info.update(info)
+            c.cache["image_values"] = values
+        return {k: c.cache["image_values"][k] for k in _image_keys(name)(c)}
+
+    return compute
+
+
+def _fd_exact(x: torch.Tensor, reference: torch.Tensor, c: MetricContext) -> dict[str, float]:
+    return {"FD (exact)": exact.frechet_to_gaussian(x, c.truth.mean, c.truth.covariance())}
+
+
+def _subspace(x: torch.Tensor, reference: torch.Tensor, c: MetricContext) -> dict[str, float]:
+    return {"subspace error": exact.subspace_error(x, c.truth.mean, c.truth.basis),
+            "subspace PSNR (dB)": exact.subspace_psnr(x, c.truth.mean, c.truth.basis)}
+
+
+def _plane(x: torch.Tensor, reference: torch.Tensor, c: MetricContext) -> dict[str, float]:
+    offset = float(getattr(c.truth, "offset", 0.0))
+    return {"plane distance": exact.plane_distance(x, c.truth.normal, offset)}
+
+
+def _loglik(x: torch.Tensor, reference: torch.Tensor, c: MetricContext) -> dict[str, float]:
+    return {"loglik (nats)": exact.mixture_loglik(x, c.truth.means, float(c.truth.std))}
+
+
+def _variance_ratio(x: torch.Tensor, reference: torch.Tensor, c: MetricContext
+                    ) -> dict[str, float]:
+    return {"variance ratio": exact.variance_ratio(x, reference)}
+
+
+def _memorization_keys(c: MetricContext) -> list[str]:
+    return ([f"memorization >{t} ({c.space})" for t in THRESHOLDS]
+            + [f"memorization mean max-sim ({c.space})"])
+
+
+def _memorization_metric(x: torch.Tensor, reference: torch.Tensor, c: MetricContext
+                         ) -> dict[str, float]:
+    weights = {"inception": c.inception_weights, "dinov2": c.dinov2_dir}.get(c.space)
+    return _memorization(x, c.train_set, c.space, c.out_dir, c.info, weights)
 
 
 for _name, _metric in {
-    "fid": Metric("Fréchet Inception (or digits-cnn) distance", needs_images=True),
-    "is": Metric("Inception score", needs_images=True),
-    "kid": Metric("kernel Inception distance", needs_images=True),
-    "fd-exact": Metric("exact Fréchet distance to the known distribution",
-                       truth_needs=("mean", "covariance")),
-    "subspace": Metric("distance to the known subspace (error, PSNR)",
+    "fid": Metric("Fréchet Inception (or digits-cnn) distance", _image_metric("fid"),
+                  _image_keys("fid"), needs_images=True),
+    "is": Metric("Inception score", _image_metric("is"), _image_keys("is"), needs_images=True),
+    "kid": Metric("kernel Inception distance", _image_metric("kid"), _image_keys("kid"),
+                  needs_images=True),
+    "fd-exact": Metric("exact Fréchet distance to the known distribution", _fd_exact,
+                       ("FD (exact)",), truth_needs=("mean", "covariance")),
+    "subspace": Metric("distance to the known subspace (error, PSNR)", _subspace,
+                       ("subspace error", "subspace PSNR (dB)"),
                        truth_needs=("mean", "basis")),
-    "plane": Metric("distance to the known plane", truth_needs=("normal",)),
-    "loglik": Metric("log-likelihood under the known mixture", truth_needs=("means", "std")),
-    "memorization": Metric("share of samples near a training item (cosine similarity)"),
-    "variance-ratio": Metric("sample variance / reference variance (smoothing: < 1)"),
+    "plane": Metric("distance to the known plane", _plane, ("plane distance",),
+                    truth_needs=("normal",)),
+    "loglik": Metric("log-likelihood under the known mixture", _loglik, ("loglik (nats)",),
+                     truth_needs=("means", "std")),
+    "memorization": Metric("share of samples near a training item (cosine similarity)",
+                           _memorization_metric, _memorization_keys, needs_train_set=True),
+    "variance-ratio": Metric("sample variance / reference variance (smoothing: < 1)",
+                             _variance_ratio, ("variance ratio",)),
 }.items():
     METRICS.register(_name, _metric)
 
@@ -66,17 +175,8 @@ def _is_digits(shape: tuple[int, ...]) -> bool:
 def metric_labels(metric: str, extractor: str = "inception", space: str = "pixels") -> list[str]:
     """Result keys that ``metric`` produces (``extractor`` for fid/is/kid, ``space`` for
     memorization)."""
-    if metric in IMAGE_METRICS:
-        return [name + label_suffix(extractor) for name in LABELS[metric].values()]
-    return {
-        "fd-exact": ["FD (exact)"],
-        "subspace": ["subspace error", "subspace PSNR (dB)"],
-        "plane": ["plane distance"],
-        "loglik": ["loglik (nats)"],
-        "memorization": [f"memorization >{t} ({space})" for t in THRESHOLDS]
-                        + [f"memorization mean max-sim ({space})"],
-        "variance-ratio": ["variance ratio"],
-    }[metric]
+    return METRICS.get(metric, "metric").result_keys(MetricContext(extractor=extractor,
+                                                                   space=space))
 
 
 def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
@@ -135,8 +235,8 @@ def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_s
            out_dir: Any) -> None:
     check_metrics(metrics, shape, truth)
     for m in metrics:
-        if m == "memorization" and (train_set is None or out_dir is None):
-            raise ConfigError("memorization needs train_set and out_dir (for its histogram)")
+        if METRICS[m].needs_train_set and (train_set is None or out_dir is None):
+            raise ConfigError(f"{m} needs train_set and out_dir (for its files)")
 
 
 def _resolve(name: str, allowed: tuple[str, ...], auto: str) -> str:
@@ -217,44 +317,24 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
     clash = set(protocol or {}) & (set(info) | set(PROVENANCE_KEYS) | {"memorization"})
     if clash:
         raise ValueError(f"protocol keys {sorted(clash)} are reserved by evaluate")
+    context = MetricContext(
+        metrics, truth, extractor, space, inception_weights=inception_weights,
+        cache_dir=cache_dir, reference_name=reference_name, train_set=train_set,
+        out_dir=out_dir, dinov2_dir=dinov2_dir, info=info)
     values: dict[str, float | None] = {}
-    if len(good) == 0:
-        for m in metrics:
-            values.update(dict.fromkeys(metric_labels(m, extractor, space)))
-    else:
-        if requested_images:
-            image_values, image_info = image_metrics(
-                good, reference, requested_images, extractor=extractor,
-                weights=inception_weights if extractor == "inception" else None,
-                cache_dir=cache_dir, reference_name=reference_name)
-            values.update(image_values)
-            info.update(image_info)
-        values.update(_exact_metrics(good, reference, metrics, truth))
-        if "memorization" in metrics:
-            values.update(_memorization(good, train_set, space, out_dir, info,
-                                        weights={"inception": inception_weights,
-                                                 "dinov2": dinov2_dir}.get(space)))
+    for m in dict.fromkeys(metrics):  # each once, in the order asked
+        metric = METRICS[m]
+        keys = metric.result_keys(context)
+        if len(good) == 0:
+            values.update(dict.fromkeys(keys))
+            continue
+        computed = dict(metric.compute(good, reference, context))
+        if set(computed) != set(keys):
+            raise ValueError(f"metric {m!r} returned {sorted(computed)}, not its declared "
+                             f"keys {sorted(keys)}")
+        values.update(computed)
     values = {k: _finite_float(v) for k, v in values.items()}
     return {**values, "protocol": {**(protocol or {}), **info}}
-
-
-def _exact_metrics(x: torch.Tensor, reference: torch.Tensor, metrics: tuple[str, ...],
-                   truth: Any) -> dict[str, float]:
-    """Truth-based metrics and the variance ratio on the finite samples ``x`` (N, *shape)."""
-    out: dict[str, float] = {}
-    if "fd-exact" in metrics:
-        out["FD (exact)"] = exact.frechet_to_gaussian(x, truth.mean, truth.covariance())
-    if "subspace" in metrics:
-        out["subspace error"] = exact.subspace_error(x, truth.mean, truth.basis)
-        out["subspace PSNR (dB)"] = exact.subspace_psnr(x, truth.mean, truth.basis)
-    if "plane" in metrics:
-        out["plane distance"] = exact.plane_distance(x, truth.normal,
-                                                     float(getattr(truth, "offset", 0.0)))
-    if "loglik" in metrics:
-        out["loglik (nats)"] = exact.mixture_loglik(x, truth.means, float(truth.std))
-    if "variance-ratio" in metrics:
-        out["variance ratio"] = exact.variance_ratio(x, reference)
-    return out
 
 
 def _memorization(x: torch.Tensor, train_set: torch.Tensor, space: str,

@@ -35,8 +35,10 @@ PLUGIN_SAMPLER = "heun"  # a sampler a plugin could register; the chain cannot d
 @pytest.fixture
 def plugin_sampler():
     from dmattack.registry import SAMPLERS
+    from dmattack.sampling import Sampler, ancestral_step
 
-    SAMPLERS.register(PLUGIN_SAMPLER, "a plugin's sampler (test)")
+    SAMPLERS.register(PLUGIN_SAMPLER, Sampler("a plugin's sampler (test)", ancestral_step,
+                                              differentiable=False))
     yield PLUGIN_SAMPLER
     SAMPLERS.unregister(PLUGIN_SAMPLER)
 

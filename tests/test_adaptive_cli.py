@@ -18,7 +18,7 @@ from dmattack.attacks import AttackSpec, LookaheadPGD, TrajectoryPGD, attacked_s
 from dmattack.errors import ConfigError
 from dmattack.registry import SAMPLERS
 from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig, sampling_diffusion
+from dmattack.sampling import Sampler, SamplerConfig, ancestral_step, sampling_diffusion
 from dmattack.seeding import sample_seeds
 from dmattack.settings import from_options
 
@@ -139,7 +139,8 @@ def test_curve_runs_every_kind_and_resumes(tmp_path, monkeypatch):
 
 @pytest.fixture
 def plugin_sampler():
-    SAMPLERS.register("heun", "a plugin's sampler the chain cannot differentiate (test)")
+    SAMPLERS.register("heun", Sampler("a plugin's sampler the chain cannot differentiate "
+                                      "(test)", ancestral_step, differentiable=False))
     yield "heun"
     SAMPLERS.unregister("heun")
 

@@ -27,10 +27,9 @@ from torch.utils.checkpoint import checkpoint as checkpoint_segment
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..sampling import SamplerConfig, clip_default, frozen, sampling_diffusion
+from ..registry import SAMPLERS
+from ..sampling import SamplerConfig, frozen, sampling_diffusion
 from ..seeding import CHAIN_NOISE, generators, randn_per_sample
-
-DIFFERENTIABLE_SAMPLERS = ("ddpm", "respaced", "ddim")
 
 
 @dataclass
@@ -71,7 +70,8 @@ class DifferentiableChain:
     Args:
         model: the ε-model, ``eps = model(x, timesteps)`` (noise units).
         diffusion: the model's (full) diffusion; the chain walks ``sampling_diffusion`` of it.
-        sampler: ``ddpm``, ``respaced`` or ``ddim`` (any other name raises ConfigError).
+        sampler: a registered sampler whose entry is ``differentiable`` (``ddpm``,
+            ``respaced``, ``ddim``); any other raises ConfigError.
         checkpoint: checkpoint every reverse step (memory K states + one step's activations).
 
     Steps are counted like ``sample()``'s hooks: step k = 0 … K−1 is the reverse step from
@@ -86,6 +86,7 @@ class DifferentiableChain:
         self.diffusion = sampling_diffusion(diffusion, sampler)
         self.num_steps = self.diffusion.num_timesteps
         self.checkpoint = checkpoint
+        self._resolved: dict[tuple[int, ...], SamplerConfig] = {}  # per data shape
 
     def index(self, step: int, batch: int, device: torch.device) -> torch.Tensor:
         """Diffusion indices (B,) of reverse step ``step``."""
@@ -94,12 +95,11 @@ class DifferentiableChain:
     def step(self, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
         """One reverse step from state ``x`` (B, *shape) with noise ``noise``, as ``sample()``."""
         t = self.index(step, len(x), x.device)
-        s, d = self.sampler, self.diffusion
-        # unset: by the data, as sample() resolves it (paired with the clean chain)
-        clip = clip_default(x.shape[1:]) if s.clip_denoised is None else s.clip_denoised
-        if s.name == "ddim":
-            return d.ddim_step(self.model, x, t, noise, s.eta, clip)
-        return d.p_sample(self.model, x, t, noise, clip)
+        shape = tuple(x.shape[1:])
+        if shape not in self._resolved:  # clip unset: by the data, as sample() resolves it
+            self._resolved[shape] = self.sampler.for_shape(shape)
+        s = self._resolved[shape]
+        return s.entry.step(self.diffusion, self.model, x, t, noise, s)
 
     def _step(self, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and torch.is_grad_enabled() and x.requires_grad:
@@ -139,10 +139,10 @@ class DifferentiableChain:
 
 def check_differentiable(sampler: SamplerConfig) -> None:
     """ConfigError unless the adaptive attacks can backpropagate through ``sampler``."""
-    if sampler.name not in DIFFERENTIABLE_SAMPLERS:
+    if not sampler.entry.differentiable:
+        allowed = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].differentiable)
         raise ConfigError(f"sampler {sampler.name!r} cannot be differentiated by the adaptive "
-                          f"attacks; allowed: {', '.join(DIFFERENTIABLE_SAMPLERS)}",
-                          field="sampler")
+                          f"attacks; allowed: {allowed}", field="sampler")
 
 
 def require_grad_path(out: torch.Tensor, what: str) -> None:

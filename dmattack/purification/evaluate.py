@@ -47,6 +47,7 @@ from ..errors import ConfigError
 from ..io import MiB, check_writable, provenance, write_json, write_text
 from ..locking import lock_folder
 from ..option_types import parse_number
+from ..registry import SAMPLERS
 from ..runs import LoadedModel
 from ..seeding import derive_seed, sample_seeds
 from ..settings import check_settings, setting
@@ -57,7 +58,7 @@ from .classifier import (
     load_classifier,
     load_labeled_data,
 )
-from .purifier import PURIFY_SAMPLERS, Purifier, forward_steps, load_model
+from .purifier import Purifier, forward_steps, load_model, purify_sampler_name, purify_samplers
 
 EVAL_STREAM = 1301  # seed purpose of the evaluation purifications (3-key seeds: no collision)
 ATTACK_STREAM = 1302
@@ -124,7 +125,7 @@ class PurifyConfig:
     purify_steps: int | None = setting(5, "Reverse steps K over [0, t*] (respaced); none = "
                                        "every timestep.", low=1)
     purify_sampler: str = setting("ancestral", "Reverse chain of the purifier.",
-                                  choices=PURIFY_SAMPLERS)
+                                  choices=purify_samplers)
     eta: float = setting(0.0, "DDIM eta (with --purify-sampler ddim).", low=0, high=1)
     clip_denoised: bool | None = setting(
         None, "Clip x̂_0 to [-1, 1] inside the purifier's chain.",
@@ -148,10 +149,12 @@ class PurifyConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.eta != 0 and self.purify_sampler != "ddim":  # a setting the chain would ignore
+        if self.eta != 0 and not SAMPLERS[purify_sampler_name(self.purify_sampler)].uses_eta:
+            with_eta = ", ".join(n for n in purify_samplers()
+                                 if SAMPLERS[purify_sampler_name(n)].uses_eta)
             raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by --purify-sampler "
                               f"{self.purify_sampler}; allowed: a nonzero --eta only with "
-                              "--purify-sampler ddim", field="eta")
+                              f"--purify-sampler {with_eta}", field="eta")
         self.attack_names()
         self.modes()
         self.t_stars()

@@ -27,12 +27,26 @@ from torch.utils.checkpoint import checkpoint
 
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError, RunFolderError, first_line
+from ..registry import SAMPLERS
 from ..runs import LoadedModel
 from ..sampling import SamplerConfig, clip_default, sampling_diffusion
 from ..seeding import randn_per_sample
 
 GRADIENTS = ("full", "bpda", "none")
-PURIFY_SAMPLERS = ("ancestral", "ddim")
+ANCESTRAL = "ancestral"
+"""The purifier's name for the registered ``respaced`` sampler (ancestral steps, K of n)."""
+
+
+def purify_samplers() -> tuple[str, ...]:
+    """The purifier's reverse chains: ``ancestral`` and every other registered strided
+    sampler the chain can differentiate (built in: ``ancestral``, ``ddim``)."""
+    return (ANCESTRAL, *(n for n in SAMPLERS.names() if n != "respaced"
+                         and SAMPLERS[n].strided and SAMPLERS[n].differentiable))
+
+
+def purify_sampler_name(sampler: str) -> str:
+    """The registered sampler behind a purifier chain name (``ancestral`` → ``respaced``)."""
+    return "respaced" if sampler == ANCESTRAL else sampler
 
 
 def forward_steps(t_star: float, num_timesteps: int) -> int:
@@ -75,7 +89,8 @@ class Purifier(nn.Module):
         data_shape: per-sample shape in model space, e.g. (1, 8, 8).
         t_star: forward steps: a fraction of T (< 1) or a timestep 1..T; 0 is the identity.
         steps: reverse steps K over [0, t*] (None: every one of the n timesteps).
-        sampler: ``ancestral`` (DDPM steps on the respaced chain) or ``ddim`` (with ``eta``).
+        sampler: ``ancestral`` (DDPM steps on the respaced chain), ``ddim`` (with ``eta``) or
+            another registered strided sampler (:func:`purify_samplers`).
         gradient: ``full``, ``bpda`` or ``none`` (see the module docstring).
         seed: None draws fresh noise from torch's global generator on every call (the stochastic
             defence); an int redraws the same noise on every call (a deterministic defence).
@@ -93,9 +108,9 @@ class Purifier(nn.Module):
         if gradient not in GRADIENTS:
             raise ConfigError(f"gradient = {gradient!r} is invalid; allowed: "
                               f"{', '.join(GRADIENTS)}", field="gradient")
-        if sampler not in PURIFY_SAMPLERS:
+        if sampler not in purify_samplers():
             raise ConfigError(f"purify_sampler (--purify-sampler) = {sampler!r} is invalid; "
-                              f"allowed: {', '.join(PURIFY_SAMPLERS)}", field="purify_sampler")
+                              f"allowed: {', '.join(purify_samplers())}", field="purify_sampler")
         n = forward_steps(t_star, diffusion.num_timesteps)
         if steps is not None and not (isinstance(steps, int) and 1 <= steps <= max(n, 1)):
             raise ConfigError(f"purify_steps (--purify-steps) = {steps!r} is outside 1..{n} "
@@ -114,9 +129,10 @@ class Purifier(nn.Module):
             # last index has ᾱ_n exactly and its timestep_map points into the trained schedule
             head = GaussianDiffusion(diffusion.betas[:n], diffusion.variance_type,
                                      diffusion.timestep_map[:n])
-            name = "ddim" if sampler == "ddim" else "respaced"
-            self.chain = sampling_diffusion(head, SamplerConfig(
-                name, steps or n, eta if name == "ddim" else 0.0, clip_denoised))
+            name = purify_sampler_name(sampler)
+            self.config = SamplerConfig(name, steps or n, eta if SAMPLERS[name].uses_eta
+                                        else 0.0, self.clip_denoised)
+            self.chain = sampling_diffusion(head, self.config)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, **kwargs) -> Purifier:
@@ -176,9 +192,7 @@ class Purifier(nn.Module):
 
     def _step(self, x: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         t = torch.full((len(x),), index, device=x.device, dtype=torch.long)
-        if self.sampler == "ddim":
-            return self.chain.ddim_step(self.model, x, t, noise, self.eta, self.clip_denoised)
-        return self.chain.p_sample(self.model, x, t, noise, self.clip_denoised)
+        return self.config.entry.step(self.chain, self.model, x, t, noise, self.config)
 
     def purify(self, x: torch.Tensor,
                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
