@@ -81,8 +81,9 @@ def default_protocol(loaded: LoadedModel) -> Protocol:
     """CPU presets: ``tiny`` 256 samples on 25 respaced steps, ``mlp*`` 2000 samples on 50
     respaced steps, sized so that PGD-20 on 50% of the steps takes ≤ 3 minutes on 2 cores
     (measured: ≈ 70 s for a ``tiny`` 8×8 U-Net, ≈ 45 s for ``mlp`` on 64-D vectors).
-    Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): the paper's protocol,
-    all 1000 ancestral steps and 10,000 samples (FID-10k). x̂_0 is clipped to [-1, 1] for
+    Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): our default protocol,
+    the paper's sampler (all 1000 ancestral steps) with 10,000 samples (FID-10k; the paper
+    uses 50,000, docs/method.md §8). x̂_0 is clipped to [-1, 1] for
     images, not for vectors (:func:`~dmattack.sampling.clip_default`); a pipeline's
     ``clip_sample`` wins."""
     clip = loaded.config.get("clip_sample")

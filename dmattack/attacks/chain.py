@@ -225,9 +225,14 @@ class _GradientChainAttack(ChainAttack):
 class ChainFGSM(_GradientChainAttack):
     r"""FGSM with random start on one reverse step (the paper's Algorithm 2, docs/method.md §6.1).
 
-    u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g). The step has
-    size ε_t and lands on the ball's surface, so no projection is needed (docs/method.md §6.1).
-    ``project=True`` gives the alternative reading x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
+    u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g).
+
+    No projection by default (``project=False``; ``--project auto`` or ``off``): the random start
+    only chooses where the gradient is evaluated, and the step of size ε_t from x_t lands on the
+    surface of the ε_t-ball, so there is nothing to project; the paper's appendix A.3 projects
+    in the iterative attack only (docs/method.md §6.1). ``project=True`` (``--project on``) is
+    the usual FGSM-RS reading, which keeps the random start and projects:
+    x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
     With ``loss="mean"`` the gradient points along u (∂μ_θ/∂x ≈ (1/√α_t) I), so the step is
     ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (docs/method.md §11).
 

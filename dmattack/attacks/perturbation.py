@@ -1,7 +1,7 @@
 """Training-time perturbations of the noisy sample (docs/method.md §3, Eqs. 5–7).
 
 Units: δ is in noise (ε) units. It enters the noisy sample as x_t^adv = x_t + √(1−ᾱ_t)·δ
-(Eq. 5), so the pixel-space (model-space) shift is √(1−ᾱ_t)·δ. The ray r(t) bounds |δ_i| in ε
+(Eq. 5), so the shift in model space ([−1, 1]) is √(1−ᾱ_t)·δ. The ray r(t) bounds |δ_i| in ε
 units, per sample; σ_δ = r/√3 is the standard deviation of the uniform start δ_0 ~ U(−r, r).
 Timesteps are 0-indexed (the paper's t is ours plus one).
 """
@@ -43,8 +43,9 @@ class RayConfig:
     """Shape of the ray r(t) = (s^ρ + ξ·b)/s with s = √(1−ᾱ_t) (docs/method.md §3).
 
     ``base="std"`` uses s^ρ in the numerator, ``"var"`` uses (s²)^ρ = (1−ᾱ_t)^ρ. ``bias`` b is
-    the pixel-space floor of the ray (model-space units). ``xi_range`` = (a, b) of
-    Robust_rand's batch-wise ξ ~ U(a, b); Robust_adv uses ξ = 1.
+    the floor of the model-space bound √(1−ᾱ_t)·r, in model units ([−1, 1]): the default 8/255
+    is 4/255 of a [0, 1] pixel; ``--bias 16/255`` gives the pixel reading (docs/method.md
+    §10.1). ``xi_range`` = (a, b) of Robust_rand's batch-wise ξ ~ U(a, b); Robust_adv uses ξ = 1.
     """
 
     rho: float = setting(2.0, "Ray exponent ρ.", low=0, low_open=True)
@@ -86,7 +87,7 @@ def ray(
 ) -> torch.Tensor:
     """r(t) in ε units, shape (B,) for t (B,) (0-indexed), on ``t``'s device.
 
-    The pixel-space bound is √(1−ᾱ_t)·r = (1−ᾱ_t)^{ρ/2} + ξb ("std" base): ≈ b as t → 0 and
+    The model-space bound is √(1−ᾱ_t)·r = (1−ᾱ_t)^{ρ/2} + ξb ("std" base): ≈ b as t → 0 and
     ≈ 1 + b at t = T−1. ``xi`` is a float or a tensor broadcastable to (B,).
     """
     s = diffusion.device_table("sqrt_one_minus_alphas_cumprod", t.device)[t]

@@ -238,11 +238,13 @@ def attack_curves(plan: AttackPlan, ctx: Context, subspace_models: dict[Key, Tra
 
 
 def _network_weight(steps: int) -> dict[str, float]:
-    """Weight β_t/√(1−ᾱ_t) of ε_θ inside the ``mean`` loss μ_θ, over the steps of a respaced
-    chain of the default linear schedule (docs/method.md §11: ≤ 0.02 on the full chain)."""
+    """Relative weight β_t/(1−ᾱ_t) of ε_θ inside the ``mean`` loss μ_θ (its coefficient
+    β_t/√(1−ᾱ_t) times ∂ε_θ/∂x ~ 1/√(1−ᾱ_t), docs/method.md §6.1), over the steps of a
+    respaced chain of the default linear schedule: median ≈ 0.013 on the full 1000-step chain,
+    0.25 / 0.44 on 50 / 25 steps; 1 at the last step."""
     d = GaussianDiffusion.from_schedule()
     d = d if steps == d.num_timesteps else respace(d, steps)
-    w = d.betas / np.sqrt(1.0 - d.alphas_cumprod)
+    w = d.betas / (1.0 - d.alphas_cumprod)
     return {"median": round(float(np.median(w)), 4), "max": round(float(w.max()), 4)}
 
 
