@@ -36,9 +36,10 @@ from ..errors import ConfigError
 from ..registry import ATTACKS
 from ..sampling import frozen
 from ..seeding import rand_per_sample
+from ..settings import is_number
+from ..tensors import restored_modes
 from .base import AttackEntry, format_number
 from .losses import LossFn, StepLoss, make_loss
-from .perturbation import is_number
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 RANDOM_DISTS = ("sign", "uniform")
@@ -109,15 +110,11 @@ class ChainAttack(Attack, metaclass=ABCMeta):
         Gradients are enabled inside (also under a caller's ``torch.no_grad()``) and flow to
         the input only."""
         inner = self.model.eps_model
-        modes = [(m, m.training) for m in self.model.modules()]
-        self._change_model_mode(inner.training)
-        try:
+        with restored_modes(self.model):
+            self._change_model_mode(inner.training)
             device = self.device or x_t.device
             with torch.enable_grad(), frozen(inner):
                 return self.forward(x_t.detach().to(device), t.to(device))
-        finally:
-            for m, training in modes:
-                m.training = training
 
     def settings(self) -> dict[str, Any]:
         """What the attack is run with (JSON-serialisable), recorded with its results: its

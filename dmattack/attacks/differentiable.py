@@ -18,7 +18,7 @@ no perturbation equals the clean sample bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +29,7 @@ from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
 from ..sampling import SamplerConfig, clip_default, frozen, sampling_diffusion
 from ..seeding import CHAIN_NOISE, generators, randn_per_sample
+from ..tensors import eval_mode
 
 DIFFERENTIABLE_SAMPLERS = ("ddpm", "respaced", "ddim")
 
@@ -54,15 +55,8 @@ def draw_chain_noise(shape: Sequence[int], seeds: Sequence[int], num_steps: int,
 def attack_mode(model: EpsModel) -> Iterator[None]:
     """Inside the block an ``nn.Module`` model is in eval mode with frozen parameters (no
     dropout, gradients to inputs only); every module's mode is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    for m, _ in modes:
-        m.training = False
-    try:
-        with frozen(model):
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model) if isinstance(model, nn.Module) else nullcontext(), frozen(model):
+        yield
 
 
 class DifferentiableChain:

@@ -16,26 +16,17 @@ import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..settings import check_settings, setting
+from ..settings import check_settings, is_number, setting
+from ..tensors import per_sample
 
 RAY_BASES = ("std", "var")
 FGSM_STEPS = ("std", "wong")
 FGSM_COSTS = ("discrepancy", "equivariance")
 
 
-def is_number(v: Any) -> bool:
-    """True for a finite int or float (bools excluded)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
     """Mean over all non-batch dimensions: (B, …) → (B,)."""
     return x.reshape(x.shape[0], -1).mean(dim=1)
-
-
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, …)."""
-    return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
 
 
 @dataclass(frozen=True)
@@ -104,7 +95,7 @@ def random_perturbation(
     Mean 0, std σ_δ = r/√3.
     """
     u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-    return (2 * u - 1) * _per_sample(r, like)
+    return (2 * u - 1) * per_sample(r, like)
 
 
 def perturb(
@@ -179,8 +170,8 @@ def fgsm_perturbation(
         eps_pert = diffusion.predict_eps(model, perturb(diffusion, x_t.detach(), t, delta), t)
         J = fgsm_cost(eps_clean.detach(), eps_pert, delta, cost)
         (grad,) = torch.autograd.grad(J.sum(), delta)
-    bound = _per_sample(r, x_t)
-    return torch.clamp(delta0.detach() + _per_sample(alpha, x_t) * grad.sign(), -bound, bound)
+    bound = per_sample(r, x_t)
+    return torch.clamp(delta0.detach() + per_sample(alpha, x_t) * grad.sign(), -bound, bound)
 
 
 __all__ = [
@@ -191,7 +182,6 @@ __all__ = [
     "fgsm_cost",
     "fgsm_perturbation",
     "fgsm_step_size",
-    "is_number",
     "mean_flat",
     "perturb",
     "random_perturbation",
