@@ -16,9 +16,18 @@ from ..diffusion import GaussianDiffusion, respace
 from ..errors import MissingResourceError
 from ..train import build_data
 from . import figures
-from .common import Context, TrainedModel, sample_all, score, train_all, train_config
+from .common import (
+    Context,
+    TrainedModel,
+    sample_all,
+    score,
+    section_settings,
+    seeds_text,
+    train_all,
+    train_config,
+)
 from .plan import AttackPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
-from .tasks import curve_task, sample_task, sampler_config
+from .tasks import curve_task, sample_task
 
 SUBSPACE_METRICS = ("subspace", "fd-exact", "variance-ratio")
 TOY_METRICS = {"oblique-plane": ("fd-exact", "plane", "variance-ratio"),
@@ -36,10 +45,6 @@ Key = tuple[str, str]  # (data condition, method)
 def _failed_row(tm: TrainedModel) -> dict[str, Any]:
     return {"num_nonfinite": 0, "num_evaluated": 0, "train_error": tm.error,
             "train_seconds": tm.seconds}
-
-
-def _seeds_text(seed: int, n: int) -> str:
-    return f"dmattack.seeding.sample_seeds({seed}, {n})"
 
 
 # --------------------------------------------------------------------------- section 1
@@ -88,10 +93,8 @@ def corrupted_subspace(plan: SubspacePlan, ctx: Context
             f"digits-subspace samples, models trained on {cond} data"))
     section = {
         "title": "Corrupted training data: digits-subspace",
-        "settings": {**asdict(plan), "dataset": "digits-subspace",
-                     "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
-                     "seeds": _seeds_text(ctx.seed, plan.num_samples),
-                     "training_seed": ctx.seed, "metrics": list(SUBSPACE_METRICS)},
+        "settings": section_settings(ctx, plan, list(SUBSPACE_METRICS),
+                                     dataset="digits-subspace"),
         "rows": rows,
         "references": references,
         "figures": figs,
@@ -150,10 +153,7 @@ def toy_3d(plan: ToyPlan, ctx: Context) -> dict[str, Any]:
             figs[f"{d}, {c.label}"] = ctx.rel(path)
     return {
         "title": "3-D data with inlier noise and with outliers",
-        "settings": {**asdict(plan),
-                     "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
-                     "seeds": _seeds_text(ctx.seed, plan.num_samples), "training_seed": ctx.seed,
-                     "metrics": {k: list(v) for k, v in TOY_METRICS.items()}},
+        "settings": section_settings(ctx, plan, {k: list(v) for k, v in TOY_METRICS.items()}),
         "rows": rows,
         "figures": figs,
     }
@@ -316,7 +316,7 @@ def sampling_steps(plan: StepsPlan, sub_plan: SubspacePlan, ctx: Context,
         "title": "Fewer sampling steps (respaced ancestral sampler)",
         "settings": {**asdict(plan), "dataset": "digits-subspace",
                      "models": "section 1's models", "num_samples": sub_plan.num_samples,
-                     "seeds": _seeds_text(ctx.seed, sub_plan.num_samples),
+                     "seeds": seeds_text(ctx.seed, sub_plan.num_samples),
                      "metrics": list(SUBSPACE_METRICS)},
         "rows": rows,
         "figures": {"steps": ctx.rel(fig)},
