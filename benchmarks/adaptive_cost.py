@@ -34,10 +34,9 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 
 import torch
+from common import timed  # benchmarks/common.py
 
 from dmattack.attacks import attacked_steps
 from dmattack.attacks.differentiable import DifferentiableChain, attack_mode, draw_chain_noise
@@ -48,16 +47,6 @@ from dmattack.sampling import SamplerConfig
 from dmattack.seeding import sample_seeds
 
 TARGET = 1.2
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def chain_costs(chain: DifferentiableChain, x: torch.Tensor, noise: list[torch.Tensor],

@@ -18,9 +18,9 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 
 import torch
+from common import timed  # benchmarks/common.py
 
 from dmattack.attack_eval import default_protocol, run_attack
 from dmattack.attacks import AttackSpec, ChainFGSM, ChainPGD
@@ -32,16 +32,6 @@ from dmattack.seeding import ATTACK, generators
 DEFAULT_SHAPES = {"tiny": (1, 8, 8), "ddpm-cifar10": (3, 32, 32), "ddpm-64": (3, 64, 64),
                   "mlp": (64,), "mlp-small": (64,)}
 TARGET = 1.15
-
-
-def timer(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     times: dict[str, list[float]] = {k: [] for k in jobs}
     for _ in range(args.repeats):
         for name, job in jobs.items():
-            times[name].append(timer(job, device))
+            times[name].append(timed(job, device))
     med = {k: statistics.median(v) for k, v in times.items()}
     analytic = {"fgsm": med["fwd+bwd"] + med["fwd"],
                 "pgd": args.pgd_steps * med["fwd+bwd"] + med["fwd"]}

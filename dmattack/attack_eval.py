@@ -27,8 +27,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -41,14 +40,14 @@ from torch import nn
 from . import distributed
 from .attacks.plan import AttackPlan
 from .attacks.schedule import COMMON_OPTIONS, AttackSpec
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
 from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
 from .settings import option_name
-from .tensors import nonfinite_rows, report_nonfinite
+from .tensors import eval_mode, nonfinite_rows, report_nonfinite
 from .visualize import save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
@@ -81,8 +80,9 @@ def default_protocol(loaded: LoadedModel) -> Protocol:
     """CPU presets: ``tiny`` 256 samples on 25 respaced steps, ``mlp*`` 2000 samples on 50
     respaced steps, sized so that PGD-20 on 50% of the steps takes ≤ 3 minutes on 2 cores
     (measured: ≈ 70 s for a ``tiny`` 8×8 U-Net, ≈ 45 s for ``mlp`` on 64-D vectors).
-    Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): the paper's protocol,
-    all 1000 ancestral steps and 10,000 samples (FID-10k). x̂_0 is clipped to [-1, 1] for
+    Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): our default protocol,
+    the paper's sampler (all 1000 ancestral steps) with 10,000 samples (FID-10k; the paper
+    uses 50,000, docs/method.md §8). x̂_0 is clipped to [-1, 1] for
     images, not for vectors (:func:`~dmattack.sampling.clip_default`); a pipeline's
     ``clip_sample`` wins."""
     clip = loaded.config.get("clip_sample")
@@ -97,17 +97,6 @@ def default_protocol(loaded: LoadedModel) -> Protocol:
 
 
 # --------------------------------------------------------------------------- helpers
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in modes:
-            m.training = training
-
-
 def _sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict[str, Any]:
     return {**asdict(sampler), "num_steps": sampler.num_steps(num_timesteps),
             "label": sampler.describe(num_timesteps)}
@@ -147,7 +136,7 @@ def _sample_pair(
 
     clean = attacked = None
     seconds: dict[str, float] = {}
-    with _eval_mode(loaded.model), torch.no_grad():
+    with eval_mode(loaded.model), torch.no_grad():
         if want_clean:
             clean, seconds["clean"] = timed(lambda: sample_batched(
                 loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size, sampler,
@@ -325,8 +314,7 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
             save_samples_png(attacked, stage / "attacked.png", title=plan.label)
             write_json(stage / "results.json", result)
         except OSError as e:
-            reason = (os.strerror(e.errno) if e.errno else
-                      (str(e).strip().splitlines() or [type(e).__name__])[0])
+            reason = os.strerror(e.errno) if e.errno else first_line(e)
             raise OutputError(e.errno or errno.EIO, f"cannot write the results into {out}: "
                               f"{reason}; the previous results there are unchanged") from None
         # then moved in with renames: results.json goes first out and last in, so whenever it

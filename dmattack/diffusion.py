@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+from .tensors import per_sample
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """A noise predictor: ``eps = model(x_t, t)`` with ``t`` a LongTensor of original timesteps."""
@@ -118,8 +119,7 @@ class GaussianDiffusion:
     def _extract(self, name: str, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Gather table ``name`` at ``t`` (per sample) and broadcast to ``like``'s shape, in
         ``like``'s dtype (tables are float64)."""
-        out = self.device_table(name, t.device)[t].to(like.dtype)
-        return out.reshape(-1, *([1] * (like.dim() - 1)))
+        return per_sample(self.device_table(name, t.device)[t], like)
 
     @classmethod
     def from_schedule(
@@ -198,7 +198,7 @@ class GaussianDiffusion:
         """One ancestral step (Eq. 4, docs/method.md §2): x_{t−1} = μ_θ + σ_t z, with z = 0 where
         t = 0."""
         mean = self.p_mean(model, x_t, t, clip_denoised)
-        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        nonzero = per_sample(t != 0, x_t)
         return mean + nonzero * self.sampler_std(t, x_t) * noise
 
     def ddim_step(
@@ -221,7 +221,7 @@ class GaussianDiffusion:
         abar_prev = self._extract("alphas_cumprod_prev", t, x_t)
         sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar) * (1 - abar / abar_prev))
         mean = abar_prev.sqrt() * x0 + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
-        nonzero = (t != 0).to(x_t.dtype).reshape(-1, *([1] * (x_t.dim() - 1)))
+        nonzero = per_sample(t != 0, x_t)
         return mean + nonzero * sigma * noise
 
 

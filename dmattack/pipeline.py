@@ -136,22 +136,22 @@ def _read_export_meta(path: Path, data_shape: tuple[int, ...]) -> dict[str, Any]
     try:
         meta = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not readable JSON ({str(e).splitlines()[0]})") from None
+        raise InputFileError(f"{path}: not readable JSON ({first_line(e)})") from None
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+        raise InputFileError(f"{path}: expected a JSON object, got {type(meta).__name__}")
     shape = meta.get("data_shape")
     if shape is not None and tuple(shape) != data_shape:
-        raise ValueError(f"{path}: data_shape {list(shape)} does not match the U-Net's "
-                         f"{list(data_shape)}")
+        raise InputFileError(f"{path}: data_shape {list(shape)} does not match the U-Net's "
+                             f"{list(data_shape)}")
     model = meta.get("model")
     if model is not None:
         preset = model.get("preset") if isinstance(model, dict) else None
         if preset not in PRESETS:
-            raise ValueError(f"{path}: model preset {preset!r} is unknown; allowed: "
-                             f"{', '.join(PRESETS)}")
+            raise InputFileError(f"{path}: model preset {preset!r} is unknown; allowed: "
+                                 f"{', '.join(PRESETS)}")
         if tuple(model.get("data_shape") or data_shape) != data_shape:
-            raise ValueError(f"{path}: model data_shape {model['data_shape']} does not match "
-                             f"the U-Net's {list(data_shape)}")
+            raise InputFileError(f"{path}: model data_shape {model['data_shape']} does not "
+                                 f"match the U-Net's {list(data_shape)}")
     return meta
 
 

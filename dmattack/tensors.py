@@ -17,16 +17,24 @@ def per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """``model`` in eval mode inside the block; every submodule's train/eval flag is restored
-    afterwards (also when the block raises)."""
+def restored_modes(model: nn.Module) -> Iterator[None]:
+    """Every submodule's train/eval flag as it was on entry is restored when the block ends
+    (also when it raises); the block may change them."""
     modes = [(m, m.training) for m in model.modules()]
-    model.eval()
     try:
         yield
     finally:
         for m, training in modes:
             m.training = training
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode inside the block; every submodule's train/eval flag is restored
+    afterwards (also when the block raises)."""
+    with restored_modes(model):
+        model.eval()
+        yield
 
 
 def nonfinite_rows(x: torch.Tensor) -> int:

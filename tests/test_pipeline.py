@@ -12,6 +12,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from dmattack.attack_eval import default_protocol
 from dmattack.diffusion import GaussianDiffusion
+from dmattack.errors import InputFileError
 from dmattack.models import build_model
 from dmattack.pipeline import export_pipeline, load_pipeline
 from dmattack.runs import LoadedModel, load_run
@@ -130,6 +131,6 @@ def test_exported_weights_keep_their_protocol(tmp_path):
 def test_export_meta_must_match_the_unet(tmp_path, meta, match):
     save_pipeline(tmp_path / "p")
     (tmp_path / "p" / "dmattack.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match=match) as err:
+    with pytest.raises(InputFileError, match=match) as err:  # one line, exit 2 from the CLI
         load_pipeline(tmp_path / "p")
     assert "\n" not in str(err.value)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -55,6 +55,9 @@ class AdaptiveResult:
     distance: torch.Tensor
 
 
+A = TypeVar("A", bound="AdaptiveChainAttack")
+
+
 class AdaptiveChainAttack(ABC):
     """Base of :class:`~dmattack.attacks.trajectory.TrajectoryPGD` and
     :class:`~dmattack.attacks.lookahead.LookaheadPGD`.
@@ -70,6 +73,12 @@ class AdaptiveChainAttack(ABC):
         check_distance(distance, config.feature_extractor)
         self.config = config
         self.distance = distance
+
+    @classmethod
+    def from_config(cls: type[A], config: Any) -> A:
+        """The attack with every field of its settings dataclass ``config`` (a subclass's
+        ``__init__`` takes them as keyword arguments)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(config)})
 
     # -------------------------------------------------------------------- interface
     @property

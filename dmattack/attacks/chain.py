@@ -36,9 +36,10 @@ from ..errors import ConfigError
 from ..registry import ATTACKS
 from ..sampling import frozen
 from ..seeding import rand_per_sample
+from ..settings import is_number
+from ..tensors import restored_modes
 from .base import AttackEntry, format_number
 from .losses import LossFn, StepLoss, make_loss
-from .perturbation import is_number
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 RANDOM_DISTS = ("sign", "uniform")
@@ -109,15 +110,11 @@ class ChainAttack(Attack, metaclass=ABCMeta):
         Gradients are enabled inside (also under a caller's ``torch.no_grad()``) and flow to
         the input only."""
         inner = self.model.eps_model
-        modes = [(m, m.training) for m in self.model.modules()]
-        self._change_model_mode(inner.training)
-        try:
+        with restored_modes(self.model):
+            self._change_model_mode(inner.training)
             device = self.device or x_t.device
             with torch.enable_grad(), frozen(inner):
                 return self.forward(x_t.detach().to(device), t.to(device))
-        finally:
-            for m, training in modes:
-                m.training = training
 
     def settings(self) -> dict[str, Any]:
         """What the attack is run with (JSON-serialisable), recorded with its results: its
@@ -225,9 +222,14 @@ class _GradientChainAttack(ChainAttack):
 class ChainFGSM(_GradientChainAttack):
     r"""FGSM with random start on one reverse step (the paper's Algorithm 2, docs/method.md §6.1).
 
-    u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g). The step has
-    size ε_t and lands on the ball's surface, so no projection is needed (docs/method.md §6.1).
-    ``project=True`` gives the alternative reading x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
+    u ~ U(−ε_t, ε_t); g = ∇_{x'} J(x') at x' = x_t + u; x_adv = x_t + ε_t·sign(g).
+
+    No projection by default (``project=False``; ``--project auto`` or ``off``): the random start
+    only chooses where the gradient is evaluated, and the step of size ε_t from x_t lands on the
+    surface of the ε_t-ball, so there is nothing to project; the paper's appendix A.3 projects
+    in the iterative attack only (docs/method.md §6.1). ``project=True`` (``--project on``) is
+    the usual FGSM-RS reading, which keeps the random start and projects:
+    x_adv = x_t + clip(u + ε_t·sign(g), ±ε_t).
     With ``loss="mean"`` the gradient points along u (∂μ_θ/∂x ≈ (1/√α_t) I), so the step is
     ≈ ε_t·sign(u): no stronger than :class:`ChainRandom` (docs/method.md §11).
 

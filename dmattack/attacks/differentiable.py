@@ -18,7 +18,7 @@ no perturbation equals the clean sample bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..registry import SAMPLERS
 from ..sampling import SamplerConfig, frozen, sampling_diffusion
 from ..seeding import CHAIN_NOISE, generators, randn_per_sample
+from ..tensors import eval_mode
 
 
 @dataclass
@@ -53,15 +54,8 @@ def draw_chain_noise(shape: Sequence[int], seeds: Sequence[int], num_steps: int,
 def attack_mode(model: EpsModel) -> Iterator[None]:
     """Inside the block an ``nn.Module`` model is in eval mode with frozen parameters (no
     dropout, gradients to inputs only); every module's mode is restored afterwards."""
-    modes = [(m, m.training) for m in model.modules()] if isinstance(model, nn.Module) else []
-    for m, _ in modes:
-        m.training = False
-    try:
-        with frozen(model):
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
+    with eval_mode(model) if isinstance(model, nn.Module) else nullcontext(), frozen(model):
+        yield
 
 
 class DifferentiableChain:

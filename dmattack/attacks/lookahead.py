@@ -85,10 +85,6 @@ class LookaheadPGD(AdaptiveChainAttack):
         name = distance if isinstance(distance, str) else "pixel"
         super().__init__(LookaheadConfig(distance=name, **settings), distance)
 
-    @classmethod
-    def from_config(cls, config: LookaheadConfig) -> LookaheadPGD:
-        return cls(**{k: getattr(config, k) for k in config.__dataclass_fields__})
-
     def label_parts(self) -> list[str]:
         """``eotM`` and ``hH``: the label reads e.g. ``lookahead-pgd20-eot4-h5-pixel``."""
         return [f"eot{self.config.eot}", f"h{self.config.horizon}"]

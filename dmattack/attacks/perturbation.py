@@ -1,7 +1,7 @@
 """Training-time perturbations of the noisy sample (docs/method.md §3, Eqs. 5–7).
 
 Units: δ is in noise (ε) units. It enters the noisy sample as x_t^adv = x_t + √(1−ᾱ_t)·δ
-(Eq. 5), so the pixel-space (model-space) shift is √(1−ᾱ_t)·δ. The ray r(t) bounds |δ_i| in ε
+(Eq. 5), so the shift in model space ([−1, 1]) is √(1−ᾱ_t)·δ. The ray r(t) bounds |δ_i| in ε
 units, per sample; σ_δ = r/√3 is the standard deviation of the uniform start δ_0 ~ U(−r, r).
 Timesteps are 0-indexed (the paper's t is ours plus one).
 """
@@ -16,16 +16,12 @@ import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..settings import check_settings, setting
+from ..settings import check_settings, is_number, setting
+from ..tensors import per_sample
 
 RAY_BASES = ("std", "var")
 FGSM_STEPS = ("std", "wong")
 FGSM_COSTS = ("discrepancy", "equivariance")
-
-
-def is_number(v: Any) -> bool:
-    """True for a finite int or float (bools excluded)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -33,18 +29,14 @@ def mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
 
 
-def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Reshape a (B,) tensor to broadcast against ``like`` (B, …)."""
-    return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
-
 @dataclass(frozen=True)
 class RayConfig:
     """Shape of the ray r(t) = (s^ρ + ξ·b)/s with s = √(1−ᾱ_t) (docs/method.md §3).
 
     ``base="std"`` uses s^ρ in the numerator, ``"var"`` uses (s²)^ρ = (1−ᾱ_t)^ρ. ``bias`` b is
-    the pixel-space floor of the ray (model-space units). ``xi_range`` = (a, b) of
-    Robust_rand's batch-wise ξ ~ U(a, b); Robust_adv uses ξ = 1.
+    the floor of the model-space bound √(1−ᾱ_t)·r, in model units ([−1, 1]): the default 8/255
+    is 4/255 of a [0, 1] pixel; ``--bias 16/255`` gives the pixel reading (docs/method.md
+    §10.1). ``xi_range`` = (a, b) of Robust_rand's batch-wise ξ ~ U(a, b); Robust_adv uses ξ = 1.
     """
 
     rho: float = setting(2.0, "Ray exponent ρ.", low=0, low_open=True)
@@ -86,7 +78,7 @@ def ray(
 ) -> torch.Tensor:
     """r(t) in ε units, shape (B,) for t (B,) (0-indexed), on ``t``'s device.
 
-    The pixel-space bound is √(1−ᾱ_t)·r = (1−ᾱ_t)^{ρ/2} + ξb ("std" base): ≈ b as t → 0 and
+    The model-space bound is √(1−ᾱ_t)·r = (1−ᾱ_t)^{ρ/2} + ξb ("std" base): ≈ b as t → 0 and
     ≈ 1 + b at t = T−1. ``xi`` is a float or a tensor broadcastable to (B,).
     """
     s = diffusion.device_table("sqrt_one_minus_alphas_cumprod", t.device)[t]
@@ -103,7 +95,7 @@ def random_perturbation(
     Mean 0, std σ_δ = r/√3.
     """
     u = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-    return (2 * u - 1) * _per_sample(r, like)
+    return (2 * u - 1) * per_sample(r, like)
 
 
 def perturb(
@@ -178,8 +170,8 @@ def fgsm_perturbation(
         eps_pert = diffusion.predict_eps(model, perturb(diffusion, x_t.detach(), t, delta), t)
         J = fgsm_cost(eps_clean.detach(), eps_pert, delta, cost)
         (grad,) = torch.autograd.grad(J.sum(), delta)
-    bound = _per_sample(r, x_t)
-    return torch.clamp(delta0.detach() + _per_sample(alpha, x_t) * grad.sign(), -bound, bound)
+    bound = per_sample(r, x_t)
+    return torch.clamp(delta0.detach() + per_sample(alpha, x_t) * grad.sign(), -bound, bound)
 
 
 __all__ = [
@@ -190,7 +182,6 @@ __all__ = [
     "fgsm_cost",
     "fgsm_perturbation",
     "fgsm_step_size",
-    "is_number",
     "mean_flat",
     "perturb",
     "random_perturbation",

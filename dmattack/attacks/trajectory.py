@@ -83,11 +83,6 @@ class TrajectoryPGD(AdaptiveChainAttack):
         name = distance if isinstance(distance, str) else "pixel"
         super().__init__(TrajectoryConfig(distance=name, **settings), distance)
 
-    @classmethod
-    def from_config(cls, config: TrajectoryConfig) -> TrajectoryPGD:
-        fields = {k: getattr(config, k) for k in config.__dataclass_fields__}
-        return cls(**fields)
-
     def attack(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
                shape: Sequence[int], seeds: Sequence[int], steps: Sequence[int],
                device: torch.device | str = "cpu") -> AdaptiveResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from ..runs import LoadedModel, load_run
 from ..train import TrainConfig
 from .plan import TrainSettings
 from .pool import TaskPool
-from .tasks import sample_task, train_task
+from .tasks import sample_task, sampler_config, train_task
 
 Progress = Callable[[str, int, int], None]
 """``progress(stage_label, done, total)``: called as sub-steps of a stage complete."""
@@ -135,3 +135,18 @@ def score(reference: Reference, samples: torch.Tensor, metrics: Sequence[str]) -
     protocol = result.pop("protocol")
     return {**result, "num_nonfinite": protocol["num_nonfinite"],
             "num_evaluated": protocol["num_evaluated"]}
+
+
+def seeds_text(seed: int, n: int) -> str:
+    """How a section's per-sample seeds are drawn, as recorded in its settings."""
+    return f"dmattack.seeding.sample_seeds({seed}, {n})"
+
+
+def section_settings(ctx: Context, plan: Any, metrics: Any, **extra: Any) -> dict[str, Any]:
+    """A trained-models section's recorded settings: the fields of its ``plan`` (a dataclass
+    with ``sampler_steps`` and ``num_samples``), ``extra``, the sampler on the 1000-step chain,
+    the per-sample and training seeds, and the ``metrics`` scored."""
+    return {**asdict(plan), **extra,
+            "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
+            "seeds": seeds_text(ctx.seed, plan.num_samples), "training_seed": ctx.seed,
+            "metrics": metrics}

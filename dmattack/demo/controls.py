@@ -4,23 +4,26 @@ measured training time). Each returns its JSON-able section record."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from . import figures
-from .common import Context, TrainedModel, sample_all, score, train_all, train_config
+from .common import (
+    Context,
+    TrainedModel,
+    sample_all,
+    score,
+    section_settings,
+    train_all,
+    train_config,
+)
 from .plan import ComputePlan, SweepPlan
-from .tasks import sampler_config
 
 SWEEP_METRICS = ("fd-exact", "subspace", "variance-ratio")
 FD = "FD (exact)"
 DDPM, ADV = "ddpm", "robust-adv"
-
-
-def _seeds_text(seed: int, n: int) -> str:
-    return f"dmattack.seeding.sample_seeds({seed}, {n})"
 
 
 def _row(ctx: Context, tm: TrainedModel, x: Any, metrics: tuple[str, ...]) -> dict[str, Any]:
@@ -85,10 +88,8 @@ def corruption_sweep(plan: SweepPlan, ctx: Context) -> dict[str, Any]:
             for (p, s, m), tm in models.items()]
     section = {
         "title": "Corruption sweep: where does Robust_adv start to help?",
-        "settings": {**asdict(plan), "dataset": "digits-subspace",
-                     "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
-                     "seeds": _seeds_text(ctx.seed, plan.num_samples),
-                     "training_seed": ctx.seed, "metrics": list(SWEEP_METRICS)},
+        "settings": section_settings(ctx, plan, list(SWEEP_METRICS),
+                                     dataset="digits-subspace"),
         "rows": rows,
         "differences": sweep_differences(rows, plan.fractions, plan.sigmas),
         "runs": {name(*k): ctx.rel(tm.run_dir) for k, tm in models.items()},
@@ -143,10 +144,8 @@ def compute_matched(plan: ComputePlan, ctx: Context) -> dict[str, Any]:
             for (m, t), (tm, n) in entries.items()]
     return {
         "title": "Compute-matched DDPM: is Robust_adv's win just more compute?",
-        "settings": {**asdict(plan), "dataset": "digits-subspace",
-                     "sampler": sampler_config(plan.sampler_steps, 1000).describe(1000),
-                     "seeds": _seeds_text(ctx.seed, plan.num_samples),
-                     "training_seed": ctx.seed, "metrics": list(SWEEP_METRICS),
+        "settings": {**section_settings(ctx, plan, list(SWEEP_METRICS),
+                                        dataset="digits-subspace"),
                      "matching": "Robust_adv, then a DDPM of the same step count, then the "
                                  "compute-matched DDPM train one at a time; compute-matched "
                                  "steps = ⌊Robust_adv's optimiser-step time × its steps / that "

@@ -14,7 +14,6 @@ Classifier sources (:func:`load_classifier`):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import warnings
@@ -29,6 +28,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..errors import ConfigError, InputFileError, first_line
+from ..runs import sha256_file
 from .purifier import Purifier
 
 DIGITS_CNN = "digits-cnn"
@@ -69,14 +69,6 @@ class FromUnitInterval(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(2 * x - 1)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_torchscript(path: Path) -> bool:
