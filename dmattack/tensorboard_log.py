@@ -16,6 +16,7 @@ and no ``tb/`` folder is made.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -62,8 +63,9 @@ class TrainingBoard:
             log.info("tensorboard is not installed; pip install 'dmattack[tensorboard]' to "
                      "watch runs in TensorBoard")
             return
-        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / TB_FOLDER),
-                                    purge_step=start_step + 1)
+        folder = Path(run_dir) / TB_FOLDER
+        _wait_to_sort_last(folder)
+        self.writer = SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)
         self.writer.flush()  # the purge record is on disk before any new step
         weakref.finalize(self, self.writer.close)  # also when training stops with an error
 
@@ -113,6 +115,21 @@ class TrainingBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _wait_to_sort_last(folder: Path) -> None:
+    """Event files are named ``events.out.tfevents.<whole seconds>.<host>.<pid>.<n>`` and read
+    in name order, so a file opened in the same second as a killed process's file may sort
+    before it (a smaller pid) and TensorBoard would read the purge record first. Wait (< 1 s)
+    until this process's file sorts after every existing one."""
+    stamps = []
+    for path in folder.glob("events.out.tfevents.*"):
+        with contextlib.suppress(IndexError, ValueError):
+            stamps.append(int(path.name.split(".")[3]))
+    if stamps:
+        delay = max(stamps) + 1 - time.time()
+        if delay > 0:
+            time.sleep(delay)
 
 
 def _scatter(cloud: torch.Tensor):

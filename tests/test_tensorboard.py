@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 
 import cli
 from dmattack.objectives import ObjectiveConfig
-from dmattack.tensorboard_log import TB_FOLDER
+from dmattack.tensorboard_log import TB_FOLDER, TrainingBoard
 from dmattack.train import TrainConfig, lr_at, train
 
 pytest.importorskip("tensorboard")
@@ -119,3 +120,16 @@ def test_no_tensorboard_or_tensorboard_missing_writes_no_folder(tmp_path, monkey
     cfg = TrainConfig(**{**CFG, "steps": 4, "num_preview": 0})
     run = train(cfg, tmp_path / "missing")
     assert not (run / TB_FOLDER).exists() and (run / "checkpoint").is_dir()
+
+
+def test_a_resumed_writer_sorts_after_a_file_of_the_same_second(tmp_path):
+    """The killed process's file may have the same whole-second stamp and a larger pid: the
+    resumed writer's file must still sort (and so be read) after it."""
+    folder = tmp_path / TB_FOLDER
+    folder.mkdir()
+    killed = folder / f"events.out.tfevents.{int(time.time()):010d}.host.9999999.0"
+    killed.write_bytes(b"")
+    board = TrainingBoard(tmp_path, 10, 8)
+    board.close()
+    names = sorted(p.name for p in folder.iterdir())
+    assert len(names) == 2 and names[0] == killed.name
