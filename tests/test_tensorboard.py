@@ -127,7 +127,7 @@ def test_a_resumed_writer_sorts_after_a_file_of_the_same_second(tmp_path):
     resumed writer's file must still sort (and so be read) after it."""
     folder = tmp_path / TB_FOLDER
     folder.mkdir()
-    killed = folder / f"events.out.tfevents.{int(time.time()):010d}.host.9999999.0"
+    killed = folder / f"events.out.tfevents.{int(time.time()):010d}.zzzz.9999999.0"
     killed.write_bytes(b"")
     board = TrainingBoard(tmp_path, 10, 8)
     board.close()
