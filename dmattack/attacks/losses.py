@@ -24,6 +24,7 @@ The built-in losses compare one prediction of the network at the perturbed and t
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +39,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("mean", "eps", "x0")
 
 
-class StepLoss:
+class StepLoss(ABC):
     """A per-sample attack loss whose clean reference is computed once per attacked step.
 
     The attacks call ``ref = loss.reference(x_t, t)`` once per step (under ``no_grad``), then
@@ -51,9 +52,9 @@ class StepLoss:
         """What the loss compares against, computed once per step (default: ``x_t``)."""
         return x_t
 
+    @abstractmethod
     def __call__(self, x_adv: torch.Tensor, t: torch.Tensor, ref: Any) -> torch.Tensor:
         """Per-sample loss (B,) of the perturbed state ``x_adv`` (B, …)."""
-        raise NotImplementedError
 
     def evaluate(self, x_adv: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor
                  ) -> torch.Tensor:
