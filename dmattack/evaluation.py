@@ -20,7 +20,7 @@ import torch
 from .data import DiffusionDataset, load_dataset
 from .errors import ConfigError
 from .registry import DATASETS, METRICS
-from .runs import LoadedModel
+from .runs import LoadedModel, digest
 from .sampling import SamplerConfig
 from .settings import check_settings, setting
 
@@ -295,7 +295,6 @@ def curve_folder(models: Sequence[LoadedModel], specs: Sequence[Any], setup: Eva
                  ema: bool, runs_root: str | os.PathLike) -> Path:
     """``<runs_root>/curves/<hash>``: the default store of a curve, named by everything that
     defines its points, so re-running the same command resumes there."""
-    key = json.dumps([[m.source for m in models], ema, [s.to_dict() for s in specs],
-                      setup.sampler.__dict__, setup.num_samples, setup.config.seed,
-                      setup.metrics], sort_keys=True)
-    return Path(runs_root) / "curves" / hashlib.sha256(key.encode()).hexdigest()[:12]
+    key = digest([[m.source for m in models], ema, [s.to_dict() for s in specs],
+                  setup.sampler.__dict__, setup.num_samples, setup.config.seed, setup.metrics])
+    return Path(runs_root) / "curves" / key[:12]

@@ -261,14 +261,6 @@ def iter_settings(cls: type, prefix: str = ""
             yield prefix + f.name, f, ft
 
 
-def field_default(f: dataclasses.Field) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return None
-
-
 # ----------------------------------------------------------------------- command-line options
 def param_name(path: str) -> str:
     """The click parameter name of a dotted setting path (``objective.ray.rho`` →

@@ -30,7 +30,6 @@ rerun reuses units whose dict matches and recomputes the others.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -48,7 +47,7 @@ from ..io import MiB, check_writable, provenance, write_json, write_text
 from ..locking import lock_folder
 from ..option_types import parse_number
 from ..registry import SAMPLERS
-from ..runs import LoadedModel
+from ..runs import LoadedModel, digest
 from ..seeding import derive_seed, sample_seeds
 from ..settings import check_settings, setting
 from .attacks import ATTACKS, build_attack
@@ -203,14 +202,12 @@ def purify_folder(config: PurifyConfig, models: Sequence[LoadedModel], root: str
     (the same settings and weights give the same folder, so a rerun resumes there)."""
     what = {"config": asdict(config),
             "models": [[m.source, m.fingerprint, m.ema] for m in models]}
-    digest = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
-    return Path(root) / "purify" / digest[:12]
+    return Path(root) / "purify" / digest(what)[:12]
 
 
 # ----------------------------------------------------------------------------- units
 def _unit_path(out: Path, key: dict[str, Any]) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    return out / UNITS / f"{digest}.json"
+    return out / UNITS / f"{digest(key)[:24]}.json"
 
 
 def _read_unit(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -339,6 +336,8 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
         who = {"purifier": None} if m is None else {"purifier": {
             "source": m.source, "fingerprint": m.fingerprint, "ema": m.ema,
             **model.purifier.describe(), "gradient": None}}
+        evaluator = model if model.purifier is None else PurifiedClassifier(
+            model.purifier.replace(gradient="none"), classifier)
         for attack in (None, *attacks):
             for start, end in batches:
                 key = {**common, **who, "batch": [start, end],
@@ -352,8 +351,6 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
                     x, y = x_all[start:end], y_all[start:end]
                     if attack is not None:
                         x = _attack_batch(model, attack, x, y, cfg, num_classes, start, device)
-                    evaluator = model if model.purifier is None else PurifiedClassifier(
-                        model.purifier.replace(gradient="none"), classifier)
                     preds = _predictions(evaluator, x, seeds_all[start:end], cfg.draws, device)
                     unit = {"key": key, "preds": preds.tolist(),
                             "seconds": time.perf_counter() - tic}
