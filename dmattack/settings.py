@@ -115,8 +115,11 @@ def same_as(cls: type, name: str, help: str | None = None, prefix: str = "") -> 
 
 
 def is_number(v: Any) -> bool:
-    """True for a finite int or float (bools excluded)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """True for a finite int or float (bools excluded); any int is finite (``math.isfinite``
+    would overflow on one beyond a float's range, e.g. ``--seed 1e400`` written out)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
 
 
 def setting_of(field: dataclasses.Field) -> Setting | None:
