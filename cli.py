@@ -306,6 +306,9 @@ def evaluate(**o: Any) -> None:
     from dmattack.evaluation import default_out_dir
     from dmattack.workflows import evaluate_model, read_sample_files
 
+    if given("samples_key") and not o["sample_files"]:
+        raise ConfigError(f"--samples-key {o['samples_key']} is read from --samples files only; "
+                          "give --samples or remove it")
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     files = o["sample_files"]
     x = read_sample_files(files, o["samples_key"], loaded.data_shape) if files else None

@@ -206,6 +206,10 @@ def resolve_reference(loaded: LoadedModel, dataset: str | None = None,
                       data_dir: str | os.PathLike | None = None) -> Reference:
     """The clean reference of a model (its own training set, or ``dataset``), checked against
     its data shape."""
+    name = dataset if dataset is not None else loaded.dataset
+    if data_dir is not None and name is not None and reads_no_files(name):
+        raise ConfigError(f"--data-dir {data_dir} is not read by {name} (embedded or synthetic "
+                          "data); remove it", field="data_dir")
     if dataset is not None and dataset != loaded.dataset:
         ds = load_dataset(dataset, data_dir=data_dir,
                           resolution=loaded.data_shape[-1] if len(loaded.data_shape) == 3
@@ -218,6 +222,13 @@ def resolve_reference(loaded: LoadedModel, dataset: str | None = None,
                           f"but the reference {ds.name} has shape "
                           f"{tuple(ref.data.shape[1:])}", field="dataset")
     return ref
+
+
+def reads_no_files(dataset: str) -> bool:
+    """Whether data set ``dataset`` is built without reading ``--data-dir``: vector sets, and
+    image sets registered as embedded (``DatasetEntry.label`` says "(embedded)")."""
+    entry = DATASETS.get(dataset, "dataset")
+    return entry.kind == "vector" or "(embedded)" in entry.label
 
 
 def evaluation_label(metrics: Sequence[str], num_samples: int) -> str:
@@ -334,7 +345,8 @@ def check_scoring(metrics: Sequence[str], shape: Sequence[int], num_samples: int
                   memorization_space: str = "auto",
                   dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Everything about scoring that can fail, checked before sampling: every weights file
-    located (:func:`evaluators.scoring_identity`), the Fréchet sample size
+    located (:func:`evaluators.scoring_identity`), every scoring option used
+    (:func:`check_used`), the Fréchet sample size
     (:func:`check_sample_size`), IS only with an extractor that has logits, DINOv2 only with a
     checkout and its weights. Returns the scoring identity."""
     from evaluators import MetricError, scoring_identity
@@ -343,6 +355,8 @@ def check_scoring(metrics: Sequence[str], shape: Sequence[int], num_samples: int
     identity = scoring_identity(tuple(metrics), tuple(shape), feature_extractor=feature_extractor,
                                 inception_weights=cfg.inception_weights,
                                 memorization_space=memorization_space, dinov2_dir=dinov2_dir)
+    check_used(identity, feature_extractor, memorization_space, dinov2_dir,
+               cfg.inception_weights)
     check_sample_size(metrics, shape, num_samples, identity.get("feature_extractor"),
                       cfg.allow_small_fid)
     if "is" in metrics and identity.get("feature_extractor_weights_sha256") == FID_HELPER_SHA256:
@@ -350,6 +364,31 @@ def check_scoring(metrics: Sequence[str], shape: Sequence[int], num_samples: int
     if identity.get("memorization_space") == "dinov2":
         check_dinov2(dinov2_dir)
     return identity
+
+
+def check_used(identity: dict[str, Any], feature_extractor: str = "auto",
+               memorization_space: str = "auto", dinov2_dir: str | os.PathLike | None = None,
+               inception_weights: str | os.PathLike | None = None) -> None:
+    """Refuse (one line) a scoring option that the metrics of ``identity``
+    (:func:`evaluators.scoring_identity`) would ignore: an accepted option is always used."""
+    extractor, space = identity.get("feature_extractor"), identity.get("memorization_space")
+    metrics = ", ".join(identity["metrics"])
+    unused = [
+        (feature_extractor != "auto" and extractor is None,
+         f"--feature-extractor {feature_extractor} is used by fid, is and kid only"),
+        (memorization_space != "auto" and space is None,
+         f"--memorization-space {memorization_space} is used by memorization only"),
+        (dinov2_dir is not None and space != "dinov2",
+         "--dinov2-dir is used by memorization in the dinov2 space only "
+         "(--memorization-space dinov2)"),
+        (inception_weights is not None and "inception" not in (extractor, space),
+         "--inception-weights is used with Inception features only (fid/is/kid with "
+         "--feature-extractor inception, or memorization in the inception space)"),
+    ]
+    for is_unused, why in unused:
+        if is_unused:
+            raise ConfigError(f"{why}; the metrics here ({metrics}) would ignore it; remove it",
+                              field="metrics")
 
 
 def check_dinov2(repo: str | os.PathLike | None) -> None:
