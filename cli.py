@@ -283,6 +283,11 @@ def curve(**o: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluate
+SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
+                    "sampler__clip_denoised", "num_samples", "batch_size", "seed", "first_sample")
+"""evaluate's options that only say how samples are drawn: refused with --samples."""
+
+
 @main.command()
 @model_options
 @sampler_options
@@ -309,6 +314,11 @@ def evaluate(**o: Any) -> None:
     if given("samples_key") and not o["sample_files"]:
         raise ConfigError(f"--samples-key {o['samples_key']} is read from --samples files only; "
                           "give --samples or remove it")
+    drawing = [p.opts[0] for p in click.get_current_context().command.params
+               if p.name in SAMPLING_OPTIONS and given(p.name)]
+    if o["sample_files"] and drawing:
+        raise ConfigError(f"{drawing[0]} sets how samples are drawn, but --samples gives them; "
+                          "remove it")
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     files = o["sample_files"]
     x = read_sample_files(files, o["samples_key"], loaded.data_shape) if files else None

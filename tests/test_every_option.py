@@ -32,17 +32,24 @@ ALLOWED_UNUSED = {
     "first_sample@curve": "fixed in h-keys (curve --first-sample is passed on or refused there)",
 }
 
-# command → (base arguments, the library function replaced by the capture)
-BASES: dict[str, tuple[list[str], str]] = {
-    "train": (["--dataset", "oblique-plane", "--preset", "mlp-small", "--num-data", "64"],
-              "dmattack.train.train"),
-    "sample": (["--run", DDPM], "dmattack.workflows.write_samples"),
-    "attack": (["--run", DDPM], "dmattack.attack_eval.run_attack"),
-    "curve": (["--run", DDPM], "dmattack.attack_eval.run_curve"),
-    "evaluate": (["--run", DDPM], "dmattack.workflows.evaluate_model"),
-    "export": (["--run", DDPM], "dmattack.pipeline.export_pipeline"),
-    "purify": (["--num-samples", "8"], "dmattack.purification.run_purification"),
-    "demo": ([], "dmattack.demo.run_demo"),
+# id → (command, base arguments, the library function replaced by the capture); several
+# bases for a command whose options depend on another (the attack method, given samples)
+BASES: dict[str, tuple[str, list[str], str]] = {
+    "train": ("train", ["--dataset", "oblique-plane", "--preset", "mlp-small", "--num-data",
+                        "64"], "dmattack.train.train"),
+    "sample": ("sample", ["--run", DDPM], "dmattack.workflows.write_samples"),
+    "attack": ("attack", ["--run", DDPM], "dmattack.attack_eval.run_attack"),
+    "attack-trajectory": ("attack", ["--run", DDPM, "--method", "trajectory"],
+                          "dmattack.attack_eval.run_attack"),
+    "attack-lookahead": ("attack", ["--run", DDPM, "--method", "lookahead"],
+                         "dmattack.attack_eval.run_attack"),
+    "curve": ("curve", ["--run", DDPM], "dmattack.attack_eval.run_curve"),
+    "evaluate": ("evaluate", ["--run", DDPM], "evaluators.evaluate"),
+    "evaluate-samples": ("evaluate", ["--run", DDPM, "--samples", "{tmp}/x.safetensors"],
+                         "evaluators.evaluate"),
+    "export": ("export", ["--run", DDPM], "dmattack.pipeline.export_pipeline"),
+    "purify": ("purify", ["--num-samples", "8"], "dmattack.purification.run_purification"),
+    "demo": ("demo", [], "dmattack.demo.run_demo"),
 }
 
 # option → arguments that set it off its default (validly where a valid value exists). Flags
@@ -159,7 +166,8 @@ def _capture(monkeypatch, target: str) -> None:
 def _invoke(command: str, args: list[str], tmp: Path) -> tuple[int, str, str | None]:
     """(exit code, output, captured settings or None)."""
     extra = {"train": ["--out", str(tmp / "run")], "export": ["--out", str(tmp / "pipe")],
-             "demo": ["--out", str(tmp / "report")]}.get(command, [])
+             "demo": ["--out", str(tmp / "report")],
+             "evaluate": ["--out", str(tmp / "eval")]}.get(command, [])
     result = CliRunner().invoke(cli.main, [command, *args, *extra])
     if isinstance(result.exception, Captured):  # the --out folder given here is not a setting
         return 0, result.output, str(result.exception).replace(str(tmp), "<out>")
@@ -196,13 +204,19 @@ def sample_file(tmp_path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", list(BASES))
-def test_every_option_is_used_or_refused(command, tmp_path, monkeypatch, sample_file):
-    base_args, target = BASES[command]
+@pytest.mark.parametrize("base", list(BASES))
+def test_every_option_is_used_or_refused(base, tmp_path, monkeypatch, sample_file):
+    command, base_args, target = BASES[base]
+    base_args = [a.format(tmp=tmp_path) for a in base_args]
     _capture(monkeypatch, target)
     monkeypatch.setattr(cli, "RUNS_ROOT", tmp_path / "runs")
-    code, output, base = _invoke(command, base_args, tmp_path / "base")
-    assert base is not None, f"the base `{command}` did not reach its library call: {output}"
+    # evaluate runs for real up to scoring (what results.json records: the scoring call's
+    # arguments and protocol), with zeros for samples
+    monkeypatch.setattr("dmattack.workflows.sample_batched",
+                        lambda model, diffusion, shape, seeds, *a, **k: torch.zeros(
+                            len(seeds), *shape))
+    code, output, recorded = _invoke(command, base_args, tmp_path / "base")
+    assert recorded is not None, f"the base `{base}` did not reach its library call: {output}"
     unused = []
     for option in _options(command):
         if option.name in ALLOWED_UNUSED or f"{option.name}@{command}" in ALLOWED_UNUSED:
@@ -215,6 +229,6 @@ def test_every_option_is_used_or_refused(command, tmp_path, monkeypatch, sample_
                 command, args, output)
             named = {option.name, *(o.lstrip("-") for o in option.opts), *args[1:]}
             assert any(n in lines[0] for n in named), (command, args, output)
-        elif got == base:
+        elif got == recorded:
             unused.append(" ".join(args))
-    assert not unused, f"`dmattack {command}` accepts and ignores: {unused}"
+    assert not unused, f"`dmattack {command}` ({base}) accepts and ignores: {unused}"
