@@ -134,11 +134,6 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "identity") and callable(value):
         return {"metric_fn": value.identity}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        if type(value).__name__ == "EvaluationSetup":
-            return {"sampler": value.sampler.__dict__, "n": value.num_samples,
-                    "batch": value.batch_size, "reference": value.reference.fingerprint,
-                    "label": value.label, "config": dataclasses.asdict(value.config),
-                    "protocol": value.protocol(), "scoring": value.metric_fn().identity}
         return {"type": type(value).__name__, **{f.name: _plain(getattr(value, f.name))
                                                   for f in dataclasses.fields(value)}}
     if isinstance(value, dict):
