@@ -113,13 +113,13 @@ def _sampler(o: dict[str, Any], loaded) -> SamplerConfig:
                            o["sampler__clip_denoised"])
 
 
-def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None):
+def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None, **scoring: Any):
     """The evaluation setup of the options (one library call shared by evaluate, attack and
-    curve)."""
+    curve; ``scoring``: evaluate's feature extractor and memorisation options)."""
     from dmattack.evaluation import prepare_evaluation
 
     return prepare_evaluation(loaded, from_options(EvaluationConfig, o), _sampler(o, loaded),
-                              num_samples)
+                              num_samples, **scoring)
 
 
 model_options = option_group(
@@ -283,6 +283,11 @@ def curve(**o: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluate
+SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
+                    "sampler__clip_denoised", "num_samples", "batch_size", "seed", "first_sample")
+"""evaluate's options that only say how samples are drawn: refused with --samples."""
+
+
 @main.command()
 @model_options
 @sampler_options
@@ -306,10 +311,20 @@ def evaluate(**o: Any) -> None:
     from dmattack.evaluation import default_out_dir
     from dmattack.workflows import evaluate_model, read_sample_files
 
+    if given("samples_key") and not o["sample_files"]:
+        raise ConfigError(f"--samples-key {o['samples_key']} is read from --samples files only; "
+                          "give --samples or remove it")
+    drawing = [p.opts[0] for p in click.get_current_context().command.params
+               if p.name in SAMPLING_OPTIONS and given(p.name)]
+    if o["sample_files"] and drawing:
+        raise ConfigError(f"{drawing[0]} sets how samples are drawn, but --samples gives them; "
+                          "remove it")
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     files = o["sample_files"]
     x = read_sample_files(files, o["samples_key"], loaded.data_shape) if files else None
-    ev = _evaluation(o, loaded, None if x is None else len(x))
+    ev = _evaluation(o, loaded, None if x is None else len(x),
+                     feature_extractor=o["feature_extractor"],
+                     memorization_space=o["memorization_space"], dinov2_dir=o["dinov2_dir"])
     name = f"{ev.sampler_label}-n{ev.num_samples}-seed{ev.config.seed}"
     out_dir = Path(o["out"] or default_out_dir(loaded, "eval", name, RUNS_ROOT))
     console.print(f"[bold]evaluate[/] {loaded.source}: {', '.join(ev.metrics)} on "
@@ -321,8 +336,7 @@ def evaluate(**o: Any) -> None:
         result = evaluate_model(
             loaded, ev, out_dir, samples=x,
             samples_from={"files": list(files), "key": o["samples_key"]} if files else None,
-            device=dev, progress=ui.ticker(bar, task), feature_extractor=o["feature_extractor"],
-            memorization_space=o["memorization_space"], dinov2_dir=o["dinov2_dir"])
+            device=dev, progress=ui.ticker(bar, task))
     print_table(f"{ev.label} · {loaded.source} · {'EMA' if loaded.ema else 'raw'}",
                 ["metric", "value"], [[k, v] for k, v in metric_row(result).items()])
     stdout.print(str(out_dir))
@@ -405,7 +419,8 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out or Path("reports") / f"demo{'-quick' if quick else ''}-{stamp}")
-    check_run(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick)
+    check_run(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick,
+              seed=seed)
     device = resolve_device(device)
     console.print(f"[bold]demo[/]{' --quick' if quick else ''}: seed {seed}"
                   f"{f' … {seed + seeds - 1}' if seeds > 1 else ''} → {out_dir}")
