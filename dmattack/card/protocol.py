@@ -231,7 +231,10 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
             return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(
                 zip(value, args, strict=True)))
     elif origin in (Union, types.UnionType):
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # X | None: None is the absent key, so the value must be an X
+            return _convert(value, options[0], where)
+        for arg in options:
             try:
                 return _convert(value, arg, where)
             except _Bad:
