@@ -127,7 +127,7 @@ def _table(group: list[Card]) -> str:
                  f'{escape(m["fingerprint"][:12])}</code> <span class="src">'
                  f'{escape(m["source"])}</span></td>')
         cells = "".join(_cell(c.data["headline"].get(k)) for k in keys)
-        rows.append(f"<tr>{model}{cells}<td>{_links(c)}</td></tr>")
+        rows.append(f'<tr>{model}{cells}<td class="files">{_links(c)}</td></tr>')
     title = f"{ident['name']}-v{ident['version']}"
     return (f'<section class="protocol" data-hash="{escape(ident["hash"])}">\n'
             f'<h2>{escape(title)}</h2>\n<p class="identity">protocol <b>{escape(ident["name"])}'
@@ -147,7 +147,7 @@ text-align:left;vertical-align:top}td.num{text-align:right;white-space:nowrap}
 th button{font:inherit;font-weight:600;background:none;border:0;padding:0;cursor:pointer}
 th[aria-sort=ascending] button::after{content:" \\25B2"}
 th[aria-sort=descending] button::after{content:" \\25BC"}
-.ci,.n,.src{color:#666;font-size:.85em}.model{font-weight:600}
+.ci,.n,.src{color:#666;font-size:.85em}.model{font-weight:600}td.files{white-space:nowrap}
 """
 
 SCRIPT = """
@@ -193,8 +193,9 @@ def _page(groups: list[list[Card]]) -> str:
             f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>dmattack leaderboard</h1>\n"
             f"<p>{count} card{'s' if count != 1 else ''} under {len(groups)} "
             f"protocol{'s' if len(groups) != 1 else ''}. Each number is a point estimate with "
-            "its 95% bootstrap interval; cards are compared only within one protocol hash. "
-            "Click a column to sort by it; click again to reverse.</p>\n"
+            "its 95% bootstrap interval and the number of samples; ↓ marks a number where lower "
+            "is better, ↑ higher. Cards are compared only within one protocol hash. Click a "
+            "column to sort by it; click again to reverse.</p>\n"
             f"{tables}\n<script>{SCRIPT}</script>\n</body>\n</html>\n")
 
 
