@@ -218,3 +218,16 @@ def test_protocol_files_are_package_data():
     patterns = config["tool"]["setuptools"]["package-data"]["dmattack.card"]
     shipped = {p.name for pattern in patterns for p in PROTOCOL_DIR.parent.glob(pattern)}
     assert shipped == {p.name for p in PROTOCOL_DIR.iterdir() if p.is_file()}
+
+
+def test_docs_card_md_example_is_current():
+    text = (ROOT / "docs" / "card.md").read_text(encoding="utf-8")
+    block = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "docs/card.md", "exec"), namespace)
+    p = namespace["p"]
+    assert (p.sampling.steps, p.attacks[2].pgd_steps) == (25, 20)
+    documented = re.search(r'"hash": "([0-9a-f]+)…"', block).group(1)
+    assert protocol_identity(p)["hash"].startswith(documented)
+    assert load_protocol("digits-v1").reference.weights_sha256.startswith("e97a40fd")
+    assert "`e97a40fd…`" in text and "`7ff4a85c…`" in text
