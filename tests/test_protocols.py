@@ -178,6 +178,9 @@ def _hashes(folder: Path) -> str:
      "of 'end'"),
     ("seed = 0                   #", "seed = -1 #", r"sampling.seed = -1 is not allowed"),
     ("eps_scale = 1.0", "eps_scale = 1.0\n[budget", r"not valid TOML"),
+    ("[bootstrap.min_effect]", "min_effect = 0.05\n[unused]",
+     r"bootstrap.min_effect = 0.05 is not a table of <headline key> = <minimum effect>"),
+    ("pgd_steps = 20", "", r"attack\[2\] lacks key 'pgd_steps'"),
 ])
 def test_bad_values_are_one_line_errors_naming_them(copy, old, new, message):
     edit(copy, "digits-v1", old, new)

@@ -9,6 +9,7 @@ temporary folder beside ``out_dir`` and swapped in, so a failure leaves the old 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -210,10 +211,11 @@ def _manifest(groups: list[list[Card]]) -> dict[str, Any]:
 def _check_out(out: Path) -> None:
     """``out`` must be new, empty, or an earlier leaderboard (which is replaced)."""
     if out.exists() and not out.is_dir():
-        raise OutputError(20, f"--out {out} is a file, not a folder")
+        raise OutputError(errno.ENOTDIR, f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        raise OutputError(17, f"--out {out} is not empty and holds no {MANIFEST}: give a new "
-                          "or empty folder, or an earlier leaderboard to replace")
+        raise OutputError(errno.ENOTEMPTY, f"--out {out} is not empty and holds no "
+                          f"{MANIFEST}: give a new or empty folder, or an earlier leaderboard "
+                          "to replace")
 
 
 def _swap(new: Path, out: Path) -> None:

@@ -279,6 +279,10 @@ def _parse(raw: dict[str, Any]) -> Protocol:
     if not isinstance(attacks, list) or not attacks:
         _fail("attack", "must be a non-empty array of tables ([[attack]])")
     boot = raw.get("bootstrap")
+    if isinstance(boot, dict) and "min_effect" in boot and not isinstance(boot["min_effect"],
+                                                                          dict):
+        _fail(f"bootstrap.min_effect = {boot['min_effect']!r}", "is not a table of "
+              "<headline key> = <minimum effect>")
     if isinstance(boot, dict) and isinstance(boot.get("min_effect"), dict):
         raw["bootstrap"] = {**boot, "min_effect": sorted(
             [k, v] for k, v in boot["min_effect"].items())}
