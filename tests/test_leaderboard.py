@@ -190,7 +190,8 @@ def test_cli_prints_the_index_path_and_fails_in_one_line(cards, tmp_path, capsys
 
 # ----------------------------------------------------------------------------- the browser
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage"]  # the last: containers with a small /dev/shm
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C web element key
 
 
@@ -207,7 +208,7 @@ def browser(tmp_path):
     """A WebDriver session of headless Chromium: a function ``call(method, path, body)``."""
     found = _browser()
     if found is None:
-        if os.environ.get("CI") == "true":
+        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
             pytest.fail("chromium/chromedriver missing in CI: .ci/run must install them")
         pytest.skip("chromium and chromedriver not installed (apt-get install chromium "
                     "chromium-driver); CI installs them")
@@ -226,12 +227,16 @@ def browser(tmp_path):
             return json.loads(r.read())["value"]
 
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 30
+        while True:
             try:
                 if call("GET", "/status")["ready"]:
                     break
             except OSError:
-                time.sleep(0.1)
+                pass
+            assert proc.poll() is None, f"chromedriver exited with code {proc.returncode}"
+            assert time.monotonic() < deadline, "chromedriver not ready after 30 s"
+            time.sleep(0.1)
         caps = {"browserName": "chrome", "goog:loggingPrefs": {"browser": "ALL"},
                 "goog:chromeOptions": {"binary": found[0], "args": FLAGS + [
                     f"--user-data-dir={tmp_path / 'profile'}"]}}
