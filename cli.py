@@ -447,8 +447,10 @@ def plugins() -> None:
               help="Site folder (new, empty, or an earlier leaderboard, which is replaced).")
 @friendly_errors
 def leaderboard(cards: tuple[str, ...], out: str) -> None:
-    """Static leaderboard page of CARDS (card.json files or folders holding one): one sortable
-    table per protocol; prints the path of its index.html (docs/card.md)."""
+    """Static leaderboard page of robustness cards, one sortable table per protocol.
+
+    CARDS are card.json files or folders holding one; prints the absolute path of the site's
+    index.html (docs/card.md)."""
     from dmattack.card import write_leaderboard
 
     click.echo(str(write_leaderboard(cards, out)))
