@@ -113,7 +113,7 @@ def test_site_copies_every_card_and_links_resolve(cards, tmp_path):
     index = write_leaderboard(cards, tmp_path / "site")
     assert index == (tmp_path / "site" / "index.html") and index.is_absolute()
     page = Links()
-    page.feed(index.read_text())
+    page.feed(index.read_text(encoding="utf-8"))
     assert page.scripts == 1  # ours only: the model name's <script> is text
     assert len(page.hrefs) == 3 * len(cards)
     for href in page.hrefs:
@@ -128,13 +128,13 @@ def test_site_copies_every_card_and_links_resolve(cards, tmp_path):
 
 
 def test_model_names_are_escaped(cards, tmp_path):
-    html = write_leaderboard(cards, tmp_path / "site").read_text()
+    html = write_leaderboard(cards, tmp_path / "site").read_text(encoding="utf-8")
     assert "<script>window.pwned" not in html
     assert "&lt;script&gt;window.pwned = 1&lt;/script&gt; &quot;Robust&quot; &amp; co" in html
 
 
 def test_each_protocol_table_shows_its_identity(cards, tmp_path):
-    html = write_leaderboard(cards, tmp_path / "site").read_text()
+    html = write_leaderboard(cards, tmp_path / "site").read_text(encoding="utf-8")
     for ident in (QUICK, FULL):
         assert f"<code>{ident['hash']}</code>" in html
         assert f"<h2>{ident['name']}-v{ident['version']}</h2>" in html

@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..errors import ConfigError, InputFileError, OutputError
-from ..io import provenance, write_json, write_text
+from ..io import provenance, write_atomic, write_json
 from .schema import HEADLINE_KEYS, check_card
 
 MANIFEST = "leaderboard.json"
@@ -256,7 +256,8 @@ def write_leaderboard(card_paths: Sequence[str | os.PathLike], out_dir: str | os
             dest.mkdir(parents=True)
             for f in c.files():
                 shutil.copyfile(f, dest / f.name)
-        write_text(tmp / "index.html", _page(groups))
+        page = _page(groups)
+        write_atomic(tmp / "index.html", lambda p: p.write_text(page, encoding="utf-8"))
         write_json(tmp / MANIFEST, _manifest(groups))
         _swap(tmp, out)
     finally:
