@@ -455,5 +455,21 @@ def plugins() -> None:
                 [[k, v] for k, v in PLUGINS.items()] or [["(none installed)", ""]])
 
 
+# ----------------------------------------------------------------------------- leaderboard
+@main.command()
+@click.argument("cards", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), required=True,
+              help="Site folder (new, empty, or an earlier leaderboard, which is replaced).")
+@friendly_errors
+def leaderboard(cards: tuple[str, ...], out: str) -> None:
+    """Static leaderboard page of robustness cards, one sortable table per protocol.
+
+    CARDS are card.json files or folders holding one; prints the absolute path of the site's
+    index.html (docs/card.md)."""
+    from dmattack.card import write_leaderboard
+
+    click.echo(str(write_leaderboard(cards, out)))
+
+
 if __name__ == "__main__":
     main()
