@@ -43,6 +43,7 @@ from .attacks.schedule import COMMON_OPTIONS, AttackSpec
 from .errors import ConfigError, first_line
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
+from .progress import stage as progress_stage
 from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
@@ -276,7 +277,9 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         attacked, seconds["attacked"] = clean.clone(), 0.0
     nonfinite = {"clean": report_nonfinite(clean, "clean samples"),
                  "attacked": report_nonfinite(attacked, f"attacked samples ({plan.label})")}
-    metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
+    with progress_stage("scoring") as scoring:  # feature extraction, reference statistics
+        metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
+    seconds["scoring"] = round(scoring.seconds, 3)
     damage = paired_damage(clean, attacked)
 
     tensors = {"clean": clean.float().contiguous(), "attacked": attacked.float().contiguous()}
