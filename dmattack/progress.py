@@ -65,7 +65,7 @@ class Stage:
     info: str = ""
     sub: tuple[int, int, str] | None = None
     base: float = 0
-    start: float = field(default_factory=time.monotonic)
+    start: float = field(default_factory=lambda: time.monotonic())
     end: float | None = None
     parent: Stage | None = None
 
