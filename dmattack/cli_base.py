@@ -63,14 +63,14 @@ class Command(OneLineUsage, click.Command):
 
     @property
     def params(self) -> list[click.Parameter]:
-        if not self._expanded:
-            self._params = [*cli_lazy.expand(self._params), threads_option()]
-            self._expanded = True
+        if self._params is None:
+            self._params = [*cli_lazy.expand(self.declared), threads_option()]
         return self._params
 
     @params.setter
-    def params(self, value: list[click.Parameter]) -> None:
-        self._params, self._expanded = value, False
+    def params(self, value: list[Any]) -> None:
+        """The declared parameters (lazy groups included), expanded when next read."""
+        self.declared, self._params = list(value), None
 
     def invoke(self, ctx: click.Context) -> Any:
         apply_threads(ctx.params.pop("threads", None))

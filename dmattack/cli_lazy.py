@@ -12,9 +12,9 @@ to ``$DMATTACK_CACHE_DIR`` (default ``$XDG_CACHE_HOME/dmattack`` or ``~/.cache/d
 The cache is keyed by everything the options depend on: the content of every source file of
 dmattack and evaluators, the Python, click and rich installations, and the installed packages
 (the modification times of the ``site-packages`` folders on ``sys.path``: installing a plugin
-changes its registry's names, listed in --help); on read the key and a digest of the content are checked. An option
-that cannot be written as data (an unknown type or callback) makes its group uncached:
-always built live, never wrong. An unwritable cache folder only costs the speed.
+changes its registry's names, listed in --help); on read the key and a digest of the content
+are checked. An option that cannot be written as data (an unknown type or callback) makes its
+group uncached: always built live, never wrong. An unwritable cache folder only costs the speed.
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def test_sample_command_writes_progress_lines_through_a_pipe(tmp_path):
         [sys.executable, "-c", "import cli; cli.main()", "sample", "--run", DDPM,
          "--num-samples", "2", "--sampler", "ddim", "--sampler-steps", "8", "--threads", "1",
          "--out", str(tmp_path / "s")],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+        env=env, capture_output=True, text=True, timeout=300)  # stderr: a pipe
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("dmattack sample · ")]
     assert lines[0].startswith("dmattack sample · sample: 0/8 steps (0%)"), proc.stderr
