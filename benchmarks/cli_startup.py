@@ -40,7 +40,7 @@ def run_once(name: str, env: dict[str, str]) -> float:
     """Wall seconds of one fresh process of job ``name``."""
     args, code = JOBS[name]
     if name.endswith("-cold"):
-        shutil.rmtree(env["DMATTACK_CACHE_DIR"], ignore_errors=True)
+        shutil.rmtree(Path(env["DMATTACK_CACHE"]) / "cli", ignore_errors=True)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, *args], env=env, cwd=ROOT,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="Also write the JSON here.")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "DMATTACK_CACHE_DIR": cache}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "DMATTACK_CACHE": cache}
         times: dict[str, list[float]] = {name: [] for name in JOBS}
         for name in JOBS:  # warm-up: page cache, .pyc files, the option cache
             run_once(name, env)

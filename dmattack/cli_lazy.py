@@ -8,7 +8,8 @@ group's options as plain data, so ``dmattack attack --bogus 1`` answers without 
 
 On a miss the declaring modules are imported (all of them, in declaration order, as an eager
 import would), the options are built by :func:`~dmattack.settings.click_options` and written
-to ``$DMATTACK_CACHE_DIR`` (default ``$XDG_CACHE_HOME/dmattack`` or ``~/.cache/dmattack``).
+to ``$DMATTACK_CACHE/cli/`` (default ``~/.cache/dmattack/cli/``, the folder of the other
+caches).
 The cache is keyed by everything the options depend on: the content of every source file of
 dmattack and evaluators, the Python, click and rich installations, and the installed packages
 (the modification times of the ``site-packages`` folders on ``sys.path``: installing a plugin
@@ -34,7 +35,7 @@ from typing import Any
 import click
 
 FORMAT = 1
-CACHE_ENV = "DMATTACK_CACHE_DIR"
+CACHE_ENV = "DMATTACK_CACHE"
 _GROUPS: dict[str, LazyOptions] = {}
 _MEMO: dict[str, Any] = {}
 
@@ -128,14 +129,12 @@ def _stat(path: Path) -> str:
 
 
 def cache_dir() -> Path:
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dmattack"
+    """``$DMATTACK_CACHE/cli``, else ``~/.cache/dmattack/cli``."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "dmattack") / "cli"
 
 
 def cache_file() -> Path:
-    return cache_dir() / f"cli-options-{cache_key()[:20]}.json"
+    return cache_dir() / f"options-{cache_key()[:20]}.json"
 
 
 def _digest(groups: Any) -> str:
@@ -162,7 +161,7 @@ def _write_cache(groups: dict[str, Any]) -> None:
     try:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".cli-options-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".options-", suffix=".tmp")
     except OSError:
         return
     try:

@@ -104,7 +104,8 @@ class Stage:
             parts.append(f"{done} {self.unit}")
         rate = self.rate()
         if rate is not None:
-            parts.append(f"{rate:.3g} {self.unit}/s" if rate >= 0.1
+            parts.append(f"{rate:.0f} {self.unit}/s" if rate >= 100
+                         else f"{rate:.3g} {self.unit}/s" if rate >= 0.1
                          else f"{1 / rate:.3g} s/{self.unit}")
         if self.end is not None:
             parts.append(f"done in {hms(self.seconds)}")

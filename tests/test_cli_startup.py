@@ -61,7 +61,7 @@ def test_help_and_option_errors_do_not_import_torch(cache, args, code):
 
 def test_cached_options_equal_the_live_ones(cache):
     """Rebuilt from the cache, every option of every command is the live option."""
-    doc = json.loads(next(cache.glob("cli-options-*.json")).read_text())
+    doc = json.loads(next((cache / "cli").glob("options-*.json")).read_text())
     assert set(doc["groups"]) == set(cli_lazy._GROUPS)  # every group was expressible as data
     for key, group in cli_lazy._GROUPS.items():
         live = [cli_lazy._to_data(o) for o in group.live()]
@@ -85,7 +85,7 @@ def test_help_from_the_cache_is_the_live_help(cache):
 
 
 def test_damaged_or_foreign_cache_is_not_used(cache, monkeypatch):
-    path = next(cache.glob("cli-options-*.json"))
+    path = next((cache / "cli").glob("options-*.json"))
     doc = json.loads(path.read_text())
     key = next(iter(doc["groups"]))
     doc["groups"][key][0]["help"] = "edited"  # the digest no longer matches

@@ -170,7 +170,7 @@ def test_sample_command_writes_progress_lines_through_a_pipe(tmp_path):
     """A real command with stderr a pipe (as under nohup, CI or tee): plain lines with the
     stage, done/total, rate and ETA, at the stage change and at the rhythm set small."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), progress.EVERY_ENV: "0.2",
-           "DMATTACK_CACHE_DIR": str(tmp_path / "cache")}
+           "DMATTACK_CACHE": str(tmp_path / "cache")}
     env.pop(progress.MODE_ENV, None)
     proc = subprocess.run(
         [sys.executable, "-c", "import cli; cli.main()", "sample", "--run", DDPM,
