@@ -83,7 +83,13 @@ def train(**o: Any) -> None:
     with ui.reporting("train"), progress.stage("train", cfg.steps, "steps") as st:
         train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
                   callback=ui.train_progress(st))
-    stdout.print(str(run_dir))
+    _print_path(run_dir)
+
+
+def _print_path(path: str | os.PathLike) -> None:
+    """The absolute path of what a command wrote, on stdout as one unwrapped line (for
+    ``$(dmattack ...)``); silent on torchrun ranks other than 0."""
+    stdout.print(str(Path(path).resolve()), soft_wrap=True, markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------- models
@@ -173,7 +179,7 @@ def sample_cmd(**o: Any) -> None:
         written = write_samples(loaded, sampler, o["num_samples"], o["batch_size"], o["seed"],
                                 folder, o["first_sample"], dev)
     if written is not None:  # under torchrun, rank 0 writes all the samples
-        stdout.print(str(written))
+        _print_path(written)
 
 
 # ----------------------------------------------------------------------------- attack
@@ -183,7 +189,8 @@ def sample_cmd(**o: Any) -> None:
 @evaluation_options
 @lazy_options(ATTACK_SPEC)
 @click.option("--out", type=click.Path(), default=None,
-              help="Result folder [default: <run>/attacks/<label>-<sampler>-n<N>-seed<S>].")
+              help="Result folder [default: <run>/attacks/<model>-<content hash>/<label>-<sampler>"
+              "-n<N>-seed<S>; for a pipeline under runs/]. The absolute path is printed.")
 @friendly_errors
 def attack(**o: Any) -> None:
     """Attack the reverse chain: clean vs attacked samples with paired randomness.
@@ -217,7 +224,7 @@ def attack(**o: Any) -> None:
                 f"{result['num_attacked_steps']} of {steps} steps attacked"
                 + (" (incl. the last, budget 0)" if result["last_step_attacked"] else ""),
                 ["metric", "clean", "attacked"], [[k, clean[k], attacked.get(k)] for k in clean])
-    stdout.print(str(out_dir))
+    _print_path(out_dir)
 
 
 # ----------------------------------------------------------------------------- curve
@@ -286,7 +293,7 @@ def curve(**o: Any) -> None:
                 [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
     if any(any(r["last_step_attacked"]) for r in result["rows"]):
         stdout.print(LAST_STEP_NOTE)
-    stdout.print(str(out_dir))
+    _print_path(out_dir)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -311,7 +318,8 @@ SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
 @click.option("--dinov2-dir", type=click.Path(), default=None,
               help="Local facebookresearch/dinov2 checkout with weights.")
 @click.option("--out", type=click.Path(), default=None,
-              help="Result folder [default: <run>/eval/<sampler>-n<N>-seed<S>].")
+              help="Result folder [default: <run>/eval/<model>-<content hash>/<sampler>-n<N>-"
+              "seed<S>; for a pipeline under runs/]. The absolute path is printed.")
 @friendly_errors
 def evaluate(**o: Any) -> None:
     """Score samples of a model: FID/IS/KID, exact metrics, memorisation."""
@@ -343,7 +351,7 @@ def evaluate(**o: Any) -> None:
             device=dev)
     print_table(f"{ev.label} · {loaded.source} · {'EMA' if loaded.ema else 'raw'}",
                 ["metric", "value"], [[k, v] for k, v in metric_row(result).items()])
-    stdout.print(str(out_dir))
+    _print_path(out_dir)
 
 
 # ----------------------------------------------------------------------------- export
@@ -360,7 +368,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise OutputError(errno.EEXIST, f"--out {out} exists and is not empty; choose a new folder")
     loaded, _ = _load_model(run, None, ema, "cpu")
-    stdout.print(str(export_pipeline(loaded, out)))
+    _print_path(export_pipeline(loaded, out))
 
 
 # ----------------------------------------------------------------------------- purify
@@ -395,7 +403,7 @@ def purify(**o: Any) -> None:
         result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(st))
     print_table(f"accuracy of {cfg.classifier} (robust = correct on the clean and the adversarial "
                 f"image), ε = {cfg.eps:.4g}", ui.PURIFY_COLUMNS, ui.purify_rows(result))
-    stdout.print(str(out_dir / "purify.json"))
+    _print_path(out_dir / "purify.json")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -440,7 +448,7 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
         finally:
             stages.close()
     print_table(headline_title(results), *headline_rows(results))
-    stdout.print(str(out_dir / "report.md"))
+    _print_path(out_dir / "report.md")
 
 
 # ----------------------------------------------------------------------------- plugins
