@@ -200,6 +200,7 @@ def attack(**o: Any) -> None:
     from dmattack.attack_eval import check_run, run_attack
     from dmattack.attacks import AttackSpec
     from dmattack.evaluation import default_out_dir
+    from dmattack.workflows import write_pairs
 
     spec = from_options(AttackSpec, o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
@@ -218,6 +219,7 @@ def attack(**o: Any) -> None:
                             metric_fn=ev.metric_fn(), device=dev, out_dir=out_dir,
                             progress=ui.progress_steps(st),
                             first_sample=ev.config.first_sample)
+    write_pairs(out_dir, spec.describe())  # pairs.png: clean | attacked, damage under each
     clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
     print_table(f"{ev.label} · {spec.describe()} · window {spec.window} · {ev.sampler_label} · "

@@ -30,21 +30,67 @@ def as_images(samples: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+MIN_SIDE = 64
+"""Images smaller than this many pixels a side are enlarged (nearest neighbour, an integer
+factor) in the PNGs, so an 8×8 digit is readable (64×64) and a 32×32 image shows at 64×64."""
+
+
+def upscale(images: torch.Tensor, min_side: int = MIN_SIDE) -> torch.Tensor:
+    """(N, C, H, W) images enlarged by the integer factor ⌈min_side / min(H, W)⌉ (nearest
+    neighbour: each pixel becomes a block, no new values); unchanged when large enough."""
+    factor = max(1, -(-min_side // min(images.shape[-2:])))
+    if factor == 1:
+        return images
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+
+
 def save_samples_png(samples: torch.Tensor, path: str | os.PathLike, title: str = "",
                      max_images: int = 64) -> None:
     """Write a PNG of model-space samples (N, *shape) atomically.
 
-    Images ([-1, 1]) go into a grid; 2-D/3-D vectors into a scatter plot (first two
-    coordinates, third as colour). Non-finite samples are dropped from scatter plots.
+    Images ([-1, 1]) go into a grid, enlarged to at least :data:`MIN_SIDE` pixels a side
+    (nearest neighbour); 2-D/3-D vectors into a scatter plot (first two coordinates, third as
+    colour). Non-finite samples are dropped from scatter plots.
     """
     samples = samples.detach().float().cpu()
     images = as_images(samples)
     if images is not None:
-        grid = ((images[:max_images].clamp(-1, 1) + 1) / 2).nan_to_num(0.0)
+        grid = upscale(((images[:max_images].clamp(-1, 1) + 1) / 2).nan_to_num(0.0))
         nrow = max(1, math.isqrt(len(grid)))
-        write_atomic(path, lambda p: save_image(grid, p, nrow=nrow, padding=1, format="png"))
+        write_atomic(path, lambda p: save_image(grid, p, nrow=nrow, padding=2, format="png"))
         return
     scatter_png([samples], [title or "samples"], path)
+
+
+def save_pairs_png(clean: torch.Tensor, attacked: torch.Tensor, path: str | os.PathLike,
+                   title: str = "", max_pairs: int = 16) -> bool:
+    """Clean and attacked model-space images (N, *shape) side by side, pair i in column i
+    (clean above, attacked below), the pair's damage ‖attacked − clean‖₂ (model space,
+    [-1, 1] pixels) under it; nearest-neighbour pixels. Written atomically; returns False
+    (nothing written) when the samples are not images."""
+    a, b = as_images(clean.detach().float().cpu()), as_images(attacked.detach().float().cpu())
+    if a is None or b is None:
+        return False
+    n = min(max_pairs, len(a))
+    damage = (b[:n] - a[:n]).flatten(1).norm(dim=1)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n + 0.6, 3.0), squeeze=False)
+    for i in range(n):
+        for row, x in enumerate((a[i], b[i])):
+            ax = axes[row][i]
+            img = ((x.clamp(-1, 1) + 1) / 2).nan_to_num(0.0).permute(1, 2, 0).squeeze(-1)
+            ax.imshow(img.numpy(), cmap="gray" if img.dim() == 2 else None, vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[1][i].set_xlabel(f"{damage[i].item():.3g}", fontsize=9)
+    axes[0][0].set_ylabel("clean")
+    axes[1][0].set_ylabel("attacked")
+    fig.suptitle(f"{title + ' · ' if title else ''}‖attacked − clean‖₂ under each pair",
+                 fontsize=10)
+    fig.tight_layout()
+    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+    return True
 
 
 def scatter_png(clouds: Sequence[torch.Tensor], titles: Sequence[str],

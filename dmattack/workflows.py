@@ -82,6 +82,22 @@ def num_sampling_ticks(loaded: LoadedModel, sampler: SamplerConfig, num_samples:
     return sampler.num_steps(loaded.diffusion.num_timesteps) * -(-mine // batch_size)
 
 
+def write_pairs(out_dir: str | os.PathLike, title: str = "") -> Path | None:
+    """``pairs.png`` beside an attack's ``samples.safetensors`` (clean and attacked images side
+    by side, each pair's damage under it: :func:`~dmattack.visualize.save_pairs_png`); None
+    when the samples are not images or on a torchrun rank other than 0."""
+    from safetensors.torch import load_file
+
+    from .visualize import save_pairs_png
+
+    out = Path(out_dir)
+    if not distributed.is_main():
+        return None
+    x = load_file(str(out / "samples.safetensors"))
+    return out / "pairs.png" if save_pairs_png(x["clean"], x["attacked"], out / "pairs.png",
+                                               title) else None
+
+
 def read_sample_files(files: Sequence[str | os.PathLike], key: str,
                       shape: Sequence[int]) -> torch.Tensor:
     """Tensor ``key`` of each safetensors file, concatenated (e.g. shards); a one-line

@@ -39,6 +39,7 @@ def test_two_pipelines_with_the_same_folder_name_write_two_folders(tmp_path, mon
         assert result.exit_code == 0, result.output
         printed = Path(result.output.strip().splitlines()[-1])
         assert printed.is_absolute() and (printed / "results.json").is_file()
+        assert (printed / "pairs.png").is_file()
         folders.append(printed)
     assert folders[0] != folders[1]
     for folder, pipe in zip(folders, pipes, strict=True):
@@ -47,3 +48,34 @@ def test_two_pipelines_with_the_same_folder_name_write_two_folders(tmp_path, mon
         assert model_dir.name.startswith("pipe-") and len(model_dir.name) == len("pipe-") + 8
         recorded = json.loads((folder / "results.json").read_text())["model"]
         assert Path(recorded["source"]).resolve() == pipe.resolve()
+
+
+def test_upscale_is_nearest_neighbour_blocks():
+    import torch
+
+    from dmattack.visualize import upscale
+
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
+    big = upscale(x)
+    assert big.shape == (2, 1, 64, 64)  # 8 px → 64 px, factor 8
+    assert torch.equal(big[:, :, ::8, ::8], x)  # each pixel a constant 8×8 block
+    assert torch.equal(big.reshape(2, 1, 8, 8, 8, 8).amax((3, 5)), x)
+    assert torch.equal(big.reshape(2, 1, 8, 8, 8, 8).amin((3, 5)), x)
+    assert upscale(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)  # large enough
+    assert upscale(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 64, 64)
+
+
+def test_pairs_png(tmp_path):
+    import torch
+    from PIL import Image
+
+    from dmattack.visualize import save_pairs_png
+
+    clean = torch.zeros(5, 64)  # 64-D digit vectors: 8×8 images
+    attacked = clean.clone()
+    attacked[2, :4] = 0.5  # damage of pair 2: ‖Δ‖₂ = sqrt(4 · 0.25) = 1
+    assert save_pairs_png(clean, attacked, tmp_path / "p.png", title="t")
+    width, height = Image.open(tmp_path / "p.png").size
+    assert width > height and width >= 5 * 64  # side by side, readable size
+    assert not save_pairs_png(torch.zeros(4, 3), torch.zeros(4, 3), tmp_path / "q.png")
+    assert not (tmp_path / "q.png").exists()
