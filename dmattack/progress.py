@@ -79,7 +79,8 @@ class Stage:
         frac = 0.0
         if self.sub is not None and self.sub[1] > 0:
             frac = min(1.0, self.sub[0] / self.sub[1])
-        return self.done + frac
+        done = self.done + frac
+        return done if self.total is None else min(self.total, done)
 
     def rate(self) -> float | None:
         """Units per second measured over the stage up to now; None before any unit."""
@@ -177,9 +178,11 @@ class Reporter:
     def refresh(self, st: Stage) -> None:
         """Show ``st``'s new counts (a bar now; a line when the rhythm says so)."""
         if self._bars is not None and id(st) in self._tasks:
-            total = st.total if st.total is not None else None
-            completed = st.total if st.end is not None and st.total else st.progress()
-            self._bars.update(self._tasks[id(st)], total=total, completed=completed)
+            if st.end is not None:  # a full bar, also for an unknown total
+                total = st.total or 1
+                self._bars.update(self._tasks[id(st)], total=total, completed=total)
+            else:
+                self._bars.update(self._tasks[id(st)], total=st.total, completed=st.progress())
         self._line(st)
 
     # ------------------------------------------------------------------ lines
@@ -351,8 +354,6 @@ def _rich_progress(console: Any) -> Any:
     from rich.text import Text
 
     class StatusColumn(ProgressColumn):
-        max_refresh = 1.0
-
         def render(self, task: Any) -> Text:
             return Text(task.fields["stage"].status())
 
