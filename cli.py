@@ -56,7 +56,8 @@ def main() -> None:
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue this run folder (to --steps if given). Also allowed with it: --nan-"
-              "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers.")
+              "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers, "
+              "--threads.")
 @friendly_errors
 def train(**o: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder.
@@ -68,7 +69,7 @@ def train(**o: Any) -> None:
     from dmattack.train_config import TrainConfig
 
     fixed = [p.opts[0] for p in click.get_current_context().command.params if given(p.name)
-             and p.name not in (*RESUME_OVERRIDES, "steps", "resume")]
+             and p.name not in (*RESUME_OVERRIDES, "steps", "resume", "threads")]
     if o["resume"] and fixed:
         raise ConfigError(f"{fixed[0]} cannot change on --resume; allowed: --steps, "
                           + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES))

@@ -153,3 +153,9 @@ def test_threads_option_sets_torch_threads(monkeypatch, tmp_path):
         assert bad.exit_code == 2 and "--threads" in bad.output
     finally:
         torch.set_num_threads(before)
+
+
+def test_threads_allowed_with_resume(tmp_path):
+    result = CliRunner().invoke(cli.main, ["train", "--resume", str(tmp_path / "none"),
+                                           "--threads", "1"])
+    assert result.exit_code == 2 and "cannot change on --resume" not in result.output
