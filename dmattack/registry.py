@@ -12,8 +12,9 @@ as the allowed values of the matching option. A new entry is one registration::
 Third-party packages add entries without touching dmattack through the ``dmattack``
 entry-point group (``[project.entry-points.dmattack]`` in their pyproject.toml). Each entry
 point names a module or a zero-argument callable; dmattack imports (or calls) it the first time
-any registry is looked up, and the registrations it makes are then available everywhere,
-the CLI included (``dmattack plugins`` lists them).
+any registry is looked up outside an import of dmattack itself (:func:`load_plugins`), and the
+registrations it makes are then available everywhere, the CLI included (``dmattack plugins``
+lists them). A plugin that fails is one warning; see docs/library.md §7.
 """
 
 from __future__ import annotations
