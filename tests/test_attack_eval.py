@@ -87,10 +87,17 @@ def test_run_curve_resumes_only_missing_points(tmp_path):
         ("fgsm-mean-spread", "b"), ("random-sign-spread", "b")]
     clean_a = next(p for p in first["points"] if p["label"] == "clean" and p["model"] == "/runs/a")
     assert first["rows"][0]["values"][0] == clean_a["metrics"]["norm"]
-    lines = (tmp_path / "curve.csv").read_text().splitlines()
-    assert lines[0] == ("series,model,metric,0% = 0 of 10 steps,50% = 5 of 10 steps,"
-                        "100% = 10 of 10 steps,last step attacked at") and len(lines) == 5
-    assert all(line.endswith(",50% 100%") for line in lines[1:])  # spread 50%: 1,3,…,9
+    rows = list(csv.DictReader((tmp_path / "curve.csv").open()))
+    assert list(rows[0])[:7] == ["series", "model", "metric", "0% = 0 of 10 steps",
+                                 "50% = 5 of 10 steps", "100% = 9 of 10 steps",
+                                 "last step attacked at"] and len(rows) == 4
+    # counting the 9 steps with a budget: 50% spread is steps 0, 2, 4, 6, 8; never the last
+    assert all(r["last step attacked at"] == "none" for r in rows)
+    for r, row in zip(rows, first["rows"], strict=True):
+        d = row["damage"][1]["pixel deviation"]
+        assert [float(r[f"pixel deviation 50% {k}"]) for k in ("mean", "ci lo", "ci hi")] == [
+            d["mean"], *d["ci95"]]
+        assert r["pixel deviation 0% mean"] == ""  # the clean point has no damage
     assert (tmp_path / "curve.png").stat().st_size > 0
 
     # a killed run: one point lost, and the last line cut mid-write
@@ -188,51 +195,103 @@ def test_attack_on_images_clips_by_default_and_records_it(tmp_path):
 
 def test_paired_damage_closed_forms():
     from dmattack.attack_eval import paired_damage
+    from dmattack.damage import damage_per_sample
     from evaluators.digits_model import digits_split, load_digits_cnn
 
     clean = torch.zeros(6, 3)
     attacked = clean + torch.tensor([0.1, 0.1, 0.1, 0.2, 0.2, 0.2]).unsqueeze(1)
     attacked[5, 0] = float("nan")
+    per = damage_per_sample(clean, attacked)
+    assert list(per) == ["pixel deviation"] and per["pixel deviation"][5] is None
+    assert [round(v, 7) for v in per["pixel deviation"][:5]] == [0.01] * 3 + [0.04] * 2
     d = paired_damage(clean, attacked)
     assert d["num_samples"] == 5 and d["num_nonfinite"] == 1
-    assert abs(d["pixel deviation mean"] - (3 * 0.01 + 2 * 0.04) / 5) < 1e-7
-    assert abs(d["pixel deviation median"] - 0.01) < 1e-7
+    pix = d["pixel deviation"]
+    assert set(pix) == {"mean", "median", "ci95", "n"} and pix["n"] == 5
+    assert abs(pix["mean"] - (3 * 0.01 + 2 * 0.04) / 5) < 1e-7
+    assert abs(pix["median"] - 0.01) < 1e-7
+    lo, hi = pix["ci95"]  # the mean of resamples of {0.01, 0.04} stays within their range
+    assert 0.01 - 1e-9 <= lo < pix["mean"] < hi <= 0.04 + 1e-9
     assert "class changed (digits-cnn)" not in d
 
     _, _, x, _ = digits_split()
     net = load_digits_cnn()
     a, b = x[:40], x[40:80]
     with torch.no_grad():
-        expected = float((net(a).argmax(1) != net(b).argmax(1)).double().mean())
-    assert paired_damage(a, b)["class changed (digits-cnn)"] == expected > 0
+        expected = (net(a).argmax(1) != net(b).argmax(1)).double()
+    changed = paired_damage(a, b)["class changed (digits-cnn)"]
+    assert changed["mean"] == float(expected.mean()) > 0 and changed["n"] == 40
+    assert changed["ci95"][0] < changed["mean"] < changed["ci95"][1]
+    assert damage_per_sample(a, b)["class changed (digits-cnn)"] == expected.tolist()
     same = paired_damage(a, a.clone())
-    assert same["class changed (digits-cnn)"] == 0 and same["pixel deviation mean"] == 0
+    assert same["class changed (digits-cnn)"]["mean"] == 0
+    assert same["pixel deviation"] == {"mean": 0.0, "median": 0.0, "ci95": [0.0, 0.0], "n": 40}
+
+
+def test_feature_distance_is_measured_when_the_attack_used_features():
+    from dmattack.damage import damage_feature_extractor, damage_per_sample
+    from evaluators.digits_model import digits_split, load_digits_cnn
+
+    _, _, x, _ = digits_split()
+    a, b = x[:6], x[6:12]
+    assert damage_feature_extractor({"distance": "pixel"}, (1, 8, 8)) is None
+    name = damage_feature_extractor({"distance": "features", "feature_extractor": None},
+                                    (1, 8, 8))
+    assert name == "digits-cnn"
+    per = damage_per_sample(a, b, name, batch_size=4)
+    cnn = load_digits_cnn()
+    with torch.no_grad():  # ‖φ(attacked) − φ(clean)‖², φ the 64-D penultimate layer
+        expected = (cnn.features(b) - cnn.features(a)).pow(2).sum(1)
+    torch.testing.assert_close(torch.tensor(per["feature distance (digits-cnn)"],
+                                            dtype=torch.float64),
+                               expected.double(), rtol=1e-5, atol=1e-6)
+
+
+def test_improved_under_attack_flags_set_metrics_that_get_better():
+    from dmattack.damage import improved_under_attack
+
+    clean = {"FID (digits-cnn)": 246.0, "KID (digits-cnn)": 0.1, "KID std": 0.01, "IS": 2.0,
+             "FD (exact)": 1.0, "variance ratio": 0.5}
+    attacked = {"FID (digits-cnn)": 200.0, "KID (digits-cnn)": 0.2, "KID std": 0.001,
+                "IS": 2.5, "FD (exact)": None, "variance ratio": 0.9}
+    assert improved_under_attack(clean, attacked) == {
+        "FID (digits-cnn)": True, "KID (digits-cnn)": False, "IS": True}
 
 
 def test_attack_results_record_the_attacked_steps(tmp_path):
-    res = run_attack(mlp_model("a"), AttackSpec("random", 100, window="first"), num_samples=4,
-                     seed=1, sampler=SAMPLER, batch_size=4, metric_fn=counting_metric([]),
-                     device="cpu", out_dir=tmp_path)
-    assert res["steps_attacked"] == "10 of 10" and res["last_step_attacked"] is True
-    assert res["num_steps"] == 10 and res["attacked_steps"] == list(range(10))
+    kw = dict(num_samples=4, seed=1, sampler=SAMPLER, batch_size=4,
+              metric_fn=counting_metric([]), device="cpu", out_dir=tmp_path)
+    res = run_attack(mlp_model("a"), AttackSpec("random", 100, window="first"), **kw)
+    # 100% of the 9 steps with a budget: the zero-budget last step is not spent
+    assert res["steps_attacked"] == "9 of 10" and res["last_step_attacked"] is False
+    assert res["num_steps"] == 10 and res["attacked_steps"] == list(range(9))
+    assert res["steps_with_budget"] == 9 and res["zero_budget_steps_attacked"] == []
+    assert res["step_counting"] == "budget"
     assert res["attack"]["kind"] == "per-step" and res["attack"]["random_dist"] == "sign"
-    assert res["damage"]["pixel deviation mean"] > 0
-    res = run_attack(mlp_model("a"), AttackSpec("random", 30, window="first"), num_samples=4,
-                     seed=1, sampler=SAMPLER, batch_size=4, metric_fn=counting_metric([]),
-                     device="cpu", out_dir=tmp_path)
+    assert res["damage"]["pixel deviation"]["mean"] > 0
+    assert res["trace"] is None and res["converged"] is None  # a per-step attack has no trace
+    # the former counting, kept for earlier numbers: all 10 steps, the last one included
+    res = run_attack(mlp_model("a"), AttackSpec("random", 100, window="first",
+                                                step_counting="all"), **kw)
+    assert res["steps_attacked"] == "10 of 10" and res["last_step_attacked"] is True
+    assert res["zero_budget_steps_attacked"] == [9] and res["step_counting"] == "all"
+    assert res["label"] == "random-sign-first-100%-countall"
+    res = run_attack(mlp_model("a"), AttackSpec("random", 30, window="first"), **kw)
     assert res["steps_attacked"] == "3 of 10" and res["last_step_attacked"] is False
 
 
 def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     from dmattack.attack_eval import LAST_STEP_MARK, marked_values, percent_headers
 
-    specs = curve_specs(["random"], [30, 100], windows=("first", "last"))
+    # the former counting (all steps), under which the zero-budget last step can be attacked
+    specs = curve_specs(["random"], [30, 100], windows=("first", "last"), step_counting="all")
     curve = run_curve([mlp_model("a")], specs, num_samples=4, seed=0, sampler=SAMPLER,
                       batch_size=4, metric_fn=counting_metric([]), device="cpu",
                       out_dir=tmp_path)
     assert curve["steps_attacked"] == ["0 of 10", "3 of 10", "10 of 10"]
     first, last = curve["rows"]
-    assert first["series"] == "random-sign-first" and last["series"] == "random-sign-last"
+    assert first["series"] == "random-sign-first-countall"
+    assert last["series"] == "random-sign-last-countall"
     # `first` reaches the last step only at 100%; `last` always does
     assert first["last_step_attacked"] == [False, False, True]
     assert last["last_step_attacked"] == [False, True, True]
@@ -243,6 +302,6 @@ def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     assert marked[0] == last["values"][0]
     assert marked[1] == f"{last['values'][1]:.4g}{LAST_STEP_MARK}"
     rows = list(csv.reader((tmp_path / "curve.csv").open()))
-    assert rows[0][3:] == [*percent_headers(curve), "last step attacked at"]
-    assert [r[-1] for r in rows[1:]] == ["100%", "30% 100%"]
+    assert rows[0][3:7] == [*percent_headers(curve), "last step attacked at"]
+    assert [r[6] for r in rows[1:]] == ["100%", "30% 100%"]
     assert [float(v) for v in rows[2][3:6]] == last["values"]  # numbers stay numbers
