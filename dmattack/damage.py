@@ -170,7 +170,8 @@ def _effect_dict(compute: Any, *arrays: np.ndarray, **extra: Any) -> dict[str, A
     None with the reason in ``note``."""
     n = int(np.logical_and.reduce([np.isfinite(a) for a in arrays]).sum())
     try:
-        eff = compute(*arrays)
+        with np.errstate(all="ignore"):  # a resample with a zero denominator: reported below
+            eff = compute(*arrays)
         if not math.isfinite(eff.value):
             raise ValueError("the effect is not finite (a zero mean in a denominator)")
         return {**eff.to_dict(), **extra}
@@ -217,7 +218,8 @@ def _comparison(eff_fn: Any, arrays: Sequence[np.ndarray], b_value: float | None
     """An effect A − B with the verdict on "A is more robust than B" (direction ``less``,
     minimum effect ``share``·|B's value|)."""
     try:
-        eff = eff_fn(*arrays)
+        with np.errstate(all="ignore"):  # a resample with a zero denominator: reported below
+            eff = eff_fn(*arrays)
     except ValueError as e:
         return {"value": None, "ci95": None, "verdict": "inconclusive", "note": str(e)}
     m = share * abs(b_value) if b_value is not None and math.isfinite(b_value) else 0.0
