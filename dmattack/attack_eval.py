@@ -801,13 +801,13 @@ def _curve_csv(curve: dict[str, Any]) -> str:
                 "last step attacked at", "improved under attack at",
                 *(f"{m} {p:g}% {part}" for m in measures for p in percents
                   for part in ("mean", "ci lo", "ci hi"))])
+
+    def at(flags: list[Any] | None) -> str:
+        return " ".join(f"{p:g}%" for p, f in zip(percents, flags or [None] * len(percents),
+                                                   strict=True) if f) or "none"
+
     for row in curve["rows"]:
         n = len(row["values"])
-
-        def at(flags: list[Any] | None) -> str:
-            return " ".join(f"{p:g}%" for p, f in zip(percents, flags or [None] * n,
-                                                       strict=True) if f) or "none"
-
         cells = []
         for m in measures:
             for d in row.get("damage") or [None] * n:

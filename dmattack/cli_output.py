@@ -190,7 +190,7 @@ def print_attack_result(result: dict[str, Any], title: str) -> None:
                 ["measure", "mean [95% CI]", "median", "n"], damage_rows(damage))
     warning = convergence_warning(result["label"], result.get("convergence"))
     if warning:
-        stdout.print(warning, markup=False)
+        stdout.print(warning, markup=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- curve results
@@ -215,19 +215,16 @@ def _point_rows(curve: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     return cols, rows
 
 
-def comparison_rows(comparisons: list[dict[str, Any]]) -> list[list[Any]]:
-    """One row per model pair × series × percent × measure: A − B on raw damage and on the
+def comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    """One line per model pair × series × percent × measure: A − B on raw damage and on the
     attack/random ratio, each with its 95% interval and its verdict on "A is more robust than
-    B"."""
-    def cells(c: dict[str, Any] | None) -> list[str]:
-        return ["—", "—"] if not c else [interval(c), c.get("verdict", "")]
+    B" (lines, not a table: they stay whole in a narrow terminal)."""
+    def part(name: str, c: dict[str, Any] | None) -> str:
+        return f"{name} —" if not c else f"{name} {interval(c)} {c.get('verdict', '')}"
 
-    return [[c["series"], f"{c['percent']:g}%", c["measure"], f"{c['model_a']} − {c['model_b']}",
-             *cells(c["raw"]), *cells(c.get("ratio"))] for c in comparisons]
-
-
-COMPARISON_COLUMNS = ["series", "%", "measure", "A − B", "raw damage", "verdict", "÷ random",
-                      "verdict"]
+    return [f"{c['model_a']} vs {c['model_b']} · {c['series']} {c['percent']:g}% · "
+            f"{c['measure']}: {part('A − B', c['raw'])}; "
+            f"{part('÷ random A − B', c.get('ratio'))}" for c in comparisons]
 
 
 def print_curve_result(curve: dict[str, Any], title: str) -> None:
@@ -252,10 +249,12 @@ def print_curve_result(curve: dict[str, Any], title: str) -> None:
     if rows:
         print_table("paired damage per point: mean [95% CI] (class changed in %)", cols, rows)
     if curve.get("comparisons"):
-        print_table("A vs B, paired by seed: A − B [95% CI] and the verdict on \"A is more "
-                    "robust than B\" (minimum effect 5% of B's value; docs/method.md §11.1)",
-                    COMPARISON_COLUMNS, comparison_rows(curve["comparisons"]))
+        stdout.print("[bold]A vs B, paired by seed[/]: damage A − B [95% CI] and the verdict "
+                     "on \"A is more robust than B\" (held / did not hold / inconclusive; "
+                     "minimum effect 5% of B's value; docs/method.md §11.1)")
+        for line in comparison_lines(curve["comparisons"]):
+            stdout.print(line, markup=False, soft_wrap=True)
     for p in curve.get("points", []):
         warning = convergence_warning(f"{p['model_name']} {p['label']}", p.get("convergence"))
         if warning:
-            stdout.print(warning, markup=False)
+            stdout.print(warning, markup=False, soft_wrap=True)

@@ -208,6 +208,11 @@ def with_random_baselines(records: Sequence[dict[str, Any]]) -> list[dict[str, A
     return out
 
 
+def _mean(x: np.ndarray) -> float | None:
+    finite = x[np.isfinite(x)]
+    return float(finite.mean()) if len(finite) else None
+
+
 def _control_of(records: Sequence[dict[str, Any]], r: dict[str, Any]) -> dict[str, Any] | None:
     label = next(iter((r.get("relative_to_random") or {}).values()), {}).get("random")
     return next((c for c in records if c["label"] == label and c["model"] == r["model"]), None)
@@ -262,8 +267,7 @@ def _compare_pair(records: Sequence[dict[str, Any]], a: dict[str, Any], b: dict[
         "series": a["series"], "percent": a["percent"], "measure": measure,
         "model_a": a.get("model_name", a["model"]), "model_b": b.get("model_name", b["model"]),
         "claim": "A is more robust than B (lower damage)",
-        "raw": _comparison(stats.paired_difference, [va, vb],
-                           (b.get("damage") or {}).get(measure, {}).get("mean"), share),
+        "raw": _comparison(stats.paired_difference, [va, vb], _mean(vb), share),
         "ratio": None}
     ca, cb = _control_of(records, a), _control_of(records, b)
     if ca is not None and cb is not None:

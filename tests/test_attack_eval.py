@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -305,3 +307,176 @@ def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     assert rows[0][3:7] == [*percent_headers(curve), "last step attacked at"]
     assert [r[6] for r in rows[1:]] == ["100%", "30% 100%"]
     assert [float(v) for v in rows[2][3:6]] == last["values"]  # numbers stay numbers
+
+
+# ----------------------------------------------------------------------------- damage first
+def _point(model, series, damage, control=False, percent=50.0):
+    return {"model": model, "model_name": model, "label": f"{series}-{percent:g}%",
+            "series": series, "control": control, "percent": percent,
+            "attacked_steps": [1, 3], "attack": {"eps_scale": 1.0},
+            "damage_per_sample": {"pixel deviation": list(damage)}}
+
+
+def test_relative_to_random_and_model_comparisons_closed_forms():
+    import numpy as np
+
+    from dmattack.damage import curve_comparisons, with_random_baselines
+
+    rng = np.random.default_rng(0)
+    rand = 1 + 0.1 * rng.random(20)
+    strong, weak = 0.5 * rand + 0.01 * rng.random(20), 2.0 * rand
+    records = [{"model": m, "model_name": m, "label": "clean", "series": "clean",
+                "control": False, "percent": 0.0, "damage_per_sample": None} for m in "AB"]
+    records += [_point("A", "pgd", strong), _point("A", "random", rand, control=True),
+                _point("B", "pgd", weak), _point("B", "random", rand, control=True)]
+    out = with_random_baselines(records)
+    rel = out[2]["relative_to_random"]["pixel deviation"]
+    assert rel["random"] == "random-50%" and rel["n"] == 20
+    assert rel["value"] == pytest.approx(strong.mean() / rand.mean(), rel=1e-12)
+    assert rel["ci95"][0] < rel["value"] < rel["ci95"][1]
+    assert "relative_to_random" not in out[3]  # the control itself
+    # a control at other attacked steps is no baseline
+    other = with_random_baselines([_point("A", "pgd", strong),
+                                   {**_point("A", "random", rand, control=True),
+                                    "attacked_steps": [0, 2]}])
+    assert other[0]["relative_to_random"] is None
+
+    comps = curve_comparisons(out)
+    pgd = next(c for c in comps if c["series"] == "pgd")
+    assert (pgd["model_a"], pgd["model_b"]) == ("A", "B")
+    assert pgd["raw"]["value"] == pytest.approx(strong.mean() - weak.mean())
+    assert pgd["raw"]["verdict"] == "held" and pgd["ratio"]["verdict"] == "held"
+    assert pgd["raw"]["min_effect"] == pytest.approx(0.05 * weak.mean())
+    assert pgd["ratio"]["value"] == pytest.approx(strong.mean() / rand.mean() - 2.0)
+    rnd = next(c for c in comps if c["series"] == "random")
+    assert rnd["raw"]["verdict"] == "inconclusive" and rnd["ratio"] is None
+    # the other order of the models: the claim "B is more robust than A" did not hold
+    flipped = curve_comparisons(with_random_baselines([records[1], records[0], *records[4:],
+                                                       *records[2:4]]))
+    pgd = next(c for c in flipped if c["series"] == "pgd")
+    assert (pgd["model_a"], pgd["raw"]["verdict"], pgd["ratio"]["verdict"]) == (
+        "B", "did not hold", "did not hold")
+
+
+def test_a_set_metric_better_under_attack_is_flagged(tmp_path):
+    from dmattack.attack_eval import IMPROVED_MARK, marked_values
+
+    def falling_fid():
+        calls = []
+
+        def metric_fn(samples):  # planted: the first call (clean) scores worse
+            calls.append(1)
+            return {"FID": 10.0 if len(calls) == 1 else 5.0, "variance ratio": 1.0}
+
+        return metric_fn
+
+    res = run_attack(mlp_model("a"), AttackSpec("random", 50), num_samples=4, seed=0,
+                     sampler=SAMPLER, batch_size=4, metric_fn=falling_fid(), device="cpu",
+                     out_dir=tmp_path / "a")
+    assert res["improved_under_attack"] == {"FID": True}
+    curve = run_curve([mlp_model("a")], [AttackSpec("random", 50)], num_samples=4, seed=0,
+                      sampler=SAMPLER, batch_size=4, metric_fn=falling_fid(), device="cpu",
+                      out_dir=tmp_path / "c")
+    assert curve["points"][1]["improved_under_attack"] == {"FID": True}
+    row = curve["rows"][0]
+    assert row["improved_under_attack"] == [None, True]
+    assert marked_values(row) == [10.0, f"5{IMPROVED_MARK}"]
+    csv_row = next(csv.DictReader((tmp_path / "c" / "curve.csv").open()))
+    assert csv_row["improved under attack at"] == "50%"
+
+
+def test_convergence_diagnostics_are_recorded_when_the_attack_fills_them(tmp_path):
+    from dataclasses import dataclass
+
+    from dmattack.cli_output import convergence_warning
+
+    diag = {"trace": [0.1, 0.2, 0.3], "converged": False, "iterations": 2, "restarts": 1,
+            "tolerance": 0.01, "rise_last_fifth": 0.25}
+
+    @dataclass(frozen=True)
+    class Traced(AttackPlan):
+        def sample(self, *args, diagnostics=None, **kw):
+            if diagnostics is not None:
+                diagnostics.update(diag)
+            return super().sample(*args, **kw)
+
+    from dmattack.attacks.chain import ChainRandom
+
+    plan = Traced(ChainRandom, 50, name="traced")
+    res = run_attack(mlp_model("a"), plan, num_samples=4, seed=0, sampler=SAMPLER,
+                     batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                     out_dir=tmp_path / "a")
+    assert res["trace"] == diag["trace"] and res["converged"] is False
+    assert res["convergence"] == diag
+    curve = run_curve([mlp_model("a")], [plan], num_samples=4, seed=0, sampler=SAMPLER,
+                      batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                      out_dir=tmp_path / "c")
+    assert curve["points"][1]["convergence"] == diag and curve["points"][0]["trace"] is None
+    assert convergence_warning("traced-spread-50%", diag) == (
+        "warning: traced-spread-50% did not converge (damage rose 25.0% over the last fifth "
+        "of 2 iterations); raise --iterations or --restarts")
+    assert convergence_warning("x", {**diag, "converged": True}) is None
+
+
+DIGITS_DDPM = Path(__file__).resolve().parents[1] / "checkpoints" / "digits-ddpm"
+TINY_RUN = ["--num-samples", "8", "--sampler-steps", "6", "--batch-size", "8"]
+
+
+def test_attack_trajectory_on_digits_prints_the_damage_with_its_interval(tmp_path):
+    from conftest import invoke_cli
+
+    result = invoke_cli("attack", "--run", str(DIGITS_DDPM), "--method", "trajectory",
+                        "--iterations", "2", "--steps-attacked", "50", "--metrics",
+                        "variance-ratio", *TINY_RUN, "--out", str(tmp_path / "t"))
+    assert result.exit_code == 0, result.output
+    res = json.loads((tmp_path / "t" / "results.json").read_text())
+    pix = res["damage"]["pixel deviation"]
+    assert set(pix) == {"mean", "median", "ci95", "n"} and pix["n"] == 8
+    assert pix["ci95"][0] < pix["mean"] < pix["ci95"][1]
+    changed = res["damage"]["class changed (digits-cnn)"]
+    assert changed["n"] == 8 and 0 <= changed["mean"] <= 1
+    per = res["damage_per_sample"]["pixel deviation"]
+    assert len(per) == 8 and sum(per) / 8 == pytest.approx(pix["mean"], rel=1e-12)
+    assert res["steps_with_budget"] == 5 and res["num_attacked_steps"] == 3  # ⌊2.5 + ½⌋
+    assert res["zero_budget_steps_attacked"] == []
+    assert "trace" in res and "converged" in res  # None until the attack records a trace
+    printed = " ".join(result.output.split())
+    lo, hi = pix["ci95"]
+    assert f"{pix['mean']:.3g} [{lo:.3g}, {hi:.3g}]" in printed
+    assert "class changed (digits-cnn) (%)" in printed
+
+
+def test_curve_of_a_run_and_its_byte_identical_copy_is_inconclusive(tmp_path):
+    import shutil
+
+    from conftest import invoke_cli
+
+    a, b = tmp_path / "A", tmp_path / "A_copy"
+    shutil.copytree(DIGITS_DDPM, a)
+    shutil.copytree(DIGITS_DDPM, b)
+    result = invoke_cli("curve", "--run", str(a), "--run", str(b), "--method", "pgd,random",
+                        "--pgd-steps", "2", "--steps-attacked", "50", "--metrics",
+                        "variance-ratio", *TINY_RUN, "--out", str(tmp_path / "c"))
+    assert result.exit_code == 0, result.output
+    curve = json.loads((tmp_path / "c" / "curve.json").read_text())
+    pgd = [p for p in curve["points"] if p["method"] == "pgd"]
+    rnd = {p["model"]: p for p in curve["points"] if p["method"] == "random"}
+    for p in pgd:
+        rel = p["relative_to_random"]["pixel deviation"]
+        ctl = rnd[p["model"]]
+        assert rel["random"] == ctl["label"]
+        assert rel["value"] == pytest.approx(
+            sum(p["damage_per_sample"]["pixel deviation"])
+            / sum(ctl["damage_per_sample"]["pixel deviation"]), rel=1e-12)
+        assert rel["ci95"][0] <= rel["value"] <= rel["ci95"][1]
+    comps = curve["comparisons"]
+    assert {(c["series"], c["measure"]) for c in comps} == {
+        (s, m) for s in ("pgd2-mean-spread", "random-sign-spread")
+        for m in ("pixel deviation", "class changed (digits-cnn)")}
+    verdicts = [c[k]["verdict"] for c in comps for k in ("raw", "ratio") if c[k]]
+    assert any(c["ratio"] for c in comps) and set(verdicts) == {"inconclusive"}
+    assert all(c["raw"]["value"] == 0 for c in comps)
+    lines = [line for line in result.output.splitlines() if line.startswith("A vs A_copy ·")]
+    assert len(lines) == len(comps)
+    assert all(line.count("inconclusive") == (2 if "random-sign" not in line else 1)
+               and " held" not in line and "did not hold" not in line for line in lines)
