@@ -1,4 +1,5 @@
-"""Paired clean-versus-attacked evaluation and attacked-steps curves (docs/method.md §6, §8, §11).
+"""Paired clean-versus-attacked evaluation and attacked-steps curves (docs/method.md §6, §8,
+§11.1).
 
 Clean and attacked samples use the same per-sample seeds: the x_T and every chain noise z of
 sample i are identical in both runs (the attack draws from its own ATTACK stream), so a
@@ -218,8 +219,11 @@ def run_attack(
     Writes into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
     (N, *shape) float32, model space), ``clean.png`` / ``attacked.png`` (image grids; scatter
     plots for low-dimensional vectors) and, last, ``results.json`` with the full protocol and
-    ``metrics = {"clean": …, "attacked": …}``, the paired per-sample ``damage``
-    (:func:`paired_damage`) and which steps were attacked; it is also returned.
+    ``metrics = {"clean": …, "attacked": …}``, ``improved_under_attack`` (per set metric: better
+    attacked than clean), the paired ``damage`` with 95% intervals and its per-sample values in
+    seed order ``damage_per_sample`` (:mod:`dmattack.damage`, docs/method.md §11.1), which
+    steps were attacked, and ``trace`` / ``converged`` / ``convergence`` when the attack
+    records its convergence (else None; under torchrun: rank 0's slice); it is also returned.
     ``progress(done, total)`` counts reverse steps over both passes.
 
     Before sampling, ``out_dir`` is checked for writability and free space
@@ -499,9 +503,14 @@ def run_curve(
     computed with. Each point records the attack's
     settings, which steps were attacked, and the paired per-sample ``damage`` against the
     clean samples of the same seeds (:func:`paired_damage`; the clean samples are kept in
-    ``out_dir/clean/`` for a resumed run). Then writes ``curve.csv`` and ``curve.json`` (rows =
-    attack series × model, columns = % attacked, values = ``metric``, default the first metric
-    returned) and ``curve.png`` (controls dashed). ``progress(done, total, record)`` is called
+    ``out_dir/clean/`` for a resumed run) with its per-sample values, ``improved_under_attack``
+    and the convergence record (as :func:`run_attack`). Then each attack point gets
+    ``relative_to_random`` (its damage over that of the model's random control at the same
+    percent, steps and budget) and, with several models, ``comparisons`` pairs them by seed
+    (:func:`~dmattack.damage.curve_comparisons`, docs/method.md §11.1). Writes ``curve.csv``
+    and ``curve.json`` (rows = attack series × model, columns = % attacked, values =
+    ``metric``, default the first metric returned; then the damage means and intervals) and
+    ``curve.png`` (controls dashed). ``progress(done, total, record)`` is called
     after each point (``record["resumed"]`` is True for one read back from the store). Returns
     the ``curve.json`` content.
 
