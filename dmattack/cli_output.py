@@ -73,7 +73,8 @@ def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     stdout.print(f"[bold]{title}[/]")
     table = Table()
     for i, c in enumerate(columns):
-        table.add_column(c, no_wrap=i < 2)  # the row labels stay whole in a narrow terminal
+        # the row labels stay whole in a narrow terminal; numbers fold rather than lose digits
+        table.add_column(c, no_wrap=i < 2, overflow="fold")
     for r in rows:
         table.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
     stdout.print(table)
@@ -200,7 +201,9 @@ def _point_rows(curve: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
     measures = damage_measures(curve)
     ratio = any(x for row in curve["rows"] for x in row.get("relative_to_random") or [])
-    cols = ["series", "model", "%", *measures, *(["pixel deviation ÷ random"] if ratio else [])]
+    short = {"pixel deviation": "pixel dev.", "class changed (digits-cnn)": "class chg. %"}
+    cols = ["series", "model", "%", *(short.get(m, m) for m in measures),
+            *(["pixel dev. ÷ random"] if ratio else [])]
     rows = []
     for row in curve["rows"]:
         for i, p in enumerate(curve["percents"]):
@@ -247,7 +250,9 @@ def print_curve_result(curve: dict[str, Any], title: str) -> None:
         stdout.print(IMPROVED_NOTE)
     cols, rows = _point_rows(curve)
     if rows:
-        print_table("paired damage per point: mean [95% CI] (class changed in %)", cols, rows)
+        print_table("paired damage per point, attacked vs clean sample of each seed: mean [95% "
+                    "CI] (pixel dev. = pixel deviation; class chg. = class changed, digits-cnn)",
+                    cols, rows)
     if curve.get("comparisons"):
         stdout.print("[bold]A vs B, paired by seed[/]: damage A − B [95% CI] and the verdict "
                      "on \"A is more robust than B\" (held / did not hold / inconclusive; "
