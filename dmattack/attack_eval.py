@@ -58,7 +58,7 @@ from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diff
 from .seeding import sample_seeds
 from .settings import option_name
 from .tensors import eval_mode, nonfinite_rows, report_nonfinite
-from .visualize import save_samples_png
+from .visualize import curve_png, save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
 Attack = AttackSpec | AttackPlan | str
@@ -662,7 +662,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     })
     write_json(out / "curve.json", curve)
     write_text(out / "curve.csv", _curve_csv(curve))
-    _curve_png(curve, out / "curve.png")
+    curve_png(curve, out / "curve.png")
     return distributed.broadcast_object(curve)
 
 
@@ -828,40 +828,3 @@ def _curve_csv(curve: dict[str, Any]) -> str:
                     at(row.get("last_step_attacked")), at(row.get("improved_under_attack")),
                     *cells])
     return buf.getvalue()
-
-
-def _curve_png(curve: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ring = dict(s=110, facecolors="none", edgecolors="black", linewidths=0.8, zorder=3)
-    ringed_any = False
-    for row in curve["rows"]:
-        lasts = row.get("last_step_attacked") or [None] * len(row["values"])
-        pts = [(p, v, last) for p, v, last in zip(curve["percents"], row["values"], lasts,
-                                                  strict=True) if v is not None]
-        if pts:
-            ax.plot([p for p, _, _ in pts], [v for _, v, _ in pts], marker="o",
-                    linestyle="--" if row["control"] else "-",
-                    label=f"{row['model']} · {row['series']}")
-            ringed = [(p, v) for p, v, last in pts if last]
-            if ringed:
-                ax.scatter(*zip(*ringed, strict=True), **ring)
-                ringed_any = True
-    if ringed_any:  # one legend entry, last
-        ax.scatter([], [], label="attacked steps include the last (budget 0)", **ring)
-    counts = curve.get("steps_attacked") or [None] * len(curve["percents"])
-    ax.set_xticks(curve["percents"])
-    ax.set_xticklabels([f"{p:g}%" + (f"\n{n.replace(' of ', '/')}" if n else "")
-                        for p, n in zip(curve["percents"], counts, strict=True)], fontsize=8)
-    ax.set_xlabel("% of reverse steps attacked (attacked / total steps)")
-    ax.set_ylabel(curve["metric"] or "metric")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # none when every value is None (all non-finite)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
