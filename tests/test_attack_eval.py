@@ -480,3 +480,16 @@ def test_curve_of_a_run_and_its_byte_identical_copy_is_inconclusive(tmp_path):
     assert len(lines) == len(comps)
     assert all(line.count("inconclusive") == (2 if "random-sign" not in line else 1)
                and " held" not in line and "did not hold" not in line for line in lines)
+
+
+def test_the_step_counting_is_part_of_every_point_key(tmp_path):
+    specs = [AttackSpec("random", 50, window="last"),
+             AttackSpec("random", 50, window="last", step_counting="all")]
+    curve = run_curve([mlp_model("a")], specs, num_samples=4, seed=0, sampler=SAMPLER,
+                      batch_size=4, metric_fn=counting_metric([]), device="cpu",
+                      out_dir=tmp_path)
+    budget, every = curve["points"][1:]
+    assert budget["key"] != every["key"] and budget["series"] != every["series"]
+    # 50% of the 9 steps with a budget (⌊4.5 + ½⌋ = 5) vs of all 10 steps (5, the last included)
+    assert budget["attacked_steps"] == [4, 5, 6, 7, 8] and budget["step_counting"] == "budget"
+    assert every["attacked_steps"] == [5, 6, 7, 8, 9] and every["zero_budget_steps_attacked"] == [9]
