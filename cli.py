@@ -204,12 +204,11 @@ def attack(**o: Any) -> None:
                             metric_fn=ev.metric_fn(), device=dev, out_dir=out_dir,
                             progress=ui.progress_steps(bar, task),
                             first_sample=ev.config.first_sample)
-    clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
-    print_table(f"{ev.label} · {spec.describe()} · window {spec.window} · {ev.sampler_label} · "
-                f"{result['num_attacked_steps']} of {steps} steps attacked"
-                + (" (incl. the last, budget 0)" if result["last_step_attacked"] else ""),
-                ["metric", "clean", "attacked"], [[k, clean[k], attacked.get(k)] for k in clean])
+    ui.print_attack_result(result, f"{ev.label} · {spec.describe()} · window {spec.window} · "
+                           f"{ev.sampler_label} · {result['num_attacked_steps']} of {steps} "
+                           "steps attacked" + (" (incl. the last, budget 0)"
+                                               if result["last_step_attacked"] else ""))
     stdout.print(str(out_dir))
 
 
@@ -239,14 +238,7 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import (
-        LAST_STEP_NOTE,
-        check_run,
-        curve_specs,
-        marked_values,
-        percent_headers,
-        run_curve,
-    )
+    from dmattack.attack_eval import check_run, curve_specs, run_curve
     from dmattack.attacks import WINDOWS
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
@@ -274,11 +266,8 @@ def curve(**o: Any) -> None:
                            sampler=ev.sampler, batch_size=ev.batch_size, metric_fn=ev.metric_fn(),
                            device=dev, out_dir=out_dir, metric=None,
                            progress=ui.curve_progress(bar))
-    print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
-                ["series", "model", *percent_headers(result)],
-                [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
-    if any(any(r["last_step_attacked"]) for r in result["rows"]):
-        stdout.print(LAST_STEP_NOTE)
+    ui.print_curve_result(result, f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} "
+                          "steps attacked")
     stdout.print(str(out_dir))
 
 
