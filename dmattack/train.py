@@ -265,7 +265,15 @@ class TrainingInterrupted(KeyboardInterrupt):
                  run_dir: str | Path | None = None) -> None:
         super().__init__(signal_name)
         self.signal_name, self.step, self.saved = signal_name, step, saved
-        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.run_dir: Path | None = None
+        self.command: str | None = None
+        if run_dir is not None:
+            self.locate(run_dir, step)
+
+    def locate(self, run_dir: str | Path, step: int | None) -> None:
+        """Set the run folder, the checkpoint step and the resume command."""
+        self.run_dir, self.step = Path(run_dir), step
+        self.command = resume_command(run_dir)
 
     @property
     def exit_code(self) -> int:
@@ -274,7 +282,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         return EXIT_INTERRUPTED if self.saved else 128 + int(signal.Signals[self.signal_name])
 
     def __str__(self) -> str:
-        resume = f"resume with: {resume_command(self.run_dir)}" if self.run_dir else ""
+        resume = f"resume with: {self.command}" if self.command else "resume the run"
         if self.saved:
             return f"stopped at step {self.step} ({self.signal_name}); checkpoint saved; {resume}"
         kept = ("no checkpoint was written yet" if self.step is None else
@@ -568,6 +576,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     try:
         with lock_folder(run_dir, "run folder", command="dmattack train"):
             return _train_locked(cfg, run_dir, resume, callback, data, device)
+    except TrainingInterrupted as e:
+        if e.run_dir is None:  # a second signal: it stopped at once
+            e.locate(run_dir, _last_checkpoint_step(run_dir))
+        raise
     except BaseException:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # failed before writing anything: leave no empty run folder
@@ -683,13 +695,8 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
     net.train()
     ema.eval()
     with _StopSignals() as signals:
-        try:
-            _loop(cfg, run_dir, data, device, fmt, model, ema, net, ddp, diffusion, optimizer,
-                  start, skipped, resume, callback, signals)
-        except TrainingInterrupted as e:
-            if e.run_dir is None:  # a second signal: it stopped at once
-                e.run_dir, e.step = run_dir, _last_checkpoint_step(run_dir)
-            raise
+        _loop(cfg, run_dir, data, device, fmt, model, ema, net, ddp, diffusion, optimizer,
+              start, skipped, resume, callback, signals)
     return run_dir
 
 
