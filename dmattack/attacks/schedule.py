@@ -86,6 +86,7 @@ class AttackSpec:
     horizon: int | str = same_as(LookaheadConfig, "horizon", prefix="lookahead: ")
     checkpoint: bool = same_as(TrajectoryConfig, "checkpoint", prefix="trajectory, lookahead: ")
     keep: str = same_as(TrajectoryConfig, "keep", prefix="trajectory, lookahead: ")
+    restarts: int = same_as(TrajectoryConfig, "restarts", prefix="pgd, trajectory, lookahead: ")
 
     def __post_init__(self) -> None:
         if self.project is None or isinstance(self.project, bool):  # the former spelling
