@@ -86,7 +86,9 @@ class AttackSpec:
     horizon: int | str = same_as(LookaheadConfig, "horizon", prefix="lookahead: ")
     checkpoint: bool = same_as(TrajectoryConfig, "checkpoint", prefix="trajectory, lookahead: ")
     keep: str = same_as(TrajectoryConfig, "keep", prefix="trajectory, lookahead: ")
-    restarts: int = same_as(TrajectoryConfig, "restarts", prefix="pgd, trajectory, lookahead: ")
+    restarts: int = same_as(TrajectoryConfig, "restarts", help="pgd, trajectory, lookahead: "
+                            "PGD runs, each from a new random start (attack stream); per sample "
+                            "the best is kept (docs/method.md §12).")
 
     def __post_init__(self) -> None:
         if self.project is None or isinstance(self.project, bool):  # the former spelling
