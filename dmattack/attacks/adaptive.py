@@ -212,8 +212,7 @@ class AdaptiveChainAttack(ABC):
         the last one; across restarts each sample keeps the restart whose pick scores highest
         (ties: the earlier restart)."""
         c = self.config
-        chosen: Deltas | None = None
-        chosen_d = torch.empty(0)
+        chosen: tuple[Deltas, torch.Tensor] | None = None  # per sample: δ and its objective
         progress = []
         for _ in range(c.restarts):
             deltas = start()
@@ -233,10 +232,10 @@ class AdaptiveChainAttack(ABC):
             progress.append(torch.stack(rows))
             pick, pick_d = (deltas, last_d) if c.keep == "last" else (best, best_d)
             if chosen is None:
-                chosen, chosen_d = pick, pick_d.clone()
+                chosen = pick, pick_d.clone()
             else:
-                self.keep_best(chosen, chosen_d, pick, pick_d)
-        return chosen, torch.stack(progress)
+                self.keep_best(*chosen, pick, pick_d)
+        return chosen[0], torch.stack(progress)
 
     @staticmethod
     def keep_best(best: dict[int, torch.Tensor], best_d: torch.Tensor,

@@ -282,7 +282,8 @@ class ChainPGD(_GradientChainAttack):
     the restart whose last iterate has the highest loss J. Progress (:meth:`pop_progress`),
     one entry per attacked step: the best J so far after each iterate, per restart and sample
     (the last iterate is scored with one more loss forward); the trace of a run is its mean over
-    attacked steps and samples (docs/method.md §12 "convergence").
+    attacked steps and samples (docs/method.md §12 "convergence"). With ``project="end"`` the
+    iterates before the last may lie outside the ball, and so may their scores.
 
     Args:
         model, diffusion, loss, eps_scale, generator: as :class:`ChainFGSM`.
