@@ -115,8 +115,11 @@ def same_as(cls: type, name: str, help: str | None = None, prefix: str = "") -> 
 
 
 def is_number(v: Any) -> bool:
-    """True for a finite int or float (bools excluded)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """True for a finite int or float (bools excluded); any int is finite (``math.isfinite``
+    would overflow on one beyond a float's range, e.g. ``--seed 1e400`` written out)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
 
 
 def setting_of(field: dataclasses.Field) -> Setting | None:
@@ -218,6 +221,15 @@ def _value_ok(value: Any, ft: FieldType, s: Setting | None) -> bool:
     return False
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error line, shortened in the middle beyond ``limit`` characters
+    (e.g. a 400-digit ``--seed``)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-8:]} ({len(text)} characters)"
+
+
 def check_settings(obj: Any, prefix: str = "") -> None:
     """Check every field of config dataclass ``obj`` against its type and declared range.
 
@@ -233,7 +245,7 @@ def check_settings(obj: Any, prefix: str = "") -> None:
             continue
         s = setting_of(f)
         if not _value_ok(value, ft, s):
-            raise ConfigError(f"{prefix}{f.name} ({option_name(f)}) = {value!r} is invalid; "
+            raise ConfigError(f"{prefix}{f.name} ({option_name(f)}) = {shown(value)} is invalid; "
                               f"allowed: {_describe(ft, s)}", field=prefix + f.name)
 
 
@@ -244,7 +256,7 @@ def check_field(cls: type, name: str, value: Any, where: str = "") -> None:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     ft, s = field_types(cls)[name], setting_of(f)
     if not _value_ok(value, ft, s):
-        raise ConfigError(f"{where or f'{name} ({option_name(f)})'} = {value!r} is invalid; "
+        raise ConfigError(f"{where or f'{name} ({option_name(f)})'} = {shown(value)} is invalid; "
                           f"allowed: {_describe(ft, s)}", field=name)
 
 
