@@ -119,17 +119,3 @@ def unit_progress(bar: Progress, description: str) -> Callable[[int, int, str], 
         bar.update(task, completed=done, total=total, rate=rate(done), unit=label)
 
     return on_unit
-
-
-def purify_rows(result: dict[str, Any]) -> list[list[Any]]:
-    """The terminal table of a ``dmattack purify`` result: one row per purifier × t* × attack ×
-    eval mode, accuracies in %."""
-    return [[r["purifier"], "—" if r["t_star"] is None else f"{r['t_star']:g}",
-             "—" if r["reverse_steps"] is None else r["reverse_steps"], r["attack"],
-             r["eval_mode"], f"{100 * r['clean_accuracy']:.1f}",
-             f"{100 * r['robust_accuracy']:.1f}", f"{r['attack_seconds']:.1f}"]
-            for r in result["rows"]]
-
-
-PURIFY_COLUMNS = ["purifier", "t*", "K", "attack", "eval mode", "clean %", "robust %",
-                  "attack s"]

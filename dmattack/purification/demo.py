@@ -20,7 +20,7 @@ CLAIM = ("a Robust_adv purifier keeps more robust accuracy than a DDPM purifier 
 # ε = 0.25 (64/255): the undefended digits-cnn keeps 0 % of 360 held-out digits under
 # PGD-20 (0.2: 3 %, 0.15: 19 %, 0.1: 61 %)
 SECTION_CONFIG = PurifyConfig(t_star="0.1,0.2", purify_steps=4, attacks="pgd-eot,bpda-eot",
-                              eps=0.25, iterations=6, eot=2, eval_modes="single",
+                              eps=0.25, iterations=6, eot=2, draws=8,
                               num_samples=48, batch_size=48, seed=0)
 FULL_GRADIENT = "pgd-eot"
 
