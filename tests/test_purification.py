@@ -344,26 +344,36 @@ def test_torchscript_and_safetensors_classifiers(tmp_path):
     torch.testing.assert_close(model(x), net(2 * x - 1))
 
 
+def _fake_row(name, t_star, attack, per_image):
+    acc = {"mean": float(np.mean(per_image)), "sd": 0.0, "ci95": [0.0, 1.0],
+           "majority": {"value": float(np.mean(per_image)), "ci95": [0.0, 1.0]},
+           "worst": {"value": 0.0, "ci95": [0.0, 0.0]}}
+    return {"purifier": name, "t_star": t_star, "attack": attack, "draws": 8,
+            "num_samples": len(per_image), "clean": {**acc, "mean": 1.0}, "robust": acc,
+            "robust_per_image": list(per_image), "weaker_than": None}
+
+
 def test_purification_section_verdict_follows_the_numbers(monkeypatch, tmp_path):
     from dmattack.purification import demo
 
-    def fake(robust_adv_robust):
+    low, high = [0.0] * 5 + [0.25] * 5, [1.0] * 8 + [0.5] * 2
+
+    def fake(robust_adv):
         def run(cfg, models, out_dir, device):
-            rows = [{"purifier": "none", "t_star": None, "attack": a, "eval_mode": "single",
-                     "num_samples": 10, "clean_accuracy": 1.0, "robust_accuracy": 0.0}
-                    for a in ("pgd-eot", "bpda-eot")]
-            for name, acc in (("digits-ddpm", [0.3, 0.4]),
-                              ("digits-robust-adv", robust_adv_robust)):
-                for t_star, a in zip((0.1, 0.2), acc, strict=True):
-                    rows += [{"purifier": name, "t_star": t_star, "attack": attack,
-                              "eval_mode": "single", "num_samples": 10, "clean_accuracy": 0.9,
-                              "robust_accuracy": a} for attack in ("pgd-eot", "bpda-eot")]
-            return {"rows": rows, "config": {}}
+            rows = [_fake_row("none", None, a, [0.0] * 10) for a in ("pgd-eot", "bpda-eot")]
+            for name, acc in (("digits-ddpm", [low, low]), ("digits-robust-adv", robust_adv)):
+                rows += [_fake_row(name, t_star, attack, a)
+                         for t_star, a in zip((0.1, 0.2), acc, strict=True)
+                         for attack in ("pgd-eot", "bpda-eot")]
+            return {"rows": rows, "config": {},
+                    "purifiers": [{"name": "digits-ddpm", "eval_images_in_training": True}]}
         return run
 
-    for acc, verdict in (([0.5, 0.6], "held"), ([0.1, 0.2], "did not hold"),
-                         ([0.5, 0.2], "partly")):
+    for acc, verdict in (([high, high], "held"), ([[0.0] * 10, [0.0] * 10], "did not hold"),
+                         ([high, [0.0] * 10], "partly"), ([low, low], "inconclusive")):
         monkeypatch.setattr(demo, "run_purification", fake(acc))
         section = demo.purification_section(tmp_path)
-        assert section["claim"]["verdict"] == verdict
-        assert section["accuracy"]["robust-adv t*=0.1 pgd-eot"]["robust"] == acc[0]
+        assert section["claim"]["verdict"] == verdict, section["claim"]
+        assert section["accuracy"]["robust-adv t*=0.1 pgd-eot"]["robust"] == np.mean(acc[0])
+        assert "95% [" in section["claim"]["evidence"]
+        assert "saw these digits in training" in section["claim"]["evidence"]
