@@ -66,11 +66,12 @@ def accuracies(clean: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor
 
 def weaker_check(rows: list[dict[str, Any]]) -> None:
     """Flag, in place, every row whose robust accuracy (per-image mean over draws) exceeds
-    that of ``pgd-eot`` on the same purifier, t* and images beyond the paired 95% interval:
+    that of ``pgd-eot`` (in the same run, so through the same surrogate) on the same purifier,
+    t* and images beyond the paired 95% interval:
     ``weaker_than = "pgd-eot"`` and ``vs_pgd_eot`` (the comparison). A weaker "strongest
     attack" is a bug in the evaluation, not a property of the defence."""
     reference = {(r["purifier"], r["t_star"]): r for r in rows
-                 if r["attack_name"] == REFERENCE and r["surrogate"] is None}
+                 if r["attack_name"] == REFERENCE}  # (through the same surrogate, if any)
     for r in rows:
         ref = reference.get((r["purifier"], r["t_star"]))
         r["weaker_than"], r["vs_pgd_eot"] = None, None
