@@ -387,7 +387,8 @@ def _unit(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, x: torch.Tens
     under one attack, with the attack's info and the seconds taken."""
     tic, info = time.perf_counter(), None
     x = x.to(device)
-    what = f"purifier {d.label} t*={d.t_star}"
+    what = "the undefended classifier" if d.loaded is None else \
+        f"purifier {d.label} t*={d.t_star}"
     if spec is not None:
         x, info = run_attack(spec, _attacked(d, spec), d.evaluator, x, y.to(device), seeds,
                              cfg.attack_settings(),
