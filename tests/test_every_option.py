@@ -119,7 +119,11 @@ OFF_DEFAULT_FOR = {
     ("purify", "--num-samples"): ["--num-samples", "4"],
     ("purify", "--batch-size"): ["--batch-size", "4"],
     ("purify", "--eta"): ["--purify-sampler", "ddim", "--eta", "0.5"],
-    ("purify", "--run"): ["--run", DDPM],
+    ("purify", "--run"): ["--run", DDPM], ("purify", "--loss"): ["--loss", "margin"],
+    ("purify", "--restarts"): ["--restarts", "2"], ("purify", "--draws"): ["--draws", "3"],
+    ("purify", "--attack-purify-steps"): ["--attack-purify-steps", "2"],
+    ("purify", "--attack-sampler"): ["--attack-sampler", "ddim"],
+    ("purify", "--attack-gradient"): ["--attack-gradient", "bpda"],
     ("demo", "--seed"): ["--seed", "3"],
 }
 
