@@ -25,7 +25,7 @@ import click
 
 from dmattack import cli_output as ui
 from dmattack import progress
-from dmattack.cli_base import Group, friendly_errors, given, option_group
+from dmattack.cli_base import Group, friendly_errors, given, option_group, resumes_when_rerun
 from dmattack.cli_lazy import lazy_options
 from dmattack.cli_output import console, metric_row, print_table, stdout
 from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
@@ -57,33 +57,41 @@ def main() -> None:
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue this run folder (to --steps if given). Also allowed with it: --nan-"
               "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers, "
-              "--threads.")
+              "--checkpoint-minutes, --threads.")
 @friendly_errors
 def train(**o: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder.
 
-    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) train ... (docs/performance.md).
+    SIGTERM or Ctrl-C: the step is finished, a checkpoint written, the resume command printed;
+    exit code 3 (a second signal stops at once). Several GPUs: torchrun --nproc-per-node N --
+    $(which dmattack) train ... (docs/performance.md).
     """
-    from dmattack.train import RESUME_OVERRIDES, prepare_run
+    from dmattack import distributed
+    from dmattack.train import TrainingInterrupted, prepare_run, resume_config
     from dmattack.train import train as train_run
     from dmattack.train_config import TrainConfig
 
-    fixed = [p.opts[0] for p in click.get_current_context().command.params if given(p.name)
-             and p.name not in (*RESUME_OVERRIDES, "steps", "resume", "threads")]
-    if o["resume"] and fixed:
-        raise ConfigError(f"{fixed[0]} cannot change on --resume; allowed: --steps, "
-                          + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES))
-    cfg = None if o["resume"] else from_options(TrainConfig, o)
-    overrides = {k: o[k] for k in RESUME_OVERRIDES if given(k)}
-    cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], o["steps"],
-                                     _join_torchrun, **overrides)
+    if o["resume"]:
+        if given("out"):
+            raise ConfigError("--out cannot be given with --resume (the run stays in its folder)")
+        # the given options over the run's config; prepare_run refuses any that changed
+        cfg = from_options(TrainConfig, {k: v for k, v in o.items() if given(k)},
+                           base=resume_config(o["resume"]))
+    else:
+        cfg = from_options(TrainConfig, o)
+    cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], join=_join_torchrun)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}"
                   f"{', horizontal flips' if cfg.flip else ''}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
-    with ui.reporting("train"), progress.stage("train", cfg.steps, "steps") as st:
-        train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
-                  callback=ui.train_progress(st))
+    try:
+        with ui.reporting("train"), progress.stage("train", cfg.steps, "steps") as st:
+            train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
+                      callback=ui.train_progress(st))
+    except TrainingInterrupted as e:  # one line: where it stopped and how to resume
+        if distributed.is_main():
+            click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     _print_path(run_dir)
 
 
@@ -221,12 +229,11 @@ def attack(**o: Any) -> None:
                             progress=ui.progress_steps(st),
                             first_sample=ev.config.first_sample)
     write_pairs(out_dir, spec.describe())  # pairs.png: clean | attacked, damage under each
-    clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
-    print_table(f"{ev.label} · {spec.describe()} · window {spec.window} · {ev.sampler_label} · "
-                f"{result['num_attacked_steps']} of {steps} steps attacked"
-                + (" (incl. the last, budget 0)" if result["last_step_attacked"] else ""),
-                ["metric", "clean", "attacked"], [[k, clean[k], attacked.get(k)] for k in clean])
+    ui.print_attack_result(result, f"{ev.label} · {spec.describe()} · window {spec.window} · "
+                           f"{ev.sampler_label} · {result['num_attacked_steps']} of {steps} "
+                           "steps attacked" + (" (incl. the last, budget 0)"
+                                               if result["last_step_attacked"] else ""))
     _print_path(out_dir)
 
 
@@ -250,20 +257,14 @@ def attack(**o: Any) -> None:
               help="Curve folder [default: runs/curves/<hash of the settings>]; re-running the "
               "same command there resumes.")
 @friendly_errors
+@resumes_when_rerun
 def curve(**o: Any) -> None:
     """Metric-versus-%-attacked curves for one or more models (paper Figure 7).
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import (
-        LAST_STEP_NOTE,
-        check_run,
-        curve_specs,
-        marked_values,
-        percent_headers,
-        run_curve,
-    )
+    from dmattack.attack_eval import check_run, curve_specs, run_curve
     from dmattack.attacks import WINDOWS, AttackSpec
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
@@ -291,11 +292,8 @@ def curve(**o: Any) -> None:
                            sampler=ev.sampler, batch_size=ev.batch_size,
                            metric_fn=progress.staged(ev.metric_fn(), "scoring"), device=dev,
                            out_dir=out_dir, metric=None, progress=ui.curve_progress(st))
-    print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
-                ["series", "model", *percent_headers(result)],
-                [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
-    if any(any(r["last_step_attacked"]) for r in result["rows"]):
-        stdout.print(LAST_STEP_NOTE)
+    ui.print_curve_result(result, f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} "
+                          "steps attacked")
     _print_path(out_dir)
 
 
@@ -385,6 +383,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
               help="Result folder [default: runs/purify/<hash of the settings>]; re-running "
               "the same command there resumes.")
 @friendly_errors
+@resumes_when_rerun
 def purify(**o: Any) -> None:
     """Diffusion purification under attack: clean and robust accuracy of a classifier,
     undefended and purified by each --run (PGD-EOT, BPDA-EOT, AutoAttack-rand).
@@ -393,6 +392,7 @@ def purify(**o: Any) -> None:
     """
     from dmattack.purification import load_model, run_purification
     from dmattack.purification.evaluate import PurifyConfig, prepare_purification, purify_folder
+    from dmattack.purification.results import TABLE_COLUMNS, table_notes, table_rows
 
     cfg = from_options(PurifyConfig, o)
     dev = _join_torchrun(o["device"])
@@ -401,11 +401,15 @@ def purify(**o: Any) -> None:
     out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
     console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
                   f"{len(models)} purifier(s) at t* {cfg.t_star} × {', '.join(cfg.attack_names())}"
-                  f", ε {cfg.eps:.4g}, {cfg.iterations} iterations × EOT-{cfg.eot} → {out_dir}")
+                  f", ε {cfg.eps:.4g}, PGD {cfg.iterations} iterations × EOT-{cfg.eot} × "
+                  f"{cfg.restarts} restart(s), {cfg.draws} evaluation draws → {out_dir}")
     with ui.reporting("purify"), progress.stage("purify", unit="units") as st:
         result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(st))
-    print_table(f"accuracy of {cfg.classifier} (robust = correct on the clean and the adversarial "
-                f"image), ε = {cfg.eps:.4g}", ui.PURIFY_COLUMNS, ui.purify_rows(result))
+    print_table(f"accuracy of {cfg.classifier} over {cfg.draws} evaluation draws (robust = "
+                f"correct on the clean and the adversarial image), ε = {cfg.eps:.4g}",
+                TABLE_COLUMNS, table_rows(result))
+    for note in table_notes(result):
+        console.print(note)
     _print_path(out_dir / "purify.json")
 
 

@@ -14,6 +14,7 @@ from dmattack.attacks import (
     attacked_steps,
     make_hook_factory,
 )
+from dmattack.attacks.schedule import steps_with_budget
 from dmattack.diffusion import GaussianDiffusion, respace
 from dmattack.errors import ConfigError
 from dmattack.models import build_model
@@ -151,7 +152,8 @@ def test_user_loss_fn_is_used(model, sd):
     for atk in (ChainFGSM(model, sd, loss=toward_plus), ChainPGD(model, sd, loss=toward_plus)):
         d = atk(x, t) - x
         torch.testing.assert_close(d, sd.attack_std(t, x).expand_as(d), rtol=1e-5, atol=1e-6)
-    assert len(calls) == 1 + 20 and not any(calls)
+    # FGSM: 1; PGD: 20 iterations + the last iterate scored for its trace (§12 convergence)
+    assert len(calls) == 1 + 20 + 1 and not any(calls)
     assert "loss=toward_plus" in repr(ChainPGD(model, sd, loss=toward_plus))
 
 
@@ -211,25 +213,46 @@ def test_per_sample_generators_make_rows_independent(model, sd):
 # ----------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("num_steps", [10, 20, 37, 1000])
 @pytest.mark.parametrize("window", ["first", "last", "spread"])
-def test_attacked_step_count_and_window(num_steps, window):
+@pytest.mark.parametrize("counting", ["budget", "all"])
+def test_attacked_step_count_and_window(num_steps, window, counting):
+    # closed form: "budget" chooses among the K−1 steps with a positive budget (the last step,
+    # t = 0, has √β̃ = 0), "all" among all K steps (the former counting)
+    candidates = num_steps - 1 if counting == "budget" else num_steps
     for percent in (0, 10, 25, 50, 75, 100):
-        steps = attacked_steps(num_steps, percent, window)
-        count = int(percent / 100 * num_steps + 0.5)
+        steps = attacked_steps(num_steps, percent, window, counting)
+        count = int(percent / 100 * candidates + 0.5)
         assert len(steps) == count == len(set(steps)) and steps == sorted(steps)
-        assert all(0 <= s < num_steps for s in steps)
+        assert all(0 <= s < candidates for s in steps)
         if window == "first":
             assert steps == list(range(count))
         elif window == "last":
-            assert steps == list(range(num_steps - count, num_steps))
+            assert steps == list(range(candidates - count, candidates))
         elif count:
             gaps = {b - a for a, b in zip(steps, steps[1:], strict=False)}
             assert max(gaps, default=0) - min(gaps, default=0) <= 1  # evenly strided
-    assert attacked_steps(20, 100, window) == list(range(20))
+    assert attacked_steps(num_steps, 100, window, counting) == list(range(candidates))
+    assert steps_with_budget(num_steps) == list(range(num_steps - 1))
+
+
+def test_steps_with_budget_are_those_whose_sqrt_beta_tilde_is_positive():
+    full = GaussianDiffusion.from_schedule()
+    for k in (4, 25, 1000):
+        sd = sampling_diffusion(full, SamplerConfig("respaced", k))
+        # reverse step i is at t = K−1−i; its budget is √β̃_t
+        positive = [i for i in range(k) if sd.attack_std_table[k - 1 - i] > 0]
+        assert steps_with_budget(k) == positive
 
 
 def test_spread_indices():
-    assert attacked_steps(20, 25, "spread") == [2, 6, 10, 14, 18]
-    assert attacked_steps(10, 50, "spread") == [1, 3, 5, 7, 9]
+    # budget counting: M = K−1 candidates, count = round(p·M), step ⌊(i + ½)·M/count⌋
+    assert attacked_steps(20, 25, "spread") == [1, 5, 9, 13, 17]  # M 19, count 5
+    assert attacked_steps(10, 50, "spread") == [0, 2, 4, 6, 8]  # M 9, count round(4.5) = 5
+    assert attacked_steps(25, 50, "spread") == list(range(1, 24, 2))  # 12 real steps
+    assert attacked_steps(4, 50) == [0, 2]  # M 3, count ⌊1.5 + ½⌋ = 2: ⌊0.75⌋, ⌊2.25⌋
+    # the former counting (all K steps): 13 steps of 25 for 50%, the last among them
+    assert attacked_steps(20, 25, "spread", "all") == [2, 6, 10, 14, 18]
+    assert attacked_steps(10, 50, "spread", "all") == [1, 3, 5, 7, 9]
+    assert attacked_steps(25, 50, "spread", "all")[-1] == 24
 
 
 def test_schedule_validation():
@@ -237,6 +260,8 @@ def test_schedule_validation():
         attacked_steps(10, 101)
     with pytest.raises(ValueError, match="'middle'; allowed: spread, first, last"):
         attacked_steps(10, 50, "middle")
+    with pytest.raises(ValueError, match="'every'; allowed: budget, all"):
+        attacked_steps(10, 50, "spread", "every")
     with pytest.raises(ValueError, match="method .--method. = 'cw' is invalid; allowed: fgsm, pgd"):
         AttackSpec("cw", 50)
     with pytest.raises(ValueError, match="project"):
@@ -372,3 +397,72 @@ def test_mean_loss_fgsm_follows_the_random_start(model, sd):
     x_adv = ChainFGSM(model, sd, "mean", generator=torch.Generator().manual_seed(3))(x, t)
     agree = ((x_adv - x).sign() == u.sign()).float().mean().item()
     assert agree > 0.95
+
+
+# ----------------------------------------------------------------------------- restarts, trace
+def old_pgd(model, sd, x, t, steps, generator):
+    """ChainPGD (loss ``eps``, projection every iteration) as written before restarts: the
+    reference that ``restarts=1`` must reproduce bit for bit."""
+    atk = ChainPGD(model, sd, loss="eps", steps=steps, generator=generator)
+    budget = atk.budget(x, t)
+    loss = atk.bound_loss(x, t)
+    delta = (2 * atk.uniform(x) - 1) * budget
+    for _ in range(steps):
+        delta = torch.clamp(delta + 0.125 * budget * atk.grad_sign(loss, x + delta),
+                            -budget, budget)
+    return x + delta
+
+
+def test_pgd_restarts_and_progress(model, sd):
+    """restarts=1 is the PGD without restarts bit for bit; its progress is the best loss so
+    far after each iterate (steps + 1 values, the last one ≥ the returned iterate's loss);
+    restarts=2 returns per sample the better restart (never a lower loss) and is
+    reproducible; the label says -r2 only then."""
+    x, t = state(6), torch.full((6,), 12)
+    one = ChainPGD(model, sd, loss="eps", steps=3, generator=gens(6))
+    with torch.no_grad():
+        x1 = one(x, t)
+    assert torch.equal(x1, old_pgd(model, sd, x, t, 3, gens(6)))
+    (p1,) = one.pop_progress()
+    assert p1.shape == (1, 4, 6) and one.pop_progress() == []
+    assert (p1[:, 1:] >= p1[:, :-1]).all()
+    loss = one.bound_loss(x, t)
+    with torch.no_grad():
+        assert (p1[0, -1] >= loss(x1)).all()
+        twos = [ChainPGD(model, sd, loss="eps", steps=3, generator=gens(6), restarts=2)
+                for _ in range(2)]
+        x2, x2b = (atk(x, t) for atk in twos)
+        assert torch.equal(x2, x2b)
+        assert (loss(x2) >= loss(x1)).all() and (loss(x2) > loss(x1)).any()
+    (p2,) = twos[0].pop_progress()
+    assert p2.shape == (2, 4, 6) and torch.equal(p2[0], p1[0])
+    assert not torch.equal(p2[1, 0], p2[0, 0])  # restart 1 starts elsewhere
+    assert "restarts=2" in repr(twos[0]) and ChainPGD(model, sd).settings()["restarts"] == 1
+    assert AttackSpec("pgd", 50).describe() == "pgd20-mean-spread-50%"
+    assert AttackSpec("pgd", 50, restarts=2).describe() == "pgd20-mean-spread-50%-r2"
+    with pytest.raises(ConfigError, match="restarts"):
+        ChainPGD(model, sd, restarts=0)
+
+
+def test_pgd_plan_diagnostics(model, diffusion):
+    """Per-step PGD through AttackPlan.sample: the trace pools every attacked step with a
+    budget of every batch (mean over steps and samples of the best loss so far)."""
+    from dmattack.attacks import AttackPlan
+
+    seeds = sample_seeds(2, 6)
+    spec = AttackSpec("pgd", 25, loss="eps", pgd_steps=2, restarts=2)
+    diagnostics = {}
+    with torch.no_grad():
+        planned = AttackPlan.of(spec).sample(model, diffusion, (DIM,), seeds, 4, SAMPLER,
+                                             diagnostics=diagnostics)
+    assert torch.equal(planned, run(model, diffusion, spec, seeds, 4))
+    assert diagnostics["iterations"] == 2 and diagnostics["restarts"] == 2
+    assert len(diagnostics["trace"]) == 3 and len(diagnostics["trace_per_restart"]) == 2
+    assert sorted(diagnostics["trace"]) == diagnostics["trace"]
+    for per in diagnostics["trace_per_restart"]:
+        assert all(a <= b + 1e-6 for a, b in zip(per, diagnostics["trace"], strict=True))
+    random = {}
+    with torch.no_grad():
+        AttackPlan.of(AttackSpec("random", 25)).sample(model, diffusion, (DIM,), seeds, 4,
+                                                       SAMPLER, diagnostics=random)
+    assert random == {}  # no trace: nothing is optimised

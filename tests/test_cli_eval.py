@@ -78,11 +78,12 @@ def test_curve_resumes_finished_points(runs, tmp_path):
     assert first.exit_code == 0, first.output
     curve = json.loads((tmp_path / "c" / "curve.json").read_text())
     assert curve["percents"] == [0.0, 50.0, 100.0] and len(curve["rows"]) == 4
-    assert curve["steps_attacked"] == ["0 of 8", "4 of 8", "8 of 8"]
+    assert curve["steps_attacked"] == ["0 of 8", "4 of 8", "7 of 8"]
     header = (tmp_path / "c" / "curve.csv").read_text().splitlines()[0]
-    assert header.endswith("50% = 4 of 8 steps,100% = 8 of 8 steps,last step attacked at")
-    # spread 50% of 8 steps attacks steps 1, 3, 5, 7: the last one, whose budget is 0
-    assert "include the last reverse step" in " ".join(first.output.split())
+    assert "50% = 4 of 8 steps,100% = 7 of 8 steps,last step attacked at" in header
+    # the percents count the 7 steps with a budget: the last step (budget 0) is never spent
+    assert "include the last reverse step" not in " ".join(first.output.split())
+    assert "paired damage per point" in first.output
     assert (tmp_path / "c" / "curve.png").exists() and (tmp_path / "c" / "curve.csv").exists()
     store = tmp_path / "c" / "points.jsonl"
     lines = store.read_text().splitlines()

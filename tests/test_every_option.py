@@ -98,6 +98,8 @@ OFF_DEFAULT: dict[str, list[str]] = {
     "--random-dist": ["--random-dist", "uniform"], "--eps-scale": ["--eps-scale", "0.5"],
     "--iterations": ["--iterations", "7"], "--distance": ["--distance", "features"],
     "--eot": ["--eot", "2"], "--horizon": ["--horizon", "2"], "--keep": ["--keep", "last"],
+    "--step-counting": ["--step-counting", "all"],
+    "--checkpoint-minutes": ["--checkpoint-minutes", "5"], "--restarts": ["--restarts", "2"],
     # purify
     "--classifier": ["--classifier", "{tmp}/no-classifier.pt"],
     "--data": ["--data", "{tmp}/no-data.safetensors"], "--t-star": ["--t-star", "0.2"],
@@ -118,7 +120,11 @@ OFF_DEFAULT_FOR = {
     ("purify", "--num-samples"): ["--num-samples", "4"],
     ("purify", "--batch-size"): ["--batch-size", "4"],
     ("purify", "--eta"): ["--purify-sampler", "ddim", "--eta", "0.5"],
-    ("purify", "--run"): ["--run", DDPM],
+    ("purify", "--run"): ["--run", DDPM], ("purify", "--loss"): ["--loss", "margin"],
+    ("purify", "--restarts"): ["--restarts", "2"], ("purify", "--draws"): ["--draws", "3"],
+    ("purify", "--attack-purify-steps"): ["--attack-purify-steps", "2"],
+    ("purify", "--attack-sampler"): ["--attack-sampler", "ddim"],
+    ("purify", "--attack-gradient"): ["--attack-gradient", "bpda"],
     ("demo", "--seed"): ["--seed", "3"],
 }
 
