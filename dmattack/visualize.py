@@ -120,21 +120,35 @@ def _x_axis(ax: Any, curve: dict[str, Any]) -> None:
     ax.grid(alpha=0.3)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+LINES = ("-", "-.", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
+CONTROL_LINES = ("--", ":", (0, (1, 3)), (0, (6, 3)))
+
+
+def series_style(i: int, control: bool) -> dict[str, Any]:
+    """Matplotlib style of series ``i`` of a curve: its own marker, line style (dashed or
+    dotted for a control) and marker size, hollow on every other series, so that series with
+    identical values stay visible on top of each other."""
+    lines = CONTROL_LINES if control else LINES
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": lines[i % len(lines)],
+            "markersize": 4 + 2 * (i % 3), "markerfacecolor": "none" if i % 2 else None,
+            "alpha": 0.9}
+
+
 def _metric_panel(ax: Any, curve: dict[str, Any]) -> None:
     """The metric per row; rings where the attacked steps include the zero-budget last step,
     red triangles where a set metric is better than clean (docs/method.md §11.1)."""
     ring = dict(s=110, facecolors="none", edgecolors="black", linewidths=0.8, zorder=3)
     better = dict(s=40, marker="v", color="red", zorder=4)
     marked = {"ring": False, "better": False}
-    for row in curve["rows"]:
+    for i, row in enumerate(curve["rows"]):
         n = len(row["values"])
         pts = [(p, v, last, up) for p, v, last, up in zip(
             curve["percents"], row["values"], row.get("last_step_attacked") or [None] * n,
             row.get("improved_under_attack") or [None] * n, strict=True) if v is not None]
         if not pts:
             continue
-        ax.plot([q[0] for q in pts], [q[1] for q in pts], marker="o",
-                linestyle="--" if row["control"] else "-",
+        ax.plot([q[0] for q in pts], [q[1] for q in pts], **series_style(i, row["control"]),
                 label=f"{row['model']} · {row['series']}")
         for key, style, idx in (("ring", ring, 2), ("better", better, 3)):
             chosen = [(q[0], q[1]) for q in pts if q[idx]]
@@ -150,7 +164,7 @@ def _metric_panel(ax: Any, curve: dict[str, Any]) -> None:
 
 def _damage_panel(ax: Any, curve: dict[str, Any]) -> None:
     """Pixel deviation per row: mean over samples with its 95% interval (0 at 0%)."""
-    for row in curve["rows"]:
+    for i, row in enumerate(curve["rows"]):
         pts = [(p, d["pixel deviation"]) for p, d in zip(curve["percents"], row.get("damage")
                                                           or [], strict=False)
                if d and (d.get("pixel deviation") or {}).get("mean") is not None]
@@ -160,16 +174,16 @@ def _damage_panel(ax: Any, curve: dict[str, Any]) -> None:
         ys = [0.0, *(s["mean"] for _, s in pts)]
         lo = [0.0, *(s["mean"] - (s["ci95"] or [s["mean"]] * 2)[0] for _, s in pts)]
         hi = [0.0, *((s["ci95"] or [s["mean"]] * 2)[1] - s["mean"] for _, s in pts)]
-        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3,
-                    linestyle="--" if row["control"] else "-",
+        ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, **series_style(i, row["control"]),
                     label=f"{row['model']} · {row['series']}")
     ax.set_ylabel("pixel deviation (mean, 95% CI)")
 
 
 def curve_png(curve: dict[str, Any], path: str | os.PathLike) -> None:
     """``curve.png`` of a :func:`~dmattack.attack_eval.run_curve` result: the metric against %
-    of steps attacked (controls dashed) and, beside it, the paired pixel deviation with its
-    95% interval."""
+    of steps attacked and, beside it, the paired pixel deviation with its 95% interval; each
+    series with its own marker and line style (:func:`series_style`; controls dashed or
+    dotted), linear axes."""
     fig, (metric_ax, damage_ax) = plt.subplots(1, 2, figsize=(11, 4))
     _metric_panel(metric_ax, curve)
     _damage_panel(damage_ax, curve)

@@ -79,3 +79,28 @@ def test_pairs_png(tmp_path):
     assert width > height and width >= 5 * 64  # side by side, readable size
     assert not save_pairs_png(torch.zeros(4, 3), torch.zeros(4, 3), tmp_path / "q.png")
     assert not (tmp_path / "q.png").exists()
+
+
+def test_identical_curve_series_stay_visible(tmp_path, monkeypatch):
+    """Two series with the same values get different markers and line styles (and linear
+    axes), so the one drawn last does not hide the other."""
+    from dmattack import visualize
+
+    figures = []
+    monkeypatch.setattr(visualize.plt, "close", figures.append)
+    values = [1.0, 1.02, 1.04]
+    row = {"values": values, "control": False, "series": "pgd", "model": "m",
+           "damage": [None, {"pixel deviation": {"mean": 0.1, "ci95": [0.05, 0.15]}}] * 2}
+    curve = {"percents": [0, 50, 100], "metric": "variance ratio", "steps_attacked": None,
+             "rows": [row, {**row, "series": "fgsm"}, {**row, "series": "random",
+                                                        "control": True}]}
+    visualize.curve_png(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").is_file()
+    metric_ax = figures[0].axes[0]
+    lines = [ln for ln in metric_ax.get_lines() if len(ln.get_xdata()) == 3]
+    assert [list(ln.get_ydata()) for ln in lines] == [values] * 3
+    styles = {(ln.get_marker(), str(ln.get_linestyle()), ln.get_markersize()) for ln in lines}
+    assert len(styles) == 3
+    assert metric_ax.get_yscale() == "linear"
+    for i in range(len(visualize.MARKERS)):
+        assert visualize.series_style(i, False)["marker"] == visualize.MARKERS[i]
