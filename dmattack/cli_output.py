@@ -21,11 +21,6 @@ def reporting(command: str) -> Any:
     return progress.reporting(f"dmattack {command}", console)
 
 
-def ticker(st: progress.StageHandle) -> Callable[[Any], None]:
-    """``progress(_)`` advancing stage ``st`` by one per call."""
-    return lambda _: st.advance()
-
-
 def progress_steps(st: progress.StageHandle) -> Callable[[int, int], None]:
     """A ``progress(done, total)`` callback setting stage ``st``'s counts."""
     return lambda done, total: st.update(done, total)
