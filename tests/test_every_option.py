@@ -29,6 +29,7 @@ ROBUST = str(ROOT / "checkpoints" / "digits-robust-adv")
 ALLOWED_UNUSED = {
     "device": "where it runs: results are the same on every device up to float round-off",
     "out": "where the result is written (its location, not its content)",
+    "threads": "how fast it runs (torch's CPU threads), not what it computes",
     "first_sample@curve": "fixed in h-keys (curve --first-sample is passed on or refused there)",
 }
 
