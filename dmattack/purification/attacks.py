@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import torchattacks
 from torch import nn
 
+from .. import progress
 from ..errors import ConfigError
 from ..seeding import derive_seed, rand_per_sample
 
@@ -141,7 +142,8 @@ def pgd_eot(model: Stochastic, x: torch.Tensor, y: torch.Tensor,
     start = (2 * rand_per_sample(x.shape[1:], gens, x.device, x.dtype) - 1) * eps
     x_adv = (x + start).clamp(0, 1)
     trace = []
-    for _ in range(steps):
+    for k in range(steps):
+        progress.inner(k + 1, steps, "PGD-EOT iteration")
         grad, fooled = _eot_gradient(model, x_adv, y, gens, eot, loss)
         trace.append(float(fooled.mean()))
         x_adv = (x + (x_adv + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
