@@ -79,14 +79,16 @@ class Command(OneLineUsage, click.Command):
 
     @property
     def params(self) -> list[click.Parameter]:
-        if self._params is None:
+        key = cli_lazy.cache_key()  # a plugin installed since the last read changes it
+        if self._params is None or self._params_key != key:
             self._params = [*cli_lazy.expand(self.declared), threads_option()]
+            self._params_key = key
         return self._params
 
     @params.setter
     def params(self, value: list[Any]) -> None:
         """The declared parameters (lazy groups included), expanded when next read."""
-        self.declared, self._params = list(value), None
+        self.declared, self._params, self._params_key = list(value), None, None
 
     def invoke(self, ctx: click.Context) -> Any:
         apply_threads(ctx.params.pop("threads", None))

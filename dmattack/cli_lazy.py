@@ -29,10 +29,13 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import click
+
+from .registry import ENTRY_POINT_GROUP
 
 FORMAT = 1
 CACHE_ENV = "DMATTACK_CACHE"
@@ -102,13 +105,22 @@ def _options(group: LazyOptions) -> list[click.Parameter]:
 
 # ----------------------------------------------------------------------------- the cache
 def cache_key() -> str:
-    """sha256 of everything the generated options depend on (see the module docstring)."""
-    if "key" in _MEMO:
-        return _MEMO["key"]
+    """sha256 of everything the generated options depend on (see the module docstring): the
+    installations and sources (hashed once per process) and the ``dmattack`` entry points on
+    ``sys.path`` now (a plugin's names are listed in --help)."""
+    if "base" not in _MEMO:
+        _MEMO["base"] = _base_key()
+    plugins = sorted((ep.name, ep.value, getattr(ep.dist, "name", None) or "",
+                      getattr(ep.dist, "version", None) or "")
+                     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return hashlib.sha256(f"{_MEMO['base']} {plugins}".encode()).hexdigest()
+
+
+def _base_key() -> str:
     h = hashlib.sha256(f"format {FORMAT} python {sys.version} {sys.executable}".encode())
     for pkg in ("click", "rich"):
         h.update(f"{pkg} {_stat(Path(importlib.util.find_spec(pkg).origin))}".encode())
-    for entry in sys.path:  # installed / removed distributions (e.g. plugins)
+    for entry in sys.path:  # installed / removed distributions
         if Path(entry).name in ("site-packages", "dist-packages"):
             h.update(f"path {entry} {_stat(Path(entry))}".encode())
     root = Path(__file__).resolve().parents[1]
@@ -116,8 +128,7 @@ def cache_key() -> str:
         for f in sorted((root / pkg).rglob("*.py")):
             h.update(f"{f.relative_to(root)} ".encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
-    _MEMO["key"] = h.hexdigest()
-    return _MEMO["key"]
+    return h.hexdigest()
 
 
 def _stat(path: Path) -> str:
@@ -143,21 +154,23 @@ def _digest(groups: Any) -> str:
 
 def _read_cache() -> dict[str, list[dict[str, Any]]] | None:
     """The cached groups, or None when missing, for another key, or damaged."""
-    if "groups" not in _MEMO:
+    key = cache_key()
+    if ("groups", key) not in _MEMO:
         try:
             doc = json.loads(cache_file().read_text())
-            ok = (doc.get("key") == cache_key() and doc.get("format") == FORMAT
+            ok = (doc.get("key") == key and doc.get("format") == FORMAT
                   and doc.get("sha256") == _digest(doc.get("groups")))
-            _MEMO["groups"] = doc["groups"] if ok else None
+            _MEMO["groups", key] = doc["groups"] if ok else None
         except (OSError, ValueError, AttributeError, KeyError):
-            _MEMO["groups"] = None
-    return _MEMO["groups"]
+            _MEMO["groups", key] = None
+    return _MEMO["groups", key]
 
 
 def _write_cache(groups: dict[str, Any]) -> None:
     """Write the cache atomically (a temporary file renamed); failures are ignored."""
-    doc = {"format": FORMAT, "key": cache_key(), "groups": groups, "sha256": _digest(groups)}
-    _MEMO["groups"] = groups
+    key = cache_key()
+    doc = {"format": FORMAT, "key": key, "groups": groups, "sha256": _digest(groups)}
+    _MEMO["groups", key] = groups
     try:
         folder = cache_dir()
         folder.mkdir(parents=True, exist_ok=True)
