@@ -128,10 +128,11 @@ def parse_list(value: str, what: str, allowed: Iterable[str] | None = None) -> l
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
         raise ConfigError(f"--{what} is empty; give a comma-separated list", field=what)
+    note = getattr(allowed, "note", "")  # a registry's names: the plugins that failed to load
     allowed = None if allowed is None else tuple(allowed)
     for v in items:
         if allowed is not None and v not in allowed:
-            raise ConfigError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}",
+            raise ConfigError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}{note}",
                               field=what)
     return items
 

@@ -97,6 +97,7 @@ OFF_DEFAULT: dict[str, list[str]] = {
     "--random-dist": ["--random-dist", "uniform"], "--eps-scale": ["--eps-scale", "0.5"],
     "--iterations": ["--iterations", "7"], "--distance": ["--distance", "features"],
     "--eot": ["--eot", "2"], "--horizon": ["--horizon", "2"], "--keep": ["--keep", "last"],
+    "--step-counting": ["--step-counting", "all"],
     # purify
     "--classifier": ["--classifier", "{tmp}/no-classifier.pt"],
     "--data": ["--data", "{tmp}/no-data.safetensors"], "--t-star": ["--t-star", "0.2"],
