@@ -571,7 +571,7 @@ def test_set_effects_recompute_the_metric_on_paired_resamples():
     arms = {"a": a, "copy": a.clone(), "b": a + 0.5, "c": _samples(200, 0.0, 1)}
     contrasts = {k: ("mean", ((1.0, k), (-1.0, "a")), 0.0) for k in ("copy", "b", "c")}
     contrasts["missing"] = ("mean", ((1.0, "z"),), 0.0)
-    eff = set_effects(score_fn, arms, contrasts, seed=0, n_resamples=100)
+    eff = set_effects(score_fn, arms, contrasts, seed=0, n_resamples=1000)
     assert "missing" not in eff
     # identical arms: every resample gives 0 → a zero-width interval → inconclusive
     assert eff["copy"]["value"] == 0.0 and eff["copy"]["ci95"] == [0.0, 0.0]
@@ -583,7 +583,7 @@ def test_set_effects_recompute_the_metric_on_paired_resamples():
     half = 1.96 * float(diff.std()) / math.sqrt(200)
     lo, hi = eff["c"]["ci95"]
     assert eff["c"]["value"] == pytest.approx(float(diff.mean()), abs=1e-6)
-    assert hi - lo == pytest.approx(2 * half, rel=0.25)
+    assert hi - lo == pytest.approx(2 * half, rel=0.15)
 
 
 def test_a_robust_row_with_nonfinite_samples_never_wins():
