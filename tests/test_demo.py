@@ -108,7 +108,7 @@ def test_results_json_has_every_section_with_finite_numbers(demo):
         assert any(v is not None for v in _metric_values(rows, labels))
     assert any(r.get("plane distance") is not None for r in secs["toy_3d"]["rows"])
     assert any(r.get("loglik (nats)") is not None for r in secs["toy_3d"]["rows"])
-    for kind, metric in (("subspace", "FD (exact)"), ("images", "FID (digits-cnn)")):
+    for kind, metric in (("subspace", "FD (exact)"), ("images", "KID (digits-cnn)")):
         tables = secs["attacks"][kind]
         assert tables, kind
         for table in tables:
@@ -120,6 +120,22 @@ def test_results_json_has_every_section_with_finite_numbers(demo):
     assert {r["steps"] for r in secs["sampling_steps"]["rows"]} == set(quick_plan().steps.steps)
     verdicts = {"held", "partly", "did not hold", "inconclusive", "n/a"}
     assert on_disk["claims"] and all(c["verdict"] in verdicts for c in on_disk["claims"])
+    # every verdict rests on effects with an interval, a minimum effect and n
+    for c in on_disk["claims"]:
+        assert c["comparisons"], c["id"]
+        for x in c["comparisons"]:
+            assert x["verdict"] in verdicts
+            if x["direction"] is None:  # decided without an interval: a diverged model
+                assert x["note"]
+                continue
+            assert x["min_effect"] is not None and x["n"] >= 2
+            assert x["ci95"] is None or x["ci95"][0] <= x["ci95"][1]
+    # --quick runs 3 trajectory iterations: its verdicts say they are not on a converged attack
+    for c in on_disk["claims"]:
+        if c["id"].startswith("adaptive-"):
+            assert c["attack_note"].startswith("made on an") and "made on an" in c["claim"]
+    # no Fréchet distance from the 16 digits of the adaptive section (64-D features)
+    assert all(not k.startswith("FID") for r in adaptive for k in r)
     assert on_disk["timings"]["total"] > 0
     assert on_disk["provenance"]["versions"]["torch"]
     assert results["sections"].keys() == on_disk["sections"].keys()
@@ -130,8 +146,10 @@ def test_report_embeds_existing_figures(demo):
     out, _, _ = demo
     text = (out / "report.md").read_text()
     for heading in ("What held and what did not", "1. Corrupted", "2. 3-D", "3. Attacks",
-                    "4. Fewer sampling steps", "Timings"):
+                    "4. Fewer sampling steps", "Timings", "How a verdict is made"):
         assert heading in text
+    # each verdict with its effect and interval
+    assert re.search(r"corrupted: FD \(exact\): robust-adv − ddpm: \S+ \[\S+, \S+\]", text)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(images) >= 8
     for rel in images:

@@ -410,7 +410,9 @@ def _mode(results: Row) -> str:
         return f"Mode: **{mode}**; seed {results['seed']}"
     return (f"Mode: **{mode}**; **{len(seeds)} seeds** ({', '.join(map(str, seeds))}): every "
             "number below is the mean ± the sample std over the seeds (one number: every seed "
-            "measured the same), each verdict says how many seeds reached it; figures show "
+            "measured the same); each check is the mean of the per-seed effects with a "
+            "Student-t 95% interval over the seeds, and each verdict also says how many seeds "
+            "reached it; figures show "
             f"seed {seeds[0]} (the sweep heatmap: the means); every seed's own numbers are in "
             "`results.json` (`per_seed`)")
 
