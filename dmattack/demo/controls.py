@@ -19,7 +19,7 @@ from .common import (
     train_all,
     train_config,
 )
-from .effects import set_effects
+from .effects import metric_scorer, set_effects
 from .plan import ComputePlan, SweepPlan
 
 SWEEP_METRICS = ("fd-exact", "subspace", "variance-ratio")
@@ -68,7 +68,7 @@ def sweep_effects(ctx: Context, models: dict[Any, TrainedModel],
             for (p, s, m), tm in models.items() if tm.loaded is not None and (p, s, m) in drawn}
     cells = dict.fromkeys(_cell(p, s) for p, s, _ in models)
     contrasts = {c: (FD, ((1.0, f"{c}/{DDPM}"), (-1.0, f"{c}/{ADV}")), 0.0) for c in cells}
-    return set_effects(lambda k, x: score(arms[k][0], x, ("fd-exact",)),
+    return set_effects(metric_scorer({k: ref for k, (ref, _) in arms.items()}, contrasts),
                        {k: x for k, (_, x) in arms.items()}, contrasts, seed=ctx.seed)
 
 
@@ -171,7 +171,8 @@ def compute_matched(plan: ComputePlan, ctx: Context) -> dict[str, Any]:
         for metric in (FD, "subspace error")}
     return {
         "title": "Compute-matched DDPM: is Robust_adv's win just more compute?",
-        "effects": set_effects(lambda k, x: score(arms[k][0], x, ("fd-exact", "subspace")),
+        "effects": set_effects(metric_scorer({k: ref for k, (ref, _) in arms.items()},
+                                             contrasts),
                                {k: x for k, (_, x) in arms.items()}, contrasts, seed=ctx.seed),
         "settings": {**section_settings(ctx, plan, list(SWEEP_METRICS),
                                         dataset="digits-subspace"),

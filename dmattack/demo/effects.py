@@ -85,6 +85,32 @@ def set_effects(score_fn: Callable[[Any, torch.Tensor], Mapping[str, Any]],
     return out
 
 
+LABEL_METRIC = {"subspace error": "subspace", "subspace PSNR (dB)": "subspace",
+                "FD (exact)": "fd-exact", "variance ratio": "variance-ratio",
+                "plane distance": "plane", "loglik (nats)": "loglik"}
+"""The evaluator metric (``make_metric_fn`` name) behind each result label."""
+
+
+def metric_scorer(refs: Mapping[Any, Any], contrasts: Mapping[str, Contrast]
+                  ) -> Callable[[Any, torch.Tensor], Mapping[str, Any]]:
+    """A ``score_fn`` for :func:`set_effects`: per arm, one metric function (built once,
+    against that arm's :class:`~dmattack.evaluation.Reference` in ``refs``) of only the
+    metrics its contrasts use."""
+    from ..evaluation import make_metric_fn
+
+    needed: dict[Any, set[str]] = {}
+    for metric, terms, _ in contrasts.values():
+        for _, arm in terms:
+            needed.setdefault(arm, set()).add(LABEL_METRIC[metric])
+    fns = {arm: make_metric_fn(refs[arm], tuple(sorted(ms)))
+           for arm, ms in needed.items() if arm in refs}
+
+    def score_fn(arm: Any, x: torch.Tensor) -> Mapping[str, Any]:
+        return fns[arm](x)
+
+    return score_fn
+
+
 def _what(contrast: Contrast) -> str:
     metric, terms, const = contrast
     text = " ".join(f"{'+' if w > 0 else '−'} {'' if abs(w) == 1 else f'{abs(w):g}·'}"

@@ -27,7 +27,7 @@ from .common import (
     train_all,
     train_config,
 )
-from .effects import set_effects
+from .effects import metric_scorer, set_effects
 from .plan import AttackPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
 from .tasks import curve_task, sample_task
 
@@ -40,10 +40,13 @@ CURVE_METRICS = {"subspace": (("fd-exact", "variance-ratio"), "FD (exact)"),
 """The set metric of each curve kind. The digits use KID: their 64-D digits-cnn features make
 an FID from the demo's 16–96 digits mostly estimator bias (N ≤ d: singular covariance,
 docs/method.md §8), while KID is unbiased at any N; the verdicts rest on the paired damage."""
-SUBSPACE_PAIRS = (("robust-adv", "ddpm"), ("robust-rand", "ddpm"), ("robust-adv", "robust-rand"),
-                  ("invariance", "ddpm"))
-"""(A, B) pairs whose set-metric differences A − B section 1 bootstraps."""
-SUBSPACE_LABELS = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
+SUBSPACE_CONTRASTS = (
+    *((("corrupted", a, b, m) for a, b in (("robust-adv", "ddpm"), ("robust-rand", "ddpm"),
+                                           ("robust-adv", "robust-rand"))
+       for m in ("subspace error", "subspace PSNR (dB)", "FD (exact)"))),
+    *((c, "invariance", "ddpm", "FD (exact)") for c in ("corrupted", "clean")),
+    ("clean", "robust-adv", "ddpm", "variance ratio"))
+"""(data, A, B, metric) of the set-metric differences A − B that section 1's claims check."""
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 ATTACKED = ("ddpm", "robust-adv")
 METHOD_ORDER = ("fgsm", "pgd", "random")
@@ -101,9 +104,11 @@ def corrupted_subspace(plan: SubspacePlan, ctx: Context
         figs[cond] = ctx.rel(figures.digit_grids(
             panels, ctx.out_dir / "figures" / f"subspace_{cond}_samples.png",
             f"digits-subspace samples, models trained on {cond} data"))
+    with ctx.stage("1 digits-subspace: bootstrap intervals", 1):
+        effects = subspace_effects(ctx, models, samples)
     section = {
         "title": "Corrupted training data: digits-subspace",
-        "effects": subspace_effects(ctx, models, samples),
+        "effects": effects,
         "settings": section_settings(ctx, plan, list(SUBSPACE_METRICS),
                                      dataset="digits-subspace"),
         "rows": rows,
@@ -116,26 +121,20 @@ def corrupted_subspace(plan: SubspacePlan, ctx: Context
 
 def subspace_effects(ctx: Context, models: dict[Key, TrainedModel],
                      samples: dict[Key, torch.Tensor]) -> dict[str, Any]:
-    """Per data condition, ``"<data>: <metric>: <A> − <B>"`` for :data:`SUBSPACE_PAIRS` and
-    ``"<data>: <metric>: <A>"`` for every model, each ``{"value", "ci95", "n", …}``: the set
-    metric recomputed on resampled rows, the same rows in every model (paired by seed;
+    """``"<data>: <metric>: <A> − <B>"`` for :data:`SUBSPACE_CONTRASTS` and ``"clean:
+    variance ratio: robust-adv"``, each ``{"value", "ci95", "n", …}``: the set metric
+    recomputed on resampled rows, the same rows in every model (paired by seed;
     :func:`~dmattack.demo.effects.set_effects`)."""
     arms = {f"{c}/{m}": samples[c, m] for (c, m), tm in models.items()
             if tm.loaded is not None and (c, m) in samples}
     refs = {f"{c}/{m}": ctx.reference(tm.loaded) for (c, m), tm in models.items()
             if tm.loaded is not None}
-    conditions = dict.fromkeys(c for c, _ in models)
-    methods = dict.fromkeys(m for _, m in models)
-    contrasts = {}
-    for c in conditions:
-        for metric in SUBSPACE_LABELS:
-            contrasts.update({f"{c}: {metric}: {a} − {b}":
-                              (metric, ((1.0, f"{c}/{a}"), (-1.0, f"{c}/{b}")), 0.0)
-                              for a, b in SUBSPACE_PAIRS})
-            contrasts.update({f"{c}: {metric}: {m}": (metric, ((1.0, f"{c}/{m}"),), 0.0)
-                              for m in methods})
-    return set_effects(lambda k, x: score(refs[k], x, SUBSPACE_METRICS), arms, contrasts,
-                       seed=ctx.seed)
+    contrasts = {f"{c}: {metric}: {a} − {b}": (metric, ((1.0, f"{c}/{a}"), (-1.0, f"{c}/{b}")),
+                                                 0.0)
+                 for c, a, b, metric in SUBSPACE_CONTRASTS}
+    contrasts["clean: variance ratio: robust-adv"] = ("variance ratio",
+                                                      ((1.0, "clean/robust-adv"),), 0.0)
+    return set_effects(metric_scorer(refs, contrasts), arms, contrasts, seed=ctx.seed)
 
 
 # --------------------------------------------------------------------------- section 2
@@ -188,28 +187,30 @@ def toy_3d(plan: ToyPlan, ctx: Context) -> dict[str, Any]:
                                        ctx.out_dir / "figures" / f"toy_{d}_{c.mode}.png",
                                        f"{d}, {c.label} ({_corruption_text(c)})")
             figs[f"{d}, {c.label}"] = ctx.rel(path)
+    with ctx.stage("2 3-D data: bootstrap intervals", 1):
+        effects = toy_effects(arms, ctx.seed)
     return {
         "title": "3-D data with inlier noise and with outliers",
         "settings": section_settings(ctx, plan, {k: list(v) for k, v in TOY_METRICS.items()}),
         "rows": rows,
-        "effects": toy_effects(arms, ctx.seed),
+        "effects": effects,
         "figures": figs,
     }
 
 
 def toy_effects(arms: dict[str, tuple[Any, torch.Tensor]], seed: int) -> dict[str, Any]:
     """``"<dataset>/<corruption>: <metric>: <A> − ddpm"`` (A = robust-adv on the set's
-    primary metric and FD, A = invariance on FD), set metrics recomputed on resampled rows,
+    primary metric, A = invariance on FD), set metrics recomputed on resampled rows,
     the same rows in both models (:func:`~dmattack.demo.effects.set_effects`)."""
     contrasts = {}
     for key in arms:
         d, c, m = key.split("/")
-        metrics = ((TOY_PRIMARY_LABEL[d], "FD (exact)") if m == "robust-adv"
+        metrics = ((TOY_PRIMARY_LABEL[d],) if m == "robust-adv"
                    else ("FD (exact)",) if m == "invariance" else ())
         contrasts.update({f"{d}/{c}: {metric}: {m} − ddpm":
                           (metric, ((1.0, key), (-1.0, f"{d}/{c}/ddpm")), 0.0)
                           for metric in metrics})
-    return set_effects(lambda k, x: score(arms[k][0], x, TOY_METRICS[k.split("/")[0]]),
+    return set_effects(metric_scorer({k: ref for k, (ref, _) in arms.items()}, contrasts),
                        {k: x for k, (_, x) in arms.items()}, contrasts, seed=seed)
 
 
@@ -383,6 +384,8 @@ def sampling_steps(plan: StepsPlan, sub_plan: SubspacePlan, ctx: Context,
             arms[f"{key[0]}/{key[1]}/{steps}"] = (ref, x)
             rows.append({"data": key[0], "method": key[1], "steps": steps,
                          **score(ref, x, SUBSPACE_METRICS)})
+    with ctx.stage("4 fewer sampling steps: bootstrap intervals", 1):
+        effects = steps_effects(arms, min(plan.steps), max(plan.steps), ctx.seed)
     fig = figures.steps_plot(rows, plan.steps, ctx.out_dir / "figures" / "sampling_steps.png")
     return {
         "title": "Fewer sampling steps (respaced ancestral sampler)",
@@ -391,7 +394,7 @@ def sampling_steps(plan: StepsPlan, sub_plan: SubspacePlan, ctx: Context,
                      "seeds": seeds_text(ctx.seed, sub_plan.num_samples),
                      "metrics": list(SUBSPACE_METRICS)},
         "rows": rows,
-        "effects": steps_effects(arms, min(plan.steps), max(plan.steps), ctx.seed),
+        "effects": effects,
         "figures": {"steps": ctx.rel(fig)},
     }
 
@@ -411,7 +414,7 @@ def steps_effects(arms: dict[str, tuple[Any, torch.Tensor]], lo: int, hi: int,
                           for m, terms in change.items()})
         contrasts[f"{data}: FD change: robust-adv − ddpm"] = (fd, (
             *change["robust-adv"], *((-w, a) for w, a in change["ddpm"])), 0.0)
-    return set_effects(lambda k, x: score(arms[k][0], x, ("fd-exact",)),
+    return set_effects(metric_scorer({k: ref for k, (ref, _) in arms.items()}, contrasts),
                        {k: x for k, (_, x) in arms.items()}, contrasts, seed=seed)
 
 
