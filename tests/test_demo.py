@@ -539,6 +539,13 @@ def test_attack_claims_planted_effects_held_opposite_and_mixed():
     assert slow["verdict"] == "did not hold"
     slow, _ = attack_claims(_attacks(_table(strong, weak), _table(weak, strong, 100.0)))
     assert slow["verdict"] == "partly" and (slow["checks_passed"], slow["checks_failed"]) == (1, 1)
+    # the same samples in another table (e.g. every window at 100%) are one check, not two
+    twice = {"fgsm": _damage(3.0, seed=5), "random": _damage(1.0, seed=6)}
+    other = {"fgsm": _damage(1.0, seed=7), "random": _damage(1.0, seed=8)}
+    slow, like = attack_claims(_attacks(_table(twice, other), _table(twice, other)))
+    assert slow["checks"] == 1 and like["checks"] == 2
+    assert slow["comparisons"][0]["same_samples_as"] == [
+        "subspace/spread/n60/fgsm-mean-spread at 50%"]
 
 
 def test_a_falling_metric_under_attack_is_flagged_not_counted():

@@ -213,8 +213,11 @@ def attack_claims(section: Row) -> list[Row]:
     """Section 3: Robust_adv degrades more slowly than DDPM (its attack/random ratio of the
     paired pixel deviation below DDPM's, per table, attack and percent); FGSM / PGD with the
     `mean` loss are no stronger than the random control (ratio below 1.25). A set metric that
-    improves under attack is flagged in the evidence, never counted as robustness."""
+    improves under attack is flagged in the evidence, never counted as robustness. Points
+    with identical samples in every arm (every window at 100%, or PGD equal to FGSM) are one
+    check, listing the others under ``same_samples_as``."""
     slow, like, slow_ev, flags = [], [], [], []
+    seen: dict[bytes, Row] = {}  # identical samples (e.g. every window at 100%): one check
     for kind in ("subspace", "images"):
         for table in section[kind]:
             models = sorted({r["model"] for r in table["rows"]})
@@ -233,8 +236,13 @@ def attack_claims(section: Row) -> list[Row]:
                         continue
                     a = (arrays[adv, s, q], arrays[adv, rand, q])
                     d = (arrays[ddpm, s, q], arrays[ddpm, rand, q])
-                    c = _slower_check(f"{where}/{s} at {q:g}%: attack/random ratio, "
-                                      "Robust_adv − DDPM", a, d)
+                    label = f"{where}/{s} at {q:g}%"
+                    key = b"".join(x.tobytes() for x in (*a, *d))
+                    if key in seen:
+                        seen[key].setdefault("same_samples_as", []).append(label)
+                        continue
+                    c = seen[key] = _slower_check(f"{label}: attack/random ratio, "
+                                                  "Robust_adv − DDPM", a, d)
                     slow.append(c)
                     slow_ev.append(f"{where}/{s} at {q:g}%: DDPM {fmt(c['ratio DDPM'])}, "
                                    f"Robust_adv {fmt(c['ratio Robust_adv'])}")

@@ -201,10 +201,12 @@ def describe(c: Row) -> str:
                f"{c['verdict']}"
     lo, hi = c["ci95"]
     null = f" vs {fmt(c['null'])}" if c.get("null") else ""
+    same = (f" (identical samples: {', '.join(c['same_samples_as'])})"
+            if c.get("same_samples_as") else "")
     sign = "<" if c["direction"] == "less" else ">"
     return (f"{c['label']}: {fmt(c['value'])} [{fmt(lo)}, {fmt(hi)}]{null}, claimed "
             f"{sign} {fmt(c['null'] or 0.0)}, m = {fmt(c['min_effect'])}, n = {c['n']} → "
-            f"{c['verdict']}")
+            f"{c['verdict']}{same}")
 
 
 def over_seeds(label: str, per_seed: Sequence[Row]) -> Row:
