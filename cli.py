@@ -4,6 +4,11 @@ Each command parses its options (generated from the library's config dataclasses
 dmattack/settings.py), calls one library function and prints. A user's mistake is a
 :class:`~dmattack.errors.DmattackError`: one ``Error: ...`` line and exit code 2. Anything
 else is a bug and keeps its traceback.
+
+Nothing at module level imports torch: the dataclass options are declared with
+``lazy_options`` (built from a cache on first use, dmattack/cli_lazy.py) and each command
+imports the library inside its function, so ``--help`` and option errors answer at once.
+Progress goes through dmattack/progress.py (bars in a terminal, plain lines elsewhere).
 """
 
 from __future__ import annotations
@@ -19,17 +24,20 @@ from typing import Any
 import click
 
 from dmattack import cli_output as ui
-from dmattack.attacks import AttackSpec
+from dmattack import progress
 from dmattack.cli_base import Group, friendly_errors, given, option_group, resumes_when_rerun
-from dmattack.cli_output import console, metric_row, print_table, progress_bar, stdout
+from dmattack.cli_lazy import lazy_options
+from dmattack.cli_output import console, metric_row, print_table, stdout
 from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
 from dmattack.errors import ConfigError, OutputError
-from dmattack.evaluation import EvaluationConfig
 from dmattack.option_types import parse_list, parse_percents
-from dmattack.purification.evaluate import PurifyConfig
-from dmattack.sampling import SamplerConfig
-from dmattack.settings import click_options, from_options, option_values
-from dmattack.train_config import TrainConfig
+from dmattack.settings import from_options, option_values
+
+TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
+SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
+EVALUATION_CONFIG = "dmattack.evaluation:EvaluationConfig"
+ATTACK_SPEC = "dmattack.attacks:AttackSpec"
+PURIFY_CONFIG = "dmattack.purification.evaluate:PurifyConfig"
 
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
 
@@ -43,13 +51,13 @@ def main() -> None:
 
 # ----------------------------------------------------------------------------- train
 @main.command()
-@click_options(TrainConfig)
+@lazy_options(TRAIN_CONFIG)
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue this run folder (to --steps if given). Also allowed with it: --nan-"
               "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers, "
-              "--checkpoint-minutes.")
+              "--checkpoint-minutes, --threads.")
 @friendly_errors
 def train(**o: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder.
@@ -59,9 +67,9 @@ def train(**o: Any) -> None:
     $(which dmattack) train ... (docs/performance.md).
     """
     from dmattack import distributed
-    from dmattack.cli_output import train_progress
     from dmattack.train import TrainingInterrupted, prepare_run, resume_config
     from dmattack.train import train as train_run
+    from dmattack.train_config import TrainConfig
 
     if o["resume"]:
         if given("out"):
@@ -77,14 +85,20 @@ def train(**o: Any) -> None:
                   f"{', horizontal flips' if cfg.flip else ''}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
     try:
-        with progress_bar("loss") as bar:
+        with ui.reporting("train"), progress.stage("train", cfg.steps, "steps") as st:
             train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
-                      callback=train_progress(bar, cfg.steps))
+                      callback=ui.train_progress(st))
     except TrainingInterrupted as e:  # one line: where it stopped and how to resume
         if distributed.is_main():
             click.echo(str(e), err=True)
         sys.exit(e.exit_code)
-    stdout.print(str(run_dir))
+    _print_path(run_dir)
+
+
+def _print_path(path: str | os.PathLike) -> None:
+    """The absolute path of what a command wrote, on stdout as one unwrapped line (for
+    ``$(dmattack ...)``); silent on torchrun ranks other than 0."""
+    stdout.print(str(Path(path).resolve()), soft_wrap=True, markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------- models
@@ -113,7 +127,7 @@ def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: st
     return load_run(run or newest_run(RUNS_ROOT), use_ema=use_ema, device=dev), dev
 
 
-def _sampler(o: dict[str, Any], loaded) -> SamplerConfig:
+def _sampler(o: dict[str, Any], loaded):
     """The sampler the options ask for, unset fields from the model's protocol."""
     from dmattack.evaluation import resolve_sampler
 
@@ -125,7 +139,7 @@ def _sampler(o: dict[str, Any], loaded) -> SamplerConfig:
 def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None, **scoring: Any):
     """The evaluation setup of the options (one library call shared by evaluate, attack and
     curve; ``scoring``: evaluate's feature extractor and memorisation options)."""
-    from dmattack.evaluation import prepare_evaluation
+    from dmattack.evaluation import EvaluationConfig, prepare_evaluation
 
     return prepare_evaluation(loaded, from_options(EvaluationConfig, o), _sampler(o, loaded),
                               num_samples, **scoring)
@@ -140,8 +154,8 @@ model_options = option_group(
                  help="Sample with the EMA weights."),
     click.option("--device", default="auto", show_default=True),
 )
-sampler_options = click_options(SamplerConfig, prefix="sampler.")
-evaluation_options = click_options(EvaluationConfig)
+sampler_options = lazy_options(SAMPLER_CONFIG, prefix="sampler.")
+evaluation_options = lazy_options(EVALUATION_CONFIG)
 
 
 # ----------------------------------------------------------------------------- sample
@@ -161,7 +175,7 @@ def sample_cmd(**o: Any) -> None:
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) sample ... splits the samples.
     """
-    from dmattack.workflows import num_sampling_ticks, write_samples
+    from dmattack.workflows import write_samples
 
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     sampler = _sampler(o, loaded)
@@ -170,13 +184,11 @@ def sample_cmd(**o: Any) -> None:
     folder = Path(o["out"] or Path(loaded.source) / "samples" / f"{label}-seed{o['seed']}{shard}")
     console.print(f"[bold]sample[/] {o['num_samples']} from {loaded.source} "
                   f"({'EMA' if loaded.ema else 'raw'} weights), sampler {label}, seed {o['seed']}")
-    with progress_bar() as bar:
-        task = bar.add_task("sample", rate="", total=num_sampling_ticks(
-            loaded, sampler, o["num_samples"], o["batch_size"]))
+    with ui.reporting("sample"):  # write_samples reports the stage "sample"
         written = write_samples(loaded, sampler, o["num_samples"], o["batch_size"], o["seed"],
-                                folder, o["first_sample"], dev, ui.ticker(bar, task))
+                                folder, o["first_sample"], dev)
     if written is not None:  # under torchrun, rank 0 writes all the samples
-        stdout.print(str(written))
+        _print_path(written)
 
 
 # ----------------------------------------------------------------------------- attack
@@ -184,9 +196,10 @@ def sample_cmd(**o: Any) -> None:
 @model_options
 @sampler_options
 @evaluation_options
-@click_options(AttackSpec)
+@lazy_options(ATTACK_SPEC)
 @click.option("--out", type=click.Path(), default=None,
-              help="Result folder [default: <run>/attacks/<label>-<sampler>-n<N>-seed<S>].")
+              help="Result folder [default: <run>/attacks/<model>-<content hash>/<label>-<sampler>"
+              "-n<N>-seed<S>; for a pipeline under runs/]. The absolute path is printed.")
 @friendly_errors
 def attack(**o: Any) -> None:
     """Attack the reverse chain: clean vs attacked samples with paired randomness.
@@ -194,7 +207,9 @@ def attack(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) attack ... splits the samples.
     """
     from dmattack.attack_eval import check_run, run_attack
+    from dmattack.attacks import AttackSpec
     from dmattack.evaluation import default_out_dir
+    from dmattack.workflows import write_pairs
 
     spec = from_options(AttackSpec, o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
@@ -206,19 +221,20 @@ def attack(**o: Any) -> None:
                   f"samples, sampler {ev.sampler_label}, batch {ev.batch_size}, seed "
                   f"{ev.config.seed}, metric {', '.join(ev.metrics)} ({ev.label}), reference: "
                   f"{ev.reference.name}")
-    with progress_bar() as bar:
-        task = bar.add_task("sample clean + attacked", total=None, rate="")
+    with ui.reporting("attack"), progress.stage("sample clean + attacked",
+                                                unit="steps") as st:
         result = run_attack(loaded, spec, num_samples=ev.num_samples, seed=ev.config.seed,
                             sampler=ev.sampler, batch_size=ev.batch_size,
                             metric_fn=ev.metric_fn(), device=dev, out_dir=out_dir,
-                            progress=ui.progress_steps(bar, task),
+                            progress=ui.progress_steps(st),
                             first_sample=ev.config.first_sample)
+    write_pairs(out_dir, spec.describe())  # pairs.png: clean | attacked, damage under each
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
     ui.print_attack_result(result, f"{ev.label} · {spec.describe()} · window {spec.window} · "
                            f"{ev.sampler_label} · {result['num_attacked_steps']} of {steps} "
                            "steps attacked" + (" (incl. the last, budget 0)"
                                                if result["last_step_attacked"] else ""))
-    stdout.print(str(out_dir))
+    _print_path(out_dir)
 
 
 # ----------------------------------------------------------------------------- curve
@@ -231,7 +247,7 @@ def attack(**o: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @sampler_options
 @evaluation_options
-@click_options(AttackSpec, exclude=("method", "percent"))
+@lazy_options(ATTACK_SPEC, exclude=("method", "percent"))
 @click.option("--method", default="fgsm,pgd,random", show_default=True,
               help="Comma list of registered attacks (dmattack plugins lists them).")
 @click.option("--steps-attacked", default="0,25,50,75,100", show_default=True,
@@ -249,7 +265,7 @@ def curve(**o: Any) -> None:
     samples; a killed run resumes, also inside a point.
     """
     from dmattack.attack_eval import check_run, curve_specs, run_curve
-    from dmattack.attacks import WINDOWS
+    from dmattack.attacks import WINDOWS, AttackSpec
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
     from dmattack.runs import newest_run
@@ -271,14 +287,14 @@ def curve(**o: Any) -> None:
                   f"{', '.join(windows)} at {', '.join(f'{p:g}' for p in percents)}% attacked; "
                   f"{ev.num_samples} samples, sampler {ev.sampler_label}, seed {ev.config.seed}, "
                   f"metric {ev.label} → {out_dir}")
-    with progress_bar("point") as bar:
+    with ui.reporting("curve"), progress.stage("curve points", unit="points") as st:
         result = run_curve(models, specs, num_samples=ev.num_samples, seed=ev.config.seed,
-                           sampler=ev.sampler, batch_size=ev.batch_size, metric_fn=ev.metric_fn(),
-                           device=dev, out_dir=out_dir, metric=None,
-                           progress=ui.curve_progress(bar))
+                           sampler=ev.sampler, batch_size=ev.batch_size,
+                           metric_fn=progress.staged(ev.metric_fn(), "scoring"), device=dev,
+                           out_dir=out_dir, metric=None, progress=ui.curve_progress(st))
     ui.print_curve_result(result, f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} "
                           "steps attacked")
-    stdout.print(str(out_dir))
+    _print_path(out_dir)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -303,7 +319,8 @@ SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
 @click.option("--dinov2-dir", type=click.Path(), default=None,
               help="Local facebookresearch/dinov2 checkout with weights.")
 @click.option("--out", type=click.Path(), default=None,
-              help="Result folder [default: <run>/eval/<sampler>-n<N>-seed<S>].")
+              help="Result folder [default: <run>/eval/<model>-<content hash>/<sampler>-n<N>-"
+              "seed<S>; for a pipeline under runs/]. The absolute path is printed.")
 @friendly_errors
 def evaluate(**o: Any) -> None:
     """Score samples of a model: FID/IS/KID, exact metrics, memorisation."""
@@ -328,17 +345,14 @@ def evaluate(**o: Any) -> None:
     out_dir = Path(o["out"] or default_out_dir(loaded, "eval", name, RUNS_ROOT))
     console.print(f"[bold]evaluate[/] {loaded.source}: {', '.join(ev.metrics)} on "
                   f"{ev.num_samples} samples ({ev.label}), reference {ev.reference.name}")
-    with progress_bar() as bar:
-        total = ev.sampler.num_steps(loaded.diffusion.num_timesteps) * -(
-            -ev.num_samples // ev.batch_size)
-        task = bar.add_task("sample", total=0 if files else total, rate="")
+    with ui.reporting("evaluate"):  # evaluate_model reports "sample" and "scoring"
         result = evaluate_model(
             loaded, ev, out_dir, samples=x,
             samples_from={"files": list(files), "key": o["samples_key"]} if files else None,
-            device=dev, progress=ui.ticker(bar, task))
+            device=dev)
     print_table(f"{ev.label} · {loaded.source} · {'EMA' if loaded.ema else 'raw'}",
                 ["metric", "value"], [[k, v] for k, v in metric_row(result).items()])
-    stdout.print(str(out_dir))
+    _print_path(out_dir)
 
 
 # ----------------------------------------------------------------------------- export
@@ -355,7 +369,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise OutputError(errno.EEXIST, f"--out {out} exists and is not empty; choose a new folder")
     loaded, _ = _load_model(run, None, ema, "cpu")
-    stdout.print(str(export_pipeline(loaded, out)))
+    _print_path(export_pipeline(loaded, out))
 
 
 # ----------------------------------------------------------------------------- purify
@@ -363,7 +377,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
 @click.option("--run", "runs", multiple=True, type=click.Path(),
               help="A purifier: run folder or diffusers DDPM pipeline folder (repeatable); the "
               "undefended classifier is always a row.")
-@click_options(PurifyConfig)
+@lazy_options(PURIFY_CONFIG)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None,
               help="Result folder [default: runs/purify/<hash of the settings>]; re-running "
@@ -377,7 +391,8 @@ def purify(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) purify ... splits the batches.
     """
     from dmattack.purification import load_model, run_purification
-    from dmattack.purification.evaluate import prepare_purification, purify_folder
+    from dmattack.purification.evaluate import PurifyConfig, prepare_purification, purify_folder
+    from dmattack.purification.results import TABLE_COLUMNS, table_notes, table_rows
 
     cfg = from_options(PurifyConfig, o)
     dev = _join_torchrun(o["device"])
@@ -386,12 +401,16 @@ def purify(**o: Any) -> None:
     out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
     console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
                   f"{len(models)} purifier(s) at t* {cfg.t_star} × {', '.join(cfg.attack_names())}"
-                  f", ε {cfg.eps:.4g}, {cfg.iterations} iterations × EOT-{cfg.eot} → {out_dir}")
-    with progress_bar("unit") as bar:
-        result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(bar, "purify"))
-    print_table(f"accuracy of {cfg.classifier} (robust = correct on the clean and the adversarial "
-                f"image), ε = {cfg.eps:.4g}", ui.PURIFY_COLUMNS, ui.purify_rows(result))
-    stdout.print(str(out_dir / "purify.json"))
+                  f", ε {cfg.eps:.4g}, PGD {cfg.iterations} iterations × EOT-{cfg.eot} × "
+                  f"{cfg.restarts} restart(s), {cfg.draws} evaluation draws → {out_dir}")
+    with ui.reporting("purify"), progress.stage("purify", unit="units") as st:
+        result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(st))
+    print_table(f"accuracy of {cfg.classifier} over {cfg.draws} evaluation draws (robust = "
+                f"correct on the clean and the adversarial image), ε = {cfg.eps:.4g}",
+                TABLE_COLUMNS, table_rows(result))
+    for note in table_notes(result):
+        console.print(note)
+    _print_path(out_dir / "purify.json")
 
 
 # ----------------------------------------------------------------------------- demo
@@ -424,17 +443,19 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
     device = resolve_device(device)
     console.print(f"[bold]demo[/]{' --quick' if quick else ''}: seed {seed}"
                   f"{f' … {seed + seeds - 1}' if seeds > 1 else ''} → {out_dir}")
-    with progress_bar("stage") as bar:
+    with ui.reporting("demo"):  # one stage per section step (dmattack/demo/common.py)
+        stages = progress.Switcher()
         try:
             results = run_demo(out_dir, quick=quick, seed=seed, device=device,
                                train_images=train_images, seeds=seeds,
-                               sections=sections or None,
-                               progress=ui.stage_progress(bar, "demo"))
+                               sections=sections or None, progress=stages)
         except ChildProcessError as e:  # not bad input: exit 1, still one line
             console.print(f"Error: {e}")
             sys.exit(1)
+        finally:
+            stages.close()
     print_table(headline_title(results), *headline_rows(results))
-    stdout.print(str(out_dir / "report.md"))
+    _print_path(out_dir / "report.md")
 
 
 # ----------------------------------------------------------------------------- plugins

@@ -1,8 +1,22 @@
-"""dmattack: adversarial training and reverse-chain attacks for diffusion models."""
+"""dmattack: adversarial training and reverse-chain attacks for diffusion models.
 
-from .diffusion import GaussianDiffusion, beta_schedule, respace
-from .sampling import SamplerConfig, sample, sample_batched
+The names below are imported on first use (PEP 562), so ``import dmattack.<module>`` of a
+module that needs no torch (the command line's option declarations, :mod:`dmattack.errors`,
+:mod:`dmattack.progress`) does not import torch."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["GaussianDiffusion", "beta_schedule", "respace", "SamplerConfig", "sample",
-           "sample_batched"]
+_EXPORTS = {"GaussianDiffusion": "diffusion", "beta_schedule": "diffusion",
+            "respace": "diffusion", "SamplerConfig": "sampling", "sample": "sampling",
+            "sample_batched": "sampling"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -53,6 +53,7 @@ from .damage import (
 from .errors import ConfigError, first_line
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .locking import lock_folder
+from .progress import stage as progress_stage
 from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
@@ -274,7 +275,9 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         attacked, seconds["attacked"] = clean.clone(), 0.0
     nonfinite = {"clean": report_nonfinite(clean, "clean samples"),
                  "attacked": report_nonfinite(attacked, f"attacked samples ({plan.label})")}
-    metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
+    with progress_stage("scoring") as scoring:  # feature extraction, reference statistics
+        metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
+    seconds["scoring"] = round(scoring.seconds, 3)
     per_sample = damage_per_sample(clean, attacked, damage_feature_extractor(
         record, loaded.data_shape), device)
 

@@ -1,5 +1,7 @@
 """Click plumbing of the `dmattack` command line: user errors as one line and exit code 2,
-usage errors without the usage block, options listed in a given order."""
+usage errors without the usage block, options listed in a given order, options built from
+config dataclasses on first use (:mod:`dmattack.cli_lazy`), and ``--threads`` on every
+command (:mod:`dmattack.threads`). Nothing here imports torch."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from typing import Any
 
 import click
 
+from . import cli_lazy
 from .errors import DmattackError, first_line
-from .oserrors import output_error
+from .threads import ENV as THREADS_ENV
+from .threads import apply_threads
 
 
 def friendly_errors(fn: Callable) -> Callable:
@@ -24,6 +28,8 @@ def friendly_errors(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except (DmattackError, OSError) as e:  # OSError: a full disk, a name too long, …
+            from .oserrors import output_error
+
             known = e if isinstance(e, DmattackError) else output_error(e)
             if known is None or os.environ.get("DMATTACK_DEBUG"):
                 raise
@@ -60,8 +66,31 @@ class OneLineUsage:
             raise
 
 
+def threads_option() -> click.Option:
+    return click.Option(
+        ["--threads", "threads"], type=click.IntRange(1, 4096), default=None,
+        help=f"CPU threads for torch [default: ${THREADS_ENV}, else a user's $OMP_NUM_THREADS, "
+             "else the cores the machine's load average leaves idle].")
+
+
 class Command(OneLineUsage, click.Command):
-    pass
+    """A command whose :func:`~dmattack.cli_lazy.lazy_options` are built when first read,
+    with ``--threads`` (applied before the command runs; not passed to it)."""
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._params is None:
+            self._params = [*cli_lazy.expand(self.declared), threads_option()]
+        return self._params
+
+    @params.setter
+    def params(self, value: list[Any]) -> None:
+        """The declared parameters (lazy groups included), expanded when next read."""
+        self.declared, self._params = list(value), None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        apply_threads(ctx.params.pop("threads", None))
+        return super().invoke(ctx)
 
 
 class Group(OneLineUsage, click.Group):

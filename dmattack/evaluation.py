@@ -420,11 +420,15 @@ def memorization_train_set(loaded: LoadedModel, reference: Reference) -> torch.T
 
 def default_out_dir(loaded: LoadedModel, kind: str, name: str, runs_root: str | os.PathLike
                     ) -> Path:
-    """Results of a run go inside it (``<run>/<kind>/<name>``); those of a pipeline under
-    ``<runs_root>/<kind>/<pipeline folder name>/<name>``."""
-    if loaded.config.get("kind") == "dmattack-run":
-        return Path(loaded.source) / kind / name
-    return Path(runs_root) / kind / Path(loaded.source).name / name
+    """``<base>/<kind>/<model name>-<short content hash>/<name>``: results of a run go inside
+    it (``base`` the run folder), those of a pipeline under ``runs_root``. The model name is
+    the folder's name, the hash the first 8 hex digits of the weights' and config's
+    fingerprint (EMA and raw weights differ), so two models never share a folder, also two
+    pipelines in folders of the same name."""
+    model = Path(loaded.source).name + (f"-{loaded.fingerprint[:8]}" if loaded.fingerprint
+                                        else "")
+    base = Path(loaded.source) if loaded.config.get("kind") == "dmattack-run" else Path(runs_root)
+    return base / kind / model / name
 
 
 def curve_folder(models: Sequence[LoadedModel], specs: Sequence[Any], setup: EvaluationSetup,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from . import distributed
+from . import progress as progress_mod
 from .errors import ConfigError, InputFileError, first_line
 from .evaluation import EvaluationSetup, memorization_train_set
 from .io import check_writable, provenance, write_atomic, write_json
@@ -31,7 +32,8 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
     ``samples.safetensors`` (model space (N, *shape)), ``samples.png`` and ``samples.json``
     (settings, provenance) into ``folder``. Under torchrun the seeds are split across processes
     and rank 0 writes (the other ranks return None). ``progress(step)`` ticks once per
-    reverse step of each of this process's batches."""
+    reverse step of each of this process's batches; the steps are also reported as the
+    stage ``sample`` (:mod:`dmattack.progress`)."""
     from safetensors.torch import save_file
 
     from .visualize import save_samples_png
@@ -40,9 +42,10 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
     sampler = sampler.for_shape(loaded.data_shape)
     label = sampler.describe(loaded.diffusion.num_timesteps)
     seeds = sample_seeds(seed, num_samples, start=first_sample)
-    with torch.no_grad():
+    ticks = num_sampling_ticks(loaded, sampler, num_samples, batch_size)
+    with torch.no_grad(), progress_mod.stage("sample", ticks, "steps") as st:
         x = sample_sharded(loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size,
-                           sampler, device=device, progress=progress)
+                           sampler, device=device, progress=_also(progress, st))
     if x is None:
         return None
     write_atomic(folder / "samples.safetensors",
@@ -60,12 +63,39 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
     return folder
 
 
+def _also(progress: Progress | None, st: progress_mod.StageHandle) -> Progress:
+    """``progress`` (if any), then one step of stage ``st``, per call."""
+
+    def tick(step: int) -> None:
+        if progress is not None:
+            progress(step)
+        st.advance()
+
+    return tick
+
+
 def num_sampling_ticks(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
                        batch_size: int) -> int:
     """How often ``progress`` is called while this process draws its share of the samples."""
     seeds = list(range(num_samples))
     mine = len(distributed.shard(seeds, batch_size))
     return sampler.num_steps(loaded.diffusion.num_timesteps) * -(-mine // batch_size)
+
+
+def write_pairs(out_dir: str | os.PathLike, title: str = "") -> Path | None:
+    """``pairs.png`` beside an attack's ``samples.safetensors`` (clean and attacked images side
+    by side, each pair's damage under it: :func:`~dmattack.visualize.save_pairs_png`); None
+    when the samples are not images or on a torchrun rank other than 0."""
+    from safetensors.torch import load_file
+
+    from .visualize import save_pairs_png
+
+    out = Path(out_dir)
+    if not distributed.is_main():
+        return None
+    x = load_file(str(out / "samples.safetensors"))
+    return out / "pairs.png" if save_pairs_png(x["clean"], x["attacked"], out / "pairs.png",
+                                               title) else None
 
 
 def read_sample_files(files: Sequence[str | os.PathLike], key: str,
@@ -103,7 +133,10 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     extractor (a one-line :class:`~evaluators.errors.MetricError` when missing) and that
     ``out_dir`` is writable. Drawn samples are written to ``out_dir/samples.safetensors``
     (with ``samples.json``) before scoring, so a scoring failure keeps them: score them later
-    with ``dmattack evaluate --samples out_dir/samples.safetensors``."""
+    with ``dmattack evaluate --samples out_dir/samples.safetensors``.
+
+    Sampling and scoring are the progress stages ``sample`` and ``scoring``
+    (:mod:`dmattack.progress`); their wall times (s) go into ``results.json["seconds"]``."""
     from evaluators import evaluate, scoring_identity
 
     from .evaluation import SCORING_KWARGS
@@ -115,31 +148,37 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
                      inception_weights=cfg.inception_weights,
                      **{k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS})
     check_writable(out)
+    seconds: dict[str, float] = {}
     if samples is None:
         source = {"sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
                   "seed": cfg.seed, "first_sample": cfg.first_sample,
                   "batch_size": setup.batch_size, "file": "samples.safetensors"}
-        with torch.no_grad():
+        ticks = setup.sampler.num_steps(loaded.diffusion.num_timesteps) * -(
+            -setup.num_samples // setup.batch_size)
+        with torch.no_grad(), progress_mod.stage("sample", ticks, "steps") as st:
             samples = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
                                      sample_seeds(cfg.seed, setup.num_samples,
                                                   start=cfg.first_sample),
                                      setup.batch_size, setup.sampler,
-                                     device=device, progress=progress)
+                                     device=device, progress=_also(progress, st))
+        seconds["sampling"] = round(st.seconds, 3)
         _keep_samples(loaded, setup, samples, out)
     elif samples_from is None:
         raise ConfigError("evaluate_model: say where given samples come from (samples_from)")
     else:
         source = samples_from
-    train_set = (memorization_train_set(loaded, setup.reference)
-                 if "memorization" in setup.metrics else None)
-    result = evaluate(
-        samples, setup.reference.data, setup.metrics, truth=setup.reference.truth,
-        inception_weights=cfg.inception_weights, reference_name=setup.reference.name,
-        protocol={**setup.protocol(), "source": loaded.source, "ema": loaded.ema,
-                  "samples_from": source},
-        train_set=train_set, out_dir=out_dir, **evaluate_kwargs)
+    with progress_mod.stage("scoring") as scoring:  # features, reference statistics
+        train_set = (memorization_train_set(loaded, setup.reference)
+                     if "memorization" in setup.metrics else None)
+        result = evaluate(
+            samples, setup.reference.data, setup.metrics, truth=setup.reference.truth,
+            inception_weights=cfg.inception_weights, reference_name=setup.reference.name,
+            protocol={**setup.protocol(), "source": loaded.source, "ema": loaded.ema,
+                      "samples_from": source},
+            train_set=train_set, out_dir=out_dir, **evaluate_kwargs)
+    seconds["scoring"] = round(scoring.seconds, 3)
     write_json(out / "results.json", {"kind": "evaluate", "metrics": result,
-                                      "provenance": provenance()})
+                                      "seconds": seconds, "provenance": provenance()})
     return result
 
 

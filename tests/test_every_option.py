@@ -29,6 +29,7 @@ ROBUST = str(ROOT / "checkpoints" / "digits-robust-adv")
 ALLOWED_UNUSED = {
     "device": "where it runs: results are the same on every device up to float round-off",
     "out": "where the result is written (its location, not its content)",
+    "threads": "how fast it runs (torch's CPU threads), not what it computes",
     "first_sample@curve": "fixed in h-keys (curve --first-sample is passed on or refused there)",
 }
 
@@ -119,7 +120,11 @@ OFF_DEFAULT_FOR = {
     ("purify", "--num-samples"): ["--num-samples", "4"],
     ("purify", "--batch-size"): ["--batch-size", "4"],
     ("purify", "--eta"): ["--purify-sampler", "ddim", "--eta", "0.5"],
-    ("purify", "--run"): ["--run", DDPM],
+    ("purify", "--run"): ["--run", DDPM], ("purify", "--loss"): ["--loss", "margin"],
+    ("purify", "--restarts"): ["--restarts", "2"], ("purify", "--draws"): ["--draws", "3"],
+    ("purify", "--attack-purify-steps"): ["--attack-purify-steps", "2"],
+    ("purify", "--attack-sampler"): ["--attack-sampler", "ddim"],
+    ("purify", "--attack-gradient"): ["--attack-gradient", "bpda"],
     ("demo", "--seed"): ["--seed", "3"],
 }
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .. import progress as progress_report
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
 from ..sampling import SamplerConfig
@@ -214,13 +215,16 @@ class AdaptiveChainAttack(ABC):
         c = self.config
         chosen: tuple[Deltas, torch.Tensor] | None = None  # per sample: δ and its objective
         progress = []
-        for _ in range(c.restarts):
+        total = c.restarts * c.iterations
+        for r in range(c.restarts):
             deltas = start()
             first = next(iter(deltas.values()))
             best = {k: d.clone() for k, d in deltas.items()}
             best_d = torch.full((len(first),), -torch.inf, device=first.device)
             rows = []
-            for _ in range(c.iterations):
+            for i in range(c.iterations):
+                progress_report.inner(r * c.iterations + i + 1, total,
+                                      f"restart {r + 1}/{c.restarts} · PGD iteration")
                 d, grads = value_and_grad(deltas)
                 self.keep_best(best, best_d, deltas, d)
                 rows.append(best_d.clone())

@@ -3,15 +3,16 @@
 The demo's models are small: a training step of an MLP costs ~10 ms, mostly Python and
 per-op overhead on one core, so a second intra-op thread buys little, while a second process
 doubles throughput on a 2-core CPU. On CPU the pool runs ``min(cpu_count, 4)`` spawned
-workers with ``cpu_count // workers`` torch threads each; on a GPU (or with one core) tasks
-run in-process. Task functions are top-level callables ``fn(*args, report=report)``;
+workers with ``threads // workers`` torch threads each (at least one; ``threads`` is the
+command's ``--threads`` or :func:`dmattack.threads.default_threads`, which leaves out the
+cores a busy machine already uses); on a GPU (or with one core) tasks run in-process.
+Task functions are top-level callables ``fn(*args, report=report)``;
 ``report(n)`` adds ``n`` units to the caller's progress.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import queue as queue_mod
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -19,6 +20,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
+
+from ..threads import cpu_count, default_threads
 
 MAX_WORKERS = 4
 POLL_S = 0.1
@@ -58,11 +61,11 @@ class TaskPool:
     @classmethod
     def for_device(cls, device: str) -> TaskPool:
         """Worker processes on a multi-core CPU, in-process otherwise."""
-        cpus = os.cpu_count() or 1
+        cpus = cpu_count()
         if device != "cpu" or cpus < 2:
             return cls(0)
         workers = min(cpus, MAX_WORKERS)
-        return cls(workers, max(1, cpus // workers))
+        return cls(workers, max(1, default_threads()[0] // workers))
 
     def describe(self) -> dict[str, int]:
         return {"worker_processes": self.workers, "torch_threads_per_worker": self.threads}
