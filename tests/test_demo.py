@@ -13,7 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 import cli
@@ -30,6 +32,8 @@ from dmattack.demo.claims import (
     sweep_onset,
 )
 from dmattack.demo.controls import matched_steps, sweep_differences
+from dmattack.demo.effects import check, combine, set_effects
+from dmattack.demo.effects import claim as claim_row
 from dmattack.demo.plan import (
     AdaptivePlan,
     AttackPlan,
@@ -104,7 +108,7 @@ def test_results_json_has_every_section_with_finite_numbers(demo):
         assert any(v is not None for v in _metric_values(rows, labels))
     assert any(r.get("plane distance") is not None for r in secs["toy_3d"]["rows"])
     assert any(r.get("loglik (nats)") is not None for r in secs["toy_3d"]["rows"])
-    for kind, metric in (("subspace", "FD (exact)"), ("images", "FID (digits-cnn)")):
+    for kind, metric in (("subspace", "FD (exact)"), ("images", "KID (digits-cnn)")):
         tables = secs["attacks"][kind]
         assert tables, kind
         for table in tables:
@@ -116,6 +120,22 @@ def test_results_json_has_every_section_with_finite_numbers(demo):
     assert {r["steps"] for r in secs["sampling_steps"]["rows"]} == set(quick_plan().steps.steps)
     verdicts = {"held", "partly", "did not hold", "inconclusive", "n/a"}
     assert on_disk["claims"] and all(c["verdict"] in verdicts for c in on_disk["claims"])
+    # every verdict rests on effects with an interval, a minimum effect and n
+    for c in on_disk["claims"]:
+        assert c["comparisons"], c["id"]
+        for x in c["comparisons"]:
+            assert x["verdict"] in verdicts
+            if x["direction"] is None:  # decided without an interval: a diverged model
+                assert x["note"]
+                continue
+            assert x["min_effect"] is not None and x["n"] >= 2
+            assert x["ci95"] is None or x["ci95"][0] <= x["ci95"][1]
+    # --quick runs 3 trajectory iterations: its verdicts say they are not on a converged attack
+    for c in on_disk["claims"]:
+        if c["id"].startswith("adaptive-"):
+            assert c["attack_note"].startswith("made on an") and "made on an" in c["claim"]
+    # no Fréchet distance from the 16 digits of the adaptive section (64-D features)
+    assert all(not k.startswith("FID") for r in adaptive for k in r)
     assert on_disk["timings"]["total"] > 0
     assert on_disk["provenance"]["versions"]["torch"]
     assert results["sections"].keys() == on_disk["sections"].keys()
@@ -126,8 +146,10 @@ def test_report_embeds_existing_figures(demo):
     out, _, _ = demo
     text = (out / "report.md").read_text()
     for heading in ("What held and what did not", "1. Corrupted", "2. 3-D", "3. Attacks",
-                    "4. Fewer sampling steps", "Timings"):
+                    "4. Fewer sampling steps", "Timings", "How a verdict is made"):
         assert heading in text
+    # each verdict with its effect and interval
+    assert re.search(r"corrupted: FD \(exact\): robust-adv − ddpm: \S+ \[\S+, \S+\]", text)
     images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert len(images) >= 8
     for rel in images:
@@ -272,15 +294,35 @@ def test_verdict_agreement_counts_seeds():
     assert agreement(["held", "did not hold", "held"]) == (
         "held", "held in 2/3 seeds, did not hold in 1/3")
     assert agreement(["held", "partly"]) == ("mixed", "held in 1/2 seeds, partly in 1/2")
+    # a claim without checks (purification's) keeps the seeds' majority
     per_seed = [[{"id": "a", "verdict": "held"}], [{"id": "a", "verdict": "partly"}],
                 [{"id": "a", "verdict": "held"}]]
     on_means = [{"id": "a", "verdict": "partly", "checks_passed": 1, "checks": 2,
                  "evidence": "means"}]
     (claim,) = combine_claims(per_seed, on_means)
-    assert claim["verdict"] == "held" and claim["verdict_on_means"] == "partly"
-    assert claim["seed_verdicts"] == ["held", "partly", "held"]
+    assert claim["verdict"] == "held" and claim["seed_verdicts"] == ["held", "partly", "held"]
     assert claim["agreement"] == "held in 2/3 seeds, partly in 1/3"
     assert claim["evidence"] == "means"
+
+
+def test_checks_over_seeds_use_a_student_t_interval_of_the_per_seed_effects():
+    from scipy import stats as sps
+
+    def seed_claim(value: float) -> list[dict[str, Any]]:
+        c = check("x: a − b", {"value": value, "ci95": [value - 0.1, value + 0.1], "n": 50},
+                  direction="less", min_effect=0.05)
+        return [claim_row("a", "A beats B", "here", [c], "numbers")]
+
+    values = [-1.0, -1.2, -0.9]
+    (combined,) = combine_claims([seed_claim(v) for v in values], seed_claim(-1.03))
+    (c,) = combined["comparisons"]
+    lo, hi = sps.t.interval(0.95, 2, loc=statistics.fmean(values),
+                            scale=statistics.stdev(values) / math.sqrt(3))
+    assert c["ci95"] == [pytest.approx(lo), pytest.approx(hi)] and c["n"] == 3
+    assert combined["verdict"] == "held" and combined["agreement"] == "held in 3/3 seeds"
+    # seeds that disagree in sign: the interval spans zero → inconclusive
+    (combined,) = combine_claims([seed_claim(v) for v in (-1.0, 1.0, -0.2)], seed_claim(0.0))
+    assert combined["verdict"] == "inconclusive"
 
 
 def test_report_cells_show_mean_and_std():
@@ -292,37 +334,38 @@ def test_report_cells_show_mean_and_std():
 
 
 # --------------------------------------------------------------------------- controls
-def _cells(diffs: dict[tuple[float, float], tuple[float, float | None]]) -> list[dict[str, Any]]:
-    out = []
-    for (p, s), (v, std) in diffs.items():
-        c = {"fraction": p, "sigma": s, "FD difference": v}
-        if std is not None:
-            c["std"] = {"FD difference": std}
-        out.append(c)
-    return out
+def _cells(diffs: dict[tuple[float, float], tuple[float, float]]) -> list[dict[str, Any]]:
+    """Sweep cells with FD(DDPM) = 10 and FD difference ``v`` ± ``half`` (its 95% interval)."""
+    return [{"fraction": p, "sigma": s, "FD DDPM": 10.0, "FD difference": v,
+             "FD difference ci95": [v - half, v + half], "n": 100}
+            for (p, s), (v, half) in diffs.items()]
 
 
-def test_sweep_onset_needs_a_difference_beyond_the_seed_spread():
-    cells = _cells({(0.0, 0.1): (-0.2, 0.05), (0.3, 0.1): (0.1, 0.2), (0.6, 0.1): (0.3, 0.1),
-                    (0.9, 0.1): (0.5, 0.1),
-                    (0.0, 0.4): (-0.2, 0.05), (0.3, 0.4): (0.2, 0.1), (0.6, 0.4): (0.4, 0.1),
-                    (0.9, 0.4): (0.6, 0.1)})
-    # σ = 0.1: +0.1 ± 0.2 at p = 0.3 is within the spread, +0.3 ± 0.1 at 0.6 is not
+def test_sweep_onset_needs_an_interval_beyond_the_minimum_effect():
+    # m = 5% of FD(DDPM) = 0.5: at σ = 0.1, 1 ± 0.8 reaches below it, 2 ± 0.5 does not
+    cells = _cells({(0.0, 0.1): (-2.0, 0.5), (0.3, 0.1): (1.0, 0.8), (0.6, 0.1): (2.0, 0.5),
+                    (0.9, 0.1): (3.0, 0.5),
+                    (0.0, 0.4): (-2.0, 0.5), (0.3, 0.4): (2.0, 0.5), (0.6, 0.4): (3.0, 0.5),
+                    (0.9, 0.4): (4.0, 0.5)})
     assert sweep_onset(cells) == {0.1: 0.6, 0.4: 0.3}
     helps, clean = sweep_claims({"differences": cells})
     assert helps["verdict"] == "held" and (helps["checks_passed"], helps["checks"]) == (2, 2)
     assert "σ = 0.1: from p = 0.6" in helps["evidence"]
-    assert clean["verdict"] == "held"  # Robust does not help on clean data
+    assert clean["verdict"] == "held"  # Robust does not help on clean data (shown: it hurts)
+    assert clean["comparisons"][0]["ci95"] == [-2.5, -1.5]
 
 
 def test_sweep_claims_single_seed_and_no_help():
-    cells = _cells({(0.0, 0.2): (0.1, None), (0.9, 0.2): (0.2, None),
-                    (0.0, 0.4): (0.1, None), (0.9, 0.4): (-0.3, None)})
+    cells = _cells({(0.0, 0.2): (2.0, 0.5), (0.9, 0.2): (3.0, 0.5),
+                    (0.0, 0.4): (2.0, 0.5), (0.9, 0.4): (-3.0, 0.5)})
     assert sweep_onset(cells) == {0.2: 0.0, 0.4: None}
     assert robust_helps({"fraction": 0.9, "sigma": 0.2, "FD difference": None}) is None
     helps, clean = sweep_claims({"differences": cells})
     assert helps["verdict"] == "partly" and "σ = 0.4: at no p" in helps["evidence"]
     assert clean["verdict"] == "did not hold"
+    # an interval straddling the minimum effect: inconclusive, never "held"
+    wide = _cells({(0.0, 0.2): (0.0, 1.0), (0.9, 0.2): (0.6, 1.0)})
+    assert [c["verdict"] for c in sweep_claims({"differences": wide})] == ["inconclusive"] * 2
 
 
 def test_sweep_differences_share_the_clean_models():
@@ -330,18 +373,25 @@ def test_sweep_differences_share_the_clean_models():
             {"fraction": 0.0, "sigma": None, "method": "robust-adv", "FD (exact)": 1.5},
             {"fraction": 0.9, "sigma": 0.2, "method": "ddpm", "FD (exact)": 3.0},
             {"fraction": 0.9, "sigma": 0.2, "method": "robust-adv", "FD (exact)": None}]
-    cells = sweep_differences(rows, (0.0, 0.9), (0.1, 0.2))
+    cells = sweep_differences(rows, (0.0, 0.9), (0.1, 0.2),
+                              {"p0": {"value": -0.5, "ci95": [-0.7, -0.3], "n": 9}})
     by = {(c["fraction"], c["sigma"]): c["FD difference"] for c in cells}
     assert by == {(0.0, 0.1): -0.5, (0.0, 0.2): -0.5, (0.9, 0.1): None, (0.9, 0.2): None}
+    assert cells[0]["FD difference ci95"] == [-0.7, -0.3] and cells[-1]["n"] is None
 
 
-def _compute_section(adv_fd: float, adv_err: float) -> dict[str, Any]:
+def _compute_section(adv_fd: float | None, adv_err: float | None) -> dict[str, Any]:
     def row(method, training, steps, fd, err):
         return {"method": method, "training": training, "train_steps": steps, "FD (exact)": fd,
                 "subspace error": err, "step_seconds": 0.01, "step_time_total": steps * 0.01}
+    matched = {"FD (exact)": 2.5, "subspace error": 2.0}
+    effects = {f"{m}: robust-adv − compute-matched ddpm": _effect(v - matched[m], 0.1)
+               for m, v in (("FD (exact)", adv_fd), ("subspace error", adv_err))
+               if v is not None}
     return {"rows": [row("ddpm", "plan steps", 100, 3.0, 3.0),
                      row("ddpm", "compute-matched", 220, 2.5, 2.0),
-                     row("robust-adv", "plan steps", 100, adv_fd, adv_err)]}
+                     row("robust-adv", "plan steps", 100, adv_fd, adv_err)],
+            "effects": effects}
 
 
 def test_compute_claim_from_numbers():
@@ -350,7 +400,8 @@ def test_compute_claim_from_numbers():
     assert "220 steps" in claim["evidence"]
     assert compute_claims(_compute_section(2.0, 2.5))[0]["verdict"] == "partly"
     assert compute_claims(_compute_section(2.6, 2.5))[0]["verdict"] == "did not hold"
-    assert compute_claims(_compute_section(None, None))[0]["verdict"] == "did not hold"
+    assert compute_claims(_compute_section(None, None))[0]["verdict"] == "inconclusive"
+    assert compute_claims(_compute_section(2.5, 2.0))[0]["verdict"] == "inconclusive"
     assert matched_steps(2.2, 0.01) == 220 and matched_steps(0.001, 0.01) == 1
 
 
@@ -420,68 +471,144 @@ def test_controls_end_to_end_over_two_seeds(tmp_path):
 
 # --- verdicts from hand-made results (fast) -------------------------------------------------
 
-def _curve_row(model: str, series: str, at: dict[int, float | None]) -> dict[str, Any]:
-    return {"model": model, "series": series, "percents": list(at), "values": list(at.values())}
-
-
-def _attacks(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"subspace": [{"rows": rows}], "images": [], "settings": {}}
+def _effect(value: float, half: float, n: int = 100) -> dict[str, Any]:
+    return {"value": value, "ci95": [value - half, value + half], "n": n}
 
 
 def _claim_row(claims: list[dict[str, Any]], cid: str) -> dict[str, Any]:
     return next(c for c in claims if c["id"] == cid)
 
 
-def test_attack_like_random_compares_the_percents_both_ran():
+def _damage(mean: float, n: int = 60, seed: int = 0) -> list[float]:
+    """Per-sample pixel deviations with this mean (log-normal spread, seeded)."""
+    rng = np.random.default_rng(seed)
+    x = rng.lognormal(0.0, 0.5, n)
+    return list(mean * x / x.mean())
+
+
+def test_combine_rule_of_a_claim():
+    def v(*verdicts: str) -> str:
+        return combine([{"verdict": x} for x in verdicts])
+
+    assert v() == "n/a" and v("held", "held") == "held"
+    assert v("did not hold", "did not hold") == "did not hold"
+    assert v("inconclusive", "inconclusive") == "inconclusive"
+    assert v("held", "did not hold") == "partly" and v("held", "inconclusive") == "partly"
+    assert v("inconclusive", "did not hold") == "did not hold"
+
+
+def _table(ddpm: dict[str, float], adv: dict[str, float], percent: float = 50.0
+           ) -> dict[str, Any]:
+    """One attack-curve table: per model the FGSM and random rows at ``percent`` with
+    per-sample pixel deviations of the given means (the same seeds in every arm)."""
+    rows = []
+    for model, means in (("a-ddpm", ddpm), ("a-robust-adv", adv)):
+        for series, key in (("fgsm-mean-spread", "fgsm"), ("random-sign-spread", "random")):
+            per = means[key] if isinstance(means[key], list) else _damage(means[key])
+            rows.append({"model": model, "series": series, "percents": [0.0, percent],
+                         "values": [1.0, 1.0], "improved_under_attack": [None, means.get(
+                             "improved", False)],
+                         "pixel_deviation_per_sample": [None, per]})
+    return {"window": "spread", "num_samples": 60, "rows": rows}
+
+
+def _attacks(*tables: dict[str, Any]) -> dict[str, Any]:
+    return {"subspace": list(tables), "images": [], "settings": {}}
+
+
+def test_attack_claims_identical_arms_are_inconclusive():
     from dmattack.demo.claims import attack_claims
 
-    # PGD runs at 50% only, random at 25-100%. Here PGD (+0.5) is weaker than random at 50%
-    # (+1.0): "held", with the shared percent named.
-    rows = []
-    for model in ("a-ddpm", "a-robust-adv"):
-        rows.append(_curve_row(model, "pgd", {0: 1.0, 50: 1.5}))
-        rows.append(_curve_row(model, "random", {0: 1.0, 25: 1.1, 50: 2.0, 100: 4.0}))
-    like = _claim_row(attack_claims(_attacks(rows)), "attack-like-random")
-    assert (like["verdict"], like["checks"]) == ("held", 2)
-    assert "at 50%: +0.5 vs random +1" in like["evidence"]
-    # PGD +2 is twice random's +1 at 50%: "did not hold". Random's mean over its own percents
-    # (+0.5, +1, +6: +2.5) would have called PGD no stronger than random.
-    rows = []
-    for model in ("a-ddpm", "a-robust-adv"):
-        rows.append(_curve_row(model, "pgd", {0: 1.0, 50: 3.0}))
-        rows.append(_curve_row(model, "random", {0: 1.0, 25: 1.5, 50: 2.0, 100: 7.0}))
-    like = _claim_row(attack_claims(_attacks(rows)), "attack-like-random")
-    assert like["verdict"] == "did not hold"
+    same = {"fgsm": _damage(1.0, seed=1), "random": _damage(0.5, seed=2)}
+    slow = _claim_row(attack_claims(_attacks(_table(same, dict(same)))), "attack-robust-slower")
+    (check_,) = slow["comparisons"]
+    assert slow["verdict"] == "inconclusive" and check_["value"] == 0.0
+    assert check_["ci95"] == [0.0, 0.0] and check_["n"] == 60
 
 
-def test_attack_robust_slower_uses_shared_percents():
+def test_attack_claims_planted_effects_held_opposite_and_mixed():
     from dmattack.demo.claims import attack_claims
 
-    rows = [_curve_row("a-ddpm", "fgsm", {0: 1.0, 50: 2.0, 100: 9.0}),
-            _curve_row("a-robust-adv", "fgsm", {0: 1.0, 50: 2.5, 100: None})]
-    slow = _claim_row(attack_claims(_attacks(rows)), "attack-robust-slower")
-    # shared: 50% only (Robust's 100% point is missing): +1 vs +1.5 → Robust degrades faster
-    assert slow["verdict"] == "did not hold" and "at 50%" in slow["evidence"]
+    # Robust_adv: attack/random ratio 1.0; DDPM: 3.0 — a large planted effect
+    strong, weak = {"fgsm": 3.0, "random": 1.0}, {"fgsm": 1.0, "random": 1.0}
+    slow, like = attack_claims(_attacks(_table(strong, weak)))
+    assert slow["verdict"] == "held" and slow["comparisons"][0]["ci95"][1] < -0.15
+    # "no stronger than random": DDPM's ratio 3 is not, Robust_adv's 1 is → partly
+    assert like["verdict"] == "partly" and like["checks"] == 2
+    slow, _ = attack_claims(_attacks(_table(weak, strong)))
+    assert slow["verdict"] == "did not hold"
+    slow, _ = attack_claims(_attacks(_table(strong, weak), _table(weak, strong, 100.0)))
+    assert slow["verdict"] == "partly" and (slow["checks_passed"], slow["checks_failed"]) == (1, 1)
+    # the same samples in another table (e.g. every window at 100%) are one check, not two
+    twice = {"fgsm": _damage(3.0, seed=5), "random": _damage(1.0, seed=6)}
+    other = {"fgsm": _damage(1.0, seed=7), "random": _damage(1.0, seed=8)}
+    slow, like = attack_claims(_attacks(_table(twice, other), _table(twice, other)))
+    assert slow["checks"] == 1 and like["checks"] == 2
+    assert slow["comparisons"][0]["same_samples_as"] == [
+        "subspace/spread/n60/fgsm-mean-spread at 50%"]
 
 
-def _subspace_section(adv: dict[str, Any], ddpm: dict[str, Any]) -> dict[str, Any]:
+def test_a_falling_metric_under_attack_is_flagged_not_counted():
+    from dmattack.demo.claims import attack_claims
+
+    # Robust_adv's FD falls under attack but its damage relative to random equals DDPM's
+    same = {"fgsm": _damage(2.0, seed=3), "random": _damage(1.0, seed=4)}
+    slow, _ = attack_claims(_attacks(_table(same, {**same, "improved": True})))
+    assert slow["verdict"] == "inconclusive"
+    assert "fell under attack" in slow["evidence"] and "never counted" in slow["evidence"]
+
+
+def _subspace_section(adv: dict[str, Any], ddpm: dict[str, Any],
+                      effects: dict[str, Any] | None = None) -> dict[str, Any]:
     base = {"num_nonfinite": 0, "train_error": None}
     return {"rows": [{"data": d, "method": m, **base, **vals}
                      for d in ("clean", "corrupted")
-                     for m, vals in (("robust-adv", adv), ("ddpm", ddpm))]}
+                     for m, vals in (("robust-adv", adv), ("ddpm", ddpm))],
+            "effects": effects or {}}
 
 
 def test_robust_smooths_clean_needs_a_variance_ratio_below_one():
     from dmattack.demo.claims import subspace_claims
 
-    def verdict(vr_adv: float, vr_ddpm: float) -> str:
-        section = _subspace_section({"variance ratio": vr_adv}, {"variance ratio": vr_ddpm})
+    def verdict(vr_adv: float, vr_ddpm: float, half: float = 0.02) -> str:
+        effects = {"clean: variance ratio: robust-adv − ddpm": _effect(vr_adv - vr_ddpm, half),
+                   "clean: variance ratio: robust-adv": _effect(vr_adv, half)}
+        section = _subspace_section({"variance ratio": vr_adv}, {"variance ratio": vr_ddpm},
+                                    effects)
         return _claim_row(subspace_claims(section), "robust-smooths-clean")["verdict"]
 
     assert verdict(0.8, 0.95) == "held"
     assert verdict(1.1, 1.3) == "partly"  # below DDPM but not below the data's variance
     assert verdict(0.9, 0.8) == "partly"
     assert verdict(1.2, 1.1) == "did not hold"
+    assert verdict(0.8, 0.95, half=0.5) == "inconclusive"  # intervals too wide to tell
+
+
+def _samples(n: int, shift: float, seed: int) -> torch.Tensor:
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed)) + shift
+
+
+def test_set_effects_recompute_the_metric_on_paired_resamples():
+    def score_fn(_: str, x: torch.Tensor) -> dict[str, float]:
+        return {"mean": float(x.mean())}
+
+    a = _samples(200, 0.0, 0)
+    arms = {"a": a, "copy": a.clone(), "b": a + 0.5, "c": _samples(200, 0.0, 1)}
+    contrasts = {k: ("mean", ((1.0, k), (-1.0, "a")), 0.0) for k in ("copy", "b", "c")}
+    contrasts["missing"] = ("mean", ((1.0, "z"),), 0.0)
+    eff = set_effects(score_fn, arms, contrasts, seed=0, n_resamples=1000)
+    assert "missing" not in eff
+    # identical arms: every resample gives 0 → a zero-width interval → inconclusive
+    assert eff["copy"]["value"] == 0.0 and eff["copy"]["ci95"] == [0.0, 0.0]
+    assert check("x", eff["copy"], direction="less", min_effect=0.0)["verdict"] == "inconclusive"
+    # a constant shift of every paired sample: the difference has no spread at all
+    assert eff["b"]["ci95"] == [pytest.approx(0.5), pytest.approx(0.5)]
+    # independent arms: the paired bootstrap interval is close to the normal-theory one
+    diff = (arms["c"] - a).mean(1)
+    half = 1.96 * float(diff.std()) / math.sqrt(200)
+    lo, hi = eff["c"]["ci95"]
+    assert eff["c"]["value"] == pytest.approx(float(diff.mean()), abs=1e-6)
+    assert hi - lo == pytest.approx(2 * half, rel=0.15)
 
 
 def test_a_robust_row_with_nonfinite_samples_never_wins():
@@ -491,7 +618,10 @@ def test_a_robust_row_with_nonfinite_samples_never_wins():
             "variance ratio": 0.8}
     bad = {"subspace error": 0.5, "subspace PSNR (dB)": 10.0, "FD (exact)": 5.0,
            "variance ratio": 0.95}
-    section = _subspace_section(good, bad)
+    effects = {f"{d}: {m}: robust-adv − ddpm": _effect(good[m] - bad[m], 0.01)
+               for d in ("clean", "corrupted") for m in good}
+    effects["clean: variance ratio: robust-adv"] = _effect(0.8, 0.01)
+    section = _subspace_section(good, bad, effects)
     claims = subspace_claims(section)
     assert _claim_row(claims, "robust-adv-beats-ddpm")["verdict"] == "held"
     assert _claim_row(claims, "robust-smooths-clean")["verdict"] == "held"
@@ -504,17 +634,22 @@ def test_a_robust_row_with_nonfinite_samples_never_wins():
 
     toy = {"rows": [{"dataset": "oblique-plane", "corruption": "outliers", "method": m,
                      "plane distance": d, "FD (exact)": 1.0, "num_nonfinite": n}
-                    for m, d, n in (("ddpm", 0.5, 0), ("robust-adv", 0.1, 2))]}
+                    for m, d, n in (("ddpm", 0.5, 0), ("robust-adv", 0.1, 2))],
+           "effects": {"oblique-plane/outliers: plane distance: robust-adv − ddpm":
+                       _effect(-0.4, 0.01)}}
     assert _claim_row(toy_claims(toy), "toy-robust-beats-ddpm")["verdict"] == "did not hold"
 
     steps = {"rows": [{"data": "clean", "method": m, "steps": s, "FD (exact)": fd,
                        "num_nonfinite": n}
                       for m, s, fd, n in (("ddpm", 10, 3.0, 0), ("ddpm", 50, 1.0, 0),
                                           ("robust-adv", 10, 1.1, 4),
-                                          ("robust-adv", 50, 1.0, 0))]}
+                                          ("robust-adv", 50, 1.0, 0))],
+             "effects": {"clean: FD change: robust-adv − ddpm": _effect(-1.9, 0.2)}}
     assert steps_claims(steps)[0]["verdict"] == "did not hold"
     steps["rows"][2]["num_nonfinite"] = 0
     assert steps_claims(steps)[0]["verdict"] == "held"
+    steps["effects"]["clean: FD change: robust-adv − ddpm"] = _effect(0.0, 0.02)
+    assert steps_claims(steps)[0]["verdict"] == "inconclusive"  # within ±5% of DDPM's FD
 
 
 def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
@@ -547,39 +682,62 @@ def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     assert "† the attacked steps include the last reverse step" in text
 
 
-def _adaptive_section(ddpm: dict[str, float], adv: dict[str, float]) -> dict[str, Any]:
-    """Rows of the adaptive section: per model, pixel deviation of each attack and the
-    trajectory attack's metric increase (same numbers on both data kinds)."""
+def _adaptive_section(ddpm: dict[str, Any], adv: dict[str, Any],
+                      images: tuple[dict[str, Any], dict[str, Any]] | None = None,
+                      converged: bool | None = True) -> dict[str, Any]:
+    """Rows of the adaptive section: per data kind and model, the per-sample pixel deviation
+    of each attack with the given mean (or list), the same seeds in every arm."""
     rows = []
-    for kind in ("subspace", "images"):
-        for model, numbers in (("ddpm", ddpm), ("robust-adv", adv)):
+    for kind, (d, a) in (("subspace", (ddpm, adv)), ("images", images or (ddpm, adv))):
+        for model, numbers in (("ddpm", d), ("robust-adv", a)):
             rows.append({"data": kind, "model": model, "method": "clean", "value": 1.0})
-            for method in ("pgd-mean", "trajectory", "random"):
+            for i, method in enumerate(("pgd-mean", "trajectory", "random")):
+                per = numbers[method]
+                per = per if isinstance(per, list) else _damage(per, seed=i)
                 rows.append({"data": kind, "model": model, "method": method,
-                             "pixel deviation mean": numbers[method],
-                             "increase": numbers["increase"] if method == "trajectory" else 0})
-    return {"settings": {"metrics": {"subspace": "FD (exact)", "images": "FID (digits-cnn)"}},
+                             "pixel deviation mean": float(np.mean(per)),
+                             "pixel_deviation_per_sample": per, "increase": 0.0,
+                             "converged": converged if method == "trajectory" else None})
+    return {"settings": {"metrics": {"subspace": "FD (exact)", "images": "KID (digits-cnn)"}},
             "rows": rows}
 
 
-def test_adaptive_claims_from_numbers():
-    # the author's 64-sample measurement: DDPM diverges under the trajectory attack
-    ddpm = {"pgd-mean": 1.01, "trajectory": 1905.0, "random": 0.12, "increase": 300.0}
-    adv = {"pgd-mean": 0.08, "trajectory": 1.56, "random": 0.07, "increase": 20.0}
+def test_adaptive_claims_identical_models_are_inconclusive():
+    same = {"pgd-mean": 1.0, "trajectory": 5.0, "random": 1.0}
+    slower, strongest = adaptive_claims(_adaptive_section(same, dict(same)))
+    assert slower["verdict"] == "inconclusive" and slower["checks"] == 2
+    assert all(c["ci95"] == [0.0, 0.0] for c in slower["comparisons"])
+    assert strongest["verdict"] == "held" and strongest["checks"] == 8
+    # a byte-identical copy of the same run as "the other attack": no effect either
+    copy = {"pgd-mean": _damage(5.0, seed=1), "trajectory": _damage(5.0, seed=1),
+            "random": 1.0}
+    strongest = adaptive_claims(_adaptive_section(copy, copy))[1]
+    assert strongest["checks_inconclusive"] == 4 and strongest["checks_passed"] == 4
+
+
+def test_adaptive_claims_planted_effects_held_opposite_and_mixed():
+    ddpm = {"pgd-mean": 1.0, "trajectory": 20.0, "random": 1.0}  # ratio 20
+    adv = {"pgd-mean": 0.5, "trajectory": 1.5, "random": 0.8}  # ratio ~1.9
     slower, strongest = adaptive_claims(_adaptive_section(ddpm, adv))
-    assert slower["id"] == "adaptive-robust-slower" and strongest["checks"] == 8
-    assert (slower["verdict"], slower["checks"]) == ("held", 4)
-    assert strongest["verdict"] == "held" and "1.9e+03" in strongest["evidence"]
-    # Robust_adv's samples move more: the claim fails; metric only: partly
+    assert (slower["verdict"], slower["checks"]) == ("held", 2)
+    assert slower["comparisons"][0]["ratio DDPM"] == pytest.approx(20.0)
+    assert "attack_note" not in slower and strongest["verdict"] == "held"
     assert adaptive_claims(_adaptive_section(adv, ddpm))[0]["verdict"] == "did not hold"
-    mixed = adaptive_claims(_adaptive_section(ddpm, {**adv, "increase": 400.0}))[0]
-    assert (mixed["verdict"], mixed["checks_passed"]) == ("partly", 2)
+    mixed = adaptive_claims(_adaptive_section(ddpm, adv, images=(adv, ddpm)))[0]
+    assert (mixed["verdict"], mixed["checks_passed"], mixed["checks_failed"]) == ("partly", 1, 1)
     # a trajectory attack weaker than the random control
     weak = adaptive_claims(_adaptive_section({**ddpm, "trajectory": 0.1}, adv))[1]
-    assert (weak["verdict"], weak["checks_passed"]) == ("partly", 4)
-    # every DDPM sample non-finite (no pixel deviation): counts as the larger damage
-    gone = adaptive_claims(_adaptive_section({**ddpm, "trajectory": None}, adv))[0]
-    assert gone["checks_passed"] == 4
+    assert weak["verdict"] == "partly" and weak["checks_failed"] == 4
+
+
+def test_adaptive_verdicts_on_an_unconverged_attack_say_so():
+    ddpm = {"pgd-mean": 1.0, "trajectory": 20.0, "random": 1.0}
+    adv = {"pgd-mean": 0.5, "trajectory": 1.5, "random": 0.8}
+    for flag, text in ((False, "made on an unconverged attack"),
+                       (None, "convergence was not recorded")):
+        slower, strongest = adaptive_claims(_adaptive_section(ddpm, adv, converged=flag))
+        assert text in slower["claim"] and text in strongest["attack_note"]
+        assert slower["verdict"] == "held"  # the verdict stands, labelled
 
 
 def _purification_section(ddpm: list[float], adv: list[float]) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Numbers and verdicts over several seeds: each measured number becomes mean ± std (sample
-standard deviation over the seeds), each verdict says how many seeds agree."""
+standard deviation over the seeds); each check of a claim is combined over the seeds (mean
+effect, Student-t 95% interval over the seeds) and each verdict says how many seeds agree."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import statistics
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
+
+from .effects import claim, over_seeds
 
 Row = dict[str, Any]
 
@@ -128,16 +131,29 @@ def agreement(verdicts: Sequence[str]) -> tuple[str, str]:
     return (top if 2 * top_n > n else "mixed"), text
 
 
+def _combined_checks(seed_claims: Sequence[Row | None]) -> list[Row]:
+    """Each check label of a claim over the seeds: :func:`~dmattack.demo.effects.over_seeds`
+    (mean effect, Student-t 95% interval over the seeds)."""
+    found = [x for c in seed_claims if c for x in c.get("comparisons") or []]
+    labels = list(dict.fromkeys(x["label"] for x in found))
+    return [over_seeds(label, [x for x in found if x["label"] == label]) for label in labels]
+
+
 def combine_claims(per_seed: Sequence[Sequence[Row]], on_means: Sequence[Row]) -> list[Row]:
     """Claims of several seeds → one list in ``on_means`` order (the claims computed from the
-    mean numbers, whose evidence they keep): ``verdict`` = the seeds' majority
-    (:func:`agreement`), ``seed_verdicts`` each seed's, ``agreement`` the count text and
-    ``verdict_on_means`` the verdict of the mean numbers."""
+    mean numbers, whose evidence they keep). A claim with checks gets each check combined over
+    the seeds (:func:`_combined_checks`: the spread over the demo seeds) and its verdict from
+    those (:func:`~dmattack.demo.effects.combine`); one without (e.g. purification's) gets the
+    seeds' majority (:func:`agreement`). ``seed_verdicts``: each seed's verdict; ``agreement``:
+    the count text."""
     out = []
-    for claim in on_means:
-        verdicts = [next((c["verdict"] for c in claims if c["id"] == claim["id"]), "n/a")
-                    for claims in per_seed]
-        verdict, text = agreement(verdicts)
-        out.append({**claim, "verdict": verdict, "seed_verdicts": verdicts, "agreement": text,
-                    "verdict_on_means": claim["verdict"]})
+    for on_mean in on_means:
+        seed_claims = [next((c for c in claims if c["id"] == on_mean["id"]), None)
+                       for claims in per_seed]
+        verdicts = [c["verdict"] if c else "n/a" for c in seed_claims]
+        majority, text = agreement(verdicts)
+        checks = _combined_checks(seed_claims)
+        combined = (claim(on_mean["id"], on_mean["claim"], on_mean["source"], checks,
+                          on_mean["evidence"]) if checks else {"verdict": majority})
+        out.append({**on_mean, **combined, "seed_verdicts": verdicts, "agreement": text})
     return out

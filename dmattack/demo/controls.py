@@ -19,6 +19,7 @@ from .common import (
     train_all,
     train_config,
 )
+from .effects import metric_scorer, set_effects
 from .plan import ComputePlan, SweepPlan
 
 SWEEP_METRICS = ("fd-exact", "subspace", "variance-ratio")
@@ -35,20 +36,40 @@ def _row(ctx: Context, tm: TrainedModel, x: Any, metrics: tuple[str, ...]) -> di
 
 
 # --------------------------------------------------------------------------- sweep
+def _cell(p: float, s: float | None) -> str:
+    return f"p{p:g}" + ("" if s is None else f"-s{s:g}")
+
+
 def sweep_differences(rows: list[dict[str, Any]], fractions: tuple[float, ...],
-                      sigmas: tuple[float, ...]) -> list[dict[str, Any]]:
+                      sigmas: tuple[float, ...], effects: dict[str, Any] | None = None
+                      ) -> list[dict[str, Any]]:
     """One record per (fraction, σ) cell: FD of DDPM and of Robust_adv and their difference
-    FD(DDPM) − FD(Robust_adv) (positive = Robust helps; None if either is missing). Rows of
-    fraction 0 have σ None and serve every σ."""
+    FD(DDPM) − FD(Robust_adv) (positive = Robust helps; None if either is missing), with its
+    95% interval ``FD difference ci95`` and ``n`` from ``effects`` (keyed like
+    :func:`sweep_effects`; None without). Rows of fraction 0 have σ None and serve every σ."""
     fd = {(r["fraction"], r["sigma"], r["method"]): r.get(FD) for r in rows}
     out = []
     for s in sigmas:
         for p in fractions:
             key = (p, s if p > 0 else None)
             a, b = fd.get((*key, DDPM)), fd.get((*key, ADV))
+            eff = (effects or {}).get(_cell(*key)) or {}
             out.append({"fraction": p, "sigma": s, "FD DDPM": a, "FD Robust_adv": b,
-                        "FD difference": None if a is None or b is None else a - b})
+                        "FD difference": None if a is None or b is None else a - b,
+                        "FD difference ci95": eff.get("ci95"), "n": eff.get("n")})
     return out
+
+
+def sweep_effects(ctx: Context, models: dict[Any, TrainedModel],
+                  drawn: dict[Any, Any]) -> dict[str, Any]:
+    """Per cell ``"p<fraction>[-s<σ>]"``: FD(DDPM) − FD(Robust_adv) recomputed on resampled
+    rows, the same rows in both models (:func:`~dmattack.demo.effects.set_effects`)."""
+    arms = {f"{_cell(p, s)}/{m}": (ctx.reference(tm.loaded), drawn[p, s, m][0])
+            for (p, s, m), tm in models.items() if tm.loaded is not None and (p, s, m) in drawn}
+    cells = dict.fromkeys(_cell(p, s) for p, s, _ in models)
+    contrasts = {c: (FD, ((1.0, f"{c}/{DDPM}"), (-1.0, f"{c}/{ADV}")), 0.0) for c in cells}
+    return set_effects(metric_scorer({k: ref for k, (ref, _) in arms.items()}, contrasts),
+                       {k: x for k, (_, x) in arms.items()}, contrasts, seed=ctx.seed)
 
 
 def sweep_figure(section: dict[str, Any], path: Path, root: Path, num_seeds: int = 1) -> str:
@@ -91,7 +112,8 @@ def corruption_sweep(plan: SweepPlan, ctx: Context) -> dict[str, Any]:
         "settings": section_settings(ctx, plan, list(SWEEP_METRICS),
                                      dataset="digits-subspace"),
         "rows": rows,
-        "differences": sweep_differences(rows, plan.fractions, plan.sigmas),
+        "differences": sweep_differences(rows, plan.fractions, plan.sigmas,
+                                         sweep_effects(ctx, models, drawn)),
         "runs": {name(*k): ctx.rel(tm.run_dir) for k, tm in models.items()},
     }
     path = ctx.out_dir / "figures" / "sweep_fd_difference.png"
@@ -142,8 +164,16 @@ def compute_matched(plan: ComputePlan, ctx: Context) -> dict[str, Any]:
              "step_time_total": None if tm.step_seconds is None else tm.step_seconds * n,
              **_row(ctx, tm, drawn.get((m, t), (None,))[0], SWEEP_METRICS)}
             for (m, t), (tm, n) in entries.items()]
+    arms = {f"{m}, {t}": (ctx.reference(tm.loaded), drawn[m, t][0])
+            for (m, t), (tm, _) in entries.items() if tm.loaded is not None and (m, t) in drawn}
+    contrasts = {f"{metric}: robust-adv − compute-matched ddpm": (metric, (
+        (1.0, f"{ADV}, plan steps"), (-1.0, f"{DDPM}, compute-matched")), 0.0)
+        for metric in (FD, "subspace error")}
     return {
         "title": "Compute-matched DDPM: is Robust_adv's win just more compute?",
+        "effects": set_effects(metric_scorer({k: ref for k, (ref, _) in arms.items()},
+                                             contrasts),
+                               {k: x for k, (_, x) in arms.items()}, contrasts, seed=ctx.seed),
         "settings": {**section_settings(ctx, plan, list(SWEEP_METRICS),
                                         dataset="digits-subspace"),
                      "matching": "Robust_adv, then a DDPM of the same step count, then the "

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..io import write_text
 from .claims import sweep_onset
+from .effects import describe
 
 Row = dict[str, Any]
 SUBSPACE_COLUMNS = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
@@ -97,16 +98,39 @@ def _figure(path: str, alt: str) -> str:
     return f"![{alt}]({path})"
 
 
+VERDICT_RULE = (
+    "How a verdict is made (docs/demo.md): each check is an effect with its 95% interval "
+    "(paired bootstrap over seeds for per-sample damage; set metrics recomputed on resampled "
+    "paired samples; over several demo seeds a Student-t interval of the per-seed effects) "
+    "against a minimum effect m: **held** when the interval lies beyond m in the claimed "
+    "direction, **did not hold** when it lies beyond m the other way, **inconclusive** "
+    "otherwise. A claim is held when every check held, did not hold when none held and at "
+    "least one did not hold, inconclusive when every check was inconclusive, and partly "
+    "otherwise (some held, some did not or were inconclusive).")
+
+
 def _verdict(c: Row) -> str:
+    counts = f"{c['checks_passed']}/{c['checks']} checks held"
+    if c.get("checks_failed") is not None:
+        counts += (f", {c['checks_failed']} did not hold, {c['checks_inconclusive']} "
+                   "inconclusive")
+    note = f"; {c['attack_note']}" if c.get("attack_note") else ""
     if "agreement" not in c:
-        return f"**{c['verdict']}** ({c['checks_passed']}/{c['checks']})"
-    return (f"**{c['verdict']}**: {c['agreement']} (mean numbers: {c['verdict_on_means']}, "
-            f"{c['checks_passed']}/{c['checks']})")
+        return f"**{c['verdict']}** ({counts}{note})"
+    return f"**{c['verdict']}** ({counts}; per seed: {c['agreement']}{note})"
+
+
+def _checks(c: Row) -> str:
+    """Every check of a claim: effect [95% interval], minimum effect, n and verdict."""
+    if not c.get("comparisons"):
+        return c["evidence"]
+    return "<br>".join(describe(x) for x in c["comparisons"]) + "<br>" + c["evidence"]
 
 
 def _claims(results: Row) -> str:
-    rows = [[c["claim"], c["source"], _verdict(c), c["evidence"]] for c in results["claims"]]
-    return _table(["claim", "source", "verdict", "measured"], rows)
+    rows = [[c["claim"], c["source"], _verdict(c), _checks(c)] for c in results["claims"]]
+    return _table(["claim", "source", "verdict", "checks: effect [95% interval], m, n → verdict; "
+                   "measured"], rows) + "\n\n" + VERDICT_RULE
 
 
 def _subspace(s: Row) -> str:
@@ -305,7 +329,8 @@ def _adaptive(s: Row) -> str:
     labels = "; ".join(f"`{k}` = `{v}`" for k, v in st["labels"].items())
     out = [
         f"{', '.join(st['attacks'])} at {st['percent']:g}% of the steps (`{st['window']}` "
-        f"window), budget {st['budget']}; {st['iterations']} PGD iterations each (look-ahead: "
+        f"window), budget {st['budget']}; {st['iterations']} PGD iterations each, trajectory "
+        f"PGD {st.get('trajectory_iterations', st['iterations'])} (look-ahead: "
         f"per attacked step, EOT over {st['eot']} draws of the future noise, horizon "
         f"{st['horizon']}); whole-chain attacks maximise the `{st['distance']}` distance to the "
         f"clean sample. Labels: {labels}. digits-subspace: {st['subspace_models']}, "
@@ -317,14 +342,36 @@ def _adaptive(s: Row) -> str:
         "differs; increase = attacked − clean value of the metric.", ""]
     cols = ["value", "increase", "variance ratio", *DAMAGE_COLUMNS, "num_nonfinite", "seconds"]
     for kind, metric in st["metrics"].items():
-        rows = [[r["model"], r["method"], *(cell(r, c) for c in cols)]
+        rows = [[r["model"], r["method"],
+                 fmt(cell(r, "value")) + (" †" if r.get("improved_under_attack") else ""),
+                 *(cell(r, c) for c in cols[1:3]),
+                 _with_ci(r), *(cell(r, c) for c in cols[4:]), _converged(r)]
                 for r in s["rows"] if r["data"] == kind]
         out += [f"### {kind}: {metric}", "",
-                _table(["model", "attack", metric, "increase", "variance ratio", "pixel dev. mean",
-                        "pixel dev. median", "class changed", "non-finite", "attack (s)"], rows),
+                _table(["model", "attack", metric, "increase", "variance ratio",
+                        "pixel dev. mean [95% CI]", "pixel dev. median", "class changed",
+                        "non-finite", "attack (s)", "converged"], rows),
                 ""]
+    out += ["A † marks a set metric that got better under attack: flagged, never read as "
+            "robustness. `converged`: the trajectory attack's trace rose by less than the "
+            "tolerance over its last fifth of iterations (docs/method.md §12); n/a: not "
+            "recorded (per-step attacks, or a version without traces).", ""]
     out += [_figure(s["figures"]["bars"], "adaptive attacks"), ""]
     return "\n".join(out)
+
+
+def _with_ci(r: Row) -> str:
+    """The pixel deviation's mean with its 95% interval (single seed) or ± std (seeds)."""
+    ci = r.get("pixel deviation ci95")
+    text = fmt(cell(r, "pixel deviation mean"))
+    if ci and "std" not in r:
+        text += f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+    return text
+
+
+def _converged(r: Row) -> str:
+    v = r.get("converged")
+    return "n/a" if v is None else "yes" if v else "**no**"
 
 
 def _purification(s: Row) -> str:
@@ -373,7 +420,9 @@ def _mode(results: Row) -> str:
         return f"Mode: **{mode}**; seed {results['seed']}"
     return (f"Mode: **{mode}**; **{len(seeds)} seeds** ({', '.join(map(str, seeds))}): every "
             "number below is the mean ± the sample std over the seeds (one number: every seed "
-            "measured the same), each verdict says how many seeds reached it; figures show "
+            "measured the same); each check is the mean of the per-seed effects with a "
+            "Student-t 95% interval over the seeds, and each verdict also says how many seeds "
+            "reached it; figures show "
             f"seed {seeds[0]} (the sweep heatmap: the means); every seed's own numbers are in "
             "`results.json` (`per_seed`)")
 

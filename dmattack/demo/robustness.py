@@ -12,6 +12,7 @@ from typing import Any
 from ..attacks import AttackPlan, AttackSpec
 from ..attacks.lookahead import LookaheadPGD
 from ..attacks.trajectory import TrajectoryPGD
+from ..damage import PIXEL
 from ..errors import ConfigError
 from ..purification import PurifyConfig
 from ..purification.demo import RUNS, section_rows
@@ -48,7 +49,7 @@ def attack_plan(name: str, plan: AdaptivePlan) -> AttackPlan:
     if name == "random":
         return AttackPlan.of(AttackSpec("random", plan.percent, plan.window))
     if name == "trajectory":
-        attack = TrajectoryPGD(distance=plan.distance, iterations=plan.iterations)
+        attack = TrajectoryPGD(distance=plan.distance, iterations=plan.trajectory_iterations)
     elif name == "lookahead":
         attack = LookaheadPGD(distance=plan.distance, iterations=plan.iterations, eot=plan.eot,
                               horizon=plan.horizon)
@@ -61,7 +62,7 @@ def attack_plan(name: str, plan: AdaptivePlan) -> AttackPlan:
 def _cost(name: str, plan: AdaptivePlan, samples: int, steps: int, unet: bool) -> float:
     share, it = plan.percent / 100, plan.iterations
     per_step = {"random": 1.0, "pgd-mean": 1 + 2 * share * it, "pgd-eps": 1 + 2 * share * it,
-                "trajectory": 3.0 * it + 2,
+                "trajectory": 3.0 * plan.trajectory_iterations + 2,
                 "lookahead": 2 + 3 * share * it * plan.eot * (plan.horizon + 1)}[name]
     return samples * steps * per_step * (_UNET_COST if unet else 1.0)
 
@@ -115,12 +116,18 @@ def adaptive_attacks(plan: AdaptivePlan, ctx: Context,
             else value - base["value"],
             "variance ratio": point["metrics"].get("variance ratio"),
             **_flat_damage(damage),
+            "pixel deviation ci95": (damage.get(PIXEL) or {}).get("ci95"),
+            "pixel_deviation_per_sample": (point.get("damage_per_sample") or {}).get(PIXEL),
+            "improved_under_attack": (point.get("improved_under_attack") or {}).get(main),
+            "converged": point.get("converged"),
+            "trace_length": None if point.get("trace") is None else len(point["trace"]),
             "num_nonfinite": damage.get("num_nonfinite", 0),
             "attacked_steps": point["steps_attacked"], "seconds": point["seconds"]})
     fig = figures.adaptive_bars(rows, {k: CURVE_METRICS[k][1] for k in runs},
                                 ctx.out_dir / "figures" / "adaptive_attacks.png",
                                 f"DDPM vs Robust_adv, {plan.percent:g}% of the steps attacked "
-                                f"({plan.window}), {plan.iterations} PGD iterations")
+                                f"({plan.window}), {plan.iterations} PGD iterations "
+                                f"(trajectory {plan.trajectory_iterations})")
     return {
         "title": "Adaptive attacks on the generation chain",
         "settings": {**asdict(plan),
