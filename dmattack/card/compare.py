@@ -91,7 +91,11 @@ def write_comparison(paths: Sequence[str | Path], out_dir: str | Path,
                      protocol: Protocol | None = None,
                      directory: Path = PROTOCOL_DIR) -> Path:
     """Write ``comparison.json`` and ``comparison.md`` into ``out_dir``; returns the JSON."""
-    result = compare_cards(paths, protocol, directory)
+    return save_comparison(compare_cards(paths, protocol, directory), out_dir)
+
+
+def save_comparison(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write a :func:`compare_cards` result as ``comparison.json`` and ``comparison.md``."""
     out = Path(out_dir)
     write_text(out / "comparison.md", report.comparison_markdown(result))
     return write_json(out / "comparison.json", result)

@@ -95,12 +95,19 @@ def _evaluation(loaded: LoadedModel, p: Protocol) -> Any:
 
 
 def _run_curves(loaded: LoadedModel, p: Protocol, ev: Any, store: Path,
-                device: torch.device | str, say: Say) -> dict[int, dict[str, Any]]:
-    """Every attack group's curve (resumable stores under ``store``): {num_samples: curve}."""
+                device: torch.device | str, say: Say,
+                resumed: dict[str, dict[str, int]]) -> dict[int, dict[str, Any]]:
+    """Every attack group's curve (resumable stores under ``store``): {num_samples: curve};
+    ``resumed[store name]`` counts the points read back from the store and those computed."""
     from ..attack_eval import run_curve
 
     curves = {}
     for n, attacks in attack_groups(p).items():
+        counts = resumed.setdefault(f"curve-n{n}", {"resumed": 0, "computed": 0})
+
+        def tally(done: int, total: int, record: dict[str, Any], c: dict = counts) -> None:
+            c["resumed" if record.get("resumed") else "computed"] += 1
+
         full = n == p.sampling.num_samples
         specs = [s for a in attacks for s in _specs(p, a)]
         names = ", ".join(a.name for a in attacks)
@@ -109,7 +116,7 @@ def _run_curves(loaded: LoadedModel, p: Protocol, ev: Any, store: Path,
             [loaded], specs, num_samples=n, seed=p.sampling.seed, sampler=ev.sampler,
             batch_size=min(ev.batch_size, n), metric_fn=ev.metric_fn() if full else _no_metric,
             metric_key=None if full else NO_METRIC_KEY, device=device,
-            out_dir=store / (f"curve-n{n}"))
+            out_dir=store / f"curve-n{n}", progress=tally)
     return curves
 
 
@@ -250,7 +257,8 @@ def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.devic
     tic = time.perf_counter()
     ev = _evaluation(loaded, p)
     store = folder / "store"
-    curves = _run_curves(loaded, p, ev, store, device, say)
+    resumed: dict[str, dict[str, int]] = {}
+    curves = _run_curves(loaded, p, ev, store, device, say, resumed)
     seconds["curves"] = time.perf_counter() - tic
     tic = time.perf_counter()
     purified = _purify(loaded, p, store, device, say)
@@ -268,6 +276,7 @@ def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.devic
                             metrics.get(fid_label))
     seconds["clean_quality"] = time.perf_counter() - tic
     return {"ev": ev, "curves": curves, "purified": purified, "metrics": metrics,
+            "resumed": resumed,
             "fid_label": fid_label, "quality": quality}, seconds
 
 
@@ -275,10 +284,9 @@ def _assemble(loaded: LoadedModel, name: str, p: Protocol, parts: dict[str, Any]
               seconds: dict[str, float]) -> dict[str, Any]:
     """The card.json content of one model from its measured parts."""
     by_attack: dict[str, list[dict[str, Any]]] = {}
-    blocks, resumed, computed = {}, {}, 0.0
+    blocks, computed = {}, 0.0
     for n, curve in parts["curves"].items():
         pts = curve["points"]
-        resumed[f"curve-n{n}"] = f"{sum(bool(pt.get('resumed')) for pt in pts)} of {len(pts)}"
         computed += sum(float(pt.get("seconds") or 0.0) for pt in pts)
         for pt in _points(curve):
             by_attack.setdefault(pt["attack"]["method"], []).append(pt)
@@ -320,7 +328,7 @@ def _assemble(loaded: LoadedModel, name: str, p: Protocol, parts: dict[str, Any]
                       "reference": ev.reference.name, "evaluation": ev.label,
                       "device": str(parts.get("device", "")),
                       "world_size": distributed.world_size()},
-            "points_resumed": resumed},
+            "points_resumed": parts["resumed"]},
         "convergence": _convergence(by_attack),
         "provenance": {**provenance(), "protocol_label": p.label,
                        "protocol_content": p.content()},
