@@ -510,7 +510,7 @@ def card(runs: tuple[str, ...], pipelines: tuple[str, ...], protocol: str,
     console.print(f"[bold]card[/] {proto.label} ({proto.hash[:12]}…) for {len(models)} "
                   f"model(s) → {out_dir}")
     for path in make_cards(models, proto, out_dir, device=dev, say=console.print):
-        stdout.print(str(path))
+        click.echo(str(path))  # one line per card, never wrapped
 
 
 @main.command()
