@@ -483,6 +483,8 @@ def leaderboard(cards: tuple[str, ...], out: str) -> None:
 @click.option("--protocol-dir", type=click.Path(), default=None,
               help="Folder of your own protocol files and their HASHES.json [default: the "
               "package's protocols].")
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="Root of on-disk reference data (cifar10-v1: the CIFAR-10 training set).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None,
               help="Cards folder [default: runs/cards/<protocol>]; rerunning the same command "
@@ -490,7 +492,8 @@ def leaderboard(cards: tuple[str, ...], out: str) -> None:
 @friendly_errors
 @resumes_when_rerun
 def card(runs: tuple[str, ...], pipelines: tuple[str, ...], protocol: str,
-         protocol_dir: str | None, device: str, out: str | None) -> None:
+         protocol_dir: str | None, data_dir: str | None, device: str, out: str | None
+         ) -> None:
     """Robustness cards: every model measured under one versioned protocol, with intervals;
     with several models also their paired comparison (docs/card.md).
 
@@ -509,7 +512,8 @@ def card(runs: tuple[str, ...], pipelines: tuple[str, ...], protocol: str,
     out_dir = Path(out or RUNS_ROOT / "cards" / proto.label)
     console.print(f"[bold]card[/] {proto.label} ({proto.hash[:12]}…) for {len(models)} "
                   f"model(s) → {out_dir}")
-    for path in make_cards(models, proto, out_dir, device=dev, say=console.print):
+    for path in make_cards(models, proto, out_dir, device=dev, say=console.print,
+                           data_dir=data_dir):
         click.echo(str(path))  # one line per card, never wrapped
 
 

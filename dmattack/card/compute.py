@@ -75,16 +75,16 @@ def _no_metric(samples: torch.Tensor) -> dict[str, float]:
 NO_METRIC_KEY = {"metrics": "none: damage only (dmattack card)"}
 
 
-def _evaluation(loaded: LoadedModel, p: Protocol) -> Any:
-    """The scoring setup: the protocol's metrics on its reference, extractor weights checked
-    against the protocol's pinned sha256."""
+def _evaluation(loaded: LoadedModel, p: Protocol, data_dir: str | None) -> Any:
+    """The scoring setup: the protocol's metrics on its reference (read from ``data_dir`` for
+    on-disk data such as CIFAR-10), extractor weights checked against the protocol's pin."""
     from evaluators.extractors import resolve_weights, weights_sha256
 
     from ..evaluation import EvaluationConfig, prepare_evaluation
 
     r = p.reference
     cfg = EvaluationConfig(num_samples=p.sampling.num_samples, seed=p.sampling.seed,
-                           metrics=",".join(r.metrics), dataset=r.dataset)
+                           metrics=",".join(r.metrics), dataset=r.dataset, data_dir=data_dir)
     ev = prepare_evaluation(loaded, cfg, _sampler(p), feature_extractor=r.feature_extractor)
     found = weights_sha256(resolve_weights(r.feature_extractor, None))
     if found != r.weights_sha256:
@@ -250,12 +250,12 @@ def _purification_block(result: dict[str, Any] | None, p: Protocol) -> dict[str,
 
 # --------------------------------------------------------------------------- one card
 def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.device | str,
-             say: Say) -> tuple[dict[str, Any] | None, dict[str, float]]:
+             say: Say, data_dir: str | None) -> tuple[dict[str, Any] | None, dict[str, float]]:
     """Run every stage of one model (resumable); rank 0 gets the card's parts, others None.
     Returns (parts, seconds of each stage in this invocation)."""
     seconds: dict[str, float] = {}
     tic = time.perf_counter()
-    ev = _evaluation(loaded, p)
+    ev = _evaluation(loaded, p, data_dir)
     store = folder / "store"
     resumed: dict[str, dict[str, int]] = {}
     curves = _run_curves(loaded, p, ev, store, device, say, resumed)
@@ -380,17 +380,20 @@ def card_names(models: Sequence[LoadedModel]) -> list[str]:
 
 
 def make_cards(models: Sequence[LoadedModel], protocol: Protocol, out_dir: str | Path, *,
-               device: torch.device | str = "cpu", say: Say = lambda s: None) -> list[Path]:
+               device: torch.device | str = "cpu", say: Say = lambda s: None,
+               data_dir: str | None = None) -> list[Path]:
     """One card per model under ``out_dir/<model name>/`` (card.json, card.md, curves.png,
     and ``store/`` holding the resumable curve and purification stores); with several models
-    also ``out_dir/comparison.json`` and ``.md``. Returns the card.json paths (rank 0; other
-    ranks an empty list). Rerunning the same call resumes: no finished point is recomputed."""
+    also ``out_dir/comparison.json`` and ``.md``. ``data_dir``: where on-disk reference data
+    lives (CIFAR-10; refused for embedded data such as digits). Returns the card.json paths
+    (rank 0; other ranks an empty list). Rerunning the same call resumes: no finished point
+    is recomputed."""
     out = Path(out_dir)
     names = card_names(models)
     paths = []
     for name, loaded in zip(names, models, strict=True):
         folder = out / name
-        parts, seconds = _measure(loaded, protocol, folder, device, say)
+        parts, seconds = _measure(loaded, protocol, folder, device, say, data_dir)
         if parts is None:
             continue
         parts["device"] = device
