@@ -378,6 +378,7 @@ def purify(**o: Any) -> None:
     """
     from dmattack.purification import load_model, run_purification
     from dmattack.purification.evaluate import prepare_purification, purify_folder
+    from dmattack.purification.results import TABLE_COLUMNS, table_notes, table_rows
 
     cfg = from_options(PurifyConfig, o)
     dev = _join_torchrun(o["device"])
@@ -386,11 +387,15 @@ def purify(**o: Any) -> None:
     out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
     console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
                   f"{len(models)} purifier(s) at t* {cfg.t_star} × {', '.join(cfg.attack_names())}"
-                  f", ε {cfg.eps:.4g}, {cfg.iterations} iterations × EOT-{cfg.eot} → {out_dir}")
+                  f", ε {cfg.eps:.4g}, PGD {cfg.iterations} iterations × EOT-{cfg.eot} × "
+                  f"{cfg.restarts} restart(s), {cfg.draws} evaluation draws → {out_dir}")
     with progress_bar("unit") as bar:
         result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(bar, "purify"))
-    print_table(f"accuracy of {cfg.classifier} (robust = correct on the clean and the adversarial "
-                f"image), ε = {cfg.eps:.4g}", ui.PURIFY_COLUMNS, ui.purify_rows(result))
+    print_table(f"accuracy of {cfg.classifier} over {cfg.draws} evaluation draws (robust = "
+                f"correct on the clean and the adversarial image), ε = {cfg.eps:.4g}",
+                TABLE_COLUMNS, table_rows(result))
+    for note in table_notes(result):
+        console.print(note)
     stdout.print(str(out_dir / "purify.json"))
 
 

@@ -122,21 +122,6 @@ def unit_progress(bar: Progress, description: str) -> Callable[[int, int, str], 
     return on_unit
 
 
-def purify_rows(result: dict[str, Any]) -> list[list[Any]]:
-    """The terminal table of a ``dmattack purify`` result: one row per purifier × t* × attack ×
-    eval mode, accuracies in %."""
-    return [[r["purifier"], "—" if r["t_star"] is None else f"{r['t_star']:g}",
-             "—" if r["reverse_steps"] is None else r["reverse_steps"], r["attack"],
-             r["eval_mode"], f"{100 * r['clean_accuracy']:.1f}",
-             f"{100 * r['robust_accuracy']:.1f}", f"{r['attack_seconds']:.1f}"]
-            for r in result["rows"]]
-
-
-PURIFY_COLUMNS = ["purifier", "t*", "K", "attack", "eval mode", "clean %", "robust %",
-                  "attack s"]
-
-
-# ----------------------------------------------------------------------------- attack results
 def interval(summary: dict[str, Any] | None, scale: float = 1.0, unit: str = "") -> str:
     """``0.0123 [0.0101, 0.0147]``: a ``{"mean", "ci95"}`` summary (or an effect's ``value``)
     with its 95% interval, 3 significant digits; ``—`` when missing."""

@@ -17,7 +17,6 @@ from torch import nn
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.errors import ConfigError, InputFileError
 from dmattack.purification import (
-    EvalMode,
     PurifiedClassifier,
     Purifier,
     PurifyConfig,
@@ -163,40 +162,56 @@ def test_stock_torchattacks_run_on_purified_classifier(name):
 # ----------------------------------------------------------------------------- evaluation
 def tiny_config(**kw) -> PurifyConfig:
     return PurifyConfig(**{"t_star": "0,0.5", "purify_steps": 2, "attacks": "pgd-eot,bpda-eot",
-                           "eps": 0.2, "iterations": 2, "eot": 2,
-                           "eval_modes": "single,worst:2,majority:3", "num_samples": 12,
-                           "batch_size": 6, **kw})
+                           "eps": 0.2, "iterations": 2, "eot": 2, "draws": 3,
+                           "num_samples": 12, "batch_size": 6, **kw})
 
 
 def rows_by(result):
-    return {(r["purifier"], r["t_star"], r["attack"], r["eval_mode"]): r for r in result["rows"]}
+    return {(r["purifier"], r["t_star"], r["attack"]): r for r in result["rows"]}
+
+
+AGGREGATES = ("mean", "majority", "worst")
+
+
+def value(acc, how):
+    return acc["mean"] if how == "mean" else acc[how]["value"]
 
 
 def test_evaluation_invariants(tmp_path):
     result = run_purification(tiny_config(), [tiny_loaded()], tmp_path)
     rows = rows_by(result)
-    assert len(rows) == 3 * 2 * 3  # (undefended + 2 t*) × attacks × modes
+    assert len(rows) == 3 * 2  # (undefended + 2 t*) × attacks
     for r in result["rows"]:
-        assert r["robust_accuracy"] <= r["clean_accuracy"]
-        assert r["robust_accuracy"] <= r["adversarial_accuracy"]
-    for (name, t_star, attack, mode), r in rows.items():
+        for how in AGGREGATES:
+            assert value(r["robust"], how) <= value(r["clean"], how)
+            assert value(r["robust"], how) <= value(r["adversarial"], how)
+        # worst of R ≤ every draw; the mean is the mean of the per-draw accuracies
+        assert r["robust"]["worst"]["value"] <= min(r["robust"]["per_draw"]) + 1e-12
+        assert r["robust"]["mean"] == pytest.approx(np.mean(r["robust"]["per_draw"]))
+        correct = np.array(r["correct"]["clean"]) & np.array(r["correct"]["adversarial"])
+        assert correct.shape == (3, 12)
+        assert r["robust"]["per_draw"] == pytest.approx(correct.mean(1).tolist())
+        assert r["robust"]["worst"]["value"] == pytest.approx(correct.all(0).mean())
+        lo, hi = r["robust"]["ci95"]
+        assert lo <= r["robust"]["mean"] <= hi
+    for (name, t_star, attack), r in rows.items():
         if name == "tiny" and t_star == 0:  # the identity reproduces the undefended numbers
-            base = rows[("none", None, attack, mode)]
-            for k in ("clean_accuracy", "robust_accuracy", "adversarial_accuracy"):
+            base = rows[("none", None, attack)]
+            for k in ("clean", "robust", "adversarial", "correct"):
                 assert r[k] == base[k]
     # BPDA through the identity is the exact attack (same seeds)
-    assert rows[("none", None, "pgd-eot", "single")]["robust_accuracy"] == \
-        rows[("none", None, "bpda-eot", "single")]["robust_accuracy"]
+    assert rows[("none", None, "pgd-eot")]["correct"] == \
+        rows[("none", None, "bpda-eot")]["correct"]
     saved = json.loads((tmp_path / "purify.json").read_text())
     assert saved["config"]["eps"] == 0.2 and "versions" in saved["provenance"]
     assert [p["clip_denoised"] for p in saved["purifiers"]] == [True, True]  # images: clipped
     assert len(saved["seeds"]["sample_seeds"]) == 12
     csv_lines = (tmp_path / "purify.csv").read_text().splitlines()
-    assert csv_lines[0].startswith("purifier,t_star") and len(csv_lines) == 1 + 18
+    assert csv_lines[0].startswith("purifier,t_star") and len(csv_lines) == 1 + 6
 
 
 def test_purification_clipping_can_be_turned_off_and_is_recorded(tmp_path):
-    cfg = tiny_config(t_star="0.5", attacks="pgd-eot", eval_modes="single", num_samples=6)
+    cfg = tiny_config(t_star="0.5", attacks="pgd-eot", num_samples=6)
     run_purification(cfg, [tiny_loaded()], tmp_path / "on")
     run_purification(replace(cfg, clip_denoised=False), [tiny_loaded()], tmp_path / "off")
     on, off = (json.loads((tmp_path / k / "purify.json").read_text()) for k in ("on", "off"))
@@ -206,15 +221,15 @@ def test_purification_clipping_can_be_turned_off_and_is_recorded(tmp_path):
 
 
 def test_resume_reuses_finished_units(tmp_path, monkeypatch):
-    cfg = tiny_config(t_star="0.5", attacks="pgd-eot", eval_modes="single")
+    cfg = tiny_config(t_star="0.5", attacks="pgd-eot")
     calls = []
-    real = evaluate_mod._attack_batch
+    real = evaluate_mod.run_attack
 
     def counting(*args, **kwargs):
-        calls.append(args[5:])
+        calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mod, "_attack_batch", counting)
+    monkeypatch.setattr(evaluate_mod, "run_attack", counting)
 
     def interrupt(done, total, label):
         if done == 5:
@@ -233,25 +248,38 @@ def test_resume_reuses_finished_units(tmp_path, monkeypatch):
 
     assert numbers(resumed) == numbers(fresh)
     # a changed attack setting recomputes the attacked units only (their key holds eps)
-    run_purification(tiny_config(t_star="0.5", attacks="pgd-eot", eval_modes="single", eps=0.1),
+    run_purification(tiny_config(t_star="0.5", attacks="pgd-eot", eps=0.1),
                      [tiny_loaded()], tmp_path)
     assert len(calls) == first + 2 + 4 + 4
 
 
-def test_eval_modes():
+def test_majority_and_worst_of_draws():
+    from dmattack.purification.results import accuracies
+
     preds = torch.tensor([[1, 2, 0], [1, 0, 0], [3, 0, 1]])  # (draws, B)
     labels = torch.tensor([1, 0, 1])
-    assert EvalMode.parse("single").correct(preds, labels).tolist() == [True, False, False]
-    assert EvalMode.parse("worst:2").correct(preds, labels).tolist() == [True, False, False]
-    assert EvalMode.parse("majority:3").correct(preds, labels).tolist() == [True, True, False]
-    assert EvalMode.parse("majority:2").correct(preds[:, 1:], labels[1:]).tolist() == [
-        True, False]  # a 1–1 tie goes to the lower class
+    acc = accuracies(preds, preds, labels)["clean"]
+    assert acc["per_draw"] == pytest.approx([1 / 3, 2 / 3, 2 / 3])
+    assert acc["worst"]["value"] == 0  # no image right in all 3 draws
+    assert acc["majority"]["value"] == pytest.approx(2 / 3)  # images 0 and 1
+    tie = accuracies(preds[:2, 1:], preds[:2, 1:], labels[1:])["clean"]
+    assert tie["majority"]["value"] == 0.5  # a 1–1 tie (2 vs 0) goes to the lower class: 0
+    assert acc["sd"] == pytest.approx(float(np.std([1 / 3, 2 / 3, 2 / 3], ddof=1)))
+
+
+def test_deprecated_eval_mode_sets_the_draws():
+    with pytest.warns(DeprecationWarning):
+        assert PurifyConfig(eval_modes="single,worst:5,majority:3").draws == 5
+    with pytest.warns(DeprecationWarning):
+        assert PurifyConfig(eval_modes="single").draws == 1
 
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kw, match", [
     ({"eps": -0.1}, "eps"), ({"eps": math.nan}, "eps"), ({"eps": math.inf}, "eps"),
     ({"attacks": "pgd-eot,fgsm"}, "fgsm"), ({"eval_modes": "worst:0"}, "worst:0"),
+    ({"attacks": "autoattack-rand-0x4"}, "autoattack-rand-0x4"), ({"loss": "dlr"}, "loss"),
+    ({"draws": 0}, "draws"), ({"attack_gradient": "none"}, "attack_gradient"),
     ({"eval_modes": "best"}, "best"), ({"t_star": "-1"}, "t_star"), ({"t_star": "x"}, "t_star"),
     ({"iterations": 0}, "iterations")])
 def test_bad_settings_are_one_line_config_errors(kw, match):
@@ -316,26 +344,36 @@ def test_torchscript_and_safetensors_classifiers(tmp_path):
     torch.testing.assert_close(model(x), net(2 * x - 1))
 
 
+def _fake_row(name, t_star, attack, per_image):
+    acc = {"mean": float(np.mean(per_image)), "sd": 0.0, "ci95": [0.0, 1.0],
+           "majority": {"value": float(np.mean(per_image)), "ci95": [0.0, 1.0]},
+           "worst": {"value": 0.0, "ci95": [0.0, 0.0]}}
+    return {"purifier": name, "t_star": t_star, "attack": attack, "draws": 8,
+            "num_samples": len(per_image), "clean": {**acc, "mean": 1.0}, "robust": acc,
+            "robust_per_image": list(per_image), "weaker_than": None}
+
+
 def test_purification_section_verdict_follows_the_numbers(monkeypatch, tmp_path):
     from dmattack.purification import demo
 
-    def fake(robust_adv_robust):
+    low, high = [0.0] * 5 + [0.25] * 5, [1.0] * 8 + [0.5] * 2
+
+    def fake(robust_adv):
         def run(cfg, models, out_dir, device):
-            rows = [{"purifier": "none", "t_star": None, "attack": a, "eval_mode": "single",
-                     "num_samples": 10, "clean_accuracy": 1.0, "robust_accuracy": 0.0}
-                    for a in ("pgd-eot", "bpda-eot")]
-            for name, acc in (("digits-ddpm", [0.3, 0.4]),
-                              ("digits-robust-adv", robust_adv_robust)):
-                for t_star, a in zip((0.1, 0.2), acc, strict=True):
-                    rows += [{"purifier": name, "t_star": t_star, "attack": attack,
-                              "eval_mode": "single", "num_samples": 10, "clean_accuracy": 0.9,
-                              "robust_accuracy": a} for attack in ("pgd-eot", "bpda-eot")]
-            return {"rows": rows, "config": {}}
+            rows = [_fake_row("none", None, a, [0.0] * 10) for a in ("pgd-eot", "bpda-eot")]
+            for name, acc in (("digits-ddpm", [low, low]), ("digits-robust-adv", robust_adv)):
+                rows += [_fake_row(name, t_star, attack, a)
+                         for t_star, a in zip((0.1, 0.2), acc, strict=True)
+                         for attack in ("pgd-eot", "bpda-eot")]
+            return {"rows": rows, "config": {},
+                    "purifiers": [{"name": "digits-ddpm", "eval_images_in_training": True}]}
         return run
 
-    for acc, verdict in (([0.5, 0.6], "held"), ([0.1, 0.2], "did not hold"),
-                         ([0.5, 0.2], "partly")):
+    for acc, verdict in (([high, high], "held"), ([[0.0] * 10, [0.0] * 10], "did not hold"),
+                         ([high, [0.0] * 10], "partly"), ([low, low], "inconclusive")):
         monkeypatch.setattr(demo, "run_purification", fake(acc))
         section = demo.purification_section(tmp_path)
-        assert section["claim"]["verdict"] == verdict
-        assert section["accuracy"]["robust-adv t*=0.1 pgd-eot"]["robust"] == acc[0]
+        assert section["claim"]["verdict"] == verdict, section["claim"]
+        assert section["accuracy"]["robust-adv t*=0.1 pgd-eot"]["robust"] == np.mean(acc[0])
+        assert "95% [" in section["claim"]["evidence"]
+        assert "saw these digits in training" in section["claim"]["evidence"]

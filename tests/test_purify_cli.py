@@ -18,7 +18,7 @@ from dmattack.purification import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 DDPM = str(ROOT / "checkpoints" / "digits-ddpm")
-TINY = ["--run", DDPM, "--purify-steps", "1", "--iterations", "1", "--eot", "1",
+TINY = ["--run", DDPM, "--purify-steps", "1", "--iterations", "1", "--eot", "1", "--draws", "2",
         "--num-samples", "4", "--batch-size", "4", "--eps", "8/255", "--device", "cpu"]
 
 
@@ -31,22 +31,25 @@ def test_runs_writes_json_and_csv_and_t_star_zero_is_undefended(tmp_path):
     out = tmp_path / "p"
     code, output = purify("--t-star", "0,0.05", "--out", str(out))
     assert code == 0, output
-    assert str(out / "purify.json") in output and "robust %" in output
+    assert str(out / "purify.json") in output and "worst" in output
+    assert "seen in training" in output  # the shipped purifiers saw every digit
     result = json.loads((out / "purify.json").read_text())
     assert result["config"]["eps"] == pytest.approx(8 / 255)
     rows = {(r["purifier"], r["t_star"], r["attack"]): r for r in result["rows"]}
     assert len(rows) == 2 * 3  # (undefended, t* 0, t* 0.05) × (pgd-eot, bpda-eot)
     for attack in ("pgd-eot", "bpda-eot"):
         none, identity = rows["none", None, attack], rows["digits-ddpm", 0, attack]
-        for key in ("clean_accuracy", "robust_accuracy", "adversarial_accuracy"):
+        for key in ("clean", "robust", "adversarial", "correct"):
             assert identity[key] == none[key]
     for r in result["rows"]:
         assert r["robust_accuracy"] <= r["clean_accuracy"]
     with open(out / "purify.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(result["rows"])
-    assert {float(r["robust_accuracy"]) for r in table} == {r["robust_accuracy"]
-                                                          for r in result["rows"]}
+    assert {float(r["robust_mean"]) for r in table} == {r["robust"]["mean"]
+                                                      for r in result["rows"]}
+    assert {r["draws"] for r in table} == {"2"}
+    assert result["purifiers"][0]["eval_images_in_training"] is True
 
 
 def test_rerun_resumes_from_finished_units(tmp_path, monkeypatch):
@@ -57,7 +60,7 @@ def test_rerun_resumes_from_finished_units(tmp_path, monkeypatch):
     def no_attacks(*_, **__):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(evaluate, "_attack_batch", no_attacks)
+    monkeypatch.setattr(evaluate, "run_attack", no_attacks)
     code, output = purify("--t-star", "0.05", "--out", str(out))
     assert code == 0, output
     again = json.loads((out / "purify.json").read_text())["rows"]

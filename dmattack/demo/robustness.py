@@ -144,7 +144,7 @@ def purification_config(plan: PurificationPlan, seed: int) -> PurifyConfig:
     return PurifyConfig(t_star=",".join(f"{t:g}" for t in plan.t_stars),
                         purify_steps=plan.purify_steps, attacks=",".join(plan.attacks),
                         eps=plan.eps, iterations=plan.iterations, eot=plan.eot,
-                        eval_modes="single", num_samples=plan.num_samples,
+                        num_samples=plan.num_samples,
                         batch_size=plan.num_samples, seed=seed)
 
 

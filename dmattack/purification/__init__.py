@@ -2,14 +2,16 @@
 
 ``Purifier`` (x ∈ [0, 1] → noise to t* → reverse chain → [0, 1]), ``PurifiedClassifier``
 (f(P(x)), a model every stock torchattacks attack accepts), the attack set and
-``run_purification`` (clean and robust accuracy per purifier × t* × attack × eval mode).
+``run_purification`` (clean and robust accuracy per purifier × t* × attack over repeated
+evaluation draws).
 """
 
-from .attacks import ATTACKS, build_attack
+from .attacks import ATTACKS, AttackSettings, AttackSpec, parse_attack, pgd_eot, run_attack
 from .classifier import PurifiedClassifier, load_classifier, load_labeled_data
-from .evaluate import EvalMode, PurifyConfig, run_purification
+from .evaluate import NonFiniteError, PurifyConfig, run_purification
 from .purifier import GRADIENTS, Purifier, forward_steps, load_model
 
-__all__ = ["ATTACKS", "GRADIENTS", "EvalMode", "PurifiedClassifier", "Purifier",
-           "PurifyConfig", "build_attack", "forward_steps", "load_classifier",
-           "load_labeled_data", "load_model", "run_purification"]
+__all__ = ["ATTACKS", "GRADIENTS", "AttackSettings", "AttackSpec", "NonFiniteError",
+           "PurifiedClassifier", "Purifier", "PurifyConfig", "forward_steps", "load_classifier",
+           "load_labeled_data", "load_model", "parse_attack", "pgd_eot", "run_attack",
+           "run_purification"]

@@ -1,26 +1,98 @@
-"""The attacks on a purified classifier f(P(x)), all stock torchattacks 3.5.1 (ℓ∞, [0, 1] units).
+"""The attacks on a purified classifier f(P(x)) (ℓ∞, [0, 1] units; docs/method.md §13).
 
-* ``pgd-eot``: ``torchattacks.EOTPGD`` through the exact, checkpointed gradient of P (the
-  adaptive attack of Lee & Kim, ICCV 2023; PGD-200 × EOT-20 in their protocol).
-* ``bpda-eot``: the same EOTPGD with ∂P/∂x replaced by the identity (Athalye et al. 2018);
-  known to overestimate a purifier's robustness.
-* ``autoattack-rand``: ``torchattacks.AutoAttack(version="rand")``: APGD-CE then APGD-DLR, each
-  with EOT, on the exact gradient. Its two APGD runs get ``iterations`` steps and ``eot`` EOT
-  draws (torchattacks' own defaults are 10 and 20; Croce & Hein use 100 and 20).
+* ``pgd-eot``: PGD with EOT through the exact, checkpointed gradient of P (the adaptive attack
+  of Lee & Kim, ICCV 2023; PGD-200 × EOT-20 in their protocol): a random start in the ε-ball,
+  then per iteration x ← Π(x + α·sign(mean over EOT draws of ∇ loss)). Loss ``ce`` (cross
+  entropy) or ``margin`` (the CW margin max_{j≠y} z_j − z_y). Every random number (start and
+  purification noise) comes from per-image generators, so an image's adversarial example does
+  not depend on the batch it was attacked in.
+* ``bpda-eot``: the same with ∂P/∂x replaced by the identity (Athalye et al. 2018); known to
+  overestimate a purifier's robustness.
+* ``autoattack-rand``: AutoAttack's setting for randomised defences (Croce & Hein 2020): APGD-CE
+  and APGD-DLR (torchattacks 3.5.1), 100 iterations with EOT-20 each. The lighter
+  ``autoattack-rand-NxM`` (N iterations, EOT-M) is labelled so. Success is decided over several
+  noisy forward passes (the selection draws below), never by a single one: stock AutoAttack
+  keeps the clean image of every point whose one noisy forward pass happened to be wrong.
 
-Each EOT iteration calls the model once, and the purifier draws fresh noise on every call, so
-the gradient is averaged over purifications. For a deterministic model (no purifier, t* = 0 or
-a fixed-seed purifier) every EOT draw is the same, so one is used.
+Restarts and candidates: every restart of PGD (and each APGD run's highest-loss and last
+misclassifying point) is a candidate; per image the candidate that fools the most *selection*
+draws (purifications seeded on their own stream, separate from the evaluation draws) is kept.
+A trace of the success rate (fraction of EOT draws misclassified, averaged over images) per PGD
+iteration gives a ``converged`` flag: the rise over the last fifth of the iterations is at
+most :data:`CONVERGENCE_TOL`.
 """
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
 import torchattacks
+from torch import nn
 
 from ..errors import ConfigError
-from .classifier import PurifiedClassifier
+from ..seeding import derive_seed, rand_per_sample
 
 ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
+LOSSES = ("ce", "margin")
+AA_STANDARD = (100, 20)
+"""AutoAttack-rand's standard APGD iterations and EOT draws (Croce & Hein 2020)."""
+CONVERGENCE_TOL = 0.02
+"""Largest rise of the PGD success rate over the last fifth of the iterations that still
+counts as converged."""
+ATTACK_STREAM = 1302  # seed purpose of the attack's own randomness (start, EOT noise)
+SELECT_STREAM = 1303  # seed purpose of the selection draws (never the evaluation draws)
+
+
+class Stochastic(Protocol):
+    """A classifier ``model(x, generators) -> (B, classes)`` logits with ``deterministic``."""
+
+    deterministic: bool
+
+    def __call__(self, x: torch.Tensor, generators: Sequence[torch.Generator] | None = None
+                 ) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of a purify run: ``name`` (one of :data:`ATTACKS`), iterations, EOT draws."""
+
+    name: str
+    iterations: int
+    eot: int
+
+    @property
+    def label(self) -> str:
+        """Row label: ``pgd-eot``, ``bpda-eot`` or ``autoattack-rand-<iterations>x<eot>``."""
+        if self.name == "autoattack-rand":
+            return f"autoattack-rand-{self.iterations}x{self.eot}"
+        return self.name
+
+    @property
+    def standard(self) -> bool:
+        """False for an AutoAttack lighter than the standard 100 iterations × EOT-20."""
+        return self.name != "autoattack-rand" or (self.iterations, self.eot) == AA_STANDARD
+
+
+def parse_attack(text: str, iterations: int, eot: int) -> AttackSpec:
+    """``pgd-eot`` / ``bpda-eot`` (with ``iterations`` and ``eot``), ``autoattack-rand`` (the
+    standard 100 × 20) or ``autoattack-rand-NxM``. Raises :class:`ConfigError`."""
+    name = text.strip()
+    if name in ("pgd-eot", "bpda-eot"):
+        return AttackSpec(name, iterations, eot)
+    if name == "autoattack-rand":
+        return AttackSpec(name, *AA_STANDARD)
+    m = re.fullmatch(r"autoattack-rand-(\d+)x(\d+)", name)
+    if m and int(m[1]) >= 1 and int(m[2]) >= 1:
+        return AttackSpec("autoattack-rand", int(m[1]), int(m[2]))
+    raise ConfigError(f"attacks (--attack) entry {name!r} is unknown; allowed: pgd-eot, "
+                      "bpda-eot, autoattack-rand (100 iterations × EOT-20) or "
+                      "autoattack-rand-NxM (comma-separated)", field="attacks")
 
 
 def default_step_size(eps: float) -> float:
@@ -28,26 +100,156 @@ def default_step_size(eps: float) -> float:
     return eps / 4
 
 
-def build_attack(name: str, model: PurifiedClassifier, eps: float, iterations: int, eot: int,
-                 num_classes: int, step_size: float | None = None, seed: int = 0
-                 ) -> torchattacks.Attack:
-    """A torchattacks attack ``name`` (one of :data:`ATTACKS`) on ``model``.
+def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
+    """(B, classes) logits, (B,) labels → (B,) loss the attack ascends: ``ce`` or ``margin``
+    (max_{j≠y} z_j − z_y, > 0 exactly when the image is misclassified)."""
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss != "margin":
+        raise ConfigError(f"loss (--loss) = {loss!r} is invalid; allowed: {', '.join(LOSSES)}",
+                          field="loss")
+    true = logits.gather(1, y[:, None])[:, 0]
+    others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
+    return others.amax(1) - true
 
-    ``model``'s purifier should use ``gradient="full"``; ``bpda-eot`` switches a copy of it to
-    BPDA. ``seed`` fixes AutoAttack's random starts (PGD's come from torch's global generator).
-    """
-    if name not in ATTACKS:
-        raise ConfigError(f"attack {name!r} is unknown; allowed: {', '.join(ATTACKS)}",
-                          field="attacks")
-    eot = 1 if model.deterministic else eot
-    alpha = default_step_size(eps) if step_size is None else step_size
-    if name == "bpda-eot" and model.purifier is not None:
-        model = PurifiedClassifier(model.purifier.replace(gradient="bpda"), model.classifier)
-    if name in ("pgd-eot", "bpda-eot"):
-        return torchattacks.EOTPGD(model, eps=eps, alpha=alpha, steps=iterations, eot_iter=eot,
-                                   random_start=True)
-    attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="rand",
-                                     n_classes=num_classes, seed=seed)
-    for apgd in attack._autoattack.attacks:  # APGD-CE and APGD-DLR
-        apgd.steps, apgd.eot_iter = iterations, eot
-    return attack
+
+def image_generators(seeds: Sequence[int], stream: int, key: int,
+                     device: torch.device) -> list[torch.Generator]:
+    """One generator per image, seeded ``derive_seed(image seed, stream, key)``."""
+    return [torch.Generator(device).manual_seed(derive_seed(s, stream, key)) for s in seeds]
+
+
+def _eot_gradient(model: Stochastic, x_adv: torch.Tensor, y: torch.Tensor,
+                  gens: Sequence[torch.Generator], eot: int, loss: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over ``eot`` purifications of ∇ loss (B, …), fraction of them misclassified (B,))."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    grad, fooled = torch.zeros_like(x_adv), torch.zeros(len(x_adv))
+    for _ in range(eot):
+        logits = model(x_adv, gens)
+        grad += torch.autograd.grad(attack_loss(logits, y, loss).sum(), x_adv)[0]
+        fooled += (logits.detach().argmax(1) != y).float().cpu()
+    return grad / eot, fooled / eot
+
+
+def pgd_eot(model: Stochastic, x: torch.Tensor, y: torch.Tensor,
+            gens: Sequence[torch.Generator], eps: float, alpha: float, steps: int, eot: int,
+            loss: str = "ce") -> tuple[torch.Tensor, list[float]]:
+    """One PGD-EOT run from a random start: ``(x_adv (B, …) in [0, 1], trace)``; ``trace[k]``
+    is the success rate (mean over images of the fraction of EOT draws misclassified) at
+    iterate k = 0 (the start) … ``steps``. All randomness from ``gens`` (one per image)."""
+    start = (2 * rand_per_sample(x.shape[1:], gens, x.device, x.dtype) - 1) * eps
+    x_adv = (x + start).clamp(0, 1)
+    trace = []
+    for _ in range(steps):
+        grad, fooled = _eot_gradient(model, x_adv, y, gens, eot, loss)
+        trace.append(float(fooled.mean()))
+        x_adv = (x + (x_adv + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
+    with torch.no_grad():
+        last = torch.stack([model(x_adv, gens).argmax(1) != y for _ in range(eot)]).float()
+    trace.append(float(last.mean()))
+    return x_adv, trace
+
+
+def converged(trace: Sequence[float], tol: float = CONVERGENCE_TOL) -> bool | None:
+    """True when the success rate rose by at most ``tol`` over the last fifth of the
+    iterations (``trace`` as :func:`pgd_eot`'s); None for fewer than 2 iterations."""
+    iterations = len(trace) - 1
+    if iterations < 2:
+        return None
+    window = max(1, math.ceil(iterations / 5))
+    return trace[-1] - trace[-1 - window] <= tol
+
+
+def fooled_counts(evaluator: Stochastic, x: torch.Tensor, y: torch.Tensor,
+                  seeds: Sequence[int], draws: int, stream: int = SELECT_STREAM
+                  ) -> torch.Tensor:
+    """(B,) how many of ``draws`` purifications (per-image seeds on ``stream``) misclassify
+    each image (a deterministic evaluator is run once and its count scaled to ``draws``)."""
+    runs = 1 if evaluator.deterministic else draws
+    counts = torch.zeros(len(x), dtype=torch.long)
+    with torch.no_grad():
+        for j in range(runs):
+            gens = image_generators(seeds, stream, j, x.device)
+            counts += (evaluator(x, gens).argmax(1) != y).long().cpu()
+    return counts * (draws // runs)
+
+
+class _Seeded(nn.Module):
+    """``model(x, generators)`` as the one-argument model torchattacks calls."""
+
+    def __init__(self, model: nn.Module, gens: Sequence[torch.Generator]) -> None:
+        super().__init__()
+        self.model, self.gens = model, gens
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.gens)
+
+
+def autoattack_candidates(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          gens: Sequence[torch.Generator], eps: float, iterations: int,
+                          eot: int, seed: int) -> list[torch.Tensor]:
+    """APGD-CE and APGD-DLR (torchattacks) on the whole batch: for each, its highest-loss
+    point and its last point that misclassified (4 candidates (B, …), all perturbed: never
+    the clean image). Purification noise from ``gens``; APGD's random start from torch's
+    global generator seeded ``seed`` (so a rerun with the same batches reproduces)."""
+    wrapped = _Seeded(model, gens)
+    out = []
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for loss in ("ce", "dlr"):
+            apgd = torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=iterations,
+                                     n_restarts=1, seed=seed, loss=loss, eot_iter=eot)
+            best, _, _, best_adv = apgd.attack_single_run(x, y)
+            out += [best.detach(), best_adv.detach()]
+    return out
+
+
+@dataclass(frozen=True)
+class AttackSettings:
+    """What every attack of a run shares: ε, step α (None: ε/4), PGD loss and restarts, and
+    the number of selection draws that pick among candidates."""
+
+    eps: float
+    step_size: float | None = None
+    loss: str = "ce"
+    restarts: int = 1
+    select_draws: int = 8
+
+
+def run_attack(spec: AttackSpec, attack_model: Stochastic, evaluator: Stochastic,
+               x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int],
+               settings: AttackSettings, batch_seed: int = 0
+               ) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``(x_adv (B, …) in [0, 1], info)`` for one batch. ``attack_model`` is what the attack
+    differentiates (the defence or a surrogate; switched to BPDA for ``bpda-eot`` by the
+    caller), ``evaluator`` the defence (no gradients) that judges candidates on selection
+    draws. ``info``: per-restart ``traces``, ``converged`` (None for AutoAttack), and the
+    ``chosen`` candidate and its ``fooled`` selection draws per image."""
+    if settings.eps == 0:
+        return x, {"traces": None, "converged": None, "chosen": None, "fooled": None}
+    eot = 1 if attack_model.deterministic else spec.eot
+    traces: list[list[float]] | None = None
+    if spec.name == "autoattack-rand":
+        gens = image_generators(seeds, ATTACK_STREAM, 0, x.device)
+        candidates = autoattack_candidates(attack_model, x, y, gens, settings.eps,
+                                           spec.iterations, eot, batch_seed % (1 << 31))
+    else:
+        alpha = settings.step_size or default_step_size(settings.eps)
+        candidates, traces = [], []
+        for r in range(settings.restarts):
+            gens = image_generators(seeds, ATTACK_STREAM, r, x.device)
+            adv, trace = pgd_eot(attack_model, x, y, gens, settings.eps, alpha,
+                                 spec.iterations, eot, settings.loss)
+            candidates.append(adv)
+            traces.append(trace)
+    counts = torch.stack([fooled_counts(evaluator, c, y, seeds, settings.select_draws)
+                          for c in candidates])  # (candidates, B)
+    chosen = counts.argmax(0)  # the first candidate among ties
+    x_adv = torch.stack(candidates)[chosen.to(x.device), torch.arange(len(x), device=x.device)]
+    flags = None if traces is None else [converged(t) for t in traces]
+    return x_adv.detach(), {
+        "traces": traces,
+        "converged": None if flags is None or None in flags else all(flags),
+        "chosen": chosen.tolist(), "fooled": counts.max(0).values.tolist()}
