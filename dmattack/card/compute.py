@@ -126,13 +126,14 @@ def _purify(loaded: LoadedModel, p: Protocol, store: Path, device: torch.device 
     if p.purification is None:
         return None
     from ..purification import run_purification
-    from ..purification.evaluate import PurifyConfig
+    from ..purification.evaluate import PurifyConfig, legacy_draws
 
     c = p.purification
     cfg = PurifyConfig(classifier=c.classifier, data=c.data, eps=c.eps,
                        t_star=",".join(repr(t) for t in c.t_star), purify_steps=c.purify_steps,
                        purify_sampler=c.purify_sampler, attacks=",".join(c.attacks),
-                       iterations=c.iterations, eot=c.eot, eval_modes=",".join(c.eval_modes),
+                       iterations=c.iterations, eot=c.eot,
+                       draws=legacy_draws(",".join(c.eval_modes)),
                        num_samples=c.num_samples, batch_size=c.batch_size, seed=c.seed)
     say(f"{Path(loaded.source).name}: purification ({', '.join(c.attacks)}, "
         f"{c.num_samples} images)")
@@ -230,22 +231,19 @@ def _convergence(by_attack: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def _purification_block(result: dict[str, Any] | None, p: Protocol) -> dict[str, Any] | None:
-    """Purification rows with bootstrap intervals on each accuracy (per-image 0/1 outcomes
-    rebuilt from the counts: the mean's bootstrap does not depend on their order)."""
+    """The purification rows of :func:`~dmattack.purification.run_purification`: per purifier,
+    t* and attack the clean, robust and adversarial accuracy, each as the mean over the
+    evaluation draws with its 95% interval over images and the ``majority`` / ``worst``
+    aggregates over the draws with theirs (the protocol's ``eval_modes``: ``single`` is one
+    draw, ``worst:N`` N draws); the per-image 0/1 tables stay in the store."""
     if result is None:
         return None
-    rows = []
-    for row in result["rows"]:
-        n = row["num_samples"]
-        out = dict(row)
-        for key in ("clean_accuracy", "robust_accuracy", "adversarial_accuracy"):
-            k = round(row[key] * n)
-            s = stats.summarize(np.r_[np.ones(k), np.zeros(n - k)], seed=p.bootstrap.seed,
-                                level=p.bootstrap.level, n_resamples=p.bootstrap.resamples)
-            out[key] = {"value": row[key], "ci95": s["ci95"], "n": n}
-        rows.append(out)
-    return {"config": result["config"], "classifier": result["classifier"], "rows": rows,
-            "api": "run_purification as of this card's git revision (single draw per mode)"}
+    bulky = ("correct", "robust_per_image", "trace")
+    rows = [{k: ({kk: vv for kk, vv in v.items() if kk != "per_draw"}
+                 if isinstance(v, dict) and "per_draw" in v else v)
+             for k, v in row.items() if k not in bulky} for row in result["rows"]]
+    return {"eval_modes": list(p.purification.eval_modes), "config": result["config"],
+            "classifier": result["classifier"], "rows": rows}
 
 
 # --------------------------------------------------------------------------- one card

@@ -71,12 +71,15 @@ def _attack_lines(block: dict[str, Any], conv: dict[str, Any]) -> list[str]:
 def _purification_lines(block: dict[str, Any] | None) -> list[str]:
     if not block:
         return []
-    lines = ["## Purification", "", "| purifier | t* | attack | mode | clean acc. | robust acc. |",
-             "|---|---|---|---|---|---|"]
+    lines = ["## Purification", "", f"Evaluation modes {', '.join(block['eval_modes'])}: mean "
+             "over the draws, and the worst case over them (correct on every draw).", "",
+             "| purifier | t* | attack | draws | clean acc. | robust acc. | robust, worst | "
+             "converged |", "|---|---|---|---|---|---|---|---|"]
     for r in block["rows"]:
+        robust = r.get("robust") or {}
         lines.append(f"| {r['purifier']} | {_num(r['t_star'])} | {r['attack']} | "
-                     f"{r['eval_mode']} | {_ci(r['clean_accuracy'])} | "
-                     f"{_ci(r['robust_accuracy'])} |")
+                     f"{r.get('draws')} | {_ci(r.get('clean'))} | {_ci(robust)} | "
+                     f"{_ci(robust.get('worst'))} | {_num(r.get('converged'))} |")
     return [*lines, ""]
 
 
