@@ -248,9 +248,9 @@ def _purification_block(result: dict[str, Any] | None, p: Protocol) -> dict[str,
 
 # --------------------------------------------------------------------------- one card
 def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.device | str,
-             say: Say, data_dir: str | None) -> tuple[dict[str, Any] | None, dict[str, float]]:
-    """Run every stage of one model (resumable); rank 0 gets the card's parts, others None.
-    Returns (parts, seconds of each stage in this invocation)."""
+             say: Say, data_dir: str | None) -> dict[str, Any]:
+    """Run every stage of one model (resumable; every process under torchrun). Returns the
+    card's parts, with ``seconds`` of each stage in this invocation."""
     seconds: dict[str, float] = {}
     tic = time.perf_counter()
     ev = _evaluation(loaded, p, data_dir)
@@ -261,21 +261,24 @@ def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.devic
     tic = time.perf_counter()
     purified = _purify(loaded, p, store, device, say)
     seconds["purification"] = time.perf_counter() - tic
-    if not distributed.is_main():
-        return None, seconds
+    return {"ev": ev, "curves": curves, "purified": purified, "resumed": resumed,
+            "seconds": seconds, "device": str(device)}
+
+
+def _score_quality(loaded: LoadedModel, p: Protocol, folder: Path, parts: dict[str, Any],
+                   device: torch.device | str) -> None:
+    """Add the clean set metrics and the clean-quality interval to ``parts`` (rank 0 only,
+    after every collective step, so the other processes never wait on it)."""
     tic = time.perf_counter()
-    n_all = p.sampling.num_samples
-    full = curves[n_all]
-    clean_point = next(pt for pt in full["points"] if pt["label"] == "clean")
+    n_all, ev = p.sampling.num_samples, parts["ev"]
+    clean_point = next(pt for pt in parts["curves"][n_all]["points"] if pt["label"] == "clean")
     metrics = {k: v for k, v in clean_point["metrics"].items() if k != "protocol"}
     fid_label = next((k for k in metrics if k.startswith("FID")), None)
-    samples = _clean_samples(loaded, p, ev, store / f"curve-n{n_all}", device)
-    quality = clean_quality(samples, ev.reference.data, p.reference.feature_extractor, p,
-                            metrics.get(fid_label))
-    seconds["clean_quality"] = time.perf_counter() - tic
-    return {"ev": ev, "curves": curves, "purified": purified, "metrics": metrics,
-            "resumed": resumed,
-            "fid_label": fid_label, "quality": quality}, seconds
+    samples = _clean_samples(loaded, p, ev, folder / "store" / f"curve-n{n_all}", device)
+    parts["quality"] = clean_quality(samples, ev.reference.data, p.reference.feature_extractor,
+                                     p, metrics.get(fid_label))
+    parts.update(metrics=metrics, fid_label=fid_label)
+    parts["seconds"]["clean_quality"] = time.perf_counter() - tic
 
 
 def _assemble(loaded: LoadedModel, name: str, p: Protocol, parts: dict[str, Any],
@@ -303,9 +306,8 @@ def _assemble(loaded: LoadedModel, name: str, p: Protocol, parts: dict[str, Any]
                         quality["ci95"], quality["n"], "lower")
     head = headline.headline_numbers(p, per_sample, cq)
     for name_, block in blocks.items():
-        auc = headline.as_array(per_sample["auc"][name_])
-        v, ci, k = headline._interval([auc], headline._mean, p)
-        block["damage_auc"] = {"value": v, "ci95": ci, "n": k}
+        block["damage_auc"] = headline.mean_interval(
+            headline.as_array(per_sample["auc"][name_]), p)
     purification = _purification_block(parts["purified"], p)
     if purification is not None:
         computed += float(parts["purified"].get("seconds") or 0.0)
@@ -388,15 +390,16 @@ def make_cards(models: Sequence[LoadedModel], protocol: Protocol, out_dir: str |
     is recomputed."""
     out = Path(out_dir)
     names = card_names(models)
+    measured = [_measure(loaded, protocol, out / name, device, say, data_dir)
+                for name, loaded in zip(names, models, strict=True)]
+    if not distributed.is_main():
+        return []
     paths = []
-    for name, loaded in zip(names, models, strict=True):
+    for name, loaded, parts in zip(names, models, measured, strict=True):
         folder = out / name
-        parts, seconds = _measure(loaded, protocol, folder, device, say, data_dir)
-        if parts is None:
-            continue
-        parts["device"] = device
+        _score_quality(loaded, protocol, folder, parts, device)
         tic = time.perf_counter()
-        card = _assemble(loaded, name, protocol, parts, seconds)
+        card = _assemble(loaded, name, protocol, parts, parts["seconds"])
         card["seconds"]["assemble"] = round(time.perf_counter() - tic, 3)
         card["seconds"]["total"] = round(card["seconds"]["total"]
                                          + card["seconds"]["assemble"], 3)

@@ -71,6 +71,13 @@ def _mean(x: np.ndarray) -> np.ndarray:
     return x.mean(-1)
 
 
+def mean_interval(values: np.ndarray, p: Protocol) -> dict[str, Any]:
+    """``{"value", "ci95", "n"}`` of the mean of per-sample ``values`` (NaN left out), with
+    the protocol's bootstrap settings."""
+    value, ci, n = _interval([values], _mean, p)
+    return {"value": value, "ci95": ci, "n": n}
+
+
 def _ratio(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return x.mean(-1) / y.mean(-1)
