@@ -524,17 +524,21 @@ def card(runs: tuple[str, ...], pipelines: tuple[str, ...], protocol: str,
 
 @main.command()
 @click.argument("cards", nargs=-1, required=True, type=click.Path())
+@click.option("--protocol-dir", type=click.Path(), default=None,
+              help="Folder of the cards' protocol file and its HASHES.json [default: the "
+              "package's protocols].")
 @click.option("--out", type=click.Path(), default=None,
               help="Write comparison.json and comparison.md into this folder.")
 @friendly_errors
-def compare(cards: tuple[str, ...], out: str | None) -> None:
+def compare(cards: tuple[str, ...], protocol_dir: str | None, out: str | None) -> None:
     """Paired comparison of robustness cards made under one protocol: each headline number's
     difference with its 95% interval and verdict (docs/card.md). Cards of different protocol
     hashes: one line, exit code 2."""
     from dmattack.card.compare import compare_cards, save_comparison
+    from dmattack.card.protocol import PROTOCOL_DIR
     from dmattack.card.report import comparison_markdown
 
-    result = compare_cards(cards)
+    result = compare_cards(cards, directory=Path(protocol_dir) if protocol_dir else PROTOCOL_DIR)
     if out:
         save_comparison(result, out)
     click.echo(comparison_markdown(result))

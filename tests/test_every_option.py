@@ -131,6 +131,7 @@ OFF_DEFAULT_FOR = {
     ("demo", "--seed"): ["--seed", "3"],
     ("card", "--protocol"): ["--protocol", "digits-v1"],
     ("card", "--protocol-dir"): ["--protocol-dir", "{tmp}"],
+    ("compare", "--protocol-dir"): ["--protocol-dir", "{tmp}"],
 }
 
 
