@@ -492,5 +492,73 @@ def leaderboard(cards: tuple[str, ...], out: str) -> None:
     click.echo(str(write_leaderboard(cards, out)))
 
 
+
+# ----------------------------------------------------------------------------- card
+@main.command()
+@click.option("--run", "runs", multiple=True, type=click.Path(),
+              help="Run folder (repeat for several models).")
+@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(),
+              help="diffusers DDPM pipeline folder (repeatable).")
+@click.option("--protocol", required=True,
+              help="Protocol label, e.g. digits-quick-v1, digits-v1, cifar10-v1 (docs/card.md).")
+@click.option("--protocol-dir", type=click.Path(), default=None,
+              help="Folder of your own protocol files and their HASHES.json [default: the "
+              "package's protocols].")
+@click.option("--data-dir", type=click.Path(), default=None,
+              help="Root of on-disk reference data (cifar10-v1: the CIFAR-10 training set).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(), default=None,
+              help="Cards folder [default: runs/cards/<protocol>]; rerunning the same command "
+              "there resumes.")
+@friendly_errors
+@resumes_when_rerun
+def card(runs: tuple[str, ...], pipelines: tuple[str, ...], protocol: str,
+         protocol_dir: str | None, data_dir: str | None, device: str, out: str | None
+         ) -> None:
+    """Robustness cards: every model measured under one versioned protocol, with intervals;
+    with several models also their paired comparison (docs/card.md).
+
+    Writes <out>/<model>/card.json, card.md, curves.png (and comparison.json/.md); prints the
+    card.json paths. Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) card ...
+    splits every curve point's samples."""
+    from dmattack.card.compute import load_models, make_cards
+    from dmattack.card.protocol import PROTOCOL_DIR, REGISTRY, load_protocol
+
+    directory = Path(protocol_dir) if protocol_dir else PROTOCOL_DIR
+    if not (directory / REGISTRY).is_file():
+        raise ConfigError(f"--protocol-dir {protocol_dir} holds no {REGISTRY} (docs/card.md)")
+    proto = load_protocol(protocol, directory)
+    dev = _join_torchrun(device)
+    models = load_models(runs, pipelines, proto, dev)
+    out_dir = Path(out or RUNS_ROOT / "cards" / proto.label)
+    console.print(f"[bold]card[/] {proto.label} ({proto.hash[:12]}…) for {len(models)} "
+                  f"model(s) → {out_dir}")
+    for path in make_cards(models, proto, out_dir, device=dev, say=console.print,
+                           data_dir=data_dir):
+        click.echo(str(path))  # one line per card, never wrapped
+
+
+@main.command()
+@click.argument("cards", nargs=-1, required=True, type=click.Path())
+@click.option("--protocol-dir", type=click.Path(), default=None,
+              help="Folder of the cards' protocol file and its HASHES.json [default: the "
+              "package's protocols].")
+@click.option("--out", type=click.Path(), default=None,
+              help="Write comparison.json and comparison.md into this folder.")
+@friendly_errors
+def compare(cards: tuple[str, ...], protocol_dir: str | None, out: str | None) -> None:
+    """Paired comparison of robustness cards made under one protocol: each headline number's
+    difference with its 95% interval and verdict (docs/card.md). Cards of different protocol
+    hashes: one line, exit code 2."""
+    from dmattack.card.compare import compare_cards, save_comparison
+    from dmattack.card.protocol import PROTOCOL_DIR
+    from dmattack.card.report import comparison_markdown
+
+    result = compare_cards(cards, directory=Path(protocol_dir) if protocol_dir else PROTOCOL_DIR)
+    if out:
+        save_comparison(result, out)
+    click.echo(comparison_markdown(result))
+
+
 if __name__ == "__main__":
     main()

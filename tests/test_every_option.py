@@ -51,6 +51,10 @@ BASES: dict[str, tuple[str, list[str], str]] = {
     "export": ("export", ["--run", DDPM], "dmattack.pipeline.export_pipeline"),
     "purify": ("purify", ["--num-samples", "8"], "dmattack.purification.run_purification"),
     "demo": ("demo", [], "dmattack.demo.run_demo"),
+    "card": ("card", ["--run", DDPM, "--protocol", "digits-quick-v1"],
+             "dmattack.card.compute.make_cards"),
+    "compare": ("compare", ["{tmp}/a.json", "{tmp}/b.json"],
+                "dmattack.card.compare.compare_cards"),
 }
 
 # option → arguments that set it off its default (validly where a valid value exists). Flags
@@ -126,6 +130,9 @@ OFF_DEFAULT_FOR = {
     ("purify", "--attack-sampler"): ["--attack-sampler", "ddim"],
     ("purify", "--attack-gradient"): ["--attack-gradient", "bpda"],
     ("demo", "--seed"): ["--seed", "3"],
+    ("card", "--protocol"): ["--protocol", "digits-v1"],
+    ("card", "--protocol-dir"): ["--protocol-dir", "{tmp}"],
+    ("compare", "--protocol-dir"): ["--protocol-dir", "{tmp}"],
 }
 
 
