@@ -197,8 +197,9 @@ class _Batches:
             pin_memory=self.device.type == "cuda",
             worker_init_fn=_ignore_stop_signals,
         )
+        batches = iter(loader)
         try:
-            for batch in loader:
+            for batch in batches:
                 yield batch.to(self.device, non_blocking=True)
         except DataError as e:
             # a worker's DataError arrives wrapped ("Caught DataError in DataLoader worker
@@ -206,6 +207,13 @@ class _Batches:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             msg = lines[-1].split("DataError: ", 1)[-1] if lines else "unreadable data"
             raise DataError(msg) from None
+        finally:
+            # workers ignore SIGTERM (see _ignore_stop_signals), so they must be shut down
+            # here: a traceback that keeps this iterator alive would otherwise leave them
+            # running and the interpreter waiting for them at exit
+            shutdown = getattr(batches, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
 
 
 def _ignore_stop_signals(worker_id: int) -> None:

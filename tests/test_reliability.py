@@ -622,3 +622,27 @@ def test_curve_store_with_a_foreign_record_is_refused(tmp_path):
     with pytest.raises(ValueError, match="record 1 is not a curve point"):
         run_curve([_toy_model()], curve_specs(["fgsm"], [50]), **_toy_kw(out))
 
+
+
+def test_a_failed_worker_run_leaves_no_worker_behind(tmp_path):
+    """DataLoader workers ignore SIGTERM (a stop signal is the main process's to handle), so
+    a run that fails while the error's traceback is still referenced must shut them down
+    itself: otherwise the interpreter waits for them forever at exit (seen: a hung suite)."""
+    root = _folder(tmp_path)
+    script = f"""
+from dmattack.data import DataError
+from dmattack import train as train_mod
+from dmattack.train import TrainConfig, train
+cfg = TrainConfig(dataset="imagefolder", data_dir={str(root)!r}, resolution=8, preset="tiny",
+                  num_data=None, batch_size=6, steps=2, num_workers=1, log_every=1)
+data = train_mod.build_data(cfg)
+open({str(root / "d16.png")!r}, "wb").write(b"gone")
+try:
+    train(cfg, {str(tmp_path / "run")!r}, data=data)
+except DataError as e:
+    kept = e  # the traceback stays referenced until the interpreter exits
+    print("refused")
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=90, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0 and "refused" in proc.stdout, proc.stderr[-2000:]
