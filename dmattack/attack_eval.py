@@ -42,6 +42,7 @@ from .attacks.plan import AttackPlan
 from .attacks.schedule import COMMON_OPTIONS, AttackSpec
 from .errors import ConfigError, first_line
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
+from .keys import callable_key
 from .locking import lock_folder
 from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
@@ -428,12 +429,15 @@ def model_identity(loaded: LoadedModel) -> str:
 def metric_identity(metric_fn: MetricFn, metric_key: Any = None) -> Any:
     """What identifies ``metric_fn``'s numbers: ``metric_key`` if given, else the
     ``identity`` that :func:`~dmattack.evaluation.make_metric_fn` attaches (metrics, reference
-    content, extractor weights), else the function's qualified name."""
+    content, extractor weights), else the function's qualified name and code key
+    (:func:`~dmattack.keys.callable_key`: a function that cannot be keyed by its code is
+    refused, saying how to give a key)."""
     if metric_key is not None:
         return metric_key
     return getattr(metric_fn, "identity", None) or {
         "metric_fn": f"{getattr(metric_fn, '__module__', '')}."
-                     f"{getattr(metric_fn, '__qualname__', type(metric_fn).__name__)}"}
+                     f"{getattr(metric_fn, '__qualname__', type(metric_fn).__name__)}",
+        "code": callable_key(metric_fn)}
 
 
 def _point_key(loaded: LoadedModel, model_id: str, label: str, sampler: SamplerConfig,
