@@ -273,7 +273,7 @@ def curve(**o: Any) -> None:
         result = run_curve(models, specs, num_samples=ev.num_samples, seed=ev.config.seed,
                            sampler=ev.sampler, batch_size=ev.batch_size, metric_fn=ev.metric_fn(),
                            device=dev, out_dir=out_dir, metric=None,
-                           progress=ui.curve_progress(bar))
+                           progress=ui.curve_progress(bar), first_sample=ev.config.first_sample)
     print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
                 ["series", "model", *percent_headers(result)],
                 [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
