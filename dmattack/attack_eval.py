@@ -106,7 +106,8 @@ def _sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict[str, Any]:
 
 
 def _model_dict(loaded: LoadedModel) -> dict[str, Any]:
-    return {"source": loaded.source, "ema": loaded.ema, "dataset": loaded.dataset,
+    return {"source": loaded.source, "ema": loaded.ema, "fingerprint": model_identity(loaded),
+            "dataset": loaded.dataset,
             "preset": loaded.preset, "data_shape": list(loaded.data_shape),
             "num_timesteps": loaded.diffusion.num_timesteps,
             "variance_type": loaded.diffusion.variance_type}

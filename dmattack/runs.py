@@ -349,10 +349,12 @@ def _load_weights(model: nn.Module, folder: Path, name: str) -> dict[str, str]:
     return {path.name: hashlib.sha256(data).hexdigest()}
 
 
-def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
-    """The meta.json of a checkpoint folder after checking every file it lists against its
-    sha256; a one-line :class:`RunError` naming the first missing, truncated or corrupt file.
-    (Checkpoints written before the sha256 list are only checked for a readable meta.json.)"""
+def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> dict[str, Any]:
+    """The meta.json of a checkpoint folder after checking every file it lists (with
+    ``weights``, ``model`` or ``ema``: only that weights' files, the ones loading reads)
+    against its sha256; a one-line :class:`RunError` naming the first missing, truncated or
+    corrupt file, or a file in the folder that meta.json does not list. (Checkpoints written
+    before the sha256 list are only checked for a readable meta.json.)"""
     ckpt = Path(ckpt)
     meta_path = ckpt / META
     try:
@@ -365,6 +367,8 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
             and isinstance(meta.get("files", {}), dict)):
         raise RunError(f"checkpoint file {meta_path} is corrupt: expected a step and a file list")
     for rel, digest in meta.get("files", {}).items():
+        if weights is not None and not _in_weights(rel, weights):
+            continue
         f = ckpt / rel
         if not f.is_file():
             raise RunError(f"checkpoint file {f} is missing")
@@ -383,17 +387,23 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def _in_weights(rel: str, weights: str) -> bool:
+    """Whether checkpoint file ``rel`` belongs to the ``weights`` (``model`` / ``ema``)."""
+    return rel == f"{weights}.safetensors" or rel.startswith(f"{weights}/")
+
+
 def _checkpoint_candidates(run_dir: Path) -> list[Path]:
     return [run_dir / n for n in (CHECKPOINT, PREVIOUS) if (run_dir / n).is_dir()]
 
 
 def open_checkpoint(run_dir: str | os.PathLike,
-                    load: Callable[[Path, dict[str, Any]], T] | None = None
-                    ) -> tuple[Path, dict[str, Any], T | None]:
+                    load: Callable[[Path, dict[str, Any]], T] | None = None,
+                    weights: str | None = None) -> tuple[Path, dict[str, Any], T | None]:
     """The newest usable checkpoint of a run: ``(folder, meta, load(folder, meta))``.
 
     ``checkpoint/`` is tried first, then ``checkpoint.prev/``. A checkpoint is usable when its
-    files match the sha256 list in meta.json and ``load`` (if given) succeeds; a failure is
+    files (``weights``: only those of the weights ``load`` reads) match the sha256 list in
+    meta.json and ``load`` (if given) succeeds; a failure is
     logged as a warning naming the bad file and the previous checkpoint is tried. When none is
     usable, a one-line :class:`RunError` names the bad file(s).
     """
@@ -402,7 +412,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
     errors: list[str] = []
     for i, ckpt in enumerate(candidates):
         try:
-            meta = verify_checkpoint(ckpt)
+            meta = verify_checkpoint(ckpt, weights)
             result = load(ckpt, meta) if load is not None else None
         except RunError as e:
             errors.append(str(e))
@@ -446,9 +456,10 @@ def digest(payload: Any) -> str:
 
 def model_fingerprint(cfg: dict[str, Any], weights: dict[str, str]) -> str:
     """sha256 over ``weights`` (the sha256 of every file the loader read, by name, as
-    :func:`_load_weights` returns them) and config.json's ``model`` and ``diffusion``
-    sections: it changes whenever anything that determines the samples does."""
-    return digest({"weights": weights, "model": cfg["model"], "diffusion": cfg["diffusion"]})
+    :func:`_load_weights` returns them) and the whole of config.json as read (a setting that
+    does not change the samples changes it too: every file a run's loading reads is keyed,
+    nothing is left out by a judgement of what matters)."""
+    return digest({"weights": weights, "config": cfg})
 
 
 def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
@@ -460,10 +471,12 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     except ConfigError as e:
         raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
 
-    def load(ckpt: Path, meta: dict[str, Any]) -> dict[str, str]:
-        return _load_weights(model, ckpt, "ema" if use_ema else "model")
+    which = "ema" if use_ema else "model"
 
-    _, _, weights = open_checkpoint(run_dir, load)
+    def load(ckpt: Path, meta: dict[str, Any]) -> dict[str, str]:
+        return _load_weights(model, ckpt, which)
+
+    _, _, weights = open_checkpoint(run_dir, load, which)  # reads only the weights in use
     model.to(device).eval()
     return LoadedModel(
         model=model,
