@@ -52,9 +52,11 @@ def callable_key(fn: Any) -> str:
         _feed(h, fn, set())
     except _Unkeyable as e:
         name = getattr(fn, "__qualname__", None) or type(fn).__name__
+        short = name.rsplit(".", 1)[-1]
+        target = "fn" if short.startswith("<") else short  # a lambda: "fn"
         raise UnkeyableError(
             f"cannot key {name} by its code: it reads {e} (no content key); set "
-            f"`{name}.{KEY_ATTRIBUTE} = '<version>'` (a string you change whenever what it "
+            f"`{target}.{KEY_ATTRIBUTE} = '<version>'` (a string you change whenever what it "
             "computes changes), or pass an explicit key (e.g. run_curve(metric_key=...))",
             field="key") from None
     return h.hexdigest()

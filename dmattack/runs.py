@@ -328,7 +328,10 @@ def load_unet_folder(folder: Path, error: type[InputFileError] = RunError
     digests = {name: sha256_file(folder / name) for name in files}
     with tempfile.TemporaryDirectory(prefix=".dmattack-load.") as tmp:
         for name in files:
-            os.symlink((folder / name).resolve(), Path(tmp) / name)
+            try:
+                os.symlink((folder / name).resolve(), Path(tmp) / name)
+            except OSError:  # a file system without links: a copy (hashed again below)
+                shutil.copyfile(folder / name, Path(tmp) / name)
         # safetensors only: a pickled .bin in the folder is never loaded
         unet = UNet2DModel.from_pretrained(tmp, low_cpu_mem_usage=False, use_safetensors=True)
     for name in files:  # a file replaced while it was being read: refused, not mis-keyed
@@ -353,7 +356,8 @@ def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> di
     """The meta.json of a checkpoint folder after checking every file it lists (with
     ``weights``, ``model`` or ``ema``: only that weights' files, the ones loading reads)
     against its sha256; a one-line :class:`RunError` naming the first missing, truncated or
-    corrupt file, or a file in the folder that meta.json does not list. (Checkpoints written
+    corrupt file, or a weight, index or JSON file in the folder that meta.json does not list
+    (other files, e.g. a desktop's ``.DS_Store``, are never read). (Checkpoints written
     before the sha256 list are only checked for a readable meta.json.)"""
     ckpt = Path(ckpt)
     meta_path = ckpt / META
@@ -380,10 +384,11 @@ def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> di
             raise RunError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
                            f"from the one in {meta_path})")
     listed = meta.get("files")
-    for f in _files(ckpt) if listed else ():
-        if f.relative_to(ckpt).as_posix() not in listed:
+    for f in _files(ckpt) if listed else ():  # a loader could read it: refused, not ignored
+        if f.relative_to(ckpt).as_posix() not in listed and (
+                _is_weight_file(f.name) or f.name.endswith(".json")):
             raise RunError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
-                           "holds only the files it lists: remove it")
+                           "holds only the weight and config files it lists: remove it")
     return meta
 
 

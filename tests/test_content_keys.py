@@ -229,7 +229,7 @@ def test_first_sample_is_passed_on_and_keyed(tmp_path):
 
 
 # ------------------------------------------------------------------- user callables keyed by code
-def _two_functions_named_the_same(scale_a: float, scale_b: float):
+def _two_functions_named_the_same():
     ns_a: dict = {}
     ns_b: dict = {}
     exec("def mydist(a, b):\n    return (a - b).pow(2).flatten(1).mean(1)", ns_a)
@@ -240,9 +240,9 @@ def _two_functions_named_the_same(scale_a: float, scale_b: float):
 def test_callable_key_same_name_different_code():
     from dmattack.keys import callable_key
 
-    a, b = _two_functions_named_the_same(1, 1)
+    a, b = _two_functions_named_the_same()
     assert a.__qualname__ == b.__qualname__ and callable_key(a) != callable_key(b)
-    again, _ = _two_functions_named_the_same(1, 1)
+    again, _ = _two_functions_named_the_same()
     assert callable_key(again) == callable_key(a)  # same code and values: the same key
 
 
@@ -304,6 +304,6 @@ def test_curve_never_resumes_a_same_name_metric_with_other_code(tmp_path):
 def test_same_name_distances_give_different_attack_records():
     from dmattack.attacks.distances import distance_key
 
-    a, b = _two_functions_named_the_same(1, 1)
+    a, b = _two_functions_named_the_same()
     assert distance_key("pixel") is None
     assert distance_key(a) != distance_key(b)
