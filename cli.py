@@ -113,13 +113,13 @@ def _sampler(o: dict[str, Any], loaded) -> SamplerConfig:
                            o["sampler__clip_denoised"])
 
 
-def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None):
+def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None, **scoring: Any):
     """The evaluation setup of the options (one library call shared by evaluate, attack and
-    curve)."""
+    curve; ``scoring``: evaluate's feature extractor and memorisation options)."""
     from dmattack.evaluation import prepare_evaluation
 
     return prepare_evaluation(loaded, from_options(EvaluationConfig, o), _sampler(o, loaded),
-                              num_samples)
+                              num_samples, **scoring)
 
 
 model_options = option_group(
@@ -204,12 +204,11 @@ def attack(**o: Any) -> None:
                             metric_fn=ev.metric_fn(), device=dev, out_dir=out_dir,
                             progress=ui.progress_steps(bar, task),
                             first_sample=ev.config.first_sample)
-    clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     steps = ev.sampler.num_steps(loaded.diffusion.num_timesteps)
-    print_table(f"{ev.label} · {spec.describe()} · window {spec.window} · {ev.sampler_label} · "
-                f"{result['num_attacked_steps']} of {steps} steps attacked"
-                + (" (incl. the last, budget 0)" if result["last_step_attacked"] else ""),
-                ["metric", "clean", "attacked"], [[k, clean[k], attacked.get(k)] for k in clean])
+    ui.print_attack_result(result, f"{ev.label} · {spec.describe()} · window {spec.window} · "
+                           f"{ev.sampler_label} · {result['num_attacked_steps']} of {steps} "
+                           "steps attacked" + (" (incl. the last, budget 0)"
+                                               if result["last_step_attacked"] else ""))
     stdout.print(str(out_dir))
 
 
@@ -239,14 +238,7 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import (
-        LAST_STEP_NOTE,
-        check_run,
-        curve_specs,
-        marked_values,
-        percent_headers,
-        run_curve,
-    )
+    from dmattack.attack_eval import check_run, curve_specs, run_curve
     from dmattack.attacks import WINDOWS
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
@@ -274,15 +266,17 @@ def curve(**o: Any) -> None:
                            sampler=ev.sampler, batch_size=ev.batch_size, metric_fn=ev.metric_fn(),
                            device=dev, out_dir=out_dir, metric=None,
                            progress=ui.curve_progress(bar), first_sample=ev.config.first_sample)
-    print_table(f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} steps attacked",
-                ["series", "model", *percent_headers(result)],
-                [[r["series"], r["model"], *marked_values(r)] for r in result["rows"]])
-    if any(any(r["last_step_attacked"]) for r in result["rows"]):
-        stdout.print(LAST_STEP_NOTE)
+    ui.print_curve_result(result, f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} "
+                          "steps attacked")
     stdout.print(str(out_dir))
 
 
 # ----------------------------------------------------------------------------- evaluate
+SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
+                    "sampler__clip_denoised", "num_samples", "batch_size", "seed", "first_sample")
+"""evaluate's options that only say how samples are drawn: refused with --samples."""
+
+
 @main.command()
 @model_options
 @sampler_options
@@ -306,10 +300,20 @@ def evaluate(**o: Any) -> None:
     from dmattack.evaluation import default_out_dir
     from dmattack.workflows import evaluate_model, read_sample_files
 
+    if given("samples_key") and not o["sample_files"]:
+        raise ConfigError(f"--samples-key {o['samples_key']} is read from --samples files only; "
+                          "give --samples or remove it")
+    drawing = [p.opts[0] for p in click.get_current_context().command.params
+               if p.name in SAMPLING_OPTIONS and given(p.name)]
+    if o["sample_files"] and drawing:
+        raise ConfigError(f"{drawing[0]} sets how samples are drawn, but --samples gives them; "
+                          "remove it")
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     files = o["sample_files"]
     x = read_sample_files(files, o["samples_key"], loaded.data_shape) if files else None
-    ev = _evaluation(o, loaded, None if x is None else len(x))
+    ev = _evaluation(o, loaded, None if x is None else len(x),
+                     feature_extractor=o["feature_extractor"],
+                     memorization_space=o["memorization_space"], dinov2_dir=o["dinov2_dir"])
     name = f"{ev.sampler_label}-n{ev.num_samples}-seed{ev.config.seed}"
     out_dir = Path(o["out"] or default_out_dir(loaded, "eval", name, RUNS_ROOT))
     console.print(f"[bold]evaluate[/] {loaded.source}: {', '.join(ev.metrics)} on "
@@ -321,8 +325,7 @@ def evaluate(**o: Any) -> None:
         result = evaluate_model(
             loaded, ev, out_dir, samples=x,
             samples_from={"files": list(files), "key": o["samples_key"]} if files else None,
-            device=dev, progress=ui.ticker(bar, task), feature_extractor=o["feature_extractor"],
-            memorization_space=o["memorization_space"], dinov2_dir=o["dinov2_dir"])
+            device=dev, progress=ui.ticker(bar, task))
     print_table(f"{ev.label} · {loaded.source} · {'EMA' if loaded.ema else 'raw'}",
                 ["metric", "value"], [[k, v] for k, v in metric_row(result).items()])
     stdout.print(str(out_dir))
@@ -405,7 +408,8 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out or Path("reports") / f"demo{'-quick' if quick else ''}-{stamp}")
-    check_run(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick)
+    check_run(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick,
+              seed=seed)
     device = resolve_device(device)
     console.print(f"[bold]demo[/]{' --quick' if quick else ''}: seed {seed}"
                   f"{f' … {seed + seeds - 1}' if seeds > 1 else ''} → {out_dir}")
@@ -438,6 +442,22 @@ def plugins() -> None:
     print_table("registered entries", ["registry", "name", "registered by"], rows)
     print_table("plugins (entry-point group dmattack)", ["plugin", "status"],
                 [[k, v] for k, v in PLUGINS.items()] or [["(none installed)", ""]])
+
+
+# ----------------------------------------------------------------------------- leaderboard
+@main.command()
+@click.argument("cards", nargs=-1, required=True, type=click.Path())
+@click.option("--out", type=click.Path(), required=True,
+              help="Site folder (new, empty, or an earlier leaderboard, which is replaced).")
+@friendly_errors
+def leaderboard(cards: tuple[str, ...], out: str) -> None:
+    """Static leaderboard page of robustness cards, one sortable table per protocol.
+
+    CARDS are card.json files or folders holding one; prints the absolute path of the site's
+    index.html (docs/card.md)."""
+    from dmattack.card import write_leaderboard
+
+    click.echo(str(write_leaderboard(cards, out)))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Paired clean-versus-attacked evaluation and attacked-steps curves (docs/method.md §6, §8, §11).
+"""Paired clean-versus-attacked evaluation and attacked-steps curves (docs/method.md §6, §8,
+§11.1).
 
 Clean and attacked samples use the same per-sample seeds: the x_T and every chain noise z of
 sample i are identical in both runs (the attack draws from its own ATTACK stream), so a
@@ -18,8 +19,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
-import functools
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -36,11 +37,20 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
-from torch import nn
 
 from . import distributed
 from .attacks.plan import AttackPlan
-from .attacks.schedule import COMMON_OPTIONS, AttackSpec
+from .attacks.schedule import COMMON_OPTIONS, AttackSpec, steps_with_budget
+from .damage import (
+    PerSample,
+    curve_comparisons,
+    damage_feature_extractor,
+    damage_per_sample,
+    improved_under_attack,
+    paired_damage,  # noqa: F401  (public here since it was defined here)
+    summarize_damage,
+    with_random_baselines,
+)
 from .errors import ConfigError, first_line
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
 from .keys import callable_key
@@ -50,7 +60,7 @@ from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diff
 from .seeding import sample_seeds
 from .settings import option_name
 from .tensors import eval_mode, nonfinite_rows, report_nonfinite
-from .visualize import save_samples_png
+from .visualize import curve_png, save_samples_png
 
 MetricFn = Callable[[torch.Tensor], dict[str, float]]
 Attack = AttackSpec | AttackPlan | str
@@ -61,7 +71,6 @@ SHARDS = "shards"  # per-process slices of unfinished curve points (sharded runs
 CLEAN = "clean"  # a curve's clean samples per model, for the paired damage of later points
 log = logging.getLogger("dmattack")
 STAGING_PREFIX = ".staging."
-DIGITS_SHAPE = (1, 8, 8)
 CPU_PRESETS = ("tiny", "mlp", "mlp-small")
 
 
@@ -117,10 +126,12 @@ def _sample_pair(
     loaded: LoadedModel, plan: AttackPlan | None, seeds: Sequence[int], sampler: SamplerConfig,
     batch_size: int, device: torch.device | str, want_clean: bool,
     progress: Callable[[int, int], None] | None,
+    diagnostics: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, dict[str, float]]:
     """Clean (if ``want_clean``) and attacked (if ``plan`` attacks any step) samples with the
     same seeds (this process's; not gathered); returns (clean, attacked, seconds).
-    ``progress(done, total)`` counts steps."""
+    ``progress(done, total)`` counts steps. ``diagnostics`` is handed to an ``AttackPlan.sample``
+    that accepts it (attacks with a convergence trace fill it in)."""
     k = sampling_diffusion(loaded.diffusion, sampler).num_timesteps
     attacking = plan is not None and bool(plan.steps(k))
     chunks = math.ceil(len(seeds) / batch_size)
@@ -146,60 +157,42 @@ def _sample_pair(
                 loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size, sampler,
                 None, device, tick))
         if attacking:
+            extra = ({"diagnostics": diagnostics}
+                     if diagnostics is not None and _takes_diagnostics(plan) else {})
             attacked, seconds["attacked"] = timed(lambda: plan.sample(
                 loaded.model, loaded.diffusion, loaded.data_shape, seeds, batch_size, sampler,
-                device, tick))
+                device, tick, **extra))
     return clean, attacked, seconds
 
 
-# --------------------------------------------------------------------------- paired damage
-@functools.cache
-def _digits_classifier() -> nn.Module | None:
-    from evaluators.digits_model import DEFAULT_WEIGHTS, load_digits_cnn
-
-    return load_digits_cnn().eval() if Path(DEFAULT_WEIGHTS).exists() else None
+def _takes_diagnostics(plan: AttackPlan) -> bool:
+    """Whether this version's ``AttackPlan.sample`` fills a ``diagnostics`` dict (the
+    convergence trace of the whole-chain attacks)."""
+    return "diagnostics" in inspect.signature(plan.sample).parameters
 
 
-def paired_damage(clean: torch.Tensor, attacked: torch.Tensor) -> dict[str, Any]:
-    """Per-sample damage of an attack, between the clean and the attacked sample of each seed.
-
-    ``clean`` and ``attacked`` are (N, *shape) in model space, row i from the same seed.
-    Returns ``pixel deviation mean`` / ``median`` (over samples) of the per-sample mean squared
-    difference (model-space units²), and for digits-shaped data (1×8×8) ``class changed
-    (digits-cnn)``: the share of samples whose digits-cnn class differs (None when the shipped
-    classifier weights are missing). Rows with a non-finite value in either sample are left out
-    and counted in ``num_nonfinite``.
-    """
-    if clean.shape != attacked.shape:
-        raise ValueError(f"clean {tuple(clean.shape)} and attacked {tuple(attacked.shape)} "
-                         "samples differ in shape")
-    c, a = clean.double().flatten(1), attacked.double().flatten(1)
-    ok = torch.isfinite(c).all(1) & torch.isfinite(a).all(1)
-    dev = (a[ok] - c[ok]).pow(2).mean(1)
-    out: dict[str, Any] = {
-        "pixel deviation mean": float(dev.mean()) if len(dev) else None,
-        "pixel deviation median": float(dev.median()) if len(dev) else None,
-    }
-    if tuple(clean.shape[1:]) == DIGITS_SHAPE:
-        net = _digits_classifier()
-        changed = None
-        if net is not None and len(dev):
-            with torch.no_grad():
-                before = net(clean[ok].float()).argmax(1)
-                after = net(attacked[ok].float()).argmax(1)
-            changed = float((before != after).double().mean())
-        out["class changed (digits-cnn)"] = changed
-    out["num_samples"] = int(ok.sum())
-    out["num_nonfinite"] = int((~ok).sum())
-    return out
+def convergence_record(diagnostics: dict[str, Any] | None) -> dict[str, Any]:
+    """``trace``, ``converged`` and ``convergence`` (the whole diagnostics dict: trace,
+    converged, iterations, restarts, tolerance, rise_last_fifth) of an attack that filled
+    ``diagnostics``; all None for one that did not (e.g. a per-step attack)."""
+    if not diagnostics:
+        return {"trace": None, "converged": None, "convergence": None}
+    return {"trace": diagnostics.get("trace"), "converged": diagnostics.get("converged"),
+            "convergence": dict(diagnostics)}
 
 
 def _steps_record(plan: AttackPlan | None, num_steps: int) -> dict[str, Any]:
-    """Which steps were attacked: the list, ``n of K``, and whether the last step (budget 0,
-    so never changed) is among them."""
+    """Which steps were attacked: the list, ``n of K``, how ``percent`` counted them
+    (``step_counting``), how many steps have a positive budget (``steps_with_budget``: all but
+    the last) and which zero-budget steps are among the attacked (``zero_budget_steps_attacked``;
+    only the last step, only with ``step_counting = "all"``; docs/method.md §10.8)."""
     steps = [] if plan is None else plan.steps(num_steps)
+    budget = set(steps_with_budget(num_steps))
     return {"attacked_steps": steps, "num_attacked_steps": len(steps), "num_steps": num_steps,
             "steps_attacked": f"{len(steps)} of {num_steps}",
+            "step_counting": "budget" if plan is None else plan.step_counting,
+            "steps_with_budget": len(budget),
+            "zero_budget_steps_attacked": [s for s in steps if s not in budget],
             "last_step_attacked": (num_steps - 1) in steps}
 
 
@@ -230,8 +223,11 @@ def run_attack(
     Writes into ``out_dir``: ``samples.safetensors`` (``clean``, ``attacked``:
     (N, *shape) float32, model space), ``clean.png`` / ``attacked.png`` (image grids; scatter
     plots for low-dimensional vectors) and, last, ``results.json`` with the full protocol and
-    ``metrics = {"clean": …, "attacked": …}``, the paired per-sample ``damage``
-    (:func:`paired_damage`) and which steps were attacked; it is also returned.
+    ``metrics = {"clean": …, "attacked": …}``, ``improved_under_attack`` (per set metric: better
+    attacked than clean), the paired ``damage`` with 95% intervals and its per-sample values in
+    seed order ``damage_per_sample`` (:mod:`dmattack.damage`, docs/method.md §11.1), which
+    steps were attacked, and ``trace`` / ``converged`` / ``convergence`` when the attack
+    records its convergence (else None; under torchrun: rank 0's slice); it is also returned.
     ``progress(done, total)`` counts reverse steps over both passes.
 
     Before sampling, ``out_dir`` is checked for writability and free space
@@ -266,8 +262,10 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
     sd = sampling_diffusion(loaded.diffusion, sampler)
     record = plan.record(loaded.model, sd)  # before sampling: a bad setting fails at once
     check_run([loaded], [plan], sampler)
+    diagnostics: dict[str, Any] = {}
     clean, attacked, seconds = _sample_pair(loaded, plan, distributed.shard(seeds, batch_size),
-                                            sampler, batch_size, device, True, progress)
+                                            sampler, batch_size, device, True, progress,
+                                            diagnostics)
     seconds = _slowest(seconds)
     clean = distributed.gather_rows(clean)
     if attacked is not None:
@@ -281,7 +279,8 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
     nonfinite = {"clean": report_nonfinite(clean, "clean samples"),
                  "attacked": report_nonfinite(attacked, f"attacked samples ({plan.label})")}
     metrics = {"clean": metric_fn(clean), "attacked": metric_fn(attacked)}
-    damage = paired_damage(clean, attacked)
+    per_sample = damage_per_sample(clean, attacked, damage_feature_extractor(
+        record, loaded.data_shape), device)
 
     tensors = {"clean": clean.float().contiguous(), "attacked": attacked.float().contiguous()}
     result = {
@@ -302,7 +301,10 @@ def _run_attack_locked(loaded: LoadedModel, plan: AttackPlan, num_samples: int, 
         "model": _model_dict(loaded),
         "num_nonfinite": nonfinite,
         "metrics": metrics,
-        "damage": damage,
+        "improved_under_attack": improved_under_attack(metrics["clean"], metrics["attacked"]),
+        "damage": summarize_damage(per_sample),
+        "damage_per_sample": per_sample,
+        **convergence_record(diagnostics),
         "seconds": seconds,
         "files": {"samples": "samples.safetensors", "clean_png": "clean.png",
                   "attacked_png": "attacked.png"},
@@ -513,11 +515,16 @@ def run_curve(
     settings, which steps were attacked, and the paired per-sample ``damage`` against the
     clean samples of the same seeds (:func:`paired_damage`; the clean samples are kept in
     ``out_dir/clean/`` for a resumed run, their sha256 in the clean point's record: a file
-    that does not match it is resampled, with a warning). Then writes ``curve.csv`` and
-    ``curve.json`` (rows = attack series × model, columns = % attacked, values = ``metric``,
-    default the first metric returned) and ``curve.png`` (controls dashed).
-    ``progress(done, total, record)`` is called after each point (``record["resumed"]`` is
-    True for one read back from the store). Returns the ``curve.json`` content.
+    that does not match it is resampled, with a warning) with its per-sample values,
+    ``improved_under_attack`` and the convergence record (as :func:`run_attack`). Then each
+    attack point gets ``relative_to_random`` (its damage over that of the model's random
+    control at the same percent, steps and budget) and, with several models, ``comparisons``
+    pairs them by seed (:func:`~dmattack.damage.curve_comparisons`, docs/method.md §11.1).
+    Writes ``curve.csv`` and ``curve.json`` (rows = attack series × model, columns = %
+    attacked, values = ``metric``, default the first metric returned; then the damage means
+    and intervals) and ``curve.png`` (controls dashed). ``progress(done, total, record)`` is
+    called after each point (``record["resumed"]`` is True for one read back from the store).
+    Returns the ``curve.json`` content.
 
     ``out_dir`` is checked for writability and locked against a second writer before any point
     is computed.
@@ -589,14 +596,16 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                 if main:  # killed after recording the point, before removing its slices
                     shutil.rmtree(shard_dir, ignore_errors=True)
             else:
+                diagnostics: dict[str, Any] = {}
                 samples, seconds = _shard(shard_dir / f"{first}-{stop}.safetensors",
                                           _point_samples, loaded, plan, seeds, sampler,
-                                          batch_size, device)
+                                          batch_size, device, diagnostics)
                 seconds = max(distributed.all_gather_objects(seconds))
                 if samples is not None:  # else no step is attacked at this chain length
                     samples = distributed.gather_rows(samples)
                 metrics: dict[str, Any] = {}
                 damage: dict[str, Any] | None = None
+                per_sample: PerSample | None = None
                 nonfinite = None
                 if main and samples is not None:
                     nonfinite = report_nonfinite(samples, f"samples of point {label}")
@@ -615,7 +624,9 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     if samples is None:
                         nonfinite = nonfinite_rows(clean)
                     metrics = dict(clean_metrics) if samples is None else metric_fn(samples)
-                    damage = paired_damage(clean, attacked)
+                    per_sample = damage_per_sample(clean, attacked, damage_feature_extractor(
+                        attack, loaded.data_shape), device)
+                    damage = summarize_damage(per_sample)
                 record = {
                     "key": key, "model": loaded.source, "model_name": names[loaded.source],
                     "ema": loaded.ema, "label": label,
@@ -628,7 +639,11 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
                     "clean_samples_sha256": clean_digest, "model_fingerprint": model_id,
                     "scoring": scoring, "num_nonfinite": nonfinite, "metrics": metrics,
-                    "damage": damage, "seconds": seconds,
+                    "improved_under_attack": None if plan is None
+                    else improved_under_attack(clean_metrics, metrics),
+                    "damage": damage, "damage_per_sample": per_sample,
+                    **convergence_record(None if plan is None else diagnostics),
+                    "seconds": seconds,
                 }
                 if main:
                     _append_point(store, record)
@@ -647,7 +662,9 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
         return distributed.broadcast_object(None)
     with contextlib.suppress(OSError):
         (out / SHARDS).rmdir()  # only when empty: slices of other settings are kept
+    records = with_random_baselines(records)
     curve = _curve_table(records, attack_plans, metric)
+    curve["comparisons"] = curve_comparisons(records)
     curve.update({
         "protocol": {"num_samples": num_samples, "seed": seed, "first_sample": first_sample,
                      "batch_size": batch_size,
@@ -662,7 +679,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     })
     write_json(out / "curve.json", curve)
     write_text(out / "curve.csv", _curve_csv(curve))
-    _curve_png(curve, out / "curve.png")
+    curve_png(curve, out / "curve.png")
     return distributed.broadcast_object(curve)
 
 
@@ -705,12 +722,14 @@ def _clean_samples(loaded: LoadedModel, path: Path, sha256: str | None, seeds: S
 
 
 def _point_samples(loaded: LoadedModel, plan: AttackPlan | None, seeds: Sequence[int],
-                   sampler: SamplerConfig, batch_size: int, device: torch.device | str
+                   sampler: SamplerConfig, batch_size: int, device: torch.device | str,
+                   diagnostics: dict[str, Any] | None = None
                    ) -> tuple[torch.Tensor | None, float]:
     """The samples a curve point scores (clean for ``plan`` None, else attacked; None when no
-    step is attacked at this chain length) and the seconds they took."""
+    step is attacked at this chain length) and the seconds they took; an attack with a
+    convergence trace fills ``diagnostics``."""
     clean, attacked, seconds = _sample_pair(loaded, plan, seeds, sampler, batch_size, device,
-                                            plan is None, None)
+                                            plan is None, None, diagnostics)
     return (clean if clean is not None else attacked), sum(seconds.values())
 
 
@@ -735,14 +754,20 @@ def _shard(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]]
 LAST_STEP_MARK = "†"
 LAST_STEP_NOTE = (f"{LAST_STEP_MARK} the attacked steps include the last reverse step, whose "
                   "budget √β̃ = 0 leaves it unperturbed (one fewer step really perturbed)")
+IMPROVED_MARK = "‡"
+IMPROVED_NOTE = (f"{IMPROVED_MARK} the set metric is better under attack than clean: no sign "
+                 "of robustness (the attack's noise can fill in a too-small variance); read "
+                 "the paired damage (docs/method.md §11.1)")
 
 
 def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
                  metric: str | None) -> dict[str, Any]:
     """Rows = series × model with the metric at each % attacked (0% = the model's clean point),
-    and per cell how many steps that was (``steps_attacked``, e.g. "12 of 25") and whether the
-    zero-budget last step was among them (``last_step_attacked``). The table's
-    ``steps_attacked`` has one entry per percent (None where the models' chains differ)."""
+    and per cell how many steps that was (``steps_attacked``, e.g. "12 of 25"), whether the
+    zero-budget last step was among them (``last_step_attacked``), whether the metric is better
+    than clean (``improved_under_attack``), the paired ``damage`` summary and the
+    ``relative_to_random`` ratios (None at 0%). The table's ``steps_attacked`` has one entry
+    per percent (None where the models' chains differ)."""
     if metric is None:
         metric = next(iter(records[0]["metrics"]), None) if records else None
     percents = sorted({0.0, *(float(p.percent) for p in plans)})
@@ -753,12 +778,18 @@ def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
         row["values"][i] = r["metrics"].get(metric)
         row["steps_attacked"][i] = r.get("steps_attacked")
         row["last_step_attacked"][i] = r.get("last_step_attacked")
+        row["improved_under_attack"][i] = (r.get("improved_under_attack") or {}).get(metric)
+        if r["label"] != "clean":
+            row["damage"][i] = r.get("damage")
+            row["relative_to_random"][i] = r.get("relative_to_random")
 
     def new_row(series: str, method: str, control: bool, r: dict[str, Any], n: int
                 ) -> dict[str, Any]:
         return {"series": series, "method": method, "control": control,
                 "model": r["model_name"], "source": r["model"], "values": [None] * n,
-                "steps_attacked": [None] * n, "last_step_attacked": [None] * n}
+                "steps_attacked": [None] * n, "last_step_attacked": [None] * n,
+                "improved_under_attack": [None] * n, "damage": [None] * n,
+                "relative_to_random": [None] * n}
 
     for r in records:
         if r["label"] == "clean":
@@ -790,61 +821,53 @@ def percent_headers(curve: dict[str, Any]) -> list[str]:
 
 
 def marked_values(row: dict[str, Any]) -> list[Any]:
-    """A curve row's values, each one whose attacked steps include the last (zero-budget)
-    step as text with :data:`LAST_STEP_MARK` (e.g. ``"3.21†"``)."""
-    lasts = row.get("last_step_attacked") or [None] * len(row["values"])
-    return [f"{v:.4g}{LAST_STEP_MARK}" if last and isinstance(v, float) else v
-            for v, last in zip(row["values"], lasts, strict=True)]
+    """A curve row's values as text where marked: :data:`LAST_STEP_MARK` when the attacked
+    steps include the last (zero-budget) step, :data:`IMPROVED_MARK` when the set metric is
+    better than clean (e.g. ``"3.21†‡"``); unmarked values stay numbers."""
+    n = len(row["values"])
+    lasts = row.get("last_step_attacked") or [None] * n
+    better = row.get("improved_under_attack") or [None] * n
+    out = []
+    for v, last, up in zip(row["values"], lasts, better, strict=True):
+        mark = (LAST_STEP_MARK if last else "") + (IMPROVED_MARK if up else "")
+        out.append(f"{v:.4g}{mark}" if mark and isinstance(v, float) else v)
+    return out
+
+
+def damage_measures(curve: dict[str, Any]) -> list[str]:
+    """The damage measures of a curve's points, in first-seen order."""
+    return list(dict.fromkeys(m for row in curve["rows"] for d in row.get("damage") or []
+                              if d for m, v in d.items() if isinstance(v, dict)))
 
 
 def _curve_csv(curve: dict[str, Any]) -> str:
     """One row per series × model: the metric at each percent (header ``50% = 12 of 25
-    steps``), then the percents whose attacked steps include the last, zero-budget step."""
+    steps``), the percents whose attacked steps include the last, zero-budget step, the
+    percents where the metric improved under attack, then per damage measure and percent the
+    mean and its 95% interval (``pixel deviation 50% mean``, ``… ci lo``, ``… ci hi``; empty
+    at 0%)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    measures, percents = damage_measures(curve), curve["percents"]
     w.writerow(["series", "model", "metric", *percent_headers(curve),
-                "last step attacked at"])
+                "last step attacked at", "improved under attack at",
+                *(f"{m} {p:g}% {part}" for m in measures for p in percents
+                  for part in ("mean", "ci lo", "ci hi"))])
+
+    def at(flags: list[Any] | None) -> str:
+        return " ".join(f"{p:g}%" for p, f in zip(percents, flags or [None] * len(percents),
+                                                   strict=True) if f) or "none"
+
     for row in curve["rows"]:
-        lasts = row.get("last_step_attacked") or [None] * len(row["values"])
-        at = [f"{p:g}%" for p, last in zip(curve["percents"], lasts, strict=True) if last]
+        n = len(row["values"])
+        cells = []
+        for m in measures:
+            for d in row.get("damage") or [None] * n:
+                s = (d or {}).get(m) or {}
+                ci = s.get("ci95") or [None, None]
+                cells += ["" if v is None else repr(v) for v in (s.get("mean"), *ci)]
         w.writerow([row["series"], row["model"], curve["metric"],
                     *("" if v is None else repr(v) for v in row["values"]),
-                    " ".join(at) or "none"])
+                    at(row.get("last_step_attacked")), at(row.get("improved_under_attack")),
+                    *cells])
     return buf.getvalue()
-
-
-def _curve_png(curve: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ring = dict(s=110, facecolors="none", edgecolors="black", linewidths=0.8, zorder=3)
-    ringed_any = False
-    for row in curve["rows"]:
-        lasts = row.get("last_step_attacked") or [None] * len(row["values"])
-        pts = [(p, v, last) for p, v, last in zip(curve["percents"], row["values"], lasts,
-                                                  strict=True) if v is not None]
-        if pts:
-            ax.plot([p for p, _, _ in pts], [v for _, v, _ in pts], marker="o",
-                    linestyle="--" if row["control"] else "-",
-                    label=f"{row['model']} · {row['series']}")
-            ringed = [(p, v) for p, v, last in pts if last]
-            if ringed:
-                ax.scatter(*zip(*ringed, strict=True), **ring)
-                ringed_any = True
-    if ringed_any:  # one legend entry, last
-        ax.scatter([], [], label="attacked steps include the last (budget 0)", **ring)
-    counts = curve.get("steps_attacked") or [None] * len(curve["percents"])
-    ax.set_xticks(curve["percents"])
-    ax.set_xticklabels([f"{p:g}%" + (f"\n{n.replace(' of ', '/')}" if n else "")
-                        for p, n in zip(curve["percents"], counts, strict=True)], fontsize=8)
-    ax.set_xlabel("% of reverse steps attacked (attacked / total steps)")
-    ax.set_ylabel(curve["metric"] or "metric")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:  # none when every value is None (all non-finite)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)

@@ -9,6 +9,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -156,6 +157,10 @@ class EvaluationConfig:
     inception_weights: str | None = setting(None, "Local Inception weights for FID/IS/KID "
                                             "(torch-fidelity's "
                                             "weights-inception-2015-12-05-6726825d.pth).")
+    allow_small_fid: bool = setting(False, "Score a Fréchet distance (fid, fd-exact) from N "
+                                    "samples at or below its feature dimension d (singular "
+                                    "covariance, mostly bias; docs/method.md §8); recorded as "
+                                    "allow_small_fid in the result.")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -201,6 +206,10 @@ def resolve_reference(loaded: LoadedModel, dataset: str | None = None,
                       data_dir: str | os.PathLike | None = None) -> Reference:
     """The clean reference of a model (its own training set, or ``dataset``), checked against
     its data shape."""
+    name = dataset if dataset is not None else loaded.dataset
+    if data_dir is not None and name is not None and reads_no_files(name):
+        raise ConfigError(f"--data-dir {data_dir} is not read by {name} (embedded or synthetic "
+                          "data); remove it", field="data_dir")
     if dataset is not None and dataset != loaded.dataset:
         ds = load_dataset(dataset, data_dir=data_dir,
                           resolution=loaded.data_shape[-1] if len(loaded.data_shape) == 3
@@ -213,6 +222,13 @@ def resolve_reference(loaded: LoadedModel, dataset: str | None = None,
                           f"but the reference {ds.name} has shape "
                           f"{tuple(ref.data.shape[1:])}", field="dataset")
     return ref
+
+
+def reads_no_files(dataset: str) -> bool:
+    """Whether data set ``dataset`` is built without reading ``--data-dir``: vector sets, and
+    image sets registered as embedded (``DatasetEntry.label`` says "(embedded)")."""
+    entry = DATASETS.get(dataset, "dataset")
+    return entry.kind == "vector" or "(embedded)" in entry.label
 
 
 def evaluation_label(metrics: Sequence[str], num_samples: int) -> str:
@@ -238,22 +254,37 @@ class EvaluationSetup:
     metrics: list[str]
     label: str
     config: EvaluationConfig
+    scoring: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def protocol(self) -> dict[str, Any]:
+        """What every result of this setup records about its scoring: the label, and
+        ``allow_small_fid: true`` when a small-sample Fréchet distance was allowed."""
+        return {"evaluation": self.label,
+                **({"allow_small_fid": True} if self.config.allow_small_fid else {})}
 
     def metric_fn(self, **evaluate_kwargs: Any) -> MetricFn:
         """``metric_fn(samples)`` for :func:`~dmattack.attack_eval.run_attack` /
-        ``run_curve``."""
-        return make_metric_fn(self.reference, self.metrics, protocol={"evaluation": self.label},
-                              inception_weights=self.config.inception_weights,
-                              **evaluate_kwargs)
+        ``run_curve`` (the setup's ``scoring`` options, overridden by ``evaluate_kwargs``)."""
+        fn = make_metric_fn(self.reference, self.metrics, protocol=self.protocol(),
+                            inception_weights=self.config.inception_weights,
+                            **{**self.scoring, **evaluate_kwargs})
+        if self.config.allow_small_fid:
+            fn.identity["allow_small_fid"] = True  # type: ignore[attr-defined]
+        return fn
 
 
 def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationConfig(),
                        sampler: SamplerConfig | None = None,
-                       num_samples: int | None = None) -> EvaluationSetup:
+                       num_samples: int | None = None, *, feature_extractor: str = "auto",
+                       memorization_space: str = "auto",
+                       dinov2_dir: str | os.PathLike | None = None) -> EvaluationSetup:
     """Resolve a scoring run of ``loaded`` before any sampling: the sampler (default: the
     model's protocol, :func:`resolve_sampler`), sample count (``num_samples`` overrides
     ``cfg``, e.g. for samples read from files) and batch, the reference, the metrics (checked
-    against the data) and the result label. Raises :class:`ConfigError` for a bad choice."""
+    against the data, the sample count and the scoring options ``feature_extractor``,
+    ``memorization_space``, ``dinov2_dir`` of :func:`evaluators.evaluate`, kept in the setup's
+    ``scoring``; see :func:`check_scoring`) and the result label. Raises :class:`ConfigError` /
+    :class:`~evaluators.errors.MetricError` (one line) for a bad choice."""
     from evaluators import check_metrics
 
     from .attack_eval import default_protocol
@@ -266,9 +297,114 @@ def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationCo
     reference = resolve_reference(loaded, cfg.dataset, cfg.data_dir)
     metrics = cfg.metric_names() or list(default_metrics(loaded.data_shape, reference.truth))
     check_metrics(metrics, tuple(loaded.data_shape), reference.truth)
+    scoring = {"feature_extractor": feature_extractor,
+               "memorization_space": memorization_space, "dinov2_dir": dinov2_dir}
+    check_scoring(metrics, tuple(loaded.data_shape), n, cfg, **scoring)
     return EvaluationSetup(sampler, sampler.describe(loaded.diffusion.num_timesteps), n,
                            cfg.batch_size or proto.batch_size, reference, metrics,
-                           evaluation_label(metrics, n), cfg)
+                           evaluation_label(metrics, n), cfg, scoring)
+
+
+def frechet_dimension(metric: str, shape: Sequence[int], extractor: str | None = None
+                      ) -> tuple[int, str] | None:
+    """``(d, what)``: the dimension of the space whose covariance a Fréchet-distance metric
+    estimates from the samples, or None for other metrics. ``fid``: the FID layer of the
+    resolved feature ``extractor`` (``digits-cnn`` | ``inception``), read from the
+    torch-fidelity extractor itself (64 for digits-cnn, 2048 for Inception); ``fd-exact``: the
+    data dimension prod(``shape``). docs/method.md §8."""
+    if metric == "fd-exact":
+        return math.prod(shape), "data"
+    if metric != "fid" or extractor is None:
+        return None
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from evaluators.extractors import EXTRACTORS
+
+    entry = FEATURE_EXTRACTORS_REGISTRY[EXTRACTORS[extractor]]
+    return int(entry.get_default_feature_layer_for_metric("fid")), f"{extractor} feature"
+
+
+def check_sample_size(metrics: Sequence[str], shape: Sequence[int], num_samples: int,
+                      extractor: str | None = None, allow_small: bool = False) -> None:
+    """Refuse (one line, :class:`ConfigError`) a Fréchet distance from N ≤ d samples, d of
+    :func:`frechet_dimension`: the sample covariance is singular and the number mostly
+    estimator bias (docs/method.md §8). ``allow_small`` lets it through."""
+    for m in metrics:
+        dim = frechet_dimension(m, shape, extractor)
+        if dim is None or allow_small or num_samples > dim[0]:
+            continue
+        raise ConfigError(
+            f"{m} from {num_samples} samples: its {dim[0]}-D {dim[1]} covariance needs more "
+            f"samples than dimensions, at least --num-samples {dim[0] + 1} (docs/method.md "
+            f"§8); use --metrics kid (unbiased at any N) or pass --allow-small-fid",
+            field="num_samples")
+
+
+def check_scoring(metrics: Sequence[str], shape: Sequence[int], num_samples: int,
+                  cfg: EvaluationConfig, feature_extractor: str = "auto",
+                  memorization_space: str = "auto",
+                  dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything about scoring that can fail, checked before sampling: every weights file
+    located (:func:`evaluators.scoring_identity`), every scoring option used
+    (:func:`check_used`), the Fréchet sample size
+    (:func:`check_sample_size`), IS only with an extractor that has logits, DINOv2 only with a
+    checkout and its weights. Returns the scoring identity."""
+    from evaluators import MetricError, scoring_identity
+    from evaluators.inception import FID_HELPER_SHA256, NO_LOGITS
+
+    identity = scoring_identity(tuple(metrics), tuple(shape), feature_extractor=feature_extractor,
+                                inception_weights=cfg.inception_weights,
+                                memorization_space=memorization_space, dinov2_dir=dinov2_dir)
+    check_used(identity, feature_extractor, memorization_space, dinov2_dir,
+               cfg.inception_weights)
+    check_sample_size(metrics, shape, num_samples, identity.get("feature_extractor"),
+                      cfg.allow_small_fid)
+    if "is" in metrics and identity.get("feature_extractor_weights_sha256") == FID_HELPER_SHA256:
+        raise MetricError(NO_LOGITS)
+    if identity.get("memorization_space") == "dinov2":
+        check_dinov2(dinov2_dir)
+    return identity
+
+
+def check_used(identity: dict[str, Any], feature_extractor: str = "auto",
+               memorization_space: str = "auto", dinov2_dir: str | os.PathLike | None = None,
+               inception_weights: str | os.PathLike | None = None) -> None:
+    """Refuse (one line) a scoring option that the metrics of ``identity``
+    (:func:`evaluators.scoring_identity`) would ignore: an accepted option is always used."""
+    extractor, space = identity.get("feature_extractor"), identity.get("memorization_space")
+    metrics = ", ".join(identity["metrics"])
+    unused = [
+        (feature_extractor != "auto" and extractor is None,
+         f"--feature-extractor {feature_extractor} is used by fid, is and kid only"),
+        (memorization_space != "auto" and space is None,
+         f"--memorization-space {memorization_space} is used by memorization only"),
+        (dinov2_dir is not None and space != "dinov2",
+         "--dinov2-dir is used by memorization in the dinov2 space only "
+         "(--memorization-space dinov2)"),
+        (inception_weights is not None and "inception" not in (extractor, space),
+         "--inception-weights is used with Inception features only (fid/is/kid with "
+         "--feature-extractor inception, or memorization in the inception space)"),
+    ]
+    for is_unused, why in unused:
+        if is_unused:
+            raise ConfigError(f"{why}; the metrics here ({metrics}) would ignore it; remove it",
+                              field="metrics")
+
+
+def check_dinov2(repo: str | os.PathLike | None) -> None:
+    """One-line :class:`~evaluators.errors.MetricError` unless a DINOv2 checkout (``repo``,
+    default torch-hub's cache copy, with ``hubconf.py``) and its weights are on disk: the
+    files :func:`evaluators.memorization.memorization` loads in the ``dinov2`` space."""
+    from evaluators import MetricError
+    from evaluators.memorization import DINOV2_URL
+
+    hub = Path(torch.hub.get_dir())
+    repo = Path(repo) if repo is not None else hub / "facebookresearch_dinov2_main"
+    ckpt = hub / "checkpoints" / os.path.basename(DINOV2_URL)
+    if not (repo / "hubconf.py").is_file() or not ckpt.is_file():
+        raise MetricError(f"DINOv2 needs a local facebookresearch/dinov2 checkout (hubconf.py; "
+                          f"looked in {repo}; pass it as --dinov2-dir) and {DINOV2_URL} at "
+                          f"{ckpt}")
 
 
 def memorization_train_set(loaded: LoadedModel, reference: Reference) -> torch.Tensor:

@@ -4,6 +4,8 @@ allowed) and "a number or a name" settings. Range checks are left to the config 
 
 from __future__ import annotations
 
+import math
+import sys
 from collections.abc import Iterable
 from fractions import Fraction
 from typing import Any
@@ -13,15 +15,46 @@ import click
 from .errors import ConfigError
 
 
+class OutOfRange(ValueError):
+    """A well-formed number beyond a float's range (its message says so)."""
+
+
+MAX_EXPONENT = 4000
+"""Decimal exponents beyond ±this are refused before :class:`~fractions.Fraction` builds
+10**exponent (``1e999999999/1`` would take minutes); a float's range ends near 1e308."""
+
+
 def parse_number(text: str, kind: type = float) -> int | float:
-    """``"0.5"``, ``"1e-4"``, ``"8/255"`` (floats), ``"nan"`` → the number; raises ValueError."""
+    """``"0.5"``, ``"1e-4"``, ``"8/255"`` (floats), ``"nan"`` → the number; raises ValueError
+    for anything else, :class:`OutOfRange` (a ValueError) for a fraction whose value overflows a
+    float (``"1e400/1"``; plain ``"1e400"`` parses as inf, which the settings refuse)."""
     text = text.strip()
     if kind is int:
         return int(text)
-    if "/" in text:
-        num, den = text.split("/", 1)
-        return float(Fraction(num.strip()) / Fraction(den.strip()))
-    return float(text)
+    if "/" not in text:
+        return float(text)
+    num, den = (_fraction(part) for part in text.split("/", 1))
+    value = num / den  # ZeroDivisionError for a zero denominator
+    try:
+        return float(value)
+    except OverflowError:
+        raise OutOfRange(f"{text!r} overflows a float (|value| > {sys.float_info.max:.4g})"
+                         ) from None
+
+
+def _fraction(part: str) -> Fraction:
+    """One side of ``a/b`` as an exact Fraction; ValueError when not a finite decimal or its
+    exponent is beyond :data:`MAX_EXPONENT`."""
+    part = part.strip()
+    _, e, exponent = part.lower().partition("e")
+    if e:
+        try:
+            too_big = abs(int(exponent)) > MAX_EXPONENT
+        except ValueError:
+            raise ValueError(f"{part!r} is not a number") from None
+        if too_big:
+            raise OutOfRange(f"{part!r} is out of range (exponent beyond ±{MAX_EXPONENT})")
+    return Fraction(part)
 
 
 class Number(click.ParamType):
@@ -41,6 +74,8 @@ class Number(click.ParamType):
             return None
         try:
             return parse_number(str(value), self.kind)
+        except OutOfRange as e:
+            self.fail(str(e), param, ctx)
         except (ValueError, ZeroDivisionError):
             self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}"
                       + (" or none" if self.optional else ""), param, ctx)
@@ -64,6 +99,19 @@ class NumberOrName(click.ParamType):
             return value
 
 
+def parse_t_star(text: str) -> int | float:
+    """A purification depth t* (docs/method.md §13): a fraction of T in [0, 1) (a float) or an
+    integer timestep >= 1 (an int; ``"2"`` and ``"2.0"`` alike). Raises ValueError for
+    anything else, e.g. ``"1.5"`` (neither: never rounded), ``"-0.1"``, ``"nan"``."""
+    v = parse_number(text)
+    if math.isfinite(v) and 0 <= v < 1:
+        return v
+    if math.isfinite(v) and v >= 1 and v == int(v):
+        return int(v)
+    raise ValueError(f"{text.strip()!r} is neither a fraction of T in [0, 1) nor an integer "
+                     "timestep >= 1")
+
+
 _NUMBERS = {(k, optional): Number(k, optional) for k in (int, float)
             for optional in (False, True)}
 NUMBER_OR_NAME = NumberOrName(float)
@@ -80,10 +128,11 @@ def parse_list(value: str, what: str, allowed: Iterable[str] | None = None) -> l
     items = [v.strip() for v in value.split(",") if v.strip()]
     if not items:
         raise ConfigError(f"--{what} is empty; give a comma-separated list", field=what)
+    note = getattr(allowed, "note", "")  # a registry's names: the plugins that failed to load
     allowed = None if allowed is None else tuple(allowed)
     for v in items:
         if allowed is not None and v not in allowed:
-            raise ConfigError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}",
+            raise ConfigError(f"unknown {what} {v!r}; allowed: {', '.join(allowed)}{note}",
                               field=what)
     return items
 
@@ -97,7 +146,7 @@ def parse_percents(value: str) -> list[float]:
         except (ValueError, ZeroDivisionError):
             raise ConfigError(f"--steps-attacked {v!r} is not a number; allowed: 0..100",
                               field="steps_attacked") from None
-        if not 0 <= p <= 100:
+        if not 0 <= p <= 100:  # nan fails too
             raise ConfigError(f"--steps-attacked {v} is outside 0..100 (percent of reverse "
                               "steps)", field="steps_attacked")
         out.append(p)

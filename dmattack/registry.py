@@ -12,15 +12,19 @@ as the allowed values of the matching option. A new entry is one registration::
 Third-party packages add entries without touching dmattack through the ``dmattack``
 entry-point group (``[project.entry-points.dmattack]`` in their pyproject.toml). Each entry
 point names a module or a zero-argument callable; dmattack imports (or calls) it the first time
-any registry is looked up, and the registrations it makes are then available everywhere,
-the CLI included (``dmattack plugins`` lists them).
+any registry is looked up outside an import of dmattack itself (:func:`load_plugins`), and the
+registrations it makes are then available everywhere, the CLI included (``dmattack plugins``
+lists them). A plugin that fails is one warning; see docs/library.md §7.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from typing import Any, Generic, TypeVar
 
@@ -28,29 +32,114 @@ from .errors import ConfigError, first_line
 
 T = TypeVar("T")
 ENTRY_POINT_GROUP = "dmattack"
+TOOLKIT_MODULES = ("dmattack", "evaluators", "cli")
+"""Top-level modules whose import defers plugin loading: a plugin may import any of them."""
 log = logging.getLogger("dmattack")
 
 _plugins_loaded = False
+_lock = threading.RLock()
 PLUGINS: dict[str, str] = {}
 """Entry points loaded so far: name → ``"ok"`` or the one-line reason it failed to load."""
 
 
+def importing_toolkit() -> str | None:
+    """The toolkit module (:data:`TOOLKIT_MODULES`) whose body this thread is executing, i.e.
+    one that is half-imported, or None. Plugins are not loaded then: a plugin importing it
+    would see it half-initialised (a circular import)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            name = frame.f_globals.get("__name__", "")
+            if isinstance(name, str) and name.split(".")[0] in TOOLKIT_MODULES:
+                return name
+        frame = frame.f_back
+    return None
+
+
 def load_plugins() -> dict[str, str]:
-    """Import every ``dmattack`` entry point once (later calls return the same record)."""
+    """Import every ``dmattack`` entry point once; later calls return the same record.
+
+    Registries call this on every lookup. It does nothing while a toolkit module is being
+    imported (:func:`importing_toolkit`; the lookup then sees the built-in entries) or while
+    plugins are loading (a plugin's own lookups see what is registered so far). A plugin that
+    raises anything, ``SystemExit`` included, is recorded in :data:`PLUGINS` and logged as one
+    warning; only the user's own Ctrl-C (SIGINT while loading) propagates.
+    """
     global _plugins_loaded
-    if _plugins_loaded:
+    if _plugins_loaded or importing_toolkit() is not None:
         return PLUGINS
-    _plugins_loaded = True
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    with _lock:  # another thread waits here until loading is complete
+        if _plugins_loaded:  # done by another thread, or re-entered by a plugin of this one
+            return PLUGINS
+        _plugins_loaded = True
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            PLUGINS[ep.name] = _load_one(ep)
+    return PLUGINS
+
+
+def _load_one(ep: metadata.EntryPoint) -> str:
+    """Import (and call, if it names a function) one entry point: ``"ok"`` or why it failed."""
+    with _sigint_seen() as sigint:
         try:
             obj = ep.load()
             if callable(obj) and not isinstance(obj, type):
                 obj()
-            PLUGINS[ep.name] = "ok"
-        except Exception as e:  # a broken plugin must not take the toolkit down
-            PLUGINS[ep.name] = first_line(e)
-            log.warning("plugin %r (%s) failed to load: %s", ep.name, ep.value, first_line(e))
-    return PLUGINS
+            return "ok"
+        except KeyboardInterrupt as e:
+            if sigint is None or sigint:  # the user's Ctrl-C (or we cannot tell)
+                raise
+            reason = _reason(e)
+        except BaseException as e:  # SystemExit too: a broken plugin must not stop dmattack
+            reason = _reason(e)
+    log.warning("plugin %r (%s) failed to load: %s", ep.name, ep.value, reason)
+    return reason
+
+
+def _reason(error: BaseException) -> str:
+    """``"SystemExit: 3"``: the exception's type and first line."""
+    text = first_line(error)
+    name = type(error).__name__
+    return name if text == name else f"{name}: {text}"
+
+
+@contextmanager
+def _sigint_seen() -> Iterator[list[bool] | None]:
+    """A list that becomes non-empty when SIGINT (Ctrl-C) arrives inside the block, so that a
+    KeyboardInterrupt the user caused is told apart from one a plugin raised. None where that
+    cannot be watched (not the main thread, or SIGINT not handled by Python's default)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield None
+        return
+    seen: list[bool] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def failed_plugins_note() -> str:
+    """``"; plugins that failed to load: a (SystemExit: 3)"`` for a message about an unknown
+    name (an entry the failed plugin would have registered), or "" when none failed."""
+    failed = [f"{name} ({why})" for name, why in PLUGINS.items() if why != "ok"]
+    return f"; plugins that failed to load: {', '.join(failed)}" if failed else ""
+
+
+class Names(tuple):
+    """A registry's names in registration order (a tuple); :attr:`note` names the plugins that
+    failed to load, for a message about a name that is not among them."""
+
+    __slots__ = ()
+
+    @property
+    def note(self) -> str:
+        return failed_plugins_note()
 
 
 class Registry(Generic[T]):
@@ -93,9 +182,9 @@ class Registry(Generic[T]):
         self._entries.pop(name, None)
         self._origin.pop(name, None)
 
-    def names(self) -> tuple[str, ...]:
+    def names(self) -> Names:
         load_plugins()
-        return tuple(self._entries)
+        return Names(self._entries)
 
     def origin(self, name: str) -> str:
         """The module that registered ``name``."""
@@ -110,7 +199,7 @@ class Registry(Generic[T]):
             return self._entries[name]
         what = f"{option} {name!r}" if option else f"{self.kind} {name!r}"
         allowed = ", ".join(self._entries) or "(none registered)"
-        raise ConfigError(f"unknown {what}; allowed: {allowed}",
+        raise ConfigError(f"unknown {what}; allowed: {allowed}{failed_plugins_note()}",
                           field=option.lstrip("-").replace("-", "_") if option else None)
 
     def __getitem__(self, name: str) -> T:

@@ -24,6 +24,7 @@ dataclasses (their options are flattened into the parent's). Every float is chec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -115,8 +116,11 @@ def same_as(cls: type, name: str, help: str | None = None, prefix: str = "") -> 
 
 
 def is_number(v: Any) -> bool:
-    """True for a finite int or float (bools excluded)."""
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    """True for a finite int or float (bools excluded); any int is finite (``math.isfinite``
+    would overflow on one beyond a float's range, e.g. ``--seed 1e400`` written out)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    return isinstance(v, int) or math.isfinite(v)
 
 
 def setting_of(field: dataclasses.Field) -> Setting | None:
@@ -218,6 +222,15 @@ def _value_ok(value: Any, ft: FieldType, s: Setting | None) -> bool:
     return False
 
 
+def shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` for an error line, shortened in the middle beyond ``limit`` characters
+    (e.g. a 400-digit ``--seed``)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit // 2]}…{text[-8:]} ({len(text)} characters)"
+
+
 def check_settings(obj: Any, prefix: str = "") -> None:
     """Check every field of config dataclass ``obj`` against its type and declared range.
 
@@ -233,8 +246,9 @@ def check_settings(obj: Any, prefix: str = "") -> None:
             continue
         s = setting_of(f)
         if not _value_ok(value, ft, s):
-            raise ConfigError(f"{prefix}{f.name} ({option_name(f)}) = {value!r} is invalid; "
-                              f"allowed: {_describe(ft, s)}", field=prefix + f.name)
+            raise ConfigError(f"{prefix}{f.name} ({option_name(f)}) = {shown(value)} is invalid; "
+                              f"allowed: {_describe(ft, s)}{_choices_note(s)}",
+                              field=prefix + f.name)
 
 
 def check_field(cls: type, name: str, value: Any, where: str = "") -> None:
@@ -244,8 +258,18 @@ def check_field(cls: type, name: str, value: Any, where: str = "") -> None:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     ft, s = field_types(cls)[name], setting_of(f)
     if not _value_ok(value, ft, s):
-        raise ConfigError(f"{where or f'{name} ({option_name(f)})'} = {value!r} is invalid; "
-                          f"allowed: {_describe(ft, s)}", field=name)
+        raise ConfigError(f"{where or f'{name} ({option_name(f)})'} = {shown(value)} is invalid; "
+                          f"allowed: {_describe(ft, s)}{_choices_note(s)}", field=name)
+
+
+def _choices_note(s: Setting | None) -> str:
+    """For choices computed by a callable (a registry's names, which plugins extend): the
+    plugins that failed to load, else ""."""
+    if s is None or not callable(s.choices):
+        return ""
+    from .registry import failed_plugins_note
+
+    return failed_plugins_note()
 
 
 def iter_settings(cls: type, prefix: str = ""
@@ -296,16 +320,13 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
         default = None if s.auto else _leaf_default(base, path)
         path = prefix + path
         name = option_name(f)
-        help_text = s.help
-        choices = s.allowed_choices()
-        if choices:
-            help_text += f" [{' | '.join(choices)}]"
-        if s.auto:
-            help_text += f" [default: by {s.auto}]"
-        elif default is None and "[default:" not in help_text:
-            help_text += " [default: none]"
-        kw: dict[str, Any] = {"default": default, "show_default": default is not None,
-                              "help": help_text}
+        kw: dict[str, Any] = {"default": default, "show_default": default is not None}
+        option_cls = click.Option
+        if callable(s.choices):  # a registry's names, listed when --help is shown: plugin
+            option_cls = _lazy_help_option()  # entries count, and importing loads no plugin
+            kw["help_text"] = functools.partial(_help_text, s, default)
+        else:
+            kw["help"] = _help_text(s, default)
         if ft.kinds == (bool,):
             decls = [f"{name}/--no-{name[2:]}", param_name(path)]
         else:
@@ -313,7 +334,7 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
             kw["type"] = _click_type(ft)
             if tuple in ft.kinds and default is not None:
                 kw["default"] = tuple(default)
-        options.append(click.Option(decls, **kw))
+        options.append(option_cls(decls, **kw))
         for i, old in enumerate(s.deprecated):
             options.append(click.Option(
                 [old, f"{param_name(path)}__deprecated_{i}"], type=kw.get("type"),
@@ -327,6 +348,41 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
         return fn
 
     return apply
+
+
+def _help_text(s: Setting, default: Any) -> str:
+    """An option's help: the setting's help, its allowed names, and what its default is."""
+    text = s.help
+    choices = s.allowed_choices()
+    if choices:
+        text += f" [{' | '.join(choices)}]"
+    if s.auto:
+        text += f" [default: by {s.auto}]"
+    elif default is None and "[default:" not in text:
+        text += " [default: none]"
+    return text
+
+
+@functools.cache
+def _lazy_help_option() -> type:
+    """A click option class whose ``help`` is computed each time it is read
+    (``help_text()``)."""
+    import click
+
+    class LazyHelpOption(click.Option):
+        def __init__(self, *args: Any, help_text: Callable[[], str], **kwargs: Any) -> None:
+            self.help_text = help_text
+            super().__init__(*args, **kwargs)
+
+        @property
+        def help(self) -> str:
+            return self.help_text()
+
+        @help.setter
+        def help(self, value: Any) -> None:  # click assigns None in __init__: nothing to keep
+            pass
+
+    return LazyHelpOption
 
 
 def _click_type(ft: FieldType) -> Any:

@@ -95,8 +95,9 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
                    **evaluate_kwargs: Any) -> dict[str, Any]:
     """Score ``samples`` (N, *shape) of ``loaded`` (default: draw ``setup.num_samples`` with
     ``setup.sampler`` from seed ``setup.config.seed``) and write ``results.json`` (metrics,
-    protocol, provenance) into ``out_dir``; returns the metrics. ``evaluate_kwargs`` go to
-    :func:`evaluators.evaluate` (feature_extractor, memorization_space, dinov2_dir).
+    protocol, provenance) into ``out_dir``; returns the metrics. ``setup.scoring`` and
+    ``evaluate_kwargs`` (which win) go to :func:`evaluators.evaluate` (feature_extractor,
+    memorization_space, dinov2_dir).
 
     Before sampling, everything scoring needs is checked: the weights of every feature
     extractor (a one-line :class:`~evaluators.errors.MetricError` when missing) and that
@@ -109,6 +110,7 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
 
     cfg = setup.config
     out = Path(out_dir)
+    evaluate_kwargs = {**setup.scoring, **evaluate_kwargs}
     scoring_identity(setup.metrics, tuple(loaded.data_shape),
                      inception_weights=cfg.inception_weights,
                      **{k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS})
@@ -133,7 +135,7 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     result = evaluate(
         samples, setup.reference.data, setup.metrics, truth=setup.reference.truth,
         inception_weights=cfg.inception_weights, reference_name=setup.reference.name,
-        protocol={"evaluation": setup.label, "source": loaded.source, "ema": loaded.ema,
+        protocol={**setup.protocol(), "source": loaded.source, "ema": loaded.ema,
                   "samples_from": source},
         train_set=train_set, out_dir=out_dir, **evaluate_kwargs)
     write_json(out / "results.json", {"kind": "evaluate", "metrics": result,

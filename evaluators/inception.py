@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import re
 import warnings
 from pathlib import Path
 
@@ -71,12 +72,28 @@ def check_fid_helper_file(path: str | Path) -> Path:
 
 
 def load_fid_helper_model(path: str | Path) -> torch.jit.ScriptModule:
-    """The checked TorchScript InceptionV3 on the CPU, in eval mode."""
+    """The checked TorchScript InceptionV3 on the CPU, in eval mode; a failure to load it (e.g.
+    a torch too old for the archive) is a one-line :class:`MetricError`."""
     check_fid_helper_file(path)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated",
-                                category=FutureWarning)
-        return torch.jit.load(str(path), map_location="cpu").eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated",
+                                    category=FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, torch.jit.Error, ValueError, OSError) as e:
+        raise MetricError(f"TorchScript Inception {path} does not load: "
+                          f"{torchscript_reason(e)}") from e
+
+
+def torchscript_reason(error: BaseException) -> str:
+    """One line for an error raised by TorchScript code: the interpreter's message holds both
+    tracebacks and then the exception (``builtins.ValueError: …``); that last exception line,
+    else the first line of the message."""
+    lines = str(error).splitlines()
+    for line in reversed(lines):
+        if re.match(r"(builtins\.)?[A-Za-z_][\w.]*(Error|Exception)\b", line):
+            return line.strip()
+    return lines[0].strip() if lines else type(error).__name__
 
 
 class FidHelperInceptionExtractor(FeatureExtractorBase):

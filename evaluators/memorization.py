@@ -7,13 +7,18 @@ Feature spaces:
   keeps a shared background from making every pair similar);
 - ``digits-cnn``: the 64-D penultimate layer of the shipped digits CNN;
 - ``inception``: torch-fidelity's Inception pool3 (2048-D); needs the weights file;
-- ``dinov2``: DINOv2 ViT-B/14 CLS embedding from a local torch-hub copy (never downloaded).
+- ``dinov2``: DINOv2 ViT-B/14 CLS embedding from a local torch-hub copy (never downloaded);
+  its ``hubconf.py`` is code: a cached copy nobody named is said on stderr, and a failure
+  inside it is a one-line :class:`MetricError` (docs/reliability.md, inputs that run code).
 A zero feature vector has similarity 0 to everything. Non-finite samples are dropped and counted.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,7 @@ import torch
 from matplotlib.figure import Figure
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
+from dmattack.errors import first_line
 from dmattack.io import atomic_path
 
 from .errors import ConfigError, MetricError
@@ -32,6 +38,9 @@ SPACES = ("pixels", "digits-cnn", "inception", "dinov2")
 THRESHOLDS = (0.9, 0.95)
 DINOV2_MODEL = "dinov2_vitb14"
 DINOV2_URL = f"https://dl.fbaipublicfiles.com/dinov2/{DINOV2_MODEL}/{DINOV2_MODEL}_pretrain.pth"
+log = logging.getLogger("dmattack")
+_ANNOUNCED: set[Path] = set()
+"""Cached checkouts already named on stderr in this process (once each)."""
 
 
 def max_cosine_similarity(queries: torch.Tensor, keys: torch.Tensor, query_batch: int = 1024,
@@ -64,22 +73,45 @@ def _dinov2_features(images: torch.Tensor, repo: str | os.PathLike | None) -> tu
     cache copy. The weights must already be in torch-hub's checkpoints folder.
     """
     hub = Path(torch.hub.get_dir())
-    repo = Path(repo) if repo is not None else hub / "facebookresearch_dinov2_main"
+    named = repo is not None
+    repo = Path(repo) if named else hub / "facebookresearch_dinov2_main"
     ckpt = hub / "checkpoints" / os.path.basename(DINOV2_URL)
     if not (repo / "hubconf.py").is_file() or not ckpt.is_file():
         raise MetricError(f"DINOv2 needs a local facebookresearch/dinov2 checkout (hubconf.py; "
                           f"looked in {repo}; pass it as dinov2_dir) and {DINOV2_URL} at {ckpt}")
+    if not named and repo.resolve() not in _ANNOUNCED:  # its hubconf.py is code: say whose
+        _ANNOUNCED.add(repo.resolve())
+        log.warning("DINOv2: using the cached checkout %s, which no option named (its "
+                    "hubconf.py runs as code; --dinov2-dir names one)", repo)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = torch.hub.load(str(repo), DINOV2_MODEL, source="local").eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
     chunks = []
+    with _checkout_code(repo, "its hubconf.py failed"):
+        model = torch.hub.load(str(repo), DINOV2_MODEL, source="local").eval().to(device)
     with torch.no_grad():
         for b in to_uint8(images).split(64):
             x = interpolate_bilinear_2d_like_tensorflow1x(b.to(device).float(), size=(224, 224),
                                                           align_corners=False)
-            chunks.append(model((x - mean) / std).float().cpu())
+            with _checkout_code(repo, f"its {DINOV2_MODEL} failed on the images"):
+                y = model((x - mean) / std)
+            chunks.append(y.float().cpu())
     return torch.cat(chunks), ckpt
+
+
+@contextmanager
+def _checkout_code(repo: Path, what: str) -> Iterator[None]:
+    """Run code from a DINOv2 checkout: anything it raises (SystemExit too; not the user's
+    Ctrl-C) becomes a one-line :class:`MetricError` naming the checkout."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        reason = first_line(e)
+        reason = type(e).__name__ + ("" if reason == type(e).__name__ else f": {reason}")
+        raise MetricError(f"DINOv2 checkout {repo}: {what} ({reason}); it is code from that "
+                          "folder: check it or name another with --dinov2-dir") from e
 
 
 def features(x: torch.Tensor, space: str, train_mean: torch.Tensor,

@@ -14,6 +14,7 @@ from dmattack.attacks import (
     attacked_steps,
     make_hook_factory,
 )
+from dmattack.attacks.schedule import steps_with_budget
 from dmattack.diffusion import GaussianDiffusion, respace
 from dmattack.errors import ConfigError
 from dmattack.models import build_model
@@ -211,25 +212,46 @@ def test_per_sample_generators_make_rows_independent(model, sd):
 # ----------------------------------------------------------------------------- schedule
 @pytest.mark.parametrize("num_steps", [10, 20, 37, 1000])
 @pytest.mark.parametrize("window", ["first", "last", "spread"])
-def test_attacked_step_count_and_window(num_steps, window):
+@pytest.mark.parametrize("counting", ["budget", "all"])
+def test_attacked_step_count_and_window(num_steps, window, counting):
+    # closed form: "budget" chooses among the K−1 steps with a positive budget (the last step,
+    # t = 0, has √β̃ = 0), "all" among all K steps (the former counting)
+    candidates = num_steps - 1 if counting == "budget" else num_steps
     for percent in (0, 10, 25, 50, 75, 100):
-        steps = attacked_steps(num_steps, percent, window)
-        count = int(percent / 100 * num_steps + 0.5)
+        steps = attacked_steps(num_steps, percent, window, counting)
+        count = int(percent / 100 * candidates + 0.5)
         assert len(steps) == count == len(set(steps)) and steps == sorted(steps)
-        assert all(0 <= s < num_steps for s in steps)
+        assert all(0 <= s < candidates for s in steps)
         if window == "first":
             assert steps == list(range(count))
         elif window == "last":
-            assert steps == list(range(num_steps - count, num_steps))
+            assert steps == list(range(candidates - count, candidates))
         elif count:
             gaps = {b - a for a, b in zip(steps, steps[1:], strict=False)}
             assert max(gaps, default=0) - min(gaps, default=0) <= 1  # evenly strided
-    assert attacked_steps(20, 100, window) == list(range(20))
+    assert attacked_steps(num_steps, 100, window, counting) == list(range(candidates))
+    assert steps_with_budget(num_steps) == list(range(num_steps - 1))
+
+
+def test_steps_with_budget_are_those_whose_sqrt_beta_tilde_is_positive():
+    full = GaussianDiffusion.from_schedule()
+    for k in (4, 25, 1000):
+        sd = sampling_diffusion(full, SamplerConfig("respaced", k))
+        # reverse step i is at t = K−1−i; its budget is √β̃_t
+        positive = [i for i in range(k) if sd.attack_std_table[k - 1 - i] > 0]
+        assert steps_with_budget(k) == positive
 
 
 def test_spread_indices():
-    assert attacked_steps(20, 25, "spread") == [2, 6, 10, 14, 18]
-    assert attacked_steps(10, 50, "spread") == [1, 3, 5, 7, 9]
+    # budget counting: M = K−1 candidates, count = round(p·M), step ⌊(i + ½)·M/count⌋
+    assert attacked_steps(20, 25, "spread") == [1, 5, 9, 13, 17]  # M 19, count 5
+    assert attacked_steps(10, 50, "spread") == [0, 2, 4, 6, 8]  # M 9, count round(4.5) = 5
+    assert attacked_steps(25, 50, "spread") == list(range(1, 24, 2))  # 12 real steps
+    assert attacked_steps(4, 50) == [0, 2]  # M 3, count ⌊1.5 + ½⌋ = 2: ⌊0.75⌋, ⌊2.25⌋
+    # the former counting (all K steps): 13 steps of 25 for 50%, the last among them
+    assert attacked_steps(20, 25, "spread", "all") == [2, 6, 10, 14, 18]
+    assert attacked_steps(10, 50, "spread", "all") == [1, 3, 5, 7, 9]
+    assert attacked_steps(25, 50, "spread", "all")[-1] == 24
 
 
 def test_schedule_validation():
@@ -237,6 +259,8 @@ def test_schedule_validation():
         attacked_steps(10, 101)
     with pytest.raises(ValueError, match="'middle'; allowed: spread, first, last"):
         attacked_steps(10, 50, "middle")
+    with pytest.raises(ValueError, match="'every'; allowed: budget, all"):
+        attacked_steps(10, 50, "spread", "every")
     with pytest.raises(ValueError, match="method .--method. = 'cw' is invalid; allowed: fgsm, pgd"):
         AttackSpec("cw", 50)
     with pytest.raises(ValueError, match="project"):

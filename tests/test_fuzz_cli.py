@@ -57,7 +57,8 @@ def runs_root(world, monkeypatch):
 JUNK = ["", " ", "x", "∂é", ",", "a,b", "-", "--", "nan", "inf", "-1", "0", "1e999", "\t",
         "None", "null", "[]", "{}", "'", '"', "../..", "%s", "0x10"]
 floats = st.one_of(st.sampled_from(["nan", "inf", "-inf", "-0", "0", "1", "0.5", "-1", "1e308",
-                                    "1e-320", "3", "x", ""]),
+                                    "1e-320", "3", "x", "", "1e400/1", "8/255", "1/0",
+                                    "1e99999999/1"]),
                    st.floats(allow_nan=True, allow_infinity=True).map(repr))
 big_ints = st.one_of(st.integers(-3, 40).map(str), st.integers(-2**70, 2**70).map(str),
                      st.sampled_from(["x", "", "1.5", "1e3", "0x10", "2147483648"]))
@@ -125,7 +126,7 @@ def train_pools(world):
         "--lambda-scaling": words("var", "std", "mul", "const"),
         "--ray-base": words("std", "var"),
         "--xi-range": st.tuples(floats, floats),
-        "--fgsm-step": words("std", "wong", "0.5", "-1", "nan"),
+        "--fgsm-step": words("std", "wong", "0.5", "-1", "nan", "1e400/1"),
         "--fgsm-cost": words("discrepancy", "equivariance"),
         "--ip-gamma": floats, "--dropout": floats, "--num-workers": big_ints,
         "--invariance-form": words("trades", "madry"),

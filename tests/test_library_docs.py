@@ -35,6 +35,6 @@ def test_every_python_block_of_library_md_runs(tmp_path, monkeypatch, capsys):
         except Exception as e:
             raise AssertionError(f"docs/library.md python block {n} failed: {e!r}\n{code}") from e
     out = capsys.readouterr().out
-    assert "fgsm-eps-spread-50% 10 of 20 True" in out
+    assert "fgsm-eps-spread-50% 10 of 20 False" in out
     assert "whole-chain" in out
     assert "trajectory-pgd3-pixel-spread-50% 4 of 8 True" in out

@@ -4,6 +4,7 @@ file or a temporary installed package) works through the library and the CLI."""
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import textwrap
 from pathlib import Path
@@ -18,7 +19,7 @@ import cli
 import dmattack.registry as registry
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.errors import ConfigError
-from dmattack.registry import METRICS, PLUGINS, SAMPLERS
+from dmattack.registry import METRICS, SAMPLERS
 from dmattack.sampling import Sampler, SamplerConfig, sample
 from evaluators import Metric, evaluate
 
@@ -106,28 +107,111 @@ def test_metric_returning_undeclared_keys_is_a_bug(mean_abs):
         evaluate(torch.randn(4, 2), torch.randn(4, 2), ["mean-abs"])
 
 
-def test_entry_point_plugin_is_loaded_and_listed(tmp_path, monkeypatch):
-    (tmp_path / "dmattack_test_plugin.py").write_text(textwrap.dedent('''
+@pytest.fixture
+def installed(tmp_path, monkeypatch):
+    """``install(entry, source)``: a distribution on sys.path whose entry point ``entry`` (group
+    dmattack) names a module with ``source``; plugin loading is reset and undone afterwards."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    monkeypatch.setattr(registry, "PLUGINS", {})
+    modules = []
+
+    def install(entry: str, source: str) -> None:
+        module = f"dmattack_test_plugin_{len(modules)}"
+        modules.append(module)
+        (tmp_path / f"{module}.py").write_text(textwrap.dedent(source))
+        info = tmp_path / f"{module}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[dmattack]\n{entry} = {module}\n")
+
+    yield install
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def test_entry_point_plugin_is_loaded_and_listed(installed):
+    installed("test-plugin", '''
         from dmattack.registry import SAMPLERS
         from dmattack.sampling import Sampler, ancestral_step
 
         SAMPLERS.register("plugin-ancestral", Sampler("a plugin's sampler", ancestral_step))
-    '''))
-    info = tmp_path / "dmattack_test_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: dmattack-test-plugin\n"
-                                   "Version: 0.1\n")
-    (info / "entry_points.txt").write_text("[dmattack]\ntest-plugin = dmattack_test_plugin\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    ''')
     try:
         result = CliRunner().invoke(cli.main, ["plugins"], terminal_width=200)
         assert result.exit_code == 0, result.output
-        assert PLUGINS["test-plugin"] == "ok"
-        assert "plugin-ancestral" in result.output and "dmattack_test_plugin" in result.output
+        assert registry.PLUGINS["test-plugin"] == "ok"
+        assert "plugin-ancestral" in result.output and "dmattack_test_plugin_0" in result.output
         assert "test-plugin" in result.output
         assert SamplerConfig("plugin-ancestral", 4).num_steps(10) == 4
+        # an option's help lists the registry's names when shown: the plugin's entry too
+        help_text = CliRunner().invoke(cli.main, ["sample", "--help"], terminal_width=200)
+        assert "[ddpm | respaced | ddim | plugin-ancestral]" in help_text.output
     finally:
         SAMPLERS.unregister("plugin-ancestral")
-        PLUGINS.pop("test-plugin", None)
-        sys.modules.pop("dmattack_test_plugin", None)
+
+
+@pytest.mark.parametrize("raises", ["SystemExit(3)", "KeyboardInterrupt()", "GeneratorExit()",
+                                    "ImportError('no module named torchvision2')"])
+def test_anything_a_plugin_raises_is_one_warning(installed, caplog, raises):
+    installed("broken", f"raise {raises}\n")
+    installed("fine", "from dmattack.registry import METRICS\n")
+    assert "ddpm" in SAMPLERS  # the first lookup loads both; the toolkit goes on
+    why = type(eval(raises)).__name__ + ("" if raises.endswith("()") else ": " + str(
+        eval(raises)))
+    assert registry.PLUGINS == {"broken": why, "fine": "ok"}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"plugin 'broken' (dmattack_test_plugin_0) failed to load: {why}"]
+    with pytest.raises(ConfigError, match=rf"unknown --method 'mine'; allowed: .*; plugins that "
+                       rf"failed to load: broken \({why}\)$"):
+        registry.ATTACKS.get("mine", "--method")
+
+
+def test_the_users_ctrl_c_while_a_plugin_loads_propagates(installed):
+    installed("slow", """
+        import os, signal, time
+        os.kill(os.getpid(), signal.SIGINT)  # as the user's Ctrl-C
+        time.sleep(30)
+    """)
+    with pytest.raises(KeyboardInterrupt):
+        registry.load_plugins()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_no_plugin_loads_while_a_toolkit_module_is_imported(installed):
+    installed("marker", "from dmattack.registry import PLUGINS\n")
+    body = "seen = (importing_toolkit(), 'ddpm' in SAMPLERS, dict(PLUGINS))"
+    for name, loads in (("dmattack.half_imported", False), ("evaluators.x", False),
+                        ("cli", False), ("users_module", True)):
+        space = {"__name__": name, "importing_toolkit": registry.importing_toolkit,
+                 "SAMPLERS": SAMPLERS, "PLUGINS": registry.PLUGINS}
+        exec(compile(body, f"<{name}>", "exec"), space)  # a module body, as during its import
+        assert space["seen"] == (None if loads else name, True,
+                                 {"marker": "ok"} if loads else {})
+    assert registry.importing_toolkit() is None
+
+
+def test_a_plugin_looking_up_a_registry_while_loading_is_not_reentered(installed):
+    installed("first", """
+        from dmattack.registry import PLUGINS, SAMPLERS
+        SEEN = (SAMPLERS.names(), dict(PLUGINS))
+    """)
+    installed("second", "from dmattack.registry import PLUGINS\n")
+    registry.load_plugins()
+    names, plugins = sys.modules["dmattack_test_plugin_0"].SEEN
+    assert "ddpm" in names and "first" not in plugins  # the lookup inside did not load again
+    assert registry.PLUGINS == {"first": "ok", "second": "ok"}
+
+
+def test_unknown_registry_names_list_the_plugins_that_failed(monkeypatch):
+    monkeypatch.setattr(registry, "PLUGINS", {"good": "ok", "bad": "SystemExit: 3"})
+    note = "; plugins that failed to load: bad (SystemExit: 3)"
+    with pytest.raises(ConfigError) as err:
+        SamplerConfig("heun")
+    assert str(err.value).endswith(note) and str(err.value).startswith("name (--sampler)")
+    for args in (["attack", "--method", "mine"], ["curve", "--method", "pgd,mine"]):
+        result = CliRunner().invoke(cli.main, [*args, "--run", DIGITS])
+        assert result.exit_code == 2 and result.output.strip().endswith(note), result.output
+    monkeypatch.setattr(registry, "PLUGINS", {"good": "ok"})
+    with pytest.raises(ConfigError, match=r"allowed: ddpm, respaced, ddim$"):
+        SamplerConfig("heun")

@@ -50,6 +50,8 @@ class AttackPlan:
         settings: what to record as the attack's settings (default: the attack's own
             ``settings()``; a per-step factory is built once on the sampled diffusion to ask).
         spec: the registered attack's spec this plan was made from (:meth:`of`), else None.
+        step_counting: what ``percent`` counts, ``budget`` (the steps with a positive budget)
+            or ``all`` (the former counting; :func:`attacked_steps`, docs/method.md §10.8).
     """
 
     attack: PerStepFactory | WholeChainAttack
@@ -58,6 +60,7 @@ class AttackPlan:
     name: str | None = None
     settings: Mapping[str, Any] | None = None
     spec: AttackSpec | None = None
+    step_counting: str = "budget"
 
     def __post_init__(self) -> None:
         if not (isinstance(self.percent, (int, float)) and not isinstance(self.percent, bool)
@@ -65,7 +68,7 @@ class AttackPlan:
             raise ConfigError(f"percent = {self.percent!r} is invalid; allowed: a finite number "
                               "in [0, 100]", field="percent")
         try:
-            attacked_steps(1, self.percent, self.window)
+            attacked_steps(1, self.percent, self.window, self.step_counting)
         except ValueError as e:
             raise ConfigError(str(e), field="window") from None
         if not (self.whole_chain or callable(self.attack)):
@@ -89,7 +92,8 @@ class AttackPlan:
             raise ConfigError(f"{attack!r} is not an AttackSpec or AttackPlan; wrap your own "
                               "attack as AttackPlan(attack, percent, window)", field="attack")
         return cls(attack.entry().make(attack), attack.percent, attack.window,
-                   name=attack.describe(with_percent=False), spec=attack)
+                   name=attack.describe(with_percent=False), spec=attack,
+                   step_counting=attack.step_counting)
 
     # ------------------------------------------------------------------ what it is called
     @property
@@ -132,7 +136,7 @@ class AttackPlan:
 
     def steps(self, num_steps: int) -> list[int]:
         """The reverse steps attacked on a chain of ``num_steps`` (0 = the first, at x_T)."""
-        return attacked_steps(num_steps, self.percent, self.window)
+        return attacked_steps(num_steps, self.percent, self.window, self.step_counting)
 
     def attack_settings(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
         """The attack's own settings (see ``settings``); ``diffusion`` is the sampled one."""

@@ -19,31 +19,48 @@ from .losses import LOSSES
 from .trajectory import TrajectoryConfig
 
 WINDOWS = ("spread", "first", "last")
+STEP_COUNTINGS = ("budget", "all")
 
 
-def attacked_steps(num_steps: int, percent: float, window: str = "spread") -> list[int]:
+def steps_with_budget(num_steps: int) -> list[int]:
+    """Reverse steps whose attack budget √β̃_t is positive: all but the last (index K−1, at
+    t = 0, where β̃_0 = 0 because ᾱ_{-1} = 1; docs/method.md §6)."""
+    return list(range(max(num_steps - 1, 0)))
+
+
+def attacked_steps(num_steps: int, percent: float, window: str = "spread",
+                   counting: str = "budget") -> list[int]:
     """Sorted reverse-step indices to attack (0 = the first reverse step, at x_T).
 
-    count = round(percent/100·num_steps) (halves round up). ``first``: the first (high-noise)
-    steps; ``last``: the last (low-noise) steps; ``spread``: evenly strided over the chain,
-    step ⌊(i + ½)·num_steps/count⌋ for i < count, so every noise level is represented.
+    ``counting="budget"`` (the default, docs/method.md §10.8): the M = K−1 steps with a positive
+    budget are counted and chosen from, count = round(percent/100·M) (halves round up), so the
+    zero-budget last step is never spent. ``counting="all"`` (the former counting, for
+    reproducing earlier numbers): all K steps, count = round(percent/100·K), and the last step
+    may be among them. Over the M candidate steps c_0 < … < c_{M−1}: ``first`` takes the first
+    (high-noise) ones, ``last`` the last (low-noise) ones, ``spread`` c_j with
+    j = ⌊(i + ½)·M/count⌋ for i < count, evenly strided so every noise level is represented.
     """
     if not 0 <= percent <= 100:
         raise ValueError(f"percent of steps attacked must be in [0, 100], got {percent}")
     if window not in WINDOWS:
         raise ValueError(f"unknown attack window {window!r}; allowed: {', '.join(WINDOWS)}")
-    count = math.floor(percent / 100 * num_steps + 0.5)
+    if counting not in STEP_COUNTINGS:
+        raise ValueError(f"unknown step counting {counting!r}; allowed: "
+                         f"{', '.join(STEP_COUNTINGS)}")
+    candidates = steps_with_budget(num_steps) if counting == "budget" else list(range(num_steps))
+    m = len(candidates)
+    count = math.floor(percent / 100 * m + 0.5)
     if count == 0:
         return []
     if window == "first":
-        return list(range(count))
+        return candidates[:count]
     if window == "last":
-        return list(range(num_steps - count, num_steps))
-    return [math.floor((i + 0.5) * num_steps / count) for i in range(count)]
+        return candidates[m - count:]
+    return [candidates[math.floor((i + 0.5) * m / count)] for i in range(count)]
 
 
 PROJECTS = ("auto", "on", "off", "end")
-COMMON_OPTIONS = ("method", "percent", "window", "eps_scale")
+COMMON_OPTIONS = ("method", "percent", "window", "eps_scale", "step_counting")
 """AttackSpec fields every attack reads; the others belong to the attacks that declare them."""
 
 
@@ -86,6 +103,10 @@ class AttackSpec:
     horizon: int | str = same_as(LookaheadConfig, "horizon", prefix="lookahead: ")
     checkpoint: bool = same_as(TrajectoryConfig, "checkpoint", prefix="trajectory, lookahead: ")
     keep: str = same_as(TrajectoryConfig, "keep", prefix="trajectory, lookahead: ")
+    step_counting: str = setting("budget", "What --steps-attacked counts: budget (the steps "
+                                 "with a positive budget, i.e. all but the last) or all (every "
+                                 "step, the former counting, to reproduce earlier numbers).",
+                                 choices=STEP_COUNTINGS)
 
     def __post_init__(self) -> None:
         if self.project is None or isinstance(self.project, bool):  # the former spelling
@@ -114,8 +135,8 @@ class AttackSpec:
 
     def describe(self, with_percent: bool = True) -> str:
         """Short label, e.g. ``pgd20-mean-spread-50%``; options off their defaults are appended
-        (``-projend``, ``-alpha0.25``, ``-x2``), so distinct specs get distinct labels. Numbers
-        are exact (``5`` and ``4.9999999`` differ)."""
+        (``-projend``, ``-alpha0.25``, ``-x2``, ``-countall``), so distinct specs get distinct
+        labels. Numbers are exact (``5`` and ``4.9999999`` differ)."""
         entry = self.entry()
         parts = [entry.head(self), self.window]
         if with_percent:
@@ -123,6 +144,8 @@ class AttackSpec:
         parts.extend(entry.suffix(self))
         if self.eps_scale != 1:
             parts.append(f"x{format_number(self.eps_scale)}")
+        if self.step_counting != "budget":
+            parts.append(f"count{self.step_counting}")
         return "-".join(parts)
 
     def settings(self) -> dict[str, Any]:

@@ -43,15 +43,23 @@ def _load() -> str:
         return "n/a"
 
 
+MAX_SEED = 2**63 - 1  # the largest seed a training config takes (TrainConfig.seed)
+
+
 def check_run(out_dir: Path, train_images: bool = False, *, seeds: int = 1,
-              sections: Sequence[str] | None = None, quick: bool = False) -> None:
-    """Raise a one-line error before any work if ``out_dir`` is a non-empty folder (or not a
-    folder), if the shipped digits U-Nets are missing (for the attacks section unless
-    ``train_images``; always for the adaptive and purification sections), if ``seeds`` < 1 or
-    a section name is unknown."""
+              sections: Sequence[str] | None = None, quick: bool = False, seed: int = 0
+              ) -> None:
+    """Raise a one-line error before any work (nothing is created) if ``out_dir`` is a
+    non-empty folder (or not a folder), if the shipped digits U-Nets are missing (for the
+    attacks section unless ``train_images``; always for the adaptive and purification
+    sections), if ``seeds`` < 1, if a seed ``seed … seed+seeds−1`` is outside 0..2**63−1 or a
+    section name is unknown."""
     out_dir = Path(out_dir)
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"seeds {seeds!r} is not an integer >= 1", "seeds")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - seeds + 1:
+        raise ConfigError(f"seed (--seed) = {seed!r} is invalid; allowed: an integer in "
+                          f"0..{MAX_SEED - seeds + 1} (with --seeds {seeds})", "seed")
     names = resolve_sections(sections, quick)
     shipped = [n for n in SHIPPED_UNETS if n in names]
     if shipped:
@@ -116,9 +124,9 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     out_dir = Path(out_dir)
     plan = plan or (quick_plan() if quick else default_plan())
     names = resolve_sections(sections, plan.quick)
-    check_run(out_dir, train_images, seeds=seeds, sections=names)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_run(out_dir, train_images, seeds=seeds, sections=names, seed=seed)
     device = str(resolve_device(str(device)))
+    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     environment: dict[str, Any] = {"cpu_count": os.cpu_count(),
                                    "torch_threads": torch.get_num_threads(),

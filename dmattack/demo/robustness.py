@@ -23,6 +23,18 @@ from .tasks import curve_task, purify_task
 
 ADAPTIVE_ATTACKS = ("pgd-mean", "pgd-eps", "trajectory", "lookahead", "random")
 DAMAGE = ("pixel deviation mean", "pixel deviation median", "class changed (digits-cnn)")
+
+
+def _flat_damage(damage: dict[str, Any]) -> dict[str, Any]:
+    """The demo's damage columns from a point's ``damage.<measure> = {"mean", "median", …}``
+    (docs/method.md §11.1): pixel deviation mean and median, the class-change share."""
+    pixel = damage.get("pixel deviation") or {}
+    out = {"pixel deviation mean": pixel.get("mean"),
+           "pixel deviation median": pixel.get("median")}
+    if "class changed (digits-cnn)" in damage:
+        out["class changed (digits-cnn)"] = (damage["class changed (digits-cnn)"] or {}).get(
+            "mean")
+    return {k: out[k] for k in DAMAGE if k in out}
 # rough cost of one attacked sample, in network evaluations per chain step (for ordering tasks)
 _UNET_COST = 40.0
 
@@ -102,7 +114,7 @@ def adaptive_attacks(plan: AdaptivePlan, ctx: Context,
             "increase": None if value is None or base["value"] is None
             else value - base["value"],
             "variance ratio": point["metrics"].get("variance ratio"),
-            **{k: damage.get(k) for k in DAMAGE if k in damage},
+            **_flat_damage(damage),
             "num_nonfinite": damage.get("num_nonfinite", 0),
             "attacked_steps": point["steps_attacked"], "seconds": point["seconds"]})
     fig = figures.adaptive_bars(rows, {k: CURVE_METRICS[k][1] for k in runs},

@@ -112,9 +112,11 @@ def load_classifier(spec: str, device: torch.device | str = "cpu"
             with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript as deprecated
                 warnings.simplefilter("ignore", FutureWarning)
                 model = torch.jit.load(str(path), map_location=device)
-        except (RuntimeError, ValueError, OSError) as e:
+        except (RuntimeError, torch.jit.Error, ValueError, OSError) as e:
+            from evaluators.inception import torchscript_reason
+
             raise InputFileError(f"classifier {path}: cannot load the TorchScript archive: "
-                                 f"{first_line(e)}") from None
+                                 f"{torchscript_reason(e)}") from None
         info["format"] = "torchscript"
     else:
         raise InputFileError(f"classifier {path} is not a TorchScript archive or safetensors "
@@ -132,9 +134,12 @@ def check_classifier(classifier: nn.Module, data_shape: tuple[int, ...], what: s
     try:
         with torch.no_grad():
             out = classifier(torch.full((2, *data_shape), 0.5, device=device))
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:
+    except (RuntimeError, torch.jit.Error, ValueError, IndexError, TypeError) as e:
+        from evaluators.inception import torchscript_reason  # (TorchScript's message: many lines)
+
         raise ConfigError(f"classifier {what} does not accept images of shape {data_shape} "
-                          f"(the purifier's data): {first_line(e)}", field="classifier") from None
+                          f"(the purifier's data): {torchscript_reason(e)}",
+                          field="classifier") from None
     if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == 2
             and out.shape[1] >= 2):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

@@ -32,7 +32,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -45,7 +44,7 @@ from .. import distributed
 from ..errors import ConfigError
 from ..io import MiB, check_writable, provenance, write_json, write_text
 from ..locking import lock_folder
-from ..option_types import parse_number
+from ..option_types import parse_t_star
 from ..registry import SAMPLERS
 from ..runs import LoadedModel, digest
 from ..seeding import derive_seed, sample_seeds
@@ -178,14 +177,11 @@ class PurifyConfig:
         values = []
         for item in _split(self.t_star):
             try:
-                v = parse_number(item)
+                values.append(parse_t_star(item))
             except (ValueError, ZeroDivisionError):
-                v = math.nan
-            if not (math.isfinite(v) and v >= 0):
                 raise ConfigError(f"t_star (--t-star) entry {item!r} is invalid; allowed: "
                                   "fractions of T in [0, 1) or integer timesteps",
-                                  field="t_star")
-            values.append(int(v) if v >= 1 else v)
+                                  field="t_star") from None
         if not values:
             raise ConfigError("t_star (--t-star) is empty", field="t_star")
         return tuple(dict.fromkeys(values))
