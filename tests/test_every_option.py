@@ -29,7 +29,6 @@ ROBUST = str(ROOT / "checkpoints" / "digits-robust-adv")
 ALLOWED_UNUSED = {
     "device": "where it runs: results are the same on every device up to float round-off",
     "out": "where the result is written (its location, not its content)",
-    "first_sample@curve": "fixed in h-keys (curve --first-sample is passed on or refused there)",
 }
 
 # id → (command, base arguments, the library function replaced by the capture); several
