@@ -20,7 +20,7 @@ import click
 
 from dmattack import cli_output as ui
 from dmattack.attacks import AttackSpec
-from dmattack.cli_base import Group, friendly_errors, given, option_group
+from dmattack.cli_base import Group, friendly_errors, given, option_group, resumes_when_rerun
 from dmattack.cli_output import console, metric_row, print_table, progress_bar, stdout
 from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
 from dmattack.errors import ConfigError, OutputError
@@ -48,33 +48,42 @@ def main() -> None:
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
               help="Continue this run folder (to --steps if given). Also allowed with it: --nan-"
-              "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers.")
+              "policy, --tensorboard, --grad-accum, --compile, --channels-last, --num-workers, "
+              "--checkpoint-minutes.")
 @friendly_errors
 def train(**o: Any) -> None:
     """Train a DDPM or Robust diffusion model; prints the run folder.
 
-    Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) train ... (docs/performance.md).
+    SIGTERM or Ctrl-C: the step is finished, a checkpoint written, the resume command printed;
+    exit code 3 (a second signal stops at once). Several GPUs: torchrun --nproc-per-node N --
+    $(which dmattack) train ... (docs/performance.md).
     """
+    from dmattack import distributed
     from dmattack.cli_output import train_progress
-    from dmattack.train import RESUME_OVERRIDES, prepare_run
+    from dmattack.train import TrainingInterrupted, prepare_run, resume_config
     from dmattack.train import train as train_run
 
-    fixed = [p.opts[0] for p in click.get_current_context().command.params if given(p.name)
-             and p.name not in (*RESUME_OVERRIDES, "steps", "resume")]
-    if o["resume"] and fixed:
-        raise ConfigError(f"{fixed[0]} cannot change on --resume; allowed: --steps, "
-                          + ", ".join("--" + k.replace("_", "-") for k in RESUME_OVERRIDES))
-    cfg = None if o["resume"] else from_options(TrainConfig, o)
-    overrides = {k: o[k] for k in RESUME_OVERRIDES if given(k)}
-    cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], o["steps"],
-                                     _join_torchrun, **overrides)
+    if o["resume"]:
+        if given("out"):
+            raise ConfigError("--out cannot be given with --resume (the run stays in its folder)")
+        # the given options over the run's config; prepare_run refuses any that changed
+        cfg = from_options(TrainConfig, {k: v for k, v in o.items() if given(k)},
+                           base=resume_config(o["resume"]))
+    else:
+        cfg = from_options(TrainConfig, o)
+    cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], join=_join_torchrun)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}"
                   f"{', horizontal flips' if cfg.flip else ''}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
-    with progress_bar("loss") as bar:
-        train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
-                  callback=train_progress(bar, cfg.steps))
+    try:
+        with progress_bar("loss") as bar:
+            train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
+                      callback=train_progress(bar, cfg.steps))
+    except TrainingInterrupted as e:  # one line: where it stopped and how to resume
+        if distributed.is_main():
+            click.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     stdout.print(str(run_dir))
 
 
@@ -232,6 +241,7 @@ def attack(**o: Any) -> None:
               help="Curve folder [default: runs/curves/<hash of the settings>]; re-running the "
               "same command there resumes.")
 @friendly_errors
+@resumes_when_rerun
 def curve(**o: Any) -> None:
     """Metric-versus-%-attacked curves for one or more models (paper Figure 7).
 
@@ -359,6 +369,7 @@ def export(run: str | None, ema: bool, out: str) -> None:
               help="Result folder [default: runs/purify/<hash of the settings>]; re-running "
               "the same command there resumes.")
 @friendly_errors
+@resumes_when_rerun
 def purify(**o: Any) -> None:
     """Diffusion purification under attack: clean and robust accuracy of a classifier,
     undefended and purified by each --run (PGD-EOT, BPDA-EOT, AutoAttack-rand).

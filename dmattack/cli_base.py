@@ -33,6 +33,22 @@ def friendly_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def resumes_when_rerun(fn: Callable) -> Callable:
+    """For commands whose finished work is kept on disk and that resume when run again (curve,
+    purify): Ctrl-C prints one line saying so and exits with 130 (128 + SIGINT)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("interrupted; the work finished so far is kept: rerun the same command "
+                       "to resume", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
 class OneLineUsage:
     """Usage errors (bad option values) as one ``Error: ...`` line, without the usage block."""
 

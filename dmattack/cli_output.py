@@ -168,8 +168,9 @@ def convergence_warning(label: str, convergence: dict[str, Any] | None) -> str |
         return None
     rise = convergence.get("rise_last_fifth")
     rose = f"{100 * rise:.1f}%" if isinstance(rise, (int, float)) else "more than the tolerance"
-    return (f"warning: {label} did not converge (damage rose {rose} over the last fifth of "
-            f"{convergence.get('iterations')} iterations); raise --iterations or --restarts")
+    return (f"warning: {label} did not converge (its objective's best-so-far rose {rose} over "
+            f"the last fifth of {convergence.get('iterations')} iterations); raise --iterations "
+            "(per-step pgd: --pgd-steps) or --restarts")
 
 
 def print_attack_result(result: dict[str, Any], title: str) -> None:

@@ -8,7 +8,9 @@ Reliability (docs/reliability.md): one process per run folder (``.lock``); the o
 checked for writability and free space before training; a non-finite loss or gradient stops
 the run naming the step (``nan_policy="stop"``) or skips that optimiser step
 (``nan_policy="skip"``); weights are checked finite before each checkpoint, so the last good
-checkpoint is never overwritten by a diverged model.
+checkpoint is never overwritten by a diverged model. SIGTERM / SIGINT finish the step, write a
+checkpoint and raise :class:`TrainingInterrupted` (``dmattack train`` exits with 3); a
+checkpoint is also written every ``checkpoint_minutes`` of wall clock.
 
 Speed (docs/performance.md): bf16 autocast, fused AdamW and channels-last U-Nets on CUDA,
 ``torch.compile`` (``compile=True``), a ``foreach`` EMA, in-memory data kept on the GPU when it
@@ -30,6 +32,9 @@ import json
 import logging
 import math
 import os
+import shlex
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,6 +56,7 @@ from .runs import (
     CHECKPOINT,
     CONFIG,
     LOAD_ERRORS,
+    META,
     PREVIOUS,
     RunError,
     checkpoint_dir,
@@ -64,6 +70,7 @@ from .runs import (
 )
 from .sampling import SamplerConfig, sample
 from .seeding import derive_seed, sample_seeds
+from .settings import iter_settings, option_name
 from .tensorboard_log import TrainingBoard
 from .train_config import TrainConfig, build_data, parse_device  # noqa: F401 - the API
 from .visualize import save_samples_png
@@ -72,6 +79,8 @@ TRAIN_STREAM = 2  # seed purpose of per-step training randomness
 NAN_SKIP_LIMIT = 100  # consecutive skipped steps after which nan_policy="skip" stops anyway
 # an in-memory training set is kept on the GPU up to this size (and a quarter of the free memory)
 DEVICE_DATA_MAX_BYTES = 8 << 30
+EXIT_INTERRUPTED = 3  # `dmattack train`'s exit code after a stop signal: checkpoint written
+STOP_SIGNALS = ("SIGTERM", "SIGINT")
 log = logging.getLogger("dmattack")
 
 
@@ -186,6 +195,7 @@ class _Batches:
             batch_sampler=_StepIndices(self.plan, steps),
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_stop_signals,
         )
         try:
             for batch in loader:
@@ -196,6 +206,13 @@ class _Batches:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             msg = lines[-1].split("DataError: ", 1)[-1] if lines else "unreadable data"
             raise DataError(msg) from None
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT (a scheduler or Ctrl-C signals the whole
+    process group): the main process finishes its step and shuts them down itself."""
+    for name in STOP_SIGNALS:
+        signal.signal(signal.Signals[name], signal.SIG_IGN)
 
 
 @torch.no_grad()
@@ -223,6 +240,122 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
+def resume_command(run_dir: str | Path) -> str:
+    """The shell command that resumes the run in ``run_dir`` (as this process was launched:
+    under torchrun, with as many processes per node)."""
+    folder = shlex.quote(str(run_dir))
+    if distributed.world_size() == 1:
+        return f"dmattack train --resume {folder}"
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(distributed.world_size()))
+    return f"torchrun --nproc-per-node {per_node} -- $(which dmattack) train --resume {folder}"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGTERM or SIGINT (docs/reliability.md, "Stopping and resuming").
+
+    After a first signal the step in progress is finished and a checkpoint of it written:
+    ``saved`` is True and ``step`` that step. A second signal stops at once: ``saved`` is
+    False and ``step`` is the step of the last complete checkpoint (None: none yet), which
+    the stop leaves intact. ``str()`` is one line ending with the command that resumes;
+    :attr:`exit_code` is what ``dmattack train`` exits with. A KeyboardInterrupt, so that
+    ``except Exception`` in a caller does not swallow the stop.
+    """
+
+    def __init__(self, signal_name: str, step: int | None = None, saved: bool = False,
+                 run_dir: str | Path | None = None) -> None:
+        super().__init__(signal_name)
+        self.signal_name, self.step, self.saved = signal_name, step, saved
+        self.run_dir: Path | None = None
+        self.command: str | None = None
+        if run_dir is not None:
+            self.locate(run_dir, step)
+
+    def locate(self, run_dir: str | Path, step: int | None) -> None:
+        """Set the run folder, the checkpoint step and the resume command."""
+        self.run_dir, self.step = Path(run_dir), step
+        self.command = resume_command(run_dir)
+
+    @property
+    def exit_code(self) -> int:
+        """:data:`EXIT_INTERRUPTED` (3) after a checkpoint of the stop step; 128 + the signal
+        number (130 for SIGINT, 143 for SIGTERM) after a second signal."""
+        return EXIT_INTERRUPTED if self.saved else 128 + int(signal.Signals[self.signal_name])
+
+    def __str__(self) -> str:
+        resume = f"resume with: {self.command}" if self.command else "resume the run"
+        if self.saved:
+            return f"stopped at step {self.step} ({self.signal_name}); checkpoint saved; {resume}"
+        kept = ("no checkpoint was written yet" if self.step is None else
+                f"the last complete checkpoint (step {self.step}) is kept")
+        return f"stopped at once (second {self.signal_name}); {kept}; {resume}"
+
+
+def _last_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the newest checkpoint folder of a run (meta.json; files not hashed)."""
+    for name in (CHECKPOINT, PREVIOUS):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            return int(json.loads((run_dir / name / META).read_text())["step"])
+    return None
+
+
+class _StopSignals:
+    """SIGTERM and SIGINT while training: the first sets :attr:`name` (the loop finishes the
+    step, writes a checkpoint and stops); a second raises :class:`TrainingInterrupted` at once.
+    The previous handlers are restored on exit (and before that second raise). Outside the
+    main thread (where Python cannot handle signals) it does nothing."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+        self.previous: dict[signal.Signals, Any] = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for name in STOP_SIGNALS:
+                sig = signal.Signals[name]
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.name is None:
+            self.name = name
+            return
+        self.restore()
+        raise TrainingInterrupted(name)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+
+class _ExtraCheckpoints:
+    """When the loop writes a checkpoint off the ``checkpoint_every`` grid: a stop signal or
+    ``checkpoint_minutes`` (wall clock) since the last checkpoint. Under torchrun the ranks
+    agree (an all-reduce of three flags per step; a plain process makes none)."""
+
+    def __init__(self, cfg: TrainConfig, signals: _StopSignals) -> None:
+        self.seconds, self.signals = 60.0 * cfg.checkpoint_minutes, signals
+        self.last = time.monotonic()
+
+    def poll(self) -> tuple[str | None, bool]:
+        """``(signal name or None, whether the time-based checkpoint is due)``."""
+        name = self.signals.name
+        due = self.seconds > 0 and time.monotonic() - self.last >= self.seconds
+        if distributed.world_size() > 1:
+            flags = distributed.all_reduce_mean(torch.tensor(
+                [name == STOP_SIGNALS[0], name == STOP_SIGNALS[1], due], dtype=torch.float64))
+            term, sigint, due = (bool(v > 0) for v in flags.tolist())
+            name = STOP_SIGNALS[0] if term else STOP_SIGNALS[1] if sigint else None
+        return name, due
+
+    def written(self) -> None:
+        self.last = time.monotonic()
+
+
 def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
     return {
         "kind": "dmattack-run",
@@ -241,15 +374,21 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
 
 
 RESUME_OVERRIDES = ("nan_policy", "grad_accum", "compile", "channels_last", "num_workers",
-                    "tensorboard")
+                    "tensorboard", "checkpoint_minutes")
+"""Settings a resumed run may change besides ``steps``: none changes the steps trained."""
+
+
+def _resumable_options() -> str:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    return ", ".join(option_name(fields[k]) for k in ("steps", *RESUME_OVERRIDES))
 
 
 def resume_config(run_dir: str | Path, steps: int | None = None,
                   nan_policy: str | None = None, **overrides: Any) -> TrainConfig:
     """The config of an existing run (with a checkpoint), optionally extended to ``steps``
-    and with another ``nan_policy``, ``tensorboard`` or speed setting (``grad_accum``,
-    ``compile``, ``channels_last``, ``num_workers``); none of them changes the steps already
-    trained.
+    and with another ``nan_policy``, ``tensorboard``, ``checkpoint_minutes`` or speed setting
+    (``grad_accum``, ``compile``, ``channels_last``, ``num_workers``); none of them changes the
+    steps already trained.
     An override given as None keeps the saved value."""
     unknown = sorted(set(overrides) - set(RESUME_OVERRIDES))
     if unknown:
@@ -263,14 +402,49 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     return dataclasses.replace(cfg, **changes)
 
 
+def _leaf(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return list(cfg) if isinstance(cfg, tuple) else cfg
+
+
+def check_resume(run_dir: str | Path, cfg: TrainConfig) -> None:
+    """The guard of every resume, from Python and the command line alike: a one-line
+    ConfigError naming the first setting of ``cfg`` (resolved) that differs from the run's
+    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunError when
+    ``run_dir`` is not a run (no valid config.json)."""
+    saved = TrainConfig.from_dict(read_config(run_dir)["train"])
+    for path, f, _ in iter_settings(TrainConfig):
+        old, new = _leaf(saved, path), _leaf(cfg, path)
+        if path not in ("steps", *RESUME_OVERRIDES) and old != new:
+            raise ConfigError(f"{path} ({option_name(f)}) = {new!r} differs from the run's "
+                              f"{old!r} and cannot change on resume; allowed to change: "
+                              f"{_resumable_options()}", field=path)
+
+
+def check_new_run_folder(run_dir: str | Path) -> None:
+    """The guard of every new run: ``run_dir`` is absent or empty (hidden files aside: the
+    lock, temp files), so a run, a checkpoint without its config.json, a training log or a
+    curve / purification store is never trained over. A one-line ConfigError otherwise."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG).exists():
+        raise ConfigError(f"run folder {run_dir} already holds a run; resume it (--resume "
+                          f"{run_dir}, or train(resume_config(run_dir), run_dir, resume=True)) "
+                          "or choose another --out", field="out")
+    held = sorted(p.name + "/" * p.is_dir() for p in run_dir.iterdir()
+                  if not p.name.startswith(".")) if run_dir.is_dir() else []
+    if held:
+        raise ConfigError(f"run folder {run_dir} is not empty (it holds {', '.join(held[:3])}"
+                          f"{', …' if len(held) > 3 else ''}) and is not a run to resume; a new "
+                          "run needs a new or empty folder: choose another --out", field="out")
+
+
 def new_run_dir(cfg: TrainConfig, out: str | Path | None, runs_root: str | Path) -> Path:
     """The folder of a new run: ``out``, or ``<runs_root>/<dataset>-<method>-<time>``; a
-    one-line ConfigError when it already holds a run."""
+    one-line ConfigError when it is not empty (:func:`check_new_run_folder`)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = Path(out or Path(runs_root) / f"{cfg.dataset}-{cfg.objective.method}-{stamp}")
-    if (run_dir / CONFIG).exists():
-        raise ConfigError(f"run folder {run_dir} already holds a run; use --resume {run_dir} "
-                          "or another --out", field="out")
+    check_new_run_folder(run_dir)
     return run_dir
 
 
@@ -280,12 +454,15 @@ def prepare_run(cfg: TrainConfig | None, out: str | Path | None, runs_root: str 
                 ) -> tuple[TrainConfig, Path, Any]:
     """What ``dmattack train`` does before the first step: ``(config, run folder, data)``.
 
-    A new run of ``cfg`` (resolved) goes into ``out`` (default :func:`new_run_dir`); with
-    ``resume`` the run there continues (to ``steps``, with the ``overrides`` of
-    :func:`resume_config`). ``join(device)`` joins torchrun's process group first (the run
-    folder is then rank 0's); the data is built and the folder checked writable."""
+    A new run of ``cfg`` (resolved) goes into ``out`` (default :func:`new_run_dir`). With
+    ``resume`` the run there continues: as ``cfg`` when given (checked by
+    :func:`check_resume`), else as :func:`resume_config` with ``steps`` and ``overrides``.
+    ``join(device)`` joins torchrun's process group first (the run folder is then rank 0's);
+    the data is built and the folder checked writable."""
     if resume:
-        cfg, run_dir = resume_config(resume, steps, **overrides), Path(resume)
+        run_dir = Path(resume)
+        cfg = resume_config(resume, steps, **overrides) if cfg is None else cfg.resolved()
+        check_resume(run_dir, cfg)
     else:
         cfg = cfg.resolved()
         run_dir = new_run_dir(cfg, out, runs_root)
@@ -376,7 +553,13 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     or non-finite weights (a :class:`~dmattack.errors.DivergedError`, a FloatingPointError);
     the last good checkpoint is never overwritten. On resume an unusable
     ``checkpoint/`` (truncated, corrupt) is moved aside to ``checkpoint.corrupt-<time>/`` and
-    training continues from ``checkpoint.prev/``.
+    training continues from ``checkpoint.prev/``. A new run needs an absent or empty folder
+    (:func:`check_new_run_folder`); a resume refuses changed settings (:func:`check_resume`).
+
+    SIGTERM or SIGINT during the steps (main thread): the step is finished, a checkpoint of it
+    written and :class:`TrainingInterrupted` raised; a second signal raises it at once. The
+    previous signal handlers are restored on return. Besides every ``checkpoint_every``
+    steps, a checkpoint is written every ``checkpoint_minutes`` (docs/reliability.md).
     """
     run_dir = Path(run_dir)
     cfg = cfg.resolved()
@@ -393,6 +576,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
     try:
         with lock_folder(run_dir, "run folder", command="dmattack train"):
             return _train_locked(cfg, run_dir, resume, callback, data, device)
+    except TrainingInterrupted as e:
+        if e.run_dir is None:  # a second signal: it stopped at once
+            e.locate(run_dir, _last_checkpoint_step(run_dir))
+        raise
     except BaseException:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
             run_dir.rmdir()  # failed before writing anything: leave no empty run folder
@@ -424,19 +611,26 @@ def _match_layout(optimizer: torch.optim.Optimizer) -> None:
 def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                   callback: StepCallback | None, data, device: torch.device) -> Path:
     main = distributed.is_main()
+    # the guards of `dmattack train`, here under the folder's lock so that train() called from
+    # Python refuses exactly what the command line refuses
+    problem = None
+    if main:
+        try:
+            if resume:
+                check_resume(run_dir, cfg)
+            else:
+                check_new_run_folder(run_dir)
+        except (ConfigError, RunError) as e:
+            problem = e
+    problem = distributed.broadcast_object(problem if main else None)
+    if problem is not None:
+        raise problem
     data = build_data(cfg) if data is None else data
     if len(data) < distributed.world_size() * cfg.grad_accum:
         raise ConfigError(f"{len(data)} training samples cannot fill "
                           f"{distributed.world_size()} processes × {cfg.grad_accum} "
                           "micro-batches", field="grad_accum")
     run_cfg = _run_config(cfg, data)
-    # the guards of `dmattack train`, here under the folder's lock so that train() called from
-    # Python refuses exactly what the command line refuses
-    exists = main and not resume and (run_dir / CONFIG).exists()
-    if distributed.broadcast_object(exists if main else None):
-        raise ConfigError(f"run folder {run_dir} already holds a run; resume it "
-                          "(train(resume_config(run_dir), run_dir, resume=True), --resume) or "
-                          "choose another folder", field="out")
     if main:
         remove_partial_checkpoints(run_dir)
 
@@ -500,17 +694,21 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
         net = torch.compile(net)
     net.train()
     ema.eval()
-    _loop(cfg, run_dir, data, device, fmt, model, ema, net, ddp, diffusion, optimizer, start,
-          skipped, resume, callback)
+    with _StopSignals() as signals:
+        _loop(cfg, run_dir, data, device, fmt, model, ema, net, ddp, diffusion, optimizer,
+              start, skipped, resume, callback, signals)
     return run_dir
 
 
 def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
           fmt: torch.memory_format, model: nn.Module, ema: nn.Module, net: nn.Module,
           ddp: DistributedDataParallel | None, diffusion, optimizer: torch.optim.Optimizer,
-          start: int, skipped: int, resume: bool, callback: StepCallback | None) -> None:
+          start: int, skipped: int, resume: bool, callback: StepCallback | None,
+          signals: _StopSignals) -> None:
     """Steps ``start … cfg.steps−1``. ``net`` is what the loss calls (``model``, or its DDP
-    wrapper ``ddp``, possibly compiled); ``model`` is saved and feeds the EMA."""
+    wrapper ``ddp``, possibly compiled); ``model`` is saved and feeds the EMA. Checkpoints
+    every ``checkpoint_every`` steps, at the end, every ``checkpoint_minutes`` and after a stop
+    signal (then raises :class:`TrainingInterrupted`)."""
     main, world = distributed.is_main(), distributed.world_size()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     rows = min(cfg.batch_size, len(data))  # the global batch (fewer samples: all of them)
@@ -522,6 +720,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
     step, last_checkpoint, run_of_skips = start, start if resume else None, 0
     t0 = time.time()
     board = TrainingBoard(run_dir, start, cfg.batch_size, enabled=main and cfg.tensorboard)
+    extra = _ExtraCheckpoints(cfg, signals)
     for x_local in _Batches(data, cfg, device, start, lo, hi):
         if cfg.flip:  # drawn for the global batch, cut to this process's rows
             x_local = flip_rows(x_local, flip_mask(step, rows, cfg.seed)[lo:hi])
@@ -593,22 +792,35 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
             _append_log(log_path, {"step": step, "time_s": round(time.time() - t0, 3),
                                    **stats})
             board.log(step, stats, norm_value, optimizer.param_groups[0]["lr"])
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            if not _all_finite(model, ema):
-                raise DivergedError(
-                    f"the weights became non-finite by step {step}; the checkpoint was not "
-                    f"written and the last good one (step {last_checkpoint}) is kept in "
-                    f"{run_dir}")
-            if main:
-                _save(run_dir, model, ema, optimizer, step, skipped, last_checkpoint)
-            distributed.barrier()
+        stop, timed = extra.poll()
+        stop = stop if step < cfg.steps else None  # a signal in the last step: it is done
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed or stop:
+            _checkpoint(run_dir, model, ema, optimizer, step, skipped, last_checkpoint)
             last_checkpoint = step
+            extra.written()
+        if stop:
+            board.close()
+            raise TrainingInterrupted(stop, step, saved=True, run_dir=run_dir)
         if cfg.num_preview and (step % cfg.sample_every == 0 or step == cfg.steps):
             if main:
                 board.preview(step, write_preview(ema, diffusion, data.shape, cfg, run_dir /
                                                   "samples" / f"step-{step:07d}.png", device))
             distributed.barrier()
     board.close()
+
+
+def _checkpoint(run_dir: Path, model: nn.Module, ema: nn.Module,
+                optimizer: torch.optim.Optimizer, step: int, skipped: int,
+                last_checkpoint: int | None) -> None:
+    """Every rank: check the weights are finite, then rank 0 writes the checkpoint of ``step``
+    (a DivergedError, and nothing written, when they are not)."""
+    if not _all_finite(model, ema):
+        raise DivergedError(
+            f"the weights became non-finite by step {step}; the checkpoint was not "
+            f"written and the last good one (step {last_checkpoint}) is kept in {run_dir}")
+    if distributed.is_main():
+        _save(run_dir, model, ema, optimizer, step, skipped, last_checkpoint)
+    distributed.barrier()
 
 
 def _save(run_dir: Path, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,

@@ -100,6 +100,10 @@ class TrainConfig:
     seed: int = setting(0, "Seed of every random draw of the run.", low=0, high=2**63 - 1)
     device: str = setting("auto", "auto (CUDA when available), cpu, cuda, cuda:N or mps.")
     checkpoint_every: int = setting(500, "Optimiser steps between checkpoints.", low=1)
+    checkpoint_minutes: float = setting(10.0, "Minutes between time-based checkpoints, besides "
+                                        "--checkpoint-every (0: off): a crash loses at most "
+                                        "this much work; the trained numbers do not change.",
+                                        low=0)
     sample_every: int = setting(500, "Optimiser steps between preview grids.", low=1)
     num_preview: int = setting(64, "Samples in each preview grid (0: none).", low=0,
                                high=4096)

@@ -13,6 +13,7 @@ from dmattack.attacks import (
     attacked_steps,
     make_hook_factory,
 )
+from dmattack.attacks.convergence import convergence, rise_last_fifth
 from dmattack.attacks.differentiable import DifferentiableChain, draw_chain_noise
 from dmattack.attacks.distances import pixel_distance
 from dmattack.attacks.lookahead import LookaheadPGD
@@ -22,7 +23,7 @@ from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.runs import load_run
 from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
-from dmattack.seeding import sample_seeds
+from dmattack.seeding import ATTACK, generators, sample_seeds
 
 SHAPE = (1, 8, 8)
 SEEDS = sample_seeds(3, 3)
@@ -211,8 +212,13 @@ def test_user_and_feature_distances(digits):
     lambda: LookaheadPGD(eot=0),
     lambda: LookaheadPGD(horizon=-1),
     lambda: LookaheadPGD(horizon="forever"),
+    lambda: TrajectoryPGD(restarts=0),
+    lambda: LookaheadPGD(restarts=1.5),
+    lambda: AttackSpec("trajectory", restarts=0),
+    lambda: AttackSpec("random", restarts=2),
 ], ids=["distance", "extractor", "extractor-without-features", "iterations", "eps-scale",
-        "keep", "eot", "horizon-negative", "horizon-name"])
+        "keep", "eot", "horizon-negative", "horizon-name", "restarts-zero", "restarts-float",
+        "spec-restarts-zero", "spec-restarts-unused"])
 def test_bad_settings_raise_config_error(make):
     with pytest.raises(ConfigError) as e:
         make()
@@ -273,3 +279,139 @@ def test_inception_embedding_matches_torch_fidelity(monkeypatch):
     with torch.no_grad():
         (ref,) = embed.net(u8)
         torch.testing.assert_close(embed(x), ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- convergence
+RESPACED = SamplerConfig("respaced", 5)
+
+
+def old_trajectory(model, diffusion, steps, iterations):
+    """Trajectory PGD as written before restarts and traces (keep="best"), from the public
+    pieces: the reference that ``restarts=1`` must reproduce bit for bit."""
+    atk = TrajectoryPGD(iterations=iterations)
+    chain = DifferentiableChain(model, diffusion, RESPACED)
+    with torch.no_grad():
+        clean = sample(model, diffusion, SHAPE, SEEDS, RESPACED)
+    budgets = atk.budgets(chain, steps, len(SEEDS), SHAPE, "cpu")
+    noise = draw_chain_noise(SHAPE, SEEDS, chain.num_steps)
+    gens = generators(SEEDS, ATTACK)
+    deltas = {s: atk.random_start(eps, SHAPE, gens) for s, eps in budgets.items()}
+    best = {s: d.clone() for s, d in deltas.items()}
+    best_d = torch.full((len(SEEDS),), -torch.inf)
+    for _ in range(iterations):
+        d, grads = atk._value_and_grad(chain, noise, deltas, clean, pixel_distance)
+        atk.keep_best(best, best_d, deltas, d)
+        for s, g in grads.items():
+            alpha = 0.125 * budgets[s]
+            deltas[s] = torch.clamp(deltas[s] + alpha * g.sign(), -budgets[s], budgets[s])
+    with torch.no_grad():
+        d = pixel_distance(chain.run(noise.x_T, noise.z, deltas=deltas), clean)
+    atk.keep_best(best, best_d, deltas, d)
+    x0, _ = replay(model, diffusion, RESPACED, best)
+    return x0, best
+
+
+def test_trajectory_trace_and_restarts(tiny):
+    """The trace: N + 1 values, non-decreasing, its last entry the mean returned distance;
+    restarts=1 is the attack without restarts bit for bit; restarts=2 draws new starts, never
+    does worse per sample, and is reproducible."""
+    model, diffusion = tiny
+    steps = attacked_steps(5, 60)
+    with torch.no_grad():
+        one = TrajectoryPGD(iterations=3).attack(model, diffusion, RESPACED, SHAPE, SEEDS, steps)
+        two = [TrajectoryPGD(iterations=3, restarts=2).attack(model, diffusion, RESPACED, SHAPE,
+                                                              SEEDS, steps) for _ in range(2)]
+    old_x0, old_deltas = old_trajectory(model, diffusion, steps, 3)
+    assert torch.equal(one.x0, old_x0)
+    assert all(torch.equal(one.deltas[s], old_deltas[s]) for s in old_deltas)
+    for r, restarts in ((one, 1), (two[0], 2)):
+        assert r.progress.shape == (restarts, 4, len(SEEDS))
+        assert len(r.trace) == 4 and len(r.trace_per_restart) == restarts
+        assert sorted(r.trace) == r.trace
+        assert r.trace[-1] == pytest.approx(r.distance.mean().item(), rel=1e-6)
+        for tr in r.trace_per_restart:
+            assert sorted(tr) == tr and max(tr) <= r.trace[-1] + 1e-7
+    assert torch.equal(two[0].progress[0], one.progress[0])  # restart 0 is the single run
+    assert not torch.equal(two[0].progress[1, 0], two[0].progress[0, 0])  # new random starts
+    assert (two[0].distance >= one.distance).all()
+    assert (two[0].distance > one.distance).any()
+    assert torch.equal(two[0].x0, two[1].x0) and torch.equal(two[0].progress, two[1].progress)
+
+
+def test_lookahead_trace_and_restarts(tiny):
+    """Look-ahead: one column per (attacked step, sample); restart 0 of the first attacked step
+    is the single run's; restarts change the label only when > 1."""
+    model, diffusion = tiny
+    steps = attacked_steps(5, 60)
+    runs = {}
+    for restarts in (1, 2):
+        atk = LookaheadPGD(iterations=2, eot=2, horizon=2, restarts=restarts)
+        with torch.no_grad():
+            runs[restarts] = atk.attack(model, diffusion, RESPACED, SHAPE, SEEDS, steps)
+    n = len(runs[1].deltas) * len(SEEDS)
+    assert runs[1].progress.shape == (1, 3, n) and runs[2].progress.shape == (2, 3, n)
+    assert torch.equal(runs[2].progress[0, :, :len(SEEDS)], runs[1].progress[0, :, :len(SEEDS)])
+    assert sorted(runs[2].trace) == runs[2].trace
+    assert LookaheadPGD(iterations=2).label == "lookahead-pgd2-eot4-h5-pixel"
+    assert LookaheadPGD(iterations=2, restarts=3).label == "lookahead-pgd2-eot4-h5-pixel-r3"
+    assert AttackSpec("trajectory", iterations=2, restarts=2).describe() == \
+        "trajectory-pgd2-pixel-spread-50%-r2"
+
+
+def test_plan_diagnostics_pool_the_batches(tiny):
+    """AttackPlan.sample fills ``diagnostics`` with the convergence record of all batches:
+    the same as one batch holding every sample; its last entry the mean returned D."""
+    model, diffusion = tiny
+    atk = TrajectoryPGD(iterations=2, restarts=2)
+    plan = AttackPlan(atk, percent=60)
+    diags = []
+    for batch in (2, 3):
+        diags.append({})
+        with torch.no_grad():
+            x = plan.sample(model, diffusion, SHAPE, SEEDS, batch, RESPACED,
+                            diagnostics=diags[-1])
+    a, b = diags
+    assert set(a) == {"trace", "trace_per_restart", "converged", "iterations", "restarts",
+                      "tolerance", "rise_last_fifth"}
+    assert a["iterations"] == 2 and a["restarts"] == 2 and a["tolerance"] == 0.01
+    assert len(a["trace"]) == 3 and len(a["trace_per_restart"]) == 2
+    np.testing.assert_allclose(a["trace"], b["trace"], rtol=1e-5)
+    np.testing.assert_allclose(a["trace_per_restart"], b["trace_per_restart"], rtol=1e-5)
+    with torch.no_grad():
+        clean = sample(model, diffusion, SHAPE, SEEDS, RESPACED)
+    assert a["trace"][-1] == pytest.approx(pixel_distance(x, clean).mean().item(), rel=1e-5)
+    assert a == convergence(a["trace"], 2, 2, trace_per_restart=a["trace_per_restart"])
+    empty = {}
+    with torch.no_grad():
+        AttackPlan(atk, percent=0).sample(model, diffusion, SHAPE, SEEDS, 3, RESPACED,
+                                          diagnostics=empty)
+    assert empty == {}
+
+
+@pytest.mark.parametrize("trace, iterations, rise, converged", [
+    ([0.1, 0.5, 0.9, 1.0, 1.1, 1.2], 5, 0.1 / 1.1, False),  # still rising: last 1 of 5
+    ([0.1, 0.5, 1.0, 1.0, 1.0, 1.0], 5, 0.0, True),  # flat
+    ([0.2] + [1.0] * 9 + [1.005], 10, 0.005, True),  # +0.5% over the last 2 of 10: within 1%
+    ([0.2] + [1.0] * 8 + [1.02, 1.02], 10, 0.02, False),  # +2% over the last 2 of 10
+    ([0.5, 1.0], 1, 1.0, False),  # one iteration: the last fifth is that iteration
+    ([0.0, 0.0, 0.0], 2, 0.0, True),  # nothing found, nothing rising
+    ([0.0, 0.0, 0.3], 2, None, False),  # from 0: infinite rise
+])
+def test_convergence_rule_on_hand_made_traces(trace, iterations, rise, converged):
+    c = convergence(trace, iterations, 1)
+    assert c["converged"] is converged and c["trace_per_restart"] == [trace]
+    assert c["rise_last_fifth"] == (None if rise is None else pytest.approx(rise))
+    assert rise_last_fifth(trace, iterations) == (float("inf") if rise is None
+                                                  else pytest.approx(rise))
+
+
+def test_convergence_rule_tolerance_and_bad_input():
+    trace = [0.0, 1.0, 1.03]
+    assert not convergence(trace, 2, 1)["converged"]
+    assert convergence(trace, 2, 1, tolerance=0.05)["converged"]
+    with pytest.raises(ConfigError, match="tolerance"):
+        convergence(trace, 2, 1, tolerance=-0.1)
+    with pytest.raises(ValueError, match="3 values"):
+        convergence(trace[:2], 2, 1)
+    with pytest.raises(ValueError, match="per-restart"):
+        convergence(trace, 2, 2, trace_per_restart=[trace])

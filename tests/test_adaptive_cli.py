@@ -51,7 +51,7 @@ def test_attack_trajectory_records_settings_and_matches_the_library(tmp_path):
     assert {k: v for k, v in res["attack"].items() if k not in ("label", "series")} == {
         "method": "trajectory", "kind": "whole-chain", "percent": 50.0, "window": "spread",
         "eps_scale": 1.0, "iterations": 2, "alpha_scale": 0.125, "distance": "pixel",
-        "feature_extractor": None, "checkpoint": True, "keep": "best"}
+        "feature_extractor": None, "checkpoint": True, "keep": "best", "restarts": 1}
     assert res["num_attacked_steps"] == 2 == len(attacked_steps(5, 50))  # of 4 with a budget
     assert res["seconds"]["attacked"] > 0 and res["seconds"]["clean"] > 0
     x = load_file(tmp_path / "t" / "samples.safetensors")

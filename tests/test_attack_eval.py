@@ -413,8 +413,9 @@ def test_convergence_diagnostics_are_recorded_when_the_attack_fills_them(tmp_pat
                       out_dir=tmp_path / "c")
     assert curve["points"][1]["convergence"] == diag and curve["points"][0]["trace"] is None
     assert convergence_warning("traced-spread-50%", diag) == (
-        "warning: traced-spread-50% did not converge (damage rose 25.0% over the last fifth "
-        "of 2 iterations); raise --iterations or --restarts")
+        "warning: traced-spread-50% did not converge (its objective's best-so-far rose 25.0% "
+        "over the last fifth of 2 iterations); raise --iterations (per-step pgd: --pgd-steps) "
+        "or --restarts")
     assert convergence_warning("x", {**diag, "converged": True}) is None
 
 

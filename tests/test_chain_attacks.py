@@ -152,7 +152,8 @@ def test_user_loss_fn_is_used(model, sd):
     for atk in (ChainFGSM(model, sd, loss=toward_plus), ChainPGD(model, sd, loss=toward_plus)):
         d = atk(x, t) - x
         torch.testing.assert_close(d, sd.attack_std(t, x).expand_as(d), rtol=1e-5, atol=1e-6)
-    assert len(calls) == 1 + 20 and not any(calls)
+    # FGSM: 1; PGD: 20 iterations + the last iterate scored for its trace (§12 convergence)
+    assert len(calls) == 1 + 20 + 1 and not any(calls)
     assert "loss=toward_plus" in repr(ChainPGD(model, sd, loss=toward_plus))
 
 
@@ -396,3 +397,72 @@ def test_mean_loss_fgsm_follows_the_random_start(model, sd):
     x_adv = ChainFGSM(model, sd, "mean", generator=torch.Generator().manual_seed(3))(x, t)
     agree = ((x_adv - x).sign() == u.sign()).float().mean().item()
     assert agree > 0.95
+
+
+# ----------------------------------------------------------------------------- restarts, trace
+def old_pgd(model, sd, x, t, steps, generator):
+    """ChainPGD (loss ``eps``, projection every iteration) as written before restarts: the
+    reference that ``restarts=1`` must reproduce bit for bit."""
+    atk = ChainPGD(model, sd, loss="eps", steps=steps, generator=generator)
+    budget = atk.budget(x, t)
+    loss = atk.bound_loss(x, t)
+    delta = (2 * atk.uniform(x) - 1) * budget
+    for _ in range(steps):
+        delta = torch.clamp(delta + 0.125 * budget * atk.grad_sign(loss, x + delta),
+                            -budget, budget)
+    return x + delta
+
+
+def test_pgd_restarts_and_progress(model, sd):
+    """restarts=1 is the PGD without restarts bit for bit; its progress is the best loss so
+    far after each iterate (steps + 1 values, the last one ≥ the returned iterate's loss);
+    restarts=2 returns per sample the better restart (never a lower loss) and is
+    reproducible; the label says -r2 only then."""
+    x, t = state(6), torch.full((6,), 12)
+    one = ChainPGD(model, sd, loss="eps", steps=3, generator=gens(6))
+    with torch.no_grad():
+        x1 = one(x, t)
+    assert torch.equal(x1, old_pgd(model, sd, x, t, 3, gens(6)))
+    (p1,) = one.pop_progress()
+    assert p1.shape == (1, 4, 6) and one.pop_progress() == []
+    assert (p1[:, 1:] >= p1[:, :-1]).all()
+    loss = one.bound_loss(x, t)
+    with torch.no_grad():
+        assert (p1[0, -1] >= loss(x1)).all()
+        twos = [ChainPGD(model, sd, loss="eps", steps=3, generator=gens(6), restarts=2)
+                for _ in range(2)]
+        x2, x2b = (atk(x, t) for atk in twos)
+        assert torch.equal(x2, x2b)
+        assert (loss(x2) >= loss(x1)).all() and (loss(x2) > loss(x1)).any()
+    (p2,) = twos[0].pop_progress()
+    assert p2.shape == (2, 4, 6) and torch.equal(p2[0], p1[0])
+    assert not torch.equal(p2[1, 0], p2[0, 0])  # restart 1 starts elsewhere
+    assert "restarts=2" in repr(twos[0]) and ChainPGD(model, sd).settings()["restarts"] == 1
+    assert AttackSpec("pgd", 50).describe() == "pgd20-mean-spread-50%"
+    assert AttackSpec("pgd", 50, restarts=2).describe() == "pgd20-mean-spread-50%-r2"
+    with pytest.raises(ConfigError, match="restarts"):
+        ChainPGD(model, sd, restarts=0)
+
+
+def test_pgd_plan_diagnostics(model, diffusion):
+    """Per-step PGD through AttackPlan.sample: the trace pools every attacked step with a
+    budget of every batch (mean over steps and samples of the best loss so far)."""
+    from dmattack.attacks import AttackPlan
+
+    seeds = sample_seeds(2, 6)
+    spec = AttackSpec("pgd", 25, loss="eps", pgd_steps=2, restarts=2)
+    diagnostics = {}
+    with torch.no_grad():
+        planned = AttackPlan.of(spec).sample(model, diffusion, (DIM,), seeds, 4, SAMPLER,
+                                             diagnostics=diagnostics)
+    assert torch.equal(planned, run(model, diffusion, spec, seeds, 4))
+    assert diagnostics["iterations"] == 2 and diagnostics["restarts"] == 2
+    assert len(diagnostics["trace"]) == 3 and len(diagnostics["trace_per_restart"]) == 2
+    assert sorted(diagnostics["trace"]) == diagnostics["trace"]
+    for per in diagnostics["trace_per_restart"]:
+        assert all(a <= b + 1e-6 for a, b in zip(per, diagnostics["trace"], strict=True))
+    random = {}
+    with torch.no_grad():
+        AttackPlan.of(AttackSpec("random", 25)).sample(model, diffusion, (DIM,), seeds, 4,
+                                                       SAMPLER, diagnostics=random)
+    assert random == {}  # no trace: nothing is optimised

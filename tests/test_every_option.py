@@ -97,6 +97,7 @@ OFF_DEFAULT: dict[str, list[str]] = {
     "--iterations": ["--iterations", "7"], "--distance": ["--distance", "features"],
     "--eot": ["--eot", "2"], "--horizon": ["--horizon", "2"], "--keep": ["--keep", "last"],
     "--step-counting": ["--step-counting", "all"],
+    "--checkpoint-minutes": ["--checkpoint-minutes", "5"], "--restarts": ["--restarts", "2"],
     # purify
     "--classifier": ["--classifier", "{tmp}/no-classifier.pt"],
     "--data": ["--data", "{tmp}/no-data.safetensors"], "--t-star": ["--t-star", "0.2"],

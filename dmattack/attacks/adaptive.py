@@ -13,12 +13,17 @@ steps S differ. S and the budgets ε_s = eps_scale·√β̃_s (model space) are 
 attacks, so all attacks plot on the same curves. Random starts and any other draw of the
 attacker come from the per-sample ATTACK streams (:mod:`dmattack.seeding`): a sample's result
 does not depend on its batch.
+
+Every PGD here (:meth:`AdaptiveChainAttack.pgd`) runs ``restarts`` times from new random
+starts and records its progress: per restart, iterate and column (sample, or attacked step and
+sample), the best objective so far (:attr:`AdaptiveResult.progress`), from which
+:func:`~dmattack.attacks.convergence.convergence` judges whether the attack has converged.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, TypeVar
 
@@ -29,6 +34,7 @@ from ..errors import ConfigError
 from ..sampling import SamplerConfig
 from ..seeding import rand_per_sample
 from .base import AttackEntry, format_number
+from .convergence import trace_of
 from .differentiable import DifferentiableChain, check_differentiable
 from .distances import (
     Distance,
@@ -41,6 +47,7 @@ from .distances import (
 )
 
 KEEP = ("best", "last")
+Deltas = dict[int, torch.Tensor]
 
 
 @dataclass
@@ -48,12 +55,31 @@ class AdaptiveResult:
     """One batch's outcome: attacked samples ``x0`` and clean samples ``clean`` (B, *shape),
     model space; ``deltas[k]`` (B, *shape) the perturbation added before reverse step k (only
     attacked steps with a positive budget); ``distance`` (B,) the attack's D(x0, clean) — for
-    the look-ahead attack this is D between the final samples, not its look-ahead objective."""
+    the look-ahead attack this is D between the final samples, not its look-ahead objective.
+
+    ``progress`` (R, N + 1, C): the per-column best objective so far after iterate i of restart
+    r (i = 0: the random start), for R restarts of N iterations; a column is a sample
+    (trajectory: the objective is D itself) or an (attacked step, sample) pair (look-ahead: its
+    look-ahead objective); None when no step had a budget."""
 
     x0: torch.Tensor
     clean: torch.Tensor
     deltas: dict[int, torch.Tensor]
     distance: torch.Tensor
+    progress: torch.Tensor | None = None
+
+    @property
+    def trace(self) -> list[float] | None:
+        """Best-so-far mean objective after each iteration (N + 1 values), across restarts:
+        entry i is the column mean of the best over restarts of each restart's best so far
+        (docs/method.md §12); trajectory PGD with ``keep="best"``: the last entry is the mean
+        of ``distance``."""
+        return None if self.progress is None else trace_of(self.progress)
+
+    @property
+    def trace_per_restart(self) -> list[list[float]] | None:
+        """Each restart's own best-so-far mean objective (R lists of N + 1 values)."""
+        return None if self.progress is None else self.progress.mean(-1).tolist()
 
 
 A = TypeVar("A", bound="AdaptiveChainAttack")
@@ -101,10 +127,11 @@ class AdaptiveChainAttack(ABC):
 
     def suffix(self) -> list[str]:
         """Label parts of options off their defaults besides eps_scale: ``alpha<α>``,
-        ``last``."""
+        ``last``, ``r<R>`` (restarts > 1)."""
         c = self.config
         return [*([f"alpha{format_number(c.alpha_scale)}"] if c.alpha_scale != 1 / 8 else []),
-                *([c.keep] if c.keep != "best" else [])]
+                *([c.keep] if c.keep != "best" else []),
+                *([f"r{c.restarts}"] if c.restarts != 1 else [])]
 
     def label_parts(self) -> list[str]:
         """Attack-specific label parts after ``pgdN`` (none here)."""
@@ -174,6 +201,44 @@ class AdaptiveChainAttack(ABC):
         """δ ~ U(−ε, ε) (B, *shape), row i from ``gens[i]``."""
         u = rand_per_sample(shape, gens, budget.device, budget.dtype)
         return (2 * u - 1) * budget
+
+    def pgd(self, start: Callable[[], Deltas], budgets: Deltas,
+            value_and_grad: Callable[[Deltas], tuple[torch.Tensor, Deltas]],
+            value: Callable[[Deltas], torch.Tensor]) -> tuple[Deltas, torch.Tensor]:
+        """Sign PGD with restarts on perturbations ``{key: δ (B, *shape)}`` within
+        ``budgets[key]`` (B, 1, …); returns the chosen δ and the progress (R, N + 1, B).
+
+        ``start()`` draws a random start (restart r calls it r + 1-th, so restart 0 is the run
+        without restarts); ``value_and_grad(δ)`` gives the objective (B,) and its gradient per
+        key; ``value(δ)`` the objective alone (evaluates the last iterate). Per restart,
+        ``keep="best"`` takes each sample's best iterate (the random start counts), ``"last"``
+        the last one; across restarts each sample keeps the restart whose pick scores highest
+        (ties: the earlier restart)."""
+        c = self.config
+        chosen: tuple[Deltas, torch.Tensor] | None = None  # per sample: δ and its objective
+        progress = []
+        for _ in range(c.restarts):
+            deltas = start()
+            first = next(iter(deltas.values()))
+            best = {k: d.clone() for k, d in deltas.items()}
+            best_d = torch.full((len(first),), -torch.inf, device=first.device)
+            rows = []
+            for _ in range(c.iterations):
+                d, grads = value_and_grad(deltas)
+                self.keep_best(best, best_d, deltas, d)
+                rows.append(best_d.clone())
+                deltas = {k: torch.clamp(deltas[k] + c.alpha_scale * budgets[k] * g.sign(),
+                                         -budgets[k], budgets[k]) for k, g in grads.items()}
+            last_d = value(deltas)
+            self.keep_best(best, best_d, deltas, last_d)
+            rows.append(best_d.clone())
+            progress.append(torch.stack(rows))
+            pick, pick_d = (deltas, last_d) if c.keep == "last" else (best, best_d)
+            if chosen is None:
+                chosen = pick, pick_d.clone()
+            else:
+                self.keep_best(*chosen, pick, pick_d)
+        return chosen[0], torch.stack(progress)
 
     @staticmethod
     def keep_best(best: dict[int, torch.Tensor], best_d: torch.Tensor,

@@ -213,10 +213,17 @@ class _GradientChainAttack(ChainAttack):
     def grad_sign(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
                   ) -> torch.Tensor:
         """sign(∇_x Σ_i loss(x)_i); gradients flow to ``x`` only."""
+        return _GradientChainAttack.value_and_grad_sign(loss, x)[1]
+
+    @staticmethod
+    def value_and_grad_sign(loss: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """loss(x) (B,), detached, and sign(∇_x Σ_i loss(x)_i)."""
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(loss(x).sum(), x)
-        return g.sign()
+            value = loss(x)
+            (g,) = torch.autograd.grad(value.sum(), x)
+        return value.detach(), g.sign()
 
 
 class ChainFGSM(_GradientChainAttack):
@@ -267,12 +274,21 @@ class ChainPGD(_GradientChainAttack):
 
     δ ~ U(−ε_t, ε_t); ``steps`` times δ ← δ + α·sign(∇_δ J(x_t + δ)) with α = alpha_scale·ε_t,
     projected onto the ℓ∞ ball ‖δ‖∞ ≤ ε_t after every iteration (``project=True``, the default)
-    or once at the end (``project="end"``, the paper's wording, docs/method.md §6.2).
+    or once at the end (``project="end"``, the paper's wording, docs/method.md §6.2). The last
+    iterate is returned.
+
+    ``restarts`` = R > 1 reruns the PGD from new random starts (the next draws of
+    ``generator``; restart 0 is the run without restarts, bit for bit) and returns, per sample,
+    the restart whose last iterate has the highest loss J. Progress (:meth:`pop_progress`),
+    one entry per attacked step: the best J so far after each iterate, per restart and sample
+    (the last iterate is scored with one more loss forward); the trace of a run is its mean over
+    attacked steps and samples (docs/method.md §12 "convergence"). With ``project="end"`` the
+    iterates before the last may lie outside the ball, and so may their scores.
 
     Args:
         model, diffusion, loss, eps_scale, generator: as :class:`ChainFGSM`.
         steps: iterations (20). alpha_scale: step size in units of ε_t (1/8 = 2.5/20, Madry).
-        project: ``True`` (every iteration) or ``"end"``.
+        project: ``True`` (every iteration) or ``"end"``. restarts: PGD runs (>= 1).
 
     Shape: x_t (B, …) model space, t (B,) long → x_adv like x_t.
 
@@ -284,7 +300,7 @@ class ChainPGD(_GradientChainAttack):
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
                  loss: str | LossFn | StepLoss = "mean", eps_scale: float = 1.0, steps: int = 20,
                  alpha_scale: float = 1 / 8, project: bool | str = True,
-                 generator: GeneratorArg = None) -> None:
+                 generator: GeneratorArg = None, restarts: int = 1) -> None:
         super().__init__("ChainPGD", model, diffusion, loss, eps_scale, generator)
         if project is not True and project != "end":
             raise ConfigError(f"PGD project must be True (every iteration) or 'end', "
@@ -292,21 +308,57 @@ class ChainPGD(_GradientChainAttack):
         if steps < 1 or alpha_scale <= 0:
             raise ConfigError(f"PGD needs steps >= 1 and alpha_scale > 0, got {steps}, "
                               f"{alpha_scale}")
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+            raise ConfigError(f"PGD restarts = {restarts!r} is invalid; allowed: an integer "
+                              ">= 1", field="restarts")
         self.steps = steps
         self.alpha_scale = alpha_scale
         self.project = project
+        self.restarts = restarts
+        self._progress: list[torch.Tensor] = []
 
     def perturb(self, x_t: torch.Tensor, t: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         loss = self.bound_loss(x_t, t)
+        chosen = chosen_value = None
+        runs = []
+        for _ in range(self.restarts):
+            delta, value, so_far = self._run(loss, x_t, budget)
+            runs.append(so_far)
+            if chosen is None:
+                chosen, chosen_value = delta, value
+                continue
+            better = value > chosen_value
+            chosen_value[better] = value[better]
+            chosen[better] = delta[better]
+        self._progress.append(torch.stack(runs))
+        return x_t + chosen
+
+    def _run(self, loss: Callable[[torch.Tensor], torch.Tensor], x_t: torch.Tensor,
+             budget: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One PGD run from a random start: the last δ (B, …), its loss (B,) and the best
+        loss so far after each iterate (steps + 1, B)."""
         alpha = self.alpha_scale * budget
         delta = (2 * self.uniform(x_t) - 1) * budget
+        so_far = []
         for _ in range(self.steps):
-            delta = delta + alpha * self.grad_sign(loss, x_t + delta)
+            value, sign = self.value_and_grad_sign(loss, x_t + delta)
+            so_far.append(value if not so_far else torch.maximum(so_far[-1], value))
+            delta = delta + alpha * sign
             if self.project is True:
                 delta = torch.clamp(delta, -budget, budget)
         if self.project == "end":
             delta = torch.clamp(delta, -budget, budget)
-        return x_t + delta
+        with torch.no_grad():
+            last = loss(x_t + delta)
+        so_far.append(torch.maximum(so_far[-1], last))
+        return delta, last, torch.stack(so_far)
+
+    def pop_progress(self) -> list[torch.Tensor]:
+        """The progress of every attacked step since the last call, oldest first, and forget
+        it: per call, (restarts, steps + 1, B) best loss so far after each iterate (0: the
+        random start) of each restart (docs/method.md §12 "convergence")."""
+        out, self._progress = self._progress, []
+        return out
 
 
 class ChainRandom(ChainAttack):
@@ -341,12 +393,15 @@ ATTACKS.register("fgsm", AttackEntry(
 ATTACKS.register("pgd", AttackEntry(
     make=lambda s: partial(ChainPGD, loss=s.loss, eps_scale=s.eps_scale, steps=s.pgd_steps,
                            alpha_scale=s.alpha_scale,
-                           project="end" if s.project == "end" else True),
+                           project="end" if s.project == "end" else True,
+                           restarts=s.restarts),
     head=lambda s: f"pgd{s.pgd_steps}-{s.loss}",
-    options=("loss", "pgd_steps", "alpha_scale", "project"), projects=("auto", "on", "end"),
+    options=("loss", "pgd_steps", "alpha_scale", "project", "restarts"),
+    projects=("auto", "on", "end"),
     suffix=lambda s: ([*(["projend"] if s.project == "end" else []),
                        *([f"alpha{format_number(s.alpha_scale)}"] if s.alpha_scale != 1 / 8
-                         else [])])))
+                         else []),
+                       *([f"r{s.restarts}"] if s.restarts != 1 else [])])))
 ATTACKS.register("random", AttackEntry(
     make=lambda s: partial(ChainRandom, dist=s.random_dist, eps_scale=s.eps_scale),
     head=lambda s: f"random-{s.random_dist}", options=("random_dist",), control=True))

@@ -17,10 +17,16 @@ x_s + δ with the true noise: the chain's noise draws are exactly the clean run'
 PGD as in :class:`~dmattack.attacks.trajectory.TrajectoryPGD`: random start δ ~ U(−ε_s, ε_s),
 ``iterations`` sign steps α = alpha_scale·ε_s, projection after each; ``keep="best"`` returns,
 per sample, the iterate with the highest estimated objective (``"last"``: the last iterate).
+``restarts`` = R > 1 reruns each attacked step's PGD from new random starts, drawn from the
+ATTACK stream after that step's EOT draws (restart 0 keeps its place before them, so R = 1 is
+the run without restarts), on the same objective, and keeps per sample the restart scoring
+highest. Trace (:attr:`AdaptiveResult.trace`): per iterate, the mean over attacked steps and
+samples of the best look-ahead objective so far (not D of the final samples, so its last entry
+is not the mean ``distance``); docs/method.md §12 "convergence".
 
-Cost per attacked step: N × M × (H forwards + 1 x̂_0 forward, their recomputation and one
-backward) + M × (H + 1) forwards for the clean continuations (+ one evaluation of the last
-iterate with ``keep="best"``).
+Cost per attacked step: R × (N × M × (H forwards + 1 x̂_0 forward, their recomputation and
+one backward) + one evaluation of the last iterate) + M × (H + 1) forwards for the clean
+continuations.
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class LookaheadConfig:
                                help="Checkpoint every reverse step of the look-ahead.")
     keep: str = same_as(TrajectoryConfig, "keep", help="Which PGD iterate is used, per sample: "
                         "the best by the look-ahead objective or the last.")
+    restarts: int = same_as(TrajectoryConfig, "restarts", help="PGD runs per attacked step, "
+                            "each from a new random start; per sample the best is kept.")
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -115,28 +123,33 @@ class LookaheadPGD(AdaptiveChainAttack):
         budgets = self.budgets(chain, steps, len(seeds), shape, device)
         gens = generators(seeds, ATTACK, device)
         chosen: dict[int, torch.Tensor] = {}
+        progress: list[torch.Tensor] = []
 
         def hook(x: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
             if step not in budgets:
                 return x
-            chosen[step] = self._attack_step(chain, x, step, budgets[step], gens, D)
+            chosen[step], p = self._attack_step(chain, x, step, budgets[step], gens, D)
+            progress.append(p)
             return x + chosen[step]
 
         with attack_mode(model), torch.no_grad():
             clean = sample(model, diffusion, shape, seeds, sampler, device=device)
             x0 = sample(model, diffusion, shape, seeds, sampler, hook=hook, device=device)
             dist = D(x0, clean)
-        return AdaptiveResult(x0, clean, chosen, dist)
+        return AdaptiveResult(x0, clean, chosen, dist,
+                              torch.cat(progress, -1) if progress else None)
 
     def _attack_step(self, chain: DifferentiableChain, x: torch.Tensor, step: int,
                      eps: torch.Tensor, gens: Sequence[torch.Generator], D: Distance
-                     ) -> torch.Tensor:
-        """PGD on δ (B, *shape) at reverse step ``step`` from the state ``x`` (B, *shape)."""
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """PGD on δ (B, *shape) at reverse step ``step`` from the state ``x`` (B, *shape);
+        returns the chosen δ and the progress (R, N + 1, B) of its look-ahead objective."""
         c, B, shape = self.config, len(x), x.shape[1:]
         h = self.horizon_steps(step, chain.num_steps)
-        delta = self.random_start(eps, shape, gens)
+        first = self.random_start(eps, shape, gens)
         draws = [[randn_per_sample(shape, gens, x.device) for _ in range(h)]
                  for _ in range(c.eot)]
+        starts = [first]  # restart 0 starts before the draws (as without restarts)
         noise = [torch.cat([draws[m][j] for m in range(c.eot)]) for j in range(h)]
         x_rep = x.repeat(c.eot, *([1] * len(shape)))
 
@@ -148,20 +161,22 @@ class LookaheadPGD(AdaptiveChainAttack):
                 .view(c.eot, B).mean(0)
 
         ref = ahead(x_rep)
-        best, best_d = delta.clone(), torch.full((B,), -torch.inf, device=x.device)
-        alpha = c.alpha_scale * eps
-        for _ in range(c.iterations):
+
+        def value_and_grad(deltas: dict[int, torch.Tensor]
+                           ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
             with torch.enable_grad():
-                leaf = delta.detach().requires_grad_(True)
+                leaf = deltas[0].detach().requires_grad_(True)
                 value = objective(leaf)
                 require_grad_path(value, "the look-ahead distance")
                 (g,) = torch.autograd.grad(value.sum(), leaf)
-            self.keep_best({0: best}, best_d, {0: delta}, value.detach())
-            delta = torch.clamp(delta + alpha * g.sign(), -eps, eps)
-        if c.keep == "last":
-            return delta
-        self.keep_best({0: best}, best_d, {0: delta}, objective(delta))
-        return best
+            return value.detach(), {0: g}
+
+        def start() -> dict[int, torch.Tensor]:
+            return {0: starts.pop() if starts else self.random_start(eps, shape, gens)}
+
+        chosen, progress = self.pgd(start, {0: eps}, value_and_grad,
+                                    lambda deltas: objective(deltas[0]))
+        return chosen[0], progress
 
 
 ATTACKS.register("lookahead", adaptive_entry(LookaheadPGD, LookaheadConfig))

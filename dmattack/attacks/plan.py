@@ -28,7 +28,10 @@ from ..errors import ConfigError
 from ..keys import callable_key
 from ..sampling import SamplerConfig, StepHook, frozen, sample_batched, sampling_diffusion
 from ..seeding import ATTACK, generators
+from .adaptive import AdaptiveChainAttack
 from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
+from .chain import ChainAttack, ChainPGD
+from .convergence import TOLERANCE, convergence_of
 from .schedule import AttackSpec, attacked_steps
 
 RESERVED = ("method", "label", "series", "kind", "percent", "window", "code_key")
@@ -181,14 +184,15 @@ class AttackPlan:
 
     # ------------------------------------------------------------------ running it
     def hook_factory(self, model: nn.Module, diffusion: GaussianDiffusion,
-                     device: torch.device | str = "cpu"
+                     device: torch.device | str = "cpu", built: list[ChainAttack] | None = None
                      ) -> Callable[[Sequence[int]], StepHook | None]:
         """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.sampling.sample_batched` (per-step
         attacks only) on ``diffusion``, the one the sampler walks.
 
         Each chunk's attack draws its random starts from per-sample ATTACK-stream generators of
         the chunk's seeds and attacks only the :meth:`steps`. With no attacked step the factory
-        returns None, so the run is the clean run, bit for bit.
+        returns None, so the run is the clean run, bit for bit. Each chunk's attack is appended
+        to ``built`` where given (to read its progress afterwards).
         """
         if self.whole_chain:
             raise ConfigError(f"{self.label} attacks the whole chain; it has no per-step hook "
@@ -200,6 +204,8 @@ class AttackPlan:
                 return None
             atk = build_per_step(self.attack, model, diffusion,
                                  generators(chunk_seeds, ATTACK, device))
+            if built is not None:
+                built.append(atk)
 
             def hook(x_t: torch.Tensor, t: torch.Tensor, step: int) -> torch.Tensor:
                 return atk(x_t, t) if step in steps else x_t
@@ -211,25 +217,60 @@ class AttackPlan:
     def sample(self, model: nn.Module, diffusion: GaussianDiffusion, shape: Sequence[int],
                seeds: Sequence[int], batch_size: int, sampler: SamplerConfig,
                device: torch.device | str = "cpu",
-               progress: Callable[[int], None] | None = None) -> torch.Tensor:
+               progress: Callable[[int], None] | None = None,
+               diagnostics: dict[str, Any] | None = None,
+               tolerance: float = TOLERANCE) -> torch.Tensor:
         """Attacked samples (N, *shape) float32 on CPU for ``seeds``, in chunks of
         ``batch_size``; ``diffusion`` is the model's full diffusion. ``progress(step)`` is called
         once per reverse step of every chunk. Wrap the call in ``torch.no_grad()`` (attacks
         enable gradients themselves). An unset ``sampler.clip_denoised`` follows the data, as
-        in clean sampling (:meth:`~dmattack.sampling.SamplerConfig.for_shape`)."""
+        in clean sampling (:meth:`~dmattack.sampling.SamplerConfig.for_shape`).
+
+        ``diagnostics``: a dict filled, when the attack records its progress (trajectory and
+        look-ahead PGD, per-step PGD) and attacked a step with a budget, with
+        :func:`~dmattack.attacks.convergence.convergence` of all chunks pooled (the trace is
+        the sample-count-weighted mean of the chunks' traces) at ``tolerance``; left empty
+        otherwise. Under torchrun it describes this process's seeds only."""
         sampler = sampler.for_shape(shape)
         sd = sampling_diffusion(diffusion, sampler)
         steps = self.steps(sd.num_timesteps)
-        if not (self.whole_chain and steps):
-            factory = None if self.whole_chain else self.hook_factory(model, sd, device)
-            return sample_batched(model, diffusion, shape, seeds, batch_size, sampler, factory,
-                                  device, progress)
+        parts: list[torch.Tensor] = []
+        if self.whole_chain and steps:
+            out = self._sample_whole_chain(model, sd, sampler, shape, seeds, batch_size, steps,
+                                           device, progress, parts)
+        else:
+            built: list[ChainAttack] = []
+            factory = None if self.whole_chain else self.hook_factory(model, sd, device, built)
+            out = sample_batched(model, diffusion, shape, seeds, batch_size, sampler, factory,
+                                 device, progress)
+            parts = [p for atk in built if isinstance(atk, ChainPGD)
+                     for p in atk.pop_progress()]
+        if diagnostics is not None:
+            found = convergence_of(parts, tolerance)
+            if found is not None:
+                diagnostics.update(found)
+        return out
+
+    def _sample_whole_chain(self, model: nn.Module, sd: GaussianDiffusion,
+                            sampler: SamplerConfig, shape: Sequence[int], seeds: Sequence[int],
+                            batch_size: int, steps: list[int], device: torch.device | str,
+                            progress: Callable[[int], None] | None,
+                            parts: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`sample` of a whole-chain attack; the progress of each chunk of an
+        :class:`AdaptiveChainAttack` is appended to ``parts``."""
         out = []
         with frozen(model):
             for start in range(0, len(seeds), batch_size):
                 chunk = list(seeds[start:start + batch_size])
-                x = self.attack.sample_attacked(model, sd, sampler, tuple(shape), chunk, steps,
+                if isinstance(self.attack, AdaptiveChainAttack):
+                    result = self.attack.attack(model, sd, sampler, tuple(shape), chunk, steps,
                                                 device)
+                    x = result.x0
+                    if result.progress is not None:
+                        parts.append(result.progress)
+                else:
+                    x = self.attack.sample_attacked(model, sd, sampler, tuple(shape), chunk,
+                                                    steps, device)
                 if not isinstance(x, torch.Tensor) or tuple(x.shape) != (len(chunk), *shape):
                     got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     raise TypeError(f"{type(self.attack).__name__}.sample_attacked returned "

@@ -103,6 +103,9 @@ class AttackSpec:
     horizon: int | str = same_as(LookaheadConfig, "horizon", prefix="lookahead: ")
     checkpoint: bool = same_as(TrajectoryConfig, "checkpoint", prefix="trajectory, lookahead: ")
     keep: str = same_as(TrajectoryConfig, "keep", prefix="trajectory, lookahead: ")
+    restarts: int = same_as(TrajectoryConfig, "restarts", help="pgd, trajectory, lookahead: "
+                            "PGD runs, each from a new random start (attack stream); per sample "
+                            "the best is kept (docs/method.md §12).")
     step_counting: str = setting("budget", "What --steps-attacked counts: budget (the steps "
                                  "with a positive budget, i.e. all but the last) or all (every "
                                  "step, the former counting, to reproduce earlier numbers).",

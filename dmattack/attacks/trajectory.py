@@ -19,8 +19,17 @@ iterate is the strongest attack the run found, for one extra chain forward, as i
 robustness evaluation (e.g. AutoAttack's APGD). ``keep="last"`` returns δ^(N). The returned
 sample is ``sample()`` with the chosen δ added by a hook, so it can be reproduced exactly.
 
-Cost: N × (one chain forward + one recomputed forward per step + one backward) + 3 forwards
-(clean sample, last iterate, returned sample).
+Restarts (``restarts`` = R): the PGD runs R times, restart r from the (r+1)-th random start
+drawn from each sample's ATTACK stream (so R = 1 is the run without restarts, bit for bit);
+per sample the restart whose chosen iterate has the highest D is returned.
+
+Trace: :attr:`AdaptiveResult.trace` (N + 1 values) is the batch mean of the per-sample best D
+so far after iterate i (i = 0: the random start), across restarts the best of the R restarts
+at the same i; with ``keep="best"`` its last entry is the mean of the returned ``distance``.
+``trace_per_restart`` gives each restart's own; docs/method.md §12 "convergence".
+
+Cost: R × (N × (one chain forward + one recomputed forward per step + one backward) + one
+forward for the last iterate) + 2 forwards (clean sample, returned sample).
 """
 
 from __future__ import annotations
@@ -58,6 +67,8 @@ class TrajectoryConfig:
                                "step's activations).")
     keep: str = setting("best", "Which PGD iterate is returned, per sample: the best by D or "
                         "the last.", choices=KEEP)
+    restarts: int = setting(1, "PGD runs, each from a new random start (attack stream); per "
+                            "sample the best is kept.", low=1)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -99,26 +110,20 @@ class TrajectoryPGD(AdaptiveChainAttack):
                 return AdaptiveResult(clean, clean, {}, torch.zeros(len(seeds), device=device))
             noise = draw_chain_noise(shape, seeds, chain.num_steps, device)
             gens = generators(seeds, ATTACK, device)
-            deltas = {s: self.random_start(eps, shape, gens) for s, eps in budgets.items()}
-            best = {s: d.clone() for s, d in deltas.items()}
-            best_d = torch.full((len(seeds),), -torch.inf, device=device)
-            for _ in range(c.iterations):
-                d, grads = self._value_and_grad(chain, noise, deltas, clean, D)
-                self.keep_best(best, best_d, deltas, d)
-                for s, g in grads.items():
-                    alpha = c.alpha_scale * budgets[s]
-                    deltas[s] = torch.clamp(deltas[s] + alpha * g.sign(), -budgets[s], budgets[s])
-            if c.keep == "last":
-                best = deltas
-            else:
+
+            def value(deltas: dict[int, torch.Tensor]) -> torch.Tensor:
                 with torch.no_grad():
-                    d = D(chain.run(noise.x_T, noise.z, deltas=deltas), clean)
-                self.keep_best(best, best_d, deltas, d)
+                    return D(chain.run(noise.x_T, noise.z, deltas=deltas), clean)
+
+            best, progress = self.pgd(
+                lambda: {s: self.random_start(eps, shape, gens) for s, eps in budgets.items()},
+                budgets, lambda deltas: self._value_and_grad(chain, noise, deltas, clean, D),
+                value)
             with torch.no_grad():
                 x0 = sample(model, diffusion, shape, seeds, sampler, hook=_adder(best),
                             device=device)
                 dist = D(x0, clean)
-        return AdaptiveResult(x0, clean, best, dist)
+        return AdaptiveResult(x0, clean, best, dist, progress)
 
     @staticmethod
     def _value_and_grad(chain: DifferentiableChain, noise, deltas: dict[int, torch.Tensor],
