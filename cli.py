@@ -291,7 +291,8 @@ def curve(**o: Any) -> None:
         result = run_curve(models, specs, num_samples=ev.num_samples, seed=ev.config.seed,
                            sampler=ev.sampler, batch_size=ev.batch_size,
                            metric_fn=progress.staged(ev.metric_fn(), "scoring"), device=dev,
-                           out_dir=out_dir, metric=None, progress=ui.curve_progress(st))
+                           out_dir=out_dir, metric=None, progress=ui.curve_progress(st),
+                           first_sample=ev.config.first_sample)
     ui.print_curve_result(result, f"{result['metric']} ({ev.label}) vs % of {ev.sampler_label} "
                           "steps attacked")
     _print_path(out_dir)

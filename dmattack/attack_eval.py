@@ -23,6 +23,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import math
 import os
 import shutil
@@ -52,6 +53,7 @@ from .damage import (
 )
 from .errors import ConfigError, first_line
 from .io import MiB, OutputError, check_writable, provenance, write_atomic, write_json, write_text
+from .keys import callable_key
 from .locking import lock_folder
 from .progress import stage as progress_stage
 from .runs import LoadedModel
@@ -68,6 +70,7 @@ Attack = AttackSpec | AttackPlan | str
 POINTS = "points.jsonl"
 SHARDS = "shards"  # per-process slices of unfinished curve points (sharded runs)
 CLEAN = "clean"  # a curve's clean samples per model, for the paired damage of later points
+log = logging.getLogger("dmattack")
 STAGING_PREFIX = ".staging."
 CPU_PRESETS = ("tiny", "mlp", "mlp-small")
 
@@ -113,7 +116,8 @@ def _sampler_dict(sampler: SamplerConfig, num_timesteps: int) -> dict[str, Any]:
 
 
 def _model_dict(loaded: LoadedModel) -> dict[str, Any]:
-    return {"source": loaded.source, "ema": loaded.ema, "dataset": loaded.dataset,
+    return {"source": loaded.source, "ema": loaded.ema, "fingerprint": model_identity(loaded),
+            "dataset": loaded.dataset,
             "preset": loaded.preset, "data_shape": list(loaded.data_shape),
             "num_timesteps": loaded.diffusion.num_timesteps,
             "variance_type": loaded.diffusion.variance_type}
@@ -433,12 +437,15 @@ def model_identity(loaded: LoadedModel) -> str:
 def metric_identity(metric_fn: MetricFn, metric_key: Any = None) -> Any:
     """What identifies ``metric_fn``'s numbers: ``metric_key`` if given, else the
     ``identity`` that :func:`~dmattack.evaluation.make_metric_fn` attaches (metrics, reference
-    content, extractor weights), else the function's qualified name."""
+    content, extractor weights), else the function's qualified name and code key
+    (:func:`~dmattack.keys.callable_key`: a function that cannot be keyed by its code is
+    refused, saying how to give a key)."""
     if metric_key is not None:
         return metric_key
     return getattr(metric_fn, "identity", None) or {
         "metric_fn": f"{getattr(metric_fn, '__module__', '')}."
-                     f"{getattr(metric_fn, '__qualname__', type(metric_fn).__name__)}"}
+                     f"{getattr(metric_fn, '__qualname__', type(metric_fn).__name__)}",
+        "code": callable_key(metric_fn)}
 
 
 def _point_key(loaded: LoadedModel, model_id: str, label: str, sampler: SamplerConfig,
@@ -489,8 +496,12 @@ def run_curve(
     metric: str | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     metric_key: Any = None,
+    first_sample: int = 0,
 ) -> dict[str, Any]:
     """Metric versus % of steps attacked, per model and attack series (paper Figure 7).
+
+    Samples ``first_sample … first_sample+num_samples−1`` of the seed's sequence are drawn
+    (hand sharding: each shard its own ``first_sample``); it is part of every point's key.
 
     ``attacks``: registered attacks' :class:`AttackSpec` (e.g. from :func:`curve_specs`) and/or
     :class:`~dmattack.attacks.plan.AttackPlan` of a user's own attacks, one per point.
@@ -506,16 +517,17 @@ def run_curve(
     computed with. Each point records the attack's
     settings, which steps were attacked, and the paired per-sample ``damage`` against the
     clean samples of the same seeds (:func:`paired_damage`; the clean samples are kept in
-    ``out_dir/clean/`` for a resumed run) with its per-sample values, ``improved_under_attack``
-    and the convergence record (as :func:`run_attack`). Then each attack point gets
-    ``relative_to_random`` (its damage over that of the model's random control at the same
-    percent, steps and budget) and, with several models, ``comparisons`` pairs them by seed
-    (:func:`~dmattack.damage.curve_comparisons`, docs/method.md §11.1). Writes ``curve.csv``
-    and ``curve.json`` (rows = attack series × model, columns = % attacked, values =
-    ``metric``, default the first metric returned; then the damage means and intervals) and
-    ``curve.png`` (controls dashed). ``progress(done, total, record)`` is called
-    after each point (``record["resumed"]`` is True for one read back from the store). Returns
-    the ``curve.json`` content.
+    ``out_dir/clean/`` for a resumed run, their sha256 in the clean point's record: a file
+    that does not match it is resampled, with a warning) with its per-sample values,
+    ``improved_under_attack`` and the convergence record (as :func:`run_attack`). Then each
+    attack point gets ``relative_to_random`` (its damage over that of the model's random
+    control at the same percent, steps and budget) and, with several models, ``comparisons``
+    pairs them by seed (:func:`~dmattack.damage.curve_comparisons`, docs/method.md §11.1).
+    Writes ``curve.csv`` and ``curve.json`` (rows = attack series × model, columns = %
+    attacked, values = ``metric``, default the first metric returned; then the damage means
+    and intervals) and ``curve.png`` (controls dashed). ``progress(done, total, record)`` is
+    called after each point (``record["resumed"]`` is True for one read back from the store).
+    Returns the ``curve.json`` content.
 
     ``out_dir`` is checked for writability and locked against a second writer before any point
     is computed.
@@ -528,7 +540,7 @@ def run_curve(
     out = Path(out_dir)
     plans = [AttackPlan.of(a) for a in attacks]
     args = (models, plans, num_samples, seed, sampler, batch_size, metric_fn, device, out,
-            metric, progress, metric_identity(metric_fn, metric_key))
+            metric, progress, metric_identity(metric_fn, metric_key), first_sample)
     if not distributed.is_main():
         return _run_curve_locked(*args)
     check_writable(out, 32 * MiB)
@@ -541,11 +553,12 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                       metric_fn: MetricFn, device: torch.device | str, out: Path,
                       metric: str | None,
                       progress: Callable[[int, int, dict[str, Any]], None] | None,
-                      scoring: Any) -> dict[str, Any]:
+                      scoring: Any, first_sample: int) -> dict[str, Any]:
     main = distributed.is_main()
     store = out / POINTS
     done = distributed.broadcast_object(_read_store(store) if main else None)
-    all_seeds = sample_seeds(seed, num_samples)
+    all_seeds = sample_seeds(seed, num_samples, start=first_sample)
+    seed_key: Any = seed if not first_sample else {"seed": seed, "first_sample": first_sample}
     seeds = distributed.shard(all_seeds, batch_size)
     first, stop = distributed.shard_range(num_samples, batch_size)
     attack_plans = [p for p in plans if p.percent > 0]
@@ -567,16 +580,18 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                 raise ConfigError(f"two attacks share the label {rec['label']!r} but differ in "
                                   "their settings; give them distinct names "
                                   "(AttackPlan(..., name=...))", field="name")
-        clean_key = _point_key(loaded, model_id, "clean", sampler, num_samples, seed, scoring)
+        clean_key = _point_key(loaded, model_id, "clean", sampler, num_samples, seed_key,
+                               scoring)
         clean_file = out / CLEAN / f"{hashlib.sha256(clean_key.encode()).hexdigest()[:16]}" \
             ".safetensors"
         clean_metrics: dict[str, float] = {}
         clean_samples: torch.Tensor | None = None
+        clean_sha256: str | None = None  # of the clean samples, from the clean point's record
 
         for plan, attack in [(None, None), *zip(attack_plans, attack_records, strict=True)]:
             label = "clean" if plan is None else plan.label
             steps = _steps_record(plan, sd.num_timesteps)
-            key = _point_key(loaded, model_id, label, sampler, num_samples, seed, scoring,
+            key = _point_key(loaded, model_id, label, sampler, num_samples, seed_key, scoring,
                              None if attack is None else {**attack, **steps})
             shard_dir = out / SHARDS / hashlib.sha256(key.encode()).hexdigest()[:16]
             if key in done:
@@ -597,17 +612,16 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                 nonfinite = None
                 if main and samples is not None:
                     nonfinite = report_nonfinite(samples, f"samples of point {label}")
+                clean_digest = None
                 if main and plan is None:
                     metrics = metric_fn(samples)
                     clean_samples = samples
-                    with contextlib.suppress(OSError):  # a cache: resampled if missing
-                        clean_file.parent.mkdir(exist_ok=True)
-                        write_atomic(clean_file, lambda p, x=samples: save_file(
-                            {"samples": x.float().contiguous()}, str(p)))
+                    clean_digest = _write_clean(clean_file, samples)
                 elif main:
                     if clean_samples is None:
-                        clean_samples = _clean_samples(loaded, clean_file, all_seeds, sampler,
-                                                       batch_size, device)
+                        clean_samples = _clean_samples(
+                            loaded, clean_file, clean_sha256, all_seeds, sampler, batch_size,
+                            device)
                     clean = clean_samples
                     attacked = clean if samples is None else samples  # None: the clean run
                     if samples is None:
@@ -625,7 +639,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                     "percent": 0.0 if plan is None else float(plan.percent),
                     "attack": attack, **steps,
                     "sampler": slabel, "sampler_settings": asdict(sampler),
-                    "num_samples": num_samples, "seed": seed, "model_fingerprint": model_id,
+                    "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
+                    "clean_samples_sha256": clean_digest, "model_fingerprint": model_id,
                     "scoring": scoring, "num_nonfinite": nonfinite, "metrics": metrics,
                     "improved_under_attack": None if plan is None
                     else improved_under_attack(clean_metrics, metrics),
@@ -641,6 +656,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
                 record = {**record, "resumed": False}
             if plan is None:
                 clean_metrics = record["metrics"]
+                clean_sha256 = record.get("clean_samples_sha256")
             records.append(record)
             if progress is not None:
                 progress(len(records), total, record)
@@ -653,7 +669,8 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     curve = _curve_table(records, attack_plans, metric)
     curve["comparisons"] = curve_comparisons(records)
     curve.update({
-        "protocol": {"num_samples": num_samples, "seed": seed, "batch_size": batch_size,
+        "protocol": {"num_samples": num_samples, "seed": seed, "first_sample": first_sample,
+                     "batch_size": batch_size,
                      "sampler": _sampler_dict(sampler.for_shape(models[0].data_shape),
                                               models[0].diffusion.num_timesteps)
                      if models else asdict(sampler),
@@ -669,15 +686,41 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     return distributed.broadcast_object(curve)
 
 
-def _clean_samples(loaded: LoadedModel, path: Path, seeds: Sequence[int],
+def samples_sha256(x: torch.Tensor) -> str:
+    """sha256 of a sample tensor as the clean cache stores it: shape and float32 bytes."""
+    x = x.detach().float().cpu().contiguous()
+    return hashlib.sha256(repr(tuple(x.shape)).encode() + x.numpy().tobytes()).hexdigest()
+
+
+def _write_clean(path: Path, samples: torch.Tensor) -> str:
+    """Keep a curve's clean samples at ``path`` (a cache: a failed write is resampled later);
+    returns their :func:`samples_sha256`, recorded in the clean point."""
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, lambda p: save_file({"samples": samples.float().contiguous()},
+                                               str(p)))
+    return samples_sha256(samples)
+
+
+def _clean_samples(loaded: LoadedModel, path: Path, sha256: str | None, seeds: Sequence[int],
                    sampler: SamplerConfig, batch_size: int, device: torch.device | str
                    ) -> torch.Tensor:
-    """A curve's clean samples of a model for the paired damage: read back from ``path``, or
-    resampled (unsharded) when that file is missing or unreadable."""
+    """A curve's clean samples of a model for the paired damage: read back from ``path`` when
+    they match ``sha256`` (the clean point's record), else resampled (unsharded; a file that
+    does not match is named in one warning line and rewritten)."""
+    read = None
     with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
         with safe_open(str(path), "pt") as f:
-            return f.get_tensor("samples")
+            read = f.get_tensor("samples")
+    if read is not None and sha256 is not None and samples_sha256(read) == sha256:
+        return read
+    if read is not None:
+        log.warning("%s %s; resampling the clean samples", path,
+                    "has no sha256 recorded with the curve's clean point" if sha256 is None
+                    else "does not match the sha256 recorded with the curve's clean point")
     clean, _, _ = _sample_pair(loaded, None, seeds, sampler, batch_size, device, True, None)
+    if sha256 is not None and samples_sha256(clean) == sha256:
+        _write_clean(path, clean)
     return clean
 
 

@@ -434,7 +434,14 @@ def default_out_dir(loaded: LoadedModel, kind: str, name: str, runs_root: str | 
 def curve_folder(models: Sequence[LoadedModel], specs: Sequence[Any], setup: EvaluationSetup,
                  ema: bool, runs_root: str | os.PathLike) -> Path:
     """``<runs_root>/curves/<hash>``: the default store of a curve, named by everything that
-    defines its points, so re-running the same command resumes there."""
-    key = digest([[m.source for m in models], ema, [s.to_dict() for s in specs],
-                  setup.sampler.__dict__, setup.num_samples, setup.config.seed, setup.metrics])
+    defines its points, so re-running the same command resumes there: the models' content
+    fingerprints (weights and config, not their paths), the attacks, the sampler, the sample
+    count, seed and first sample, the metrics and the reference's content fingerprint (the
+    data read, not its folder)."""
+    from .attack_eval import model_identity
+
+    first = setup.config.first_sample
+    key = digest([[model_identity(m) for m in models], ema, [s.to_dict() for s in specs],
+                  setup.sampler.__dict__, setup.num_samples, setup.config.seed, setup.metrics,
+                  setup.reference.fingerprint, *([first] if first else [])])
     return Path(runs_root) / "curves" / key[:12]

@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler
 
 from .diffusion import GaussianDiffusion, beta_schedule
 from .errors import ConfigError, InputFileError, first_line
 from .io import provenance, write_json
 from .models import PRESETS, UNetEps
 from .oserrors import os_errors
-from .runs import LoadedModel, digest, sha256_file
+from .runs import LoadedModel, digest, load_unet_folder
 from .sampling import clip_default
 
 EXPORT_META = "dmattack.json"
@@ -98,8 +98,9 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
                                 if pickled else ""))
     try:
         scheduler = DDPMScheduler.from_pretrained(root / "scheduler")
-        unet = UNet2DModel.from_pretrained(root / "unet", low_cpu_mem_usage=False,
-                                           use_safetensors=True)
+        unet, weights = load_unet_folder(root / "unet", InputFileError)
+    except InputFileError:
+        raise
     except (OSError, RuntimeError, ValueError, TypeError) as e:
         raise InputFileError(f"{root}: cannot load the pipeline: {first_line(e)}") from None
     sched_cfg = dict(scheduler.config)
@@ -124,7 +125,7 @@ def load_pipeline(path: str | os.PathLike, device: torch.device | str = "cpu") -
         dataset=meta.get("dataset"),
         ema=meta.get("ema", False),
         config=config,
-        fingerprint=pipeline_fingerprint(root, sched_cfg),
+        fingerprint=pipeline_fingerprint(weights, sched_cfg),
     )
 
 
@@ -155,15 +156,14 @@ def _read_export_meta(path: Path, data_shape: tuple[int, ...]) -> dict[str, Any]
     return meta
 
 
-def pipeline_fingerprint(root: Path, scheduler_config: dict[str, Any]) -> str:
-    """sha256 over the sha256 of every file in ``unet/`` (weights and config) and the
-    scheduler's effective config (diffusers' bookkeeping keys ``_*`` left out): it changes
-    whenever anything that determines the samples does."""
-    unet = root / "unet"
-    files = {p.relative_to(unet).as_posix(): sha256_file(p)
-             for p in sorted(unet.rglob("*")) if p.is_file()}
+def pipeline_fingerprint(unet_weights: dict[str, str], scheduler_config: dict[str, Any]
+                         ) -> str:
+    """sha256 over ``unet_weights`` (the sha256 of every file of ``unet/`` that loading read,
+    by name: :func:`~dmattack.runs.load_unet_folder`) and the scheduler's effective config
+    (diffusers' bookkeeping keys ``_*`` left out): it changes whenever anything that
+    determines the samples does."""
     scheduler = {k: v for k, v in scheduler_config.items() if not k.startswith("_")}
-    return digest({"unet": files, "scheduler": scheduler})
+    return digest({"unet": unet_weights, "scheduler": scheduler})
 
 
 def export_pipeline(loaded: LoadedModel, out_dir: str | os.PathLike) -> Path:

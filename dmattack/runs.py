@@ -37,11 +37,11 @@ from typing import Any, TypeVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load
 from torch import nn
 
 from .diffusion import GaussianDiffusion, beta_schedule
-from .errors import ConfigError, RunFolderError, first_line
+from .errors import ConfigError, InputFileError, RunFolderError, first_line
 from .io import write_json
 from .models import PRESETS, UNetEps, build_model
 from .oserrors import save_file, torch_save  # storage failures: one line naming the file
@@ -263,21 +263,102 @@ def _validate_train_section(cfg: dict[str, Any], path: str | os.PathLike) -> Non
                            "original value")
 
 
-def _load_weights(model: nn.Module, folder: Path, name: str) -> None:
-    if isinstance(model, UNetEps):
-        from diffusers import UNet2DModel
+UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
+UNET_INDEX = f"{UNET_WEIGHTS}.index.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5",
+                   ".onnx", ".gguf", ".index.json")
+"""Names of files a model loader could read weights from (a folder holding one that is not
+loaded is refused, :func:`unet_files`)."""
+PICKLED = ".bin"  # diffusers' pickled weights: never loaded, allowed beside the safetensors
 
-        # safetensors only: a pickled .bin in the folder is never loaded
-        model.unet = UNet2DModel.from_pretrained(folder / name, low_cpu_mem_usage=False,
-                                                 use_safetensors=True)
+
+def _is_weight_file(name: str) -> bool:
+    return name.endswith(WEIGHT_SUFFIXES)
+
+
+def unet_files(folder: Path, error: type[InputFileError] = RunError) -> list[str]:
+    """The files (names in ``folder``) that loading a diffusers ``UNet2DModel`` folder reads:
+    ``config.json`` and either ``diffusion_pytorch_model.safetensors`` or a sharded index
+    ``diffusion_pytorch_model.safetensors.index.json`` with the shards it names. Any other
+    weight file or index in the folder (another ``.safetensors``, a second index, a variant)
+    is refused with a one-line ``error`` naming it, as is a folder with both a single file and
+    an index; pickled ``.bin`` files are never read and allowed beside them."""
+    present = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
+    if "config.json" not in present:
+        raise error(f"{folder / 'config.json'} is missing")
+    if UNET_INDEX in present:
+        if UNET_WEIGHTS in present:
+            raise error(f"{folder} holds both {UNET_WEIGHTS} and {UNET_INDEX}; which one "
+                        "diffusers loads is ambiguous: remove one")
+        files = ["config.json", UNET_INDEX, *_shards(folder / UNET_INDEX, error)]
+    elif UNET_WEIGHTS in present:
+        files = ["config.json", UNET_WEIGHTS]
     else:
-        model.load_state_dict(load_file(str(folder / f"{name}.safetensors")))
+        raise error(f"{folder} has no {UNET_WEIGHTS} (safetensors weights)")
+    for name in sorted(present - set(files)):
+        if _is_weight_file(name) and not name.endswith(PICKLED):
+            raise error(f"{folder / name} is a weight file or index that is not loaded; "
+                        f"remove it (this folder loads {', '.join(files[1:])})")
+    missing = [n for n in files if n not in present]
+    if missing:
+        raise error(f"{folder / missing[0]} is missing (named in {folder / UNET_INDEX})")
+    return files
 
 
-def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
-    """The meta.json of a checkpoint folder after checking every file it lists against its
-    sha256; a one-line :class:`RunError` naming the first missing, truncated or corrupt file.
-    (Checkpoints written before the sha256 list are only checked for a readable meta.json.)"""
+def _shards(index: Path, error: type[InputFileError]) -> list[str]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise error(f"{index} is not a readable weight index: {first_line(e)}") from None
+    if not all(isinstance(s, str) and "/" not in s and s.endswith(".safetensors")
+               for s in shards):
+        raise error(f"{index}: shards must be .safetensors files in its folder")
+    return shards
+
+
+def load_unet_folder(folder: Path, error: type[InputFileError] = RunError
+                     ) -> tuple[nn.Module, dict[str, str]]:
+    """A ``UNet2DModel`` loaded from exactly the files :func:`unet_files` names (staged as
+    links in a temp folder, so nothing else in ``folder`` is read) and the sha256 of each of
+    those files by name: what a fingerprint of the model is built from."""
+    from diffusers import UNet2DModel
+
+    files = unet_files(folder, error)
+    digests = {name: sha256_file(folder / name) for name in files}
+    with tempfile.TemporaryDirectory(prefix=".dmattack-load.") as tmp:
+        for name in files:
+            try:
+                os.symlink((folder / name).resolve(), Path(tmp) / name)
+            except OSError:  # a file system without links: a copy (hashed again below)
+                shutil.copyfile(folder / name, Path(tmp) / name)
+        # safetensors only: a pickled .bin in the folder is never loaded
+        unet = UNet2DModel.from_pretrained(tmp, low_cpu_mem_usage=False, use_safetensors=True)
+    for name in files:  # a file replaced while it was being read: refused, not mis-keyed
+        if sha256_file(folder / name) != digests[name]:
+            raise error(f"{folder / name} changed while it was being loaded; load it again")
+    return unet, digests
+
+
+def _load_weights(model: nn.Module, folder: Path, name: str) -> dict[str, str]:
+    """Load the ``name`` (``model`` or ``ema``) weights of checkpoint ``folder`` into
+    ``model``; returns the sha256 of every file read, by its name relative to ``folder``."""
+    if isinstance(model, UNetEps):
+        model.unet, digests = load_unet_folder(folder / name)
+        return {f"{name}/{rel}": d for rel, d in digests.items()}
+    path = folder / f"{name}.safetensors"
+    data = path.read_bytes()
+    model.load_state_dict(load(data))
+    return {path.name: hashlib.sha256(data).hexdigest()}
+
+
+def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> dict[str, Any]:
+    """The meta.json of a checkpoint folder after checking every file it lists (with
+    ``weights``, ``model`` or ``ema``: only that weights' files, the ones loading reads)
+    against its sha256; a one-line :class:`RunError` naming the first missing, truncated or
+    corrupt file, or a weight, index or JSON file in the folder that meta.json does not list
+    (other files, e.g. a desktop's ``.DS_Store``, are never read). (Checkpoints written
+    before the sha256 list are only checked for a readable meta.json.)"""
     ckpt = Path(ckpt)
     meta_path = ckpt / META
     try:
@@ -290,6 +371,8 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
             and isinstance(meta.get("files", {}), dict)):
         raise RunError(f"checkpoint file {meta_path} is corrupt: expected a step and a file list")
     for rel, digest in meta.get("files", {}).items():
+        if weights is not None and not _in_weights(rel, weights):
+            continue
         f = ckpt / rel
         if not f.is_file():
             raise RunError(f"checkpoint file {f} is missing")
@@ -300,7 +383,18 @@ def verify_checkpoint(ckpt: str | os.PathLike) -> dict[str, Any]:
         if not ok:
             raise RunError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
                            f"from the one in {meta_path})")
+    listed = meta.get("files")
+    for f in _files(ckpt) if listed else ():  # a loader could read it: refused, not ignored
+        if f.relative_to(ckpt).as_posix() not in listed and (
+                _is_weight_file(f.name) or f.name.endswith(".json")):
+            raise RunError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
+                           "holds only the weight and config files it lists: remove it")
     return meta
+
+
+def _in_weights(rel: str, weights: str) -> bool:
+    """Whether checkpoint file ``rel`` belongs to the ``weights`` (``model`` / ``ema``)."""
+    return rel == f"{weights}.safetensors" or rel.startswith(f"{weights}/")
 
 
 def _checkpoint_candidates(run_dir: Path) -> list[Path]:
@@ -308,12 +402,13 @@ def _checkpoint_candidates(run_dir: Path) -> list[Path]:
 
 
 def open_checkpoint(run_dir: str | os.PathLike,
-                    load: Callable[[Path, dict[str, Any]], T] | None = None
-                    ) -> tuple[Path, dict[str, Any], T | None]:
+                    load: Callable[[Path, dict[str, Any]], T] | None = None,
+                    weights: str | None = None) -> tuple[Path, dict[str, Any], T | None]:
     """The newest usable checkpoint of a run: ``(folder, meta, load(folder, meta))``.
 
     ``checkpoint/`` is tried first, then ``checkpoint.prev/``. A checkpoint is usable when its
-    files match the sha256 list in meta.json and ``load`` (if given) succeeds; a failure is
+    files (``weights``: only those of the weights ``load`` reads) match the sha256 list in
+    meta.json and ``load`` (if given) succeeds; a failure is
     logged as a warning naming the bad file and the previous checkpoint is tried. When none is
     usable, a one-line :class:`RunError` names the bad file(s).
     """
@@ -322,7 +417,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
     errors: list[str] = []
     for i, ckpt in enumerate(candidates):
         try:
-            meta = verify_checkpoint(ckpt)
+            meta = verify_checkpoint(ckpt, weights)
             result = load(ckpt, meta) if load is not None else None
         except RunError as e:
             errors.append(str(e))
@@ -364,17 +459,12 @@ def digest(payload: Any) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def model_fingerprint(cfg: dict[str, Any], ckpt: Path, meta: dict[str, Any], weights: str
-                      ) -> str:
-    """sha256 over the sha256 of each file of the ``weights`` (``model`` or ``ema``) in
-    checkpoint ``ckpt`` (taken from meta.json's list, which loading checked; hashed from disk
-    for a checkpoint without that list) and config.json's ``model`` and ``diffusion`` sections:
-    it changes whenever anything that determines the samples does."""
-    listed = meta.get("files") or {rel.relative_to(ckpt).as_posix(): sha256_file(rel)
-                                   for rel in _files(ckpt)}
-    files = {rel: d for rel, d in listed.items()
-             if rel == f"{weights}.safetensors" or rel.startswith(f"{weights}/")}
-    return digest({"weights": files, "model": cfg["model"], "diffusion": cfg["diffusion"]})
+def model_fingerprint(cfg: dict[str, Any], weights: dict[str, str]) -> str:
+    """sha256 over ``weights`` (the sha256 of every file the loader read, by name, as
+    :func:`_load_weights` returns them) and the whole of config.json as read (a setting that
+    does not change the samples changes it too: every file a run's loading reads is keyed,
+    nothing is left out by a judgement of what matters)."""
+    return digest({"weights": weights, "config": cfg})
 
 
 def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
@@ -386,10 +476,12 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     except ConfigError as e:
         raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
 
-    def load(ckpt: Path, meta: dict[str, Any]) -> None:
-        _load_weights(model, ckpt, "ema" if use_ema else "model")
+    which = "ema" if use_ema else "model"
 
-    ckpt, meta, _ = open_checkpoint(run_dir, load)
+    def load(ckpt: Path, meta: dict[str, Any]) -> dict[str, str]:
+        return _load_weights(model, ckpt, which)
+
+    _, _, weights = open_checkpoint(run_dir, load, which)  # reads only the weights in use
     model.to(device).eval()
     return LoadedModel(
         model=model,
@@ -399,7 +491,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
         dataset=cfg["data"].get("name"),
         ema=use_ema,
         config=cfg,
-        fingerprint=model_fingerprint(cfg, ckpt, meta, "ema" if use_ema else "model"),
+        fingerprint=model_fingerprint(cfg, weights or {}),
     )
 
 

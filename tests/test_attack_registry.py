@@ -216,6 +216,7 @@ def test_whole_chain_attack_routes_with_paired_seeds_shards_and_resume(loaded, t
     r = load_file(str(tmp_path / "r" / "samples.safetensors"))
     assert torch.equal(w["clean"], r["clean"]) and torch.equal(w["attacked"], r["attacked"])
     assert wc.batches == [4, 2]  # batched like the per-step attacks
+    assert len(res["attack"].pop("code_key")) == 64  # a user's attack is keyed by its code
     assert res["attack"] == {"method": "wc-random", "label": "wc-random-spread-50%",
                              "series": "wc-random-spread", "kind": "whole-chain",
                              "percent": 50, "window": "spread", "eps_scale": 0.5}

@@ -30,7 +30,6 @@ ALLOWED_UNUSED = {
     "device": "where it runs: results are the same on every device up to float round-off",
     "out": "where the result is written (its location, not its content)",
     "threads": "how fast it runs (torch's CPU threads), not what it computes",
-    "first_sample@curve": "fixed in h-keys (curve --first-sample is passed on or refused there)",
 }
 
 # id → (command, base arguments, the library function replaced by the capture); several

@@ -42,6 +42,7 @@ from .distances import (
     check_distance,
     check_feature_shape,
     default_extractor,
+    distance_key,
     distance_name,
     make_distance,
 )
@@ -148,8 +149,10 @@ class AdaptiveChainAttack(ABC):
 
     def settings(self) -> dict[str, Any]:
         """Every setting that determines the attacked samples, JSON-ready (a user distance is
-        recorded by its name)."""
-        return {**asdict(self.config), "distance": distance_name(self.distance)}
+        recorded by its name and keyed by its code)."""
+        key = distance_key(self.distance)
+        return {**asdict(self.config), "distance": distance_name(self.distance),
+                **({"distance_key": key} if key is not None else {})}
 
     def sample_attacked(self, model: EpsModel, diffusion: GaussianDiffusion,
                         sampler: SamplerConfig, shape: Sequence[int], seeds: Sequence[int],

@@ -10,7 +10,8 @@ ascend it.
   8×8 or 16×16 images, area-resized to 8×8) or ``inception`` (Inception-v3 pool3, 2048-D, the
   space of FID; torch-fidelity's network, weights from the local cache, never downloaded). The
   embedding sees the sample as the metric does, minus the uint8 rounding, which has no gradient.
-* any callable ``D(x0_adv, x0_clean) -> (B,)``.
+* any callable ``D(x0_adv, x0_clean) -> (B,)``, recorded by its name and keyed by its code
+  (:func:`distance_key`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,17 @@ def _checked_user_distance(fn: Distance) -> Distance:
         return d
 
     return checked
+
+
+def distance_key(distance: str | Distance) -> str | None:
+    """What keys a distance's numbers besides its name: None for a built-in one, the
+    :func:`~dmattack.keys.callable_key` of a user callable (its code, constants, closure);
+    raises :class:`~dmattack.keys.UnkeyableError` for one that cannot be keyed."""
+    if isinstance(distance, str):
+        return None
+    from ..keys import callable_key
+
+    return callable_key(distance)
 
 
 def distance_name(distance: str | Distance) -> str:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError
+from ..keys import callable_key
 from ..sampling import SamplerConfig, StepHook, frozen, sample_batched, sampling_diffusion
 from ..seeding import ATTACK, generators
 from .adaptive import AdaptiveChainAttack
@@ -33,7 +34,7 @@ from .chain import ChainAttack, ChainPGD
 from .convergence import TOLERANCE, convergence_of
 from .schedule import AttackSpec, attacked_steps
 
-RESERVED = ("method", "label", "series", "kind", "percent", "window")
+RESERVED = ("method", "label", "series", "kind", "percent", "window", "code_key")
 """Keys of an attack record that an attack's own settings may not use."""
 
 
@@ -159,6 +160,15 @@ class AttackPlan:
         if check is not None:
             check(diffusion, sampler, tuple(shape))
 
+    def code_key(self) -> str:
+        """A user attack's code key (:func:`~dmattack.keys.callable_key`): a per-step factory's
+        code, constants and closure; a whole-chain attack's class (its settings are recorded
+        beside it; its instance state, e.g. counters, is not a key), or its own ``key``
+        string attribute."""
+        attack = self.attack
+        explicit = isinstance(getattr(attack, "key", None), str)
+        return callable_key(type(attack) if self.whole_chain and not explicit else attack)
+
     def record(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
         """What results record about the attack: method, label, series, kind, percent, window
         and its settings (flat)."""
@@ -167,8 +177,10 @@ class AttackPlan:
         if clash:
             raise ConfigError(f"attack settings use reserved keys {clash}; rename them",
                               field="settings")
+        code = {} if self.spec is not None else {"code_key": self.code_key()}
         return {"method": self.method, "label": self.label, "series": self.series,
-                "kind": self.kind, "percent": self.percent, "window": self.window, **settings}
+                "kind": self.kind, "percent": self.percent, "window": self.window, **settings,
+                **code}
 
     # ------------------------------------------------------------------ running it
     def hook_factory(self, model: nn.Module, diffusion: GaussianDiffusion,
