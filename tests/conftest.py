@@ -60,3 +60,25 @@ def two_checkpoints(tmp_path) -> Path:
     from dmattack.train import train
 
     return train(tiny_train_config(steps=20), tmp_path / "run")
+
+
+def checkpoint_tensors(run: Path, folder: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Model, EMA and Adam moments of a run's checkpoint, by name."""
+    from safetensors.torch import load_file
+
+    out = {}
+    for name in ("model", "ema"):
+        out.update({f"{name}.{k}": v for k, v in
+                    load_file(run / folder / f"{name}.safetensors").items()})
+    state = torch.load(run / folder / "state.pt", weights_only=True)
+    for i, s in state["optimizer"]["state"].items():
+        out.update({f"adam.{i}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
+    return out
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    """Two runs' checkpoints hold bit-for-bit equal model, EMA and Adam moments."""
+    wa, wb = checkpoint_tensors(a), checkpoint_tensors(b)
+    assert wa.keys() == wb.keys() and len(wa) > 4
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import invoke_cli, tiny_train_config
+from conftest import assert_same_weights, checkpoint_tensors, invoke_cli, tiny_train_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -47,24 +47,6 @@ CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHON
 
 
 _cfg = tiny_train_config
-
-
-def _weights(run: Path, folder: str = CHECKPOINT) -> dict[str, torch.Tensor]:
-    out = {}
-    for name in ("model", "ema"):
-        out.update({f"{name}.{k}": v for k, v in
-                    load_file(run / folder / f"{name}.safetensors").items()})
-    state = torch.load(run / folder / "state.pt", weights_only=True)
-    for i, s in state["optimizer"]["state"].items():
-        out.update({f"adam.{i}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-    return out
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 def _step(run: Path, folder: str = CHECKPOINT) -> int:
@@ -117,7 +99,7 @@ def test_sigkill_during_train_then_resume_is_bit_exact(tmp_path, caplog):
     assert not list(run.glob(".checkpoint.*"))
 
     reference = train(resume_config(run), tmp_path / "straight")  # same config, no kill
-    _assert_same_weights(run, reference)
+    assert_same_weights(run, reference)
     logged = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert logged == [25, 50, 75, 100, 120]  # records past the checkpoint were not duplicated
 
@@ -142,7 +124,7 @@ def test_crash_at_each_point_of_a_checkpoint_swap(tmp_path, monkeypatch, fail_at
     monkeypatch.setattr(runs_mod.os, "replace", real_replace)
     assert _step(run, checkpoint_dir(run).name) in (20, 30)
     train(resume_config(run, steps=40), run, resume=True)
-    _assert_same_weights(run, train(_cfg(steps=40), tmp_path / "straight"))
+    assert_same_weights(run, train(_cfg(steps=40), tmp_path / "straight"))
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +239,7 @@ def test_resume_after_corruption_uses_previous_and_keeps_it(two_checkpoints, tmp
     train(resume_config(run, steps=30), run, resume=True)  # from step 10, not 20
     assert _step(run) == 30 and _step(run, PREVIOUS) == 20  # two good ones again
     assert len(list(run.glob("checkpoint.corrupt-*"))) == 1
-    _assert_same_weights(run, train(_cfg(steps=30), tmp_path / "straight"))
+    assert_same_weights(run, train(_cfg(steps=30), tmp_path / "straight"))
 
 
 def test_resume_without_any_checkpoint_starts_over(tmp_path):
@@ -265,7 +247,7 @@ def test_resume_without_any_checkpoint_starts_over(tmp_path):
     train(_cfg(steps=10), run)
     shutil.rmtree(run / CHECKPOINT)
     train(resume_config(run, steps=10), run, resume=True)
-    _assert_same_weights(run, train(_cfg(steps=10), tmp_path / "straight"))
+    assert_same_weights(run, train(_cfg(steps=10), tmp_path / "straight"))
 
 
 # ================================================================== pickled code
@@ -368,12 +350,12 @@ def test_disk_full_while_writing_results_keeps_the_previous_ones(tmp_path, monke
 
 def test_disk_full_while_checkpointing_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     run = train(_cfg(steps=10), tmp_path / "run")
-    good = _weights(run)
+    good = checkpoint_tensors(run)
     monkeypatch.setattr(runs_mod, "save_file", _enospc)
     with pytest.raises(OutputError, match="step 20.*last good checkpoint \\(step 10\\)"):
         train(resume_config(run, steps=20), run, resume=True)
     assert _step(run) == 10 and not list(run.glob(".checkpoint.*"))
-    assert all(torch.equal(v, _weights(run)[k]) for k, v in good.items())
+    assert all(torch.equal(v, checkpoint_tensors(run)[k]) for k, v in good.items())
 
 
 def test_disk_full_while_appending_a_curve_point(tmp_path, monkeypatch):
@@ -452,7 +434,7 @@ def test_nan_policy_skip_skips_the_step_and_counts_it(tmp_path, monkeypatch, cap
     assert meta["skipped_steps"] == 1 and meta["step"] == 20
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any(r["step"] == 7 and r["skipped"] == 1.0 for r in log)
-    assert all(torch.isfinite(v).all() for v in _weights(run).values())
+    assert all(torch.isfinite(v).all() for v in checkpoint_tensors(run).values())
     # resuming keeps the count
     monkeypatch.setattr(train_mod, "training_loss", _nan_at(3))
     train(resume_config(run, steps=30), run, resume=True)

@@ -19,9 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import invoke_cli, tiny_train_config
-from safetensors.torch import load_file
+from conftest import assert_same_weights, invoke_cli, tiny_train_config
 
 import dmattack.runs as runs_mod
 import dmattack.train as train_mod
@@ -37,25 +35,6 @@ RESUME_LINE = re.compile(r"^stopped at step (\d+) \((SIGTERM|SIGINT)\); checkpoi
 AT_ONCE_LINE = re.compile(r"^stopped at once \(second (SIGTERM|SIGINT)\); the last complete "
                           r"checkpoint \(step (\d+)\) is kept; resume with: "
                           r"(dmattack train --resume .+)$")
-
-
-def _weights(run: Path, folder: str = CHECKPOINT) -> dict[str, torch.Tensor]:
-    """Model, EMA and Adam moments of a checkpoint."""
-    out = {}
-    for name in ("model", "ema"):
-        out.update({f"{name}.{k}": v for k, v in
-                    load_file(run / folder / f"{name}.safetensors").items()})
-    state = torch.load(run / folder / "state.pt", weights_only=True)
-    for i, s in state["optimizer"]["state"].items():
-        out.update({f"adam.{i}.{k}": v for k, v in s.items() if torch.is_tensor(v)})
-    return out
-
-
-def _assert_same_weights(a: Path, b: Path) -> None:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys() and len(wa) > 4
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
 
 
 def _step(run: Path, folder: str = CHECKPOINT) -> int:
@@ -99,7 +78,7 @@ def test_a_signal_finishes_the_step_writes_a_checkpoint_and_resumes_exactly(tmp_
     assert _step(run) == 7 and not (run / ".lock").exists()
     assert open_checkpoint(run)[1]["step"] == 7  # every file matches its sha256
     train(resume_config(run), run, resume=True)
-    _assert_same_weights(run, train(tiny_train_config(), tmp_path / "straight"))
+    assert_same_weights(run, train(tiny_train_config(), tmp_path / "straight"))
 
 
 def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path):
@@ -150,7 +129,7 @@ def test_a_second_signal_while_the_stop_checkpoint_is_written(tmp_path, monkeypa
     assert checkpoint_dir(run2).name == CHECKPOINT and _step(run2) == 7
     assert not list(run2.glob(".checkpoint.*"))
     train(resume_config(run2), run2, resume=True)
-    _assert_same_weights(run2, train(tiny_train_config(), tmp_path / "straight"))
+    assert_same_weights(run2, train(tiny_train_config(), tmp_path / "straight"))
 
 
 def test_handlers_are_restored_after_training(tmp_path):
@@ -180,7 +159,7 @@ def test_time_based_checkpoints_do_not_change_the_numbers(tmp_path, monkeypatch)
     saved.clear()
     plain = train(tiny_train_config(checkpoint_minutes=0), tmp_path / "plain")
     assert saved == [10, 20]
-    _assert_same_weights(timed, plain)
+    assert_same_weights(timed, plain)
     saved.clear()
     train(tiny_train_config(), tmp_path / "default")  # 10 minutes: not within 20 steps
     assert saved == [10, 20]
@@ -350,7 +329,7 @@ def test_sigterm_to_dmattack_train_then_the_printed_resume_is_bit_exact(tmp_path
     assert resumed.returncode == 0, resumed.stderr
     assert _step(run) == 400
     reference = train(resume_config(run), tmp_path / "straight")  # same config, no signal
-    _assert_same_weights(run, reference)
+    assert_same_weights(run, reference)
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 401))  # every step logged once, in order
 
@@ -377,7 +356,7 @@ def test_two_signals_to_dmattack_train_stop_at_once_keeping_the_checkpoint(tmp_p
     assert resumed.returncode == 0, resumed.stderr
     reference = train(dataclasses.replace(resume_config(run), steps=kept + 20),
                       tmp_path / "straight")
-    _assert_same_weights(run, reference)
+    assert_same_weights(run, reference)
 
 
 # ================================================================== curve, purify: Ctrl-C
