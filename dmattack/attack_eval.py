@@ -739,18 +739,23 @@ def _point_samples(loaded: LoadedModel, plan: AttackPlan | None, seeds: Sequence
 def _shard(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]],
            *args: Any) -> tuple[torch.Tensor | None, float]:
     """``compute(*args)`` → (this process's samples of a point, seconds). In a sharded run the
-    samples are kept at ``path`` and read back instead of recomputed when a killed run is
-    resumed (an unreadable file is recomputed)."""
+    samples are kept at ``path`` with their sha256 and read back instead of recomputed when a
+    killed run is resumed; a file that is unreadable or whose samples do not match their sha256
+    is recomputed (one warning line for a mismatch)."""
     if not distributed.is_distributed():
         return compute(*args)
     with contextlib.suppress(OSError, SafetensorError, KeyError, ValueError):
         with safe_open(str(path), "pt") as f:
-            return f.get_tensor("samples"), float(f.metadata()["seconds"])
+            samples, meta = f.get_tensor("samples"), f.metadata()
+        if samples_sha256(samples) == meta["sha256"]:
+            return samples, float(meta["seconds"])
+        log.warning("warning: %s does not match its recorded sha256; recomputing it", path)
     samples, seconds = compute(*args)
     if samples is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {"samples": samples.contiguous()}
-        write_atomic(path, lambda p: save_file(tensors, str(p), {"seconds": repr(seconds)}))
+        meta = {"seconds": repr(seconds), "sha256": samples_sha256(tensors["samples"].cpu())}
+        write_atomic(path, lambda p: save_file(tensors, str(p), meta))
     return samples, seconds
 
 

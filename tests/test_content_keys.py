@@ -308,3 +308,30 @@ def test_same_name_distances_give_different_attack_records():
     a, b = _two_functions_named_the_same()
     assert distance_key("pixel") is None
     assert distance_key(a) != distance_key(b)
+
+
+def test_shard_slices_are_verified_on_read(tmp_path, monkeypatch, caplog):
+    """A sharded point's kept slice is read back only when its samples match their sha256;
+    rows permuted on disk are recomputed (issue 18: cached intermediates verified on read)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    import dmattack.attack_eval as ae
+
+    monkeypatch.setattr(ae.distributed, "is_distributed", lambda: True)
+    calls = []
+
+    def compute() -> tuple[torch.Tensor, float]:
+        calls.append(1)
+        return torch.arange(12.0).reshape(3, 4), 1.5
+
+    path = tmp_path / "shards" / "p" / "0-3.safetensors"
+    first, _ = ae._shard(path, compute)
+    again, seconds = ae._shard(path, compute)
+    assert len(calls) == 1 and torch.equal(first, again) and seconds == 1.5
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    save_file({"samples": load_file(path)["samples"].flip(0).contiguous()}, str(path), meta)
+    redone, _ = ae._shard(path, compute)
+    assert len(calls) == 2 and torch.equal(redone, first)
+    assert "does not match its recorded sha256" in caplog.text
