@@ -198,3 +198,27 @@ def test_pinned_torchscript_inception_that_does_not_load_is_one_line(tmp_path, m
     with pytest.raises(MetricError, match=f"^TorchScript Inception {path} does not load: ") as err:
         inception.load_fid_helper_model(path)
     assert "\n" not in str(err.value)
+
+
+class FailsOnLargeBatches(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 2:
+            raise ValueError("batch too large for this classifier")
+        return x.flatten(1)[:, :10]
+
+
+def test_torchscript_classifier_failing_mid_run_is_one_line(tmp_path):
+    """Passes the two-image check, then raises on the first real batch: one line, exit 2."""
+    path = tmp_path / "mid.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(FailsOnLargeBatches()).save(str(path))
+    result = CliRunner().invoke(cli.main, [
+        "purify", "--run", DIGITS, "--classifier", str(path), "--t-star", "0.05",
+        "--purify-steps", "1", "--iterations", "1", "--eot", "1", "--num-samples", "4",
+        "--out", str(tmp_path / "p")])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+    assert lines == [f"Error: classifier {path} failed on a batch of shape (4, 1, 8, 8): "
+                     "builtins.ValueError: batch too large for this classifier"], result.output
+    assert "Traceback" not in result.output

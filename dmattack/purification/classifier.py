@@ -117,6 +117,7 @@ def load_classifier(spec: str, device: torch.device | str = "cpu"
 
             raise InputFileError(f"classifier {path}: cannot load the TorchScript archive: "
                                  f"{torchscript_reason(e)}") from None
+        model = ScriptedClassifier(model, path)
         info["format"] = "torchscript"
     else:
         raise InputFileError(f"classifier {path} is not a TorchScript archive or safetensors "
@@ -125,6 +126,31 @@ def load_classifier(spec: str, device: torch.device | str = "cpu"
     for p in model.parameters():  # (ScriptModules refuse requires_grad_)
         p.requires_grad_(False)
     return model.to(device).eval(), info
+
+
+class ScriptedClassifier(nn.Module):
+    """A TorchScript classifier whose failure on any batch is one line naming the file and the
+    exception its code raised (TorchScript's own message is a many-line traceback)."""
+
+    def __init__(self, scripted: nn.Module, path: Path) -> None:
+        super().__init__()
+        self.scripted, self.path = scripted, path
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        try:
+            return self.scripted(x)
+        except torch.jit.Error as e:
+            from evaluators.inception import torchscript_reason
+
+            raise ClassifierFailure(self.path, tuple(x.shape), torchscript_reason(e)) from None
+
+
+class ClassifierFailure(InputFileError):
+    """A TorchScript classifier's code raised on a batch: ``reason`` is its exception's line."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], reason: str) -> None:
+        super().__init__(f"classifier {path} failed on a batch of shape {shape}: {reason}")
+        self.reason = reason
 
 
 def check_classifier(classifier: nn.Module, data_shape: tuple[int, ...], what: str,
@@ -137,8 +163,9 @@ def check_classifier(classifier: nn.Module, data_shape: tuple[int, ...], what: s
     except (RuntimeError, torch.jit.Error, ValueError, IndexError, TypeError) as e:
         from evaluators.inception import torchscript_reason  # (TorchScript's message: many lines)
 
+        reason = e.reason if isinstance(e, ClassifierFailure) else torchscript_reason(e)
         raise ConfigError(f"classifier {what} does not accept images of shape {data_shape} "
-                          f"(the purifier's data): {torchscript_reason(e)}",
+                          f"(the purifier's data): {reason}",
                           field="classifier") from None
     if not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[0] == 2
             and out.shape[1] >= 2):
