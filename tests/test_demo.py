@@ -778,3 +778,17 @@ def test_headline_of_a_purification_only_run():
     columns, rows = headline_rows(results)
     assert columns[:3] == ["purifier", "t*", "attack"] and len(rows) == len(section["rows"])
     assert "purified" in demo_pkg.headline_title(results)
+
+
+def test_narrow_ranges_get_a_linear_axis():
+    """Issue 20: variance ratios over 0.7–1.05 on a log axis were unreadable."""
+    import matplotlib.pyplot as plt
+
+    from dmattack.demo.figures import _y_scale
+
+    fig, ax = plt.subplots()
+    _y_scale(ax, [0.7, 0.9, 1.05, None])
+    assert ax.get_yscale() == "linear"
+    _y_scale(ax, [0.001, 0.5, float("nan")])
+    assert ax.get_yscale() == "log"
+    plt.close(fig)

@@ -139,6 +139,18 @@ LINESTYLES = {"fgsm": "-", "pgd": "-.", "random": "--"}
 MARKERS = {"fgsm": "o", "pgd": "s", "random": "^"}  # PGD often lies on FGSM: keep both visible
 
 
+LOG_RANGE = 10.0
+"""A y axis is logarithmic only when its positive values span more than this factor: a narrow
+range (e.g. variance ratios 0.7–1.05) reads better on a linear axis."""
+
+
+def _y_scale(ax: Any, values: Sequence[float | None]) -> None:
+    """Log y axis when the finite positive ``values`` span more than :data:`LOG_RANGE`."""
+    v = [x for x in values if x is not None and math.isfinite(x) and x > 0]
+    if v and max(v) / min(v) > LOG_RANGE:
+        ax.set_yscale("log")
+
+
 def attack_plot(table: dict[str, Any], path: Path, title: str) -> Path:
     """The main metric and the variance ratio against % of steps attacked, one line per
     (model, attack); colour = model, line style and marker = attack (random control dashed,
@@ -165,7 +177,7 @@ def attack_plot(table: dict[str, Any], path: Path, title: str) -> Path:
                            fontsize=8)
         ax.grid(alpha=0.3)
     axes[1].axhline(1.0, color="0.5", lw=0.8)
-    axes[1].set_yscale("log")
+    _y_scale(axes[1], [v for r in table["rows"] for v in r["variance_ratio"]])
     axes[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -242,7 +254,7 @@ def adaptive_bars(rows: Sequence[dict[str, Any]], metrics: dict[str, str], path:
                                         for m in models})
             ax.set_ylabel(label, fontsize=8)
             ax.set_title(kind, fontsize=9)
-        ax_row[0].set_yscale("log")
+        _y_scale(ax_row[0], [r.get("pixel deviation mean") for r in mine])
         ax_row[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
