@@ -111,11 +111,15 @@ def installation_roots() -> tuple[str, ...]:
 
 def inputs(opened: list[str], scratch: list[Path]) -> list[Path]:
     """The files among ``opened`` that are a command's inputs: not the Python installation,
-    not the repository's own source (.py and its bytecode), not a scratch folder."""
+    not the repository's own source (.py and its bytecode) or its install metadata (an
+    editable install's ``*.egg-info``, read to list plugins' entry points), not a scratch
+    folder."""
     roots = installation_roots()
     keep = []
     for p in map(Path, opened):
         if str(p).startswith(roots) or p.suffix in (".py", ".pyc") or not p.is_file():
+            continue
+        if any(part.endswith((".egg-info", ".dist-info")) for part in p.parts):
             continue
         if any(p.is_relative_to(s) for s in scratch):
             continue
