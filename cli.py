@@ -41,6 +41,26 @@ from dmattack.errors import ConfigError, OutputError
 from dmattack.option_types import parse_list, parse_percents
 from dmattack.settings import _warn_deprecated, from_options, option_values
 
+VOCABULARY = (
+    ("the attack(s) run", "--method", "attack, curve, purify", ("--attack",)),
+    ("the training objective", "--method", "train", ()),
+    ("which reverse steps are attacked", "--window", "attack, curve (a comma list)",
+     ("--windows",)),
+    ("the model: a run folder / a diffusers pipeline folder", "--run / --pipeline",
+     "sample, attack, curve, evaluate, card, purify (export: --run; purify's --run also "
+     "takes a pipeline)", ()),
+    ("reverse steps of a strided sampler", "--sampler-steps", "sample, attack, curve, evaluate",
+     ("--steps",)),
+    ("PGD iterations of a whole-chain or purification attack", "--iterations",
+     "attack, curve (trajectory, lookahead), purify", ()),
+    ("PGD iterations per attacked step", "--pgd-steps", "attack, curve (pgd)", ()),
+    ("EOT draws averaged per gradient", "--eot", "attack, curve (lookahead: future noise), "
+     "purify (purification noise)", ()),
+)
+"""(concept, option, commands, deprecated spellings): one name per concept (docs/cli.md lists
+it). A deprecated spelling still works for one release, with one warning line on stderr, and
+records the same settings as the option."""
+
 TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
 SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
 EVALUATION_CONFIG = "dmattack.evaluation:EvaluationConfig"
@@ -403,6 +423,9 @@ PURIFIER_ONLY = ("t_star", "purify_steps", "purify_sampler", "eta", "clip_denois
 @click.option("--run", "runs", multiple=True, type=click.Path(),
               help="A purifier: run folder or diffusers DDPM pipeline folder (repeatable); the "
               "undefended classifier is always a row.")
+@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(),
+              help="A purifier: diffusers DDPM pipeline folder (repeatable; after the --run "
+              "ones).")
 @lazy_options(PURIFY_CONFIG)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None,
@@ -422,14 +445,14 @@ def purify(**o: Any) -> None:
 
     cfg = from_options(PurifyConfig, o)
     unread = [k for k in PURIFIER_ONLY if given(k)]
-    if unread and not o["runs"]:  # only the undefended classifier is evaluated
+    if unread and not (o["runs"] or o["pipelines"]):  # only the undefended classifier is evaluated
         name, value = unread[0].replace("_", "-"), o[unread[0]]
         shown = (f"--{'' if value else 'no-'}{name}" if isinstance(value, bool)
                  else f"--{name} {value}")
         raise ConfigError(f"{shown} is not read without a purifier (only the undefended "
-                          "classifier is evaluated); give --run")
+                          "classifier is evaluated); give --run or --pipeline")
     dev = _join_torchrun(o["device"])
-    models = [load_model(r, dev) for r in o["runs"]]
+    models = [load_model(r, dev) for r in (*o["runs"], *o["pipelines"])]
     prepare_purification(cfg, models, dev)  # bad input: one line before anything is printed
     out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
     console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
