@@ -43,6 +43,7 @@ from dmattack.settings import _warn_deprecated, from_options, option_values
 
 VOCABULARY = (
     ("the attack(s) run", "--method", "attack, curve, purify", ("--attack",)),
+    ("evaluation draws of purify", "--draws", "purify", ("--eval-mode",)),
     ("the training objective", "--method", "train", ()),
     ("which reverse steps are attacked", "--window", "attack, curve (a comma list)",
      ("--windows",)),
@@ -443,6 +444,7 @@ def purify(**o: Any) -> None:
     from dmattack.purification.evaluate import PurifyConfig, prepare_purification, purify_folder
     from dmattack.purification.results import TABLE_COLUMNS, table_notes, table_rows
 
+    _warn_deprecated("--eval-mode", "--draws")(None, None, o["eval_modes"])
     cfg = from_options(PurifyConfig, o)
     unread = [k for k in PURIFIER_ONLY if given(k)]
     if unread and not (o["runs"] or o["pipelines"]):  # only the undefended classifier is evaluated

@@ -8,6 +8,8 @@ code 2. The library calls are captured as in tests/test_every_option.py (nothing
 
 from __future__ import annotations
 
+import json
+
 import click
 import pytest
 from test_every_option import (
@@ -34,6 +36,9 @@ DEPRECATED = [
     ("curve", "curve", ["--windows", "first,last"], ["--window", "first,last"]),
     ("purify", "purify", ["--attack", "bpda-eot"], ["--method", "bpda-eot"]),
 ]
+# deprecated spellings whose value is recorded as given (a result key of its own), checked
+# for the one warning and the setting it stands for
+LEGACY = [("purify", "purify", ["--eval-mode", "majority:3"], ["--draws", "3"])]
 
 
 def _deprecated_spellings(command: str) -> set[str]:
@@ -58,11 +63,11 @@ def _assert_refused(code: int, output: str, names: list[str]) -> None:
 def test_every_deprecated_spelling_is_covered():
     """A new deprecated spelling must be added to DEPRECATED (so this test runs it)."""
     for command in cli.main.commands:
-        covered = {a for c, _, args, _ in DEPRECATED if c == command for a in args}
+        covered = {a for c, _, args, _ in [*DEPRECATED, *LEGACY] if c == command for a in args}
         assert _deprecated_spellings(command) <= covered, command
     olds = {o for *_, old in cli.VOCABULARY for o in old}  # docs/cli.md lists each
-    assert {a for *_, args, _ in DEPRECATED for a in args if a.startswith("--")} - olds \
-        <= {"--sampler"}
+    assert {a for *_, args, _ in [*DEPRECATED, *LEGACY] for a in args
+            if a.startswith("--")} - olds <= {"--sampler"}
 
 
 @pytest.mark.parametrize("command,base,old,new", DEPRECATED,
@@ -79,6 +84,18 @@ def test_deprecated_spelling_warns_once_and_records_the_same(command, base, old,
     assert want is not None and "warning" not in output_new, output_new
     assert got.replace(str(tmp_path / "old"), "") == want.replace(str(tmp_path / "new"), "")
     assert got != _run(base, [], tmp_path / "base", monkeypatch)[2]  # the setting took effect
+
+
+@pytest.mark.filterwarnings("ignore:--eval-mode is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("command,base,old,new", LEGACY)
+def test_legacy_spelling_warns_once(command, base, old, new, tmp_path, monkeypatch):
+    code, output, got = _run(base, old, tmp_path / "old", monkeypatch)
+    assert got is not None, output
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {old[0]} is deprecated here; use {new[0]}"], output
+    want = _run(base, new, tmp_path / "new", monkeypatch)[2]
+    draws = [json.loads(r)[0][0]["draws"] for r in (got, want)]  # the setting it stands for
+    assert draws[0] == draws[1] == int(new[1])
 
 
 def _train_option(option: str) -> click.Option:
