@@ -25,13 +25,42 @@ import click
 
 from dmattack import cli_output as ui
 from dmattack import progress
-from dmattack.cli_base import Group, friendly_errors, given, option_group, resumes_when_rerun
+from dmattack.cli_base import (
+    Choice,
+    Group,
+    RangedInt,
+    friendly_errors,
+    given,
+    option_group,
+    resumes_when_rerun,
+)
 from dmattack.cli_lazy import lazy_options
 from dmattack.cli_output import console, metric_row, print_table, stdout
 from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
 from dmattack.errors import ConfigError, OutputError
 from dmattack.option_types import parse_list, parse_percents
-from dmattack.settings import from_options, option_values
+from dmattack.settings import _warn_deprecated, from_options, option_values
+
+VOCABULARY = (
+    ("the attack(s) run", "--method", "attack, curve, purify", ("--attack",)),
+    ("evaluation draws of purify", "--draws", "purify", ("--eval-mode",)),
+    ("the training objective", "--method", "train", ()),
+    ("which reverse steps are attacked", "--window", "attack, curve (a comma list)",
+     ("--windows",)),
+    ("the model: a run folder / a diffusers pipeline folder", "--run / --pipeline",
+     "sample, attack, curve, evaluate, card, purify (export: --run; purify's --run also "
+     "takes a pipeline)", ()),
+    ("reverse steps of a strided sampler", "--sampler-steps", "sample, attack, curve, evaluate",
+     ("--steps",)),
+    ("PGD iterations of a whole-chain or purification attack", "--iterations",
+     "attack, curve (trajectory, lookahead), purify", ()),
+    ("PGD iterations per attacked step", "--pgd-steps", "attack, curve (pgd)", ()),
+    ("EOT draws averaged per gradient", "--eot", "attack, curve (lookahead: future noise), "
+     "purify (purification noise)", ()),
+)
+"""(concept, option, commands, deprecated spellings): one name per concept (docs/cli.md lists
+it). A deprecated spelling still works for one release, with one warning line on stderr, and
+records the same settings as the option."""
 
 TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
 SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
@@ -79,6 +108,8 @@ def train(**o: Any) -> None:
                            base=resume_config(o["resume"]))
     else:
         cfg = from_options(TrainConfig, o)
+    cfg.objective.refuse_unread({k.split("__", 1)[1].replace("__", ".") for k in o
+                                 if k.startswith("objective__") and given(k)})
     cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], join=_join_torchrun)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}"
@@ -130,10 +161,17 @@ def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: st
 def _sampler(o: dict[str, Any], loaded):
     """The sampler the options ask for, unset fields from the model's protocol."""
     from dmattack.evaluation import resolve_sampler
+    from dmattack.registry import SAMPLERS
 
     o = option_values(o)
-    return resolve_sampler(loaded, o["sampler__name"], o["sampler__steps"], o["sampler__eta"],
-                           o["sampler__clip_denoised"])
+    sampler = resolve_sampler(loaded, o["sampler__name"], o["sampler__steps"],
+                              o["sampler__eta"], o["sampler__clip_denoised"])
+    if o["sampler__steps"] is not None and not sampler.entry.strided:  # it runs all T steps
+        strided = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].strided)
+        raise ConfigError(f"--sampler-steps {o['sampler__steps']} is not read by sampler "
+                          f"{sampler.name} (it runs all {loaded.diffusion.num_timesteps} steps);"
+                          f" allowed: --sampler-steps only with --sampler {strided}")
+    return sampler
 
 
 def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None, **scoring: Any):
@@ -162,10 +200,10 @@ evaluation_options = lazy_options(EVALUATION_CONFIG)
 @main.command("sample")
 @model_options
 @sampler_options
-@click.option("--num-samples", type=click.IntRange(1, 10_000_000), default=64, show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 10_000_000), default=256, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--first-sample", type=click.IntRange(0, 2**40), default=0, show_default=True,
+@click.option("--num-samples", type=RangedInt(1, 10_000_000), default=64, show_default=True)
+@click.option("--batch-size", type=RangedInt(1, 10_000_000), default=256, show_default=True)
+@click.option("--seed", type=RangedInt(0), default=0, show_default=True)
+@click.option("--first-sample", type=RangedInt(0, 2**40), default=0, show_default=True,
               help="Index of the first sample (for sharding across processes/GPUs).")
 @click.option("--out", type=click.Path(), default=None,
               help="Output folder [default: <run>/samples/<sampler>-seed<seed>].")
@@ -247,12 +285,15 @@ def attack(**o: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @sampler_options
 @evaluation_options
-@lazy_options(ATTACK_SPEC, exclude=("method", "percent"))
+@lazy_options(ATTACK_SPEC, exclude=("method", "percent", "window"))
 @click.option("--method", default="fgsm,pgd,random", show_default=True,
               help="Comma list of registered attacks (dmattack plugins lists them).")
 @click.option("--steps-attacked", default="0,25,50,75,100", show_default=True,
               help="Comma list of percents of reverse steps attacked.")
-@click.option("--windows", default=None, help="Comma list of windows [default: --window].")
+@click.option("--window", default="spread", show_default=True,
+              help="Comma list of windows: which steps are attacked (spread | first | last).")
+@click.option("--windows", "window__deprecated_0", default=None, hidden=True,
+              callback=_warn_deprecated("--windows", "--window"))
 @click.option("--out", type=click.Path(), default=None,
               help="Curve folder [default: runs/curves/<hash of the settings>]; re-running the "
               "same command there resumes.")
@@ -270,9 +311,10 @@ def curve(**o: Any) -> None:
     from dmattack.registry import ATTACKS
     from dmattack.runs import newest_run
 
+    o = option_values(o)  # --windows (deprecated) as --window
     methods = parse_list(o["method"], "method", ATTACKS.names())
     percents = parse_percents(o["steps_attacked"])
-    windows = parse_list(o["windows"] or o["window"], "window", WINDOWS)
+    windows = parse_list(o["window"], "window", WINDOWS)
     settings = {k: v for k, v in option_values(o).items()  # each attack takes those it reads
                 if k in AttackSpec.__dataclass_fields__ and k not in ("method", "window")}
     specs = curve_specs(methods, percents, windows, refuse_unused=True, **settings)
@@ -313,10 +355,10 @@ SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
               "of sampling.")
 @click.option("--samples-key", default="samples", show_default=True,
               help="Tensor to read from --samples files (samples | clean | attacked).")
-@click.option("--feature-extractor", type=click.Choice(["auto", "inception", "digits-cnn"]),
+@click.option("--feature-extractor", type=Choice(["auto", "inception", "digits-cnn"]),
               default="auto", show_default=True, help="For fid/is/kid.")
 @click.option("--memorization-space", default="auto", show_default=True,
-              type=click.Choice(["auto", "pixels", "digits-cnn", "inception", "dinov2"]))
+              type=Choice(["auto", "pixels", "digits-cnn", "inception", "dinov2"]))
 @click.option("--dinov2-dir", type=click.Path(), default=None,
               help="Local facebookresearch/dinov2 checkout with weights.")
 @click.option("--out", type=click.Path(), default=None,
@@ -374,10 +416,18 @@ def export(run: str | None, ema: bool, out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- purify
+PURIFIER_ONLY = ("t_star", "purify_steps", "purify_sampler", "eta", "clip_denoised",
+                 "attack_purify_steps", "attack_sampler", "attack_gradient", "checkpoint_steps")
+"""PurifyConfig settings read only by a purifier (a --run): refused without one."""
+
+
 @main.command()
 @click.option("--run", "runs", multiple=True, type=click.Path(),
               help="A purifier: run folder or diffusers DDPM pipeline folder (repeatable); the "
               "undefended classifier is always a row.")
+@click.option("--pipeline", "pipelines", multiple=True, type=click.Path(),
+              help="A purifier: diffusers DDPM pipeline folder (repeatable; after the --run "
+              "ones).")
 @lazy_options(PURIFY_CONFIG)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None,
@@ -395,9 +445,17 @@ def purify(**o: Any) -> None:
     from dmattack.purification.evaluate import PurifyConfig, prepare_purification, purify_folder
     from dmattack.purification.results import TABLE_COLUMNS, table_notes, table_rows
 
+    _warn_deprecated("--eval-mode", "--draws")(None, None, o["eval_modes"])
     cfg = from_options(PurifyConfig, o)
+    unread = [k for k in PURIFIER_ONLY if given(k)]
+    if unread and not (o["runs"] or o["pipelines"]):  # only the undefended classifier is evaluated
+        name, value = unread[0].replace("_", "-"), o[unread[0]]
+        shown = (f"--{'' if value else 'no-'}{name}" if isinstance(value, bool)
+                 else f"--{name} {value}")
+        raise ConfigError(f"{shown} is not read without a purifier (only the undefended "
+                          "classifier is evaluated); give --run or --pipeline")
     dev = _join_torchrun(o["device"])
-    models = [load_model(r, dev) for r in o["runs"]]
+    models = [load_model(r, dev) for r in (*o["runs"], *o["pipelines"])]
     prepare_purification(cfg, models, dev)  # bad input: one line before anything is printed
     out_dir = Path(o["out"] or purify_folder(cfg, models, RUNS_ROOT))
     console.print(f"[bold]purify[/] {cfg.classifier} on {cfg.data} ({cfg.num_samples} images), "
@@ -420,10 +478,10 @@ def purify(**o: Any) -> None:
 @click.option("--train-images", is_flag=True,
               help="Retrain the two digits U-Nets instead of loading checkpoints/ (slower).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--seeds", type=RangedInt(1), default=1, show_default=True,
               help="Repeat every section over this many seeds (seed, seed+1, …): numbers as "
               "mean ± std, verdicts with how many seeds agree.")
-@click.option("--section", "sections", multiple=True, type=click.Choice([*SECTIONS, "all"]),
+@click.option("--section", "sections", multiple=True, type=Choice([*SECTIONS, "all"]),
               help="Run only these sections (repeatable) [default: "
               f"{', '.join(DEFAULT_SECTIONS)}; with --quick: {', '.join(QUICK_SECTIONS)}].")
 @click.option("--device", default="auto", show_default=True)

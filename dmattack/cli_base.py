@@ -66,6 +66,47 @@ class OneLineUsage:
             raise
 
 
+def _opt(param: click.Parameter | None) -> str:
+    """``name (--option)`` of a parameter, as the config errors name a setting."""
+    if param is None:
+        return "value"
+    return f"{param.name} ({param.opts[0]})" if param.opts else str(param.name)
+
+
+class RangedInt(click.ParamType):
+    """An integer in ``low..high`` (``high`` None: no upper bound), refused in the project's
+    one-line style (``name (--option) = v is invalid; allowed: …``), as config settings are."""
+
+    name = "integer"
+
+    def __init__(self, low: int, high: int | None = None) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> int:
+        try:
+            v = value if isinstance(value, int) and not isinstance(value, bool) else int(value)
+        except (TypeError, ValueError):
+            v = None
+        if v is None or v < self.low or (self.high is not None and v > self.high):
+            bound = "" if self.high is None else f" and <= {self.high}"
+            shown = value if v is not None else repr(value)
+            raise click.UsageError(f"{_opt(param)} = {shown} is invalid; allowed: an integer "
+                                   f">= {self.low}{bound}", ctx)
+        return v
+
+
+class Choice(click.Choice):
+    """click's Choice, refused in the project's one-line style."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+                ) -> Any:
+        if value in self.choices:
+            return value
+        raise click.UsageError(f"{_opt(param)} = {value!r} is invalid; allowed: "
+                               f"{', '.join(map(str, self.choices))}", ctx)
+
+
 def threads_option() -> click.Option:
     return click.Option(
         ["--threads", "threads"], type=click.IntRange(1, 4096), default=None,

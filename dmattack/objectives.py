@@ -33,7 +33,7 @@ is split.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -51,13 +51,16 @@ from .attacks.perturbation import (
 from .diffusion import EpsModel, GaussianDiffusion
 from .errors import ConfigError
 from .registry import OBJECTIVES
-from .settings import check_settings, setting
+from .settings import check_settings, iter_settings, option_name, setting
 from .tensors import per_sample
 
 LAMBDA_SCALINGS = ("var", "std", "mul", "const")
 INVARIANCE_FORMS = ("trades", "madry")
 STAT_KEYS = ("loss", "mse", "reg", "residual", "r", "lam_t")
 DRAWS = ("ip_noise", "xi", "u")
+REGULARISER = ("lam", "lambda_scaling", "stop_gradient")
+RAY = ("ray.rho", "ray.bias", "ray.base")
+FGSM = ("fgsm_step", "fgsm_cost")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,29 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         check_settings(self)
 
+    def reads(self) -> tuple[str, ...] | None:
+        """The fields (dotted paths, e.g. ``ray.rho``) this config's method reads besides
+        ``method``; None when its registry entry does not say. The madry invariance form has
+        no regulariser, so no λ (docs/method.md §4)."""
+        options = OBJECTIVES.get(self.method, "--method").options
+        if options is not None and self.method == "invariance" and self.invariance_form == "madry":
+            options = tuple(o for o in options if o not in REGULARISER)
+        return options
+
+    def refuse_unread(self, given: Iterable[str]) -> None:
+        """Raise :class:`ConfigError` for a setting in ``given`` (dotted paths, e.g.
+        ``ray.rho``, as set by the user) that this config's method does not read: a value that
+        would be recorded but change nothing."""
+        reads = self.reads()
+        if reads is None:
+            return
+        for path, f, _ in iter_settings(type(self)):
+            if path in given and path != "method" and path not in reads:
+                names = [option_name(g) for p, g, _ in iter_settings(type(self)) if p in reads]
+                raise ConfigError(f"{option_name(f)} is not read by training method "
+                                  f"{self.method}; it reads: {', '.join(names) or 'none'}",
+                                  field=path)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the ray nested as a dict)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -115,11 +141,14 @@ class Objective:
 
     ``loss(model, diffusion, x0, cfg, draws) -> (scalar loss, stats over STAT_KEYS)``;
     ``draws``: which optional random draws of :class:`StepDraws` it needs (among
-    :data:`DRAWS`); ``label``: one line for listings."""
+    :data:`DRAWS`); ``label``: one line for listings; ``options``: the
+    :class:`ObjectiveConfig` fields it reads besides ``method`` (dotted for the ray, e.g.
+    ``ray.rho``), or None (a plugin that does not say: none is refused)."""
 
     loss: LossFn
     draws: tuple[str, ...]
     label: str
+    options: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.draws) - set(DRAWS)
@@ -297,15 +326,18 @@ def _stats(*values: torch.Tensor) -> dict[str, float]:
     return dict(zip(STAT_KEYS, floats, strict=True))
 
 
-OBJECTIVES.register("ddpm", Objective(ddpm_loss, (), "DDPM ‖ε − ε_θ(x_t)‖² (Eq. 3)"))
+OBJECTIVES.register("ddpm", Objective(ddpm_loss, (), "DDPM ‖ε − ε_θ(x_t)‖² (Eq. 3)", ()))
 OBJECTIVES.register("robust-adv", Objective(
-    robust_adv_loss, ("u",), "Robust_adv: Eq. 9 with an FGSM δ inside the ray"))
+    robust_adv_loss, ("u",), "Robust_adv: Eq. 9 with an FGSM δ inside the ray",
+    (*REGULARISER, *RAY, *FGSM)))
 OBJECTIVES.register("robust-rand", Objective(
-    robust_rand_loss, ("xi", "u"), "Robust_rand: Eq. 9 with a uniform δ, batch-wise ξ"))
+    robust_rand_loss, ("xi", "u"), "Robust_rand: Eq. 9 with a uniform δ, batch-wise ξ",
+    (*REGULARISER, *RAY, "ray.xi_range")))
 OBJECTIVES.register("invariance", Objective(
-    invariance_loss, ("u",), "invariance baseline (Eq. 8, trades or madry)"))
+    invariance_loss, ("u",), "invariance baseline (Eq. 8, trades or madry)",
+    (*REGULARISER, *RAY, *FGSM, "invariance_form")))
 OBJECTIVES.register("ddpm-ip", Objective(
-    ddpm_loss, ("ip_noise",), "DDPM-IP input perturbation (Ning et al. 2023)"))
+    ddpm_loss, ("ip_noise",), "DDPM-IP input perturbation (Ning et al. 2023)", ("ip_gamma",)))
 
 
 __all__ = [

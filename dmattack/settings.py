@@ -404,6 +404,9 @@ def _click_type(ft: FieldType) -> Any:
 
 
 def _warn_deprecated(old: str, new: str) -> Callable[..., Any]:
+    """A click callback printing one warning line on stderr when the deprecated spelling
+    ``old`` of option ``new`` is given (its value is then folded into ``new`` by
+    :func:`option_values`)."""
     def callback(ctx: Any, param: Any, value: Any) -> Any:
         if value is not None:
             import click

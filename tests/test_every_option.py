@@ -107,7 +107,7 @@ OFF_DEFAULT: dict[str, list[str]] = {
     "--classifier": ["--classifier", "{tmp}/no-classifier.pt"],
     "--data": ["--data", "{tmp}/no-data.safetensors"], "--t-star": ["--t-star", "0.2"],
     "--purify-steps": ["--purify-steps", "3"], "--purify-sampler": ["--purify-sampler", "ddim"],
-    "--attack": ["--attack", "pgd-eot"], "--eps": ["--eps", "0.1"],
+    "--eps": ["--eps", "0.1"],
     "--step-size": ["--step-size", "0.01"], "--eval-mode": ["--eval-mode", "majority:3"],
     # demo
     "--seeds": ["--seeds", "2"], "--section": ["--section", "toy"],
@@ -119,6 +119,7 @@ OFF_DEFAULT_FOR = {
     ("train", "--flip"): ["--flip"],  # the base trains on vectors: flips are off by default
     ("curve", "--method"): ["--method", "fgsm"],
     ("curve", "--steps-attacked"): ["--steps-attacked", "0,50"],
+    ("purify", "--method"): ["--method", "pgd-eot"],
     ("purify", "--iterations"): ["--iterations", "3"], ("purify", "--eot"): ["--eot", "2"],
     ("purify", "--num-samples"): ["--num-samples", "4"],
     ("purify", "--batch-size"): ["--batch-size", "4"],

@@ -72,7 +72,7 @@ def test_none_spells_every_timestep(tmp_path):
     """``--purify-steps none`` (an ``int | None`` setting) parses: K = every one of the n
     timesteps (t* = 2 is the integer timestep n = 2)."""
     out = tmp_path / "p"
-    code, output = purify("--t-star", "2", "--purify-steps", "none", "--attack", "bpda-eot",
+    code, output = purify("--t-star", "2", "--purify-steps", "none", "--method", "bpda-eot",
                           "--out", str(out))
     assert code == 0, output
     rows = json.loads((out / "purify.json").read_text())["rows"]
@@ -90,7 +90,7 @@ class _Cifar(nn.Module):
 def test_bad_input_is_one_line_exit_2_before_any_work(tmp_path, case):
     out = tmp_path / "p"
     args = {"t_star": ["--t-star", "5000"], "eps": ["--eps", "-0.1"],
-            "attack": ["--attack", "pgd-eot,fgsm"]}.get(case, [])
+            "attack": ["--method", "pgd-eot,fgsm"]}.get(case, [])
     if case == "pickle":
         torch.save(nn.Linear(64, 10), tmp_path / "clf.pt")
         args = ["--classifier", str(tmp_path / "clf.pt")]

@@ -91,7 +91,7 @@ def parse_attack(text: str, iterations: int, eot: int) -> AttackSpec:
     m = re.fullmatch(r"autoattack-rand-(\d+)x(\d+)", name)
     if m and int(m[1]) >= 1 and int(m[2]) >= 1:
         return AttackSpec("autoattack-rand", int(m[1]), int(m[2]))
-    raise ConfigError(f"attacks (--attack) entry {name!r} is unknown; allowed: pgd-eot, "
+    raise ConfigError(f"attacks (--method) entry {name!r} is unknown; allowed: pgd-eot, "
                       "bpda-eot, autoattack-rand (100 iterations × EOT-20) or "
                       "autoattack-rand-NxM (comma-separated)", field="attacks")
 

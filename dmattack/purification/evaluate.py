@@ -126,7 +126,8 @@ class PurifyConfig:
         auto="the data: on for images, as sampling; a pipeline: its scheduler's clip_sample")
     attacks: str = setting("pgd-eot,bpda-eot", "Attacks, comma-separated: pgd-eot, bpda-eot, "
                            "autoattack-rand (APGD-CE + APGD-DLR, 100 iterations × EOT-20) or "
-                           "autoattack-rand-NxM (lighter, labelled so).", option="--attack")
+                           "autoattack-rand-NxM (lighter, labelled so).", option="--method",
+                           deprecated=("--attack",))
     eps: float = setting(0.25, "ℓ∞ budget in [0, 1] pixel units (e.g. 8/255).", low=0, high=1)
     step_size: float | None = setting(None, "PGD step α in [0, 1] units (default ε/4).",
                                       low=0, low_open=True, high=1)
@@ -176,7 +177,7 @@ class PurifyConfig:
     def attack_specs(self) -> tuple[AttackSpec, ...]:
         specs = [parse_attack(n, self.iterations, self.eot) for n in _split(self.attacks)]
         if not specs:
-            raise ConfigError("attacks (--attack) is empty; allowed: pgd-eot, bpda-eot, "
+            raise ConfigError("attacks (--method) is empty; allowed: pgd-eot, bpda-eot, "
                               "autoattack-rand, autoattack-rand-NxM", field="attacks")
         return tuple(dict.fromkeys(specs))
 
