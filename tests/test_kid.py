@@ -1,0 +1,71 @@
+"""KID from features (evaluators/kid.py) against torch-fidelity, and its interval."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch_fidelity.metric_kid import kid_features_to_metric
+
+from evaluators import evaluate, metric_labels
+from evaluators.kid import BOOTSTRAP_FLOPS, BootstrapPlan, bootstrap_plan, kid, kid_interval
+
+
+def _features(n: int, n_ref: int, d: int, shift: float, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, d, generator=g) + shift, torch.randn(n_ref, d, generator=g))
+
+
+@pytest.mark.parametrize("n,n_ref,m,shift", [(64, 80, 50, 0.3), (40, 40, 40, 0.0)])
+def test_kid_equals_torch_fidelity(n, n_ref, m, shift):
+    f, g = _features(n, n_ref, 16, shift)
+    ref = kid_features_to_metric(f, g, kid_subsets=30, kid_subset_size=m, verbose=False,
+                                 rng_seed=7, kid_kernel="poly", kid_kernel_poly_degree=3,
+                                 kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1)
+    mean, std = kid(f.numpy(), g.numpy(), subsets=30, subset_size=m, seed=7)
+    assert mean == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-6, abs=1e-9)
+    assert std == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-6, abs=1e-9)
+
+
+def test_kid_rejects_bad_subset_size():
+    f, g = _features(10, 10, 4, 0.0)
+    with pytest.raises(ValueError, match="subset size 11"):
+        kid(f.numpy(), g.numpy(), subset_size=11)
+
+
+def test_bootstrap_plan_cap_rule():
+    assert bootstrap_plan(64, 64) == BootstrapPlan(200, 100, False)  # 1.6e6 flops a subset
+    assert bootstrap_plan(256, 64) == BootstrapPlan(200, 29, True)  # floor(1.5e11 / 5.0e9)
+    assert bootstrap_plan(1000, 2048) == BootstrapPlan(200, 1, True)  # Inception: one each
+    for m, d in ((64, 64), (256, 64), (500, 2048)):
+        p = bootstrap_plan(m, d)
+        assert p.subsets == 1 or p.resamples * p.subsets * 6 * m * m * d <= BOOTSTRAP_FLOPS
+
+
+def test_kid_interval_covers_point_and_separates_distributions():
+    f, g = _features(60, 60, 8, 0.5)
+    plan = bootstrap_plan(60, 8)
+    point = kid(f.numpy(), g.numpy(), subset_size=60)[0]
+    lo, hi = kid_interval(f.numpy(), g.numpy(), subset_size=60, plan=plan)
+    assert lo < hi and lo > 0  # a shift of 0.5 per coordinate is detected
+    assert lo <= point * 1.5 and hi >= point * 0.5
+    again = kid_interval(f.numpy(), g.numpy(), subset_size=60, plan=plan)
+    assert again == (lo, hi)  # seeded
+
+
+def test_evaluate_kid_reports_interval(tmp_path):
+    from sklearn.datasets import load_digits
+
+    x = torch.tensor(load_digits().images[:300], dtype=torch.float32)[:, None] / 8 - 1
+    tic = time.perf_counter()
+    res = evaluate(x[:64], x[64:300], ["kid"], cache_dir=tmp_path)
+    labels = metric_labels("kid", "digits-cnn")
+    assert sorted(labels + ["protocol"]) == sorted(res)
+    lo, hi = res["KID ci95 lo (digits-cnn)"], res["KID ci95 hi (digits-cnn)"]
+    assert lo < hi and np.isfinite(lo)
+    p = res["protocol"]["kid_interval"]
+    assert p["resamples"] == 200 and p["subsets_per_resample"] == 100 and not p["capped"]
+    assert not list(tmp_path.rglob("samples-*"))  # the one-use samples entry is gone
+    assert time.perf_counter() - tic < 60
