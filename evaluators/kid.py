@@ -22,6 +22,9 @@ BOOTSTRAP_FLOPS = 1.5e11
 """Kernel flops allowed for one interval before the subsets per resample are cut (≈ 6 s at
 25 GFLOP/s, float32 on one CPU core): a subset pair costs three m × d by d × m matrix
 products, 6·m²·d flops (docs/method.md §8)."""
+BOOTSTRAP_PAIRS = 2000
+"""Subset pairs allowed for one interval (each costs ≈ 0.1 ms of Python besides its flops):
+10 per resample, so a small digits KID's interval takes about a second."""
 
 
 def _mmd2_poly(x: np.ndarray, y: np.ndarray) -> float:
@@ -75,9 +78,10 @@ class BootstrapPlan:
 
 def bootstrap_plan(subset_size: int, dim: int, subsets: int = KID_SUBSETS) -> BootstrapPlan:
     """The documented cap (docs/method.md §8): always :data:`KID_RESAMPLES` resamples, each
-    with as many subset pairs as :data:`BOOTSTRAP_FLOPS` allows, between 1 and ``subsets``."""
-    per_resample = int(BOOTSTRAP_FLOPS // (KID_RESAMPLES * 6.0 * subset_size ** 2 * dim))
-    n = max(1, min(subsets, per_resample))
+    with as many subset pairs as :data:`BOOTSTRAP_FLOPS` and :data:`BOOTSTRAP_PAIRS` allow,
+    between 1 and ``subsets``."""
+    by_flops = int(BOOTSTRAP_FLOPS // (KID_RESAMPLES * 6.0 * subset_size ** 2 * dim))
+    n = max(1, min(subsets, by_flops, BOOTSTRAP_PAIRS // KID_RESAMPLES))
     return BootstrapPlan(KID_RESAMPLES, n, n < subsets)
 
 

@@ -10,7 +10,14 @@ import torch
 from torch_fidelity.metric_kid import kid_features_to_metric
 
 from evaluators import evaluate, metric_labels
-from evaluators.kid import BOOTSTRAP_FLOPS, BootstrapPlan, bootstrap_plan, kid, kid_interval
+from evaluators.kid import (
+    BOOTSTRAP_FLOPS,
+    BOOTSTRAP_PAIRS,
+    BootstrapPlan,
+    bootstrap_plan,
+    kid,
+    kid_interval,
+)
 
 
 def _features(n: int, n_ref: int, d: int, shift: float, seed: int = 0):
@@ -36,12 +43,14 @@ def test_kid_rejects_bad_subset_size():
 
 
 def test_bootstrap_plan_cap_rule():
-    assert bootstrap_plan(64, 64) == BootstrapPlan(200, 100, False)  # 1.6e6 flops a subset
-    assert bootstrap_plan(256, 64) == BootstrapPlan(200, 29, True)  # floor(1.5e11 / 5.0e9)
+    assert bootstrap_plan(64, 64) == BootstrapPlan(200, 10, True)  # 2000 pairs at most
+    assert bootstrap_plan(64, 64, subsets=5) == BootstrapPlan(200, 5, False)
+    assert bootstrap_plan(500, 64) == BootstrapPlan(200, 7, True)  # floor(1.5e11 / 1.92e10)
     assert bootstrap_plan(1000, 2048) == BootstrapPlan(200, 1, True)  # Inception: one each
-    for m, d in ((64, 64), (256, 64), (500, 2048)):
+    for m, d in ((64, 64), (256, 64), (500, 64)):
         p = bootstrap_plan(m, d)
-        assert p.subsets == 1 or p.resamples * p.subsets * 6 * m * m * d <= BOOTSTRAP_FLOPS
+        assert p.resamples * p.subsets * 6 * m * m * d <= BOOTSTRAP_FLOPS
+        assert p.resamples * p.subsets <= BOOTSTRAP_PAIRS
 
 
 def test_kid_interval_covers_point_and_separates_distributions():
@@ -66,6 +75,17 @@ def test_evaluate_kid_reports_interval(tmp_path):
     lo, hi = res["KID ci95 lo (digits-cnn)"], res["KID ci95 hi (digits-cnn)"]
     assert lo < hi and np.isfinite(lo)
     p = res["protocol"]["kid_interval"]
-    assert p["resamples"] == 200 and p["subsets_per_resample"] == 100 and not p["capped"]
+    assert p["resamples"] == 200 and p["subsets_per_resample"] == 10 and p["capped"]
     assert not list(tmp_path.rglob("samples-*"))  # the one-use samples entry is gone
     assert time.perf_counter() - tic < 60
+
+
+def test_printed_metrics_show_kid_with_its_interval():
+    from dmattack.cli_output import metric_row
+
+    row = metric_row({"KID (digits-cnn)": 0.0123, "KID std (digits-cnn)": 0.002,
+                      "KID ci95 lo (digits-cnn)": 0.01, "KID ci95 hi (digits-cnn)": 0.015,
+                      "KID": None, "KID ci95 lo": None, "KID ci95 hi": None,
+                      "FID": 3.0, "protocol": {}})
+    assert row == {"KID (digits-cnn)": "0.0123 [0.01, 0.015]", "KID std (digits-cnn)": 0.002,
+                   "KID": None, "FID": 3.0}
