@@ -27,8 +27,10 @@ BOOTSTRAP_PAIRS = 2000
 10 per resample, so a small digits KID's interval takes about a second."""
 
 
-def _mmd2_poly(x: np.ndarray, y: np.ndarray) -> float:
-    """Unbiased MMD² of two (m, d) blocks with the cubic polynomial kernel (γ = 1/d, c = 1)."""
+def _mmd2_poly(x: np.ndarray, y: np.ndarray, ids: np.ndarray | None = None) -> float:
+    """Unbiased MMD² of two (m, d) blocks with the cubic polynomial kernel (γ = 1/d, c = 1).
+    ``ids`` (m,): the source row of each row of ``x`` in a bootstrap resample; pairs of
+    copies of one row are then left out of the x-x mean like the diagonal (docs/method.md §8)."""
     m, d = x.shape
     gamma = 1.0 / d
 
@@ -36,15 +38,21 @@ def _mmd2_poly(x: np.ndarray, y: np.ndarray) -> float:
         return (np.matmul(a, b.T) * gamma + 1) ** 3
 
     k_xx, k_yy, k_xy = k(x, x), k(y, y), k(x, y)
-    xx = (k_xx.sum(axis=1) - np.diagonal(k_xx)).sum()
     yy = (k_yy.sum(axis=1) - np.diagonal(k_yy)).sum()
-    return float((xx + yy) / (m * (m - 1)) - 2 * k_xy.sum(axis=0).sum() / (m * m))
+    xy = 2 * k_xy.sum(axis=0).sum() / (m * m)
+    if ids is None:  # torch-fidelity's order of operations, float32 included
+        xx = (k_xx.sum(axis=1) - np.diagonal(k_xx)).sum()
+        return float((xx + yy) / (m * (m - 1)) - xy)
+    distinct = ids[:, None] != ids[None, :]
+    xx = k_xx[distinct].sum(dtype=np.float64) / max(int(distinct.sum()), 1)
+    return float(xx + yy / (m * (m - 1)) - xy)
 
 
 def kid_subset_values(f: np.ndarray, g: np.ndarray, *, subsets: int = KID_SUBSETS,
-                      subset_size: int, seed: int = KID_SEED) -> np.ndarray:
+                      subset_size: int, seed: int = KID_SEED,
+                      ids: np.ndarray | None = None) -> np.ndarray:
     """(subsets,) MMD² of the random subset pairs of samples ``f`` (N, d) and reference ``g``
-    (N_ref, d); ``subset_size`` ≤ min(N, N_ref)."""
+    (N_ref, d); ``subset_size`` ≤ min(N, N_ref); ``ids`` (N,) as in :func:`_mmd2_poly`."""
     if f.ndim != 2 or g.ndim != 2 or f.shape[1] != g.shape[1]:
         raise ValueError(f"features must be (N, d) and (N_ref, d), got {f.shape} and {g.shape}")
     if not 2 <= subset_size <= min(len(f), len(g)):
@@ -53,16 +61,17 @@ def kid_subset_values(f: np.ndarray, g: np.ndarray, *, subsets: int = KID_SUBSET
     rng = np.random.RandomState(seed)
     out = np.zeros(subsets)
     for i in range(subsets):
-        a = f[rng.choice(len(f), subset_size, replace=False)]
+        rows = rng.choice(len(f), subset_size, replace=False)
         b = g[rng.choice(len(g), subset_size, replace=False)]
-        out[i] = _mmd2_poly(a, b)
+        out[i] = _mmd2_poly(f[rows], b, None if ids is None else ids[rows])
     return out
 
 
 def kid(f: np.ndarray, g: np.ndarray, *, subsets: int = KID_SUBSETS, subset_size: int,
-        seed: int = KID_SEED) -> tuple[float, float]:
-    """(KID, std over subsets) as torch-fidelity's ``kernel_inception_distance_mean/_std``."""
-    v = kid_subset_values(f, g, subsets=subsets, subset_size=subset_size, seed=seed)
+        seed: int = KID_SEED, ids: np.ndarray | None = None) -> tuple[float, float]:
+    """(KID, std over subsets) as torch-fidelity's ``kernel_inception_distance_mean/_std``
+    (``ids`` None; else as :func:`_mmd2_poly`)."""
+    v = kid_subset_values(f, g, subsets=subsets, subset_size=subset_size, seed=seed, ids=ids)
     return float(v.mean()), float(v.std())
 
 
@@ -90,10 +99,12 @@ def kid_interval(f: np.ndarray, g: np.ndarray, *, subset_size: int, plan: Bootst
     """Percentile ``level`` interval of KID over ``plan.resamples`` resamples (with
     replacement, :func:`dmattack.stats.set_metric_ci`, seeded) of the rows of ``f`` (N, d);
     the reference ``g`` is fixed. Each resample's KID uses ``plan.subsets`` subset pairs
-    drawn with torch-fidelity's seed."""
+    drawn with torch-fidelity's seed, and leaves pairs of copies of one sample out of its x-x
+    mean (a copy paired with itself would count k(x, x), the diagonal the unbiased estimator
+    drops, and shift every resample upwards)."""
 
     def metric(idx: np.ndarray) -> float:
-        return kid(f[idx], g, subsets=plan.subsets, subset_size=subset_size)[0]
+        return kid(f[idx], g, subsets=plan.subsets, subset_size=subset_size, ids=idx)[0]
 
     return stats.set_metric_ci(metric, len(f), seed=seed, level=level,
                                n_resamples=plan.resamples)

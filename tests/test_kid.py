@@ -89,3 +89,11 @@ def test_printed_metrics_show_kid_with_its_interval():
                       "FID": 3.0, "protocol": {}})
     assert row == {"KID (digits-cnn)": "0.0123 [0.01, 0.015]", "KID std (digits-cnn)": 0.002,
                    "KID": None, "FID": 3.0}
+
+
+def test_resample_without_copies_equals_plain_kid():
+    f, g = _features(30, 40, 6, 0.2)
+    perm = np.random.default_rng(0).permutation(30)  # a resample with no repeated row
+    plain = kid(f.numpy()[perm], g.numpy(), subsets=5, subset_size=25)[0]
+    with_ids = kid(f.numpy()[perm], g.numpy(), subsets=5, subset_size=25, ids=perm)[0]
+    assert with_ids == pytest.approx(plain, rel=1e-5)
