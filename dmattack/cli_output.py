@@ -27,7 +27,18 @@ def progress_steps(st: progress.StageHandle) -> Callable[[int, int], None]:
 
 
 def metric_row(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k != "protocol"}
+    """The metrics to print, ``protocol`` left out; a KID with its interval entries becomes
+    one ``KID [lo, hi]`` cell (docs/method.md §8)."""
+    out = {k: v for k, v in metrics.items() if k != "protocol"}
+    for k in [k for k in out if k.split(" ")[0] == "KID" and "ci95" not in k.split()]:
+        lo, hi = (out.pop(k.replace("KID", f"KID ci95 {b}", 1), None) for b in ("lo", "hi"))
+        if isinstance(out[k], float) and isinstance(lo, float) and isinstance(hi, float):
+            out[k] = f"{out[k]:.4g} [{lo:.4g}, {hi:.4g}]"
+    return out
+
+
+def _cell(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def print_table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
@@ -111,9 +122,9 @@ def print_attack_result(result: dict[str, Any], title: str) -> None:
     clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     better = result.get("improved_under_attack") or {}
     print_table(title, ["metric", "clean", "attacked"],
-                [[k, clean[k], f"{attacked[k]:.4g}{IMPROVED_MARK}" if better.get(k)
+                [[k, clean[k], f"{_cell(attacked[k])}{IMPROVED_MARK}" if better.get(k)
                   else attacked.get(k)] for k in clean])
-    if any(better.values()):
+    if any(better.get(k) for k in clean):
         stdout.print(IMPROVED_NOTE)
     damage = result.get("damage") or {}
     print_table(f"paired damage, attacked vs clean sample of each seed ({damage.get('num_samples')}"

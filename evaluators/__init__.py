@@ -27,7 +27,14 @@ from dmattack.registry import METRICS
 
 from . import exact
 from .errors import ConfigError, MetricError
-from .fidelity import IMAGE_METRICS, LABELS, PROVENANCE_KEYS, image_metrics, label_suffix
+from .fidelity import (
+    IMAGE_METRICS,
+    KID_CI_LABELS,
+    LABELS,
+    PROVENANCE_KEYS,
+    image_metrics,
+    label_suffix,
+)
 from .memorization import THRESHOLDS, memorization
 
 __all__ = ["METRICS", "Metric", "MetricContext", "MetricError", "check_metrics", "evaluate",
@@ -86,7 +93,9 @@ class Metric:
 
 
 def _image_keys(name: str) -> Callable[[MetricContext], list[str]]:
-    return lambda c: [label + label_suffix(c.extractor) for label in LABELS[name].values()]
+    extra = KID_CI_LABELS if name == "kid" else ()
+    return lambda c: [label + label_suffix(c.extractor) for label in (*LABELS[name].values(),
+                                                                      *extra)]
 
 
 def _image_metric(name: str) -> MetricCompute:

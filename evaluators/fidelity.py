@@ -18,6 +18,8 @@ import hashlib
 import json
 import logging
 import os
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,19 @@ import numpy as np
 import torch
 import torch_fidelity
 
+from dmattack import stats
 from dmattack.io import write_json
 
+from . import kid
 from .errors import MetricError
-from .extractors import BATCH_SIZE, fidelity_name, resolve_weights, weights_name, weights_sha256
+from .extractors import (
+    BATCH_SIZE,
+    FID_LAYER,
+    fidelity_name,
+    resolve_weights,
+    weights_name,
+    weights_sha256,
+)
 from .images import UInt8Images, to_uint8
 from .inception import FID_HELPER_EXTRACTOR, NO_LOGITS
 
@@ -47,6 +58,8 @@ PROVENANCE_KEYS = ("torch_fidelity_version", "feature_extractor", "feature_extra
                    "feature_extractor_weights_name", "feature_extractor_weights_sha256",
                    "image_metrics_num_samples", "isc_splits", "reference_cache_key",
                    "reference_cache_dir", "num_reference", "kid_subset_size")
+KID_CI_LABELS = ("KID ci95 lo", "KID ci95 hi")
+"""The KID interval's labels (before the extractor suffix), docs/method.md §8."""
 
 
 def default_cache_dir() -> Path:
@@ -83,7 +96,8 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
             only: it has no logits, so IS raises :class:`MetricError`). Missing weights raise
             :class:`MetricError` before torch-fidelity runs.
     Returns:
-        ``(values, provenance)``. Labels: ``FID``, ``IS``, ``IS std``, ``KID``, ``KID std`` for
+        ``(values, provenance)``. Labels: ``FID``, ``IS``, ``IS std``, ``KID``, ``KID std``,
+        ``KID ci95 lo``, ``KID ci95 hi`` (KID's bootstrap interval, docs/method.md §8) for
         Inception; the same with `` (digits-cnn)`` appended for the digits CNN. Every sample is
         used: torch-fidelity's loader keeps the last partial batch, and the KID subset size is
         ``min(1000, N, N_ref)``.
@@ -132,10 +146,52 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
     if "kid" in metrics:
         kwargs["kid_subset_size"] = min(KID_SUBSET_SIZE, n, len(reference_u8))
         provenance["kid_subset_size"] = kwargs["kid_subset_size"]
-    raw = torch_fidelity.calculate_metrics(**kwargs)
+        kwargs["input1_cache_name"] = f"samples-{uuid.uuid4().hex}"
+    try:
+        raw = torch_fidelity.calculate_metrics(**kwargs)
+        values = _label(raw, extractor)
+        if "kid" in metrics:
+            values.update(_kid_interval(root / "torch-fidelity", kwargs, key, fe_name,
+                                        raw, extractor, provenance))
+    finally:
+        if "kid" in metrics:
+            for path in (root / "torch-fidelity").glob(f"{kwargs['input1_cache_name']}*"):
+                path.unlink(missing_ok=True)
     if binary:
         record_cache_files(root / "torch-fidelity", key)
-    return _label(raw, extractor), provenance
+    return values, provenance
+
+
+def _kid_interval(cache_root: Path, kwargs: dict[str, Any], key: str, fe_name: str,
+                  raw: dict[str, float], extractor: str, provenance: dict[str, Any]
+                  ) -> dict[str, float]:
+    """KID's 95% interval from the features torch-fidelity just extracted (the samples' ones
+    from a one-use cache entry, deleted by the caller; the reference's from its verified
+    entry): :func:`evaluators.kid.kid_interval`, after checking that KID recomputed from them
+    equals torch-fidelity's to 1e-6 relative (docs/method.md §8)."""
+    layer = FID_LAYER[fe_name]
+
+    def load(name: str) -> np.ndarray:
+        path = cache_root / f"{name}-{fe_name}-features-{layer}.pt"
+        return torch.load(path, map_location="cpu", weights_only=True).numpy()
+
+    f, g = load(kwargs["input1_cache_name"]), load(key)
+    m = kwargs["kid_subset_size"]
+    value = kid.kid(f, g, subset_size=m)[0]
+    reported = raw["kernel_inception_distance_mean"]
+    if abs(value - reported) > 1e-6 * max(abs(reported), 1e-12):
+        raise RuntimeError(f"KID recomputed from features ({value:.9g}) differs from "
+                           f"torch-fidelity's ({reported:.9g})")
+    plan = kid.bootstrap_plan(m, f.shape[1])
+    tic = time.perf_counter()
+    lo, hi = kid.kid_interval(f, g, subset_size=m, plan=plan)
+    provenance["kid_interval"] = {
+        "method": "percentile bootstrap over the samples' feature rows (reference fixed)",
+        "level": stats.LEVEL, "seed": stats.SEED, "resamples": plan.resamples,
+        "subsets_per_resample": plan.subsets, "capped": plan.capped,
+        "seconds": round(time.perf_counter() - tic, 3)}
+    suffix = label_suffix(extractor)
+    return {KID_CI_LABELS[0] + suffix: lo, KID_CI_LABELS[1] + suffix: hi}
 
 
 def _manifest(cache_root: Path, key: str) -> Path:
