@@ -702,6 +702,22 @@ def _write_clean(path: Path, samples: torch.Tensor) -> str:
     return samples_sha256(samples)
 
 
+def curve_clean_samples(loaded: LoadedModel, out_dir: str | os.PathLike, *, num_samples: int,
+                        seed: int, sampler: SamplerConfig, batch_size: int, metric_fn: MetricFn,
+                        device: torch.device | str, metric_key: Any = None) -> torch.Tensor:
+    """The clean samples (N, *shape) of ``loaded`` in the curve at ``out_dir`` made with these
+    settings (as :func:`run_curve` was called): read from its store and verified against the
+    sha256 in the clean point's record, else resampled with the same seeds."""
+    out = Path(out_dir)
+    sampler = sampler.for_shape(loaded.data_shape)
+    key = _point_key(loaded, model_identity(loaded), "clean", sampler, num_samples, seed,
+                     metric_identity(metric_fn, metric_key))
+    record = _read_store(out / POINTS).get(key, {}) if (out / POINTS).exists() else {}
+    path = out / CLEAN / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
+    return _clean_samples(loaded, path, record.get("clean_samples_sha256"),
+                          sample_seeds(seed, num_samples), sampler, batch_size, device)
+
+
 def _clean_samples(loaded: LoadedModel, path: Path, sha256: str | None, seeds: Sequence[int],
                    sampler: SamplerConfig, batch_size: int, device: torch.device | str
                    ) -> torch.Tensor:

@@ -133,15 +133,15 @@ an attack that makes one *better* than clean is flagged (docs/method.md §11.1).
 
 
 def improved_under_attack(clean: dict[str, Any], attacked: dict[str, Any]) -> dict[str, bool]:
-    """Per set metric (FID, KID, FD lower is better; IS higher; their ``std`` entries left
-    out), whether the attacked value is better than the clean one: such a fall of FID under
-    attack is no sign of robustness (the attack's noise can fill in a too-small variance;
-    docs/method.md §11)."""
+    """Per set metric (FID, KID, FD lower is better; IS higher; their ``std`` and ``ci95``
+    entries left out), whether the attacked value is better than the clean one: such a fall
+    of FID under attack is no sign of robustness (the attack's noise can fill in a too-small
+    variance; docs/method.md §11)."""
     out = {}
     for k, c in clean.items():
         a = attacked.get(k)
         words = str(k).split()
-        if not words or "std" in words or not all(isinstance(v, (int, float)) and
+        if not words or "std" in words or "ci95" in words or not all(isinstance(v, (int, float)) and
                                                   math.isfinite(v) for v in (a, c)):
             continue
         if words[0] in SET_METRICS_LOWER:

@@ -14,7 +14,6 @@ Under torchrun every process calls it; the curves shard their samples, rank 0 wr
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import fields
@@ -143,15 +142,14 @@ def _purify(loaded: LoadedModel, p: Protocol, store: Path, device: torch.device 
 # --------------------------------------------------------------------------- clean quality
 def _clean_samples(loaded: LoadedModel, p: Protocol, ev: Any, curve_dir: Path,
                    device: torch.device | str) -> torch.Tensor:
-    """The full curve's clean samples, read from its store (resampled if that file is gone)."""
-    from ..attack_eval import _clean_samples, _point_key, metric_identity, model_identity
+    """The full curve's clean samples, read from its store (resampled if that file is gone or
+    does not match the clean point's sha256)."""
+    from ..attack_eval import curve_clean_samples
 
-    sampler = ev.sampler.for_shape(loaded.data_shape)
-    key = _point_key(loaded, model_identity(loaded), "clean", sampler, p.sampling.num_samples,
-                     p.sampling.seed, metric_identity(ev.metric_fn()))
-    path = curve_dir / "clean" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
-    return _clean_samples(loaded, path, sample_seeds(p.sampling.seed, p.sampling.num_samples),
-                          sampler, ev.batch_size, device)
+    return curve_clean_samples(loaded, curve_dir, num_samples=p.sampling.num_samples,
+                               seed=p.sampling.seed, sampler=ev.sampler,
+                               batch_size=ev.batch_size, metric_fn=ev.metric_fn(),
+                               device=device)
 
 
 def clean_quality(samples: torch.Tensor, reference: torch.Tensor, extractor: str,
