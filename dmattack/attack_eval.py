@@ -800,6 +800,7 @@ def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
 
     def put(row: dict[str, Any], i: int, r: dict[str, Any]) -> None:
         row["values"][i] = r["metrics"].get(metric)
+        row["value_ci95"][i] = metric_interval(r["metrics"], metric)
         row["steps_attacked"][i] = r.get("steps_attacked")
         row["last_step_attacked"][i] = r.get("last_step_attacked")
         row["improved_under_attack"][i] = (r.get("improved_under_attack") or {}).get(metric)
@@ -811,7 +812,8 @@ def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
                 ) -> dict[str, Any]:
         return {"series": series, "method": method, "control": control,
                 "model": r["model_name"], "source": r["model"], "values": [None] * n,
-                "steps_attacked": [None] * n, "last_step_attacked": [None] * n,
+                "value_ci95": [None] * n, "steps_attacked": [None] * n,
+                "last_step_attacked": [None] * n,
                 "improved_under_attack": [None] * n, "damage": [None] * n,
                 "relative_to_random": [None] * n}
 
@@ -836,6 +838,15 @@ def _curve_table(records: list[dict[str, Any]], plans: Sequence[AttackPlan],
             "rows": list(rows.values())}
 
 
+def metric_interval(metrics: dict[str, Any], metric: str | None) -> list[float] | None:
+    """``[lo, hi]`` of a set metric that is reported with its interval (KID:
+    ``KID ci95 lo (…)`` / ``KID ci95 hi (…)`` beside ``KID (…)``), else None."""
+    if not metric or metric.split(" ")[0] != "KID":
+        return None
+    lo, hi = (metrics.get(metric.replace("KID", f"KID ci95 {b}", 1)) for b in ("lo", "hi"))
+    return None if lo is None or hi is None else [lo, hi]
+
+
 def percent_headers(curve: dict[str, Any]) -> list[str]:
     """Column headers of a curve table: ``50% = 12 of 25 steps`` (``50%`` where the models'
     chains differ in length)."""
@@ -847,14 +858,18 @@ def percent_headers(curve: dict[str, Any]) -> list[str]:
 def marked_values(row: dict[str, Any]) -> list[Any]:
     """A curve row's values as text where marked: :data:`LAST_STEP_MARK` when the attacked
     steps include the last (zero-budget) step, :data:`IMPROVED_MARK` when the set metric is
-    better than clean (e.g. ``"3.21†‡"``); unmarked values stay numbers."""
+    better than clean (e.g. ``"3.21†‡"``), with the metric's 95% interval where it has one
+    (KID: ``"1.2e+04 [6160, 2.53e+04]"``); other values stay numbers."""
     n = len(row["values"])
     lasts = row.get("last_step_attacked") or [None] * n
     better = row.get("improved_under_attack") or [None] * n
+    cis = row.get("value_ci95") or [None] * n
     out = []
-    for v, last, up in zip(row["values"], lasts, better, strict=True):
+    for v, last, up, ci in zip(row["values"], lasts, better, cis, strict=True):
         mark = (LAST_STEP_MARK if last else "") + (IMPROVED_MARK if up else "")
-        out.append(f"{v:.4g}{mark}" if mark and isinstance(v, float) else v)
+        interval = f" [{ci[0]:.4g}, {ci[1]:.4g}]" if ci and isinstance(v, float) else ""
+        out.append(f"{v:.4g}{interval}{mark}" if (mark or interval) and isinstance(v, float)
+                   else v)
     return out
 
 
@@ -866,14 +881,18 @@ def damage_measures(curve: dict[str, Any]) -> list[str]:
 
 def _curve_csv(curve: dict[str, Any]) -> str:
     """One row per series × model: the metric at each percent (header ``50% = 12 of 25
-    steps``), the percents whose attacked steps include the last, zero-budget step, the
+    steps``) and, for a metric with an interval (KID), its bounds (``50% metric ci lo``), the
+    percents whose attacked steps include the last, zero-budget step, the
     percents where the metric improved under attack, then per damage measure and percent the
     mean and its 95% interval (``pixel deviation 50% mean``, ``… ci lo``, ``… ci hi``; empty
     at 0%)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     measures, percents = damage_measures(curve), curve["percents"]
+    intervals = any(ci for row in curve["rows"] for ci in row.get("value_ci95") or [])
     w.writerow(["series", "model", "metric", *percent_headers(curve),
+                *(f"{p:g}% metric ci {b}" for p in (percents if intervals else [])
+                  for b in ("lo", "hi")),
                 "last step attacked at", "improved under attack at",
                 *(f"{m} {p:g}% {part}" for m in measures for p in percents
                   for part in ("mean", "ci lo", "ci hi"))])
@@ -890,8 +909,10 @@ def _curve_csv(curve: dict[str, Any]) -> str:
                 s = (d or {}).get(m) or {}
                 ci = s.get("ci95") or [None, None]
                 cells += ["" if v is None else repr(v) for v in (s.get("mean"), *ci)]
+        bounds = [("" if ci is None else repr(ci[j])) for ci in
+                  (row.get("value_ci95") or [None] * n) for j in (0, 1)] if intervals else []
         w.writerow([row["series"], row["model"], curve["metric"],
-                    *("" if v is None else repr(v) for v in row["values"]),
+                    *("" if v is None else repr(v) for v in row["values"]), *bounds,
                     at(row.get("last_step_attacked")), at(row.get("improved_under_attack")),
                     *cells])
     return buf.getvalue()

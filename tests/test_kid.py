@@ -97,3 +97,25 @@ def test_resample_without_copies_equals_plain_kid():
     plain = kid(f.numpy()[perm], g.numpy(), subsets=5, subset_size=25)[0]
     with_ids = kid(f.numpy()[perm], g.numpy(), subsets=5, subset_size=25, ids=perm)[0]
     assert with_ids == pytest.approx(plain, rel=1e-5)
+
+
+def test_curve_rows_and_csv_carry_the_kid_interval():
+    """Issue 21: KID is reported with its interval in the curve table and curve.csv too."""
+    import csv
+    import io
+
+    from dmattack.attack_eval import _curve_csv, marked_values, metric_interval
+
+    metrics = {"KID (digits-cnn)": 0.0123, "KID ci95 lo (digits-cnn)": 0.01,
+               "KID ci95 hi (digits-cnn)": 0.015}
+    assert metric_interval(metrics, "KID (digits-cnn)") == [0.01, 0.015]
+    assert metric_interval(metrics, "FID (digits-cnn)") is None
+    row = {"series": "fgsm", "model": "m", "values": [0.0123, 0.02],
+           "value_ci95": [[0.01, 0.015], [0.017, 0.024]], "last_step_attacked": [None, False],
+           "improved_under_attack": [None, False], "damage": [None, None]}
+    assert marked_values(row) == ["0.0123 [0.01, 0.015]", "0.02 [0.017, 0.024]"]
+    curve = {"metric": "KID (digits-cnn)", "percents": [0.0, 50.0],
+             "steps_attacked": [None, "5 of 10"], "rows": [row]}
+    header, line = list(csv.reader(io.StringIO(_curve_csv(curve))))
+    cells = dict(zip(header, line, strict=True))
+    assert cells["50% metric ci lo"] == "0.017" and cells["0% metric ci hi"] == "0.015"
