@@ -11,6 +11,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,15 +159,20 @@ class AlwaysFails(nn.Module):
         return self.lin(x.flatten(1))
 
 
-def test_torchscript_classifier_failing_is_one_line_through_the_cli(tmp_path):
-    path = tmp_path / "fails.pt"
+def _purify_with_scripted(module: torch.nn.Module, path: Path, out: Path) -> Any:
+    """``dmattack purify`` (tiny settings) with ``module`` saved as a TorchScript classifier."""
     with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript as deprecated
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(AlwaysFails()).save(str(path))
-    result = CliRunner().invoke(cli.main, [
+        torch.jit.script(module).save(str(path))
+    return CliRunner().invoke(cli.main, [
         "purify", "--run", DIGITS, "--classifier", str(path), "--t-star", "0.05",
         "--purify-steps", "1", "--iterations", "1", "--eot", "1", "--num-samples", "4",
-        "--out", str(tmp_path / "p")])
+        "--out", str(out)])
+
+
+def test_torchscript_classifier_failing_is_one_line_through_the_cli(tmp_path):
+    path = tmp_path / "fails.pt"
+    result = _purify_with_scripted(AlwaysFails(), path, tmp_path / "p")
     assert result.exit_code == 2, result.output
     assert result.output.splitlines() == [
         f"Error: classifier {path} does not accept images of shape (1, 8, 8) (the purifier's "
@@ -210,13 +216,7 @@ class FailsOnLargeBatches(torch.nn.Module):
 def test_torchscript_classifier_failing_mid_run_is_one_line(tmp_path):
     """Passes the two-image check, then raises on the first real batch: one line, exit 2."""
     path = tmp_path / "mid.pt"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.script(FailsOnLargeBatches()).save(str(path))
-    result = CliRunner().invoke(cli.main, [
-        "purify", "--run", DIGITS, "--classifier", str(path), "--t-star", "0.05",
-        "--purify-steps", "1", "--iterations", "1", "--eot", "1", "--num-samples", "4",
-        "--out", str(tmp_path / "p")])
+    result = _purify_with_scripted(FailsOnLargeBatches(), path, tmp_path / "p")
     assert result.exit_code == 2, result.output
     lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
     assert lines == [f"Error: classifier {path} failed on a batch of shape (4, 1, 8, 8): "
