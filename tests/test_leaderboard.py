@@ -209,7 +209,7 @@ def browser(tmp_path):
     found = _browser()
     if found is None:
         if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail("chromium/chromedriver missing in CI: .ci/run must install them")
+            pytest.fail("chromium/chromedriver missing in CI: scripts/test.sh must install them")
         pytest.skip("chromium and chromedriver not installed (apt-get install chromium "
                     "chromium-driver); CI installs them")
     with socket.socket() as s:
