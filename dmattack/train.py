@@ -32,9 +32,6 @@ import json
 import logging
 import math
 import os
-import shlex
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -56,7 +53,6 @@ from .runs import (
     CHECKPOINT,
     CONFIG,
     LOAD_ERRORS,
-    META,
     PREVIOUS,
     RunError,
     checkpoint_dir,
@@ -73,14 +69,21 @@ from .seeding import derive_seed, sample_seeds
 from .settings import iter_settings, option_name
 from .tensorboard_log import TrainingBoard
 from .train_config import TrainConfig, build_data, parse_device  # noqa: F401 - the API
+from .train_stop import (  # noqa: F401 - EXIT_INTERRUPTED, resume_command: the API
+    EXIT_INTERRUPTED,
+    ExtraCheckpoints,
+    StopSignals,
+    TrainingInterrupted,
+    ignore_stop_signals,
+    last_checkpoint_step,
+    resume_command,
+)
 from .visualize import save_samples_png
 
 TRAIN_STREAM = 2  # seed purpose of per-step training randomness
 NAN_SKIP_LIMIT = 100  # consecutive skipped steps after which nan_policy="skip" stops anyway
 # an in-memory training set is kept on the GPU up to this size (and a quarter of the free memory)
 DEVICE_DATA_MAX_BYTES = 8 << 30
-EXIT_INTERRUPTED = 3  # `dmattack train`'s exit code after a stop signal: checkpoint written
-STOP_SIGNALS = ("SIGTERM", "SIGINT")
 log = logging.getLogger("dmattack")
 
 
@@ -195,7 +198,7 @@ class _Batches:
             batch_sampler=_StepIndices(self.plan, steps),
             num_workers=self.cfg.num_workers,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_ignore_stop_signals,
+            worker_init_fn=ignore_stop_signals,
         )
         batches = iter(loader)
         try:
@@ -208,19 +211,12 @@ class _Batches:
             msg = lines[-1].split("DataError: ", 1)[-1] if lines else "unreadable data"
             raise DataError(msg) from None
         finally:
-            # workers ignore SIGTERM (see _ignore_stop_signals), so they must be shut down
+            # workers ignore SIGTERM (see ignore_stop_signals), so they must be shut down
             # here: a traceback that keeps this iterator alive would otherwise leave them
             # running and the interpreter waiting for them at exit
             shutdown = getattr(batches, "_shutdown_workers", None)
             if shutdown is not None:
                 shutdown()
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers ignore SIGTERM and SIGINT (a scheduler or Ctrl-C signals the whole
-    process group): the main process finishes its step and shuts them down itself."""
-    for name in STOP_SIGNALS:
-        signal.signal(signal.Signals[name], signal.SIG_IGN)
 
 
 @torch.no_grad()
@@ -246,122 +242,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 StepCallback = Callable[[int, dict[str, float]], None]
-
-
-def resume_command(run_dir: str | Path) -> str:
-    """The shell command that resumes the run in ``run_dir`` (as this process was launched:
-    under torchrun, with as many processes per node)."""
-    folder = shlex.quote(str(run_dir))
-    if distributed.world_size() == 1:
-        return f"dmattack train --resume {folder}"
-    per_node = os.environ.get("LOCAL_WORLD_SIZE", str(distributed.world_size()))
-    return f"torchrun --nproc-per-node {per_node} -- $(which dmattack) train --resume {folder}"
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGTERM or SIGINT (docs/reliability.md, "Stopping and resuming").
-
-    After a first signal the step in progress is finished and a checkpoint of it written:
-    ``saved`` is True and ``step`` that step. A second signal stops at once: ``saved`` is
-    False and ``step`` is the step of the last complete checkpoint (None: none yet), which
-    the stop leaves intact. ``str()`` is one line ending with the command that resumes;
-    :attr:`exit_code` is what ``dmattack train`` exits with. A KeyboardInterrupt, so that
-    ``except Exception`` in a caller does not swallow the stop.
-    """
-
-    def __init__(self, signal_name: str, step: int | None = None, saved: bool = False,
-                 run_dir: str | Path | None = None) -> None:
-        super().__init__(signal_name)
-        self.signal_name, self.step, self.saved = signal_name, step, saved
-        self.run_dir: Path | None = None
-        self.command: str | None = None
-        if run_dir is not None:
-            self.locate(run_dir, step)
-
-    def locate(self, run_dir: str | Path, step: int | None) -> None:
-        """Set the run folder, the checkpoint step and the resume command."""
-        self.run_dir, self.step = Path(run_dir), step
-        self.command = resume_command(run_dir)
-
-    @property
-    def exit_code(self) -> int:
-        """:data:`EXIT_INTERRUPTED` (3) after a checkpoint of the stop step; 128 + the signal
-        number (130 for SIGINT, 143 for SIGTERM) after a second signal."""
-        return EXIT_INTERRUPTED if self.saved else 128 + int(signal.Signals[self.signal_name])
-
-    def __str__(self) -> str:
-        resume = f"resume with: {self.command}" if self.command else "resume the run"
-        if self.saved:
-            return f"stopped at step {self.step} ({self.signal_name}); checkpoint saved; {resume}"
-        kept = ("no checkpoint was written yet" if self.step is None else
-                f"the last complete checkpoint (step {self.step}) is kept")
-        return f"stopped at once (second {self.signal_name}); {kept}; {resume}"
-
-
-def _last_checkpoint_step(run_dir: Path) -> int | None:
-    """The step of the newest checkpoint folder of a run (meta.json; files not hashed)."""
-    for name in (CHECKPOINT, PREVIOUS):
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            return int(json.loads((run_dir / name / META).read_text())["step"])
-    return None
-
-
-class _StopSignals:
-    """SIGTERM and SIGINT while training: the first sets :attr:`name` (the loop finishes the
-    step, writes a checkpoint and stops); a second raises :class:`TrainingInterrupted` at once.
-    The previous handlers are restored on exit (and before that second raise). Outside the
-    main thread (where Python cannot handle signals) it does nothing."""
-
-    def __init__(self) -> None:
-        self.name: str | None = None
-        self.previous: dict[signal.Signals, Any] = {}
-
-    def __enter__(self) -> _StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for name in STOP_SIGNALS:
-                sig = signal.Signals[name]
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.name is None:
-            self.name = name
-            return
-        self.restore()
-        raise TrainingInterrupted(name)
-
-    def restore(self) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-        self.previous.clear()
-
-    def __exit__(self, *exc: object) -> None:
-        self.restore()
-
-
-class _ExtraCheckpoints:
-    """When the loop writes a checkpoint off the ``checkpoint_every`` grid: a stop signal or
-    ``checkpoint_minutes`` (wall clock) since the last checkpoint. Under torchrun the ranks
-    agree (an all-reduce of three flags per step; a plain process makes none)."""
-
-    def __init__(self, cfg: TrainConfig, signals: _StopSignals) -> None:
-        self.seconds, self.signals = 60.0 * cfg.checkpoint_minutes, signals
-        self.last = time.monotonic()
-
-    def poll(self) -> tuple[str | None, bool]:
-        """``(signal name or None, whether the time-based checkpoint is due)``."""
-        name = self.signals.name
-        due = self.seconds > 0 and time.monotonic() - self.last >= self.seconds
-        if distributed.world_size() > 1:
-            flags = distributed.all_reduce_mean(torch.tensor(
-                [name == STOP_SIGNALS[0], name == STOP_SIGNALS[1], due], dtype=torch.float64))
-            term, sigint, due = (bool(v > 0) for v in flags.tolist())
-            name = STOP_SIGNALS[0] if term else STOP_SIGNALS[1] if sigint else None
-        return name, due
-
-    def written(self) -> None:
-        self.last = time.monotonic()
 
 
 def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
@@ -586,7 +466,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
             return _train_locked(cfg, run_dir, resume, callback, data, device)
     except TrainingInterrupted as e:
         if e.run_dir is None:  # a second signal: it stopped at once
-            e.locate(run_dir, _last_checkpoint_step(run_dir))
+            e.locate(run_dir, last_checkpoint_step(run_dir))
         raise
     except BaseException:
         if created and run_dir.is_dir() and not any(run_dir.iterdir()):
@@ -702,7 +582,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
         net = torch.compile(net)
     net.train()
     ema.eval()
-    with _StopSignals() as signals:
+    with StopSignals() as signals:
         _loop(cfg, run_dir, data, device, fmt, model, ema, net, ddp, diffusion, optimizer,
               start, skipped, resume, callback, signals)
     return run_dir
@@ -712,7 +592,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
           fmt: torch.memory_format, model: nn.Module, ema: nn.Module, net: nn.Module,
           ddp: DistributedDataParallel | None, diffusion, optimizer: torch.optim.Optimizer,
           start: int, skipped: int, resume: bool, callback: StepCallback | None,
-          signals: _StopSignals) -> None:
+          signals: StopSignals) -> None:
     """Steps ``start … cfg.steps−1``. ``net`` is what the loss calls (``model``, or its DDP
     wrapper ``ddp``, possibly compiled); ``model`` is saved and feeds the EMA. Checkpoints
     every ``checkpoint_every`` steps, at the end, every ``checkpoint_minutes`` and after a stop
@@ -728,7 +608,7 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
     step, last_checkpoint, run_of_skips = start, start if resume else None, 0
     t0 = time.time()
     board = TrainingBoard(run_dir, start, cfg.batch_size, enabled=main and cfg.tensorboard)
-    extra = _ExtraCheckpoints(cfg, signals)
+    extra = ExtraCheckpoints(cfg, signals)
     for x_local in _Batches(data, cfg, device, start, lo, hi):
         if cfg.flip:  # drawn for the global batch, cut to this process's rows
             x_local = flip_rows(x_local, flip_mask(step, rows, cfg.seed)[lo:hi])

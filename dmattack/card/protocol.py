@@ -128,7 +128,7 @@ class LookaheadAttack:
 
 
 Attack = RandomAttack | FGSMAttack | PGDAttack | TrajectoryAttack | LookaheadAttack
-ATTACKS: dict[str, type] = {"random": RandomAttack, "fgsm": FGSMAttack, "pgd": PGDAttack,
+ATTACK_TABLES: dict[str, type] = {"random": RandomAttack, "fgsm": FGSMAttack, "pgd": PGDAttack,
                             "trajectory": TrajectoryAttack, "lookahead": LookaheadAttack}
 
 
@@ -264,9 +264,10 @@ def _build(cls: type, table: Any, where: str) -> Any:
 
 def _attack(table: Any, where: str) -> Attack:
     name = table.get("name") if isinstance(table, dict) else None
-    if name not in ATTACKS:
-        _fail(f"{where}.name = {name!r}", f"is not a card attack; allowed: {', '.join(ATTACKS)}")
-    return _build(ATTACKS[name], table, where)
+    if name not in ATTACK_TABLES:
+        _fail(f"{where}.name = {name!r}",
+              f"is not a card attack; allowed: {', '.join(ATTACK_TABLES)}")
+    return _build(ATTACK_TABLES[name], table, where)
 
 
 def _parse(raw: dict[str, Any]) -> Protocol:
