@@ -104,7 +104,7 @@ def test_curve_rows_and_csv_carry_the_kid_interval():
     import csv
     import io
 
-    from dmattack.attack_eval import _curve_csv, marked_values, metric_interval
+    from dmattack.curve_table import curve_csv, marked_values, metric_interval
 
     metrics = {"KID (digits-cnn)": 0.0123, "KID ci95 lo (digits-cnn)": 0.01,
                "KID ci95 hi (digits-cnn)": 0.015}
@@ -116,6 +116,6 @@ def test_curve_rows_and_csv_carry_the_kid_interval():
     assert marked_values(row) == ["0.0123 [0.01, 0.015]", "0.02 [0.017, 0.024]"]
     curve = {"metric": "KID (digits-cnn)", "percents": [0.0, 50.0],
              "steps_attacked": [None, "5 of 10"], "rows": [row]}
-    header, line = list(csv.reader(io.StringIO(_curve_csv(curve))))
+    header, line = list(csv.reader(io.StringIO(curve_csv(curve))))
     cells = dict(zip(header, line, strict=True))
     assert cells["50% metric ci lo"] == "0.017" and cells["0% metric ci hi"] == "0.015"
