@@ -573,12 +573,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
         sd = sampling_diffusion(loaded.diffusion, sampler)
         # every attack's record before any sampling: a bad setting fails at once
         attack_records = [plan.record(loaded.model, sd) for plan in attack_plans]
-        by_label: dict[str, dict[str, Any]] = {}
-        for rec in attack_records:
-            if by_label.setdefault(rec["label"], rec) != rec:
-                raise ConfigError(f"two attacks share the label {rec['label']!r} but differ in "
-                                  "their settings; give them distinct names "
-                                  "(AttackPlan(..., name=...))", field="name")
+        _check_labels(attack_records)
         clean_key = _point_key(loaded, model_id, "clean", sampler, num_samples, seed_key,
                                scoring)
         clean_file = out / CLEAN / f"{hashlib.sha256(clean_key.encode()).hexdigest()[:16]}" \
@@ -662,6 +657,27 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
 
     if not main:
         return distributed.broadcast_object(None)
+    curve = _write_curve(out, records, attack_plans, models, metric, num_samples, seed,
+                         first_sample, sampler, batch_size, device)
+    return distributed.broadcast_object(curve)
+
+
+def _check_labels(attack_records: Sequence[dict[str, Any]]) -> None:
+    """ConfigError when two attacks share a label but differ in their settings."""
+    by_label: dict[str, dict[str, Any]] = {}
+    for rec in attack_records:
+        if by_label.setdefault(rec["label"], rec) != rec:
+            raise ConfigError(f"two attacks share the label {rec['label']!r} but differ in "
+                              "their settings; give them distinct names "
+                              "(AttackPlan(..., name=...))", field="name")
+
+
+def _write_curve(out: Path, records: list[dict[str, Any]], attack_plans: Sequence[AttackPlan],
+                 models: Sequence[LoadedModel], metric: str | None, num_samples: int,
+                 seed: int, first_sample: int, sampler: SamplerConfig, batch_size: int,
+                 device: torch.device | str) -> dict[str, Any]:
+    """Rank 0's end of a curve: random-control baselines and model comparisons of the points,
+    then ``curve.json``, ``curve.csv`` and ``curve.png``; returns the ``curve.json`` content."""
     with contextlib.suppress(OSError):
         (out / SHARDS).rmdir()  # only when empty: slices of other settings are kept
     records = with_random_baselines(records)
@@ -682,7 +698,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
     write_json(out / "curve.json", curve)
     write_text(out / "curve.csv", curve_csv(curve))
     curve_png(curve, out / "curve.png")
-    return distributed.broadcast_object(curve)
+    return curve
 
 
 def samples_sha256(x: torch.Tensor) -> str:
