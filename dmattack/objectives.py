@@ -3,7 +3,7 @@ baseline, and DDPM-IP.
 
 All squared norms are per-sample means over dimensions, then averaged over the batch (as in
 improved-diffusion). δ is in ε units and x_t^adv = x_t + √(1−ᾱ_t)·δ (see
-:mod:`dmattack.attacks.perturbation`). Timesteps are 0-indexed.
+:mod:`dmattack.perturbation`). Timesteps are 0-indexed.
 
 Forward passes per call (B = batch size):
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from .attacks.perturbation import (
+from .perturbation import (
     FGSM_COSTS,
     FGSM_STEPS,
     RayConfig,

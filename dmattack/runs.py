@@ -42,6 +42,7 @@ from torch import nn
 
 from .diffusion import GaussianDiffusion, beta_schedule
 from .errors import ConfigError, InputFileError, RunFolderError, first_line
+from .hashing import sha256_file
 from .io import write_json
 from .models import PRESETS, UNetEps, build_model
 from .oserrors import save_file, torch_save  # storage failures: one line naming the file
@@ -108,14 +109,6 @@ def _save_weights(model: nn.Module, folder: Path, name: str) -> None:
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(folder / f"{name}.safetensors"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> list[Path]:

@@ -28,6 +28,7 @@ import torch
 import torch_fidelity
 
 from dmattack import stats
+from dmattack.hashing import sha256_file
 from dmattack.io import write_json
 
 from . import kid
@@ -198,14 +199,6 @@ def _manifest(cache_root: Path, key: str) -> Path:
     return Path(cache_root) / f"{key}.sha256.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
     """Delete (one warning line each) every cache file of entry ``key`` whose sha256 differs
     from the one :func:`record_cache_files` wrote, or that it does not list: torch-fidelity
@@ -217,7 +210,7 @@ def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
     listed = listed if isinstance(listed, dict) else {}
     for path in sorted(Path(cache_root).glob(f"{key}*.pt")):
         expected = listed.get(path.name)
-        if expected is not None and _sha256(path) == expected:
+        if expected is not None and sha256_file(path) == expected:
             continue
         log.warning("cache file %s %s; deleting it, it will be recomputed", path,
                     "does not match its recorded sha256" if expected else
@@ -228,7 +221,7 @@ def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
 def record_cache_files(cache_root: Path, key: str) -> None:
     """Write the sha256 of every cache file of entry ``key`` to ``<key>.sha256.json``
     (atomically), for :func:`drop_unverified_cache_files`."""
-    files = {p.name: _sha256(p) for p in sorted(Path(cache_root).glob(f"{key}*.pt"))}
+    files = {p.name: sha256_file(p) for p in sorted(Path(cache_root).glob(f"{key}*.pt"))}
     if files:
         with contextlib.suppress(OSError):  # only a cache: unverified files are recomputed
             write_json(_manifest(cache_root, key), files)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmattack.attacks.perturbation import RayConfig, ray
+from dmattack.perturbation import RayConfig, ray
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.objectives import (

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dmattack.attacks.perturbation import (
+from dmattack.perturbation import (
     RayConfig,
     fgsm_cost,
     fgsm_perturbation,

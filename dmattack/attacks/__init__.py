@@ -16,7 +16,7 @@ from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom
 from .distances import DISTANCES, Distance
 from .lookahead import LookaheadConfig, LookaheadPGD
 from .losses import LOSSES, LossFn, PredictionGap, StepLoss, make_loss
-from .perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
+from ..perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from .plan import AttackPlan, make_hook_factory
 from .schedule import PROJECTS, WINDOWS, AttackSpec, attacked_steps
 from .trajectory import TrajectoryConfig, TrajectoryPGD
