@@ -231,9 +231,16 @@ def _definitions(tree: ast.Module) -> Iterator[tuple[str, bool]]:
             yield node.name, isinstance(node, ast.ClassDef)
         elif isinstance(node, ast.Assign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if _is_typevar(node.value):
+                continue  # a type variable (``T``) is local to its module's annotations
             for t in targets:
                 if isinstance(t, ast.Name) and t.id != t.id.lower():
                     yield t.id, False
+
+
+def _is_typevar(value: ast.expr | None) -> bool:
+    return (isinstance(value, ast.Call)
+            and ast.unparse(value.func).split(".")[-1] in ("TypeVar", "ParamSpec"))
 
 
 def public_definitions(package: str = "dmattack") -> dict[str, list[str]]:
@@ -250,8 +257,8 @@ def public_definitions(package: str = "dmattack") -> dict[str, list[str]]:
 
 def test_definitions_reader_on_a_planted_module():
     tree = ast.parse("import os\nfrom x import Y\nclass A: pass\ndef f(): pass\nK = 1\n"
-                     "Alias = int\nlog = 2\nif True:\n    B = 3\ntry:\n    C = 1\n"
-                     "except Exception:\n    C = 2\n")
+                     "Alias = int\nT = TypeVar('T')\nlog = 2\nif True:\n    B = 3\n"
+                     "try:\n    C = 1\nexcept Exception:\n    C = 2\n")
     assert sorted(_definitions(tree)) == [("A", True), ("Alias", False), ("B", False),
                                           ("C", False), ("C", False), ("K", False),
                                           ("f", False)]
