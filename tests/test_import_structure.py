@@ -10,8 +10,8 @@
 - A public name is defined by one module of dmattack only (re-exports are imports, not
   definitions), and no class takes the name of a typing/stdlib name (``Protocol``).
 
-``if TYPE_CHECKING:`` blocks never run and are left out. The graph can be printed with
-``python -m tests.test_import_structure`` (one ``module -> imported`` line per edge).
+``if TYPE_CHECKING:`` blocks never run and are left out. The graph is printed by
+``python tests/test_import_structure.py`` (one ``module -> imported`` line per edge).
 """
 
 import abc
