@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from .diffusion import EpsModel, GaussianDiffusion
+from .errors import ConfigError
 from .perturbation import (
     FGSM_COSTS,
     FGSM_STEPS,
@@ -48,8 +50,6 @@ from .perturbation import (
     perturb,
     ray,
 )
-from .diffusion import EpsModel, GaussianDiffusion
-from .errors import ConfigError
 from .registry import OBJECTIVES
 from .settings import check_settings, iter_settings, option_name, setting
 from .tensors import per_sample

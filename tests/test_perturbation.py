@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from dmattack.diffusion import GaussianDiffusion
+from dmattack.models import build_model
 from dmattack.perturbation import (
     RayConfig,
     fgsm_cost,
@@ -15,8 +17,6 @@ from dmattack.perturbation import (
     random_perturbation,
     ray,
 )
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.models import build_model
 
 
 @pytest.fixture(scope="module")
