@@ -46,7 +46,7 @@ from .data import DataError
 from .errors import ConfigError, DivergedError, OutputError, first_line
 from .io import MiB, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
-from .models import UNET_PRESETS
+from .models import PRESETS
 from .objectives import STAT_KEYS, draw_step, training_loss
 from .oserrors import WRITE_ERRORS, describe, error_number
 from .runs import (
@@ -251,8 +251,7 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
         "data": data.describe(),
         "model": {"preset": cfg.preset, "data_shape": list(data.shape),
                   "dropout": cfg.dropout,
-                  "architecture": "diffusers.UNet2DModel" if cfg.preset in UNET_PRESETS
-                  else "dmattack.MLPEps"},
+                  "architecture": PRESETS.get(cfg.preset, "preset").architecture},
         "diffusion": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps,
                       "variance_type": cfg.variance_type},
         "seed": cfg.seed,
@@ -477,7 +476,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
 def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
     """channels-last for U-Nets on CUDA (or as ``cfg.channels_last`` forces), else contiguous."""
     on = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
-    return torch.channels_last if on and cfg.preset in UNET_PRESETS else torch.contiguous_format
+    layout = on and PRESETS.get(cfg.preset, "preset").channels_last
+    return torch.channels_last if layout else torch.contiguous_format
 
 
 def fused_adamw(device: torch.device) -> bool:

@@ -24,11 +24,9 @@ MAX_NUM_DATA = 10_000_000
 MAX_STEPS = 1_000_000_000
 MAX_BATCH = 10_000_000
 MAX_TIMESTEPS = 100_000
-IN_MEMORY_IMAGES = ("digits", "cifar10")
-FLIP_DATASETS = ("cifar10", "celeba", "lsun-bedroom", "imagefolder")
-"""Datasets trained with random horizontal flips by default (Ho et al. 2020 flip CIFAR-10);
-not digits, which are not mirror-symmetric, and never vector data."""
 MAX_IN_MEMORY_RESOLUTION = 256
+"""The largest ``--resolution`` of an image dataset held in memory (its entry's
+``in_memory``)."""
 
 
 def parse_device(name: str) -> torch.device | None:
@@ -68,8 +66,8 @@ class TrainConfig:
                                    low=0)
     flip: bool | None = setting(None, "Random horizontal flips of the training images (half of "
                                 "each batch, drawn from the step's seed).",
-                                auto="the dataset: on for cifar10, celeba, lsun-bedroom, "
-                                "imagefolder; off for digits and vector data")
+                                auto="the dataset's flip_default: on for cifar10, celeba, "
+                                "lsun-bedroom, imagefolder; off for digits and vector data")
     # model and diffusion
     preset: str | None = setting(None, "Model preset [default: tiny for images, mlp for "
                                  "vectors].", choices=PRESETS.names)
@@ -127,7 +125,8 @@ class TrainConfig:
         if not isinstance(self.objective, ObjectiveConfig):
             raise ConfigError(f"objective = {self.objective!r} is invalid; allowed: an "
                               "ObjectiveConfig", field="objective")
-        if self.resolution is not None and self.dataset in IN_MEMORY_IMAGES \
+        entry = DATASETS.get(self.dataset, "--dataset")
+        if self.resolution is not None and entry.in_memory and entry.kind == "image" \
                 and self.resolution > MAX_IN_MEMORY_RESOLUTION:
             raise ConfigError(f"resolution (--resolution) = {self.resolution} is invalid; "
                               f"allowed: an image side in 1..{MAX_IN_MEMORY_RESOLUTION} for "
@@ -144,7 +143,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with the defaults filled in for unset preset (by the dataset's kind),
-        steps / batch / warm-up (by the preset) and flip (:data:`FLIP_DATASETS`)."""
+        steps / batch / warm-up (by the preset) and flip (the dataset entry's
+        ``flip_default``)."""
         preset = self.preset or ("mlp" if is_vector_dataset(self.dataset) else "tiny")
         p = PRESETS.get(preset, "preset")
         return dataclasses.replace(
@@ -153,7 +153,8 @@ class TrainConfig:
             steps=p.steps if self.steps is None else self.steps,
             batch_size=p.batch_size if self.batch_size is None else self.batch_size,
             warmup=p.warmup if self.warmup is None else self.warmup,
-            flip=self.dataset in FLIP_DATASETS if self.flip is None else self.flip,
+            flip=DATASETS.get(self.dataset, "--dataset").flip_default if self.flip is None
+            else self.flip,
         )
 
     def validate(self) -> None:
