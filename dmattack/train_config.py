@@ -5,6 +5,7 @@ config.json is checked against it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ from .errors import ConfigError, first_line
 from .objectives import ObjectiveConfig
 from .registry import DATASETS, PRESETS
 from .seeding import derive_seed
-from .settings import check_settings, setting
+from .settings import check_settings, iter_settings, setting
 
 NAN_POLICIES = ("stop", "skip")
 MAX_NUM_DATA = 10_000_000
@@ -163,6 +164,15 @@ class TrainConfig:
             if getattr(self, name) is None:
                 raise ConfigError(f"{name} is unset; call resolved() first", field=name)
 
+    def settings(self) -> Iterator[tuple[str, dataclasses.Field, Any]]:
+        """``(dotted path, field, value)`` of every leaf setting, the objective's options
+        (``objective.lam``) included; tuples as lists (as config.json holds them)."""
+        for path, f, _ in iter_settings(TrainConfig):
+            yield path, f, _value(self, path)
+        options = self.objective.options
+        for path, f, _ in iter_settings(type(options)):
+            yield "objective." + path, f, _value(options, path)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["objective"] = self.objective.to_dict()
@@ -190,6 +200,12 @@ class TrainConfig:
         except (ConfigError, TypeError) as e:
             raise ConfigError(first_line(e), field="objective") from None
         return cls(**d)
+
+
+def _value(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return list(cfg) if isinstance(cfg, tuple) else cfg
 
 
 def build_data(cfg: TrainConfig):
