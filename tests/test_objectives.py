@@ -3,6 +3,7 @@ properties and forward-pass counts."""
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from torch import nn
 
 from dmattack.attacks.perturbation import RayConfig, ray
 from dmattack.diffusion import GaussianDiffusion
-from dmattack.models import build_model
 from dmattack.errors import ConfigError
-from dmattack.objective_config import FGSMOptions, RegularisedOptions
+from dmattack.models import build_model
+from dmattack.objective_config import FGSMOptions, ObjectiveOptions, RegularisedOptions
 from dmattack.objectives import (
     BUILTIN_STATS,
     ObjectiveConfig,
@@ -22,6 +23,7 @@ from dmattack.objectives import (
     training_loss,
 )
 from dmattack.registry import OBJECTIVES
+from dmattack.settings import setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -259,3 +261,59 @@ def test_each_entry_declares_its_draws(diffusion, method, draws, shared):
         lo, hi = cfg.options.ray.xi_range
         assert step["xi"].dtype == torch.float64 and lo <= step["xi"].item() <= hi
     assert OBJECTIVES[method].stats == BUILTIN_STATS
+
+
+@dataclass(frozen=True)
+class MomentumOptions(RegularisedOptions):
+    decay: float = setting(0.5, "Decay.", low=0, high=1)
+
+
+@dataclass(frozen=True)
+class OwnLambdaOptions(ObjectiveOptions):
+    lam: float = setting(1.0, "Another λ.", low=0)
+
+
+@pytest.fixture
+def two_plugins():
+    from dmattack.objectives import Objective, ddpm_loss
+
+    OBJECTIVES.register("mine", Objective(ddpm_loss, "shares the regulariser", MomentumOptions))
+    OBJECTIVES.register("other", Objective(ddpm_loss, "its own lam", OwnLambdaOptions))
+    yield
+    OBJECTIVES.unregister("mine")
+    OBJECTIVES.unregister("other")
+
+
+def test_train_options_share_identical_declarations_and_prefix_clashes(two_plugins):
+    """`dmattack train`'s objective options: a field declared like a built-in one shares its
+    option (--lambda), a new one is added (--decay), one declared otherwise under a taken name
+    is spelled --<method>-<option>; each says which methods read it."""
+    from dmattack.objective_config import from_train_options, option_table
+    from dmattack.settings import iter_settings, setting_of
+
+    table = option_table()
+    assert table.params["mine"]["objective__lam"] == "lam" == \
+        table.params["robust-rand"]["objective__lam"]
+    assert table.params["other"] == {"objective__other__lam": "lam"}
+    assert table.spelling["objective__other__lam"] == "--other-lam"
+    assert table.spelling["objective__decay"] == "--decay"
+    helps = {p: setting_of(f).help for p, f, _ in iter_settings(table.cls) if p != "method"}
+    assert helps["lam"].endswith("[read by --method robust-adv, robust-rand, invariance, mine]")
+    assert helps["other__lam"] == "Another λ. [read by --method other]"
+    assert helps["ray.xi_range"].endswith("[read by --method robust-rand, mine]")
+
+    def build(**given):
+        opts = {"objective__" + k: v for k, v in given.items()}
+        return from_train_options(opts, set(opts))
+
+    assert build(method="other", other__lam=2.0) == ObjectiveConfig("other", lam=2.0)
+    assert build(method="mine", decay=0.25, lam=0.1).options == MomentumOptions(lam=0.1,
+                                                                                decay=0.25)
+    assert build(method="robust-adv", lam=0.1) == ObjectiveConfig("robust-adv", lam=0.1)
+    with pytest.raises(ConfigError, match="^--lambda is not read by training method other; "
+                                          "it reads: --other-lam$"):
+        build(method="other", lam=0.5)
+    with pytest.raises(ConfigError, match="^--decay is not read by training method robust-adv"):
+        build(method="robust-adv", decay=0.5)
+    with pytest.raises(ConfigError, match="^--xi-range is not read by training method robust-adv"):
+        build(method="robust-adv", ray__xi_range=(1.0, 1.5))
