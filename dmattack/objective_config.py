@@ -169,7 +169,7 @@ class ObjectiveConfig:
         check_field(ObjectiveConfig, "method", method)
         cls = options_class(method)
         if options is None:
-            known = {f.name for f in fields(cls)}
+            known = [f.name for f in fields(cls)]
             for name in values:
                 if name not in known:
                     raise ConfigError(f"{name} is not an option of training method {method}; "
