@@ -20,7 +20,8 @@ from torch import nn
 from . import distributed
 from .errors import ConfigError, OutputError, RunFolderError
 from .io import check_writable, write_text
-from .runs import CHECKPOINT, CONFIG, PREVIOUS, checkpoint_dir, read_config
+from .run_config import CONFIG, read_config
+from .runs import CHECKPOINT, PREVIOUS, checkpoint_dir
 from .settings import iter_settings, option_name
 from .train_config import TrainConfig, build_data
 
