@@ -31,6 +31,7 @@ def model_from_config(cfg: dict[str, Any]) -> nn.Module:
     m = cfg["model"]
     return build_model(m["preset"], tuple(m["data_shape"]), m.get("dropout"))
 
+
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     if Path(run_dir).is_file():

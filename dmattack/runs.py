@@ -171,7 +171,6 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-
 def load_unet_folder(folder: Path, error: type[InputFileError] = RunError
                      ) -> tuple[nn.Module, dict[str, str]]:
     """A ``UNet2DModel`` loaded from exactly the files :func:`unet_files` names (staged as

@@ -200,7 +200,6 @@ def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_forma
     return torch.channels_last if on and cfg.preset in UNET_PRESETS else torch.contiguous_format
 
 
-
 def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                   callback: StepCallback | None, data, device: torch.device) -> Path:
     main = distributed.is_main()

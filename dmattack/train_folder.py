@@ -135,7 +135,6 @@ def has_checkpoints(run_dir: str | Path) -> bool:
     return any((Path(run_dir) / name).is_dir() for name in (CHECKPOINT, PREVIOUS))
 
 
-
 def guard_run_folder(run_dir: Path, cfg: TrainConfig, resume: bool) -> None:
     """The guards of `dmattack train` (:func:`check_resume` or :func:`check_new_run_folder`),
     checked by rank 0 under the folder's lock and raised on every rank, so that ``train()``

@@ -61,7 +61,6 @@ def _match_layout(optimizer: torch.optim.Optimizer) -> None:
                 state[k] = torch.empty_like(p, dtype=v.dtype).copy_(v)
 
 
-
 @dataclass
 class TrainingParts:
     """What a run trains on ``device``: ``model`` (saved, feeds the EMA), its EMA copy
