@@ -202,6 +202,8 @@ def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_forma
 
 def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                   callback: StepCallback | None, data, device: torch.device) -> Path:
+    """:func:`train` once ``run_dir`` is locked (rank 0): guards, data, model, optimiser (from
+    the checkpoint on resume), config.json, then the steps."""
     main = distributed.is_main()
     guard_run_folder(run_dir, cfg, resume)
     data = build_data(cfg) if data is None else data
