@@ -42,6 +42,7 @@ from torch import nn
 
 from .diffusion import GaussianDiffusion
 from .errors import ConfigError, InputFileError, RunFolderError, first_line
+from .hashing import sha256_file
 from .io import write_json
 from .models import UNetEps
 from .oserrors import save_file, torch_save  # storage failures: one line naming the file
@@ -63,11 +64,6 @@ T = TypeVar("T")
 # what a truncated, corrupt or foreign checkpoint file raises while being loaded
 LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
                pickle.UnpicklingError, SafetensorError)
-
-
-RunError = RunFolderError
-"""A folder that is not a usable run (one-line message naming the path); the name
-:class:`~dmattack.errors.RunFolderError` has in this module."""
 
 
 @dataclass
@@ -102,14 +98,6 @@ def _save_weights(model: nn.Module, folder: Path, name: str) -> None:
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(folder / f"{name}.safetensors"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> list[Path]:
@@ -171,7 +159,7 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-def load_unet_folder(folder: Path, error: type[InputFileError] = RunError
+def load_unet_folder(folder: Path, error: type[InputFileError] = RunFolderError
                      ) -> tuple[nn.Module, dict[str, str]]:
     """A ``UNet2DModel`` loaded from exactly the files :func:`unet_files` names (staged as
     links in a temp folder, so nothing else in ``folder`` is read) and the sha256 of each of
@@ -209,7 +197,7 @@ def _load_weights(model: nn.Module, folder: Path, name: str) -> dict[str, str]:
 def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> dict[str, Any]:
     """The meta.json of a checkpoint folder after checking every file it lists (with
     ``weights``, ``model`` or ``ema``: only that weights' files, the ones loading reads)
-    against its sha256; a one-line :class:`RunError` naming the first missing, truncated or
+    against its sha256; a one-line :class:`RunFolderError` naming the first missing, truncated or
     corrupt file, or a weight, index or JSON file in the folder that meta.json does not list
     (other files, e.g. a desktop's ``.DS_Store``, are never read). (Checkpoints written
     before the sha256 list are only checked for a readable meta.json.)"""
@@ -218,30 +206,32 @@ def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> di
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
-        raise RunError(f"checkpoint {ckpt} is incomplete: {meta_path} is missing") from None
+        raise RunFolderError(f"checkpoint {ckpt} is incomplete: {meta_path} is missing") from None
     except (OSError, ValueError) as e:
-        raise RunError(f"checkpoint file {meta_path} is unreadable: {first_line(e)}") from None
+        raise RunFolderError(f"checkpoint file {meta_path} is unreadable: "
+                             f"{first_line(e)}") from None
     if not (isinstance(meta, dict) and is_int(meta.get("step")) and meta["step"] >= 0
             and isinstance(meta.get("files", {}), dict)):
-        raise RunError(f"checkpoint file {meta_path} is corrupt: expected a step and a file list")
+        raise RunFolderError(f"checkpoint file {meta_path} is corrupt: expected a step and a "
+                             "file list")
     for rel, digest in meta.get("files", {}).items():
         if weights is not None and not _in_weights(rel, weights):
             continue
         f = ckpt / rel
         if not f.is_file():
-            raise RunError(f"checkpoint file {f} is missing")
+            raise RunFolderError(f"checkpoint file {f} is missing")
         try:
             ok = sha256_file(f) == digest
         except OSError as e:
-            raise RunError(f"checkpoint file {f} is unreadable: {first_line(e)}") from None
+            raise RunFolderError(f"checkpoint file {f} is unreadable: {first_line(e)}") from None
         if not ok:
-            raise RunError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
+            raise RunFolderError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
                            f"from the one in {meta_path})")
     listed = meta.get("files")
     for f in _files(ckpt) if listed else ():  # a loader could read it: refused, not ignored
         if f.relative_to(ckpt).as_posix() not in listed and (
                 is_weight_file(f.name) or f.name.endswith(".json")):
-            raise RunError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
+            raise RunFolderError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
                            "holds only the weight and config files it lists: remove it")
     return meta
 
@@ -264,7 +254,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
     files (``weights``: only those of the weights ``load`` reads) match the sha256 list in
     meta.json and ``load`` (if given) succeeds; a failure is
     logged as a warning naming the bad file and the previous checkpoint is tried. When none is
-    usable, a one-line :class:`RunError` names the bad file(s).
+    usable, a one-line :class:`RunFolderError` names the bad file(s).
     """
     run_dir = Path(run_dir)
     candidates = _checkpoint_candidates(run_dir)
@@ -273,7 +263,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
         try:
             meta = verify_checkpoint(ckpt, weights)
             result = load(ckpt, meta) if load is not None else None
-        except RunError as e:
+        except RunFolderError as e:
             errors.append(str(e))
         except LOAD_ERRORS as e:
             errors.append(f"checkpoint {ckpt} is unreadable or does not match its config: "
@@ -283,8 +273,8 @@ def open_checkpoint(run_dir: str | os.PathLike,
         if i + 1 < len(candidates):
             log.warning("%s; falling back to %s", errors[-1], candidates[i + 1])
     if not errors:
-        raise RunError(f"run {run_dir} has no checkpoint yet")
-    raise RunError(f"run {run_dir} has no usable checkpoint: {'; '.join(errors)}")
+        raise RunFolderError(f"run {run_dir} has no checkpoint yet")
+    raise RunFolderError(f"run {run_dir} has no usable checkpoint: {'; '.join(errors)}")
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -303,7 +293,7 @@ def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path,
         if ema is not None:
             _load_weights(ema, ckpt, "ema")
     except LOAD_ERRORS as e:
-        raise RunError(f"checkpoint {ckpt} is unreadable or does not match its config: "
+        raise RunFolderError(f"checkpoint {ckpt} is unreadable or does not match its config: "
                        f"{first_line(e)}") from None
     return meta
 
@@ -328,7 +318,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     try:
         model = model_from_config(cfg)
     except ConfigError as e:
-        raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
+        raise RunFolderError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
 
     which = "ema" if use_ema else "model"
 
@@ -355,6 +345,6 @@ def newest_run(root: str | os.PathLike = "runs") -> Path:
     runs = [p for p in root.glob("*") if (p / CONFIG).is_file() and (
         (p / CHECKPOINT / META).is_file() or (p / PREVIOUS / META).is_file())]
     if not runs:
-        raise RunError(f"no trained run found under {root}/; train one with `dmattack train` "
+        raise RunFolderError(f"no trained run found under {root}/; train one with `dmattack train` "
                        "or pass --run")
     return max(runs, key=lambda p: (p / CONFIG).stat().st_mtime)

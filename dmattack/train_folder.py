@@ -49,9 +49,9 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     if unknown:
         raise ConfigError(f"{unknown[0]} cannot change on resume; allowed: "
                           f"{', '.join(RESUME_OVERRIDES)}", field=unknown[0])
-    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
+    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunFolderError
     if has_checkpoints(run_dir):
-        checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
+        checkpoint_dir(run_dir)  # a one-line RunFolderError when none of them is usable
     cfg = TrainConfig.from_dict({**saved, "steps": saved["steps"] if steps is None else steps})
     changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
@@ -66,7 +66,7 @@ def _leaf(cfg: Any, path: str) -> Any:
 def check_resume(run_dir: str | Path, cfg: TrainConfig) -> None:
     """The guard of every resume, from Python and the command line alike: a one-line
     ConfigError naming the first setting of ``cfg`` (resolved) that differs from the run's
-    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunError when
+    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunFolderError when
     ``run_dir`` is not a run (no valid config.json)."""
     saved = TrainConfig.from_dict(read_config(run_dir)["train"])
     for path, f, _ in iter_settings(TrainConfig):

@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from .. import stats
-from .effects import SHARE, claim, fmt, paired_check, pm
+from .effects import SHARE, Row, claim, fmt, paired_check, pm
 
-Row = dict[str, Any]
 LIKE_RANDOM = 1.25
 """"No stronger than random": the attack/random damage ratio's interval lies below 1.25."""
 CHECKPOINTS_NOTE = ("the digits part compares one trained checkpoint per method "

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .claims import sweep_onset
+from .effects import Row
 
-Row = dict[str, Any]
 SUBSPACE_COLUMNS = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "variance ratio")
 DAMAGE_COLUMNS = ("pixel deviation mean", "pixel deviation median", "class changed (digits-cnn)")
 
