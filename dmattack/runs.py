@@ -40,16 +40,21 @@ from safetensors import SafetensorError
 from safetensors.torch import load
 from torch import nn
 
-from .diffusion import GaussianDiffusion, beta_schedule
+from .diffusion import GaussianDiffusion
 from .errors import ConfigError, InputFileError, RunFolderError, first_line
 from .hashing import sha256_file
 from .io import write_json
-from .models import PRESETS, UNetEps, build_model
+from .models import UNetEps
 from .oserrors import save_file, torch_save  # storage failures: one line naming the file
-from .settings import check_field
-from .train_config import TrainConfig
+from .run_config import (
+    CONFIG,
+    diffusion_from_config,
+    is_int,
+    model_from_config,
+    read_config,
+)
+from .weight_files import is_weight_file, unet_files
 
-CONFIG = "config.json"
 CHECKPOINT = "checkpoint"
 PREVIOUS = "checkpoint.prev"
 META = "meta.json"
@@ -84,17 +89,6 @@ class LoadedModel:
     @property
     def preset(self) -> str | None:
         return self.config.get("model", {}).get("preset")
-
-
-def diffusion_from_config(cfg: dict[str, Any]) -> GaussianDiffusion:
-    d = cfg["diffusion"]
-    return GaussianDiffusion(beta_schedule(d["schedule"], d["num_timesteps"]),
-                             variance_type=d["variance_type"])
-
-
-def model_from_config(cfg: dict[str, Any]) -> nn.Module:
-    m = cfg["model"]
-    return build_model(m["preset"], tuple(m["data_shape"]), m.get("dropout"))
 
 
 # ----------------------------------------------------------------------------- saving
@@ -165,146 +159,6 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------- loading
-def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG
-    if Path(run_dir).is_file():
-        raise RunFolderError(f"run folder {run_dir} is a file, not a folder; pass the run's folder")
-    if not Path(run_dir).is_dir():
-        raise RunFolderError(f"run folder {run_dir} does not exist")
-    if not path.is_file():
-        raise RunFolderError(f"{run_dir} is not a dmattack run: it has no {CONFIG}")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"{path} is not valid JSON: {e}") from None
-    except OSError as e:
-        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
-    validate_config(cfg, path)
-    return cfg
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
-    """Check a run's config.json content (e.g. after a hand edit): every field needed to
-    rebuild the model, its diffusion and, for a trained run, the training config, against the
-    settings declared in :class:`~dmattack.train_config.TrainConfig`. Raises a one-line
-    :class:`RunFolderError` naming the file and the first bad field."""
-    if not isinstance(cfg, dict):
-        raise RunFolderError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    for key in ("model", "diffusion", "data"):
-        if not isinstance(cfg.get(key), dict):
-            raise RunFolderError(f"{path}: field '{key}' is missing or not an object")
-    m = cfg["model"]
-
-    def check(section: str, key: str, name: str | None = None) -> None:
-        where = f"{path}: field '{section}.{key}'"
-        value = cfg[section].get(key)
-        try:
-            if value is None and key != "dropout":
-                raise ConfigError(f"{where} is missing")
-            check_field(TrainConfig, name or key, value, where)
-        except ConfigError as e:
-            raise RunFolderError(str(e)) from None
-
-    check("model", "preset")
-    check("model", "dropout")
-    check("diffusion", "schedule")
-    check("diffusion", "num_timesteps")
-    check("diffusion", "variance_type")
-    shape = m.get("data_shape")
-    rank = 3 if PRESETS[m["preset"]].kind == "image" else 1
-    if not (isinstance(shape, list) and len(shape) == rank and all(
-            _is_int(v) and 0 < v <= 1 << 16 for v in shape)):
-        raise RunFolderError(f"{path}: field 'model.data_shape' = {shape!r} is invalid; allowed: a "
-                       f"list of {rank} positive integers for preset {m['preset']}")
-    name = cfg["data"].get("name")
-    if name is not None and not isinstance(name, str):
-        raise RunFolderError(f"{path}: field 'data.name' = {name!r} is invalid; allowed: a dataset "
-                       "name")
-    if "train" in cfg or cfg.get("kind") == "dmattack-run":
-        _validate_train_section(cfg, path)
-
-
-def _validate_train_section(cfg: dict[str, Any], path: str | os.PathLike) -> None:
-    t = cfg.get("train")
-    if not isinstance(t, dict):
-        raise RunFolderError(f"{path}: field 'train' is missing or not an object")
-    try:
-        train_cfg = TrainConfig.from_dict(t).resolved()
-        train_cfg.validate()
-    except ConfigError as e:
-        field_name = getattr(e, "field", None)
-        where = f"field 'train.{field_name}'" if field_name else "field 'train'"
-        raise RunFolderError(f"{path}: {where}: {first_line(e)}") from None
-    # the sections the model is rebuilt from must agree with the training config
-    for section, key, value in (("model", "preset", train_cfg.preset),
-                                ("model", "dropout", train_cfg.dropout),
-                                ("diffusion", "schedule", train_cfg.schedule),
-                                ("diffusion", "num_timesteps", train_cfg.num_timesteps),
-                                ("diffusion", "variance_type", train_cfg.variance_type)):
-        if cfg[section].get(key) != value:
-            raise RunFolderError(f"{path}: field '{section}.{key}' is "
-                                 f"{cfg[section].get(key)!r} but the run was trained with "
-                                 f"train.{key} = {value!r}; restore the original value")
-
-
-UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
-UNET_INDEX = f"{UNET_WEIGHTS}.index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5",
-                   ".onnx", ".gguf", ".index.json")
-"""Names of files a model loader could read weights from (a folder holding one that is not
-loaded is refused, :func:`unet_files`)."""
-PICKLED = ".bin"  # diffusers' pickled weights: never loaded, allowed beside the safetensors
-
-
-def _is_weight_file(name: str) -> bool:
-    return name.endswith(WEIGHT_SUFFIXES)
-
-
-def unet_files(folder: Path, error: type[InputFileError] = RunFolderError) -> list[str]:
-    """The files (names in ``folder``) that loading a diffusers ``UNet2DModel`` folder reads:
-    ``config.json`` and either ``diffusion_pytorch_model.safetensors`` or a sharded index
-    ``diffusion_pytorch_model.safetensors.index.json`` with the shards it names. Any other
-    weight file or index in the folder (another ``.safetensors``, a second index, a variant)
-    is refused with a one-line ``error`` naming it, as is a folder with both a single file and
-    an index; pickled ``.bin`` files are never read and allowed beside them."""
-    present = {p.name for p in folder.iterdir() if p.is_file()} if folder.is_dir() else set()
-    if "config.json" not in present:
-        raise error(f"{folder / 'config.json'} is missing")
-    if UNET_INDEX in present:
-        if UNET_WEIGHTS in present:
-            raise error(f"{folder} holds both {UNET_WEIGHTS} and {UNET_INDEX}; which one "
-                        "diffusers loads is ambiguous: remove one")
-        files = ["config.json", UNET_INDEX, *_shards(folder / UNET_INDEX, error)]
-    elif UNET_WEIGHTS in present:
-        files = ["config.json", UNET_WEIGHTS]
-    else:
-        raise error(f"{folder} has no {UNET_WEIGHTS} (safetensors weights)")
-    for name in sorted(present - set(files)):
-        if _is_weight_file(name) and not name.endswith(PICKLED):
-            raise error(f"{folder / name} is a weight file or index that is not loaded; "
-                        f"remove it (this folder loads {', '.join(files[1:])})")
-    missing = [n for n in files if n not in present]
-    if missing:
-        raise error(f"{folder / missing[0]} is missing (named in {folder / UNET_INDEX})")
-    return files
-
-
-def _shards(index: Path, error: type[InputFileError]) -> list[str]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise error(f"{index} is not a readable weight index: {first_line(e)}") from None
-    if not all(isinstance(s, str) and "/" not in s and s.endswith(".safetensors")
-               for s in shards):
-        raise error(f"{index}: shards must be .safetensors files in its folder")
-    return shards
-
-
 def load_unet_folder(folder: Path, error: type[InputFileError] = RunFolderError
                      ) -> tuple[nn.Module, dict[str, str]]:
     """A ``UNet2DModel`` loaded from exactly the files :func:`unet_files` names (staged as
@@ -356,7 +210,7 @@ def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> di
     except (OSError, ValueError) as e:
         raise RunFolderError(f"checkpoint file {meta_path} is unreadable: "
                              f"{first_line(e)}") from None
-    if not (isinstance(meta, dict) and _is_int(meta.get("step")) and meta["step"] >= 0
+    if not (isinstance(meta, dict) and is_int(meta.get("step")) and meta["step"] >= 0
             and isinstance(meta.get("files", {}), dict)):
         raise RunFolderError(f"checkpoint file {meta_path} is corrupt: expected a step and a "
                              "file list")
@@ -376,7 +230,7 @@ def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> di
     listed = meta.get("files")
     for f in _files(ckpt) if listed else ():  # a loader could read it: refused, not ignored
         if f.relative_to(ckpt).as_posix() not in listed and (
-                _is_weight_file(f.name) or f.name.endswith(".json")):
+                is_weight_file(f.name) or f.name.endswith(".json")):
             raise RunFolderError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
                            "holds only the weight and config files it lists: remove it")
     return meta

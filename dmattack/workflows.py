@@ -150,19 +150,8 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     check_writable(out)
     seconds: dict[str, float] = {}
     if samples is None:
-        source = {"sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
-                  "seed": cfg.seed, "first_sample": cfg.first_sample,
-                  "batch_size": setup.batch_size, "file": "samples.safetensors"}
-        ticks = setup.sampler.num_steps(loaded.diffusion.num_timesteps) * -(
-            -setup.num_samples // setup.batch_size)
-        with torch.no_grad(), progress_mod.stage("sample", ticks, "steps") as st:
-            samples = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
-                                     sample_seeds(cfg.seed, setup.num_samples,
-                                                  start=cfg.first_sample),
-                                     setup.batch_size, setup.sampler,
-                                     device=device, progress=_also(progress, st))
-        seconds["sampling"] = round(st.seconds, 3)
-        _keep_samples(loaded, setup, samples, out)
+        samples, source, seconds["sampling"] = _draw_samples(loaded, setup, out, device,
+                                                             progress)
     elif samples_from is None:
         raise ConfigError("evaluate_model: say where given samples come from (samples_from)")
     else:
@@ -180,6 +169,28 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     write_json(out / "results.json", {"kind": "evaluate", "metrics": result,
                                       "seconds": seconds, "provenance": provenance()})
     return result
+
+
+def _draw_samples(loaded: LoadedModel, setup: EvaluationSetup, out: Path,
+                  device: torch.device | str, progress: Progress | None
+                  ) -> tuple[torch.Tensor, dict[str, Any], float]:
+    """Draw ``setup.num_samples`` (N, *shape) with ``setup.sampler`` from seed
+    ``setup.config.seed`` (progress stage ``sample``) and keep them in ``out``
+    (:func:`_keep_samples`); returns them, where they came from and the seconds taken."""
+    cfg = setup.config
+    source = {"sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
+              "seed": cfg.seed, "first_sample": cfg.first_sample,
+              "batch_size": setup.batch_size, "file": "samples.safetensors"}
+    ticks = setup.sampler.num_steps(loaded.diffusion.num_timesteps) * -(
+        -setup.num_samples // setup.batch_size)
+    with torch.no_grad(), progress_mod.stage("sample", ticks, "steps") as st:
+        samples = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
+                                 sample_seeds(cfg.seed, setup.num_samples,
+                                              start=cfg.first_sample),
+                                 setup.batch_size, setup.sampler,
+                                 device=device, progress=_also(progress, st))
+    _keep_samples(loaded, setup, samples, out)
+    return samples, source, round(st.seconds, 3)
 
 
 def _keep_samples(loaded: LoadedModel, setup: EvaluationSetup, x: torch.Tensor,

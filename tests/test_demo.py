@@ -50,7 +50,7 @@ from dmattack.demo.plan import (
     quick_plan,
 )
 from dmattack.demo.pool import TaskPool
-from dmattack.demo.report import cell, cells
+from dmattack.demo.report_sections import cell, cells
 from dmattack.errors import ConfigError, OutputError
 
 SECTIONS = ("corrupted_subspace", "toy_3d", "attacks", "sampling_steps")
@@ -657,7 +657,7 @@ def test_attack_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
     from types import SimpleNamespace
 
     from dmattack.demo.experiments import _merge_curves
-    from dmattack.demo.report import _curve_table
+    from dmattack.demo.report_sections import _curve_table
 
     def points(series: str, values: dict[float, float]) -> list[dict[str, Any]]:
         return [{"model_name": "m-ddpm", "series": "clean" if q == 0 else series,

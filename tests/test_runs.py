@@ -8,7 +8,8 @@ import pytest
 from conftest import invoke_cli
 
 from dmattack.errors import ConfigError, RunFolderError
-from dmattack.runs import load_run, newest_run, read_config, validate_config
+from dmattack.run_config import validate_config
+from dmattack.runs import load_run, newest_run, read_config
 from dmattack.train import resume_config
 from dmattack.train_config import MAX_TIMESTEPS, TrainConfig
 

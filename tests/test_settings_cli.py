@@ -145,12 +145,12 @@ def test_train_steps_is_optimiser_steps_without_warning(tmp_path):
 
 def test_user_error_vs_bug(monkeypatch, tmp_path):
     """A DmattackError is one line and exit 2; any other exception is a bug: traceback."""
-    import dmattack.train
+    import dmattack.train_folder
 
     def bug(*a, **k):
         raise ValueError("a bug inside dmattack")
 
-    monkeypatch.setattr(dmattack.train, "new_run_dir", bug)
+    monkeypatch.setattr(dmattack.train_folder, "new_run_dir", bug)
     result = CliRunner().invoke(cli.main, ["train", "--steps", "1"])
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)
     monkeypatch.setenv("DMATTACK_DEBUG", "1")

@@ -188,7 +188,9 @@ def test_speed_settings_can_change_on_resume(tmp_path):
 
 def test_batch_plan_is_batch_indices_cut_to_rows():
     cfg = _cfg(batch_size=16, seed=5)
-    plan = train_mod._BatchPlan(100, cfg, 4, 12)
+    from dmattack.train_data import _BatchPlan
+
+    plan = _BatchPlan(100, cfg, 4, 12)
     for step in range(20):  # several epochs of 6 batches
         assert torch.equal(plan(step), batch_indices(step, 100, 16, 5)[4:12])
 

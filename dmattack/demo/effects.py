@@ -194,6 +194,14 @@ def fmt(v: float | None) -> str:
     return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
 
 
+def pm(row: Row | None, key: str) -> str:
+    """``row[key]``, with ``± std`` over the seeds when the row has one."""
+    if row is None:
+        return "n/a"
+    std = row.get("std", {}).get(key)
+    return fmt(row.get(key)) + (f" ± {std:.2g}" if std is not None else "")
+
+
 def describe(c: Row) -> str:
     """``label: value [lo, hi], m = …, n = … → verdict`` of one check."""
     if c.get("ci95") is None:

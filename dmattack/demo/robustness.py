@@ -78,51 +78,10 @@ def adaptive_attacks(plan: AdaptivePlan, ctx: Context,
         raise FloatingPointError("a clean digits-subspace model diverged; no adaptive attacks")
     runs = {"subspace": dict(zip(ATTACKED, (str(tm.run_dir) for tm in sub), strict=True)),
             "images": {m: str(CHECKPOINTS / IMAGE_RUNS[m]) for m in ATTACKED}}
-    sizes = {"subspace": (plan.subspace_samples, plan.subspace_steps),
-             "images": (plan.image_samples, plan.image_steps)}
-    jobs = []
-    for kind, by_model in runs.items():
-        metrics, main = CURVE_METRICS[kind]
-        n, k = sizes[kind]
-        for model, run_dir in by_model.items():
-            for name in plan.attacks:
-                folder = ctx.out_dir / "adaptive" / f"{kind}-{model}-{name}"
-                jobs.append(((kind, model, name), (
-                    [run_dir], [attack_plan(name, plan)], n, ctx.seed, k, metrics, main,
-                    str(folder), ctx.device)))
-    jobs.sort(key=lambda j: -_cost(j[0][2], plan, *sizes[j[0][0]], j[0][0] == "images"))
+    jobs = _adaptive_jobs(plan, ctx, runs)
     with ctx.stage(f"adaptive: {len(jobs)} attacks", 2 * len(jobs)) as advance:
         curves = ctx.pool.map(curve_task, [args for _, args in jobs], advance)
-    rows: list[dict[str, Any]] = []
-    clean: dict[tuple[str, str], dict[str, Any]] = {}
-    for ((kind, model, name), _), curve in sorted(
-            zip(jobs, curves, strict=True),
-            key=lambda jc: (list(runs).index(jc[0][0][0]), ATTACKED.index(jc[0][0][1]),
-                            plan.attacks.index(jc[0][0][2]))):
-        main = CURVE_METRICS[kind][1]
-        point0, point = curve["points"][0], curve["points"][-1]
-        base = clean.setdefault((kind, model), {
-            "data": kind, "model": model, "method": "clean", "series": "clean",
-            "value": point0["metrics"].get(main),
-            "variance ratio": point0["metrics"].get("variance ratio")})
-        if base not in rows:
-            rows.append(base)
-        value = point["metrics"].get(main)
-        damage = point["damage"] or {}
-        rows.append({
-            "data": kind, "model": model, "method": name, "series": point["series"],
-            "value": value,
-            "increase": None if value is None or base["value"] is None
-            else value - base["value"],
-            "variance ratio": point["metrics"].get("variance ratio"),
-            **_flat_damage(damage),
-            "pixel deviation ci95": (damage.get(PIXEL) or {}).get("ci95"),
-            "pixel_deviation_per_sample": (point.get("damage_per_sample") or {}).get(PIXEL),
-            "improved_under_attack": (point.get("improved_under_attack") or {}).get(main),
-            "converged": point.get("converged"),
-            "trace_length": None if point.get("trace") is None else len(point["trace"]),
-            "num_nonfinite": damage.get("num_nonfinite", 0),
-            "attacked_steps": point["steps_attacked"], "seconds": point["seconds"]})
+    rows = _adaptive_rows(plan, runs, jobs, curves)
     fig = figures.adaptive_bars(rows, {k: CURVE_METRICS[k][1] for k in runs},
                                 ctx.out_dir / "figures" / "adaptive_attacks.png",
                                 f"DDPM vs Robust_adv, {plan.percent:g}% of the steps attacked "
@@ -144,6 +103,78 @@ def adaptive_attacks(plan: AdaptivePlan, ctx: Context,
         "folders": {f"{kind}-{model}-{name}": ctx.rel(Path(args[7]))
                     for (kind, model, name), args in jobs},
     }
+
+
+Job = tuple[tuple[str, str, str], tuple]
+
+
+def _sizes(plan: AdaptivePlan) -> dict[str, tuple[int, int]]:
+    """(samples, respaced steps) per data kind."""
+    return {"subspace": (plan.subspace_samples, plan.subspace_steps),
+            "images": (plan.image_samples, plan.image_steps)}
+
+
+def _adaptive_jobs(plan: AdaptivePlan, ctx: Context, runs: dict[str, dict[str, str]]
+                   ) -> list[Job]:
+    """``((kind, model, attack), curve_task arguments)`` of every attack on every model of
+    ``runs`` (data kind → model → run folder), costliest first."""
+    sizes = _sizes(plan)
+    jobs = []
+    for kind, by_model in runs.items():
+        metrics, main = CURVE_METRICS[kind]
+        n, k = sizes[kind]
+        for model, run_dir in by_model.items():
+            for name in plan.attacks:
+                folder = ctx.out_dir / "adaptive" / f"{kind}-{model}-{name}"
+                jobs.append(((kind, model, name), (
+                    [run_dir], [attack_plan(name, plan)], n, ctx.seed, k, metrics, main,
+                    str(folder), ctx.device)))
+    jobs.sort(key=lambda j: -_cost(j[0][2], plan, *sizes[j[0][0]], j[0][0] == "images"))
+    return jobs
+
+
+def _adaptive_rows(plan: AdaptivePlan, runs: dict[str, dict[str, str]], jobs: list[Job],
+                   curves: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The section's rows in report order (data kind, model, attack): each model's clean row
+    (its curve's 0% point) before its attacks' rows (the curve's last point)."""
+    rows: list[dict[str, Any]] = []
+    clean: dict[tuple[str, str], dict[str, Any]] = {}
+    for ((kind, model, name), _), curve in sorted(
+            zip(jobs, curves, strict=True),
+            key=lambda jc: (list(runs).index(jc[0][0][0]), ATTACKED.index(jc[0][0][1]),
+                            plan.attacks.index(jc[0][0][2]))):
+        main = CURVE_METRICS[kind][1]
+        point0, point = curve["points"][0], curve["points"][-1]
+        base = clean.setdefault((kind, model), {
+            "data": kind, "model": model, "method": "clean", "series": "clean",
+            "value": point0["metrics"].get(main),
+            "variance ratio": point0["metrics"].get("variance ratio")})
+        if base not in rows:
+            rows.append(base)
+        rows.append(_attack_row(kind, model, name, point, main, base["value"]))
+    return rows
+
+
+def _attack_row(kind: str, model: str, name: str, point: dict[str, Any], main: str,
+                clean_value: float | None) -> dict[str, Any]:
+    """One attack's row from its curve point: the metric ``main`` and its increase over the
+    clean ``clean_value``, the damage, convergence and cost."""
+    value = point["metrics"].get(main)
+    damage = point["damage"] or {}
+    return {
+        "data": kind, "model": model, "method": name, "series": point["series"],
+        "value": value,
+        "increase": None if value is None or clean_value is None
+        else value - clean_value,
+        "variance ratio": point["metrics"].get("variance ratio"),
+        **_flat_damage(damage),
+        "pixel deviation ci95": (damage.get(PIXEL) or {}).get("ci95"),
+        "pixel_deviation_per_sample": (point.get("damage_per_sample") or {}).get(PIXEL),
+        "improved_under_attack": (point.get("improved_under_attack") or {}).get(main),
+        "converged": point.get("converged"),
+        "trace_length": None if point.get("trace") is None else len(point["trace"]),
+        "num_nonfinite": damage.get("num_nonfinite", 0),
+        "attacked_steps": point["steps_attacked"], "seconds": point["seconds"]}
 
 
 def purification_config(plan: PurificationPlan, seed: int) -> PurifyConfig:

@@ -101,6 +101,23 @@ def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
     return lambda label, done, total: progress(prefix + label, done, total)
 
 
+def _combine_seeds(per_seed: list[dict[str, Any]], out_dir: Path
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, float]]:
+    """results.json's ``sections``, ``claims`` and ``timings`` from every seed's own: those of
+    the one seed, or the sections' means ± std over the seeds (the sweep's heatmap redrawn
+    from them), the claims with how many seeds agree and every seed's timings."""
+    if len(per_seed) == 1:
+        return per_seed[0]["sections"], per_seed[0]["claims"], per_seed[0]["timings"]
+    sections_out = aggregate_sections([p["sections"] for p in per_seed])
+    if "corruption_sweep" in sections_out:
+        sweep = sections_out["corruption_sweep"]
+        sweep["figures"] = {"heatmap": controls.sweep_figure(
+            sweep, out_dir / "figures" / "sweep_fd_difference.png", out_dir, len(per_seed))}
+    claims = combine_claims([p["claims"] for p in per_seed], assess(sections_out))
+    timings = {f"seed {p['seed']}: {k}": v for p in per_seed for k, v in p["timings"].items()}
+    return sections_out, claims, timings
+
+
 def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str = "cpu",
              progress: Progress | None = None, train_images: bool = False,
              plan: DemoPlan | None = None, seeds: int = 1,
@@ -141,17 +158,7 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
             per_seed.append({"seed": s, "sections": secs, "claims": assess(secs),
                              "timings": ctx.timings})
     environment["load_average_end"] = _load()
-    if len(per_seed) == 1:
-        sections_out, claims = per_seed[0]["sections"], per_seed[0]["claims"]
-        timings = per_seed[0]["timings"]
-    else:
-        sections_out = aggregate_sections([p["sections"] for p in per_seed])
-        if "corruption_sweep" in sections_out:
-            sweep = sections_out["corruption_sweep"]
-            sweep["figures"] = {"heatmap": controls.sweep_figure(
-                sweep, out_dir / "figures" / "sweep_fd_difference.png", out_dir, seeds)}
-        claims = combine_claims([p["claims"] for p in per_seed], assess(sections_out))
-        timings = {f"seed {p['seed']}: {k}": v for p in per_seed for k, v in p["timings"].items()}
+    sections_out, claims, timings = _combine_seeds(per_seed, out_dir)
     timings["total"] = round(time.perf_counter() - start, 2)
     results = {
         "kind": "dmattack-demo", "quick": plan.quick, "seed": seed, "seeds": seed_list,
