@@ -46,7 +46,9 @@ _MEMO: dict[str, Any] = {}
 class LazyOptions:
     """A placeholder in a command's parameter list standing for the options of config
     dataclass ``target`` (``"module:Class"``), as ``click_options(cls, exclude=…,
-    prefix=…)`` makes them."""
+    prefix=…)`` makes them; or, for a function ``target`` (``"module:function"``), the
+    options it returns, ``function(exclude=…, prefix=…)`` (e.g. the registered attacks'
+    options, :func:`dmattack.attacks.options.attack_options`)."""
 
     def __init__(self, target: str, exclude: tuple[str, ...] = (), prefix: str = "") -> None:
         self.target, self.exclude, self.prefix = target, tuple(exclude), prefix
@@ -58,8 +60,10 @@ class LazyOptions:
         from .settings import click_options
 
         module, name = self.target.split(":")
-        cls = getattr(importlib.import_module(module), name)
-        holder = click_options(cls, exclude=self.exclude, prefix=self.prefix)(lambda: None)
+        obj = getattr(importlib.import_module(module), name)
+        if not isinstance(obj, type):
+            return list(obj(exclude=self.exclude, prefix=self.prefix))
+        holder = click_options(obj, exclude=self.exclude, prefix=self.prefix)(lambda: None)
         return list(reversed(holder.__click_params__))
 
 
