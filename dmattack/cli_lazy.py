@@ -16,7 +16,8 @@ dmattack and evaluators, the Python, click and rich installations, and the insta
 changes its registry's names, listed in --help), and the ``dmattack`` entry points with the
 source of the modules they name (a plugin's attack brings its own options); on read the key
 and a digest of the content are checked. An option that cannot be written as data (an unknown
-type or callback) makes its group uncached: always built live, never wrong. An unwritable cache folder only costs the speed.
+type or callback) makes its group uncached: always built live, never wrong. An unwritable cache
+folder only costs the speed.
 """
 
 from __future__ import annotations

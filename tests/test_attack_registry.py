@@ -30,7 +30,6 @@ from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.registry import ATTACKS
 from dmattack.runs import LoadedModel
-from dmattack.settings import check_settings, setting
 from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
 from dmattack.seeding import (
     ATTACK,
@@ -40,6 +39,7 @@ from dmattack.seeding import (
     randn_per_sample,
     sample_seeds,
 )
+from dmattack.settings import check_settings, setting
 
 DIM = 4
 K = 10
