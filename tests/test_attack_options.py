@@ -13,12 +13,13 @@ from click.testing import CliRunner
 from dmattack import cli_lazy
 from dmattack.attacks import AttackEntry, AttackSpec, ChainRandom, TrajectoryConfig
 from dmattack.attacks.options import (
+    COMMAND_OPTIONS,
     attack_options,
     curve_specs_from_options,
     option_table,
     spec_from_options,
 )
-from dmattack.attacks.schedule import RECORD
+from dmattack.attacks.schedule import COMMON, RECORD
 from dmattack.errors import ConfigError
 from dmattack.registry import ATTACKS
 from dmattack.settings import check_settings, setting
@@ -28,6 +29,7 @@ from dmattack.settings import check_settings, setting
 class WobbleConfig:
     alpha_scale: float = setting(0.5, "Wobble step in units of ε_t.", low=0, low_open=True)
     horizon: str = setting("near", "Where it wobbles.", choices=("near", "far"))
+    steps: int = setting(1, "Wobbles (named like the commands' --steps).", low=1)
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -71,6 +73,24 @@ def test_a_type_clash_is_spelled_per_attack_and_routed_to_it(wobble):
                        "by attack 'lookahead'; it is read by: wobble$"):
         spec_from_options({"method": "lookahead", "wobble__horizon": "far"})
     assert spec_from_options({"method": "lookahead", "horizon": "end"}).horizon == "end"
+    steps = table["wobble__steps"]  # not --steps: a (deprecated) spelling of --sampler-steps
+    assert steps.spelling == "--wobble-steps" and "steps" not in table
+    assert spec_from_options({"method": "wobble", "wobble__steps": 3}).steps == 3
+
+
+def test_command_options_lists_every_other_option_of_the_attack_commands():
+    """An attack field is never spelled like another option of attack or curve."""
+    import cli
+
+    ours = {o.param for o in option_table()} | set(COMMON)
+    for command in ("attack", "curve"):
+        for p in cli.main.commands[command].params:
+            if p.name in ours:
+                continue
+            names = {o.lstrip("-").replace("-", "_") for o in p.opts}
+            if "__" not in p.name:
+                names.add(p.name)
+            assert names <= COMMAND_OPTIONS, (command, p.name, names - COMMAND_OPTIONS)
 
 
 def test_generated_options_parse_and_refuse_on_the_command_line(wobble):

@@ -4,7 +4,8 @@
 Every field of every registered attack's config is one option (``--pgd-steps``,
 ``--decay``); attacks declaring a field of the same name and type share it, and its ``--help``
 says which attacks read it (``pgd, trajectory, lookahead: PGD step size …``). A field whose
-name another attack declares with a different type is spelled ``--<attack>-<field>``. The
+name another attack declares with a different type, or named like another option of the attack
+commands (:data:`COMMAND_OPTIONS`, e.g. ``steps``, ``seed``), is spelled ``--<attack>-<field>``. The
 options default to unset: an attack reads its own default then, and an option given that the
 chosen attack does not read is refused (one line, exit code 2).
 """
@@ -31,6 +32,14 @@ from ..settings import (
 )
 from .base import format_number
 from .schedule import COMMON, AttackSpec
+
+COMMAND_OPTIONS = frozenset((
+    "run", "runs", "pipeline", "pipelines", "ema", "device", "sampler", "sampler_steps", "steps",
+    "eta", "clip_denoised", "num_samples", "batch_size", "seed", "first_sample", "metrics",
+    "metric", "inception_weights", "data_dir", "dataset", "allow_small_fid", "out", "threads",
+    "steps_attacked", "windows", "help"))
+"""Names of the other options of ``dmattack attack`` and ``curve`` (their spellings without
+``--``, dashes as underscores); tests/test_attack_options.py keeps the list complete."""
 
 
 @dataclass
@@ -65,8 +74,9 @@ def option_table() -> list[AttackOption]:
             if shared is not None and shared.type == ft and shared.spelling == spelling:
                 shared.readers.append((method, f))
                 continue
-            key = f.name if shared is None else f"{method}.{f.name}"
-            if shared is not None:
+            taken = {f.name, spelling[2:].replace("-", "_")} & COMMAND_OPTIONS
+            key = f.name if shared is None and not taken else f"{method}.{f.name}"
+            if key != f.name:
                 spelling = f"--{method}-{f.name.replace('_', '-')}"
             table[key] = AttackOption(f.name, param_name(key).replace("-", "_"), spelling, ft,
                                       [(method, f)])
