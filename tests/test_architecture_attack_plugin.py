@@ -87,8 +87,8 @@ def test_plugin_option_runs_is_recorded_and_refused_for_pgd(site, tmp_path):
 
     helped = dmattack(folder, tmp_path, "attack", "--help")
     flat = " ".join(helped.stdout.split())
-    assert f"--decay FLOAT {name}: Momentum decay" in flat.replace("NUMBER", "FLOAT")
-    assert f"pgd: PGD iterations per attacked step; {name}: Momentum PGD" in flat
+    assert f"--decay NUMBER {name}: momentum decay" in flat
+    assert f"pgd: PGD iterations per attacked step; {name}: momentum PGD iterations" in flat
 
 
 def _library_attacked(site: Path, res: dict, decay: float) -> torch.Tensor:

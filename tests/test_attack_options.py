@@ -54,7 +54,7 @@ def test_same_name_and_type_share_one_option_listing_its_readers(wobble):
     options = {o.name: o for o in attack_options()}
     help_text = options["alpha_scale"].help
     assert help_text.startswith("pgd, trajectory, lookahead: PGD step size in units of ε_t; "
-                                "wobble: Wobble step")
+                                "wobble: wobble step")
     assert help_text.endswith("[default: pgd 0.125, trajectory 0.125, lookahead 0.125, "
                               "wobble 0.5]")
     assert options["eot"].help.endswith("[default: 4]") and options["eot"].default is None

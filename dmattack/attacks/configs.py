@@ -71,7 +71,8 @@ class PGDConfig:
 class RandomConfig:
     """``random``: :class:`~dmattack.attacks.chain.ChainRandom`, the model-free control."""
 
-    random_dist: str = setting("sign", "Random control: sign (±ε_t) or uniform (U(−ε_t, ε_t)).",
+    random_dist: str = setting("sign", "Distribution of the random step: sign (±ε_t) or uniform "
+                               "(U(−ε_t, ε_t)).",
                                choices=RANDOM_DISTS)
 
     def __post_init__(self) -> None:

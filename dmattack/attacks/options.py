@@ -83,10 +83,18 @@ def option_table() -> list[AttackOption]:
     return list(table.values())
 
 
-def _default_text(v: Any) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v).lower()
+def _default_text(opt: AttackOption, v: Any) -> str:
+    """A default as click shows it (a flag by its spelling, ``checkpoint`` / ``no-checkpoint``)."""
+    if isinstance(v, bool):
+        return opt.spelling[2:] if v else f"no-{opt.spelling[2:]}"
+    if v is None:
+        return "none"
     return format_number(v) if isinstance(v, (int, float)) else str(v)
+
+
+def _sentence(text: str) -> str:
+    """``text`` to follow ``"pgd: "``: its first word in lower case unless an acronym."""
+    return text[:1].lower() + text[1:] if text[1:2].islower() else text
 
 
 def _help(opt: AttackOption) -> str:
@@ -95,13 +103,12 @@ def _help(opt: AttackOption) -> str:
     for method, f in opt.readers:
         s = setting_of(f)
         choices = s.allowed_choices()
-        text = s.help + (f" [{' | '.join(choices)}]" if choices else "")
+        text = _sentence(s.help).rstrip(".") + (f" [{' | '.join(choices)}]" if choices else "")
         groups.setdefault(text, []).append(method)
     help_text = "; ".join(f"{', '.join(ms)}: {text}" for text, ms in groups.items())
-    help_text = help_text.replace(".; ", "; ")
     if "[default:" in help_text:  # the help says what picks it
         return help_text
-    defaults = {m: _default_text(f.default) for m, f in opt.readers}
+    defaults = {m: _default_text(opt, f.default) for m, f in opt.readers}
     if len(set(defaults.values())) == 1:
         return f"{help_text} [default: {next(iter(defaults.values()))}]"
     per = ", ".join(f"{m} {d}" for m, d in defaults.items())
