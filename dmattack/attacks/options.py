@@ -116,13 +116,16 @@ def _help(opt: AttackOption) -> str:
 
 
 def _click_option(opt: AttackOption) -> Any:
+    """The option: unset by default (each attack then reads its own default); a setting's
+    ``aliases`` are accepted spellings too (its ``deprecated`` ones are not offered here)."""
     import click
 
     if opt.type.kinds == (bool,):
         decls = [f"{opt.spelling}/--no-{opt.spelling[2:]}", opt.param]
         return click.Option(decls, default=None, help=_help(opt))
-    return click.Option([opt.spelling, opt.param], type=click_type(opt.type), default=None,
-                        help=_help(opt))
+    aliases = dict.fromkeys(a for _, f in opt.readers for a in setting_of(f).aliases)
+    return click.Option([opt.spelling, *aliases, opt.param], type=click_type(opt.type),
+                        default=None, help=_help(opt))
 
 
 def attack_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
