@@ -18,11 +18,11 @@ from .lookahead import LookaheadPGD
 from .losses import LOSSES, LossFn, PredictionGap, StepLoss, make_loss
 from .perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from .plan import AttackPlan, make_hook_factory
-from .schedule import WINDOWS, AttackEntry, AttackSpec, attacked_steps
+from .schedule import WINDOWS, AttackEntry, AttackSpec, NoOptions, attacked_steps
 from .trajectory import TrajectoryPGD
 
 __all__ = [
-    "AttackEntry", "PerStepFactory", "WholeChainAttack", "format_number",
+    "AttackEntry", "NoOptions", "PerStepFactory", "WholeChainAttack", "format_number",
     "ChainAttack", "ChainFGSM", "ChainPGD", "ChainRandom",
     "FGSMConfig", "PGDConfig", "RandomConfig",
     "TrajectoryPGD", "TrajectoryConfig", "LookaheadPGD", "LookaheadConfig", "DISTANCES",
