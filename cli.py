@@ -36,7 +36,7 @@ from dmattack.cli_base import (
 )
 from dmattack.cli_lazy import lazy_options
 from dmattack.cli_output import console, metric_row, print_table, stdout
-from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
+from dmattack.demo.sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
 from dmattack.errors import ConfigError, OutputError
 from dmattack.option_types import parse_list, parse_percents
 from dmattack.settings import _warn_deprecated, from_options, option_values

@@ -3,7 +3,7 @@ baseline, and DDPM-IP.
 
 All squared norms are per-sample means over dimensions, then averaged over the batch (as in
 improved-diffusion). δ is in ε units and x_t^adv = x_t + √(1−ᾱ_t)·δ (see
-:mod:`dmattack.attacks.perturbation`). Timesteps are 0-indexed.
+:mod:`dmattack.perturbation`). Timesteps are 0-indexed.
 
 Forward passes per call (B = batch size):
 
@@ -39,7 +39,9 @@ from typing import Any
 
 import torch
 
-from .attacks.perturbation import (
+from .diffusion import EpsModel, GaussianDiffusion
+from .errors import ConfigError
+from .perturbation import (
     FGSM_COSTS,
     FGSM_STEPS,
     RayConfig,
@@ -48,8 +50,6 @@ from .attacks.perturbation import (
     perturb,
     ray,
 )
-from .diffusion import EpsModel, GaussianDiffusion
-from .errors import ConfigError
 from .registry import OBJECTIVES
 from .settings import check_settings, iter_settings, option_name, setting
 from .tensors import per_sample

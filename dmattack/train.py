@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .data import DataError
-from .errors import ConfigError, DivergedError, OutputError, first_line
+from .errors import ConfigError, DivergedError, OutputError, RunFolderError, first_line
 from .io import MiB, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
 from .models import UNET_PRESETS
@@ -54,7 +54,6 @@ from .runs import (
     CONFIG,
     LOAD_ERRORS,
     PREVIOUS,
-    RunError,
     checkpoint_dir,
     diffusion_from_config,
     load_weights_into,
@@ -282,9 +281,9 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     if unknown:
         raise ConfigError(f"{unknown[0]} cannot change on resume; allowed: "
                           f"{', '.join(RESUME_OVERRIDES)}", field=unknown[0])
-    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
+    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunFolderError
     if _has_checkpoints(run_dir):
-        checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
+        checkpoint_dir(run_dir)  # a one-line RunFolderError when none of them is usable
     cfg = TrainConfig.from_dict({**saved, "steps": saved["steps"] if steps is None else steps})
     changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
@@ -299,7 +298,7 @@ def _leaf(cfg: Any, path: str) -> Any:
 def check_resume(run_dir: str | Path, cfg: TrainConfig) -> None:
     """The guard of every resume, from Python and the command line alike: a one-line
     ConfigError naming the first setting of ``cfg`` (resolved) that differs from the run's
-    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunError when
+    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunFolderError when
     ``run_dir`` is not a run (no valid config.json)."""
     saved = TrainConfig.from_dict(read_config(run_dir)["train"])
     for path, f, _ in iter_settings(TrainConfig):
@@ -508,7 +507,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                 check_resume(run_dir, cfg)
             else:
                 check_new_run_folder(run_dir)
-        except (ConfigError, RunError) as e:
+        except (ConfigError, RunFolderError) as e:
             problem = e
     problem = distributed.broadcast_object(problem if main else None)
     if problem is not None:
@@ -553,7 +552,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                 state = torch.load(path, map_location=device, weights_only=True)
                 opt.load_state_dict(state["optimizer"])
             except LOAD_ERRORS as e:
-                raise RunError(f"checkpoint file {path} is unreadable: {first_line(e)}"
+                raise RunFolderError(f"checkpoint file {path} is unreadable: {first_line(e)}"
                                ) from None
             _match_layout(opt)
             return opt, state

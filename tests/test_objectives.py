@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from dmattack.attacks.perturbation import RayConfig, ray
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.objectives import (
@@ -17,6 +16,7 @@ from dmattack.objectives import (
     lambda_weight,
     training_loss,
 )
+from dmattack.perturbation import RayConfig, ray
 from dmattack.registry import OBJECTIVES
 
 VARIANTS = [

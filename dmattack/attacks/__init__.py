@@ -9,6 +9,7 @@ one with its settings, and :class:`AttackPlan` runs a spec, a user's per-step at
 a whole-chain attack through :func:`dmattack.attack_eval.run_attack` / ``run_curve``.
 """
 
+from ..perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from . import builtin  # noqa: F401  (registers the built-in attacks)
 from .base import PerStepFactory, WholeChainAttack, format_number
 from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom
@@ -16,7 +17,6 @@ from .configs import FGSMConfig, LookaheadConfig, PGDConfig, RandomConfig, Traje
 from .distances import DISTANCES, Distance
 from .lookahead import LookaheadPGD
 from .losses import LOSSES, LossFn, PredictionGap, StepLoss, make_loss
-from .perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from .plan import AttackPlan, make_hook_factory
 from .schedule import WINDOWS, AttackEntry, AttackSpec, NoOptions, attacked_steps
 from .trajectory import TrajectoryPGD

@@ -39,7 +39,7 @@ from .. import progress
 from ..errors import ConfigError
 from ..seeding import derive_seed, rand_per_sample
 
-ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
+PURIFY_ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
 LOSSES = ("ce", "margin")
 AA_STANDARD = (100, 20)
 """AutoAttack-rand's standard APGD iterations and EOT draws (Croce & Hein 2020)."""
@@ -61,7 +61,8 @@ class Stochastic(Protocol):
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of a purify run: ``name`` (one of :data:`ATTACKS`), iterations, EOT draws."""
+    """One attack of a purify run: ``name`` (one of :data:`PURIFY_ATTACKS`), iterations, EOT
+    draws."""
 
     name: str
     iterations: int
