@@ -64,10 +64,10 @@ it). A deprecated spelling still works for one release, with one warning line on
 records the same settings as the option."""
 
 TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
-OBJECTIVE_OPTIONS = "dmattack.objective_config:train_options"
+OBJECTIVE_OPTIONS = "dmattack.objective_config:train_click_options"
 SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
 EVALUATION_CONFIG = "dmattack.evaluation:EvaluationConfig"
-ATTACK_SPEC = "dmattack.attacks:AttackSpec"
+ATTACK_OPTIONS = "dmattack.attacks.options:attack_options"
 PURIFY_CONFIG = "dmattack.purification.evaluate:PurifyConfig"
 
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
@@ -239,7 +239,7 @@ def sample_cmd(**o: Any) -> None:
 @model_options
 @sampler_options
 @evaluation_options
-@lazy_options(ATTACK_SPEC)
+@lazy_options(ATTACK_OPTIONS)
 @click.option("--out", type=click.Path(), default=None,
               help="Result folder [default: <run>/attacks/<model>-<content hash>/<label>-<sampler>"
               "-n<N>-seed<S>; for a pipeline under runs/]. The absolute path is printed.")
@@ -250,11 +250,11 @@ def attack(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) attack ... splits the samples.
     """
     from dmattack.attack_eval import check_run, run_attack
-    from dmattack.attacks import AttackSpec
+    from dmattack.attacks.options import spec_from_options
     from dmattack.evaluation import default_out_dir
     from dmattack.workflows import write_pairs
 
-    spec = from_options(AttackSpec, o)
+    spec = spec_from_options(o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     ev = _evaluation(o, loaded)
     check_run([loaded], [spec], ev.sampler)  # before anything is printed or sampled
@@ -290,7 +290,7 @@ def attack(**o: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @sampler_options
 @evaluation_options
-@lazy_options(ATTACK_SPEC, exclude=("method", "percent", "window"))
+@lazy_options(ATTACK_OPTIONS, exclude=("method", "percent", "window"))
 @click.option("--method", default="fgsm,pgd,random", show_default=True,
               help="Comma list of registered attacks (dmattack plugins lists them).")
 @click.option("--steps-attacked", default="0,25,50,75,100", show_default=True,
@@ -310,8 +310,9 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import check_run, curve_specs, run_curve
-    from dmattack.attacks import WINDOWS, AttackSpec
+    from dmattack.attack_eval import check_run, run_curve
+    from dmattack.attacks import WINDOWS
+    from dmattack.attacks.options import curve_specs_from_options
     from dmattack.evaluation import curve_folder
     from dmattack.registry import ATTACKS
     from dmattack.runs import newest_run
@@ -320,9 +321,7 @@ def curve(**o: Any) -> None:
     methods = parse_list(o["method"], "method", ATTACKS.names())
     percents = parse_percents(o["steps_attacked"])
     windows = parse_list(o["window"], "window", WINDOWS)
-    settings = {k: v for k, v in option_values(o).items()  # each attack takes those it reads
-                if k in AttackSpec.__dataclass_fields__ and k not in ("method", "window")}
-    specs = curve_specs(methods, percents, windows, refuse_unused=True, **settings)
+    specs = curve_specs_from_options(o, methods, percents, windows)  # each: what it reads
     runs = [(r, None) for r in o["runs"] or ([] if o["pipelines"] else [newest_run(RUNS_ROOT)])]
     loaded = [_load_model(r, p, o["ema"], o["device"])
               for r, p in [*runs, *[(None, p) for p in o["pipelines"]]]]

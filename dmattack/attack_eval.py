@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from . import distributed
 from .attacks.plan import AttackPlan
-from .attacks.schedule import COMMON_OPTIONS, AttackSpec, steps_with_budget
+from .attacks.schedule import AttackSpec, spec_grid, steps_with_budget
 from .curve_table import curve_csv, curve_table
 from .damage import (
     PerSample,
@@ -59,7 +59,6 @@ from .registry import PRESETS
 from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
-from .settings import option_name
 from .tensors import eval_mode, nonfinite_rows, report_nonfinite
 from .visualize import curve_png, save_samples_png
 
@@ -363,22 +362,9 @@ def check_run(models: Sequence[LoadedModel], attacks: Sequence[Attack],
 def curve_specs(methods: Sequence[str], percents: Sequence[float],
                 windows: Sequence[str] = ("spread",), refuse_unused: bool = False,
                 **options: Any) -> list[AttackSpec]:
-    """methods × windows × percents as :class:`AttackSpec`. ``options`` are the other fields;
-    each method gets the ones it reads (``loss`` goes to fgsm and pgd, not to random,
-    ``horizon`` to lookahead only). With ``refuse_unused`` (the CLI's ``curve``), an option off
-    its default that none of the methods reads raises ConfigError instead of being ignored."""
-    specs, read = [], set(COMMON_OPTIONS)
-    for m in methods:
-        reads = set(COMMON_OPTIONS) | set(AttackSpec(method=m).entry().options)
-        read |= reads
-        own = {k: v for k, v in options.items() if k in reads}
-        specs += [AttackSpec(method=m, percent=p, window=w, **own)
-                  for w in windows for p in percents]
-    for f in fields(AttackSpec) if refuse_unused else ():
-        if f.name in options and f.name not in read and options[f.name] != f.default:
-            raise ConfigError(f"{f.name} ({option_name(f)}) = {options[f.name]!r} is not used "
-                              f"by any of the attacks {', '.join(methods)}", field=f.name)
-    return specs
+    """methods × windows × percents as :class:`AttackSpec`: see
+    :func:`dmattack.attacks.schedule.spec_grid`."""
+    return spec_grid(methods, percents, windows, refuse_unused, **options)
 
 
 def read_points(path: str | os.PathLike) -> list[dict[str, Any]]:

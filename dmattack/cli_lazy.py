@@ -13,9 +13,11 @@ caches).
 The cache is keyed by everything the options depend on: the content of every source file of
 dmattack and evaluators, the Python, click and rich installations, and the installed packages
 (the modification times of the ``site-packages`` folders on ``sys.path``: installing a plugin
-changes its registry's names, listed in --help); on read the key and a digest of the content
-are checked. An option that cannot be written as data (an unknown type or callback) makes its
-group uncached: always built live, never wrong. An unwritable cache folder only costs the speed.
+changes its registry's names, listed in --help), and the ``dmattack`` entry points with the
+source of the modules they name (a plugin's attack brings its own options); on read the key
+and a digest of the content are checked. An option that cannot be written as data (an unknown
+type or callback) makes its group uncached: always built live, never wrong. An unwritable cache
+folder only costs the speed.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import click
 
 from .registry import ENTRY_POINT_GROUP
 
-FORMAT = 1
+FORMAT = 2
 CACHE_ENV = "DMATTACK_CACHE"
 _GROUPS: dict[str, LazyOptions] = {}
 _MEMO: dict[str, Any] = {}
@@ -45,8 +47,10 @@ _MEMO: dict[str, Any] = {}
 
 class LazyOptions:
     """A placeholder in a command's parameter list standing for the options of config
-    dataclass ``target`` (``"module:Class"``, or ``"module:function"`` returning one), as
-    ``click_options(cls, exclude=…, prefix=…)`` makes them."""
+    dataclass ``target`` (``"module:Class"``), as ``click_options(cls, exclude=…,
+    prefix=…)`` makes them; or, for a function ``target`` (``"module:function"``), the
+    options it returns, ``function(exclude=…, prefix=…)`` (e.g. the registered attacks'
+    options, :func:`dmattack.attacks.options.attack_options`)."""
 
     def __init__(self, target: str, exclude: tuple[str, ...] = (), prefix: str = "") -> None:
         self.target, self.exclude, self.prefix = target, tuple(exclude), prefix
@@ -58,9 +62,10 @@ class LazyOptions:
         from .settings import click_options
 
         module, name = self.target.split(":")
-        cls = getattr(importlib.import_module(module), name)
-        cls = cls if isinstance(cls, type) else cls()  # a function making one from registries
-        holder = click_options(cls, exclude=self.exclude, prefix=self.prefix)(lambda: None)
+        obj = getattr(importlib.import_module(module), name)
+        if not isinstance(obj, type):
+            return list(obj(exclude=self.exclude, prefix=self.prefix))
+        holder = click_options(obj, exclude=self.exclude, prefix=self.prefix)(lambda: None)
         return list(reversed(holder.__click_params__))
 
 
@@ -107,14 +112,38 @@ def _options(group: LazyOptions) -> list[click.Parameter]:
 # ----------------------------------------------------------------------------- the cache
 def cache_key() -> str:
     """sha256 of everything the generated options depend on (see the module docstring): the
-    installations and sources (hashed once per process) and the ``dmattack`` entry points on
-    ``sys.path`` now (a plugin's names are listed in --help)."""
+    installations and sources (hashed once per process), the ``dmattack`` entry points on
+    ``sys.path`` now (a plugin's names are listed in --help) and their modules' sources (a
+    plugin's attack brings its own options), hashed once per process and set of entry points."""
     if "base" not in _MEMO:
         _MEMO["base"] = _base_key()
     plugins = sorted((ep.name, ep.value, getattr(ep.dist, "name", None) or "",
                       getattr(ep.dist, "version", None) or "")
                      for ep in metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return hashlib.sha256(f"{_MEMO['base']} {plugins}".encode()).hexdigest()
+    if ("plugins", str(plugins)) not in _MEMO:  # a plugin's options are in its source
+        _MEMO["plugins", str(plugins)] = [_module_digest(value) for _, value, _, _ in plugins]
+    sources = _MEMO["plugins", str(plugins)]
+    return hashlib.sha256(f"{_MEMO['base']} {plugins} {sources}".encode()).hexdigest()
+
+
+def _module_digest(value: str) -> str:
+    """sha256 of the source files of the top-level module an entry point names (found on
+    ``sys.path`` without importing it; a package: every .py file in it), or "missing"."""
+    from importlib.machinery import PathFinder
+
+    found = PathFinder.find_spec(value.split(":")[0].split(".")[0])
+    if found is None:
+        return "missing"
+    if found.submodule_search_locations:
+        files = sorted(f for d in found.submodule_search_locations for f in Path(d).rglob("*.py"))
+    else:
+        files = [Path(found.origin)] if found.origin else []
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f} ".encode())
+        with contextlib.suppress(OSError):
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def _base_key() -> str:

@@ -22,6 +22,7 @@ from .settings import (
     Setting,
     check_field,
     check_settings,
+    click_options,
     field_types,
     from_options,
     iter_settings,
@@ -306,6 +307,12 @@ def train_options() -> type:
     return option_table().cls
 
 
+def train_click_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
+    """The click options of :func:`train_options` (the CLI's lazy options target)."""
+    holder = click_options(train_options(), exclude=exclude, prefix=prefix)(lambda: None)
+    return list(reversed(holder.__click_params__))
+
+
 def from_train_options(opts: dict[str, Any], given: Collection[str],
                        base: ObjectiveConfig | None = None) -> ObjectiveConfig:
     """The objective of ``dmattack train``'s options: click's keyword arguments ``opts`` (the
@@ -335,4 +342,5 @@ def from_train_options(opts: dict[str, Any], given: Collection[str],
 
 __all__ = ["FGSMOptions", "INVARIANCE_FORMS", "InputPerturbationOptions", "InvarianceOptions",
            "LAMBDA_SCALINGS", "ObjectiveConfig", "ObjectiveOptions", "RegularisedOptions",
-           "from_train_options", "option_table", "options_class", "train_options"]
+           "from_train_options", "option_table", "options_class", "train_click_options",
+           "train_options"]

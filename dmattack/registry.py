@@ -2,12 +2,25 @@
 model presets.
 
 Each entry owns its options, validation and label; the command line lists a registry's names
-as the allowed values of the matching option. A new entry is one registration::
+as the allowed values of the matching option. A new entry is one registration, e.g. a
+per-step attack (a :class:`~dmattack.attacks.ChainAttack` subclass; its own options, if any,
+in a config dataclass, see docs/architecture.md)::
 
+    from functools import partial
+
+    from dmattack.attacks import AttackEntry, AttackSpec, ChainAttack
     from dmattack.registry import ATTACKS
 
-    @ATTACKS.register("my-attack")
-    class MyAttack(ChainAttack): ...
+    class Nudge(ChainAttack):  # x_t + ε_t, every coordinate
+        def __init__(self, model, diffusion, eps_scale=1.0, generator=None):
+            super().__init__("Nudge", model, diffusion, eps_scale, generator)
+
+        def perturb(self, x_t, t, budget):
+            return x_t + budget
+
+    ATTACKS.register("nudge", AttackEntry(
+        make=lambda spec: partial(Nudge, eps_scale=spec.eps_scale)))
+    AttackSpec("nudge", 50).describe()  # 'nudge-spread-50%'
 
 Third-party packages add entries without touching dmattack through the ``dmattack``
 entry-point group (``[project.entry-points.dmattack]`` in their pyproject.toml). Each entry

@@ -17,8 +17,9 @@ In the spirit of improved-diffusion's ``add_dict_to_argparser``, but typed::
         cfg = from_options(MyConfig, opts)
 
 Supported field types: ``bool``, ``int``, ``float``, ``str``, unions of those with ``None``,
-``str | float`` (a named choice or a number), fixed-length tuples of numbers, and nested config
-dataclasses (their options are flattened into the parent's). Every float is checked finite.
+``str | float`` (a named choice or a number), fixed-length tuples of numbers, nested config
+dataclasses (their options are flattened into the parent's) and ``Any`` (a library-only value,
+``cli=False``, that its owner checks). Every float is checked finite.
 """
 
 from __future__ import annotations
@@ -98,23 +99,6 @@ def setting(default: Any = MISSING, help: str = "", *, default_factory: Any = MI
     return dataclasses.field(default=default, metadata=meta)
 
 
-def same_as(cls: type, name: str, help: str | None = None, prefix: str = "") -> Any:
-    """A field declared like field ``name`` of config dataclass ``cls``: the same default and
-    allowed values, and the same help unless ``help`` is given (``prefix`` goes before it,
-    e.g. which commands read it). One declaration then serves several configs (e.g. an
-    attack's config and the flat command-line spec)."""
-    f = cls.__dataclass_fields__[name]
-    s = setting_of(f)
-    if s is not None:
-        text = s.help if help is None else help
-        if prefix and help is None:  # "Checkpoint every …" reads "prefix: checkpoint every …"
-            text = text[:1].lower() + text[1:]
-        s = dataclasses.replace(s, help=prefix + text)
-    meta = {} if s is None else {META_KEY: s}
-    return dataclasses.field(default=f.default, default_factory=f.default_factory,
-                             metadata=meta)
-
-
 def is_number(v: Any) -> bool:
     """True for a finite int or float (bools excluded); any int is finite (``math.isfinite``
     would overflow on one beyond a float's range, e.g. ``--seed 1e400`` written out)."""
@@ -156,6 +140,8 @@ def field_types(cls: type) -> dict[str, FieldType]:
 
 
 def _reduce(tp: Any) -> FieldType:
+    if tp is Any:  # a library-only value the owner checks itself (e.g. an attack's config)
+        return FieldType((object,), True)
     args = typing.get_args(tp) if _is_union(tp) else (tp,)
     optional = type(None) in args
     kinds, tuple_len = [], 0
@@ -205,7 +191,7 @@ def _number_ok(value: Any, kind: type, s: Setting | None) -> bool:
 
 
 def _value_ok(value: Any, ft: FieldType, s: Setting | None) -> bool:
-    if value is None:
+    if value is None or object in ft.kinds:
         return ft.optional
     for k in ft.kinds:
         if k is bool and isinstance(value, bool):
@@ -331,7 +317,7 @@ def click_options(cls: type, *, exclude: tuple[str, ...] = (), instance: Any = N
             decls = [f"{name}/--no-{name[2:]}", param_name(path)]
         else:
             decls = [name, *s.aliases, param_name(path)]
-            kw["type"] = _click_type(ft)
+            kw["type"] = click_type(ft)
             if tuple in ft.kinds and default is not None:
                 kw["default"] = tuple(default)
         options.append(option_cls(decls, **kw))
@@ -385,7 +371,7 @@ def _lazy_help_option() -> type:
     return LazyHelpOption
 
 
-def _click_type(ft: FieldType) -> Any:
+def click_type(ft: FieldType) -> Any:
     import click
 
     from .option_types import INTEGER_OR_NAME, NUMBER_OR_NAME, number_type

@@ -15,12 +15,12 @@ import cli
 from dmattack import cli_output
 from dmattack.attack_eval import curve_specs
 from dmattack.attacks import AttackSpec, LookaheadPGD, TrajectoryPGD, attacked_steps
+from dmattack.attacks.options import spec_from_options
 from dmattack.errors import ConfigError
 from dmattack.registry import SAMPLERS
 from dmattack.runs import load_run
 from dmattack.sampling import Sampler, SamplerConfig, ancestral_step, sampling_diffusion
 from dmattack.seeding import sample_seeds
-from dmattack.settings import from_options
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "checkpoints" / "digits-ddpm")
 SMALL = ["--run", DIGITS, "--sampler", "respaced", "--sampler-steps", "5", "--num-samples",
@@ -77,9 +77,10 @@ def test_attack_lookahead_takes_eot_and_horizon(tmp_path):
 
 def test_horizon_option_parses_integers_and_end():
     (horizon,) = [p for p in cli.attack.params if p.name == "horizon"]
-    assert horizon.default == 5 and horizon.type.convert("3", horizon, None) == 3
+    assert horizon.default is None and "[default: 5]" in horizon.help  # unset: lookahead's 5
+    assert horizon.type.convert("3", horizon, None) == 3
     assert horizon.type.convert("end", horizon, None) == "end"
-    spec = from_options(AttackSpec, {"method": "lookahead", "horizon": "end"})
+    spec = spec_from_options({"method": "lookahead", "horizon": "end"})
     assert spec.describe() == "lookahead-pgd20-eot4-hend-pixel-spread-50%"
 
 
@@ -87,12 +88,14 @@ def test_curve_specs_pass_each_method_only_what_it_reads():
     specs = curve_specs(["pgd", "trajectory", "lookahead", "random"], [50], loss="eps",
                         pgd_steps=3, iterations=2, eot=2, horizon="end", random_dist="uniform")
     by = {s.method: s for s in specs}
-    assert by["pgd"].loss == "eps" and by["pgd"].eot == 4 and by["pgd"].iterations == 20
-    assert by["trajectory"].iterations == 2 and by["trajectory"].loss == "mean"
-    assert by["trajectory"].eot == 4 and by["lookahead"].eot == 2
+    assert by["pgd"].loss == "eps" and by["pgd"].pgd_steps == 3
+    assert not hasattr(by["pgd"], "eot") and not hasattr(by["pgd"], "iterations")
+    assert by["trajectory"].iterations == 2 and not hasattr(by["trajectory"], "loss")
+    assert not hasattr(by["trajectory"], "eot") and by["lookahead"].eot == 2
     assert by["lookahead"].horizon == "end" and by["random"].random_dist == "uniform"
     assert set(by["random"].settings()) == {"eps_scale", "random_dist"}
-    assert curve_specs(["random"], [50], loss="eps")[0].loss == "mean"  # shared options
+    assert curve_specs(["random"], [50], loss="eps")[0].settings() == {  # shared options
+        "eps_scale": 1.0, "random_dist": "sign"}
     with pytest.raises(ConfigError, match=r"eot \(--eot\) = 8 is not used by any"):
         curve_specs(["pgd", "trajectory"], [50], refuse_unused=True, eot=8)
 

@@ -5,6 +5,7 @@ run_attack / run_curve with paired seeds, resume and shards. Also the torchattac
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from functools import partial
 
 import pytest
@@ -38,6 +39,7 @@ from dmattack.seeding import (
     randn_per_sample,
     sample_seeds,
 )
+from dmattack.settings import check_settings, setting
 
 DIM = 4
 K = 10
@@ -76,12 +78,22 @@ class ChainPush(ChainAttack):
         return x_t + self.strength * budget * g.sign()
 
 
+@dataclass(frozen=True)
+class PushConfig:
+    """The push attack's own option (a name a built-in attack uses too: they share --pgd-steps)."""
+
+    pgd_steps: int = setting(1, "Strength in halves of ε_t.", low=1)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
 @pytest.fixture
 def push_registered():
     """A per-step attack registered from outside dmattack (one entry, no source change)."""
     ATTACKS.register("push", AttackEntry(
-        make=lambda s: partial(ChainPush, strength=0.5 * s.pgd_steps, eps_scale=s.eps_scale),
-        head=lambda s: f"push{s.pgd_steps}", options=("pgd_steps",)))
+        config=PushConfig,  # label: the name, then each option off its default
+        make=lambda s: partial(ChainPush, strength=0.5 * s.pgd_steps, eps_scale=s.eps_scale)))
     yield
     ATTACKS.unregister("push")
 
@@ -89,12 +101,12 @@ def push_registered():
 def test_registered_attack_runs_with_paired_seeds_resume_and_its_settings(
         loaded, push_registered, tmp_path):
     spec = AttackSpec("push", 50, pgd_steps=2)
-    assert spec.describe() == "push2-spread-50%"
+    assert spec.describe() == "push-spread-50%-pgd_steps2"
     with pytest.raises(ConfigError, match="loss .* not used by attack 'push'"):
         AttackSpec("push", 50, loss="eps")
 
     res = run_attack(loaded, spec, **kw(tmp_path / "a"))
-    assert res["label"] == "push2-spread-50%" and res["attack"]["method"] == "push"
+    assert res["label"] == "push-spread-50%-pgd_steps2" and res["attack"]["method"] == "push"
     assert res["attack"]["pgd_steps"] == 2 and res["attack"]["kind"] == "per-step"
     assert res["attacked_steps"] == attacked_steps(K, 50) and res["steps_attacked"] == "5 of 10"
     assert res["last_step_attacked"] is False  # spread 50% of the 9 with a budget: 0, 2, …, 8
@@ -116,7 +128,7 @@ def test_registered_attack_runs_with_paired_seeds_resume_and_its_settings(
 
     first = run_curve([loaded], specs, **kw(tmp_path / "c", metric_fn=metric))
     assert len(calls) == 3  # clean + 50% + 100% (0% is the clean point)
-    assert [r["series"] for r in first["rows"]] == ["push2-spread"]
+    assert [r["series"] for r in first["rows"]] == ["push-spread-pgd_steps2"]
     point = next(p for p in first["points"] if p["percent"] == 50)
     assert point["attack"]["pgd_steps"] == 2 and point["num_attacked_steps"] == 5
     assert point["metrics"] == res["metrics"]["attacked"]  # same seeds, same samples

@@ -270,7 +270,7 @@ def test_schedule_validation():
 
 def test_spec_labels():
     assert AttackSpec("pgd", 50).describe() == "pgd20-mean-spread-50%"
-    assert AttackSpec("fgsm", 25, "last", "eps").describe() == "fgsm-eps-last-25%"
+    assert AttackSpec("fgsm", 25, "last", loss="eps").describe() == "fgsm-eps-last-25%"
     assert AttackSpec("random", 75).describe(with_percent=False) == "random-sign-spread"
     assert AttackSpec("pgd", 50, project="end", eps_scale=2).describe() == \
         "pgd20-mean-spread-50%-projend-x2"
@@ -280,7 +280,7 @@ def test_spec_labels():
     assert AttackSpec("pgd", 4.9999999).describe() == "pgd20-mean-spread-4.9999999%"
     assert AttackSpec("random", 5, eps_scale=8 / 255).describe() == \
         f"random-sign-spread-5%-x{8 / 255!r}"
-    assert AttackSpec("fgsm", 10, project=True).describe() == "fgsm-mean-spread-10%-proj"
+    assert AttackSpec("fgsm", 10, project="on").describe() == "fgsm-mean-spread-10%-proj"
     assert AttackSpec("pgd", 10, alpha_scale=0.25).describe().endswith("-alpha0.25")
 
 
@@ -294,7 +294,8 @@ def test_spec_labels():
     (dict(method="random", loss="eps"), r"loss \(--loss\) = 'eps' is not used by attack "
                                         "'random'"),
     (dict(method="fgsm", pgd_steps=5), "pgd_steps .* not used by attack 'fgsm'"),
-    (dict(method="pgd", project="off"), "'off' is invalid for pgd; allowed: auto, on, end"),
+    (dict(method="pgd", project="off"), r"project \(--project\) = 'off' is invalid; allowed: "
+                                        "auto, on, end"),
     (dict(window=""), "window"),
 ])
 def test_spec_refuses_bad_and_unused_settings(bad, message):
@@ -302,10 +303,12 @@ def test_spec_refuses_bad_and_unused_settings(bad, message):
         AttackSpec(**bad)
 
 
-def test_spec_accepts_the_former_project_spelling():
-    assert AttackSpec("fgsm", 50, project=True).project == "on"
-    assert AttackSpec("fgsm", 50, project=False).project == "off"
-    assert AttackSpec("pgd", 50, project=None).project == "auto"
+def test_spec_refuses_the_former_project_spelling():
+    """The 0.1 spelling (None/True/False) is gone: one of the named values is required."""
+    for old in (True, False, None):
+        with pytest.raises(ConfigError, match=r"project \(--project\) = .* is invalid; allowed: "
+                           "auto, off, on"):
+            AttackSpec("fgsm", 50, project=old)
 
 
 # ----------------------------------------------------------------------------- paired sampling

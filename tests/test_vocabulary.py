@@ -156,17 +156,16 @@ def test_sampler_steps_refused_for_a_sampler_that_runs_every_step(base, tmp_path
 
 
 def test_attack_refuses_what_the_method_does_not_read(tmp_path, monkeypatch):
-    """Every attack: each AttackSpec option its registry entry does not read is refused."""
-    from dmattack.attacks import AttackSpec
-    from dmattack.attacks.schedule import COMMON_OPTIONS
+    """Every attack: each attack option its registry entry's config does not have is refused."""
+    from dmattack.attacks.options import option_table
     from dmattack.registry import ATTACKS
 
-    spec_options = [p for p in _options("attack") if p.name in AttackSpec.__dataclass_fields__
-                    and p.name not in (*COMMON_OPTIONS, "project")]
+    table = {o.param: o for o in option_table()}
+    spec_options = [p for p in _options("attack") if p.name in table]
     checked = 0
     for method in ATTACKS.names():
         for option in spec_options:
-            if option.name in ATTACKS[method].options:
+            if method in table[option.name].methods:
                 continue
             args = ["--method", method, *_off_default("attack", option)]
             code, output, _ = _run("attack", args, tmp_path / f"{method}{option.name}",

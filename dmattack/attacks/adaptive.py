@@ -34,7 +34,7 @@ from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
 from ..sampling import SamplerConfig
 from ..seeding import rand_per_sample
-from .base import AttackEntry, format_number
+from .base import format_number
 from .convergence import trace_of
 from .differentiable import DifferentiableChain, check_differentiable
 from .distances import (
@@ -47,7 +47,6 @@ from .distances import (
     make_distance,
 )
 
-KEEP = ("best", "last")
 Deltas = dict[int, torch.Tensor]
 
 
@@ -253,20 +252,3 @@ class AdaptiveChainAttack(ABC):
         best_d[better] = d[better]
         for s, delta in deltas.items():
             best[s][better] = delta[better].detach()
-
-
-def adaptive_entry(attack: type[AdaptiveChainAttack], config: type) -> AttackEntry:
-    """The registry entry of an adaptive attack: it reads ``config``'s fields from the
-    :class:`~dmattack.attacks.schedule.AttackSpec` (declared there with ``same_as``) and builds
-    ``attack.from_config(config(...))``; its label is the attack's own."""
-    options = tuple(f.name for f in fields(config) if f.name != "eps_scale")
-
-    def make(spec: Any) -> AdaptiveChainAttack:
-        return attack.from_config(config(**{k: getattr(spec, k)
-                                            for k in ("eps_scale", *options)}))
-
-    def check(spec: Any) -> None:
-        make(spec)
-
-    return AttackEntry(make=make, head=lambda s: make(s).head(), options=options,
-                       suffix=lambda s: make(s).suffix(), check=check)

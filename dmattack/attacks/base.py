@@ -10,26 +10,24 @@
   the attacked chain itself.
 
 Both run through :func:`dmattack.attack_eval.run_attack` / ``run_curve`` with the same paired
-seeds, batching, sharding and resume (see :class:`dmattack.attacks.schedule.AttackPlan`).
+seeds, batching, sharding and resume (see :class:`dmattack.attacks.plan.AttackPlan`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 
 from ..diffusion import GaussianDiffusion
+from .chain import ChainAttack, GeneratorArg
 
 if TYPE_CHECKING:
     from ..sampling import SamplerConfig
-    from .chain import ChainAttack, GeneratorArg
-    from .schedule import AttackSpec
 
-PerStepFactory = Callable[..., "ChainAttack"]
+PerStepFactory = Callable[..., ChainAttack]
 """``factory(model, diffusion, generator=generator) -> ChainAttack``: builds the per-step attack
 of one batch. ``diffusion`` is the one the sampler walks (respaced or not); ``generator`` is one
 ATTACK-stream generator per sample of the batch (:mod:`dmattack.seeding`), to draw random starts
@@ -41,7 +39,8 @@ class WholeChainAttack(Protocol):
     """An attack that samples the attacked reverse chain of a whole batch itself.
 
     Implement ``label``, :meth:`settings` and :meth:`sample_attacked`; then pass the object to
-    ``AttackPlan(attack, percent, window)`` (or register it, see :class:`AttackEntry`) and
+    ``AttackPlan(attack, percent, window)`` (or register it, see
+    :class:`~dmattack.attacks.schedule.AttackEntry`) and
     ``run_attack`` / ``run_curve`` give it the same per-sample seeds, batches, torchrun shards and
     resumable records as the per-step attacks. One object serves every percent of a curve: the
     attacked steps are passed in.
@@ -105,38 +104,9 @@ def format_number(x: float) -> str:
     return short if float(short) == x else repr(float(x))
 
 
-@dataclass(frozen=True)
-class AttackEntry:
-    """A registered attack (``ATTACKS.register(name, AttackEntry(...))``): how the flat
-    :class:`~dmattack.attacks.schedule.AttackSpec` settings become the attack.
-
-    Args:
-        make: ``make(spec)`` → a :data:`PerStepFactory` or a :class:`WholeChainAttack`.
-        head: ``head(spec)`` → the label's leading part, e.g. ``"pgd20-mean"``.
-        options: the AttackSpec fields it reads besides method, percent, window and eps_scale;
-            any other field off its default is refused (it would be ignored).
-        projects: the ``project`` values it accepts (``"auto"`` = its default).
-        suffix: ``suffix(spec)`` → label parts after the percent for options off their defaults,
-            so distinct settings get distinct labels.
-        check: ``check(spec)`` raises :class:`~dmattack.errors.ConfigError` for a bad
-            combination of settings; None = nothing beyond the fields' own checks.
-        control: True for a model-free control (drawn dashed in curve plots).
-    """
-
-    make: Callable[[AttackSpec], PerStepFactory | WholeChainAttack]
-    head: Callable[[AttackSpec], str]
-    options: tuple[str, ...] = ()
-    projects: tuple[str, ...] = ("auto",)
-    suffix: Callable[[AttackSpec], Sequence[str]] = lambda spec: ()
-    check: Callable[[AttackSpec], None] | None = None
-    control: bool = False
-
-
 def build_per_step(factory: PerStepFactory, model: nn.Module, diffusion: GaussianDiffusion,
                    generator: GeneratorArg) -> ChainAttack:
     """``factory(model, diffusion, generator=generator)``, checked to be a ChainAttack."""
-    from .chain import ChainAttack
-
     atk = factory(model, diffusion, generator=generator)
     if not isinstance(atk, ChainAttack):
         raise TypeError(f"attack factory {getattr(factory, '__name__', factory)!r} returned "

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, NoReturn
 
 import torch
@@ -33,16 +32,14 @@ from torchattacks.attack import Attack
 
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError
-from ..registry import ATTACKS
 from ..sampling import frozen
 from ..seeding import rand_per_sample
 from ..settings import is_number
 from ..tensors import restored_modes
-from .base import AttackEntry, format_number
+from .configs import RANDOM_DISTS
 from .losses import LossFn, StepLoss, make_loss
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
-RANDOM_DISTS = ("sign", "uniform")
 # torchattacks' classifier-only state, meaningless for chain attacks: left out of repr.
 _REPR_HIDDEN = ("model", "attack", "supported_mode", "attack_mode", "targeted",
                 "normalization_used", "diffusion", "generator", "loss")
@@ -382,26 +379,3 @@ class ChainRandom(ChainAttack):
         u = self.uniform(x_t)
         unit = torch.where(u < 0.5, -1.0, 1.0).to(u.dtype) if self.dist == "sign" else 2 * u - 1
         return x_t + budget * unit
-
-
-# ----------------------------------------------------------------------------- registrations
-ATTACKS.register("fgsm", AttackEntry(
-    make=lambda s: partial(ChainFGSM, loss=s.loss, eps_scale=s.eps_scale,
-                           project=s.project == "on"),
-    head=lambda s: f"fgsm-{s.loss}", options=("loss", "project"),
-    projects=("auto", "off", "on"), suffix=lambda s: ["proj"] if s.project == "on" else []))
-ATTACKS.register("pgd", AttackEntry(
-    make=lambda s: partial(ChainPGD, loss=s.loss, eps_scale=s.eps_scale, steps=s.pgd_steps,
-                           alpha_scale=s.alpha_scale,
-                           project="end" if s.project == "end" else True,
-                           restarts=s.restarts),
-    head=lambda s: f"pgd{s.pgd_steps}-{s.loss}",
-    options=("loss", "pgd_steps", "alpha_scale", "project", "restarts"),
-    projects=("auto", "on", "end"),
-    suffix=lambda s: ([*(["projend"] if s.project == "end" else []),
-                       *([f"alpha{format_number(s.alpha_scale)}"] if s.alpha_scale != 1 / 8
-                         else []),
-                       *([f"r{s.restarts}"] if s.restarts != 1 else [])])))
-ATTACKS.register("random", AttackEntry(
-    make=lambda s: partial(ChainRandom, dist=s.random_dist, eps_scale=s.eps_scale),
-    head=lambda s: f"random-{s.random_dist}", options=("random_dist",), control=True))

@@ -32,47 +32,17 @@ continuations.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..registry import ATTACKS
 from ..sampling import SamplerConfig, sample, sampling_diffusion
 from ..seeding import ATTACK, generators, randn_per_sample
-from ..settings import check_settings, same_as, setting
-from .adaptive import AdaptiveChainAttack, AdaptiveResult, adaptive_entry
+from .adaptive import AdaptiveChainAttack, AdaptiveResult
+from .configs import HORIZON_END, LookaheadConfig
 from .differentiable import DifferentiableChain, attack_mode, require_grad_path
 from .distances import Distance
-from .trajectory import TrajectoryConfig
-
-HORIZON_END = "end"
-
-
-@dataclass(frozen=True)
-class LookaheadConfig:
-    """Settings of :class:`LookaheadPGD` (``distance`` may also be a callable from Python)."""
-
-    eps_scale: float = same_as(TrajectoryConfig, "eps_scale")
-    iterations: int = same_as(TrajectoryConfig, "iterations",
-                              help="PGD iterations per attacked step.")
-    alpha_scale: float = same_as(TrajectoryConfig, "alpha_scale")
-    eot: int = setting(4, "Draws of future noise averaged over (EOT).", low=1)
-    horizon: int | str = setting(5, "Reverse steps looked ahead before predicting x0: an "
-                                 "integer >= 0 or 'end'.", low=0, choices=(HORIZON_END,))
-    distance: str = same_as(TrajectoryConfig, "distance", help="What the attack maximises "
-                            "between the two continuations.")
-    feature_extractor: str | None = same_as(TrajectoryConfig, "feature_extractor")
-    checkpoint: bool = same_as(TrajectoryConfig, "checkpoint",
-                               help="Checkpoint every reverse step of the look-ahead.")
-    keep: str = same_as(TrajectoryConfig, "keep", help="Which PGD iterate is used, per sample: "
-                        "the best by the look-ahead objective or the last.")
-    restarts: int = same_as(TrajectoryConfig, "restarts", help="PGD runs per attacked step, "
-                            "each from a new random start; per sample the best is kept.")
-
-    def __post_init__(self) -> None:
-        check_settings(self)
 
 
 class LookaheadPGD(AdaptiveChainAttack):
@@ -178,5 +148,3 @@ class LookaheadPGD(AdaptiveChainAttack):
                                     lambda deltas: objective(deltas[0]))
         return chosen[0], progress
 
-
-ATTACKS.register("lookahead", adaptive_entry(LookaheadPGD, LookaheadConfig))

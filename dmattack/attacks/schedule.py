@@ -1,8 +1,12 @@
-"""Which reverse steps get attacked, and how (docs/method.md §6.1 "steps attacked", §10.8, §11)."""
+"""Which reverse steps get attacked, and how (docs/method.md §6.1 "steps attacked", §10.8, §11):
+a registered attack (:class:`AttackEntry`, its own options in a config dataclass) and the
+settings every attack shares (:class:`AttackSpec`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -11,12 +15,10 @@ from torch import nn
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError
 from ..registry import ATTACKS, registry_choices
-from ..settings import check_settings, option_name, same_as, setting
-from .base import AttackEntry, WholeChainAttack, build_per_step, format_number
-from .chain import RANDOM_DISTS, ChainAttack, GeneratorArg
-from .lookahead import LookaheadConfig
-from .losses import LOSSES
-from .trajectory import TrajectoryConfig
+from ..settings import check_settings, field_types, option_name, setting, setting_of, shown
+from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
+from .chain import ChainAttack, GeneratorArg
+from .configs import FGSMConfig, LookaheadConfig, PGDConfig, RandomConfig, TrajectoryConfig
 
 WINDOWS = ("spread", "first", "last")
 STEP_COUNTINGS = ("budget", "all")
@@ -59,17 +61,110 @@ def attacked_steps(num_steps: int, percent: float, window: str = "spread",
     return [candidates[math.floor((i + 0.5) * m / count)] for i in range(count)]
 
 
-PROJECTS = ("auto", "on", "off", "end")
-COMMON_OPTIONS = ("method", "percent", "window", "eps_scale", "step_counting")
-"""AttackSpec fields every attack reads; the others belong to the attacks that declare them."""
+COMMON = ("method", "percent", "window", "eps_scale", "step_counting")
+"""The settings every attack shares (:class:`AttackSpec`'s own fields); the others are the
+fields of the attack's config (:attr:`AttackEntry.config`)."""
+RECORD = ("loss", "pgd_steps", "alpha_scale", "project", "random_dist", "eps_scale",
+          "iterations", "distance", "feature_extractor", "eot", "horizon", "checkpoint", "keep",
+          "restarts")
+"""The built-in attacks' options, in the order an attack's record (:meth:`AttackSpec.to_dict`)
+lists them: every record has them all (an option its attack does not read at the default of
+the built-in attack that declares it), so records of different attacks share their columns
+and the curve stores named by them (``runs/curves/<hash>``) keep their names."""
+BUILTIN_CONFIGS = (FGSMConfig, PGDConfig, RandomConfig, TrajectoryConfig, LookaheadConfig)
 
 
 @dataclass(frozen=True)
+class NoOptions:
+    """The config of an attack without options of its own."""
+
+
+@dataclass(frozen=True)
+class AttackEntry:
+    """A registered attack (``ATTACKS.register(name, AttackEntry(...))``).
+
+    Args:
+        make: ``make(spec)`` → a :data:`~dmattack.attacks.base.PerStepFactory` or a
+            :class:`~dmattack.attacks.base.WholeChainAttack`; ``spec.config`` is an instance of
+            ``config``, ``spec.eps_scale`` the budget multiplier.
+        config: a frozen dataclass whose fields, declared with
+            :func:`~dmattack.settings.setting`, are the attack's own options (the command
+            line's too, see :mod:`dmattack.attacks.options`); it checks itself in
+            ``__post_init__``. A field named like a shared setting (``eps_scale``) is set from
+            the :class:`AttackSpec`, not an option of its own. Default: :class:`NoOptions`.
+        head: ``head(spec)`` → the label's leading part, e.g. ``"pgd20-mean"``; default: the
+            attack's name.
+        suffix: ``suffix(spec)`` → label parts after the percent; default: ``<field><value>``
+            for each config field off its default (e.g. ``decay0.5``), so distinct settings
+            get distinct labels.
+        check: ``check(spec)`` raises :class:`~dmattack.errors.ConfigError` for a bad
+            combination of settings; None = nothing beyond the fields' own checks.
+        control: True for a model-free control (drawn dashed in curve plots).
+    """
+
+    make: Callable[[AttackSpec], PerStepFactory | WholeChainAttack]
+    config: type = NoOptions
+    head: Callable[[AttackSpec], str] | None = None
+    suffix: Callable[[AttackSpec], Sequence[str]] | None = None
+    check: Callable[[AttackSpec], None] | None = None
+    control: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.config, type) and dataclasses.is_dataclass(self.config)):
+            raise TypeError(f"AttackEntry config must be a dataclass, got {self.config!r}")
+        field_types(self.config)  # TypeError for a field type the command line cannot take
+        bare = [f.name for f in fields(self.config) if setting_of(f) is None]
+        if bare:
+            raise TypeError(f"{self.config.__name__} fields {bare} are not declared with "
+                            "dmattack.settings.setting() (their help and allowed values)")
+
+    def options(self) -> tuple[str, ...]:
+        """The config fields that are options of this attack (all but the shared settings)."""
+        return tuple(f.name for f in fields(self.config) if f.name not in COMMON)
+
+    def label_head(self, spec: AttackSpec) -> str:
+        return spec.method if self.head is None else self.head(spec)
+
+    def label_suffix(self, spec: AttackSpec) -> list[str]:
+        if self.suffix is not None:
+            return list(self.suffix(spec))
+        return [f"{f.name}{_label_value(getattr(spec.config, f.name))}"
+                for f in fields(self.config) if f.name not in COMMON
+                and getattr(spec.config, f.name) != _default(f)]
+
+
+def _label_value(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    return format_number(v)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _record_defaults() -> dict[str, Any]:
+    """Each :data:`RECORD` option's default, from the built-in config that declares it."""
+    out = {}
+    for name in RECORD:
+        f = next(f for c in BUILTIN_CONFIGS for f in fields(c) if f.name == name)
+        out[name] = _default(f)
+    return out
+
+
+RECORD_DEFAULTS = _record_defaults()
+
+
+@dataclass(frozen=True, init=False)
 class AttackSpec:
-    """One attack setting of an evaluation: which registered attack, on which steps, with which
-    options. Flat: each field is one command-line option; each attack reads the fields its
-    registry entry lists (:class:`~dmattack.attacks.base.AttackEntry`), and a field it does not
-    read must stay at its default. Budget ε_t = eps_scale·√β̃_t (model-space units).
+    """One attack setting of an evaluation: which registered attack, on which steps, and its
+    own options (``config``, an instance of its entry's config dataclass). Budget
+    ε_t = eps_scale·√β̃_t (model-space units).
+
+    Built from keywords: ``AttackSpec("pgd", 50, pgd_steps=10, loss="eps")`` routes each
+    option to the attack's config; an option the attack's config does not have is refused
+    (one line naming it and what the attack reads), as is a bad value. ``config=`` passes a
+    whole config instead. ``spec.pgd_steps`` reads the config's field.
     """
 
     method: str = setting("pgd", "Attack: a registered attack (dmattack plugins lists them).",
@@ -78,59 +173,54 @@ class AttackSpec:
                              low=0, high=100, option="--steps-attacked")
     window: str = setting("spread", "Which steps are attacked: spread (evenly strided), first "
                           "(high noise) or last (low noise).", choices=WINDOWS)
-    loss: str = setting("mean", "Attack loss of fgsm/pgd: mean (‖Δμ_θ‖², the paper's), eps "
-                        "(‖Δε_θ‖²) or x0 (‖Δx̂_0‖²).", choices=LOSSES)
-    pgd_steps: int = setting(20, "pgd: PGD iterations per attacked step.", low=1)
-    alpha_scale: float = same_as(TrajectoryConfig, "alpha_scale", help="pgd, trajectory, "
-                                 "lookahead: PGD step size in units of ε_t.")
-    project: str = setting("auto", "Projection onto the ℓ∞ ball: auto (fgsm: none, pgd: every "
-                           "iteration), on, off (fgsm) or end (pgd, once at the end).",
-                           choices=PROJECTS)
-    random_dist: str = setting("sign", "Random control: sign (±ε_t) or uniform (U(−ε_t, ε_t)).",
-                               choices=RANDOM_DISTS)
     eps_scale: float = setting(1.0, "Budget multiplier: ε_t = eps_scale·√β̃_t.", low=0,
                                high=100)
-    # the adaptive attacks' settings, declared once in their configs (docs/method.md §12)
-    iterations: int = same_as(TrajectoryConfig, "iterations", help="trajectory, lookahead: PGD "
-                              "iterations (trajectory: one chain forward and backward each; "
-                              "lookahead: per attacked step).")
-    distance: str = same_as(TrajectoryConfig, "distance", help="trajectory, lookahead: what the "
-                            "attack maximises between attacked and clean samples (lookahead: "
-                            "between the two continuations).")
-    feature_extractor: str | None = same_as(TrajectoryConfig, "feature_extractor",
-                                            prefix="trajectory, lookahead: ")
-    eot: int = same_as(LookaheadConfig, "eot", prefix="lookahead: ")
-    horizon: int | str = same_as(LookaheadConfig, "horizon", prefix="lookahead: ")
-    checkpoint: bool = same_as(TrajectoryConfig, "checkpoint", prefix="trajectory, lookahead: ")
-    keep: str = same_as(TrajectoryConfig, "keep", prefix="trajectory, lookahead: ")
-    restarts: int = same_as(TrajectoryConfig, "restarts", help="pgd, trajectory, lookahead: "
-                            "PGD runs, each from a new random start (attack stream); per sample "
-                            "the best is kept (docs/method.md §12).")
     step_counting: str = setting("budget", "What --steps-attacked counts: budget (the steps "
                                  "with a positive budget, i.e. all but the last) or all (every "
                                  "step, the former counting, to reproduce earlier numbers).",
                                  choices=STEP_COUNTINGS)
+    config: Any = setting(None, "The attack's own options: an instance of its entry's config "
+                          "(built from the keyword options when not given).", cli=False)
 
-    def __post_init__(self) -> None:
-        if self.project is None or isinstance(self.project, bool):  # the former spelling
-            object.__setattr__(self, "project", {None: "auto", True: "on", False: "off"}[
-                self.project])
+    def __init__(self, method: str = "pgd", percent: float = 50.0, window: str = "spread", *,
+                 eps_scale: float = 1.0, step_counting: str = "budget", config: Any = None,
+                 **options: Any) -> None:
+        for name, value in (("method", method), ("percent", percent), ("window", window),
+                            ("eps_scale", eps_scale), ("step_counting", step_counting),
+                            ("config", None)):
+            object.__setattr__(self, name, value)
         check_settings(self)
         entry = self.entry()
-        if self.project not in entry.projects:
-            raise ConfigError(f"project (--project) = {self.project!r} is invalid for "
-                              f"{self.method}; allowed: {', '.join(entry.projects)}",
-                              field="project")
-        for f in fields(self):
-            if f.name in COMMON_OPTIONS or f.name in entry.options or f.name == "project":
-                continue
-            if getattr(self, f.name) != f.default:
-                used = ", ".join((*COMMON_OPTIONS[2:], *entry.options)) or "none"
-                raise ConfigError(f"{f.name} ({option_name(f)}) = {getattr(self, f.name)!r} "
-                                  f"is not used by attack {self.method!r}; it reads: {used}",
-                                  field=f.name)
+        object.__setattr__(self, "config", self._config(entry, config, options))
         if entry.check is not None:
             entry.check(self)
+
+    def _config(self, entry: AttackEntry, given: Any, options: dict[str, Any]) -> Any:
+        """The entry's config with ``options`` (and the shared settings it declares)."""
+        if given is not None and not isinstance(given, entry.config):
+            raise ConfigError(f"config of attack {self.method!r} must be a "
+                              f"{entry.config.__name__}, got {type(given).__name__}",
+                              field="config")
+        own = entry.options()
+        for name, value in options.items():
+            if name not in own:
+                reads = ", ".join((*COMMON[2:], *own))
+                raise ConfigError(f"{name} ({_spelling(name)}) = {shown(value)} is not used by "
+                                  f"attack {self.method!r}; it reads: {reads}", field=name)
+        shared = {f.name: getattr(self, f.name) for f in fields(entry.config)
+                  if f.name in COMMON}
+        if given is None:
+            return entry.config(**shared, **options)
+        return dataclasses.replace(given, **shared, **options)
+
+    def __getattr__(self, name: str) -> Any:
+        """An option of the attack's config, e.g. ``spec.pgd_steps``."""
+        config = self.__dict__.get("config")
+        if config is not None and not name.startswith("_") and name in {
+                f.name for f in fields(config)}:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__} of attack {self.__dict__.get('method')!r} "
+                             f"has no option {name!r}")
 
     def entry(self) -> AttackEntry:
         """The registered attack this spec names."""
@@ -141,23 +231,35 @@ class AttackSpec:
         (``-projend``, ``-alpha0.25``, ``-x2``, ``-countall``), so distinct specs get distinct
         labels. Numbers are exact (``5`` and ``4.9999999`` differ)."""
         entry = self.entry()
-        parts = [entry.head(self), self.window]
+        parts = [entry.label_head(self), self.window]
         if with_percent:
             parts.append(f"{format_number(self.percent)}%")
-        parts.extend(entry.suffix(self))
+        parts.extend(entry.label_suffix(self))
         if self.eps_scale != 1:
             parts.append(f"x{format_number(self.eps_scale)}")
         if self.step_counting != "budget":
             parts.append(f"count{self.step_counting}")
         return "-".join(parts)
 
+    def _record(self) -> dict[str, Any]:
+        own = asdict(self.config)
+        out: dict[str, Any] = {"method": self.method, "percent": self.percent,
+                               "window": self.window}
+        for name, default in RECORD_DEFAULTS.items():
+            out[name] = self.eps_scale if name == "eps_scale" else own.get(name, default)
+        out["step_counting"] = self.step_counting
+        out.update({k: v for k, v in own.items() if k not in out})
+        return out
+
     def settings(self) -> dict[str, Any]:
-        """What the attack is run with: eps_scale and the options its entry reads."""
-        reads = ("eps_scale", *self.entry().options)
-        return {k: v for k, v in asdict(self).items() if k in reads}
+        """What the attack is run with: eps_scale and its config's fields."""
+        own = self.entry().options()
+        return {k: v for k, v in self._record().items() if k == "eps_scale" or k in own}
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "label": self.describe()}
+        """The spec's record: the shared settings, every :data:`RECORD` option (see there),
+        the attack's other options, and its label."""
+        return {**self._record(), "label": self.describe()}
 
     def make_attack(self, model: nn.Module, diffusion: GaussianDiffusion,
                     generator: GeneratorArg = None) -> ChainAttack:
@@ -168,3 +270,36 @@ class AttackSpec:
                               "run it with dmattack.attack_eval.run_attack / run_curve",
                               field="method")
         return build_per_step(made, model, diffusion, generator)
+
+
+def _spelling(name: str) -> str:
+    """The command-line spelling of attack option ``name`` (as the entry declaring it spells
+    it; ``--name`` when none does)."""
+    for method in ATTACKS.names():
+        for f in fields(ATTACKS[method].config):
+            if f.name == name:
+                return option_name(f)
+    return "--" + name.replace("_", "-")
+
+
+def spec_grid(methods: Sequence[str], percents: Sequence[float],
+              windows: Sequence[str] = ("spread",), refuse_unused: bool = False,
+              **options: Any) -> list[AttackSpec]:
+    """methods × windows × percents as :class:`AttackSpec`. ``options`` are the shared
+    settings (eps_scale, step_counting) and the attacks' own options; each method gets the
+    ones it reads (``loss`` goes to fgsm and pgd, not to random, ``horizon`` to lookahead
+    only). With ``refuse_unused`` (the CLI's ``curve``), an option none of the methods reads
+    raises ConfigError instead of being ignored."""
+    shared = {k: v for k, v in options.items() if k in COMMON}
+    specs, read = [], set(shared)
+    for m in methods:
+        reads = set(ATTACKS.get(m, "--method").options())
+        read |= reads
+        own = {k: v for k, v in options.items() if k in reads}
+        specs += [AttackSpec(m, p, w, **shared, **own) for w in windows for p in percents]
+    unused = [k for k in options if k not in read] if refuse_unused else []
+    if unused:
+        k = unused[0]
+        raise ConfigError(f"{k} ({_spelling(k)}) = {shown(options[k])} is not used by any of "
+                          f"the attacks {', '.join(methods)}", field=k)
+    return specs

@@ -35,43 +35,16 @@ forward for the last iterate) + 2 forwards (clean sample, returned sample).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
-from ..registry import ATTACKS
 from ..sampling import SamplerConfig, sample
 from ..seeding import ATTACK, generators
-from ..settings import check_settings, setting
-from .adaptive import KEEP, AdaptiveChainAttack, AdaptiveResult, adaptive_entry
+from .adaptive import AdaptiveChainAttack, AdaptiveResult
+from .configs import TrajectoryConfig
 from .differentiable import DifferentiableChain, attack_mode, draw_chain_noise, require_grad_path
-from .distances import DISTANCES, FEATURE_EXTRACTORS, Distance
-
-
-@dataclass(frozen=True)
-class TrajectoryConfig:
-    """Settings of :class:`TrajectoryPGD` (``distance`` may also be a callable from Python)."""
-
-    eps_scale: float = setting(1.0, "Budget multiplier: eps_s = eps_scale * sqrt(beta~_s).",
-                               low=0)
-    iterations: int = setting(20, "PGD iterations (one chain forward and backward each).",
-                              low=1)
-    alpha_scale: float = setting(1 / 8, "PGD step in units of eps_s.", low=0, low_open=True)
-    distance: str = setting("pixel", "What the attack maximises between the attacked and the "
-                            "clean sample.", choices=DISTANCES)
-    feature_extractor: str | None = setting(None, "Embedding of distance 'features' [default: "
-                                            "digits-cnn for digits, else inception].",
-                                            choices=FEATURE_EXTRACTORS)
-    checkpoint: bool = setting(True, "Checkpoint every reverse step (memory: K states + one "
-                               "step's activations).")
-    keep: str = setting("best", "Which PGD iterate is returned, per sample: the best by D or "
-                        "the last.", choices=KEEP)
-    restarts: int = setting(1, "PGD runs, each from a new random start (attack stream); per "
-                            "sample the best is kept.", low=1)
-
-    def __post_init__(self) -> None:
-        check_settings(self)
+from .distances import Distance
 
 
 class TrajectoryPGD(AdaptiveChainAttack):
@@ -147,5 +120,3 @@ def _adder(deltas: dict[int, torch.Tensor]):
 
     return hook
 
-
-ATTACKS.register("trajectory", adaptive_entry(TrajectoryPGD, TrajectoryConfig))
