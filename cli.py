@@ -64,7 +64,7 @@ it). A deprecated spelling still works for one release, with one warning line on
 records the same settings as the option."""
 
 TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
-OBJECTIVE_OPTIONS = "dmattack.objective_config:train_click_options"
+OBJECTIVE_OPTIONS = "dmattack.objective_cli:train_click_options"
 SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
 EVALUATION_CONFIG = "dmattack.evaluation:EvaluationConfig"
 ATTACK_OPTIONS = "dmattack.attacks.options:attack_options"
@@ -99,7 +99,7 @@ def train(**o: Any) -> None:
     $(which dmattack) train ... (docs/performance.md).
     """
     from dmattack import distributed
-    from dmattack.objective_config import from_train_options
+    from dmattack.objective_cli import from_train_options
     from dmattack.train import TrainingInterrupted, prepare_run, resume_config
     from dmattack.train import train as train_run
     from dmattack.train_config import TrainConfig

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
 
 import torch
 
@@ -43,15 +44,16 @@ from .errors import ConfigError
 from .objective_config import (
     INVARIANCE_FORMS,
     LAMBDA_SCALINGS,
+    LEGACY_KEYS,
     FGSMOptions,
     InputPerturbationOptions,
     InvarianceOptions,
-    ObjectiveConfig,
     ObjectiveOptions,
     RegularisedOptions,
 )
 from .perturbation import fgsm_perturbation, mean_flat, perturb, ray
 from .registry import OBJECTIVES
+from .settings import check_field, iter_settings, setting
 from .tensors import per_sample
 
 BUILTIN_STATS = ("loss", "mse", "reg", "residual", "r", "lam_t")
@@ -310,6 +312,68 @@ def _stats(*values: torch.Tensor) -> dict[str, float]:
 
 
 XI = Draw("xi", _xi, per_sample=False)
+
+def options_class(method: str) -> type:
+    """The options dataclass of objective ``method`` (a one-line ConfigError if unknown)."""
+    return OBJECTIVES.get(method, "--method").options
+
+
+@dataclass(frozen=True, init=False)
+class ObjectiveConfig:
+    """Which training loss to minimise (an :data:`~dmattack.registry.OBJECTIVES` entry) and
+    its options: ``ObjectiveConfig("robust-adv", lam=0.5)`` or
+    ``ObjectiveConfig("robust-adv", options=FGSMOptions(lam=0.5))``. A value the method has
+    no option for is refused (one line naming it and what the method reads)."""
+
+    method: str = setting("robust-adv", "Training objective (docs/method.md §4).",
+                          choices=OBJECTIVES.names)
+    options: ObjectiveOptions = field(default_factory=ObjectiveOptions)
+
+    def __init__(self, method: str = "robust-adv", options: ObjectiveOptions | None = None,
+                 **values: Any) -> None:
+        check_field(ObjectiveConfig, "method", method)
+        cls = options_class(method)
+        if options is None:
+            known = [f.name for f in fields(cls)]
+            for name in values:
+                if name not in known:
+                    raise ConfigError(f"{name} is not an option of training method {method}; "
+                                      f"its options: {', '.join(known) or 'none'}", field=name)
+            options = cls(**values)
+        elif values or type(options) is not cls:
+            raise ConfigError(f"options = {options!r} is invalid for training method {method}; "
+                              f"allowed: a {cls.__name__}, or its fields as keywords",
+                              field="options")
+        object.__setattr__(self, "method", method)
+        object.__setattr__(self, "options", options)
+
+    def reads(self) -> tuple[str, ...]:
+        """The settings (dotted paths, e.g. ``ray.rho``) the method reads with these
+        options."""
+        unread = set(self.options.unread())
+        return tuple(p for p, _, _ in iter_settings(type(self.options)) if p not in unread)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"method": …, **options}`` (the ray nested as a dict)."""
+        return {"method": self.method, **self.options.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ObjectiveConfig:
+        """Rebuild from :meth:`to_dict` output (or a 0.1 record, see :data:`LEGACY_KEYS`)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected an object, got {d!r}")
+        d = dict(d)
+        method = d.pop("method", "robust-adv")
+        check_field(ObjectiveConfig, "method", method)
+        options = options_class(method)
+        known = {f.name for f in fields(options)}
+        d = {k: v for k, v in d.items() if k in known or k not in LEGACY_KEYS}
+        return cls(method, options.from_dict(d))
+
+
+# ------------------------------------------------------- the objective options of `dmattack train`
+
+
 OBJECTIVES.register("ddpm", Objective(ddpm_loss, "DDPM ‖ε − ε_θ(x_t)‖² (Eq. 3)",
                                       stats=BUILTIN_STATS))
 OBJECTIVES.register("robust-adv", Objective(

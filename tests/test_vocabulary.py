@@ -106,7 +106,7 @@ def _train_option(option: str) -> click.Option:
 def _objective_options() -> dict[str, str]:
     """train's objective options (every registered objective's): dotted path → option
     spelling."""
-    from dmattack.objective_config import train_options
+    from dmattack.objective_cli import train_options
     from dmattack.settings import iter_settings, option_name
 
     return {path: option_name(f) for path, f, _ in iter_settings(train_options())

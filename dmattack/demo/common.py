@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from ..evaluation import Reference, clean_dataset, make_metric_fn, reference_for
-from ..objective_config import options_class
-from ..objectives import ObjectiveConfig
+from ..objectives import ObjectiveConfig, options_class
 from ..runs import LoadedModel, load_run
 from ..train import TrainConfig
 from .plan import TrainSettings
