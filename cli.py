@@ -121,7 +121,7 @@ def train(**o: Any) -> None:
                   f"{', horizontal flips' if cfg.flip else ''}), "
                   f"{cfg.steps} steps × batch {cfg.batch_size} → {run_dir}")
     try:
-        with ui.reporting("train"), progress.stage("train", cfg.steps, "steps") as st:
+        with ui.command_reporting("train"), progress.stage("train", cfg.steps, "steps") as st:
             train_run(cfg, run_dir, resume=bool(o["resume"]), data=data,
                       callback=ui.train_progress(st))
     except TrainingInterrupted as e:  # one line: where it stopped and how to resume
@@ -227,7 +227,7 @@ def sample_cmd(**o: Any) -> None:
     folder = Path(o["out"] or Path(loaded.source) / "samples" / f"{label}-seed{o['seed']}{shard}")
     console.print(f"[bold]sample[/] {o['num_samples']} from {loaded.source} "
                   f"({'EMA' if loaded.ema else 'raw'} weights), sampler {label}, seed {o['seed']}")
-    with ui.reporting("sample"):  # write_samples reports the stage "sample"
+    with ui.command_reporting("sample"):  # write_samples reports the stage "sample"
         written = write_samples(loaded, sampler, o["num_samples"], o["batch_size"], o["seed"],
                                 folder, o["first_sample"], dev)
     if written is not None:  # under torchrun, rank 0 writes all the samples
@@ -264,7 +264,7 @@ def attack(**o: Any) -> None:
                   f"samples, sampler {ev.sampler_label}, batch {ev.batch_size}, seed "
                   f"{ev.config.seed}, metric {', '.join(ev.metrics)} ({ev.label}), reference: "
                   f"{ev.reference.name}")
-    with ui.reporting("attack"), progress.stage("sample clean + attacked",
+    with ui.command_reporting("attack"), progress.stage("sample clean + attacked",
                                                 unit="steps") as st:
         result = run_attack(loaded, spec, num_samples=ev.num_samples, seed=ev.config.seed,
                             sampler=ev.sampler, batch_size=ev.batch_size,
@@ -333,7 +333,7 @@ def curve(**o: Any) -> None:
                   f"{', '.join(windows)} at {', '.join(f'{p:g}' for p in percents)}% attacked; "
                   f"{ev.num_samples} samples, sampler {ev.sampler_label}, seed {ev.config.seed}, "
                   f"metric {ev.label} → {out_dir}")
-    with ui.reporting("curve"), progress.stage("curve points", unit="points") as st:
+    with ui.command_reporting("curve"), progress.stage("curve points", unit="points") as st:
         result = run_curve(models, specs, num_samples=ev.num_samples, seed=ev.config.seed,
                            sampler=ev.sampler, batch_size=ev.batch_size,
                            metric_fn=progress.staged(ev.metric_fn(), "scoring"), device=dev,
@@ -392,7 +392,7 @@ def evaluate(**o: Any) -> None:
     out_dir = Path(o["out"] or default_out_dir(loaded, "eval", name, RUNS_ROOT))
     console.print(f"[bold]evaluate[/] {loaded.source}: {', '.join(ev.metrics)} on "
                   f"{ev.num_samples} samples ({ev.label}), reference {ev.reference.name}")
-    with ui.reporting("evaluate"):  # evaluate_model reports "sample" and "scoring"
+    with ui.command_reporting("evaluate"):  # evaluate_model reports "sample" and "scoring"
         result = evaluate_model(
             loaded, ev, out_dir, samples=x,
             samples_from={"files": list(files), "key": o["samples_key"]} if files else None,
@@ -466,7 +466,7 @@ def purify(**o: Any) -> None:
                   f"{len(models)} purifier(s) at t* {cfg.t_star} × {', '.join(cfg.attack_names())}"
                   f", ε {cfg.eps:.4g}, PGD {cfg.iterations} iterations × EOT-{cfg.eot} × "
                   f"{cfg.restarts} restart(s), {cfg.draws} evaluation draws → {out_dir}")
-    with ui.reporting("purify"), progress.stage("purify", unit="units") as st:
+    with ui.command_reporting("purify"), progress.stage("purify", unit="units") as st:
         result = run_purification(cfg, models, out_dir, dev, ui.unit_progress(st))
     print_table(f"accuracy of {cfg.classifier} over {cfg.draws} evaluation draws (robust = "
                 f"correct on the clean and the adversarial image), ε = {cfg.eps:.4g}",
@@ -495,18 +495,18 @@ def purify(**o: Any) -> None:
 def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple[str, ...],
          device: str, out: str | None) -> None:
     """The paper's controlled experiments on embedded data, end to end, with a report."""
-    from dmattack.demo import check_run, run_demo
+    from dmattack.demo import check_demo, run_demo
     from dmattack.demo.report import headline_rows, headline_title
     from dmattack.train import resolve_device
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out or Path("reports") / f"demo{'-quick' if quick else ''}-{stamp}")
-    check_run(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick,
-              seed=seed)
+    check_demo(out_dir, train_images, seeds=seeds, sections=sections or None, quick=quick,
+               seed=seed)
     device = resolve_device(device)
     console.print(f"[bold]demo[/]{' --quick' if quick else ''}: seed {seed}"
                   f"{f' … {seed + seeds - 1}' if seeds > 1 else ''} → {out_dir}")
-    with ui.reporting("demo"):  # one stage per section step (dmattack/demo/common.py)
+    with ui.command_reporting("demo"):  # one stage per section step (dmattack/demo/common.py)
         stages = progress.Switcher()
         try:
             results = run_demo(out_dir, quick=quick, seed=seed, device=device,

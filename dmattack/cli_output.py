@@ -15,7 +15,7 @@ console = Console(stderr=True)
 stdout = Console()
 
 
-def reporting(command: str) -> Any:
+def command_reporting(command: str) -> Any:
     """The progress block of ``dmattack command`` (bars in a terminal, plain lines elsewhere;
     see :mod:`dmattack.progress`), shown on stderr."""
     return progress.reporting(f"dmattack {command}", console)

@@ -47,7 +47,7 @@ class OptionTable:
     spelling: dict[str, str]
 
 
-def option_table() -> OptionTable:
+def objective_option_table() -> OptionTable:
     """The :class:`OptionTable` of the objectives registered now (plugins included)."""
     slots: dict[str, dict[str, Any]] = {}  # union field → its declaration and readers
     params: dict[str, dict[str, str]] = {}
@@ -123,7 +123,7 @@ def _copy_settings(cls: type, instance: Any, edit: Callable[[str, Setting], Sett
 def train_options() -> type:
     """The settings dataclass of ``dmattack train``'s objective options (see
     :class:`OptionTable`; the CLI builds its options from it with prefix ``objective.``)."""
-    return option_table().cls
+    return objective_option_table().cls
 
 
 def train_click_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
@@ -143,7 +143,7 @@ def from_train_options(opts: dict[str, Any], given: Collection[str],
     given = {k.split("__deprecated_")[0] for k in given}
     method = opts[METHOD_PARAM] if METHOD_PARAM in given or base is None else base.method
     check_field(ObjectiveConfig, "method", method)
-    table = option_table()
+    table = objective_option_table()
     params = table.params[method]
     start = (base.options if base is not None and base.method == method
              else options_class(method)())
@@ -159,4 +159,5 @@ def from_train_options(opts: dict[str, Any], given: Collection[str],
     return cfg
 
 
-__all__ = ["from_train_options", "option_table", "train_click_options", "train_options"]
+__all__ = ["from_train_options", "objective_option_table", "train_click_options",
+           "train_options"]

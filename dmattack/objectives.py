@@ -94,8 +94,10 @@ def _xi(shape: tuple[int, ...], o: RegularisedOptions, device: torch.device | st
     return torch.empty((), device=device, dtype=torch.float64).uniform_(lo, hi, generator=g)
 
 
-LossFn = Callable[[EpsModel, GaussianDiffusion, torch.Tensor, ObjectiveOptions, "StepDraws"],
-                  tuple[torch.Tensor, dict[str, float]]]
+ObjectiveLossFn = Callable[[EpsModel, GaussianDiffusion, torch.Tensor, ObjectiveOptions,
+                            "StepDraws"], tuple[torch.Tensor, dict[str, float]]]
+"""A training objective's ``loss(model, diffusion, x0, options, draws) -> (scalar loss,
+{stat: float})`` (the attacks' per-sample loss is :data:`dmattack.attacks.losses.LossFn`)."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class Objective:
     loss returns (logged in log.jsonl, averaged over the batch); ``label``: one line for
     listings."""
 
-    loss: LossFn
+    loss: ObjectiveLossFn
     label: str
     options: type = ObjectiveOptions
     draws: tuple[Draw, ...] = ()
@@ -397,6 +399,7 @@ __all__ = [
     "Draw",
     "Objective",
     "ObjectiveConfig",
+    "ObjectiveLossFn",
     "ObjectiveOptions",
     "StepDraws",
     "draw_step",

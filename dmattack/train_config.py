@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .data import corrupt, is_vector_dataset, load_dataset
-from .data.corruption import MODES as CORRUPT_MODES
+from .data.corruption import CORRUPTION_MODES
 from .diffusion import SCHEDULES, VARIANCE_TYPES
 from .errors import ConfigError, first_line
 from .objectives import ObjectiveConfig
@@ -60,7 +60,7 @@ class TrainConfig:
     num_data: int | None = setting(None, "Samples for synthetic vector data (images: keep the "
                                    "first N).", low=1, high=MAX_NUM_DATA)
     corrupt_mode: str = setting("gaussian", "Corruption: gaussian noise or outliers (vector "
-                                "data).", choices=CORRUPT_MODES)
+                                "data).", choices=CORRUPTION_MODES)
     corrupt_fraction: float = setting(0.0, "Fraction p of training samples corrupted.", low=0,
                                       high=1)
     corrupt_sigma: float = setting(0.2, "Noise std of the corruption, in model space [-1, 1].",

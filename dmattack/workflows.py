@@ -21,12 +21,13 @@ from .sampling import SamplerConfig, sample_batched, sample_sharded
 from .seeding import sample_seeds
 from .tensors import report_nonfinite
 
-Progress = Callable[[int], None]
+StepProgress = Callable[[int], None]
+"""``progress(step)``: called once per reverse step of each batch drawn."""
 
 
 def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
                   batch_size: int, seed: int, folder: str | os.PathLike, first_sample: int = 0,
-                  device: torch.device | str = "cpu", progress: Progress | None = None
+                  device: torch.device | str = "cpu", progress: StepProgress | None = None
                   ) -> Path | None:
     """Draw samples ``first_sample … first_sample+num_samples−1`` and write
     ``samples.safetensors`` (model space (N, *shape)), ``samples.png`` and ``samples.json``
@@ -63,7 +64,7 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
     return folder
 
 
-def _also(progress: Progress | None, st: progress_mod.StageHandle) -> Progress:
+def _also(progress: StepProgress | None, st: progress_mod.StageHandle) -> StepProgress:
     """``progress`` (if any), then one step of stage ``st``, per call."""
 
     def tick(step: int) -> None:
@@ -121,7 +122,7 @@ def read_sample_files(files: Sequence[str | os.PathLike], key: str,
 
 def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | os.PathLike,
                    samples: torch.Tensor | None = None, samples_from: dict[str, Any] | None = None,
-                   device: torch.device | str = "cpu", progress: Progress | None = None,
+                   device: torch.device | str = "cpu", progress: StepProgress | None = None,
                    **evaluate_kwargs: Any) -> dict[str, Any]:
     """Score ``samples`` (N, *shape) of ``loaded`` (default: draw ``setup.num_samples`` with
     ``setup.sampler`` from seed ``setup.config.seed``) and write ``results.json`` (metrics,
@@ -172,7 +173,7 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
 
 
 def _draw_samples(loaded: LoadedModel, setup: EvaluationSetup, out: Path,
-                  device: torch.device | str, progress: Progress | None
+                  device: torch.device | str, progress: StepProgress | None
                   ) -> tuple[torch.Tensor, dict[str, Any], float]:
     """Draw ``setup.num_samples`` (N, *shape) with ``setup.sampler`` from seed
     ``setup.config.seed`` (progress stage ``sample``) and keep them in ``out``

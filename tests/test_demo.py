@@ -37,7 +37,7 @@ from dmattack.demo.effects import check, combine, set_effects
 from dmattack.demo.effects import claim as claim_row
 from dmattack.demo.plan import (
     AdaptivePlan,
-    AttackPlan,
+    AttackSectionPlan,
     ComputePlan,
     CurvePlan,
     DemoPlan,
@@ -182,9 +182,10 @@ def _tiny_plan() -> DemoPlan:
         True, SubspacePlan(train=few, num_data=200, num_samples=40, sampler_steps=20),
         ToyPlan(datasets=("oblique-plane",), train=few, num_data=200, num_samples=40,
                 sampler_steps=10, num_trajectories=2),
-        AttackPlan(subspace=(CurvePlan(("fgsm",), ("spread",), (100.0,), 40, 10),),
-                   images=(CurvePlan(("random",), ("spread",), (100.0,), 16, 5),),
-                   image_train=TrainSettings(preset="tiny", steps=3, batch_size=16, warmup=1)),
+        AttackSectionPlan(subspace=(CurvePlan(("fgsm",), ("spread",), (100.0,), 40, 10),),
+                          images=(CurvePlan(("random",), ("spread",), (100.0,), 16, 5),),
+                          image_train=TrainSettings(preset="tiny", steps=3, batch_size=16,
+                                                    warmup=1)),
         StepsPlan(steps=(20, 10)),
         adaptive=AdaptivePlan(attacks=("trajectory", "random"), iterations=1,
                               subspace_samples=20, subspace_steps=6, image_samples=4,

@@ -288,10 +288,10 @@ def test_train_options_share_identical_declarations_and_prefix_clashes(two_plugi
     """`dmattack train`'s objective options: a field declared like a built-in one shares its
     option (--lambda), a new one is added (--decay), one declared otherwise under a taken name
     is spelled --<method>-<option>; each says which methods read it."""
-    from dmattack.objective_cli import from_train_options, option_table
+    from dmattack.objective_cli import from_train_options, objective_option_table
     from dmattack.settings import iter_settings, setting_of
 
-    table = option_table()
+    table = objective_option_table()
     assert table.params["mine"]["objective__lam"] == "lam" == \
         table.params["robust-rand"]["objective__lam"]
     assert table.params["other"] == {"objective__other__lam": "lam"}

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..seeding import derive_seed
 from .base import DiffusionDataset, check_choice, check_seed
 
-MODES = ("gaussian", "outliers")
+CORRUPTION_MODES = ("gaussian", "outliers")
 BOX_MARGIN = 0.1
 # Stream keys under the corruption seed.
 _SELECT, _VALUES = 0, 1
@@ -105,7 +105,7 @@ def corrupt(ds: DiffusionDataset, mode: str = "gaussian", fraction: float = 0.0,
     ``fraction`` in [0, 1]; ``sigma`` ≥ 0 is the noise std in model units (gaussian mode).
     ``fraction=0`` gives an unchanged copy. Raises ValueError on bad arguments.
     """
-    check_choice("corruption mode", mode, MODES)
+    check_choice("corruption mode", mode, CORRUPTION_MODES)
     if isinstance(ds, CorruptedDataset):
         raise ConfigError(f"dataset {ds.name!r} is already corrupted; corrupt the clean dataset")
     fraction, sigma = float(fraction), float(sigma)

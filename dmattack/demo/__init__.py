@@ -5,8 +5,8 @@ corruption sweep and a compute-matched DDPM), over one or several seeds. Writes
 ``report.md``, PNG figures and ``results.json``.
 
 The package is light to import (no torch): its section table (:mod:`.sections`) is read by
-the command line's option declarations; :func:`run_demo`, :func:`check_run` and the report's
-headline are imported on first use (PEP 562).
+the command line's option declarations; :func:`run_demo`, :func:`check_demo` and the
+report's headline are imported on first use (PEP 562).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .sections import (
     resolve_sections,
 )
 
-_LAZY = {"run_demo": "run", "check_run": "run", "RESULTS": "run", "MAX_SEED": "run",
+_LAZY = {"run_demo": "run", "check_demo": "run", "RESULTS": "run", "MAX_SEED": "run",
          "headline_rows": "report", "headline_title": "report"}
 __all__ = ["DEFAULT_SECTIONS", "NEEDS_SUBSPACE", "QUICK_SECTIONS", "SECTIONS", "SHIPPED_UNETS",
            "resolve_sections", *_LAZY]

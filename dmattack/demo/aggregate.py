@@ -9,16 +9,13 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from .effects import claim, over_seeds
+from .effects import CLAIM_VERDICTS, Row, claim, over_seeds
 
-Row = dict[str, Any]
-
-ROW_LISTS = ("rows", "references", "differences")
+SECTION_ROW_LISTS = ("rows", "references", "differences")
 """Section keys holding lists of measured rows; everything else is settings or files."""
 ID_KEYS = ("data", "dataset", "corruption", "model", "series", "method", "training", "steps",
            "fraction", "sigma", "purifier", "t_star", "attack")
 """Keys that name a row (matched across seeds), never averaged."""
-VERDICT_ORDER = ("held", "partly", "did not hold", "inconclusive", "n/a")
 
 
 def _is_number(v: Any) -> bool:
@@ -103,7 +100,7 @@ def _merge(values: Sequence[Any]) -> Any:
     first = values[0]
     if isinstance(first, dict):
         return {k: (aggregate_rows([v.get(k) or [] for v in values])
-                    if k in ROW_LISTS and isinstance(first[k], list)
+                    if k in SECTION_ROW_LISTS and isinstance(first[k], list)
                     else _merge([v.get(k) for v in values])) for k in first}
     if (isinstance(first, list) and first and all(isinstance(x, dict) for x in first)
             and all(isinstance(v, list) and len(v) == len(first) for v in values)):
@@ -113,8 +110,8 @@ def _merge(values: Sequence[Any]) -> Any:
 
 def aggregate_sections(per_seed: Sequence[Row]) -> Row:
     """Section records of several seeds (same plan) → one record: every row list
-    (:data:`ROW_LISTS`, at any depth) merged by :func:`aggregate_rows`; settings, figures and
-    files are the first seed's."""
+    (:data:`SECTION_ROW_LISTS`, at any depth) merged by :func:`aggregate_rows`; settings,
+    figures and files are the first seed's."""
     return _merge(list(per_seed))
 
 
@@ -124,8 +121,8 @@ def agreement(verdicts: Sequence[str]) -> tuple[str, str]:
     partly in 1/3``."""
     n = len(verdicts)
     counts = Counter(verdicts)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], VERDICT_ORDER.index(kv[0])
-                                                   if kv[0] in VERDICT_ORDER else 99))
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], CLAIM_VERDICTS.index(kv[0])
+                                                   if kv[0] in CLAIM_VERDICTS else 99))
     top, top_n = ranked[0]
     text = f"{top} in {top_n}/{n} seeds" + "".join(f", {v} in {c}/{n}" for v, c in ranked[1:])
     return (top if 2 * top_n > n else "mixed"), text

@@ -9,12 +9,10 @@ The attack claims (paired per-sample damage) are :mod:`.claims_damage`."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from .claims_damage import CHECKPOINTS_NOTE, adaptive_claims, attack_claims
-from .effects import SHARE, check, claim, fixed_check, fmt, pm
+from .effects import SHARE, Row, check, claim, fixed_check, fmt, pm
 
-Row = dict[str, Any]
 VR_MIN_EFFECT = 0.05
 """Minimum effect on a variance ratio (absolute; 1 = the data's own variance)."""
 
@@ -37,7 +35,7 @@ def _set_check(label: str, effects: Row, a: Row, b: Row, metric: str, direction:
                  min_effect=SHARE * abs(b.get(metric) or 0.0))
 
 
-SUBSPACE_METRICS = (("subspace error", "less"), ("subspace PSNR (dB)", "greater"),
+SUBSPACE_CLAIM_METRICS = (("subspace error", "less"), ("subspace PSNR (dB)", "greater"),
                     ("FD (exact)", "less"))
 
 
@@ -47,9 +45,9 @@ def _beats(rows: dict[tuple[str, str], Row], effects: Row, a: str, b: str,
     if ra is None or rb is None:
         return [], "not run"
     checks = [_set_check(f"{data}: {m}: {a} − {b}", effects, ra, rb, m, d)
-              for m, d in SUBSPACE_METRICS]
+              for m, d in SUBSPACE_CLAIM_METRICS]
     return checks, "; ".join(f"{m}: {b} {fmt(rb.get(m))} vs {a} {fmt(ra.get(m))}"
-                             for m, _ in SUBSPACE_METRICS)
+                             for m, _ in SUBSPACE_CLAIM_METRICS)
 
 
 def subspace_claims(section: Row) -> list[Row]:

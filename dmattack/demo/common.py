@@ -20,7 +20,7 @@ from .plan import TrainSettings
 from .pool import TaskPool
 from .tasks import sample_task, sampler_config, train_task
 
-Progress = Callable[[str, int, int], None]
+StageProgress = Callable[[str, int, int], None]
 """``progress(stage_label, done, total)``: called as sub-steps of a stage complete."""
 
 # relative cost of one training step (ddpm = 1), to start the longest runs first
@@ -37,7 +37,7 @@ class Context:
     seed: int
     device: str
     pool: TaskPool
-    progress: Progress | None = None
+    progress: StageProgress | None = None
     timings: dict[str, float] = field(default_factory=dict)
     _references: dict[str, Reference] = field(default_factory=dict)
     root: Path | None = None

@@ -28,11 +28,14 @@ from .. import stats
 from ..damage import MIN_EFFECT_SHARE
 
 Row = dict[str, Any]
+"""One JSON-ready record (a check, a claim, a table row) of the demo's sections."""
 SHARE = MIN_EFFECT_SHARE
 """Default minimum effect of a comparison, as a share of the reference arm's value (5%)."""
 SET_RESAMPLES = 200
 """Bootstrap resamples of a set metric (each recomputes the metric on every arm)."""
-VERDICTS = ("held", "partly", "did not hold", "inconclusive", "n/a")
+CLAIM_VERDICTS = ("held", "partly", "did not hold", "inconclusive", "n/a")
+"""Every verdict a claim can get (:func:`combine`), strongest first; a check's are
+:data:`dmattack.stats.VERDICTS`."""
 
 Contrast = tuple[str, Sequence[tuple[float, Any]], float]
 """``(metric label, ((weight, arm key), …), constant)``: the effect Σ weight·metric(arm) +
@@ -202,7 +205,7 @@ def pm(row: Row | None, key: str) -> str:
     return fmt(row.get(key)) + (f" ± {std:.2g}" if std is not None else "")
 
 
-def describe(c: Row) -> str:
+def describe_check(c: Row) -> str:
     """``label: value [lo, hi], m = …, n = … → verdict`` of one check."""
     if c.get("ci95") is None:
         return f"{c['label']}: {fmt(c.get('value'))} ({c.get('note', 'no interval')}) → " \

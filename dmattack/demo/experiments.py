@@ -28,7 +28,7 @@ from .common import (
     train_config,
 )
 from .effects import metric_scorer, set_effects
-from .plan import AttackPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
+from .plan import AttackSectionPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
 from .sections import CHECKPOINTS
 from .tasks import curve_task, sample_task
 
@@ -224,7 +224,8 @@ def check_image_runs(hint: str = "pass --train-images to train the digits U-Nets
                                    + hint)
 
 
-def _image_runs(plan: AttackPlan, ctx: Context, train_images: bool) -> tuple[list[str], str]:
+def _image_runs(plan: AttackSectionPlan, ctx: Context, train_images: bool
+                ) -> tuple[list[str], str]:
     """Run folders of the two digits U-Nets (shipped, or trained now) and how they were made."""
     if not train_images:
         check_image_runs()
@@ -243,8 +244,8 @@ def _image_runs(plan: AttackPlan, ctx: Context, train_images: bool) -> tuple[lis
             f"trained in this demo ({asdict(plan.image_train)}), run folders under runs/")
 
 
-def attack_curves(plan: AttackPlan, ctx: Context, subspace_models: dict[Key, TrainedModel],
-                  train_images: bool) -> dict[str, Any]:
+def attack_curves(plan: AttackSectionPlan, ctx: Context,
+                  subspace_models: dict[Key, TrainedModel], train_images: bool) -> dict[str, Any]:
     """FGSM / PGD-20 / random curves, ddpm vs robust-adv: section 1's clean-trained
     digits-subspace models (FD, variance ratio) and the digits U-Nets (FID (digits-cnn),
     variance ratio). One pool task per (data, curve plan, window, attack method), costliest

@@ -136,7 +136,8 @@ def steps_plot(rows: Sequence[dict[str, Any]], steps: Sequence[int], path: Path)
 
 
 LINESTYLES = {"fgsm": "-", "pgd": "-.", "random": "--"}
-MARKERS = {"fgsm": "o", "pgd": "s", "random": "^"}  # PGD often lies on FGSM: keep both visible
+METHOD_MARKERS = {"fgsm": "o", "pgd": "s", "random": "^"}
+"""Marker of each attack method's curve (PGD often lies on FGSM: keep both visible)."""
 
 
 LOG_RANGE = 10.0
@@ -163,7 +164,7 @@ def attack_plot(table: dict[str, Any], path: Path, title: str) -> Path:
         for r in table["rows"]:
             pts = [(q, v) for q, v in zip(r["percents"], r[key], strict=True) if v is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker=MARKERS.get(r["method"], "o"),
+                ax.plot(*zip(*pts, strict=True), marker=METHOD_MARKERS.get(r["method"], "o"),
                         mfc="none" if r["method"] == "pgd" else colours[r["model"]],
                         ms=7 if r["method"] == "pgd" else 5, color=colours[r["model"]],
                         linestyle=LINESTYLES.get(r["method"], "-"),

@@ -85,7 +85,7 @@ PERCENTS = (25.0, 50.0, 75.0, 100.0)
 
 
 @dataclass(frozen=True)
-class AttackPlan:
+class AttackSectionPlan:
     """Section 3: ddpm vs robust-adv under FGSM / PGD-20 / the random control. PGD-20 costs
     ~21 network gradients per attacked step, so it runs on fewer points than FGSM; every
     table has the random control at its own samples, the baseline of the verdicts."""
@@ -193,7 +193,7 @@ class DemoPlan:
     quick: bool
     subspace: SubspacePlan
     toy: ToyPlan
-    attacks: AttackPlan
+    attacks: AttackSectionPlan
     steps: StepsPlan
     sweep: SweepPlan = field(default_factory=SweepPlan)
     compute: ComputePlan = field(default_factory=ComputePlan)
@@ -206,7 +206,7 @@ class DemoPlan:
 
 def default_plan() -> DemoPlan:
     """The full demo: every section as the issue describes it."""
-    return DemoPlan(False, SubspacePlan(), ToyPlan(), AttackPlan(), StepsPlan())
+    return DemoPlan(False, SubspacePlan(), ToyPlan(), AttackSectionPlan(), StepsPlan())
 
 
 def quick_plan() -> DemoPlan:
@@ -223,7 +223,7 @@ def quick_plan() -> DemoPlan:
                      sampler_steps=500),
         ToyPlan(train=TrainSettings(steps=100, batch_size=256, lr=5e-3), num_samples=500,
                 sampler_steps=50, num_trajectories=6),
-        AttackPlan(
+        AttackSectionPlan(
             subspace=(CurvePlan(("fgsm", "random"), ("spread",), PERCENTS, 200, 25),
                       CurvePlan(("pgd",), ("spread",), (50.0,), 200, 25)),
             images=(CurvePlan(("fgsm", "random"), ("spread",), (100.0,), 64, 10),),

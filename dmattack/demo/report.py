@@ -5,13 +5,10 @@ both generated from the results.json content alone (each section's markdown:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from ..io import write_text
-from .effects import describe
-from .report_sections import SECTION_TEXT, SUBSPACE_COLUMNS, cell, fmt, nonfinite, table
-
-Row = dict[str, Any]
+from .effects import Row, describe_check
+from .report_sections import SECTION_TEXT, SUBSPACE_COLUMNS, cell, fmt_cell, nonfinite, table
 
 
 def headline_rows(results: Row) -> tuple[list[str], list[list[str]]]:
@@ -20,23 +17,24 @@ def headline_rows(results: Row) -> tuple[list[str], list[list[str]]]:
     secs = results["sections"]
     if "corrupted_subspace" in secs:
         columns = ["data", "method", "subspace err ↓", "PSNR ↑", "FD ↓", "var. ratio", "NaN/inf"]
-        rows = [[r["data"], r["method"], *(fmt(cell(r, c)) for c in SUBSPACE_COLUMNS),
+        rows = [[r["data"], r["method"], *(fmt_cell(cell(r, c)) for c in SUBSPACE_COLUMNS),
                  nonfinite(r)] for r in secs["corrupted_subspace"]["rows"]]
         return columns, rows
     if "compute_matched" in secs:
         columns = ["method", "training", "steps", "train (s)", "subspace err ↓", "FD ↓"]
-        return columns, [[r["method"], r["training"], fmt(cell(r, "train_steps")),
-                          fmt(cell(r, "train_seconds")), fmt(cell(r, "subspace error")),
-                          fmt(cell(r, "FD (exact)"))] for r in secs["compute_matched"]["rows"]]
+        return columns, [[r["method"], r["training"], fmt_cell(cell(r, "train_steps")),
+                          fmt_cell(cell(r, "train_seconds")), fmt_cell(cell(r, "subspace error")),
+                          fmt_cell(cell(r, "FD (exact)"))] for r in secs["compute_matched"]["rows"]]
     if "corruption_sweep" not in secs:
         return (["purifier", "t*", "attack", "clean", "robust"],
-                [[r["purifier"], fmt(r["t_star"]), r["attack"], fmt(cell(r, "clean_accuracy")),
-                  fmt(cell(r, "robust_accuracy"))] for r in secs["purification"]["rows"]])
+                [[r["purifier"], fmt_cell(r["t_star"]), r["attack"],
+                  fmt_cell(cell(r, "clean_accuracy")), fmt_cell(cell(r, "robust_accuracy"))]
+                 for r in secs["purification"]["rows"]])
     sweep = secs["corruption_sweep"]
     fractions = sweep["settings"]["fractions"]
     grid = {(c["sigma"], c["fraction"]): c for c in sweep["differences"]}
     return (["σ \\ p", *(f"{p:g}" for p in fractions)],
-            [[f"{s:g}", *(fmt(cell(grid[s, p], "FD difference")) for p in fractions)]
+            [[f"{s:g}", *(fmt_cell(cell(grid[s, p], "FD difference")) for p in fractions)]
              for s in sweep["settings"]["sigmas"]])
 
 
@@ -82,7 +80,7 @@ def _checks(c: Row) -> str:
     """Every check of a claim: effect [95% interval], minimum effect, n and verdict."""
     if not c.get("comparisons"):
         return c["evidence"]
-    return "<br>".join(describe(x) for x in c["comparisons"]) + "<br>" + c["evidence"]
+    return "<br>".join(describe_check(x) for x in c["comparisons"]) + "<br>" + c["evidence"]
 
 
 def _claims(results: Row) -> str:

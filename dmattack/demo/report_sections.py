@@ -13,7 +13,7 @@ SUBSPACE_COLUMNS = ("subspace error", "subspace PSNR (dB)", "FD (exact)", "varia
 DAMAGE_COLUMNS = ("pixel deviation mean", "pixel deviation median", "class changed (digits-cnn)")
 
 
-def fmt(v: Any) -> str:
+def fmt_cell(v: Any) -> str:
     """Table cell: 3 significant digits, scientific for huge values, n/a for None."""
     if v is None:
         return "n/a"
@@ -25,7 +25,7 @@ def fmt(v: Any) -> str:
 def cell(r: Row, key: str) -> Any:
     """``r[key]``, as ``mean ± std`` text when the row carries a std over seeds for it."""
     v, std = r.get(key), r.get("std", {}).get(key)
-    return v if std is None or isinstance(std, list) else f"{fmt(v)} ± {std:.2g}"
+    return v if std is None or isinstance(std, list) else f"{fmt_cell(v)} ± {std:.2g}"
 
 
 def cells(r: Row, key: str) -> list[Any]:
@@ -33,12 +33,13 @@ def cells(r: Row, key: str) -> list[Any]:
     stds = r.get("std", {}).get(key)
     if not isinstance(stds, list):
         return list(r[key])
-    return [v if s is None else f"{fmt(v)} ± {s:.2g}" for v, s in zip(r[key], stds, strict=True)]
+    return [v if s is None else f"{fmt_cell(v)} ± {s:.2g}"
+            for v, s in zip(r[key], stds, strict=True)]
 
 
 def table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt_cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -46,7 +47,7 @@ def nonfinite(r: Row) -> str:
     if r.get("train_error"):
         return f"training stopped ({r['train_error']})"
     bad, good = r.get("num_nonfinite", 0), r.get("num_evaluated", 0)
-    return f"{fmt(bad)}/{fmt(bad + good)}"
+    return f"{fmt_cell(bad)}/{fmt_cell(bad + good)}"
 
 
 def _figure(path: str, alt: str) -> str:
@@ -125,7 +126,7 @@ def _curve_table(c: Row) -> str:
         def mark(values: dict, p: float, last: dict = last) -> Any:
             if p not in values:
                 return "—"
-            return fmt(values[p]) + LAST_STEP_MARK if last.get(p) else values[p]
+            return fmt_cell(values[p]) + LAST_STEP_MARK if last.get(p) else values[p]
 
         at = dict(zip(r["percents"], cells(r, "values"), strict=True))
         vr = dict(zip(r["percents"], cells(r, "variance_ratio"), strict=True))
@@ -263,7 +264,7 @@ def _adaptive(s: Row) -> str:
     cols = ["value", "increase", "variance ratio", *DAMAGE_COLUMNS, "num_nonfinite", "seconds"]
     for kind, metric in st["metrics"].items():
         rows = [[r["model"], r["method"],
-                 fmt(cell(r, "value")) + (" †" if r.get("improved_under_attack") else ""),
+                 fmt_cell(cell(r, "value")) + (" †" if r.get("improved_under_attack") else ""),
                  *(cell(r, c) for c in cols[1:3]),
                  _with_ci(r), *(cell(r, c) for c in cols[4:]), _converged(r)]
                 for r in s["rows"] if r["data"] == kind]
@@ -283,9 +284,9 @@ def _adaptive(s: Row) -> str:
 def _with_ci(r: Row) -> str:
     """The pixel deviation's mean with its 95% interval (single seed) or ± std (seeds)."""
     ci = r.get("pixel deviation ci95")
-    text = fmt(cell(r, "pixel deviation mean"))
+    text = fmt_cell(cell(r, "pixel deviation mean"))
     if ci and "std" not in r:
-        text += f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+        text += f" [{fmt_cell(ci[0])}, {fmt_cell(ci[1])}]"
     return text
 
 

@@ -1,5 +1,5 @@
 """Running `dmattack demo` (:func:`run_demo`) and its checks before any work
-(:func:`check_run`); the package docstring says what the demo is."""
+(:func:`check_demo`); the package docstring says what the demo is."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ..train import resolve_device
 from . import controls, experiments, robustness
 from .aggregate import aggregate_sections, combine_claims
 from .claims import assess
-from .common import Context, Progress
+from .common import Context, StageProgress
 from .plan import DemoPlan, default_plan, quick_plan
 from .pool import TaskPool
 from .report import headline_rows, headline_title, write_report
@@ -43,9 +43,9 @@ def _load() -> str:
 MAX_SEED = 2**63 - 1  # the largest seed a training config takes (TrainConfig.seed)
 
 
-def check_run(out_dir: Path, train_images: bool = False, *, seeds: int = 1,
-              sections: Sequence[str] | None = None, quick: bool = False, seed: int = 0
-              ) -> None:
+def check_demo(out_dir: Path, train_images: bool = False, *, seeds: int = 1,
+               sections: Sequence[str] | None = None, quick: bool = False, seed: int = 0
+               ) -> None:
     """Raise a one-line error before any work (nothing is created) if ``out_dir`` is a
     non-empty folder (or not a folder), if the shipped digits U-Nets are missing (for the
     attacks section unless ``train_images``; always for the adaptive and purification
@@ -95,7 +95,7 @@ def _run_sections(plan: DemoPlan, ctx: Context, names: tuple[str, ...],
     return out
 
 
-def _prefixed(progress: Progress | None, prefix: str) -> Progress | None:
+def _prefixed(progress: StageProgress | None, prefix: str) -> StageProgress | None:
     if progress is None or not prefix:
         return progress
     return lambda label, done, total: progress(prefix + label, done, total)
@@ -119,7 +119,7 @@ def _combine_seeds(per_seed: list[dict[str, Any]], out_dir: Path
 
 
 def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str = "cpu",
-             progress: Progress | None = None, train_images: bool = False,
+             progress: StageProgress | None = None, train_images: bool = False,
              plan: DemoPlan | None = None, seeds: int = 1,
              sections: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the demo into ``out_dir`` (must be empty or absent); returns results.json's
@@ -138,7 +138,7 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     out_dir = Path(out_dir)
     plan = plan or (quick_plan() if quick else default_plan())
     names = resolve_sections(sections, plan.quick)
-    check_run(out_dir, train_images, seeds=seeds, sections=names, seed=seed)
+    check_demo(out_dir, train_images, seeds=seeds, sections=names, seed=seed)
     device = str(resolve_device(str(device)))
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -176,5 +176,5 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, device: str =
     return results
 
 
-__all__ = ["DEFAULT_SECTIONS", "QUICK_SECTIONS", "RESULTS", "SECTIONS", "check_run",
+__all__ = ["DEFAULT_SECTIONS", "QUICK_SECTIONS", "RESULTS", "SECTIONS", "check_demo",
            "headline_rows", "headline_title", "resolve_sections", "run_demo"]
