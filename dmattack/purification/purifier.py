@@ -101,6 +101,9 @@ class Purifier(nn.Module):
         checkpoint_steps: recompute each reverse step in the backward pass (``full`` only).
         clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain (None: as
             sampling does, on for images, off for vectors).
+
+    ``chain`` (n > 0): the reverse chain as a :class:`~dmattack.sampling.SamplingChain` of the
+    first n timesteps, resolved once here.
     """
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
