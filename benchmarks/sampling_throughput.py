@@ -31,7 +31,7 @@ from dmattack import sampling
 from dmattack.attacks import AttackSpec, make_hook_factory
 from dmattack.diffusion import GaussianDiffusion
 from dmattack.models import PRESETS, build_model
-from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
+from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
 from dmattack.seeding import randn_per_sample, sample_seeds
 
 STEPNOISE = "clean-stepnoise"
@@ -71,14 +71,14 @@ def main(argv: list[str] | None = None) -> dict:
     model = build_model(preset, shape).to(device).eval()
     diffusion = GaussianDiffusion.from_schedule()
     sampler = SamplerConfig("respaced", args.sampler_steps)
-    sd = sampling_diffusion(diffusion, sampler)
+    chain = SamplingChain(diffusion, sampler)
+    sd = chain.walk
     specs = {"clean": None, STEPNOISE: None, "fgsm": AttackSpec("fgsm", 100, loss=args.loss),
              f"pgd{args.pgd_steps}": AttackSpec("pgd", 100, loss=args.loss,
                                                 pgd_steps=args.pgd_steps)}
 
     def run(name: str, spec: AttackSpec | None, seeds: list[int]) -> float:
-        factory = None if spec is None else make_hook_factory(spec, model, sd, sd.num_timesteps,
-                                                              device)
+        factory = None if spec is None else make_hook_factory(spec, model, chain, device)
         old_noise = (mock.patch.object(sampling, "randn_steps", step_by_step_draws)
                      if name == STEPNOISE else nullcontext())
         sync(device)

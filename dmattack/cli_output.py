@@ -117,7 +117,7 @@ def print_attack_result(result: dict[str, Any], title: str) -> None:
     """A ``dmattack attack`` result: the metrics clean vs attacked (a set metric better under
     attack marked ‡, with a footnote), the paired damage with its 95% intervals, and a warning
     line for an attack that did not converge."""
-    from dmattack.curve_table import IMPROVED_MARK, IMPROVED_NOTE
+    from dmattack.attack_eval.render import IMPROVED_MARK, IMPROVED_NOTE
 
     clean, attacked = (metric_row(result["metrics"][k]) for k in ("clean", "attacked"))
     better = result.get("improved_under_attack") or {}
@@ -138,7 +138,7 @@ def print_attack_result(result: dict[str, Any], title: str) -> None:
 # ----------------------------------------------------------------------------- curve results
 def _point_rows(curve: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     """The curve's paired damage, one row per series × model × percent > 0."""
-    from dmattack.curve_table import damage_measures
+    from dmattack.attack_eval.render import damage_measures
 
     measures = damage_measures(curve)
     ratio = any(x for row in curve["rows"] for x in row.get("relative_to_random") or [])
@@ -176,7 +176,7 @@ def print_curve_result(curve: dict[str, Any], title: str) -> None:
     and ‡ for a set metric better under attack, with footnotes), the paired damage of every
     point with its 95% interval (and its ratio to the random control), the model comparisons,
     and a warning line per attack point that did not converge."""
-    from dmattack.curve_table import (
+    from dmattack.attack_eval.render import (
         IMPROVED_NOTE,
         LAST_STEP_NOTE,
         marked_values,

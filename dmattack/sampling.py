@@ -11,10 +11,13 @@ pass computes the gradient with respect to its input only. Under torchrun,
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -43,9 +46,12 @@ class Sampler:
     """A reverse sampler as registered in :data:`~dmattack.registry.SAMPLERS`.
 
     ``step`` makes one reverse step (:data:`SamplerStep`); :meth:`chain` is the diffusion it
-    walks. ``strided``: it runs ``steps`` evenly strided timesteps (False: always all T);
+    walks (:class:`SamplingChain` calls it, the one place a chain is resolved). ``strided``: it
+    runs ``steps`` evenly strided timesteps (False: always all T);
     ``uses_eta``: it reads ``SamplerConfig.eta`` (a nonzero η is refused elsewhere);
-    ``differentiable``: the adaptive attacks may backpropagate through ``step``.
+    ``differentiable``: the adaptive attacks may backpropagate through ``step``;
+    ``purify_name``: the purifier's name for this chain (``--purify-sampler``) where it has
+    another (``respaced`` is the purifier's ``ancestral``), else None: its registered name.
     """
 
     description: str
@@ -53,6 +59,7 @@ class Sampler:
     strided: bool = True
     uses_eta: bool = False
     differentiable: bool = True
+    purify_name: str | None = None
 
     def chain(self, diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
         """The diffusion whose indices the sampler walks: ``diffusion`` itself at full length,
@@ -76,7 +83,7 @@ def ddim_step(sd: GaussianDiffusion, model: EpsModel, x: torch.Tensor, t: torch.
 SAMPLERS.register("ddpm", Sampler("ancestral sampling on all T steps (Ho et al. 2020)",
                                   ancestral_step, strided=False))
 SAMPLERS.register("respaced", Sampler("ancestral sampling on `steps` evenly strided timesteps",
-                                      ancestral_step))
+                                      ancestral_step, purify_name="ancestral"))
 SAMPLERS.register("ddim", Sampler("DDIM with η on `steps` strided timesteps (Song et al. 2021)",
                                   ddim_step, uses_eta=True))
 
@@ -151,10 +158,113 @@ def clip_default(shape: Sequence[int]) -> bool:
     return len(shape) == 3
 
 
-def sampling_diffusion(diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
-    """The diffusion whose indices the sampler walks (:meth:`Sampler.chain`)."""
-    cfg.validate(diffusion.num_timesteps)
-    return cfg.entry.chain(diffusion, cfg)
+@dataclass(frozen=True, eq=False)
+class SamplingChain:
+    """A sampler resolved against a model's diffusion: what every sampling function, attack,
+    damage record and the purifier walk (docs/method.md §6, §8).
+
+    Built once per (model, sampler): the constructor checks ``sampler`` against the model's T
+    and resolves the diffusion the sampler walks (:meth:`Sampler.chain`: the model's own at
+    full length, else respaced to K steps). Reverse step k = 0 … K−1 runs at index K−1−k of
+    :attr:`walk`; the model is called at ``timestep_map[index]`` (the trained timestep).
+
+    Args:
+        diffusion: the model's (training) diffusion, T timesteps.
+        sampler: the sampler settings; ``clip_denoised`` may be unset (:meth:`for_shape`
+            resolves it for the data, sharing :attr:`walk`).
+    """
+
+    diffusion: GaussianDiffusion
+    sampler: SamplerConfig
+    walk: GaussianDiffusion = field(init=False)
+    """The diffusion whose indices the sampler walks (K = ``walk.num_timesteps`` steps)."""
+
+    def __post_init__(self) -> None:
+        self.sampler.validate(self.diffusion.num_timesteps)
+        object.__setattr__(self, "walk", self.sampler.entry.chain(self.diffusion, self.sampler))
+
+    @classmethod
+    def of(cls, diffusion: GaussianDiffusion | SamplingChain,
+           sampler: SamplerConfig | None = None) -> SamplingChain:
+        """``diffusion`` itself when it is a chain (``sampler`` None, or the chain's settings
+        with ``clip_denoised`` unset or equal), else the chain of ``sampler`` (default
+        :class:`SamplerConfig`) on the model's ``diffusion``."""
+        if not isinstance(diffusion, SamplingChain):
+            return cls(diffusion, SamplerConfig() if sampler is None else sampler)
+        if sampler is not None and sampler != diffusion.sampler and not (
+                sampler.clip_denoised is None
+                and replace(diffusion.sampler, clip_denoised=None) == sampler):
+            raise ValueError(f"sampler {sampler} differs from the chain's {diffusion.sampler}")
+        return diffusion
+
+    def for_shape(self, shape: Sequence[int]) -> SamplingChain:
+        """This chain with ``clip_denoised`` resolved for per-sample ``shape``
+        (:meth:`SamplerConfig.for_shape`); the walked diffusion is shared, not rebuilt."""
+        resolved = self.sampler.for_shape(shape)
+        if resolved is self.sampler:
+            return self
+        out = copy.copy(self)
+        object.__setattr__(out, "sampler", resolved)
+        return out
+
+    @property
+    def entry(self) -> Sampler:
+        """The registered :class:`Sampler` that makes each step."""
+        return self.sampler.entry
+
+    @property
+    def num_steps(self) -> int:
+        """K, the number of reverse steps (network evaluations) of one sample."""
+        return self.walk.num_timesteps
+
+    @property
+    def timestep_map(self) -> np.ndarray:
+        """(K,) int64: the trained timestep of each index of :attr:`walk`."""
+        return self.walk.timestep_map
+
+    @property
+    def clip_denoised(self) -> bool | None:
+        """Whether x̂_0 is clipped to [-1, 1] in each step (None: not yet resolved)."""
+        return self.sampler.clip_denoised
+
+    @property
+    def eta(self) -> float:
+        """DDIM η of a sampler that reads it, else 0."""
+        return self.sampler.eta if self.entry.uses_eta else 0.0
+
+    def index(self, step: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Indices (B,) into :attr:`walk` of reverse step ``step`` (0 = at x_T)."""
+        return torch.full((batch,), self.num_steps - 1 - step, device=device, dtype=torch.long)
+
+    def step(self, model: EpsModel, x: torch.Tensor, t: torch.Tensor,
+             noise: torch.Tensor) -> torch.Tensor:
+        """One reverse step (:data:`SamplerStep`) at indices ``t`` (B,) of :attr:`walk`;
+        resolve ``clip_denoised`` first (:meth:`for_shape`)."""
+        return self.entry.step(self.walk, model, x, t, noise, self.sampler)
+
+    def budget(self, step: int, like: torch.Tensor) -> torch.Tensor:
+        """σ_t = √β̃_t (B, 1, …) at reverse step ``step``: the ℓ∞ attack budget per unit
+        ``eps_scale`` (model space, docs/method.md §6); 0 at the last step."""
+        return self.walk.attack_std(self.index(step, len(like), like.device), like)
+
+    @property
+    def budgets(self) -> np.ndarray:
+        """(K,) float64: σ_t = √β̃_t of every reverse step, in step order."""
+        return self.walk.attack_std_table[::-1].copy()
+
+    @property
+    def attackable_steps(self) -> list[int]:
+        """The reverse steps with a positive budget: all but the last (at t = 0, β̃_0 = 0;
+        docs/method.md §10.8)."""
+        return [k for k, sigma in enumerate(self.budgets) if sigma > 0]
+
+    def describe(self) -> str:
+        """The sampler's label on this chain, e.g. ``respaced-25-clip``."""
+        return self.sampler.describe(self.diffusion.num_timesteps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sampler's settings, K (``num_steps``) and ``label``, JSON-ready (results)."""
+        return {**asdict(self.sampler), "num_steps": self.num_steps, "label": self.describe()}
 
 
 @contextmanager
@@ -174,32 +284,32 @@ def frozen(model: EpsModel) -> Iterator[None]:
 
 def sample(
     model: EpsModel,
-    diffusion: GaussianDiffusion,
+    diffusion: GaussianDiffusion | SamplingChain,
     shape: Sequence[int],
     seeds: Sequence[int],
-    sampler: SamplerConfig = SamplerConfig(),
+    sampler: SamplerConfig | None = None,
     hook: StepHook | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Draw ``len(seeds)`` samples of per-sample ``shape`` (model space).
 
+    ``diffusion``: a :class:`SamplingChain`, or the model's diffusion with ``sampler``
+    (default :class:`SamplerConfig`) resolved against it (:meth:`SamplingChain.of`).
     Returns a float32 tensor (B, *shape). ``progress(step)`` is called after every step.
-    An unset ``sampler.clip_denoised`` follows the data (:meth:`SamplerConfig.for_shape`).
+    An unset ``clip_denoised`` follows the data (:meth:`SamplingChain.for_shape`).
     """
-    sampler = sampler.for_shape(shape)
-    sd = sampling_diffusion(diffusion, sampler)
+    chain = SamplingChain.of(diffusion, sampler).for_shape(shape)
     gens = generators(seeds, CHAIN_NOISE, device)
-    draws = randn_steps(shape, gens, sd.num_timesteps + 1, device)  # x_T, then one z per step
+    draws = randn_steps(shape, gens, chain.num_steps + 1, device)  # x_T, then one z per step
     x = next(draws)
-    step_fn = sampler.entry.step
     with frozen(model):
-        for step, i in enumerate(reversed(range(sd.num_timesteps))):
+        for step, i in enumerate(reversed(range(chain.num_steps))):
             t = torch.full((len(seeds),), i, device=device, dtype=torch.long)
             if hook is not None:
                 x = hook(x, t, step)
             noise = next(draws)
-            x = step_fn(sd, model, x, t, noise, sampler).detach()
+            x = chain.step(model, x, t, noise).detach()
             if progress is not None:
                 progress(step)
     return x
@@ -207,35 +317,37 @@ def sample(
 
 def sample_batched(
     model: EpsModel,
-    diffusion: GaussianDiffusion,
+    diffusion: GaussianDiffusion | SamplingChain,
     shape: Sequence[int],
     seeds: Sequence[int],
     batch_size: int,
-    sampler: SamplerConfig = SamplerConfig(),
+    sampler: SamplerConfig | None = None,
     hook_factory: Callable[[Sequence[int]], StepHook | None] | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """:func:`sample` over ``seeds`` in chunks of ``batch_size``; returns (N, *shape) on CPU.
 
+    ``diffusion`` and ``sampler`` as in :func:`sample` (the chain is resolved once).
     ``hook_factory(chunk_seeds)`` builds the hook of each chunk (attacks seed their random
     starts from the same per-sample seeds). ``progress(n)`` gets the number of finished steps.
     """
+    chain = SamplingChain.of(diffusion, sampler).for_shape(shape)
     out = []
     for start in range(0, len(seeds), batch_size):
         chunk = list(seeds[start : start + batch_size])
         hook = hook_factory(chunk) if hook_factory is not None else None
-        out.append(sample(model, diffusion, shape, chunk, sampler, hook, device, progress).cpu())
+        out.append(sample(model, chain, shape, chunk, None, hook, device, progress).cpu())
     return torch.cat(out) if out else torch.empty(0, *shape)
 
 
 def sample_sharded(
     model: EpsModel,
-    diffusion: GaussianDiffusion,
+    diffusion: GaussianDiffusion | SamplingChain,
     shape: Sequence[int],
     seeds: Sequence[int],
     batch_size: int,
-    sampler: SamplerConfig = SamplerConfig(),
+    sampler: SamplerConfig | None = None,
     hook_factory: Callable[[Sequence[int]], StepHook | None] | None = None,
     device: torch.device | str = "cpu",
     progress: Callable[[int], None] | None = None,

@@ -22,7 +22,7 @@ from dmattack.diffusion import GaussianDiffusion
 from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
+from dmattack.sampling import SamplerConfig, SamplingChain, sample, sample_batched
 from dmattack.seeding import ATTACK, generators, sample_seeds
 
 SHAPE = (1, 8, 8)
@@ -127,17 +127,17 @@ def replay(model, diffusion, sampler, deltas):
 @pytest.mark.parametrize("sampler", SAMPLERS[1:], ids=lambda s: s.name)
 def test_budget_holds_and_only_attacked_steps_move(tiny, attack, window, sampler):
     model, diffusion = tiny
-    sd = sampling_diffusion(diffusion, sampler)
-    k = sd.num_timesteps
+    chain = SamplingChain(diffusion, sampler)
+    k, budgets = chain.num_steps, chain.budgets
     steps = attacked_steps(k, 50, window)
     model.train()
     r = attack.attack(model, diffusion, sampler, SHAPE, SEEDS, steps)
     assert model.training and all(m.training for m in model.modules())  # mode restored
     assert all(p.grad is None for p in model.parameters())
-    with_budget = [s for s in steps if sd.attack_std_table[k - 1 - s] > 0]
+    with_budget = [s for s in steps if budgets[s] > 0]
     assert sorted(r.deltas) == with_budget and with_budget
     for s, d in r.deltas.items():
-        eps = float(sd.attack_std_table[k - 1 - s])
+        eps = float(budgets[s])
         assert d.abs().max() <= eps * (1 + 1e-6)
         assert d.abs().max() > 0.5 * eps
     x0, touched = replay(model, diffusion, sampler, r.deltas)
@@ -153,17 +153,17 @@ def test_trajectory_beats_random_and_per_step_mean(digits):
     random control or the per-step PGD with the ``mean`` loss at the same steps and budgets."""
     model, diffusion = digits
     sampler, seeds, shape = SamplerConfig("respaced", 10), sample_seeds(0, 4), SHAPE
-    sd = sampling_diffusion(diffusion, sampler)
+    chain = SamplingChain(diffusion, sampler)
     with torch.no_grad():
-        clean = sample(model, diffusion, shape, seeds, sampler)
+        clean = sample(model, chain, shape, seeds)
         dev = {}
         for name, spec in {"random": AttackSpec("random", 50),
                            "pgd-mean": AttackSpec("pgd", 50, pgd_steps=3)}.items():
-            x = sample_batched(model, diffusion, shape, seeds, 4, sampler,
-                               make_hook_factory(spec, model, sd, sd.num_timesteps))
+            x = sample_batched(model, chain, shape, seeds, 4,
+                               hook_factory=make_hook_factory(spec, model, chain))
             dev[name] = float(pixel_distance(x, clean).mean())
     traj = TrajectoryPGD(iterations=3).sample_attacked(
-        model, diffusion, sampler, shape, seeds, attacked_steps(sd.num_timesteps, 50))
+        model, diffusion, sampler, shape, seeds, attacked_steps(chain.num_steps, 50))
     dev["trajectory"] = float(pixel_distance(traj, clean).mean())
     assert dev["trajectory"] > 2 * max(dev["random"], dev["pgd-mean"]), dev
 
@@ -173,14 +173,14 @@ def test_lookahead_horizon_zero_is_per_step_pgd_with_x0_loss(digits):
     ``x0`` loss, the random starts come from the same ATTACK streams, so the samples agree."""
     model, diffusion = digits
     sampler, seeds = SamplerConfig("respaced", 8), sample_seeds(1, 3)
-    sd = sampling_diffusion(diffusion, sampler)
+    chain = SamplingChain(diffusion, sampler)
     spec = AttackSpec("pgd", 50, loss="x0", pgd_steps=3)
     with torch.no_grad():
-        ref = sample_batched(model, diffusion, SHAPE, seeds, 3, sampler,
-                             make_hook_factory(spec, model, sd, sd.num_timesteps))
+        ref = sample_batched(model, chain, SHAPE, seeds, 3,
+                             hook_factory=make_hook_factory(spec, model, chain))
     atk = LookaheadPGD(iterations=3, eot=1, horizon=0, keep="last")
     out = atk.sample_attacked(model, diffusion, sampler, SHAPE, seeds,
-                              attacked_steps(sd.num_timesteps, 50))
+                              attacked_steps(chain.num_steps, 50))
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -253,10 +253,10 @@ def test_runs_as_an_attack_plan(tiny):
     plan = AttackPlan(atk, percent=50, window="spread")
     with torch.no_grad():
         planned = plan.sample(model, diffusion, SHAPE, SEEDS, 3, sampler)
-    direct = atk.sample_attacked(model, sampling_diffusion(diffusion, sampler), sampler, SHAPE,
-                                 SEEDS, attacked_steps(5, 50))
+    chain = SamplingChain(diffusion, sampler)
+    direct = atk.sample_attacked(model, chain, sampler, SHAPE, SEEDS, attacked_steps(5, 50))
     assert torch.equal(planned, direct)
-    record = plan.record(model, sampling_diffusion(diffusion, sampler))
+    record = plan.record(model, chain)
     assert record["label"] == "lookahead-pgd1-eot1-hend-pixel-x2-spread-50%"
     assert record["eot"] == 1 and record["horizon"] == "end" and record["kind"] == "whole-chain"
 

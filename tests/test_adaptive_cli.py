@@ -19,7 +19,7 @@ from dmattack.attacks.options import spec_from_options
 from dmattack.errors import ConfigError
 from dmattack.registry import SAMPLERS
 from dmattack.runs import load_run
-from dmattack.sampling import Sampler, SamplerConfig, ancestral_step, sampling_diffusion
+from dmattack.sampling import Sampler, SamplerConfig, SamplingChain, ancestral_step
 from dmattack.seeding import sample_seeds
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "checkpoints" / "digits-ddpm")
@@ -36,9 +36,9 @@ def _library_samples(res: dict, attack) -> torch.Tensor:
     loaded = load_run(DIGITS)
     s = res["sampler"]
     sampler = SamplerConfig(s["name"], s["steps"], s["eta"], s["clip_denoised"])
-    sd = sampling_diffusion(loaded.diffusion, sampler)
+    chain = SamplingChain(loaded.diffusion, sampler)
     with torch.no_grad():
-        return attack.sample_attacked(loaded.model, sd, sampler, loaded.data_shape,
+        return attack.sample_attacked(loaded.model, chain, sampler, loaded.data_shape,
                                       sample_seeds(0, 4), res["attacked_steps"])
 
 

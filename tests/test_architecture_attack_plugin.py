@@ -97,7 +97,7 @@ def _library_attacked(site: Path, res: dict, decay: float) -> torch.Tensor:
     from dmattack.attacks import AttackPlan
     from dmattack.registry import ATTACKS
     from dmattack.runs import load_run
-    from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
+    from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
     from dmattack.seeding import sample_seeds
 
     spec = importlib.util.spec_from_file_location("doc_plugin_copy",
@@ -110,12 +110,12 @@ def _library_attacked(site: Path, res: dict, decay: float) -> torch.Tensor:
     loaded = load_run(DIGITS)
     s = res["sampler"]
     sampler = SamplerConfig(s["name"], s["steps"], s["eta"], s["clip_denoised"])
-    sd = sampling_diffusion(loaded.diffusion, sampler)
+    chain = SamplingChain(loaded.diffusion, sampler)
     plan = AttackPlan(partial(module.ChainMomentumPGD, steps=10, decay=decay), percent=50)
     with torch.no_grad():
         return sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
                               sample_seeds(0, 4), 4, sampler,
-                              hook_factory=plan.hook_factory(loaded.model, sd))
+                              hook_factory=plan.hook_factory(loaded.model, chain))
 
 
 def test_library_spec_routes_the_option_to_the_config(site):

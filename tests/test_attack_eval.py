@@ -283,7 +283,7 @@ def test_attack_results_record_the_attacked_steps(tmp_path):
 
 
 def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
-    from dmattack.curve_table import LAST_STEP_MARK, marked_values, percent_headers
+    from dmattack.attack_eval.render import LAST_STEP_MARK, marked_values, percent_headers
 
     # the former counting (all steps), under which the zero-budget last step can be attacked
     specs = curve_specs(["random"], [30, 100], windows=("first", "last"), step_counting="all")
@@ -359,7 +359,7 @@ def test_relative_to_random_and_model_comparisons_closed_forms():
 
 
 def test_a_set_metric_better_under_attack_is_flagged(tmp_path):
-    from dmattack.curve_table import IMPROVED_MARK, marked_values
+    from dmattack.attack_eval.render import IMPROVED_MARK, marked_values
 
     def falling_fid():
         calls = []

@@ -30,7 +30,7 @@ from dmattack.errors import ConfigError
 from dmattack.models import build_model
 from dmattack.registry import ATTACKS
 from dmattack.runs import LoadedModel
-from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
+from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
 from dmattack.seeding import (
     ATTACK,
     CHAIN_NOISE,
@@ -171,8 +171,9 @@ def test_user_factory_and_subclass_record_their_own_settings(loaded, tmp_path):
 
 def test_subclass_samples_inside_no_grad(loaded):
     seeds = sample_seeds(0, 4)
-    sd = sampling_diffusion(loaded.diffusion, SAMPLER)
-    hooks = AttackPlan(ChainPush, 100).hook_factory(loaded.model, sd)
+    chain = SamplingChain(loaded.diffusion, SAMPLER)
+    sd = chain.walk
+    hooks = AttackPlan(ChainPush, 100).hook_factory(loaded.model, chain)
     with torch.no_grad():
         clean = sample_batched(loaded.model, loaded.diffusion, (DIM,), seeds, 4, SAMPLER)
         attacked = sample_batched(loaded.model, loaded.diffusion, (DIM,), seeds, 4, SAMPLER,
@@ -277,7 +278,7 @@ def test_registered_whole_chain_attack_through_a_spec(loaded, tmp_path):
 
 # ----------------------------------------------------------------------------- losses
 def test_step_loss_reference_is_computed_once_per_step(loaded):
-    sd = sampling_diffusion(loaded.diffusion, SAMPLER)
+    sd = SamplingChain(loaded.diffusion, SAMPLER).walk
     counts = {"reference": 0, "call": 0}
 
     class EpsL1(StepLoss):

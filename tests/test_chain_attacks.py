@@ -18,7 +18,7 @@ from dmattack.attacks.schedule import steps_with_budget
 from dmattack.diffusion import GaussianDiffusion, respace
 from dmattack.errors import ConfigError
 from dmattack.models import build_model
-from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
+from dmattack.sampling import SamplerConfig, SamplingChain, sample, sample_batched
 from dmattack.seeding import ATTACK, generators, sample_seeds
 
 DIM = 8
@@ -237,10 +237,11 @@ def test_attacked_step_count_and_window(num_steps, window, counting):
 def test_steps_with_budget_are_those_whose_sqrt_beta_tilde_is_positive():
     full = GaussianDiffusion.from_schedule()
     for k in (4, 25, 1000):
-        sd = sampling_diffusion(full, SamplerConfig("respaced", k))
+        chain = SamplingChain(full, SamplerConfig("respaced", k))
+        sd = chain.walk
         # reverse step i is at t = K−1−i; its budget is √β̃_t
         positive = [i for i in range(k) if sd.attack_std_table[k - 1 - i] > 0]
-        assert steps_with_budget(k) == positive
+        assert steps_with_budget(k) == positive == chain.attackable_steps
 
 
 def test_spread_indices():
@@ -313,8 +314,8 @@ def test_spec_refuses_the_former_project_spelling():
 
 # ----------------------------------------------------------------------------- paired sampling
 def run(model, diffusion, spec, seeds, batch_size):
-    sd = sampling_diffusion(diffusion, SAMPLER)
-    factory = None if spec is None else make_hook_factory(spec, model, sd, K)
+    chain = SamplingChain(diffusion, SAMPLER)
+    factory = None if spec is None else make_hook_factory(spec, model, chain)
     with torch.no_grad():
         return sample_batched(model, diffusion, (DIM,), seeds, batch_size, SAMPLER, factory)
 
@@ -329,7 +330,7 @@ def test_zero_percent_is_the_clean_run_bit_for_bit(model, diffusion):
 @pytest.mark.parametrize("window", ["first", "last", "spread"])
 def test_hook_attacks_exactly_the_scheduled_steps(model, diffusion, sd, window):
     spec = AttackSpec("random", 25, window)
-    factory = make_hook_factory(spec, model, sd, K)
+    factory = make_hook_factory(spec, model, SamplingChain(diffusion, SAMPLER))
     changed = []
 
     def counting(seeds):

@@ -316,7 +316,7 @@ def test_shard_slices_are_verified_on_read(tmp_path, monkeypatch, caplog):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    import dmattack.attack_eval as ae
+    import dmattack.attack_eval.store as ae
 
     monkeypatch.setattr(ae.distributed, "is_distributed", lambda: True)
     calls = []
@@ -326,12 +326,12 @@ def test_shard_slices_are_verified_on_read(tmp_path, monkeypatch, caplog):
         return torch.arange(12.0).reshape(3, 4), 1.5
 
     path = tmp_path / "shards" / "p" / "0-3.safetensors"
-    first, _ = ae._shard(path, compute)
-    again, seconds = ae._shard(path, compute)
+    first, _ = ae.shard(path, compute)
+    again, seconds = ae.shard(path, compute)
     assert len(calls) == 1 and torch.equal(first, again) and seconds == 1.5
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     save_file({"samples": load_file(path)["samples"].flip(0).contiguous()}, str(path), meta)
-    redone, _ = ae._shard(path, compute)
+    redone, _ = ae.shard(path, compute)
     assert len(calls) == 2 and torch.equal(redone, first)
     assert "does not match its recorded sha256" in caplog.text

@@ -86,16 +86,16 @@ def _first(rank: int, world: int, port: int, root: Path) -> None:
 def _resume(rank: int, world: int, port: int, root: Path) -> None:
     """Re-run the killed curve; count the slices recomputed."""
     _join(rank, world, port)
-    import dmattack.attack_eval as ae
+    import dmattack.attack_eval.curve as ae
 
     computed = []
-    real = ae._point_samples
+    real = ae.point_samples
 
     def counting(*args):
         computed.append(1)
         return real(*args)
 
-    ae._point_samples = counting
+    ae.point_samples = counting
     curve = _curve(root / "single", root / "curve")
     torch.save({"curve": curve, "computed": len(computed)}, root / f"resume-{rank}.pt")
     distributed.shutdown()

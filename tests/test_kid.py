@@ -104,7 +104,7 @@ def test_curve_rows_and_csv_carry_the_kid_interval():
     import csv
     import io
 
-    from dmattack.curve_table import curve_csv, marked_values, metric_interval
+    from dmattack.attack_eval.render import curve_csv, marked_values, metric_interval
 
     metrics = {"KID (digits-cnn)": 0.0123, "KID ci95 lo (digits-cnn)": 0.01,
                "KID ci95 hi (digits-cnn)": 0.015}

@@ -148,7 +148,7 @@ def _library_attacked(site: Path, res: dict) -> torch.Tensor:
     it), computed by the library with the run's model, sampler and seeds."""
     from dmattack.attacks import AttackPlan
     from dmattack.runs import load_run
-    from dmattack.sampling import SamplerConfig, sample_batched, sampling_diffusion
+    from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
     from dmattack.seeding import sample_seeds
 
     spec = importlib.util.spec_from_file_location("doc_plugin_copy", site / "eps_ascent_plugin.py")
@@ -162,9 +162,8 @@ def _library_attacked(site: Path, res: dict) -> torch.Tensor:
     loaded = load_run(DIGITS)
     s = res["sampler"]
     sampler = SamplerConfig(s["name"], s["steps"], s["eta"], s["clip_denoised"])
-    sd = sampling_diffusion(loaded.diffusion, sampler)
+    chain = SamplingChain(loaded.diffusion, sampler)
     plan = AttackPlan(partial(module.ChainEpsAscent, strength=0.5), percent=50)
     with torch.no_grad():
-        return sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
-                              sample_seeds(0, 4), 4, sampler,
-                              hook_factory=plan.hook_factory(loaded.model, sd))
+        return sample_batched(loaded.model, chain, loaded.data_shape, sample_seeds(0, 4), 4,
+                              hook_factory=plan.hook_factory(loaded.model, chain))

@@ -337,7 +337,7 @@ def _enospc(*args, **kwargs):
 @pytest.mark.parametrize("failing", ["save_file", "write_json"])
 def test_disk_full_while_writing_results_keeps_the_previous_ones(tmp_path, monkeypatch,
                                                                  failing):
-    import dmattack.attack_eval as ae
+    import dmattack.attack_eval.store as ae
 
     out = tmp_path / "a"
     run_attack(_toy_model(), AttackSpec("fgsm", 50), **_toy_kw(out))
@@ -382,7 +382,7 @@ def test_disk_full_while_appending_a_curve_point(tmp_path, monkeypatch):
         f = real_open(path, mode, *a, **k)
         return HalfWrite(f) if str(path).endswith(POINTS) and "a" in mode else f
 
-    import dmattack.attack_eval as ae
+    import dmattack.attack_eval.store as ae
 
     monkeypatch.setattr(ae, "open", fake_open, raising=False)
     with pytest.raises(OutputError, match="points before it are kept"):

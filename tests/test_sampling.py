@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dmattack.diffusion import GaussianDiffusion
+from dmattack.diffusion import GaussianDiffusion, respace
 from dmattack.errors import ConfigError
 from dmattack.models import build_model
-from dmattack.sampling import SamplerConfig, sample, sample_batched, sampling_diffusion
+from dmattack.sampling import SamplerConfig, SamplingChain, sample, sample_batched
 from dmattack.seeding import (
     CHAIN_NOISE,
     _block_draw_is_exact,
@@ -78,7 +78,7 @@ def test_ddim_eta0_is_deterministic_given_x_T(setup):
     with torch.no_grad():
         a = sample(model, diffusion, (3,), seeds, SamplerConfig("ddim", 10, 0.0))
     # the per-step noise draws are multiplied by σ = 0 and cannot matter
-    sd = sampling_diffusion(diffusion, SamplerConfig("ddim", 10))
+    sd = respace(diffusion, 10)
     x = torch.stack([torch.randn(3, generator=g) for g in generators(seeds, CHAIN_NOISE)])
     with torch.no_grad():
         for i in reversed(range(10)):
@@ -152,7 +152,7 @@ def test_sampling_is_gradient_transparent(setup):
 
 def _sample_step_by_step(model, diffusion, shape, seeds, sampler):
     """The sampling loop as it was: x_T, then one randn_per_sample call per step."""
-    sd = sampling_diffusion(diffusion, sampler)
+    sd = SamplingChain(diffusion, sampler).walk
     gens = generators(seeds, CHAIN_NOISE)
     x = randn_per_sample(shape, gens, "cpu")
     for i in reversed(range(sd.num_timesteps)):

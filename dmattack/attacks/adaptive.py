@@ -167,8 +167,8 @@ class AdaptiveChainAttack(ABC):
                device: torch.device | str = "cpu") -> AdaptiveResult:
         """Attack one batch at reverse ``steps``; see :class:`AdaptiveResult`.
 
-        ``diffusion`` is the model's diffusion or the one the sampler walks (either works:
-        ``sampling_diffusion`` of the latter is itself)."""
+        ``diffusion`` is a :class:`~dmattack.sampling.SamplingChain` (what ``AttackPlan``
+        passes), or the model's diffusion with ``sampler`` resolved against it."""
 
     def __repr__(self) -> str:
         body = ", ".join(f"{k}={v!r}" for k, v in self.settings().items())
@@ -189,8 +189,7 @@ class AdaptiveChainAttack(ABC):
         like = torch.empty(batch, *shape, device=device)
         out = {}
         for s in sorted({int(s) for s in steps}):
-            eps = self.config.eps_scale * chain.diffusion.attack_std(
-                chain.index(s, batch, like.device), like)
+            eps = self.config.eps_scale * chain.chain.budget(s, like)
             if (eps > 0).any():
                 out[s] = eps
         return out

@@ -75,7 +75,7 @@ class WholeChainAttack(Protocol):
             model: the ε-model, ``eps = model(x, timesteps)``, in eval mode with parameters not
                 requiring gradients. The call runs inside ``torch.no_grad()``: enable gradients
                 yourself (``torch.enable_grad()``) where the attack needs them.
-            diffusion: the diffusion the sampler walks (``sampling_diffusion(full, sampler)``):
+            diffusion: the diffusion the sampler walks (``SamplingChain(full, sampler).walk``):
                 K = ``diffusion.num_timesteps`` reverse steps, indices K−1 … 0.
             sampler: ``name`` (``ddpm`` / ``respaced``: ``diffusion.p_sample``; ``ddim``:
                 ``diffusion.ddim_step`` with ``sampler.eta``) and ``clip_denoised`` (already

@@ -28,7 +28,7 @@ from torch.utils.checkpoint import checkpoint as checkpoint_segment
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
 from ..registry import SAMPLERS
-from ..sampling import SamplerConfig, frozen, sampling_diffusion
+from ..sampling import SamplerConfig, SamplingChain, frozen
 from ..seeding import CHAIN_NOISE, generators, randn_per_sample
 from ..tensors import eval_mode
 
@@ -63,37 +63,39 @@ class DifferentiableChain:
 
     Args:
         model: the ε-model, ``eps = model(x, timesteps)`` (noise units).
-        diffusion: the model's (full) diffusion; the chain walks ``sampling_diffusion`` of it.
+        diffusion: a :class:`~dmattack.sampling.SamplingChain`, or the model's (full)
+            diffusion with ``sampler`` resolved against it (:meth:`SamplingChain.of`).
         sampler: a registered sampler whose entry is ``differentiable`` (``ddpm``,
-            ``respaced``, ``ddim``); any other raises ConfigError.
+            ``respaced``, ``ddim``); any other raises ConfigError. None: the chain's own.
         checkpoint: checkpoint every reverse step (memory K states + one step's activations).
 
     Steps are counted like ``sample()``'s hooks: step k = 0 … K−1 is the reverse step from
     diffusion index K−1−k; the state before step 0 is x_T, the output of step K−1 is x_0.
+    ``chain`` is the resolved chain, ``diffusion`` the diffusion it walks.
     """
 
-    def __init__(self, model: EpsModel, diffusion: GaussianDiffusion, sampler: SamplerConfig,
-                 checkpoint: bool = True) -> None:
-        check_differentiable(sampler)
+    def __init__(self, model: EpsModel, diffusion: GaussianDiffusion | SamplingChain,
+                 sampler: SamplerConfig | None = None, checkpoint: bool = True) -> None:
+        self.chain = SamplingChain.of(diffusion, sampler)
+        check_differentiable(self.chain.sampler)
         self.model = model
-        self.sampler = sampler
-        self.diffusion = sampling_diffusion(diffusion, sampler)
-        self.num_steps = self.diffusion.num_timesteps
+        self.sampler = self.chain.sampler
+        self.diffusion = self.chain.walk
+        self.num_steps = self.chain.num_steps
         self.checkpoint = checkpoint
-        self._resolved: dict[tuple[int, ...], SamplerConfig] = {}  # per data shape
+        self._resolved: dict[tuple[int, ...], SamplingChain] = {}  # per data shape
 
     def index(self, step: int, batch: int, device: torch.device) -> torch.Tensor:
         """Diffusion indices (B,) of reverse step ``step``."""
-        return torch.full((batch,), self.num_steps - 1 - step, device=device, dtype=torch.long)
+        return self.chain.index(step, batch, device)
 
     def step(self, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
         """One reverse step from state ``x`` (B, *shape) with noise ``noise``, as ``sample()``."""
         t = self.index(step, len(x), x.device)
         shape = tuple(x.shape[1:])
         if shape not in self._resolved:  # clip unset: by the data, as sample() resolves it
-            self._resolved[shape] = self.sampler.for_shape(shape)
-        s = self._resolved[shape]
-        return s.entry.step(self.diffusion, self.model, x, t, noise, s)
+            self._resolved[shape] = self.chain.for_shape(shape)
+        return self._resolved[shape].step(self.model, x, t, noise)
 
     def _step(self, x: torch.Tensor, step: int, noise: torch.Tensor) -> torch.Tensor:
         if self.checkpoint and torch.is_grad_enabled() and x.requires_grad:

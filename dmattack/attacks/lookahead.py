@@ -37,7 +37,7 @@ import torch
 
 from ..diffusion import EpsModel, GaussianDiffusion
 from ..errors import ConfigError
-from ..sampling import SamplerConfig, sample, sampling_diffusion
+from ..sampling import SamplerConfig, SamplingChain, sample
 from ..seeding import ATTACK, generators, randn_per_sample
 from .adaptive import AdaptiveChainAttack, AdaptiveResult
 from .configs import HORIZON_END, LookaheadConfig
@@ -76,7 +76,7 @@ class LookaheadPGD(AdaptiveChainAttack):
                  shape: Sequence[int]) -> None:
         """As :meth:`AdaptiveChainAttack.validate`, and a horizon longer than the chain."""
         super().validate(diffusion, sampler, shape)
-        k = sampling_diffusion(diffusion, sampler).num_timesteps
+        k = SamplingChain.of(diffusion, sampler).num_steps
         h = self.config.horizon
         if h != HORIZON_END and h > k:
             raise ConfigError(f"horizon (--horizon) = {h} is larger than the chain's {k} steps; "

@@ -26,7 +26,7 @@ from torch import nn
 from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError
 from ..keys import callable_key
-from ..sampling import SamplerConfig, StepHook, frozen, sample_batched, sampling_diffusion
+from ..sampling import SamplerConfig, SamplingChain, StepHook, frozen, sample_batched
 from ..seeding import ATTACK, generators
 from .adaptive import AdaptiveChainAttack
 from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
@@ -141,24 +141,29 @@ class AttackPlan:
         """The reverse steps attacked on a chain of ``num_steps`` (0 = the first, at x_T)."""
         return attacked_steps(num_steps, self.percent, self.window, self.step_counting)
 
-    def attack_settings(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
-        """The attack's own settings (see ``settings``); ``diffusion`` is the sampled one."""
+    def attack_settings(self, model: nn.Module, chain: SamplingChain) -> dict[str, Any]:
+        """The attack's own settings (see ``settings``) on the sampled ``chain``."""
         if self.settings is not None:
             return dict(self.settings)
         if self.spec is not None:
             return self.spec.settings()
         if self.whole_chain:
             return dict(self.attack.settings())
-        return build_per_step(self.attack, model, diffusion, None).settings()
+        return build_per_step(self.attack, model, chain.walk, None).settings()
 
-    def validate(self, diffusion: GaussianDiffusion, sampler: SamplerConfig,
-                 shape: Sequence[int]) -> None:
+    def validate(self, chain: SamplingChain, shape: Sequence[int]) -> None:
         """What can be checked before sampling: a whole-chain attack's own
         ``validate(diffusion, sampler, shape)`` where it has one (e.g. a sampler it cannot
         differentiate, a horizon beyond the chain); raises ConfigError."""
         check = getattr(self.attack, "validate", None) if self.whole_chain else None
         if check is not None:
-            check(diffusion, sampler, tuple(shape))
+            check(self._target(chain), chain.sampler, tuple(shape))
+
+    def _target(self, chain: SamplingChain) -> SamplingChain | GaussianDiffusion:
+        """What a whole-chain attack's ``diffusion`` argument gets: the chain itself for an
+        :class:`AdaptiveChainAttack`, the diffusion the chain walks for a user's
+        :class:`~dmattack.attacks.base.WholeChainAttack`."""
+        return chain if isinstance(self.attack, AdaptiveChainAttack) else chain.walk
 
     def code_key(self) -> str:
         """A user attack's code key (:func:`~dmattack.keys.callable_key`): a per-step factory's
@@ -169,10 +174,10 @@ class AttackPlan:
         explicit = isinstance(getattr(attack, "key", None), str)
         return callable_key(type(attack) if self.whole_chain and not explicit else attack)
 
-    def record(self, model: nn.Module, diffusion: GaussianDiffusion) -> dict[str, Any]:
-        """What results record about the attack: method, label, series, kind, percent, window
-        and its settings (flat)."""
-        settings = self.attack_settings(model, diffusion)
+    def record(self, model: nn.Module, chain: SamplingChain) -> dict[str, Any]:
+        """What results record about the attack on the sampled ``chain``: method, label,
+        series, kind, percent, window and its settings (flat)."""
+        settings = self.attack_settings(model, chain)
         clash = sorted(set(settings) & set(RESERVED))
         if clash:
             raise ConfigError(f"attack settings use reserved keys {clash}; rename them",
@@ -183,11 +188,11 @@ class AttackPlan:
                 **code}
 
     # ------------------------------------------------------------------ running it
-    def hook_factory(self, model: nn.Module, diffusion: GaussianDiffusion,
+    def hook_factory(self, model: nn.Module, chain: SamplingChain,
                      device: torch.device | str = "cpu", built: list[ChainAttack] | None = None
                      ) -> Callable[[Sequence[int]], StepHook | None]:
         """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.sampling.sample_batched` (per-step
-        attacks only) on ``diffusion``, the one the sampler walks.
+        attacks only) on ``chain``; each attack is built on the diffusion it walks.
 
         Each chunk's attack draws its random starts from per-sample ATTACK-stream generators of
         the chunk's seeds and attacks only the :meth:`steps`. With no attacked step the factory
@@ -197,12 +202,12 @@ class AttackPlan:
         if self.whole_chain:
             raise ConfigError(f"{self.label} attacks the whole chain; it has no per-step hook "
                               "(use AttackPlan.sample)", field="attack")
-        steps = frozenset(self.steps(diffusion.num_timesteps))
+        steps = frozenset(self.steps(chain.num_steps))
 
         def factory(chunk_seeds: Sequence[int]) -> StepHook | None:
             if not steps:
                 return None
-            atk = build_per_step(self.attack, model, diffusion,
+            atk = build_per_step(self.attack, model, chain.walk,
                                  generators(chunk_seeds, ATTACK, device))
             if built is not None:
                 built.append(atk)
@@ -214,35 +219,37 @@ class AttackPlan:
 
         return factory
 
-    def sample(self, model: nn.Module, diffusion: GaussianDiffusion, shape: Sequence[int],
-               seeds: Sequence[int], batch_size: int, sampler: SamplerConfig,
-               device: torch.device | str = "cpu",
+    def sample(self, model: nn.Module, diffusion: GaussianDiffusion | SamplingChain,
+               shape: Sequence[int], seeds: Sequence[int], batch_size: int,
+               sampler: SamplerConfig | None = None, device: torch.device | str = "cpu",
                progress: Callable[[int], None] | None = None,
                diagnostics: dict[str, Any] | None = None,
                tolerance: float = TOLERANCE) -> torch.Tensor:
         """Attacked samples (N, *shape) float32 on CPU for ``seeds``, in chunks of
-        ``batch_size``; ``diffusion`` is the model's full diffusion. ``progress(step)`` is called
-        once per reverse step of every chunk. Wrap the call in ``torch.no_grad()`` (attacks
-        enable gradients themselves). An unset ``sampler.clip_denoised`` follows the data, as
-        in clean sampling (:meth:`~dmattack.sampling.SamplerConfig.for_shape`).
+        ``batch_size``. ``progress(step)`` is called once per reverse step of every chunk.
+        Wrap the call in ``torch.no_grad()`` (attacks enable gradients themselves).
+        ``diffusion`` and ``sampler`` as in
+        :func:`~dmattack.sampling.sample` (a :class:`~dmattack.sampling.SamplingChain`, or the
+        model's full diffusion with the sampler); an unset ``clip_denoised`` follows the data,
+        as in clean sampling.
 
         ``diagnostics``: a dict filled, when the attack records its progress (trajectory and
         look-ahead PGD, per-step PGD) and attacked a step with a budget, with
         :func:`~dmattack.attacks.convergence.convergence` of all chunks pooled (the trace is
         the sample-count-weighted mean of the chunks' traces) at ``tolerance``; left empty
         otherwise. Under torchrun it describes this process's seeds only."""
-        sampler = sampler.for_shape(shape)
-        sd = sampling_diffusion(diffusion, sampler)
-        steps = self.steps(sd.num_timesteps)
+        chain = SamplingChain.of(diffusion, sampler).for_shape(shape)
+        steps = self.steps(chain.num_steps)
         parts: list[torch.Tensor] = []
         if self.whole_chain and steps:
-            out = self._sample_whole_chain(model, sd, sampler, shape, seeds, batch_size, steps,
+            out = self._sample_whole_chain(model, chain, shape, seeds, batch_size, steps,
                                            device, progress, parts)
         else:
             built: list[ChainAttack] = []
-            factory = None if self.whole_chain else self.hook_factory(model, sd, device, built)
-            out = sample_batched(model, diffusion, shape, seeds, batch_size, sampler, factory,
-                                 device, progress)
+            factory = None if self.whole_chain else self.hook_factory(model, chain, device,
+                                                                      built)
+            out = sample_batched(model, chain, shape, seeds, batch_size, None, factory, device,
+                                 progress)
             parts = [p for atk in built if isinstance(atk, ChainPGD)
                      for p in atk.pop_progress()]
         if diagnostics is not None:
@@ -251,9 +258,9 @@ class AttackPlan:
                 diagnostics.update(found)
         return out
 
-    def _sample_whole_chain(self, model: nn.Module, sd: GaussianDiffusion,
-                            sampler: SamplerConfig, shape: Sequence[int], seeds: Sequence[int],
-                            batch_size: int, steps: list[int], device: torch.device | str,
+    def _sample_whole_chain(self, model: nn.Module, chain: SamplingChain,
+                            shape: Sequence[int], seeds: Sequence[int], batch_size: int,
+                            steps: list[int], device: torch.device | str,
                             progress: Callable[[int], None] | None,
                             parts: list[torch.Tensor]) -> torch.Tensor:
         """:meth:`sample` of a whole-chain attack; the progress of each chunk of an
@@ -263,21 +270,21 @@ class AttackPlan:
             for start in range(0, len(seeds), batch_size):
                 chunk = list(seeds[start:start + batch_size])
                 if isinstance(self.attack, AdaptiveChainAttack):
-                    result = self.attack.attack(model, sd, sampler, tuple(shape), chunk, steps,
-                                                device)
+                    result = self.attack.attack(model, chain, chain.sampler, tuple(shape),
+                                                chunk, steps, device)
                     x = result.x0
                     if result.progress is not None:
                         parts.append(result.progress)
                 else:
-                    x = self.attack.sample_attacked(model, sd, sampler, tuple(shape), chunk,
-                                                    steps, device)
+                    x = self.attack.sample_attacked(model, chain.walk, chain.sampler,
+                                                    tuple(shape), chunk, steps, device)
                 if not isinstance(x, torch.Tensor) or tuple(x.shape) != (len(chunk), *shape):
                     got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                     raise TypeError(f"{type(self.attack).__name__}.sample_attacked returned "
                                     f"{got}, expected a tensor {(len(chunk), *shape)}")
                 out.append(x.detach().float().cpu())
                 if progress is not None:
-                    for step in range(sd.num_timesteps):
+                    for step in range(chain.num_steps):
                         progress(step)
         return torch.cat(out) if out else torch.empty(0, *shape)
 
@@ -285,13 +292,8 @@ class AttackPlan:
 def make_hook_factory(
     attack: AttackSpec | AttackPlan,
     model: nn.Module,
-    sampling_diffusion: GaussianDiffusion,
-    num_steps: int,
+    chain: SamplingChain,
     device: torch.device | str = "cpu",
 ) -> Callable[[Sequence[int]], StepHook | None]:
-    """:meth:`AttackPlan.hook_factory` of a spec or plan; ``num_steps`` must be the number of
-    reverse steps of ``sampling_diffusion`` (a check)."""
-    if num_steps != sampling_diffusion.num_timesteps:
-        raise ValueError(f"num_steps {num_steps} differs from the sampling diffusion's "
-                         f"{sampling_diffusion.num_timesteps} steps")
-    return AttackPlan.of(attack).hook_factory(model, sampling_diffusion, device)
+    """:meth:`AttackPlan.hook_factory` of a spec or plan on the sampled ``chain``."""
+    return AttackPlan.of(attack).hook_factory(model, chain, device)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..attack_eval.render import LAST_STEP_MARK
 from .claims import sweep_onset
 from .effects import Row
 
@@ -110,9 +111,6 @@ def _toy(s: Row) -> str:
     for k, p in s["figures"].items():
         out += [_figure(p, k), ""]
     return "\n".join(out)
-
-
-LAST_STEP_MARK = "†"
 
 
 def _curve_table(c: Row) -> str:

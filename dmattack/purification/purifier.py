@@ -29,24 +29,28 @@ from ..diffusion import GaussianDiffusion
 from ..errors import ConfigError, RunFolderError, first_line
 from ..registry import SAMPLERS
 from ..runs import LoadedModel
-from ..sampling import SamplerConfig, clip_default, sampling_diffusion
+from ..sampling import SamplerConfig, SamplingChain, clip_default
 from ..seeding import randn_per_sample
 
 GRADIENTS = ("full", "bpda", "none")
-ANCESTRAL = "ancestral"
-"""The purifier's name for the registered ``respaced`` sampler (ancestral steps, K of n)."""
+
+
+def _purify_names() -> dict[str, str]:
+    """Purifier chain name → registered sampler, for every registered strided sampler the
+    chain can differentiate, in registry order; a sampler's ``purify_name`` (e.g.
+    ``ancestral`` for ``respaced``) replaces its registered name."""
+    return {SAMPLERS[n].purify_name or n: n for n in SAMPLERS.names()
+            if SAMPLERS[n].strided and SAMPLERS[n].differentiable}
 
 
 def purify_samplers() -> tuple[str, ...]:
-    """The purifier's reverse chains: ``ancestral`` and every other registered strided
-    sampler the chain can differentiate (built in: ``ancestral``, ``ddim``)."""
-    return (ANCESTRAL, *(n for n in SAMPLERS.names() if n != "respaced"
-                         and SAMPLERS[n].strided and SAMPLERS[n].differentiable))
+    """The purifier's reverse chains (built in: ``ancestral``, ``ddim``)."""
+    return tuple(_purify_names())
 
 
 def purify_sampler_name(sampler: str) -> str:
     """The registered sampler behind a purifier chain name (``ancestral`` → ``respaced``)."""
-    return "respaced" if sampler == ANCESTRAL else sampler
+    return _purify_names().get(sampler, sampler)
 
 
 def forward_steps(t_star: float, num_timesteps: int) -> int:
@@ -97,6 +101,9 @@ class Purifier(nn.Module):
         checkpoint_steps: recompute each reverse step in the backward pass (``full`` only).
         clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain (None: as
             sampling does, on for images, off for vectors).
+
+    ``chain`` (n > 0): the reverse chain as a :class:`~dmattack.sampling.SamplingChain` of the
+    first n timesteps, resolved once here.
     """
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
@@ -132,7 +139,7 @@ class Purifier(nn.Module):
             name = purify_sampler_name(sampler)
             self.config = SamplerConfig(name, steps or n, eta if SAMPLERS[name].uses_eta
                                         else 0.0, self.clip_denoised)
-            self.chain = sampling_diffusion(head, self.config)
+            self.chain = SamplingChain(head, self.config)
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, **kwargs) -> Purifier:
@@ -159,7 +166,7 @@ class Purifier(nn.Module):
     @property
     def num_reverse_steps(self) -> int:
         """K, the number of network evaluations per purification (0 for the identity)."""
-        return self.chain.num_timesteps if self.n > 0 else 0
+        return self.chain.num_steps if self.n > 0 else 0
 
     @property
     def deterministic(self) -> bool:
@@ -192,7 +199,7 @@ class Purifier(nn.Module):
 
     def _step(self, x: torch.Tensor, noise: torch.Tensor, index: int) -> torch.Tensor:
         t = torch.full((len(x),), index, device=x.device, dtype=torch.long)
-        return self.config.entry.step(self.chain, self.model, x, t, noise, self.config)
+        return self.chain.step(self.model, x, t, noise)
 
     def purify(self, x: torch.Tensor,
                generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
@@ -206,7 +213,7 @@ class Purifier(nn.Module):
         noise = self._noise(len(x), x, generators)
         t = torch.full((len(x),), self.n - 1, device=x.device, dtype=torch.long)
         x_t = self.diffusion.q_sample(2 * x - 1, t, noise[0])
-        for k, index in enumerate(reversed(range(self.chain.num_timesteps))):
+        for k, index in enumerate(reversed(range(self.chain.num_steps))):
             if self.checkpoint_steps and torch.is_grad_enabled() and x_t.requires_grad:
                 # the noise is an input, so the recomputation needs no RNG replay
                 x_t = checkpoint(self._step, x_t, noise[1 + k], index, use_reentrant=False,

@@ -1,6 +1,7 @@
-"""A curve's table: rows = attack series × model, columns = % of steps attacked, with the
-marks († zero-budget last step attacked, ‡ set metric better under attack), the metric's interval
-where it has one (KID), and the paired damage; rendered as ``curve.csv`` and printed tables
+"""Rendering a curve: its table, rows = attack series × model, columns = % of steps attacked,
+with the marks († zero-budget last step attacked, ‡ set metric better under attack), the
+metric's interval where it has one (KID), and the paired damage; written as ``curve.json``,
+``curve.csv`` and ``curve.png`` (:func:`write_curve`) and printed as tables
 (docs/method.md §6, §11.1)."""
 
 from __future__ import annotations
@@ -8,9 +9,15 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from .attacks.plan import AttackPlan
+from ..attacks.plan import AttackPlan
+from ..damage import curve_comparisons, with_random_baselines
+from ..io import provenance, write_json, write_text
+from ..runs import LoadedModel
+from ..visualize import curve_png
+from .records import model_record
 
 LAST_STEP_MARK = "†"
 LAST_STEP_NOTE = (f"{LAST_STEP_MARK} the attacked steps include the last reverse step, whose "
@@ -153,3 +160,25 @@ def curve_csv(curve: dict[str, Any]) -> str:
                     at(row.get("last_step_attacked")), at(row.get("improved_under_attack")),
                     *cells])
     return buf.getvalue()
+
+
+def write_curve(out: Path, records: list[dict[str, Any]], plans: Sequence[AttackPlan],
+                models: Sequence[LoadedModel], metric: str | None,
+                protocol: dict[str, Any]) -> dict[str, Any]:
+    """Rank 0's end of a curve: random-control baselines and model comparisons of the points
+    (docs/method.md §11.1), then ``curve.json`` (the table, ``protocol``, the models and
+    every point), ``curve.csv`` and ``curve.png`` in ``out``; returns the ``curve.json``
+    content."""
+    records = with_random_baselines(records)
+    curve = curve_table(records, plans, metric)
+    curve["comparisons"] = curve_comparisons(records)
+    curve.update({
+        "protocol": protocol,
+        "models": [model_record(m) for m in models],
+        "points": [{k: v for k, v in r.items() if k != "resumed"} for r in records],
+        "provenance": provenance(),
+    })
+    write_json(out / "curve.json", curve)
+    write_text(out / "curve.csv", curve_csv(curve))
+    curve_png(curve, out / "curve.png")
+    return curve
