@@ -112,7 +112,10 @@ def test_plugin_sampler_samples_posterior_means_and_can_be_attacked(site, tmp_pa
     its clean samples are the first of those."""
     from dmattack.runs import load_run
 
-    name, _, _ = plugin()
+    name, module, _ = plugin()
+    listed = dmattack(site, tmp_path, ["plugins", *documented("plugins", tmp_path)])
+    assert listed.returncode == 0, listed.stderr
+    assert re.search(rf"samplers\s*│\s*{name}\s*│\s*{module}\s", listed.stdout), listed.stdout
     args = documented("sample", tmp_path)
     done = dmattack(site, tmp_path, ["sample", *args])
     assert done.returncode == 0, done.stderr
@@ -182,3 +185,14 @@ def test_plugin_step_is_the_ancestral_step_without_noise(posterior_mean):
                 torch.testing.assert_close(got, ancestral.step(model, x, t, noise))
             else:
                 assert not torch.allclose(got, ancestral.step(model, x, t, noise))
+
+
+def test_plugin_sampler_is_a_choice_of_sampler_in_help(posterior_mean):
+    """`dmattack sample --help` lists the registered plugin among --sampler's choices."""
+    from click.testing import CliRunner
+
+    import cli
+
+    helped = CliRunner().invoke(cli.main, ["sample", "--help"], terminal_width=200).output
+    assert re.search(rf"--sampler TEXT\s+Reverse sampler\. \[ddpm \| respaced \| ddim \|\s+"
+                     rf"{posterior_mean}\]", helped), helped
