@@ -103,7 +103,8 @@ class SamplerConfig:
 
     name: str = setting("ddpm", "Reverse sampler.", choices=SAMPLERS.names, option="--sampler",
                         auto="the model's preset")
-    steps: int | None = setting(None, "Steps of ddim/respaced (ddpm uses all T).", low=1,
+    steps: int | None = setting(None, "Steps of a strided sampler (respaced, ddim, a "
+                                "plugin's; ddpm: all T).", low=1,
                                 option="--sampler-steps", deprecated=("--steps",),
                                 auto="the model's preset; 100 for a strided sampler")
     eta: float = setting(0.0, "DDIM η (0: deterministic DDIM, 1: ancestral-like).", low=0,
