@@ -326,12 +326,12 @@ def test_shard_slices_are_verified_on_read(tmp_path, monkeypatch, caplog):
         return torch.arange(12.0).reshape(3, 4), 1.5
 
     path = tmp_path / "shards" / "p" / "0-3.safetensors"
-    first, _ = ae.shard(path, compute)
-    again, seconds = ae.shard(path, compute)
+    first, _ = ae.cached_slice(path, compute)
+    again, seconds = ae.cached_slice(path, compute)
     assert len(calls) == 1 and torch.equal(first, again) and seconds == 1.5
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
     save_file({"samples": load_file(path)["samples"].flip(0).contiguous()}, str(path), meta)
-    redone, _ = ae.shard(path, compute)
+    redone, _ = ae.cached_slice(path, compute)
     assert len(calls) == 2 and torch.equal(redone, first)
     assert "does not match its recorded sha256" in caplog.text

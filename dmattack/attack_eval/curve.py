@@ -39,12 +39,12 @@ from .store import (
     POINTS,
     SHARDS,
     append_point,
+    cached_slice,
     clean_path,
     metric_identity,
     model_identity,
     point_key,
     read_store,
-    shard,
     shard_dir,
     write_clean,
 )
@@ -226,7 +226,7 @@ def _compute_point(run: _CurveRun, loaded: LoadedModel, chain: SamplingChain,
     rank 0, append its record to the store and hand it to every rank."""
     diagnostics: dict[str, Any] = {}
     slices = shard_dir(run.out, key)
-    samples, seconds = shard(slices / f"{run.first}-{run.stop}.safetensors", point_samples,
+    samples, seconds = cached_slice(slices / f"{run.first}-{run.stop}.safetensors", point_samples,
                              loaded, chain, plan, run.seeds, run.batch_size, run.device,
                              diagnostics)
     seconds = max(distributed.all_gather_objects(seconds))

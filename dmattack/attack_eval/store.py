@@ -182,8 +182,8 @@ def read_clean(path: Path, sha256: str | None) -> torch.Tensor | None:
     return None
 
 
-def shard(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]],
-          *args: Any) -> tuple[torch.Tensor | None, float]:
+def cached_slice(path: Path, compute: Callable[..., tuple[torch.Tensor | None, float]],
+                 *args: Any) -> tuple[torch.Tensor | None, float]:
     """``compute(*args)`` → (this process's samples of a point, seconds). In a sharded run the
     samples are kept at ``path`` with their sha256 and read back instead of recomputed when a
     killed run is resumed; a file that is unreadable or whose samples do not match their sha256
