@@ -51,6 +51,7 @@ from .attacks import (
     AttackSettings,
     AttackSpec,
     converged,
+    image_generators,
     parse_attack,
     run_attack,
 )
@@ -60,6 +61,7 @@ from .classifier import (
     load_classifier,
     load_labeled_data,
 )
+from .draws import seeded_logits
 from .purifier import Purifier, forward_steps, load_model, purify_sampler_name, purify_samplers
 from .results import accuracies, data_digest, to_csv, weaker_check
 
@@ -237,19 +239,17 @@ def _predictions(model: PurifiedClassifier, x: torch.Tensor, seeds: Sequence[int
                  draws: int, device: torch.device, what: str) -> torch.Tensor:
     """(draws, B) labels of evaluation draw j = 0..draws−1 of each image (no gradients).
     Raises :class:`NonFiniteError` when a draw's logits are not finite."""
-    out = []
+    runs = 1 if model.deterministic else draws
+    gens = [image_generators(seeds, EVAL_STREAM, j, device) for j in range(runs)]
     with torch.no_grad():
-        for j in range(1 if model.deterministic else draws):
-            gens = [torch.Generator(device).manual_seed(derive_seed(s, EVAL_STREAM, j))
-                    for s in seeds]
-            logits = model(x.to(device), gens)
-            bad = int((~torch.isfinite(logits).all(1)).sum())
-            if bad:
-                raise NonFiniteError(f"{what}: non-finite logits for {bad} of {len(x)} images "
-                                     "(non-finite purified images); refusing to score them "
-                                     "as misclassified")
-            out.append(logits.argmax(1).cpu())
-    return torch.stack(out).expand(draws, -1) if len(out) < draws else torch.stack(out)
+        logits = seeded_logits(model, x.to(device), gens)  # (runs, B, classes), few calls
+    bad = int((~torch.isfinite(logits).all(2)).sum(1).max())
+    if bad:
+        raise NonFiniteError(f"{what}: non-finite logits for {bad} of {len(x)} images "
+                             "(non-finite purified images); refusing to score them "
+                             "as misclassified")
+    out = logits.argmax(2).cpu()
+    return out.expand(draws, -1) if runs < draws else out
 
 
 def check_finite_weights(m: LoadedModel) -> None:
