@@ -8,7 +8,8 @@ evaluation draws).
 
 from .attacks import ATTACKS, AttackSettings, AttackSpec, parse_attack, pgd_eot, run_attack
 from .classifier import PurifiedClassifier, load_classifier, load_labeled_data
-from .evaluate import NonFiniteError, PurifyConfig, run_purification
+from .defended import NonFiniteError
+from .evaluate import PurifyConfig, run_purification
 from .purifier import GRADIENTS, Purifier, forward_steps, load_model
 
 __all__ = ["ATTACKS", "GRADIENTS", "AttackSettings", "AttackSpec", "NonFiniteError",
