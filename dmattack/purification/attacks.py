@@ -9,7 +9,9 @@
 * ``bpda-eot``: the same with ∂P/∂x replaced by the identity (Athalye et al. 2018); known to
   overestimate a purifier's robustness.
 * ``autoattack-rand``: AutoAttack's setting for randomised defences (Croce & Hein 2020): APGD-CE
-  and APGD-DLR (torchattacks 3.5.1), 100 iterations with EOT-20 each. The lighter
+  and APGD-DLR (:mod:`~dmattack.purification.apgd`, torchattacks 3.5.1's algorithm with the EOT
+  draws stacked), 100 iterations with EOT-20 each; APGD-DLR runs only on images no APGD-CE
+  candidate fooled on every selection draw (elsewhere it cannot change the choice). The lighter
   ``autoattack-rand-NxM`` (N iterations, EOT-M) is labelled so. Success is decided over several
   noisy forward passes (the selection draws below), never by a single one: stock AutoAttack
   keeps the clean image of every point whose one noisy forward pass happened to be wrong.
@@ -20,6 +22,10 @@ draws (purifications seeded on their own stream, separate from the evaluation dr
 A trace of the success rate (fraction of EOT draws misclassified, averaged over images) per PGD
 iteration gives a ``converged`` flag: the rise over the last fifth of the iterations is at
 most :data:`CONVERGENCE_TOL`.
+
+Speed: the EOT draws of an iteration and the selection draws of a candidate are stacked into
+the batch dimension, one purifier call instead of a loop, with bit for bit the loop's noise
+(:mod:`dmattack.purification.draws`).
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-MAX_STACK = 4096
-"""Most images × draws stacked into one call (more are split into groups of whole draws)."""
+MAX_STACK = 1 << 18
+"""Most input values (draws × images × values per image) stacked into one call; more are split
+into groups of whole draws. 2^18 stacks 64 draws of 64 digits (8×8) but only one draw of a
+CIFAR-10 batch above 85 images, so memory never exceeds the loop's by more than that."""
 
 
 def fork_generators(model, gens: Sequence[torch.Generator], draws: int
@@ -39,8 +41,12 @@ def fork_generators(model, gens: Sequence[torch.Generator], draws: int
     return out
 
 
-def _groups(draws: int, batch: int) -> Iterator[int]:
-    per = max(1, MAX_STACK // max(batch, 1))
+def _per_call(x: torch.Tensor) -> int:
+    """How many draws of ``x`` (B, …) one call stacks (at least one)."""
+    return max(1, MAX_STACK // max(x.numel(), 1))
+
+
+def _groups(draws: int, per: int) -> Iterator[int]:
     done = 0
     while done < draws:
         yield min(per, draws - done)
@@ -52,7 +58,7 @@ def eot_logits(model, x: torch.Tensor, gens: Sequence[torch.Generator], draws: i
     """Logits of ``draws`` successive noisy calls ``model(x, gens)`` as (d, B, classes) groups
     (all draws: d summing to ``draws``), with the graph to ``x`` when gradients are on. Each
     draw uses the noise a sequential loop would (module docstring); ``gens`` end advanced."""
-    for d in _groups(draws, len(x)):
+    for d in _groups(draws, _per_call(x)):
         forks = fork_generators(model, gens, d)
         if forks is None:
             for _ in range(d):
@@ -67,7 +73,7 @@ def seeded_logits(model, x: torch.Tensor, generators: Sequence[Sequence[torch.Ge
     """(R, B, classes) logits of ``model(x, generators[j])`` for draws j = 0..R−1 (fresh
     per-draw generators, as evaluation and selection draws), stacked into few calls."""
     out = []
-    per = max(1, MAX_STACK // max(len(x), 1))
+    per = _per_call(x)
     for j in range(0, len(generators), per):
         group = generators[j:j + per]
         stacked = x.expand(len(group), *x.shape).reshape(len(group) * len(x), *x.shape[1:])
