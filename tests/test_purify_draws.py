@@ -54,7 +54,7 @@ def test_stacked_eot_draws_use_the_noise_of_the_loop_and_advance_the_generators(
 
 
 def test_groups_split_whole_draws_and_seeded_logits_match(monkeypatch):
-    monkeypatch.setattr(draws_mod, "MAX_STACK", 10 * 64)  # 5 images of 64: groups of 2 draws
+    monkeypatch.setattr(draws_mod, "MAX_STACK", 10 * 64)  # 5 images of 64 values: 2 draws a call
     model, x = purified(), images(5)
     seeds = sample_seeds(4, 5)
     groups = list(eot_logits(model, x, image_generators(seeds, 7, 0, x.device), 5))

@@ -17,10 +17,11 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-MAX_STACK = 1 << 18
+MAX_STACK = 1 << 14
 """Most input values (draws × images × values per image) stacked into one call; more are split
-into groups of whole draws. 2^18 stacks 64 draws of 64 digits (8×8) but only one draw of a
-CIFAR-10 batch above 85 images, so memory never exceeds the loop's by more than that."""
+into groups of whole draws. 2^14 stacks 4 draws of 64 digits (8×8: no faster with more on a
+CPU, and 4 draws of a K = 5 graph without checkpointing hold ≈ 0.6 GB) and one draw of any
+CIFAR-10 batch above 5 images, so memory never exceeds the loop's by more than that."""
 
 
 def fork_generators(model, gens: Sequence[torch.Generator], draws: int
