@@ -6,7 +6,8 @@ not fool every selection draw), measured in one run on the same images, seeds an
     python benchmarks/purify_attacks.py --run checkpoints/digits-ddpm --num-samples 16 \\
         --eps 0.25 --attack autoattack-rand-10x4
 
-Prints one JSON object: seconds of each implementation, the ratio old/new, and robust accuracy
+Prints one JSON object: wall and CPU seconds of each implementation (one thread; CPU seconds
+are the steadier figure on a shared machine), the ratios old/new, and robust accuracy
 over R evaluation draws of each (mean ± sd over draws, 95% interval over images, majority,
 worst), which must agree within the interval: both use the same noise for every draw, so
 they differ only by floating-point sums (old: a loop of calls; new: one batched call).
@@ -123,13 +124,16 @@ def main() -> None:
     out = {"run": args.run, "attack": spec.label, "eps": args.eps, "n": len(x),
            "device": device_name(torch.device("cpu")), "load_start": open("/proc/loadavg")
            .read().split()[:3]}
-    tic = time.perf_counter()
+    tic, cpu = time.perf_counter(), time.process_time()
     old = old_attack(spec, model, x, y, seeds, settings, batch_seed)
     out["old_s"] = round(time.perf_counter() - tic, 2)
-    tic = time.perf_counter()
+    out["old_cpu_s"] = round(time.process_time() - cpu, 2)
+    tic, cpu = time.perf_counter(), time.process_time()
     new, _ = run_attack(spec, model, model, x, y, seeds, settings, batch_seed)
     out["new_s"] = round(time.perf_counter() - tic, 2)
+    out["new_cpu_s"] = round(time.process_time() - cpu, 2)
     out["ratio_old_over_new"] = round(out["old_s"] / out["new_s"], 2)
+    out["cpu_ratio_old_over_new"] = round(out["old_cpu_s"] / out["new_cpu_s"], 2)
     out["max_abs_diff"] = float((old - new).abs().max())
     out["robust_old"] = robust(model, x, old, y, seeds, args.draws)
     out["robust_new"] = robust(model, x, new, y, seeds, args.draws)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import progress
 from .draws import eot_logits
 
 RHO = 0.75  # torchattacks' thr_decr: oscillation threshold of the step-size rule
@@ -78,6 +79,7 @@ def apgd(model, x: torch.Tensor, y: torch.Tensor, gens: Sequence[torch.Generator
     x_old, k, counter = x_adv.clone(), steps_2, 0
     last_check, reduced = loss_best.clone(), np.ones(len(x), dtype=bool)
     for i in range(steps):
+        progress.inner(i + 1, steps, f"APGD-{loss.upper()} iteration")
         with torch.no_grad():
             x_adv, x_old = _momentum_step(x, x_adv, x_old, grad, step, eps,
                                           0.75 if i > 0 else 1.0), x_adv
