@@ -13,6 +13,7 @@ Progress goes through dmattack/progress.py (bars in a terminal, plain lines else
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -36,7 +37,7 @@ from dmattack.cli_base import (
 )
 from dmattack.cli_lazy import lazy_options
 from dmattack.cli_output import console, metric_row, print_table, stdout
-from dmattack.demo_sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
+from dmattack.demo.sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
 from dmattack.errors import ConfigError, OutputError
 from dmattack.option_types import parse_list, parse_percents
 from dmattack.settings import _warn_deprecated, from_options, option_values
@@ -63,6 +64,7 @@ it). A deprecated spelling still works for one release, with one warning line on
 records the same settings as the option."""
 
 TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
+OBJECTIVE_OPTIONS = "dmattack.objective_config:train_options"
 SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
 EVALUATION_CONFIG = "dmattack.evaluation:EvaluationConfig"
 ATTACK_SPEC = "dmattack.attacks:AttackSpec"
@@ -80,7 +82,8 @@ def main() -> None:
 
 # ----------------------------------------------------------------------------- train
 @main.command()
-@lazy_options(TRAIN_CONFIG)
+@lazy_options(TRAIN_CONFIG, exclude=("objective.method",))
+@lazy_options(OBJECTIVE_OPTIONS, prefix="objective.")
 @click.option("--out", type=click.Path(), default=None,
               help="Run folder [default: runs/<dataset>-<method>-<time>].")
 @click.option("--resume", type=click.Path(), default=None,
@@ -96,20 +99,22 @@ def train(**o: Any) -> None:
     $(which dmattack) train ... (docs/performance.md).
     """
     from dmattack import distributed
+    from dmattack.objective_config import from_train_options
     from dmattack.train import TrainingInterrupted, prepare_run, resume_config
     from dmattack.train import train as train_run
     from dmattack.train_config import TrainConfig
 
+    rest = {k: v for k, v in o.items() if not k.startswith("objective__")}
     if o["resume"]:
         if given("out"):
             raise ConfigError("--out cannot be given with --resume (the run stays in its folder)")
         # the given options over the run's config; prepare_run refuses any that changed
-        cfg = from_options(TrainConfig, {k: v for k, v in o.items() if given(k)},
+        cfg = from_options(TrainConfig, {k: v for k, v in rest.items() if given(k)},
                            base=resume_config(o["resume"]))
     else:
-        cfg = from_options(TrainConfig, o)
-    cfg.objective.refuse_unread({k.split("__", 1)[1].replace("__", ".") for k in o
-                                 if k.startswith("objective__") and given(k)})
+        cfg = from_options(TrainConfig, rest)
+    cfg = dataclasses.replace(cfg, objective=from_train_options(
+        o, {k for k in o if given(k)}, cfg.objective if o["resume"] else None))
     cfg, run_dir, data = prepare_run(cfg, o["out"], RUNS_ROOT, o["resume"], join=_join_torchrun)
     console.print(f"[bold]train[/] {cfg.objective.method} on {cfg.dataset} "
                   f"(preset {cfg.preset}, p={cfg.corrupt_fraction}, σ={cfg.corrupt_sigma}"

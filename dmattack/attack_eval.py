@@ -55,6 +55,7 @@ from .io import MiB, OutputError, check_writable, provenance, write_atomic, writ
 from .keys import callable_key
 from .locking import lock_folder
 from .progress import stage as progress_stage
+from .registry import PRESETS
 from .runs import LoadedModel
 from .sampling import SamplerConfig, clip_default, sample_batched, sampling_diffusion
 from .seeding import sample_seeds
@@ -71,7 +72,6 @@ SHARDS = "shards"  # per-process slices of unfinished curve points (sharded runs
 CLEAN = "clean"  # a curve's clean samples per model, for the paired damage of later points
 log = logging.getLogger("dmattack")
 STAGING_PREFIX = ".staging."
-CPU_PRESETS = ("tiny", "mlp", "mlp-small")
 
 
 @dataclass(frozen=True)
@@ -89,9 +89,8 @@ class Protocol:
 
 
 def default_protocol(loaded: LoadedModel) -> Protocol:
-    """CPU presets: ``tiny`` 256 samples on 25 respaced steps, ``mlp*`` 2000 samples on 50
-    respaced steps, sized so that PGD-20 on 50% of the steps takes ≤ 3 minutes on 2 cores
-    (measured: ≈ 70 s for a ``tiny`` 8×8 U-Net, ≈ 45 s for ``mlp`` on 64-D vectors).
+    """A preset's own protocol (its entry's ``evaluation``; the CPU presets: ``tiny`` 256
+    samples on 25 respaced steps, ``mlp*`` 2000 samples on 50 respaced steps).
     Anything else (``ddpm-cifar10``, ``ddpm-64``, a diffusers pipeline): our default protocol,
     the paper's sampler (all 1000 ancestral steps) with 10,000 samples (FID-10k; the paper
     uses 50,000, docs/method.md §8). x̂_0 is clipped to [-1, 1] for
@@ -99,10 +98,11 @@ def default_protocol(loaded: LoadedModel) -> Protocol:
     ``clip_sample`` wins."""
     clip = loaded.config.get("clip_sample")
     clip = clip_default(loaded.data_shape) if clip is None else bool(clip)
-    if loaded.preset == "tiny":
-        return Protocol(256, SamplerConfig("respaced", 25, clip_denoised=clip), 256, "FID-256")
-    if loaded.preset in CPU_PRESETS:
-        return Protocol(2000, SamplerConfig("respaced", 50, clip_denoised=clip), 2000, "FD-2k")
+    own = PRESETS[loaded.preset].evaluation if loaded.preset in PRESETS else None
+    if own is not None:
+        return Protocol(own.num_samples, SamplerConfig(own.sampler, own.sampler_steps,
+                                                       clip_denoised=clip),
+                        own.batch_size, own.label)
     pixels = math.prod(loaded.data_shape[1:])
     return Protocol(10_000, SamplerConfig("ddpm", clip_denoised=clip),
                     256 if pixels <= 32 * 32 else 64, "FID-10k")

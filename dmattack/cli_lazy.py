@@ -45,8 +45,8 @@ _MEMO: dict[str, Any] = {}
 
 class LazyOptions:
     """A placeholder in a command's parameter list standing for the options of config
-    dataclass ``target`` (``"module:Class"``), as ``click_options(cls, exclude=…,
-    prefix=…)`` makes them."""
+    dataclass ``target`` (``"module:Class"``, or ``"module:function"`` returning one), as
+    ``click_options(cls, exclude=…, prefix=…)`` makes them."""
 
     def __init__(self, target: str, exclude: tuple[str, ...] = (), prefix: str = "") -> None:
         self.target, self.exclude, self.prefix = target, tuple(exclude), prefix
@@ -59,6 +59,7 @@ class LazyOptions:
 
         module, name = self.target.split(":")
         cls = getattr(importlib.import_module(module), name)
+        cls = cls if isinstance(cls, type) else cls()  # a function making one from registries
         holder = click_options(cls, exclude=self.exclude, prefix=self.prefix)(lambda: None)
         return list(reversed(holder.__click_params__))
 

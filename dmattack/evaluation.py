@@ -24,6 +24,7 @@ from .registry import DATASETS, METRICS
 from .runs import LoadedModel, digest
 from .sampling import SamplerConfig
 from .settings import check_settings, setting
+from .text import comma_list
 
 MetricFn = Callable[[torch.Tensor], dict[str, Any]]
 MAX_REFERENCE = 50_000  # the paper's FID reference size (CIFAR-10 train set)
@@ -176,9 +177,7 @@ def metric_list(text: str) -> list[str]:
     registry."""
     import evaluators  # noqa: F401 - registers the built-in metrics
 
-    items = [v.strip() for v in text.split(",") if v.strip()]
-    if not items:
-        raise ConfigError("--metrics is empty; give a comma-separated list", field="metrics")
+    items = comma_list(text, "metrics")
     for m in items:
         METRICS.get(m, "metric")
     return items

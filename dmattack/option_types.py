@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from .errors import ConfigError
+from .text import comma_list
 
 
 class OutOfRange(ValueError):
@@ -125,9 +126,7 @@ def number_type(kind: type, optional: bool = False) -> Number:
 
 def parse_list(value: str, what: str, allowed: Iterable[str] | None = None) -> list[str]:
     """A comma list of ``--what`` (``"fgsm,pgd"``), each item in ``allowed`` when given."""
-    items = [v.strip() for v in value.split(",") if v.strip()]
-    if not items:
-        raise ConfigError(f"--{what} is empty; give a comma-separated list", field=what)
+    items = comma_list(value, what)
     note = getattr(allowed, "note", "")  # a registry's names: the plugins that failed to load
     allowed = None if allowed is None else tuple(allowed)
     for v in items:

@@ -42,6 +42,7 @@ from torch import nn
 
 from .diffusion import GaussianDiffusion, beta_schedule
 from .errors import ConfigError, InputFileError, RunFolderError, first_line
+from .hashing import sha256_file
 from .io import write_json
 from .models import PRESETS, UNetEps, build_model
 from .oserrors import save_file, torch_save  # storage failures: one line naming the file
@@ -58,11 +59,6 @@ T = TypeVar("T")
 # what a truncated, corrupt or foreign checkpoint file raises while being loaded
 LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, TypeError, EOFError,
                pickle.UnpicklingError, SafetensorError)
-
-
-RunError = RunFolderError
-"""A folder that is not a usable run (one-line message naming the path); the name
-:class:`~dmattack.errors.RunFolderError` has in this module."""
 
 
 @dataclass
@@ -108,14 +104,6 @@ def _save_weights(model: nn.Module, folder: Path, name: str) -> None:
     else:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(folder / f"{name}.safetensors"))
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(folder: Path) -> list[Path]:
@@ -180,17 +168,17 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> None:
 def read_config(run_dir: str | os.PathLike) -> dict[str, Any]:
     path = Path(run_dir) / CONFIG
     if Path(run_dir).is_file():
-        raise RunError(f"run folder {run_dir} is a file, not a folder; pass the run's folder")
+        raise RunFolderError(f"run folder {run_dir} is a file, not a folder; pass the run's folder")
     if not Path(run_dir).is_dir():
-        raise RunError(f"run folder {run_dir} does not exist")
+        raise RunFolderError(f"run folder {run_dir} does not exist")
     if not path.is_file():
-        raise RunError(f"{run_dir} is not a dmattack run: it has no {CONFIG}")
+        raise RunFolderError(f"{run_dir} is not a dmattack run: it has no {CONFIG}")
     try:
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunError(f"{path} is not valid JSON: {e}") from None
+        raise RunFolderError(f"{path} is not valid JSON: {e}") from None
     except OSError as e:
-        raise RunError(f"cannot read {path}: {e.strerror or e}") from None
+        raise RunFolderError(f"cannot read {path}: {e.strerror or e}") from None
     validate_config(cfg, path)
     return cfg
 
@@ -203,12 +191,12 @@ def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
     """Check a run's config.json content (e.g. after a hand edit): every field needed to
     rebuild the model, its diffusion and, for a trained run, the training config, against the
     settings declared in :class:`~dmattack.train_config.TrainConfig`. Raises a one-line
-    :class:`RunError` naming the file and the first bad field."""
+    :class:`RunFolderError` naming the file and the first bad field."""
     if not isinstance(cfg, dict):
-        raise RunError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
+        raise RunFolderError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
     for key in ("model", "diffusion", "data"):
         if not isinstance(cfg.get(key), dict):
-            raise RunError(f"{path}: field '{key}' is missing or not an object")
+            raise RunFolderError(f"{path}: field '{key}' is missing or not an object")
     m = cfg["model"]
 
     def check(section: str, key: str, name: str | None = None) -> None:
@@ -219,7 +207,7 @@ def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
                 raise ConfigError(f"{where} is missing")
             check_field(TrainConfig, name or key, value, where)
         except ConfigError as e:
-            raise RunError(str(e)) from None
+            raise RunFolderError(str(e)) from None
 
     check("model", "preset")
     check("model", "dropout")
@@ -230,11 +218,11 @@ def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
     rank = 3 if PRESETS[m["preset"]].kind == "image" else 1
     if not (isinstance(shape, list) and len(shape) == rank and all(
             _is_int(v) and 0 < v <= 1 << 16 for v in shape)):
-        raise RunError(f"{path}: field 'model.data_shape' = {shape!r} is invalid; allowed: a "
+        raise RunFolderError(f"{path}: field 'model.data_shape' = {shape!r} is invalid; allowed: a "
                        f"list of {rank} positive integers for preset {m['preset']}")
     name = cfg["data"].get("name")
     if name is not None and not isinstance(name, str):
-        raise RunError(f"{path}: field 'data.name' = {name!r} is invalid; allowed: a dataset "
+        raise RunFolderError(f"{path}: field 'data.name' = {name!r} is invalid; allowed: a dataset "
                        "name")
     if "train" in cfg or cfg.get("kind") == "dmattack-run":
         _validate_train_section(cfg, path)
@@ -243,14 +231,14 @@ def validate_config(cfg: Any, path: str | os.PathLike = CONFIG) -> None:
 def _validate_train_section(cfg: dict[str, Any], path: str | os.PathLike) -> None:
     t = cfg.get("train")
     if not isinstance(t, dict):
-        raise RunError(f"{path}: field 'train' is missing or not an object")
+        raise RunFolderError(f"{path}: field 'train' is missing or not an object")
     try:
         train_cfg = TrainConfig.from_dict(t).resolved()
         train_cfg.validate()
     except ConfigError as e:
         field_name = getattr(e, "field", None)
         where = f"field 'train.{field_name}'" if field_name else "field 'train'"
-        raise RunError(f"{path}: {where}: {first_line(e)}") from None
+        raise RunFolderError(f"{path}: {where}: {first_line(e)}") from None
     # the sections the model is rebuilt from must agree with the training config
     for section, key, value in (("model", "preset", train_cfg.preset),
                                 ("model", "dropout", train_cfg.dropout),
@@ -258,9 +246,9 @@ def _validate_train_section(cfg: dict[str, Any], path: str | os.PathLike) -> Non
                                 ("diffusion", "num_timesteps", train_cfg.num_timesteps),
                                 ("diffusion", "variance_type", train_cfg.variance_type)):
         if cfg[section].get(key) != value:
-            raise RunError(f"{path}: field '{section}.{key}' is {cfg[section].get(key)!r} but "
-                           f"the run was trained with train.{key} = {value!r}; restore the "
-                           "original value")
+            raise RunFolderError(f"{path}: field '{section}.{key}' is "
+                                 f"{cfg[section].get(key)!r} but the run was trained with "
+                                 f"train.{key} = {value!r}; restore the original value")
 
 
 UNET_WEIGHTS = "diffusion_pytorch_model.safetensors"
@@ -276,7 +264,7 @@ def _is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_SUFFIXES)
 
 
-def unet_files(folder: Path, error: type[InputFileError] = RunError) -> list[str]:
+def unet_files(folder: Path, error: type[InputFileError] = RunFolderError) -> list[str]:
     """The files (names in ``folder``) that loading a diffusers ``UNet2DModel`` folder reads:
     ``config.json`` and either ``diffusion_pytorch_model.safetensors`` or a sharded index
     ``diffusion_pytorch_model.safetensors.index.json`` with the shards it names. Any other
@@ -317,7 +305,7 @@ def _shards(index: Path, error: type[InputFileError]) -> list[str]:
     return shards
 
 
-def load_unet_folder(folder: Path, error: type[InputFileError] = RunError
+def load_unet_folder(folder: Path, error: type[InputFileError] = RunFolderError
                      ) -> tuple[nn.Module, dict[str, str]]:
     """A ``UNet2DModel`` loaded from exactly the files :func:`unet_files` names (staged as
     links in a temp folder, so nothing else in ``folder`` is read) and the sha256 of each of
@@ -355,7 +343,7 @@ def _load_weights(model: nn.Module, folder: Path, name: str) -> dict[str, str]:
 def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> dict[str, Any]:
     """The meta.json of a checkpoint folder after checking every file it lists (with
     ``weights``, ``model`` or ``ema``: only that weights' files, the ones loading reads)
-    against its sha256; a one-line :class:`RunError` naming the first missing, truncated or
+    against its sha256; a one-line :class:`RunFolderError` naming the first missing, truncated or
     corrupt file, or a weight, index or JSON file in the folder that meta.json does not list
     (other files, e.g. a desktop's ``.DS_Store``, are never read). (Checkpoints written
     before the sha256 list are only checked for a readable meta.json.)"""
@@ -364,30 +352,32 @@ def verify_checkpoint(ckpt: str | os.PathLike, weights: str | None = None) -> di
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
-        raise RunError(f"checkpoint {ckpt} is incomplete: {meta_path} is missing") from None
+        raise RunFolderError(f"checkpoint {ckpt} is incomplete: {meta_path} is missing") from None
     except (OSError, ValueError) as e:
-        raise RunError(f"checkpoint file {meta_path} is unreadable: {first_line(e)}") from None
+        raise RunFolderError(f"checkpoint file {meta_path} is unreadable: "
+                             f"{first_line(e)}") from None
     if not (isinstance(meta, dict) and _is_int(meta.get("step")) and meta["step"] >= 0
             and isinstance(meta.get("files", {}), dict)):
-        raise RunError(f"checkpoint file {meta_path} is corrupt: expected a step and a file list")
+        raise RunFolderError(f"checkpoint file {meta_path} is corrupt: expected a step and a "
+                             "file list")
     for rel, digest in meta.get("files", {}).items():
         if weights is not None and not _in_weights(rel, weights):
             continue
         f = ckpt / rel
         if not f.is_file():
-            raise RunError(f"checkpoint file {f} is missing")
+            raise RunFolderError(f"checkpoint file {f} is missing")
         try:
             ok = sha256_file(f) == digest
         except OSError as e:
-            raise RunError(f"checkpoint file {f} is unreadable: {first_line(e)}") from None
+            raise RunFolderError(f"checkpoint file {f} is unreadable: {first_line(e)}") from None
         if not ok:
-            raise RunError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
+            raise RunFolderError(f"checkpoint file {f} is corrupt or truncated (its sha256 differs "
                            f"from the one in {meta_path})")
     listed = meta.get("files")
     for f in _files(ckpt) if listed else ():  # a loader could read it: refused, not ignored
         if f.relative_to(ckpt).as_posix() not in listed and (
                 _is_weight_file(f.name) or f.name.endswith(".json")):
-            raise RunError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
+            raise RunFolderError(f"checkpoint file {f} is not listed in {meta_path}; a checkpoint "
                            "holds only the weight and config files it lists: remove it")
     return meta
 
@@ -410,7 +400,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
     files (``weights``: only those of the weights ``load`` reads) match the sha256 list in
     meta.json and ``load`` (if given) succeeds; a failure is
     logged as a warning naming the bad file and the previous checkpoint is tried. When none is
-    usable, a one-line :class:`RunError` names the bad file(s).
+    usable, a one-line :class:`RunFolderError` names the bad file(s).
     """
     run_dir = Path(run_dir)
     candidates = _checkpoint_candidates(run_dir)
@@ -419,7 +409,7 @@ def open_checkpoint(run_dir: str | os.PathLike,
         try:
             meta = verify_checkpoint(ckpt, weights)
             result = load(ckpt, meta) if load is not None else None
-        except RunError as e:
+        except RunFolderError as e:
             errors.append(str(e))
         except LOAD_ERRORS as e:
             errors.append(f"checkpoint {ckpt} is unreadable or does not match its config: "
@@ -429,8 +419,8 @@ def open_checkpoint(run_dir: str | os.PathLike,
         if i + 1 < len(candidates):
             log.warning("%s; falling back to %s", errors[-1], candidates[i + 1])
     if not errors:
-        raise RunError(f"run {run_dir} has no checkpoint yet")
-    raise RunError(f"run {run_dir} has no usable checkpoint: {'; '.join(errors)}")
+        raise RunFolderError(f"run {run_dir} has no checkpoint yet")
+    raise RunFolderError(f"run {run_dir} has no usable checkpoint: {'; '.join(errors)}")
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -449,7 +439,7 @@ def load_weights_into(model: nn.Module, ema: nn.Module | None, ckpt: Path,
         if ema is not None:
             _load_weights(ema, ckpt, "ema")
     except LOAD_ERRORS as e:
-        raise RunError(f"checkpoint {ckpt} is unreadable or does not match its config: "
+        raise RunFolderError(f"checkpoint {ckpt} is unreadable or does not match its config: "
                        f"{first_line(e)}") from None
     return meta
 
@@ -474,7 +464,7 @@ def load_run(run_dir: str | os.PathLike, use_ema: bool = True,
     try:
         model = model_from_config(cfg)
     except ConfigError as e:
-        raise RunError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
+        raise RunFolderError(f"{Path(run_dir) / CONFIG}: field 'model': {first_line(e)}") from None
 
     which = "ema" if use_ema else "model"
 
@@ -501,6 +491,6 @@ def newest_run(root: str | os.PathLike = "runs") -> Path:
     runs = [p for p in root.glob("*") if (p / CONFIG).is_file() and (
         (p / CHECKPOINT / META).is_file() or (p / PREVIOUS / META).is_file())]
     if not runs:
-        raise RunError(f"no trained run found under {root}/; train one with `dmattack train` "
+        raise RunFolderError(f"no trained run found under {root}/; train one with `dmattack train` "
                        "or pass --run")
     return max(runs, key=lambda p: (p / CONFIG).stat().st_mtime)

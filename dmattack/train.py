@@ -43,18 +43,17 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .data import DataError
-from .errors import ConfigError, DivergedError, OutputError, first_line
+from .errors import ConfigError, DivergedError, OutputError, RunFolderError, first_line
 from .io import MiB, check_writable, provenance, write_json, write_text
 from .locking import lock_folder
-from .models import UNET_PRESETS
-from .objectives import STAT_KEYS, draw_step, training_loss
+from .models import PRESETS
+from .objectives import draw_step, stat_keys, training_loss
 from .oserrors import WRITE_ERRORS, describe, error_number
 from .runs import (
     CHECKPOINT,
     CONFIG,
     LOAD_ERRORS,
     PREVIOUS,
-    RunError,
     checkpoint_dir,
     diffusion_from_config,
     load_weights_into,
@@ -66,7 +65,7 @@ from .runs import (
 )
 from .sampling import SamplerConfig, sample
 from .seeding import derive_seed, sample_seeds
-from .settings import iter_settings, option_name
+from .settings import option_name
 from .tensorboard_log import TrainingBoard
 from .train_config import TrainConfig, build_data, parse_device  # noqa: F401 - the API
 from .train_stop import (  # noqa: F401 - EXIT_INTERRUPTED, resume_command: the API
@@ -251,8 +250,7 @@ def _run_config(cfg: TrainConfig, data) -> dict[str, Any]:
         "data": data.describe(),
         "model": {"preset": cfg.preset, "data_shape": list(data.shape),
                   "dropout": cfg.dropout,
-                  "architecture": "diffusers.UNet2DModel" if cfg.preset in UNET_PRESETS
-                  else "dmattack.MLPEps"},
+                  "architecture": PRESETS.get(cfg.preset, "preset").architecture},
         "diffusion": {"schedule": cfg.schedule, "num_timesteps": cfg.num_timesteps,
                       "variance_type": cfg.variance_type},
         "seed": cfg.seed,
@@ -282,28 +280,22 @@ def resume_config(run_dir: str | Path, steps: int | None = None,
     if unknown:
         raise ConfigError(f"{unknown[0]} cannot change on resume; allowed: "
                           f"{', '.join(RESUME_OVERRIDES)}", field=unknown[0])
-    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunError
+    saved = read_config(run_dir)["train"]  # validated: a bad field is a one-line RunFolderError
     if _has_checkpoints(run_dir):
-        checkpoint_dir(run_dir)  # a one-line RunError when none of them is usable
+        checkpoint_dir(run_dir)  # a one-line RunFolderError when none of them is usable
     cfg = TrainConfig.from_dict({**saved, "steps": saved["steps"] if steps is None else steps})
     changes = {k: v for k, v in {"nan_policy": nan_policy, **overrides}.items() if v is not None}
     return dataclasses.replace(cfg, **changes)
 
 
-def _leaf(cfg: Any, path: str) -> Any:
-    for part in path.split("."):
-        cfg = getattr(cfg, part)
-    return list(cfg) if isinstance(cfg, tuple) else cfg
-
-
 def check_resume(run_dir: str | Path, cfg: TrainConfig) -> None:
     """The guard of every resume, from Python and the command line alike: a one-line
     ConfigError naming the first setting of ``cfg`` (resolved) that differs from the run's
-    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunError when
+    config.json, other than ``steps`` and :data:`RESUME_OVERRIDES`; a RunFolderError when
     ``run_dir`` is not a run (no valid config.json)."""
-    saved = TrainConfig.from_dict(read_config(run_dir)["train"])
-    for path, f, _ in iter_settings(TrainConfig):
-        old, new = _leaf(saved, path), _leaf(cfg, path)
+    saved = {p: v for p, _, v in TrainConfig.from_dict(read_config(run_dir)["train"]).settings()}
+    for path, f, new in cfg.settings():
+        old = saved.get(path)
         if path not in ("steps", *RESUME_OVERRIDES) and old != new:
             raise ConfigError(f"{path} ({option_name(f)}) = {new!r} differs from the run's "
                               f"{old!r} and cannot change on resume; allowed to change: "
@@ -477,7 +469,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, resume: bool = False,
 def _memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
     """channels-last for U-Nets on CUDA (or as ``cfg.channels_last`` forces), else contiguous."""
     on = device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
-    return torch.channels_last if on and cfg.preset in UNET_PRESETS else torch.contiguous_format
+    layout = on and PRESETS.get(cfg.preset, "preset").channels_last
+    return torch.channels_last if layout else torch.contiguous_format
 
 
 def fused_adamw(device: torch.device) -> bool:
@@ -508,7 +501,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                 check_resume(run_dir, cfg)
             else:
                 check_new_run_folder(run_dir)
-        except (ConfigError, RunError) as e:
+        except (ConfigError, RunFolderError) as e:
             problem = e
     problem = distributed.broadcast_object(problem if main else None)
     if problem is not None:
@@ -553,7 +546,7 @@ def _train_locked(cfg: TrainConfig, run_dir: Path, resume: bool,
                 state = torch.load(path, map_location=device, weights_only=True)
                 opt.load_state_dict(state["optimizer"])
             except LOAD_ERRORS as e:
-                raise RunError(f"checkpoint file {path} is unreadable: {first_line(e)}"
+                raise RunFolderError(f"checkpoint file {path} is unreadable: {first_line(e)}"
                                ) from None
             _match_layout(opt)
             return opt, state
@@ -619,7 +612,8 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
             group["lr"] = lr_at(cfg, step)
         optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=device)
-        stat_sum = dict.fromkeys(STAT_KEYS, 0.0)
+        keys = stat_keys(cfg.objective)
+        stat_sum = dict.fromkeys(keys, 0.0)
         for m, (a, b) in enumerate(micro):
             # the share of the global mean: DDP averages over ranks, so × world
             weight = world * (b - a) / rows
@@ -632,12 +626,12 @@ def _loop(cfg: TrainConfig, run_dir: Path, data, device: torch.device,
                                                 cfg.objective, draws.rows(a, b, fmt))
                 (loss * weight).backward()  # a non-finite loss is caught below
             total += loss.detach().float() * weight
-            for k in STAT_KEYS:
+            for k in keys:
                 stat_sum[k] += stats[k] * weight
         if world > 1:
             reduced = distributed.all_reduce_mean(
                 torch.tensor([float(total), *stat_sum.values()], dtype=torch.float64))
-            total, stat_sum = reduced[0], dict(zip(STAT_KEYS, reduced[1:].tolist(),
+            total, stat_sum = reduced[0], dict(zip(keys, reduced[1:].tolist(),
                                                    strict=True))
         if cfg.grad_clip > 0:
             norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -5,6 +5,7 @@ config.json is checked against it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,18 +18,16 @@ from .errors import ConfigError, first_line
 from .objectives import ObjectiveConfig
 from .registry import DATASETS, PRESETS
 from .seeding import derive_seed
-from .settings import check_settings, setting
+from .settings import check_settings, iter_settings, setting
 
 NAN_POLICIES = ("stop", "skip")
 MAX_NUM_DATA = 10_000_000
 MAX_STEPS = 1_000_000_000
 MAX_BATCH = 10_000_000
 MAX_TIMESTEPS = 100_000
-IN_MEMORY_IMAGES = ("digits", "cifar10")
-FLIP_DATASETS = ("cifar10", "celeba", "lsun-bedroom", "imagefolder")
-"""Datasets trained with random horizontal flips by default (Ho et al. 2020 flip CIFAR-10);
-not digits, which are not mirror-symmetric, and never vector data."""
 MAX_IN_MEMORY_RESOLUTION = 256
+"""The largest ``--resolution`` of an image dataset held in memory (its entry's
+``in_memory``)."""
 
 
 def parse_device(name: str) -> torch.device | None:
@@ -68,8 +67,8 @@ class TrainConfig:
                                    low=0)
     flip: bool | None = setting(None, "Random horizontal flips of the training images (half of "
                                 "each batch, drawn from the step's seed).",
-                                auto="the dataset: on for cifar10, celeba, lsun-bedroom, "
-                                "imagefolder; off for digits and vector data")
+                                auto="the dataset's flip_default: on for cifar10, celeba, "
+                                "lsun-bedroom, imagefolder; off for digits and vector data")
     # model and diffusion
     preset: str | None = setting(None, "Model preset [default: tiny for images, mlp for "
                                  "vectors].", choices=PRESETS.names)
@@ -127,7 +126,8 @@ class TrainConfig:
         if not isinstance(self.objective, ObjectiveConfig):
             raise ConfigError(f"objective = {self.objective!r} is invalid; allowed: an "
                               "ObjectiveConfig", field="objective")
-        if self.resolution is not None and self.dataset in IN_MEMORY_IMAGES \
+        entry = DATASETS.get(self.dataset, "--dataset")
+        if self.resolution is not None and entry.in_memory and entry.kind == "image" \
                 and self.resolution > MAX_IN_MEMORY_RESOLUTION:
             raise ConfigError(f"resolution (--resolution) = {self.resolution} is invalid; "
                               f"allowed: an image side in 1..{MAX_IN_MEMORY_RESOLUTION} for "
@@ -144,7 +144,8 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """A copy with the defaults filled in for unset preset (by the dataset's kind),
-        steps / batch / warm-up (by the preset) and flip (:data:`FLIP_DATASETS`)."""
+        steps / batch / warm-up (by the preset) and flip (the dataset entry's
+        ``flip_default``)."""
         preset = self.preset or ("mlp" if is_vector_dataset(self.dataset) else "tiny")
         p = PRESETS.get(preset, "preset")
         return dataclasses.replace(
@@ -153,7 +154,8 @@ class TrainConfig:
             steps=p.steps if self.steps is None else self.steps,
             batch_size=p.batch_size if self.batch_size is None else self.batch_size,
             warmup=p.warmup if self.warmup is None else self.warmup,
-            flip=self.dataset in FLIP_DATASETS if self.flip is None else self.flip,
+            flip=DATASETS.get(self.dataset, "--dataset").flip_default if self.flip is None
+            else self.flip,
         )
 
     def validate(self) -> None:
@@ -161,6 +163,15 @@ class TrainConfig:
         for name in ("preset", "steps", "batch_size", "warmup", "flip"):
             if getattr(self, name) is None:
                 raise ConfigError(f"{name} is unset; call resolved() first", field=name)
+
+    def settings(self) -> Iterator[tuple[str, dataclasses.Field, Any]]:
+        """``(dotted path, field, value)`` of every leaf setting, the objective's options
+        (``objective.lam``) included; tuples as lists (as config.json holds them)."""
+        for path, f, _ in iter_settings(TrainConfig):
+            yield path, f, _value(self, path)
+        options = self.objective.options
+        for path, f, _ in iter_settings(type(options)):
+            yield "objective." + path, f, _value(options, path)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -189,6 +200,12 @@ class TrainConfig:
         except (ConfigError, TypeError) as e:
             raise ConfigError(first_line(e), field="objective") from None
         return cls(**d)
+
+
+def _value(cfg: Any, path: str) -> Any:
+    for part in path.split("."):
+        cfg = getattr(cfg, part)
+    return list(cfg) if isinstance(cfg, tuple) else cfg
 
 
 def build_data(cfg: TrainConfig):

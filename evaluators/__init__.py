@@ -310,15 +310,30 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
                      "digits-cnn" if _is_digits(shape)
                      else "inception" if _is_image(shape) else "pixels")
     good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
-    requested_images = tuple(m for m in IMAGE_METRICS if m in metrics)
+    info = _protocol(metrics, len(samples), len(good), reference_name, len(reference),
+                     extractor, protocol)
+    context = MetricContext(
+        metrics, truth, extractor, space, inception_weights=inception_weights,
+        cache_dir=cache_dir, reference_name=reference_name, train_set=train_set,
+        out_dir=out_dir, dinov2_dir=dinov2_dir, info=info)
+    values = _compute(metrics, good, reference, context)
+    return {**values, "protocol": {**(protocol or {}), **info}}
+
+
+def _protocol(metrics: tuple[str, ...], num_samples: int, num_finite: int, reference_name: str,
+              num_reference: int, extractor: str, protocol: dict[str, Any] | None
+              ) -> dict[str, Any]:
+    """What :func:`evaluate` records about itself (metrics extend it with their provenance);
+    a ValueError when the caller's ``protocol`` uses one of its keys."""
+    requested_images = any(m in IMAGE_METRICS for m in metrics)
     info: dict[str, Any] = {
         "metrics": list(metrics),
-        "num_samples": len(samples),
-        "num_nonfinite": len(samples) - len(good),
-        "num_evaluated": len(good),
+        "num_samples": num_samples,
+        "num_nonfinite": num_samples - num_finite,
+        "num_evaluated": num_finite,
         "nonfinite_policy": "rows with NaN/inf dropped; metrics on the finite rows",
         "reference": reference_name,
-        "num_reference": len(reference),
+        "num_reference": num_reference,
         "torch_fidelity_version": torch_fidelity.__version__,
         "feature_extractor": extractor if requested_images else None,
         "feature_extractor_weights_sha256": None,
@@ -326,12 +341,15 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
     clash = set(protocol or {}) & (set(info) | set(PROVENANCE_KEYS) | {"memorization"})
     if clash:
         raise ValueError(f"protocol keys {sorted(clash)} are reserved by evaluate")
-    context = MetricContext(
-        metrics, truth, extractor, space, inception_weights=inception_weights,
-        cache_dir=cache_dir, reference_name=reference_name, train_set=train_set,
-        out_dir=out_dir, dinov2_dir=dinov2_dir, info=info)
+    return info
+
+
+def _compute(metrics: tuple[str, ...], good: torch.Tensor, reference: torch.Tensor,
+             context: MetricContext) -> dict[str, float | None]:
+    """Each requested metric once, in the order asked, on the (N_good, *shape) finite rows:
+    its declared keys → JSON-safe values (all None when no row is finite)."""
     values: dict[str, float | None] = {}
-    for m in dict.fromkeys(metrics):  # each once, in the order asked
+    for m in dict.fromkeys(metrics):
         metric = METRICS[m]
         keys = metric.result_keys(context)
         if len(good) == 0:
@@ -342,8 +360,7 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
             raise ValueError(f"metric {m!r} returned {sorted(computed)}, not its declared "
                              f"keys {sorted(keys)}")
         values.update(computed)
-    values = {k: _finite_float(v) for k, v in values.items()}
-    return {**values, "protocol": {**(protocol or {}), **info}}
+    return {k: _finite_float(v) for k, v in values.items()}
 
 
 def _memorization(x: torch.Tensor, train_set: torch.Tensor, space: str,

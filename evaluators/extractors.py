@@ -4,7 +4,6 @@ which Inception weights are looked for is in :mod:`evaluators.inception`)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
+
+from dmattack.hashing import weights_sha256
 
 from . import inception
 from .digits_model import DEFAULT_WEIGHTS, FEATURE_DIM, load_digits_cnn
@@ -155,21 +156,6 @@ def _tensors_only(path: Path) -> Path:
     st = path.stat()
     _checked(str(path.resolve()), st.st_size, st.st_mtime_ns)
     return path
-
-
-@lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a weights file, memoised on (path, size, mtime)."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def extract_features(images: torch.Tensor, extractor: str,

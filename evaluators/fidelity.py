@@ -28,6 +28,7 @@ import torch
 import torch_fidelity
 
 from dmattack import stats
+from dmattack.hashing import sha256_file
 from dmattack.io import write_json
 
 from . import kid
@@ -107,13 +108,28 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
         raise ValueError(f"image metrics must be a non-empty subset of {IMAGE_METRICS}, "
                          f"got {tuple(metrics)}")
     weights_path = resolve_weights(extractor, weights)
-    weights_hash = weights_sha256(weights_path)
     fe_name = fidelity_name(extractor, weights_path)
     if "is" in metrics and fe_name == FID_HELPER_EXTRACTOR:
         raise MetricError(NO_LOGITS)
     samples_u8 = to_uint8(samples)
+    kwargs, provenance = _sample_inputs(samples_u8, metrics, extractor, weights_path, fe_name)
+    cache_root = (Path(cache_dir) if cache_dir is not None else default_cache_dir()
+                  ) / "torch-fidelity"
+    key = None
+    if "fid" in metrics or "kid" in metrics:
+        key = _add_reference(kwargs, provenance, samples_u8, to_uint8(reference), metrics,
+                             reference_name, fe_name, cache_root)
+    values = _calculate(kwargs, metrics, extractor, fe_name, key, cache_root, provenance)
+    if key is not None:
+        record_cache_files(cache_root, key)
+    return values, provenance
+
+
+def _sample_inputs(samples_u8: torch.Tensor, metrics: tuple[str, ...], extractor: str,
+                   weights_path: Path, fe_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """torch-fidelity's arguments for the (N, C, H, W) uint8 samples and the provenance so far
+    (extractor, its weights and their sha256, N, IS splits)."""
     n = len(samples_u8)
-    binary = "fid" in metrics or "kid" in metrics
     kwargs: dict[str, Any] = dict(
         input1=UInt8Images(samples_u8), fid="fid" in metrics, isc="is" in metrics,
         kid="kid" in metrics, feature_extractor=fe_name,
@@ -125,41 +141,54 @@ def image_metrics(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple
         "feature_extractor": extractor,
         "feature_extractor_weights": str(weights_path),
         "feature_extractor_weights_name": weights_name(extractor, weights_path),
-        "feature_extractor_weights_sha256": weights_hash,
+        "feature_extractor_weights_sha256": weights_sha256(weights_path),
         "image_metrics_num_samples": n,
     }
     if "is" in metrics:
         provenance["isc_splits"] = kwargs["isc_splits"]
-    if binary:
-        reference_u8 = to_uint8(reference)
-        if reference_u8.shape[1:] != samples_u8.shape[1:]:
-            raise ValueError(f"samples {tuple(samples_u8.shape[1:])} and reference "
-                             f"{tuple(reference_u8.shape[1:])} image shapes differ")
-        key = reference_key(reference_u8, reference_name, fe_name, weights_hash)
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        drop_unverified_cache_files(root / "torch-fidelity", key)
-        drop_unsafe_cache_files(root / "torch-fidelity", key)
-        kwargs.update(input2=UInt8Images(reference_u8), input2_cache_name=key, cache=True,
-                      cache_root=str(root / "torch-fidelity"))
-        provenance.update(reference_cache_key=key, reference_cache_dir=kwargs["cache_root"],
-                          num_reference=len(reference_u8))
+    return kwargs, provenance
+
+
+def _add_reference(kwargs: dict[str, Any], provenance: dict[str, Any], samples_u8: torch.Tensor,
+                   reference_u8: torch.Tensor, metrics: tuple[str, ...], reference_name: str,
+                   fe_name: str, cache_root: Path) -> str:
+    """Add the (N_ref, C, H, W) uint8 reference of FID/KID to ``kwargs`` and ``provenance``,
+    its features read from the verified cache entry when present; return the entry's key.
+    With KID, the samples' features go to a one-use entry (for its interval)."""
+    if reference_u8.shape[1:] != samples_u8.shape[1:]:
+        raise ValueError(f"samples {tuple(samples_u8.shape[1:])} and reference "
+                         f"{tuple(reference_u8.shape[1:])} image shapes differ")
+    key = reference_key(reference_u8, reference_name, fe_name,
+                        provenance["feature_extractor_weights_sha256"])
+    drop_unverified_cache_files(cache_root, key)
+    drop_unsafe_cache_files(cache_root, key)
+    kwargs.update(input2=UInt8Images(reference_u8), input2_cache_name=key, cache=True,
+                  cache_root=str(cache_root))
+    provenance.update(reference_cache_key=key, reference_cache_dir=kwargs["cache_root"],
+                      num_reference=len(reference_u8))
     if "kid" in metrics:
-        kwargs["kid_subset_size"] = min(KID_SUBSET_SIZE, n, len(reference_u8))
+        kwargs["kid_subset_size"] = min(KID_SUBSET_SIZE, len(samples_u8), len(reference_u8))
         provenance["kid_subset_size"] = kwargs["kid_subset_size"]
         kwargs["input1_cache_name"] = f"samples-{uuid.uuid4().hex}"
+    return key
+
+
+def _calculate(kwargs: dict[str, Any], metrics: tuple[str, ...], extractor: str, fe_name: str,
+               key: str | None, cache_root: Path, provenance: dict[str, Any]
+               ) -> dict[str, float]:
+    """torch-fidelity's values under our labels (plus KID's interval); the samples' one-use
+    feature entry is deleted whatever happens."""
     try:
         raw = torch_fidelity.calculate_metrics(**kwargs)
         values = _label(raw, extractor)
         if "kid" in metrics:
-            values.update(_kid_interval(root / "torch-fidelity", kwargs, key, fe_name,
-                                        raw, extractor, provenance))
+            values.update(_kid_interval(cache_root, kwargs, key, fe_name, raw, extractor,
+                                        provenance))
     finally:
         if "kid" in metrics:
-            for path in (root / "torch-fidelity").glob(f"{kwargs['input1_cache_name']}*"):
+            for path in cache_root.glob(f"{kwargs['input1_cache_name']}*"):
                 path.unlink(missing_ok=True)
-    if binary:
-        record_cache_files(root / "torch-fidelity", key)
-    return values, provenance
+    return values
 
 
 def _kid_interval(cache_root: Path, kwargs: dict[str, Any], key: str, fe_name: str,
@@ -198,14 +227,6 @@ def _manifest(cache_root: Path, key: str) -> Path:
     return Path(cache_root) / f"{key}.sha256.json"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
     """Delete (one warning line each) every cache file of entry ``key`` whose sha256 differs
     from the one :func:`record_cache_files` wrote, or that it does not list: torch-fidelity
@@ -217,7 +238,7 @@ def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
     listed = listed if isinstance(listed, dict) else {}
     for path in sorted(Path(cache_root).glob(f"{key}*.pt")):
         expected = listed.get(path.name)
-        if expected is not None and _sha256(path) == expected:
+        if expected is not None and sha256_file(path) == expected:
             continue
         log.warning("cache file %s %s; deleting it, it will be recomputed", path,
                     "does not match its recorded sha256" if expected else
@@ -228,7 +249,7 @@ def drop_unverified_cache_files(cache_root: Path, key: str) -> None:
 def record_cache_files(cache_root: Path, key: str) -> None:
     """Write the sha256 of every cache file of entry ``key`` to ``<key>.sha256.json``
     (atomically), for :func:`drop_unverified_cache_files`."""
-    files = {p.name: _sha256(p) for p in sorted(Path(cache_root).glob(f"{key}*.pt"))}
+    files = {p.name: sha256_file(p) for p in sorted(Path(cache_root).glob(f"{key}*.pt"))}
     if files:
         with contextlib.suppress(OSError):  # only a cache: unverified files are recomputed
             write_json(_manifest(cache_root, key), files)

@@ -27,6 +27,8 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
+from dmattack.hashing import weights_sha256
+
 from .errors import MetricError
 
 FID_HELPER_EXTRACTOR = "inception-v3-fid-helper"  # torch-fidelity registry name
@@ -62,8 +64,6 @@ def fid_helper_name() -> str:
 def check_fid_helper_file(path: str | Path) -> Path:
     """``path`` if its sha256 is that of the published ``default_1.pt``, else a one-line
     :class:`MetricError` (a different TorchScript file is never loaded)."""
-    from .extractors import weights_sha256  # memoised hashing; extractors imports this module
-
     digest = weights_sha256(path)
     if digest != FID_HELPER_SHA256:
         raise MetricError(f"refusing TorchScript Inception weights {path}: sha256 {digest} is not "

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 import cli
 import dmattack.demo as demo_pkg
+import dmattack.demo.run as demo_run
 from dmattack.demo import SECTIONS as SECTIONS_BY_NAME
 from dmattack.demo import headline_rows, resolve_sections, run_demo
 from dmattack.demo.aggregate import aggregate_rows, aggregate_sections, agreement, combine_claims
@@ -194,7 +195,7 @@ def _tiny_plan() -> DemoPlan:
 
 def test_cli_demo_prints_headline_and_report(tmp_path, monkeypatch):
     """The CLI end to end on a toy-size plan, retraining the digits U-Nets (--train-images)."""
-    monkeypatch.setattr(demo_pkg, "quick_plan", _tiny_plan)
+    monkeypatch.setattr(demo_run, "quick_plan", _tiny_plan)
     out = tmp_path / "report"
     result = CliRunner().invoke(cli.main, ["demo", "--quick", "--train-images", "--out", str(out)])
     assert result.exit_code == 0, result.output

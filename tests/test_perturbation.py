@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from dmattack.attacks.perturbation import (
+from dmattack.diffusion import GaussianDiffusion
+from dmattack.models import build_model
+from dmattack.perturbation import (
     RayConfig,
     fgsm_cost,
     fgsm_perturbation,
@@ -15,8 +17,6 @@ from dmattack.attacks.perturbation import (
     random_perturbation,
     ray,
 )
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -354,7 +354,7 @@ def _fake_row(name, t_star, attack, per_image):
 
 
 def test_purification_section_verdict_follows_the_numbers(monkeypatch, tmp_path):
-    from dmattack.purification import demo
+    from dmattack.demo import purification as demo
 
     low, high = [0.0] * 5 + [0.25] * 5, [1.0] * 8 + [0.5] * 2
 

@@ -33,7 +33,7 @@ from dmattack.locking import LockError, lock_folder
 from dmattack.runs import (
     CHECKPOINT,
     PREVIOUS,
-    RunError,
+    RunFolderError,
     checkpoint_dir,
     load_run,
 )
@@ -220,7 +220,7 @@ def test_both_checkpoints_corrupt_is_one_line_naming_the_file(two_checkpoints):
     for folder in (CHECKPOINT, PREVIOUS):
         f = run / folder / "model.safetensors"
         f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(RunError) as err:
+    with pytest.raises(RunFolderError) as err:
         load_run(run, use_ema=False)
     msg = str(err.value)
     assert "\n" not in msg and str(run / CHECKPOINT / "model.safetensors") in msg
@@ -258,7 +258,7 @@ def test_checkpoint_with_pickled_code_is_refused(two_checkpoints, exploit, caplo
         meta = json.loads((run / folder / "meta.json").read_text())
         meta["files"]["state.pt"] = runs_mod.sha256_file(run / folder / "state.pt")
         write_json(run / folder / "meta.json", meta)  # the attacker fixed the checksums too
-    with pytest.raises(RunError, match="state.pt|Weights only load failed|Unsupported"):
+    with pytest.raises(RunFolderError, match="state.pt|Weights only load failed|Unsupported"):
         train(resume_config(run, steps=30), run, resume=True)
     assert not marker.exists()
     # the marker really would be created by an unrestricted load
@@ -279,7 +279,7 @@ def test_unet_checkpoint_loads_safetensors_only(tmp_path, exploit):
         meta = json.loads((run / folder / "meta.json").read_text())
         meta["files"] = {}
         write_json(run / folder / "meta.json", meta)
-    with pytest.raises(RunError):
+    with pytest.raises(RunFolderError):
         load_run(run)
     assert not marker.exists()
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import invoke_cli
 
 from dmattack.errors import ConfigError, RunFolderError
-from dmattack.runs import RunError, load_run, newest_run, read_config, validate_config
+from dmattack.runs import load_run, newest_run, read_config, validate_config
 from dmattack.train import resume_config
 from dmattack.train_config import MAX_TIMESTEPS, TrainConfig
 
@@ -42,7 +42,7 @@ def test_hand_edited_config_names_the_field(two_checkpoints, edit, field):
     edit(cfg)
     (run / "config.json").write_text(json.dumps(cfg))
     for call in (lambda: read_config(run), lambda: load_run(run), lambda: resume_config(run)):
-        with pytest.raises(RunError) as err:
+        with pytest.raises(RunFolderError) as err:
             call()
         assert field in str(err.value) and "\n" not in str(err.value)
     result = _cli("sample", "--run", str(run), "--num-samples", "2")
@@ -52,13 +52,13 @@ def test_hand_edited_config_names_the_field(two_checkpoints, edit, field):
 
 def test_config_that_is_not_an_object(two_checkpoints):
     (two_checkpoints / "config.json").write_text("[1, 2]")
-    with pytest.raises(RunError, match="expected a JSON object"):
+    with pytest.raises(RunFolderError, match="expected a JSON object"):
         read_config(two_checkpoints)
 
 
 
 def test_run_error_is_the_run_folder_error():
-    assert RunError is RunFolderError and issubclass(RunError, ValueError)
+    assert issubclass(RunFolderError, ValueError)
 
 
 def _allowed(message: str) -> str:
@@ -80,7 +80,7 @@ def test_config_limits_are_the_train_configs(two_checkpoints, section, key, fiel
     cfg.pop("kind")
     validate_config(cfg)  # the model and diffusion sections alone are fine
     cfg[section][key] = value
-    with pytest.raises(RunError, match=f"field '{section}.{key}'") as from_runs:
+    with pytest.raises(RunFolderError, match=f"field '{section}.{key}'") as from_runs:
         validate_config(cfg)
     with pytest.raises(ConfigError) as from_config:
         TrainConfig(**{field: value})
@@ -90,7 +90,8 @@ def test_config_limits_are_the_train_configs(two_checkpoints, section, key, fiel
 def test_train_section_errors_name_the_option(two_checkpoints):
     cfg = read_config(two_checkpoints)
     cfg["train"]["corrupt_fraction"] = 2
-    with pytest.raises(RunError, match=r"field 'train.corrupt_fraction': .*\(--corrupt-fraction\)"
+    with pytest.raises(RunFolderError,
+                       match=r"field 'train.corrupt_fraction': .*\(--corrupt-fraction\)"
                        r" = 2 is invalid; allowed: a finite number >= 0 and <= 1"):
         validate_config(cfg, "x/config.json")
 
@@ -104,9 +105,9 @@ def test_load_run_round_trip(two_checkpoints):
 
 def test_newest_run(two_checkpoints, tmp_path):
     assert newest_run(two_checkpoints.parent) == two_checkpoints
-    with pytest.raises(RunError, match="no trained run found"):
+    with pytest.raises(RunFolderError, match="no trained run found"):
         newest_run(tmp_path / "empty")
     shutil.rmtree(two_checkpoints / "checkpoint")
     shutil.rmtree(two_checkpoints / "checkpoint.prev")
-    with pytest.raises(RunError, match="no trained run found"):
+    with pytest.raises(RunFolderError, match="no trained run found"):
         newest_run(two_checkpoints.parent)

@@ -104,11 +104,12 @@ def _train_option(option: str) -> click.Option:
 
 
 def _objective_options() -> dict[str, str]:
-    """train's objective options: dotted path under the objective → option spelling."""
-    from dmattack.objectives import ObjectiveConfig
+    """train's objective options (every registered objective's): dotted path → option
+    spelling."""
+    from dmattack.objective_config import train_options
     from dmattack.settings import iter_settings, option_name
 
-    return {path: option_name(f) for path, f, _ in iter_settings(ObjectiveConfig)
+    return {path: option_name(f) for path, f, _ in iter_settings(train_options())
             if path != "method"}
 
 
@@ -122,7 +123,6 @@ def test_train_refuses_what_the_objective_does_not_read(tmp_path, monkeypatch):
     checked = 0
     for method in OBJECTIVES.names():
         reads = ObjectiveConfig(method=method).reads()
-        assert reads is not None, f"objective {method} does not say which options it reads"
         args0 = ["--method", method]
         recorded = _run("train", args0, tmp_path / method, monkeypatch)[2]
         assert recorded is not None and (method == "robust-adv" or recorded != base)

@@ -8,15 +8,12 @@ Reverse-chain attacks are registered in :data:`dmattack.registry.ATTACKS` (the p
 through :func:`dmattack.attack_eval.run_attack` / ``run_curve``.
 """
 
-from typing import Any
-
-from ..registry import ATTACKS
+from ..perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from .base import AttackEntry, PerStepFactory, WholeChainAttack, format_number
 from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom
 from .distances import DISTANCES, Distance
 from .lookahead import LookaheadConfig, LookaheadPGD
 from .losses import LOSSES, LossFn, PredictionGap, StepLoss, make_loss
-from .perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from .plan import AttackPlan, make_hook_factory
 from .schedule import PROJECTS, WINDOWS, AttackSpec, attacked_steps
 from .trajectory import TrajectoryConfig, TrajectoryPGD
@@ -30,9 +27,3 @@ __all__ = [
     "RayConfig", "fgsm_perturbation", "random_perturbation", "ray",
     "AttackPlan", "make_hook_factory", "PROJECTS", "WINDOWS", "AttackSpec", "attacked_steps",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "METHODS":  # former tuple of attack names; the registry is the one list now
-        return ATTACKS.names()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,8 @@ from .images import ImageFolderDataset, load_cifar10, load_digits_images, load_i
 from .truth import GaussianMixture, GaussianSubspace, KnownDistribution, ObliquePlane
 from .vectors import DEFAULT_PARAMS, load_vectors
 
+KINDS = ("image", "vector")
+
 
 @dataclass(frozen=True)
 class DatasetEntry:
@@ -27,11 +29,24 @@ class DatasetEntry:
 
     ``load(data_dir, resolution, num_samples, seed, **params)`` builds it (``resolution`` is
     None for the default, always None for vectors); ``kind`` is ``"image"`` or ``"vector"``;
-    ``label`` is one line for listings."""
+    ``label`` is one line for listings. ``in_memory``: the whole set is decoded and held in
+    memory (an image set's ``--resolution`` is then capped, see
+    :data:`~dmattack.train_config.MAX_IN_MEMORY_RESOLUTION`); ``flip_default``: trained with
+    random horizontal flips unless ``--flip``/``--no-flip`` says otherwise (Ho et al. 2020
+    flip CIFAR-10; not digits, which are not mirror-symmetric; never vector data)."""
 
     load: Callable[..., DiffusionDataset]
     kind: str
     label: str
+    in_memory: bool = False
+    flip_default: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"dataset kind {self.kind!r} unknown; allowed: {', '.join(KINDS)}")
+        if self.flip_default and self.kind != "image":
+            raise ValueError("flip_default needs an image dataset (vector data has nothing to "
+                             "mirror)")
 
 
 def _no_params(load: Callable[..., DiffusionDataset], name: str) -> Callable[..., DiffusionDataset]:
@@ -47,13 +62,15 @@ def _no_params(load: Callable[..., DiffusionDataset], name: str) -> Callable[...
 def _register_builtin() -> None:
     DATASETS.register("digits", DatasetEntry(_no_params(
         lambda d, r, n, s: load_digits_images(r, n, s), "digits"), "image",
-        "scikit-learn's 8×8 handwritten digits (embedded)"))
+        "scikit-learn's 8×8 handwritten digits (embedded)", in_memory=True))
     DATASETS.register("cifar10", DatasetEntry(_no_params(load_cifar10, "cifar10"), "image",
-                                              "CIFAR-10 under --data-dir"))
+                                              "CIFAR-10 under --data-dir", in_memory=True,
+                                              flip_default=True))
     for name, side in FOLDER_RESOLUTION.items():
         DATASETS.register(name, DatasetEntry(_no_params(
             lambda d, r, n, s, name=name, side=side: load_image_folder(name, d, r or side, n, s),
-            name), "image", f"an image folder under --data-dir ({side}×{side} by default)"))
+            name), "image", f"an image folder under --data-dir ({side}×{side} by default)",
+            flip_default=True))
     for name in DEFAULT_PARAMS:
         def load(d, r, n, s, name=name, **params):
             if r is not None:
@@ -62,7 +79,8 @@ def _register_builtin() -> None:
             return load_vectors(name, n, s, **params)
 
         DATASETS.register(name, DatasetEntry(load, "vector",
-                                             "synthetic vectors with a known distribution"))
+                                             "synthetic vectors with a known distribution",
+                                             in_memory=True))
 
 
 FOLDER_RESOLUTION = {"celeba": 64, "lsun-bedroom": 64, "imagefolder": 32}

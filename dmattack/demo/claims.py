@@ -485,7 +485,7 @@ def adaptive_claims(section: Row) -> list[Row]:
 def purification_claims(section: Row) -> list[Row]:
     """Section ``purification``: a Robust_adv purifier keeps more robust accuracy than a DDPM
     purifier under the full-gradient PGD-EOT, one check per t*."""
-    from ..purification.demo import purification_claim
+    from .purification import purification_claim
 
     claim_row = purification_claim(section["rows"], section["settings"]["t_stars"])
     return [{**claim_row, "id": "purification-robust-adv-better",

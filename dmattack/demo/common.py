@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..evaluation import Reference, clean_dataset, make_metric_fn, reference_for
+from ..objective_config import options_class
 from ..objectives import ObjectiveConfig
 from ..runs import LoadedModel, load_run
 from ..train import TrainConfig
@@ -89,7 +90,9 @@ def train_config(dataset: str, method: str, settings: TrainSettings, *, seed: in
                  num_data: int | None, corrupt_mode: str = "gaussian",
                  corrupt_fraction: float = 0.0, corrupt_sigma: float = 0.2) -> TrainConfig:
     """The TrainConfig of one demo model (checkpoint only at the end, no preview samples)."""
-    objective = ObjectiveConfig(method, lam=settings.lam, lambda_scaling=settings.lambda_scaling)
+    values = {"lam": settings.lam, "lambda_scaling": settings.lambda_scaling}  # those it has
+    objective = ObjectiveConfig(method, **{k: v for k, v in values.items()
+                                           if k in options_class(method).__dataclass_fields__})
     return TrainConfig(
         dataset=dataset, num_data=num_data, corrupt_mode=corrupt_mode,
         corrupt_fraction=corrupt_fraction, corrupt_sigma=corrupt_sigma, preset=settings.preset,

@@ -29,6 +29,7 @@ from .common import (
 )
 from .effects import metric_scorer, set_effects
 from .plan import AttackPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
+from .sections import CHECKPOINTS
 from .tasks import curve_task, sample_task
 
 SUBSPACE_METRICS = ("subspace", "fd-exact", "variance-ratio")
@@ -47,7 +48,6 @@ SUBSPACE_CONTRASTS = (
     *((c, "invariance", "ddpm", "FD (exact)") for c in ("corrupted", "clean")),
     ("clean", "robust-adv", "ddpm", "variance ratio"))
 """(data, A, B, metric) of the set-metric differences A − B that section 1's claims check."""
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 ATTACKED = ("ddpm", "robust-adv")
 METHOD_ORDER = ("fgsm", "pgd", "random")
 IMAGE_RUNS = {m: f"digits-{m}" for m in ATTACKED}

@@ -174,7 +174,7 @@ class AdaptivePlan:
 @dataclass(frozen=True)
 class PurificationPlan:
     """Section ``purification``: digits-cnn undefended and purified by the shipped DDPM and
-    Robust_adv U-Nets (:func:`dmattack.purification.demo.purification_section`'s settings):
+    Robust_adv U-Nets (:func:`dmattack.demo.purification.purification_section`'s settings):
     ``num_samples`` held-out digits, t* ∈ ``t_stars`` (one pool task each), K = ``purify_steps``
     reverse steps, ``attacks`` with ``iterations`` × EOT-``eot`` at ℓ∞ ``eps`` ([0, 1] units;
     0.25: the undefended classifier keeps 0% under PGD-20), single evaluation."""

@@ -429,7 +429,7 @@ def _mode(results: Row) -> str:
 
 def _sections_text(results: Row) -> str:
     """Which sections ran and which did not (with how to add them)."""
-    from ..demo_sections import SECTIONS
+    from .sections import SECTIONS
 
     ran = results.get("sections_run", [])
     left = [n for n in SECTIONS if n not in ran]

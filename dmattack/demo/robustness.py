@@ -15,11 +15,11 @@ from ..attacks.trajectory import TrajectoryPGD
 from ..damage import PIXEL
 from ..errors import ConfigError
 from ..purification import PurifyConfig
-from ..purification.demo import RUNS, section_rows
 from . import figures
 from .common import Context, TrainedModel
 from .experiments import ATTACKED, CHECKPOINTS, CURVE_METRICS, IMAGE_RUNS
 from .plan import AdaptivePlan, PurificationPlan
+from .purification import RUNS, section_rows
 from .tasks import curve_task, purify_task
 
 ADAPTIVE_ATTACKS = ("pgd-mean", "pgd-eps", "trajectory", "lookahead", "random")

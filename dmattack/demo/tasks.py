@@ -103,7 +103,7 @@ def purify_task(config: Any, out_dir: str, device: str, *, report: Report) -> di
     (one purifier on one batch, clean or under one attack). Returns the result with its wall
     time (``wall_seconds``)."""
     from ..purification import run_purification
-    from ..purification.demo import RUNS
+    from .purification import RUNS
 
     start = time.perf_counter()
     result = run_purification(config, [RUNS["ddpm"], RUNS["robust-adv"]], out_dir, device,

@@ -6,13 +6,13 @@
 evaluation draws).
 """
 
-from .attacks import ATTACKS, AttackSettings, AttackSpec, parse_attack, pgd_eot, run_attack
+from .attacks import PURIFY_ATTACKS, AttackSettings, AttackSpec, parse_attack, pgd_eot, run_attack
 from .classifier import PurifiedClassifier, load_classifier, load_labeled_data
 from .defended import NonFiniteError
 from .evaluate import PurifyConfig, run_purification
 from .purifier import GRADIENTS, Purifier, forward_steps, load_model
 
-__all__ = ["ATTACKS", "GRADIENTS", "AttackSettings", "AttackSpec", "NonFiniteError",
+__all__ = ["GRADIENTS", "PURIFY_ATTACKS", "AttackSettings", "AttackSpec", "NonFiniteError",
            "PurifiedClassifier", "Purifier", "PurifyConfig", "forward_steps", "load_classifier",
            "load_labeled_data", "load_model", "parse_attack", "pgd_eot", "run_attack",
            "run_purification"]

@@ -46,7 +46,7 @@ from ..seeding import derive_seed, rand_per_sample
 from .apgd import apgd
 from .draws import eot_logits, seeded_logits
 
-ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
+PURIFY_ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
 LOSSES = ("ce", "margin")
 AA_STANDARD = (100, 20)
 """AutoAttack-rand's standard APGD iterations and EOT draws (Croce & Hein 2020)."""
@@ -68,7 +68,8 @@ class Stochastic(Protocol):
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """One attack of a purify run: ``name`` (one of :data:`ATTACKS`), iterations, EOT draws."""
+    """One attack of a purify run: ``name`` (one of :data:`PURIFY_ATTACKS`), iterations, EOT
+    draws."""
 
     name: str
     iterations: int

@@ -42,6 +42,7 @@ from ..registry import SAMPLERS
 from ..runs import LoadedModel, digest
 from ..seeding import derive_seed, sample_seeds
 from ..settings import check_settings, setting
+from ..text import comma_list
 from .attacks import (
     ATTACK_STREAM,
     LOSSES,
@@ -95,7 +96,7 @@ def legacy_draws(text: str) -> int:
 
 
 def _split(text: str) -> list[str]:
-    return [s.strip() for s in text.split(",") if s.strip()]
+    return comma_list(text)
 
 
 ATTACK_GRADIENTS = ("full", "bpda")

@@ -69,14 +69,14 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> L
     """A dmattack run folder (EMA weights) or a diffusers DDPM pipeline folder, in eval mode.
     Raises :class:`RunFolderError` (one line) for anything else."""
     from ..pipeline import load_pipeline
-    from ..runs import RunError, load_run
+    from ..runs import load_run
 
     folder = Path(path)
     try:
         if (folder / "model_index.json").is_file() or (folder / "unet").is_dir():
             return load_pipeline(folder, device)
         return load_run(folder, device=device)
-    except (RunError, ValueError, OSError) as e:
+    except (RunFolderError, ValueError, OSError) as e:
         raise RunFolderError(first_line(e)) from None
 
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from ..errors import ConfigError
-from ..settings import check_settings, is_number, setting
-from ..tensors import per_sample
+from .diffusion import EpsModel, GaussianDiffusion
+from .errors import ConfigError
+from .settings import check_settings, is_number, setting
+from .tensors import per_sample
 
 RAY_BASES = ("std", "var")
 FGSM_STEPS = ("std", "wong")

@@ -1,12 +1,13 @@
-"""The sections of `dmattack demo` and which run by default. Kept apart from
-:mod:`dmattack.demo` (which imports the training and plotting stack) so the command line can
-list them without that cost."""
+"""The sections of `dmattack demo` and which run by default. Imports no torch (nor the
+training and plotting stack the rest of the demo needs), so the command line lists them
+without that cost."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 SECTIONS = {"subspace": "corrupted_subspace", "toy": "toy_3d", "attacks": "attacks",
             "steps": "sampling_steps", "adaptive": "adaptive_attacks",
@@ -19,6 +20,8 @@ QUICK_SECTIONS = ("subspace", "toy", "attacks", "steps", "adaptive")
 within its 2-minute budget."""
 NEEDS_SUBSPACE = ("attacks", "steps", "adaptive")  # they reuse section 1's models
 SHIPPED_UNETS = ("adaptive", "purification")  # always on checkpoints/digits-*
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+"""The shipped trained runs (``checkpoints/`` at the repository's top)."""
 
 
 def resolve_sections(sections: Sequence[str] | None = None, quick: bool = False

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
+from ..purification.evaluate import UNDEFENDED, PurifyConfig, run_purification
 from ..stats import compare, paired_difference
-from .evaluate import UNDEFENDED, PurifyConfig, run_purification
+from .sections import CHECKPOINTS
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 RUNS = {"ddpm": CHECKPOINTS / "digits-ddpm", "robust-adv": CHECKPOINTS / "digits-robust-adv"}
 CLAIM = ("a Robust_adv purifier keeps more robust accuracy than a DDPM purifier under the "
          "full-gradient attack")
