@@ -8,7 +8,8 @@ evaluation draws).
 
 from .attacks import PURIFY_ATTACKS, AttackSettings, AttackSpec, parse_attack, pgd_eot, run_attack
 from .classifier import PurifiedClassifier, load_classifier, load_labeled_data
-from .evaluate import NonFiniteError, PurifyConfig, run_purification
+from .defended import NonFiniteError
+from .evaluate import PurifyConfig, run_purification
 from .purifier import GRADIENTS, Purifier, forward_steps, load_model
 
 __all__ = ["GRADIENTS", "PURIFY_ATTACKS", "AttackSettings", "AttackSpec", "NonFiniteError",

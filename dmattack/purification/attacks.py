@@ -9,7 +9,9 @@
 * ``bpda-eot``: the same with ∂P/∂x replaced by the identity (Athalye et al. 2018); known to
   overestimate a purifier's robustness.
 * ``autoattack-rand``: AutoAttack's setting for randomised defences (Croce & Hein 2020): APGD-CE
-  and APGD-DLR (torchattacks 3.5.1), 100 iterations with EOT-20 each. The lighter
+  and APGD-DLR (:mod:`~dmattack.purification.apgd`, torchattacks 3.5.1's algorithm with the EOT
+  draws stacked), 100 iterations with EOT-20 each; APGD-DLR runs only on images no APGD-CE
+  candidate fooled on every selection draw (elsewhere it cannot change the choice). The lighter
   ``autoattack-rand-NxM`` (N iterations, EOT-M) is labelled so. Success is decided over several
   noisy forward passes (the selection draws below), never by a single one: stock AutoAttack
   keeps the clean image of every point whose one noisy forward pass happened to be wrong.
@@ -20,24 +22,29 @@ draws (purifications seeded on their own stream, separate from the evaluation dr
 A trace of the success rate (fraction of EOT draws misclassified, averaged over images) per PGD
 iteration gives a ``converged`` flag: the rise over the last fifth of the iterations is at
 most :data:`CONVERGENCE_TOL`.
+
+Speed: the EOT draws of an iteration and the selection draws of a candidate are stacked into
+the batch dimension, one purifier call instead of a loop, with bit for bit the loop's noise
+(:mod:`dmattack.purification.draws`).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-import torchattacks
 from torch import nn
 
 from .. import progress
 from ..errors import ConfigError
 from ..seeding import derive_seed, rand_per_sample
+from .apgd import apgd
+from .draws import eot_logits, seeded_logits
 
 PURIFY_ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
 LOSSES = ("ce", "margin")
@@ -124,13 +131,16 @@ def image_generators(seeds: Sequence[int], stream: int, key: int,
 def _eot_gradient(model: Stochastic, x_adv: torch.Tensor, y: torch.Tensor,
                   gens: Sequence[torch.Generator], eot: int, loss: str
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean over ``eot`` purifications of ∇ loss (B, …), fraction of them misclassified (B,))."""
+    """(mean over ``eot`` purifications of ∇ loss (B, …), fraction of them misclassified (B,)).
+    The draws are stacked into the batch (:func:`~dmattack.purification.draws.eot_logits`:
+    the noise of a loop over draws)."""
     x_adv = x_adv.detach().requires_grad_(True)
     grad, fooled = torch.zeros_like(x_adv), torch.zeros(len(x_adv))
-    for _ in range(eot):
-        logits = model(x_adv, gens)
-        grad += torch.autograd.grad(attack_loss(logits, y, loss).sum(), x_adv)[0]
-        fooled += (logits.detach().argmax(1) != y).float().cpu()
+    with torch.enable_grad():
+        for logits in eot_logits(model, x_adv, gens, eot):  # (d, B, classes)
+            per = attack_loss(logits.flatten(0, 1), y.repeat(len(logits)), loss)
+            grad += torch.autograd.grad(per.sum(), x_adv)[0]
+            fooled += (logits.detach().argmax(2) != y).float().sum(0).cpu()
     return grad / eot, fooled / eot
 
 
@@ -149,8 +159,8 @@ def pgd_eot(model: Stochastic, x: torch.Tensor, y: torch.Tensor,
         trace.append(float(fooled.mean()))
         x_adv = (x + (x_adv + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
     with torch.no_grad():
-        last = torch.stack([model(x_adv, gens).argmax(1) != y for _ in range(eot)]).float()
-    trace.append(float(last.mean()))
+        last = torch.cat([lg.argmax(2) != y for lg in eot_logits(model, x_adv, gens, eot)])
+    trace.append(float(last.float().mean()))
     return x_adv, trace
 
 
@@ -168,45 +178,40 @@ def fooled_counts(evaluator: Stochastic, x: torch.Tensor, y: torch.Tensor,
                   seeds: Sequence[int], draws: int, stream: int = SELECT_STREAM
                   ) -> torch.Tensor:
     """(B,) how many of ``draws`` purifications (per-image seeds on ``stream``) misclassify
-    each image (a deterministic evaluator is run once and its count scaled to ``draws``)."""
+    each image (a deterministic evaluator is run once and its count scaled to ``draws``);
+    the draws are stacked into few calls."""
     runs = 1 if evaluator.deterministic else draws
-    counts = torch.zeros(len(x), dtype=torch.long)
+    gens = [image_generators(seeds, stream, j, x.device) for j in range(runs)]
     with torch.no_grad():
-        for j in range(runs):
-            gens = image_generators(seeds, stream, j, x.device)
-            counts += (evaluator(x, gens).argmax(1) != y).long().cpu()
-    return counts * (draws // runs)
-
-
-class _Seeded(nn.Module):
-    """``model(x, generators)`` as the one-argument model torchattacks calls."""
-
-    def __init__(self, model: nn.Module, gens: Sequence[torch.Generator]) -> None:
-        super().__init__()
-        self.model, self.gens = model, gens
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, self.gens)
+        wrong = seeded_logits(evaluator, x, gens).argmax(2) != y  # (runs, B)
+    return wrong.long().sum(0).cpu() * (draws // runs)
 
 
 def autoattack_candidates(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                           gens: Sequence[torch.Generator], eps: float, iterations: int,
-                          eot: int, seed: int) -> list[torch.Tensor]:
-    """APGD-CE and APGD-DLR (torchattacks) on the whole batch: for each, its highest-loss
-    point and its last point that misclassified (4 candidates (B, …), all perturbed: never
-    the clean image). Purification noise from ``gens``; APGD's random start from torch's
-    global generator seeded ``seed`` (so a rerun with the same batches reproduces)."""
-    wrapped = _Seeded(model, gens)
-    out = []
+                          eot: int, seed: int, skip_dlr: Callable[[list[torch.Tensor]],
+                                                                  torch.Tensor] | None = None
+                          ) -> list[torch.Tensor]:
+    """APGD-CE and APGD-DLR (:func:`~dmattack.purification.apgd.apgd`, torchattacks'
+    algorithm) on the batch: for each, its highest-loss point and its last point that
+    misclassified (4 candidates (B, …), all perturbed: never the clean image). Purification
+    noise from ``gens``; the random starts from torch's global generator seeded ``seed``
+    (drawn for the whole batch, as torchattacks draws them). ``skip_dlr(CE candidates)``:
+    a (B,) mask of images APGD-DLR need not run on (their DLR candidates are CE's copies)."""
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for loss in ("ce", "dlr"):
-            apgd = torchattacks.APGD(wrapped, norm="Linf", eps=eps, steps=iterations,
-                                     n_restarts=1, seed=seed, loss=loss, eot_iter=eot)
-            best, _, _, best_adv = apgd.attack_single_run(x, y)
-            out += [best.detach(), best_adv.detach()]
-    return out
+        starts = [(2 * torch.rand(x.shape) - 1).to(x.device) for _ in range(2)]
+    out = list(apgd(model, x, y, gens, eps, iterations, eot, "ce", starts[0]))
+    skip = torch.zeros(len(x), dtype=torch.bool) if skip_dlr is None else skip_dlr(out)
+    run = (~skip).nonzero()[:, 0].tolist()
+    best, best_adv = out[0].clone(), out[1].clone()
+    if run:
+        idx = torch.tensor(run, device=x.device)
+        b, a = apgd(model, x[idx], y[idx], [gens[i] for i in run], eps, iterations, eot,
+                    "dlr", starts[1][idx])
+        best[idx], best_adv[idx] = b, a
+    return [*out, best, best_adv]
 
 
 @dataclass(frozen=True)
@@ -233,11 +238,14 @@ def run_attack(spec: AttackSpec, attack_model: Stochastic, evaluator: Stochastic
     if settings.eps == 0:
         return x, {"traces": None, "converged": None, "chosen": None, "fooled": None}
     eot = 1 if attack_model.deterministic else spec.eot
+
+    def judge(c: torch.Tensor) -> torch.Tensor:
+        return fooled_counts(evaluator, c, y, seeds, settings.select_draws)
+
     traces: list[list[float]] | None = None
     if spec.name == "autoattack-rand":
-        gens = image_generators(seeds, ATTACK_STREAM, 0, x.device)
-        candidates = autoattack_candidates(attack_model, x, y, gens, settings.eps,
-                                           spec.iterations, eot, batch_seed % (1 << 31))
+        candidates, counts = _autoattack(spec, attack_model, x, y, seeds, settings, eot,
+                                         batch_seed, judge)
     else:
         alpha = settings.step_size or default_step_size(settings.eps)
         candidates, traces = [], []
@@ -247,8 +255,7 @@ def run_attack(spec: AttackSpec, attack_model: Stochastic, evaluator: Stochastic
                                  spec.iterations, eot, settings.loss)
             candidates.append(adv)
             traces.append(trace)
-    counts = torch.stack([fooled_counts(evaluator, c, y, seeds, settings.select_draws)
-                          for c in candidates])  # (candidates, B)
+        counts = torch.stack([judge(c) for c in candidates])  # (candidates, B)
     chosen = counts.argmax(0)  # the first candidate among ties
     x_adv = torch.stack(candidates)[chosen.to(x.device), torch.arange(len(x), device=x.device)]
     flags = None if traces is None else [converged(t) for t in traces]
@@ -256,3 +263,22 @@ def run_attack(spec: AttackSpec, attack_model: Stochastic, evaluator: Stochastic
         "traces": traces,
         "converged": None if flags is None or None in flags else all(flags),
         "chosen": chosen.tolist(), "fooled": counts.max(0).values.tolist()}
+
+
+def _autoattack(spec: AttackSpec, attack_model: Stochastic, x: torch.Tensor, y: torch.Tensor,
+                seeds: Sequence[int], settings: AttackSettings, eot: int, batch_seed: int,
+                judge: Callable[[torch.Tensor], torch.Tensor]
+                ) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """AutoAttack-rand's 4 candidates and their (4, B) selection counts. APGD-DLR runs only on
+    images no APGD-CE candidate fooled on every selection draw: elsewhere a DLR candidate
+    could at best tie, and ties go to the first (CE) candidate, so the choice is the same."""
+    ce_counts: list[torch.Tensor] = []
+
+    def skip(ce: list[torch.Tensor]) -> torch.Tensor:
+        ce_counts.extend(judge(c) for c in ce)
+        return torch.stack(ce_counts).max(0).values >= settings.select_draws
+
+    gens = image_generators(seeds, ATTACK_STREAM, 0, x.device)
+    candidates = autoattack_candidates(attack_model, x, y, gens, settings.eps,
+                                       spec.iterations, eot, batch_seed % (1 << 31), skip)
+    return candidates, torch.stack(ce_counts + [judge(c) for c in candidates[2:]])

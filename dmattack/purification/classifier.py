@@ -53,6 +53,14 @@ class PurifiedClassifier(nn.Module):
     def deterministic(self) -> bool:
         return self.purifier is None or self.purifier.deterministic
 
+    def advance_generators(self, generators) -> None:
+        """Draw from each generator exactly the noise one call ``self(x, generators)`` draws
+        (so the EOT draws can be stacked: :mod:`dmattack.purification.draws`)."""
+        p = self.purifier
+        if p is not None and p.n > 0:
+            like = torch.empty(0, device=generators[0].device if generators else "cpu")
+            p._noise(len(generators), like, generators)  # (the purifier's own draw)
+
     def forward(self, x: torch.Tensor, generators=None) -> torch.Tensor:
         """``generators`` (one per sample) make the purification reproducible."""
         if self.purifier is not None:

@@ -24,7 +24,6 @@ whose dict matches and recomputes the others.
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import torch
 
 from .. import distributed
-from ..errors import ConfigError, DmattackError
+from ..errors import ConfigError
 from ..io import MiB, check_writable, provenance, write_json, write_text
 from ..locking import lock_folder
 from ..option_types import parse_t_star
@@ -46,34 +45,33 @@ from ..settings import check_settings, setting
 from ..text import comma_list
 from .attacks import (
     ATTACK_STREAM,
-    CONVERGENCE_TOL,
     LOSSES,
     SELECT_STREAM,
     AttackSettings,
     AttackSpec,
-    converged,
     parse_attack,
     run_attack,
 )
-from .classifier import (
-    PurifiedClassifier,
-    check_classifier,
-    load_classifier,
-    load_labeled_data,
+from .defended import (  # noqa: F401 (UNDEFENDED: demo.py's import)
+    UNDEFENDED,
+    Defended,
+    _attacked,
+    prepare_purification,
 )
-from .purifier import Purifier, forward_steps, load_model, purify_sampler_name, purify_samplers
-from .results import accuracies, data_digest, to_csv, weaker_check
+from .purifier import load_model, purify_sampler_name, purify_samplers
+from .results import data_digest, to_csv
+from .rows import _purifier_record, _rows, protocol
+from .units import (
+    EVAL_STREAM,
+    UNIT_FORMAT,
+    _key,
+    _predictions,
+    _read_unit,
+    _uid,
+    _unit_path,
+)
 
-EVAL_STREAM = 1301  # seed purpose of the evaluation purifications (3-key seeds: no collision)
-UNITS = "units"
-UNIT_FORMAT = 2
-UNDEFENDED = "none"
 Progress = Callable[[int, int, str], None]
-
-
-class NonFiniteError(DmattackError, FloatingPointError):
-    """A purifier with non-finite weights, or one whose outputs are not finite: its
-    predictions would be argmaxes of NaN, so nothing is scored."""
 
 
 # ----------------------------------------------------------------------------- settings
@@ -219,48 +217,6 @@ def purify_folder(config: PurifyConfig, models: Sequence[LoadedModel], root: str
 
 
 # ----------------------------------------------------------------------------- units
-def _unit_path(out: Path, key: dict[str, Any]) -> Path:
-    return out / UNITS / f"{digest(key)[:24]}.json"
-
-
-def _read_unit(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
-    """A stored unit whose key equals ``key`` (else None: missing, torn or different)."""
-    try:
-        unit = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(unit, dict) or unit.get("key") != json.loads(json.dumps(key)):
-        return None
-    return unit
-
-
-def _predictions(model: PurifiedClassifier, x: torch.Tensor, seeds: Sequence[int],
-                 draws: int, device: torch.device, what: str) -> torch.Tensor:
-    """(draws, B) labels of evaluation draw j = 0..draws−1 of each image (no gradients).
-    Raises :class:`NonFiniteError` when a draw's logits are not finite."""
-    out = []
-    with torch.no_grad():
-        for j in range(1 if model.deterministic else draws):
-            gens = [torch.Generator(device).manual_seed(derive_seed(s, EVAL_STREAM, j))
-                    for s in seeds]
-            logits = model(x.to(device), gens)
-            bad = int((~torch.isfinite(logits).all(1)).sum())
-            if bad:
-                raise NonFiniteError(f"{what}: non-finite logits for {bad} of {len(x)} images "
-                                     "(non-finite purified images); refusing to score them "
-                                     "as misclassified")
-            out.append(logits.argmax(1).cpu())
-    return torch.stack(out).expand(draws, -1) if len(out) < draws else torch.stack(out)
-
-
-def check_finite_weights(m: LoadedModel) -> None:
-    """Refuse (one line, :class:`NonFiniteError`) a purifier with NaN or inf weights."""
-    bad = [n for n, p in m.model.named_parameters() if not torch.isfinite(p).all()]
-    bad += [n for n, b in m.model.named_buffers()
-            if b.is_floating_point() and not torch.isfinite(b).all()]
-    if bad:
-        raise NonFiniteError(f"purifier {m.source} has non-finite (NaN/inf) weights in {len(bad)}"
-                             f" tensor(s), e.g. {bad[0]}; refusing to evaluate it")
 
 
 # ----------------------------------------------------------------------------- the run
@@ -285,99 +241,6 @@ def run_purification(config: PurifyConfig, models: Sequence[LoadedModel | str | 
         return _run_locked(config, loaded, out, device, progress)
 
 
-def _names(models: Sequence[LoadedModel]) -> list[str]:
-    names = [Path(m.source).name or m.source for m in models]
-    return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
-
-
-@dataclass
-class Defended:
-    """One row group: a purifier (None: undefended) at t*, the defence and what attacks it."""
-
-    label: str
-    t_star: float | None
-    loaded: LoadedModel | None
-    defence: PurifiedClassifier  # gradient "full": what pgd-eot differentiates by default
-    evaluator: PurifiedClassifier  # the defence without gradients (evaluation, selection)
-    attacked: PurifiedClassifier  # what pgd-eot / autoattack differentiate (maybe a surrogate)
-
-
-def _steps(steps: int | None, t_star: float, m: LoadedModel) -> int | None:
-    return None if steps is None else min(steps, max(1, forward_steps(
-        t_star, m.diffusion.num_timesteps)))
-
-
-def _defended(cfg: PurifyConfig, name: str, m: LoadedModel, t_star: float,
-              classifier: torch.nn.Module, device: torch.device) -> Defended:
-    forward_steps(t_star, m.diffusion.num_timesteps)  # refuse t* outside the chain
-    purifier = Purifier.from_loaded(
-        m, t_star=t_star, steps=_steps(cfg.purify_steps, t_star, m),
-        sampler=cfg.purify_sampler, eta=cfg.eta, gradient="full",
-        checkpoint_steps=cfg.checkpoint_steps,
-        **({} if cfg.clip_denoised is None else {"clip_denoised": cfg.clip_denoised})
-    ).to(device)
-    defence = PurifiedClassifier(purifier, classifier)
-    attacked = defence
-    if cfg.surrogate and purifier.n > 0:  # (t* = 0: the identity has no purification)
-        attacked = PurifiedClassifier(purifier.replace(
-            steps=_steps(cfg.attack_purify_steps, t_star, m) or purifier.steps,
-            sampler=cfg.attack_sampler or purifier.sampler, gradient=cfg.attack_gradient),
-            classifier)
-    return Defended(name, t_star, m, defence,
-                    PurifiedClassifier(purifier.replace(gradient="none"), classifier), attacked)
-
-
-def prepare_purification(cfg: PurifyConfig, models: Sequence[LoadedModel],
-                         device: torch.device | str = "cpu") -> tuple[Any, ...]:
-    """Everything the evaluation needs before any attack, checked (one-line
-    :class:`ConfigError` / :class:`InputFileError` / :class:`NonFiniteError` for the
-    classifier file, the data, a shape mismatch, non-finite purifier weights or a t* outside a
-    model's chain): ``(classifier info, images, labels, data info, number of classes, defended
-    models)``. Cheap: call it to refuse bad input early."""
-    device = torch.device(device)
-    classifier, cls_info = load_classifier(cfg.classifier, device)
-    x_all, y_all, data_info = load_labeled_data(cfg.data, cfg.data_dir, cfg.num_samples)
-    data_info["sha256_decoded"] = data_digest(x_all, y_all)
-    shape = tuple(x_all.shape[1:])
-    num_classes = check_classifier(classifier, shape, cfg.classifier, device)
-    if int(y_all.max()) >= num_classes or int(y_all.min()) < 0:
-        raise ConfigError(f"labels of {cfg.data} fall outside the classifier's {num_classes} "
-                          "classes", field="data")
-    undefended = PurifiedClassifier(None, classifier)
-    defended = [Defended(UNDEFENDED, None, None, undefended, undefended, undefended)]
-    for name, m in zip(_names(models), models, strict=True):
-        if tuple(m.data_shape) != shape:
-            raise ConfigError(f"purifier {m.source} works on data of shape {tuple(m.data_shape)}"
-                              f" but the images of {cfg.data} have shape {shape}", field="data")
-        check_finite_weights(m)
-        defended += [_defended(cfg, name, m, t, classifier, device) for t in cfg.t_stars()]
-    return cls_info, x_all, y_all, data_info, num_classes, defended
-
-
-def _attacked(d: Defended, spec: AttackSpec) -> PurifiedClassifier:
-    """What ``spec`` differentiates: BPDA of the attacked purification for bpda-eot."""
-    p = d.attacked.purifier
-    if spec.name == "bpda-eot" and p is not None:
-        return PurifiedClassifier(p.replace(gradient="bpda"), d.attacked.classifier)
-    return d.attacked
-
-
-def _surrogate(d: Defended, spec: AttackSpec) -> dict[str, Any] | None:
-    """The attack's purification when it differs from the defence (for keys and rows)."""
-    if d.attacked is d.defence or d.attacked.purifier is None:
-        return None
-    p = d.attacked.purifier
-    return {"reverse_steps": p.num_reverse_steps, "sampler": p.sampler, "eta": p.eta,
-            "gradient": "bpda" if spec.name == "bpda-eot" else p.gradient}
-
-
-def _label(spec: AttackSpec, surrogate: dict[str, Any] | None) -> str:
-    if surrogate is None:
-        return spec.label
-    return (f"{spec.label} via surrogate(K={surrogate['reverse_steps']},"
-            f"{surrogate['sampler']},{surrogate['gradient']})")
-
-
 def _unit(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, x: torch.Tensor,
           y: torch.Tensor, seeds: Sequence[int], start: int, device: torch.device
           ) -> dict[str, Any]:
@@ -394,19 +257,6 @@ def _unit(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, x: torch.Tens
     preds = _predictions(d.evaluator, x, seeds, cfg.draws, device, what)
     return {"preds": preds.tolist(), "attack_info": info,
             "seconds": time.perf_counter() - tic}
-
-
-def _key(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, common: dict[str, Any],
-         batch: tuple[int, int], data_sha: str) -> dict[str, Any]:
-    m = d.loaded
-    who = {"purifier": None} if m is None else {"purifier": {
-        "source": m.source, "fingerprint": m.fingerprint, "ema": m.ema,
-        **d.defence.purifier.describe(), "gradient": None}}
-    attack = None if spec is None else {
-        "name": spec.label, "iterations": spec.iterations, "eot": spec.eot,
-        **asdict(cfg.attack_settings()), "surrogate": _surrogate(d, spec),
-        "deterministic": _attacked(d, spec).deterministic}
-    return {**common, **who, "batch": list(batch), "data_sha256": data_sha, "attack": attack}
 
 
 def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
@@ -462,103 +312,3 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
     return distributed.broadcast_object(result)
 
 
-def _uid(d: Defended, spec: AttackSpec | None, start: int) -> str:
-    return f"{d.label}|{d.t_star}|{spec.label if spec else None}|{start}"
-
-
-DIGITS_TOTAL = 1797
-
-
-def in_training(m: LoadedModel, cfg: PurifyConfig) -> tuple[bool | None, str]:
-    """Whether the evaluation images were in ``m``'s training data, and why we say so."""
-    data = m.config.get("data", {}) if isinstance(m.config.get("data"), dict) else {}
-    if m.dataset == "digits" and cfg.data == "digits":
-        if data.get("num_samples") == DIGITS_TOTAL:
-            return True, ("the purifier was trained on all 1797 sklearn digits; digits-cnn's "
-                          "held-out split (the evaluation images) is among them")
-        return None, "the purifier was trained on a subset of the digits; overlap not checked"
-    if m.dataset == "cifar10" and cfg.data == "cifar10":
-        return False, ("CIFAR-10 training reads data_batch_1..5; the evaluation reads "
-                       "test_batch")
-    return None, (f"unknown: the purifier's training data is {m.dataset!r}, the evaluation "
-                  f"data {cfg.data!r}")
-
-
-def _purifier_record(d: Defended, cfg: PurifyConfig) -> dict[str, Any]:
-    m, seen = d.loaded, in_training(d.loaded, cfg)
-    return {"name": d.label, "t_star": d.t_star, "source": m.source,
-            "fingerprint": m.fingerprint, "ema": m.ema, "dataset": m.dataset,
-            **d.defence.purifier.describe(), "gradient": None,
-            "attacked_purification": d.attacked.purifier.describe(),
-            "eval_images_in_training": seen[0], "eval_images_in_training_reason": seen[1]}
-
-
-def protocol(cfg: PurifyConfig) -> dict[str, Any]:
-    """What every number of the result means (stored with it)."""
-    return {
-        "draws": cfg.draws,
-        "clean": "correct on the clean image",
-        "robust": "correct on the clean AND the adversarial image (same noise per draw; "
-                  "majority: both majority labels; worst: all draws of both)",
-        "adversarial": "correct on the adversarial image",
-        "mean": "mean over the draws of each draw's accuracy over images",
-        "sd": "sample standard deviation of the per-draw accuracies",
-        "ci95": "95% BCa bootstrap interval over images of the per-image mean over draws "
-                "(dmattack.stats.summarize)",
-        "majority": "most frequent label of the draws is right (ties: lowest class)",
-        "worst": "every draw is right (the attack succeeds if any draw misclassifies)",
-        "correct": "0/1 per draw (rows) and image (columns), clean and adversarial",
-        "converged": f"PGD success-rate rise over the last fifth of iterations <= "
-                     f"{CONVERGENCE_TOL} (every restart); None for AutoAttack",
-        "weaker_than": "set when this attack leaves higher robust accuracy than pgd-eot on "
-                       "the same images beyond the paired 95% interval",
-        "selection": f"restarts and AutoAttack candidates chosen per image by the most of "
-                     f"{cfg.draws} selection draws misclassified (seed stream "
-                     f"{SELECT_STREAM}, never the evaluation draws)",
-    }
-
-
-def _trace(infos: Sequence[dict[str, Any] | None], sizes: Sequence[int]
-           ) -> list[list[float]] | None:
-    """Per restart, the success rate per iteration over all batches (weighted by size)."""
-    if not infos or any(i is None or i["traces"] is None for i in infos):
-        return None
-    total = sum(sizes)
-    return [[sum(i["traces"][r][k] * n for i, n in zip(infos, sizes, strict=True)) / total
-             for k in range(len(infos[0]["traces"][r]))]
-            for r in range(len(infos[0]["traces"]))]
-
-
-def _rows(cfg: PurifyConfig, defended: Sequence[Defended], units: dict[str, dict[str, Any]],
-          y_all: torch.Tensor) -> list[dict[str, Any]]:
-    starts = list(range(0, len(y_all), cfg.batch_size))
-    sizes = [min(cfg.batch_size, len(y_all) - s) for s in starts]
-    rows = []
-    for d in defended:
-        def collect(spec: AttackSpec | None, d: Defended = d) -> list[dict[str, Any]]:
-            return [units[_uid(d, spec, s)] for s in starts]
-
-        clean = collect(None)
-        clean_preds = torch.cat([torch.tensor(u["preds"]) for u in clean], dim=1)
-        for spec in cfg.attack_specs():
-            adv = collect(spec)
-            acc = accuracies(clean_preds, torch.cat([torch.tensor(u["preds"]) for u in adv],
-                                                    dim=1), y_all)
-            trace, surrogate = _trace([u["attack_info"] for u in adv], sizes), _surrogate(d, spec)
-            flags = None if trace is None else [converged(t) for t in trace]
-            p = d.defence.purifier
-            rows.append({
-                "purifier": d.label, "t_star": d.t_star,
-                "forward_steps": None if p is None else p.n,
-                "reverse_steps": None if p is None else p.num_reverse_steps,
-                "attack": _label(spec, surrogate), "attack_name": spec.name,
-                "attack_iterations": spec.iterations, "attack_eot": spec.eot,
-                "standard": spec.standard, "surrogate": surrogate, "draws": cfg.draws,
-                "num_samples": len(y_all), **acc,
-                "clean_accuracy": acc["clean"]["mean"], "robust_accuracy": acc["robust"]["mean"],
-                "trace": trace,
-                "converged": None if flags is None or None in flags else all(flags),
-                "attack_seconds": round(sum(u["seconds"] for u in adv), 3),
-                "clean_seconds": round(sum(u["seconds"] for u in clean), 3)})
-    weaker_check(rows)
-    return rows
