@@ -34,7 +34,7 @@ from dmattack.purification.attacks import (
     image_generators,
     parse_attack,
     pgd_eot,
-    run_attack,
+    run_purify_attack,
 )
 from dmattack.purification.classifier import load_labeled_data
 from dmattack.purification.results import accuracies
@@ -65,7 +65,7 @@ def old_counts(evaluator, x, y, seeds, draws):
 
 
 def old_attack(spec, model, x, y, seeds, settings, batch_seed):
-    """The previous run_attack: torchattacks APGD (loop of EOT calls) on every image, or
+    """The previous run_purify_attack: torchattacks APGD (loop of EOT calls) on every image, or
     PGD-EOT looping over draws; candidates judged one selection draw at a time."""
     eot = spec.eot
     if spec.name == "autoattack-rand":
@@ -129,7 +129,7 @@ def main() -> None:
     out["old_s"] = round(time.perf_counter() - tic, 2)
     out["old_cpu_s"] = round(time.process_time() - cpu, 2)
     tic, cpu = time.perf_counter(), time.process_time()
-    new, _ = run_attack(spec, model, model, x, y, seeds, settings, batch_seed)
+    new, _ = run_purify_attack(spec, model, model, x, y, seeds, settings, batch_seed)
     out["new_s"] = round(time.perf_counter() - tic, 2)
     out["new_cpu_s"] = round(time.process_time() - cpu, 2)
     out["ratio_old_over_new"] = round(out["old_s"] / out["new_s"], 2)

@@ -223,13 +223,13 @@ def test_purification_clipping_can_be_turned_off_and_is_recorded(tmp_path):
 def test_resume_reuses_finished_units(tmp_path, monkeypatch):
     cfg = tiny_config(t_star="0.5", attacks="pgd-eot")
     calls = []
-    real = evaluate_mod.run_attack
+    real = evaluate_mod.run_purify_attack
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mod, "run_attack", counting)
+    monkeypatch.setattr(evaluate_mod, "run_purify_attack", counting)
 
     def interrupt(done, total, label):
         if done == 5:

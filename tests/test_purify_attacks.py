@@ -23,7 +23,7 @@ from dmattack.purification.attacks import (
     image_generators,
     parse_attack,
     pgd_eot,
-    run_attack,
+    run_purify_attack,
 )
 from dmattack.purification.results import accuracies, weaker_check
 from dmattack.seeding import sample_seeds
@@ -74,10 +74,10 @@ def test_pgd_eot_does_not_depend_on_batching_or_the_global_generator():
     settings = AttackSettings(eps=0.2, restarts=2, select_draws=4)
     spec = parse_attack("pgd-eot", 3, 2)
     state = torch.get_rng_state()
-    whole, info = run_attack(spec, model, model, x, y, seeds, settings)
+    whole, info = run_purify_attack(spec, model, model, x, y, seeds, settings)
     assert torch.equal(state, torch.get_rng_state())  # nothing drawn from the global one
     torch.manual_seed(12345)  # a different global state changes nothing
-    halves = [run_attack(spec, model, model, x[s], y[s], seeds[s], settings)[0]
+    halves = [run_purify_attack(spec, model, model, x[s], y[s], seeds[s], settings)[0]
               for s in (slice(0, 2), slice(2, 6))]
     assert torch.equal(whole, torch.cat(halves))
     assert (whole - x).abs().max() <= 0.2 + 1e-6 and whole.min() >= 0 and whole.max() <= 1
@@ -88,8 +88,9 @@ def test_restarts_keep_the_candidate_that_fools_the_most_selection_draws():
     model, (x, y) = Randomised(0.3), labelled(12)
     seeds = sample_seeds(0, 12)
     spec = parse_attack("pgd-eot", 2, 1)
-    one, info1 = run_attack(spec, model, model, x, y, seeds, AttackSettings(0.1, restarts=1))
-    three, info3 = run_attack(spec, model, model, x, y, seeds, AttackSettings(0.1, restarts=3))
+    one, info1 = run_purify_attack(spec, model, model, x, y, seeds, AttackSettings(0.1, restarts=1))
+    three, info3 = run_purify_attack(spec, model, model, x, y, seeds,
+                                     AttackSettings(0.1, restarts=3))
     # restart 0 is the same candidate in both runs, judged on the same selection draws
     assert all(b >= a for a, b in zip(info1["fooled"], info3["fooled"], strict=True))
     assert torch.equal(fooled_counts(model, three, y, seeds, 8), torch.tensor(info3["fooled"]))
@@ -149,8 +150,8 @@ def test_autoattack_rand_is_not_weaker_than_pgd_eot_on_a_randomised_classifier()
     model, (x, y) = Randomised(0.5), labelled(16)
     seeds = sample_seeds(1, 16)
     settings = AttackSettings(eps=0.3, select_draws=8)
-    pgd, _ = run_attack(parse_attack("pgd-eot", 20, 8), model, model, x, y, seeds, settings)
-    aa, info = run_attack(parse_attack("autoattack-rand", 20, 8), model, model, x, y, seeds,
+    pgd, _ = run_purify_attack(parse_attack("pgd-eot", 20, 8), model, model, x, y, seeds, settings)
+    aa, info = run_purify_attack(parse_attack("autoattack-rand", 20, 8), model, model, x, y, seeds,
                           settings)
     assert info["converged"] is None and len(set(info["chosen"])) >= 1
     torch.manual_seed(0)
@@ -177,7 +178,7 @@ def small(**kw) -> PurifyConfig:
 
 
 def test_weaker_than_flag_fires_on_a_planted_weak_attack(tmp_path, monkeypatch):
-    real = evaluate_mod.run_attack
+    real = evaluate_mod.run_purify_attack
 
     def planted(spec, *args, **kwargs):
         x_adv, info = real(spec, *args, **kwargs)
@@ -185,7 +186,7 @@ def test_weaker_than_flag_fires_on_a_planted_weak_attack(tmp_path, monkeypatch):
             return args[2], info
         return x_adv, info
 
-    monkeypatch.setattr(evaluate_mod, "run_attack", planted)
+    monkeypatch.setattr(evaluate_mod, "run_purify_attack", planted)
     result = run_purification(small(), [tiny_loaded()], tmp_path)
     rows = {(r["purifier"], r["attack"]): r for r in result["rows"]}
     assert rows["none", "bpda-eot"]["weaker_than"] == "pgd-eot"
@@ -202,7 +203,7 @@ def test_weaker_than_flag_fires_on_a_planted_weak_attack(tmp_path, monkeypatch):
 
 def test_surrogate_is_attacked_the_defence_is_evaluated(tmp_path, monkeypatch):
     seen = []
-    real = evaluate_mod.run_attack
+    real = evaluate_mod.run_purify_attack
 
     def spy(spec, attack_model, evaluator, *args, **kwargs):
         if attack_model.purifier is not None:
@@ -210,7 +211,7 @@ def test_surrogate_is_attacked_the_defence_is_evaluated(tmp_path, monkeypatch):
                          attack_model.purifier.sampler, evaluator.purifier.num_reverse_steps))
         return real(spec, attack_model, evaluator, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mod, "run_attack", spy)
+    monkeypatch.setattr(evaluate_mod, "run_purify_attack", spy)
     cfg = small(attacks="pgd-eot", purify_steps=3, attack_purify_steps=1, attack_sampler="ddim")
     result = run_purification(cfg, [tiny_loaded()], tmp_path)
     assert seen == [(1, "ddim", 3)]

@@ -60,7 +60,7 @@ def test_rerun_resumes_from_finished_units(tmp_path, monkeypatch):
     def no_attacks(*_, **__):
         raise AssertionError("a finished unit was recomputed")
 
-    monkeypatch.setattr(evaluate, "run_attack", no_attacks)
+    monkeypatch.setattr(evaluate, "run_purify_attack", no_attacks)
     code, output = purify("--t-star", "0.05", "--out", str(out))
     assert code == 0, output
     again = json.loads((out / "purify.json").read_text())["rows"]

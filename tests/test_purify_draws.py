@@ -18,7 +18,7 @@ from dmattack.purification.attacks import (
     fooled_counts,
     image_generators,
     parse_attack,
-    run_attack,
+    run_purify_attack,
 )
 from dmattack.purification.draws import eot_logits, seeded_logits
 from dmattack.seeding import sample_seeds
@@ -107,7 +107,7 @@ def test_skipping_dlr_where_ce_fooled_every_selection_draw_changes_nothing(monke
     seeds = sample_seeds(1, 8)
     settings = AttackSettings(eps=EPS, select_draws=4)
     spec = parse_attack("autoattack-rand-6x2", 10, 4)
-    fast, info = run_attack(spec, model, model, x, y, seeds, settings, batch_seed=5)
+    fast, info = run_purify_attack(spec, model, model, x, y, seeds, settings, batch_seed=5)
     real = autoattack_candidates
 
     def full(*args):  # every image attacked by APGD-DLR (the CE counts still recorded)
@@ -115,7 +115,7 @@ def test_skipping_dlr_where_ce_fooled_every_selection_draw_changes_nothing(monke
         return real(*args[:8], lambda ce: skip(ce) & False)
 
     monkeypatch.setattr("dmattack.purification.attacks.autoattack_candidates", full)
-    slow, info_slow = run_attack(spec, model, model, x, y, seeds, settings, batch_seed=5)
+    slow, info_slow = run_purify_attack(spec, model, model, x, y, seeds, settings, batch_seed=5)
     assert 0 < sum(f == 4 for f in info["fooled"]) < 8  # some images skipped, not all
     assert info["chosen"] == info_slow["chosen"] and info["fooled"] == info_slow["fooled"]
     torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)

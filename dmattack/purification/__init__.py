@@ -6,13 +6,20 @@
 evaluation draws).
 """
 
-from .attacks import PURIFY_ATTACKS, AttackSettings, AttackSpec, parse_attack, pgd_eot, run_attack
+from .attacks import (
+           PURIFY_ATTACKS,
+           AttackSettings,
+           PurifyAttackSpec,
+           parse_attack,
+           pgd_eot,
+           run_purify_attack,
+)
 from .classifier import PurifiedClassifier, load_classifier, load_labeled_data
 from .defended import NonFiniteError
 from .evaluate import PurifyConfig, run_purification
 from .purifier import GRADIENTS, Purifier, forward_steps, load_model
 
-__all__ = ["GRADIENTS", "PURIFY_ATTACKS", "AttackSettings", "AttackSpec", "NonFiniteError",
+__all__ = ["GRADIENTS", "PURIFY_ATTACKS", "AttackSettings", "PurifyAttackSpec", "NonFiniteError",
            "PurifiedClassifier", "Purifier", "PurifyConfig", "forward_steps", "load_classifier",
-           "load_labeled_data", "load_model", "parse_attack", "pgd_eot", "run_attack",
+           "load_labeled_data", "load_model", "parse_attack", "pgd_eot", "run_purify_attack",
            "run_purification"]

@@ -47,7 +47,7 @@ from .apgd import apgd
 from .draws import eot_logits, seeded_logits
 
 PURIFY_ATTACKS = ("pgd-eot", "bpda-eot", "autoattack-rand")
-LOSSES = ("ce", "margin")
+PURIFY_LOSSES = ("ce", "margin")
 AA_STANDARD = (100, 20)
 """AutoAttack-rand's standard APGD iterations and EOT draws (Croce & Hein 2020)."""
 CONVERGENCE_TOL = 0.02
@@ -67,7 +67,7 @@ class Stochastic(Protocol):
 
 
 @dataclass(frozen=True)
-class AttackSpec:
+class PurifyAttackSpec:
     """One attack of a purify run: ``name`` (one of :data:`PURIFY_ATTACKS`), iterations, EOT
     draws."""
 
@@ -88,17 +88,17 @@ class AttackSpec:
         return self.name != "autoattack-rand" or (self.iterations, self.eot) == AA_STANDARD
 
 
-def parse_attack(text: str, iterations: int, eot: int) -> AttackSpec:
+def parse_attack(text: str, iterations: int, eot: int) -> PurifyAttackSpec:
     """``pgd-eot`` / ``bpda-eot`` (with ``iterations`` and ``eot``), ``autoattack-rand`` (the
     standard 100 × 20) or ``autoattack-rand-NxM``. Raises :class:`ConfigError`."""
     name = text.strip()
     if name in ("pgd-eot", "bpda-eot"):
-        return AttackSpec(name, iterations, eot)
+        return PurifyAttackSpec(name, iterations, eot)
     if name == "autoattack-rand":
-        return AttackSpec(name, *AA_STANDARD)
+        return PurifyAttackSpec(name, *AA_STANDARD)
     m = re.fullmatch(r"autoattack-rand-(\d+)x(\d+)", name)
     if m and int(m[1]) >= 1 and int(m[2]) >= 1:
-        return AttackSpec("autoattack-rand", int(m[1]), int(m[2]))
+        return PurifyAttackSpec("autoattack-rand", int(m[1]), int(m[2]))
     raise ConfigError(f"attacks (--method) entry {name!r} is unknown; allowed: pgd-eot, "
                       "bpda-eot, autoattack-rand (100 iterations × EOT-20) or "
                       "autoattack-rand-NxM (comma-separated)", field="attacks")
@@ -115,8 +115,8 @@ def attack_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tenso
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")
     if loss != "margin":
-        raise ConfigError(f"loss (--loss) = {loss!r} is invalid; allowed: {', '.join(LOSSES)}",
-                          field="loss")
+        raise ConfigError(f"loss (--loss) = {loss!r} is invalid; allowed: "
+                          f"{', '.join(PURIFY_LOSSES)}", field="loss")
     true = logits.gather(1, y[:, None])[:, 0]
     others = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf)
     return others.amax(1) - true
@@ -226,7 +226,7 @@ class AttackSettings:
     select_draws: int = 8
 
 
-def run_attack(spec: AttackSpec, attack_model: Stochastic, evaluator: Stochastic,
+def run_purify_attack(spec: PurifyAttackSpec, attack_model: Stochastic, evaluator: Stochastic,
                x: torch.Tensor, y: torch.Tensor, seeds: Sequence[int],
                settings: AttackSettings, batch_seed: int = 0
                ) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -265,7 +265,7 @@ def run_attack(spec: AttackSpec, attack_model: Stochastic, evaluator: Stochastic
         "chosen": chosen.tolist(), "fooled": counts.max(0).values.tolist()}
 
 
-def _autoattack(spec: AttackSpec, attack_model: Stochastic, x: torch.Tensor, y: torch.Tensor,
+def _autoattack(spec: PurifyAttackSpec, attack_model: Stochastic, x: torch.Tensor, y: torch.Tensor,
                 seeds: Sequence[int], settings: AttackSettings, eot: int, batch_seed: int,
                 judge: Callable[[torch.Tensor], torch.Tensor]
                 ) -> tuple[list[torch.Tensor], torch.Tensor]:

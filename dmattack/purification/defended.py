@@ -14,7 +14,7 @@ import torch
 
 from ..errors import ConfigError, DmattackError
 from ..runs import LoadedModel
-from .attacks import AttackSpec
+from .attacks import PurifyAttackSpec
 from .classifier import (
     PurifiedClassifier,
     check_classifier,
@@ -114,7 +114,7 @@ def prepare_purification(cfg: PurifyConfig, models: Sequence[LoadedModel],
     return cls_info, x_all, y_all, data_info, num_classes, defended
 
 
-def _attacked(d: Defended, spec: AttackSpec) -> PurifiedClassifier:
+def _attacked(d: Defended, spec: PurifyAttackSpec) -> PurifiedClassifier:
     """What ``spec`` differentiates: BPDA of the attacked purification for bpda-eot."""
     p = d.attacked.purifier
     if spec.name == "bpda-eot" and p is not None:
@@ -122,7 +122,7 @@ def _attacked(d: Defended, spec: AttackSpec) -> PurifiedClassifier:
     return d.attacked
 
 
-def _surrogate(d: Defended, spec: AttackSpec) -> dict[str, Any] | None:
+def _surrogate(d: Defended, spec: PurifyAttackSpec) -> dict[str, Any] | None:
     """The attack's purification when it differs from the defence (for keys and rows)."""
     if d.attacked is d.defence or d.attacked.purifier is None:
         return None
@@ -131,7 +131,7 @@ def _surrogate(d: Defended, spec: AttackSpec) -> dict[str, Any] | None:
             "gradient": "bpda" if spec.name == "bpda-eot" else p.gradient}
 
 
-def _label(spec: AttackSpec, surrogate: dict[str, Any] | None) -> str:
+def _label(spec: PurifyAttackSpec, surrogate: dict[str, Any] | None) -> str:
     if surrogate is None:
         return spec.label
     return (f"{spec.label} via surrogate(K={surrogate['reverse_steps']},"

@@ -45,12 +45,12 @@ from ..settings import check_settings, setting
 from ..text import comma_list
 from .attacks import (
     ATTACK_STREAM,
-    LOSSES,
+    PURIFY_LOSSES,
     SELECT_STREAM,
     AttackSettings,
-    AttackSpec,
+    PurifyAttackSpec,
     parse_attack,
-    run_attack,
+    run_purify_attack,
 )
 from .defended import (  # noqa: F401 (UNDEFENDED: demo.py's import)
     UNDEFENDED,
@@ -136,7 +136,7 @@ class PurifyConfig:
                             "selection draws (separate from the evaluation draws) is kept.",
                             low=1)
     loss: str = setting("ce", "PGD loss: ce (cross entropy) or margin (CW margin).",
-                        choices=LOSSES)
+                        choices=PURIFY_LOSSES)
     draws: int = setting(8, "Evaluation draws R: every clean and adversarial image is purified "
                          "and classified R times (mean ± sd, majority and worst of R).", low=1)
     eval_modes: str | None = setting(None, "Deprecated: single, majority:N, worst:N set "
@@ -173,7 +173,7 @@ class PurifyConfig:
         self.attack_specs()
         self.t_stars()
 
-    def attack_specs(self) -> tuple[AttackSpec, ...]:
+    def attack_specs(self) -> tuple[PurifyAttackSpec, ...]:
         specs = [parse_attack(n, self.iterations, self.eot) for n in _split(self.attacks)]
         if not specs:
             raise ConfigError("attacks (--method) is empty; allowed: pgd-eot, bpda-eot, "
@@ -241,7 +241,7 @@ def run_purification(config: PurifyConfig, models: Sequence[LoadedModel | str | 
         return _run_locked(config, loaded, out, device, progress)
 
 
-def _unit(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, x: torch.Tensor,
+def _unit(cfg: PurifyConfig, d: Defended, spec: PurifyAttackSpec | None, x: torch.Tensor,
           y: torch.Tensor, seeds: Sequence[int], start: int, device: torch.device
           ) -> dict[str, Any]:
     """Compute one unit: (draws, B) predictions of ``d`` on a batch, clean (``spec`` None) or
@@ -251,7 +251,7 @@ def _unit(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, x: torch.Tens
     what = "the undefended classifier" if d.loaded is None else \
         f"purifier {d.label} t*={d.t_star}"
     if spec is not None:
-        x, info = run_attack(spec, _attacked(d, spec), d.evaluator, x, y.to(device), seeds,
+        x, info = run_purify_attack(spec, _attacked(d, spec), d.evaluator, x, y.to(device), seeds,
                              cfg.attack_settings(),
                              batch_seed=derive_seed(cfg.seed, ATTACK_STREAM, start))
     preds = _predictions(d.evaluator, x, seeds, cfg.draws, device, what)

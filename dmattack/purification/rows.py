@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..runs import LoadedModel
-from .attacks import CONVERGENCE_TOL, SELECT_STREAM, AttackSpec, converged
+from .attacks import CONVERGENCE_TOL, SELECT_STREAM, PurifyAttackSpec, converged
 from .defended import Defended, _label, _surrogate
 from .results import accuracies, weaker_check
 from .units import _uid
@@ -88,7 +88,7 @@ def _rows(cfg: PurifyConfig, defended: Sequence[Defended], units: dict[str, dict
     sizes = [min(cfg.batch_size, len(y_all) - s) for s in starts]
     rows = []
     for d in defended:
-        def collect(spec: AttackSpec | None, d: Defended = d) -> list[dict[str, Any]]:
+        def collect(spec: PurifyAttackSpec | None, d: Defended = d) -> list[dict[str, Any]]:
             return [units[_uid(d, spec, s)] for s in starts]
 
         clean = collect(None)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..runs import digest
-from .attacks import AttackSpec, image_generators
+from .attacks import PurifyAttackSpec, image_generators
 from .classifier import PurifiedClassifier
 from .defended import Defended, NonFiniteError, _attacked, _surrogate
 from .draws import seeded_logits
@@ -59,7 +59,7 @@ def _predictions(model: PurifiedClassifier, x: torch.Tensor, seeds: Sequence[int
     return out.expand(draws, -1) if runs < draws else out
 
 
-def _key(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, common: dict[str, Any],
+def _key(cfg: PurifyConfig, d: Defended, spec: PurifyAttackSpec | None, common: dict[str, Any],
          batch: tuple[int, int], data_sha: str) -> dict[str, Any]:
     m = d.loaded
     who = {"purifier": None} if m is None else {"purifier": {
@@ -72,6 +72,6 @@ def _key(cfg: PurifyConfig, d: Defended, spec: AttackSpec | None, common: dict[s
     return {**common, **who, "batch": list(batch), "data_sha256": data_sha, "attack": attack}
 
 
-def _uid(d: Defended, spec: AttackSpec | None, start: int) -> str:
+def _uid(d: Defended, spec: PurifyAttackSpec | None, start: int) -> str:
     return f"{d.label}|{d.t_star}|{spec.label if spec else None}|{start}"
 
