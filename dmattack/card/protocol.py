@@ -85,12 +85,20 @@ def load_protocol(name: str, directory: Path = PROTOCOL_DIR) -> CardProtocol:
     proto = _read(directory / f"{name}.toml")
     pinned = registered_hashes(directory).get(name)
     if pinned != proto.hash:
+        new = next_version(proto.name, known)
         raise ConfigError(
             f"protocol {name} has hash {proto.hash[:12]}… but {REGISTRY} pins "
             f"{(pinned or 'nothing')[:12]}…: a protocol is never edited in place; copy it to "
-            f"{proto.name}-v{proto.version + 1}.toml with version = {proto.version + 1} and "
-            "register that (docs/card.md)", field="protocol")
+            f"{proto.name}-v{new}.toml with version = {new} and register that (docs/card.md)",
+            field="protocol")
     return proto
+
+
+def next_version(name: str, labels: list[str]) -> int:
+    """The first version of protocol ``name`` after every one in ``labels``."""
+    versions = [int(m.group(2)) for m in map(LABEL.fullmatch, labels)
+                if m is not None and m.group(1) == name]
+    return max(versions, default=0) + 1
 
 
 def protocol_identity(p: CardProtocol) -> dict[str, Any]:
