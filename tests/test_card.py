@@ -179,6 +179,20 @@ def test_clean_quality_matches_torch_fidelity_fid():
     assert q["ci95"][0] < q["ci95"][1]
 
 
+def test_card_markdown_states_the_purification_draws_of_either_protocol_version():
+    from dmattack.card.report import _purification_lines
+
+    row = {"purifier": "digits-ddpm", "t_star": 0.1, "attack": "pgd-eot", "draws": 8,
+           "clean": {"mean": 0.95, "ci95": [0.9, 0.98]}, "converged": True,
+           "robust": {"mean": 0.1, "ci95": [0.07, 0.14], "worst": {"mean": 0.0,
+                                                                   "ci95": [0.0, 0.0]}}}
+    v2 = "\n".join(_purification_lines({"draws": 8, "rows": [row]}))
+    v1 = "\n".join(_purification_lines({"eval_modes": ["single", "worst:8"], "draws": 8,
+                                         "rows": [row]}))
+    assert "8 evaluation draws per image" in v2 and "| digits-ddpm | 0.1 | pgd-eot | 8 |" in v2
+    assert "Evaluation modes single, worst:8" in v1
+
+
 def test_merged_curve_unites_percents():
     a = {"metric": "FID", "percents": [0.0, 25.0, 100.0], "steps_attacked": [None, "1", "3"],
          "rows": [{"values": [1, 2, 3], "damage": [None, "d25", "d100"]}]}
