@@ -34,7 +34,7 @@ QUICK = load_protocol("digits-quick-v2")
 # --------------------------------------------------------------------------- helpers
 def reduced_protocol(folder: Path, seed: int = 0) -> Path:
     """digits-quick-v2 cut to seconds (3 steps, 72 samples, 2 PGD steps, adaptive attacks on
-    4 samples × 2 iterations, purification of 8 images, 2 draws), registered in ``folder``."""
+    2 samples × 2 iterations, purification of 8 images, 2 draws), registered in ``folder``."""
     text = (PROTOCOL_DIR / "digits-quick-v2.toml").read_text()
     for old, new in [(r'name = "digits-quick"', 'name = "digits-tiny"'),
                      (r"version = 2", "version = 1"),
