@@ -28,22 +28,23 @@ from dmattack.errors import ConfigError
 ROOT = Path(__file__).resolve().parent.parent
 DDPM = ROOT / "checkpoints" / "digits-ddpm"
 ROBUST = ROOT / "checkpoints" / "digits-robust-adv"
-QUICK = load_protocol("digits-quick-v1")
+QUICK = load_protocol("digits-quick-v2")
 
 
 # --------------------------------------------------------------------------- helpers
 def reduced_protocol(folder: Path, seed: int = 0) -> Path:
-    """digits-quick-v1 cut to seconds (3 steps, 72 samples, 2 PGD steps, adaptive attacks on
-    4 samples × 2 iterations, purification of 8 images), registered in ``folder``."""
-    text = (PROTOCOL_DIR / "digits-quick-v1.toml").read_text()
+    """digits-quick-v2 cut to seconds (3 steps, 72 samples, 2 PGD steps, adaptive attacks on
+    2 samples × 2 iterations, purification of 8 images, 2 draws), registered in ``folder``."""
+    text = (PROTOCOL_DIR / "digits-quick-v2.toml").read_text()
     for old, new in [(r'name = "digits-quick"', 'name = "digits-tiny"'),
+                     (r"version = 2", "version = 1"),
                      (r"steps = 10 ", "steps = 3 "), (r"num_samples = 128 ", "num_samples = 72 "),
                      (r"pgd_steps = 20 ", "pgd_steps = 2 "),
-                     (r"num_samples = 16\b", "num_samples = 4"),
-                     (r"iterations = 20 ", "iterations = 2 "),
+                     (r"iterations = 100 ", "iterations = 2 "),
                      (r"resamples = 2000", "resamples = 200"),
-                     (r"num_samples = 32\nbatch_size = 32", "num_samples = 8\nbatch_size = 8"),
-                     (r"iterations = 5\neot = 2", "iterations = 1\neot = 1"),
+                     (r"num_samples = 16\nbatch_size = 16", "num_samples = 8\nbatch_size = 8"),
+                     (r"iterations = 20 +(#.*)?\neot = 2", "iterations = 1\neot = 1"),
+                     (r"draws = 4 ", "draws = 2 "),
                      (r"seed = 0 ", f"seed = {seed} ")]:
         text, count = re.subn(old, new, text)
         assert count >= 1, old
@@ -178,6 +179,20 @@ def test_clean_quality_matches_torch_fidelity_fid():
     assert q["ci95"][0] < q["ci95"][1]
 
 
+def test_card_markdown_states_the_purification_draws_of_either_protocol_version():
+    from dmattack.card.report import _purification_lines
+
+    row = {"purifier": "digits-ddpm", "t_star": 0.1, "attack": "pgd-eot", "draws": 8,
+           "clean": {"mean": 0.95, "ci95": [0.9, 0.98]}, "converged": True,
+           "robust": {"mean": 0.1, "ci95": [0.07, 0.14], "worst": {"mean": 0.0,
+                                                                   "ci95": [0.0, 0.0]}}}
+    v2 = "\n".join(_purification_lines({"draws": 8, "rows": [row]}))
+    v1 = "\n".join(_purification_lines({"eval_modes": ["single", "worst:8"], "draws": 8,
+                                         "rows": [row]}))
+    assert "8 evaluation draws per image" in v2 and "| digits-ddpm | 0.1 | pgd-eot | 8 |" in v2
+    assert "Evaluation modes single, worst:8" in v1
+
+
 def test_merged_curve_unites_percents():
     a = {"metric": "FID", "percents": [0.0, 25.0, 100.0], "steps_attacked": [None, "1", "3"],
          "rows": [{"values": [1, 2, 3], "damage": [None, "d25", "d100"]}]}
@@ -192,9 +207,9 @@ def test_merged_curve_unites_percents():
 
 def test_card_command_refuses_bad_input_in_one_line(tmp_path):
     for args, needle in [(["--protocol", "digits-v9"], "unknown protocol"),
-                         (["--protocol", "digits-quick-v1", "--protocol-dir", str(tmp_path)],
+                         (["--protocol", "digits-quick-v2", "--protocol-dir", str(tmp_path)],
                           "--protocol-dir"),
-                         (["--protocol", "digits-quick-v1"], "at least one --run")]:
+                         (["--protocol", "digits-quick-v2"], "at least one --run")]:
         result = CliRunner().invoke(cli.main, ["card", *args, "--out", str(tmp_path / "o")])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and needle in lines[0], result.output

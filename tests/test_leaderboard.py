@@ -20,8 +20,8 @@ from dmattack.card import check_card, load_protocol, protocol_identity, write_le
 from dmattack.errors import ConfigError, InputFileError, OutputError
 
 EVIL = '<script>window.pwned = 1</script> "Robust" & co'
-QUICK = protocol_identity(load_protocol("digits-quick-v1"))
-FULL = protocol_identity(load_protocol("digits-v1"))
+QUICK = protocol_identity(load_protocol("digits-quick-v2"))
+FULL = protocol_identity(load_protocol("digits-v2"))
 # (protocol, model name, fingerprint digit, clean_quality, damage_auc_strongest)
 CARDS = [(QUICK, "digits-ddpm", "a", 40.5, 0.30), (QUICK, EVIL, "b", 12.25, 0.91),
          (FULL, "digits-robust-adv", "c", 20.0, 0.50)]
@@ -284,7 +284,7 @@ def test_the_page_loads_shows_every_card_and_sorts(browser, cards, tmp_path):
     assert console_errors(browser) == []
     assert browser("POST", "/execute/sync", {"script": "return window.pwned", "args": []}) \
         is None
-    # tables by protocol name (digits-v1, digits-quick-v1), rows by model name
+    # tables by protocol name (digits-v2, digits-quick-v2), rows by model name
     assert table_models(browser) == [["digits-robust-adv"], [EVIL, "digits-ddpm"]]
     click_header(browser, 1, 1)  # clean_quality ascending: 12.25 before 40.5
     assert table_models(browser)[1] == [EVIL, "digits-ddpm"]

@@ -7,13 +7,13 @@ leaderboard and the protocols do not need it)."""
 from typing import Any
 
 from .leaderboard import write_leaderboard
-from .protocol import Protocol, list_protocols, load_protocol, protocol_identity
+from .protocol import CardProtocol, list_protocols, load_protocol, protocol_identity
 from .schema import CARD_FORMAT, HEADLINE_KEYS, check_card
 
 LAZY = {"make_cards": "compute", "load_models": "compute", "compare_cards": "compare",
         "write_comparison": "compare"}
 
-__all__ = ["CARD_FORMAT", "HEADLINE_KEYS", "Protocol", "check_card", "compare_cards",
+__all__ = ["CARD_FORMAT", "HEADLINE_KEYS", "CardProtocol", "check_card", "compare_cards",
            "list_protocols", "load_models", "load_protocol", "make_cards", "protocol_identity",
            "write_comparison", "write_leaderboard"]
 

@@ -19,7 +19,7 @@ from ..errors import ConfigError, InputFileError
 from ..io import provenance, write_json, write_text
 from . import report
 from .headline import compare_headlines
-from .protocol import PROTOCOL_DIR, Protocol, load_protocol
+from .protocol import PROTOCOL_DIR, CardProtocol, load_protocol
 from .schema import check_card
 
 
@@ -42,8 +42,8 @@ def read_card(path: str | Path) -> tuple[Path, dict[str, Any]]:
     return p, card
 
 
-def _protocol_of(cards: Sequence[tuple[Path, dict[str, Any]]], protocol: Protocol | None,
-                 directory: Path) -> Protocol:
+def _protocol_of(cards: Sequence[tuple[Path, dict[str, Any]]], protocol: CardProtocol | None,
+                 directory: Path) -> CardProtocol:
     """The one protocol every card was made under (same hash and seeds), else ConfigError."""
     first_path, first = cards[0]
     for path, card in cards[1:]:
@@ -66,7 +66,7 @@ def _protocol_of(cards: Sequence[tuple[Path, dict[str, Any]]], protocol: Protoco
     return protocol
 
 
-def compare_cards(paths: Sequence[str | Path], protocol: Protocol | None = None,
+def compare_cards(paths: Sequence[str | Path], protocol: CardProtocol | None = None,
                   directory: Path = PROTOCOL_DIR) -> dict[str, Any]:
     """The ``comparison.json`` content of two or more cards (see the module docstring)."""
     if len(paths) < 2:
@@ -88,7 +88,7 @@ def compare_cards(paths: Sequence[str | Path], protocol: Protocol | None = None,
 
 
 def write_comparison(paths: Sequence[str | Path], out_dir: str | Path,
-                     protocol: Protocol | None = None,
+                     protocol: CardProtocol | None = None,
                      directory: Path = PROTOCOL_DIR) -> Path:
     """Write ``comparison.json`` and ``comparison.md`` into ``out_dir``; returns the JSON."""
     return save_comparison(compare_cards(paths, protocol, directory), out_dir)

@@ -32,7 +32,7 @@ from ..sampling import SamplerConfig
 from ..seeding import sample_seeds
 from . import headline, report
 from .compare import write_comparison
-from .protocol import Protocol, protocol_identity
+from .protocol import CardProtocol, protocol_identity
 from .schema import CARD_FORMAT, check_card
 
 Say = Callable[[str], None]
@@ -43,12 +43,12 @@ SET_METRIC_RESAMPLES = 200
 STEP_COUNTING = {"with-budget": "budget", "all": "all"}
 
 
-def _sampler(p: Protocol) -> SamplerConfig:
+def _sampler(p: CardProtocol) -> SamplerConfig:
     s = p.sampling
     return SamplerConfig(s.sampler, s.steps, s.eta or 0.0, s.clip_denoised)
 
 
-def _specs(p: Protocol, attack: Any) -> list[AttackSpec]:
+def _specs(p: CardProtocol, attack: Any) -> list[AttackSpec]:
     """The AttackSpec of each percent > 0 of one protocol attack (its settings, the budget)."""
     own = {f.name: getattr(attack, f.name) for f in fields(attack)
            if f.name not in ("name", "percents", "num_samples")}
@@ -58,8 +58,8 @@ def _specs(p: Protocol, attack: Any) -> list[AttackSpec]:
             for pc in attack.percents if pc > 0]
 
 
-def attack_groups(p: Protocol) -> dict[int, list[Any]]:
-    """Protocol attacks by the number of samples they run on (all, or their first n)."""
+def attack_groups(p: CardProtocol) -> dict[int, list[Any]]:
+    """CardProtocol attacks by the number of samples they run on (all, or their first n)."""
     groups: dict[int, list[Any]] = {}
     for a in p.attacks:
         groups.setdefault(a.num_samples or p.sampling.num_samples, []).append(a)
@@ -74,7 +74,7 @@ def _no_metric(samples: torch.Tensor) -> dict[str, float]:
 NO_METRIC_KEY = {"metrics": "none: damage only (dmattack card)"}
 
 
-def _evaluation(loaded: LoadedModel, p: Protocol, data_dir: str | None) -> Any:
+def _evaluation(loaded: LoadedModel, p: CardProtocol, data_dir: str | None) -> Any:
     """The scoring setup: the protocol's metrics on its reference (read from ``data_dir`` for
     on-disk data such as CIFAR-10), extractor weights checked against the protocol's pin."""
     from evaluators.extractors import resolve_weights, weights_sha256
@@ -93,7 +93,7 @@ def _evaluation(loaded: LoadedModel, p: Protocol, data_dir: str | None) -> Any:
     return ev
 
 
-def _run_curves(loaded: LoadedModel, p: Protocol, ev: Any, store: Path,
+def _run_curves(loaded: LoadedModel, p: CardProtocol, ev: Any, store: Path,
                 device: torch.device | str, say: Say,
                 resumed: dict[str, dict[str, int]]) -> dict[int, dict[str, Any]]:
     """Every attack group's curve (resumable stores under ``store``): {num_samples: curve};
@@ -119,20 +119,20 @@ def _run_curves(loaded: LoadedModel, p: Protocol, ev: Any, store: Path,
     return curves
 
 
-def _purify(loaded: LoadedModel, p: Protocol, store: Path, device: torch.device | str,
+def _purify(loaded: LoadedModel, p: CardProtocol, store: Path, device: torch.device | str,
             say: Say) -> dict[str, Any] | None:
     """The protocol's purification block (resumable units under ``store/purify``)."""
     if p.purification is None:
         return None
     from ..purification import run_purification
-    from ..purification.evaluate import PurifyConfig, legacy_draws
+    from ..purification.evaluate import PurifyConfig
 
     c = p.purification
     cfg = PurifyConfig(classifier=c.classifier, data=c.data, eps=c.eps,
                        t_star=",".join(repr(t) for t in c.t_star), purify_steps=c.purify_steps,
                        purify_sampler=c.purify_sampler, attacks=",".join(c.attacks),
                        iterations=c.iterations, eot=c.eot,
-                       draws=legacy_draws(",".join(c.eval_modes)),
+                       draws=c.evaluation_draws,
                        num_samples=c.num_samples, batch_size=c.batch_size, seed=c.seed)
     say(f"{Path(loaded.source).name}: purification ({', '.join(c.attacks)}, "
         f"{c.num_samples} images)")
@@ -140,7 +140,7 @@ def _purify(loaded: LoadedModel, p: Protocol, store: Path, device: torch.device 
 
 
 # --------------------------------------------------------------------------- clean quality
-def _clean_samples(loaded: LoadedModel, p: Protocol, ev: Any, curve_dir: Path,
+def _clean_samples(loaded: LoadedModel, p: CardProtocol, ev: Any, curve_dir: Path,
                    device: torch.device | str) -> torch.Tensor:
     """The full curve's clean samples, read from its store (resampled if that file is gone or
     does not match the clean point's sha256)."""
@@ -153,7 +153,7 @@ def _clean_samples(loaded: LoadedModel, p: Protocol, ev: Any, curve_dir: Path,
 
 
 def clean_quality(samples: torch.Tensor, reference: torch.Tensor, extractor: str,
-                  p: Protocol, reported: float | None) -> dict[str, Any]:
+                  p: CardProtocol, reported: float | None) -> dict[str, Any]:
     """FID of the clean samples against the reference with its interval: FID recomputed on
     :data:`SET_METRIC_RESAMPLES` resamples of the samples' features (reference fixed;
     :func:`dmattack.stats.set_metric_ci`, seeded, so two cards resample the same seeds). The
@@ -199,7 +199,7 @@ def _attack_block(name: str, pts: list[dict[str, Any]], n: int) -> dict[str, Any
     return {"attack": name, "num_samples": n, "points": rows}
 
 
-def _per_sample(p: Protocol, by_attack: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def _per_sample(p: CardProtocol, by_attack: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per attack, each sample's damage AUC (pixel deviation) and its class change at 100%."""
     auc, changed = {}, {}
     for name, pts in by_attack.items():
@@ -228,24 +228,27 @@ def _convergence(by_attack: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def _purification_block(result: dict[str, Any] | None, p: Protocol) -> dict[str, Any] | None:
+def _purification_block(result: dict[str, Any] | None, p: CardProtocol) -> dict[str, Any] | None:
     """The purification rows of :func:`~dmattack.purification.run_purification`: per purifier,
     t* and attack the clean, robust and adversarial accuracy, each as the mean over the
     evaluation draws with its 95% interval over images and the ``majority`` / ``worst``
-    aggregates over the draws with theirs (the protocol's ``eval_modes``: ``single`` is one
-    draw, ``worst:N`` N draws); the per-image 0/1 tables stay in the store."""
+    aggregates over the draws with theirs (the protocol's ``draws``, or in v1 protocols its
+    ``eval_modes``: ``single`` is one draw, ``worst:N`` N draws); the per-image 0/1 tables
+    stay in the store."""
     if result is None:
         return None
     bulky = ("correct", "robust_per_image", "trace")
     rows = [{k: ({kk: vv for kk, vv in v.items() if kk != "per_draw"}
                  if isinstance(v, dict) and "per_draw" in v else v)
              for k, v in row.items() if k not in bulky} for row in result["rows"]]
-    return {"eval_modes": list(p.purification.eval_modes), "config": result["config"],
+    c = p.purification
+    modes = {} if c.eval_modes is None else {"eval_modes": list(c.eval_modes)}
+    return {**modes, "draws": c.evaluation_draws, "config": result["config"],
             "classifier": result["classifier"], "rows": rows}
 
 
 # --------------------------------------------------------------------------- one card
-def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.device | str,
+def _measure(loaded: LoadedModel, p: CardProtocol, folder: Path, device: torch.device | str,
              say: Say, data_dir: str | None) -> dict[str, Any]:
     """Run every stage of one model (resumable; every process under torchrun). Returns the
     card's parts, with ``seconds`` of each stage in this invocation."""
@@ -263,7 +266,7 @@ def _measure(loaded: LoadedModel, p: Protocol, folder: Path, device: torch.devic
             "seconds": seconds, "device": str(device)}
 
 
-def _score_quality(loaded: LoadedModel, p: Protocol, folder: Path, parts: dict[str, Any],
+def _score_quality(loaded: LoadedModel, p: CardProtocol, folder: Path, parts: dict[str, Any],
                    device: torch.device | str) -> None:
     """Add the clean set metrics and the clean-quality interval to ``parts`` (rank 0 only,
     after every collective step, so the other processes never wait on it)."""
@@ -279,7 +282,7 @@ def _score_quality(loaded: LoadedModel, p: Protocol, folder: Path, parts: dict[s
     parts["seconds"]["clean_quality"] = time.perf_counter() - tic
 
 
-def _assemble(loaded: LoadedModel, name: str, p: Protocol, parts: dict[str, Any],
+def _assemble(loaded: LoadedModel, name: str, p: CardProtocol, parts: dict[str, Any],
               seconds: dict[str, float]) -> dict[str, Any]:
     """The card.json content of one model from its measured parts."""
     by_attack: dict[str, list[dict[str, Any]]] = {}
@@ -354,7 +357,7 @@ def write_card(card: dict[str, Any], curves: Sequence[dict[str, Any]], folder: P
 
 
 # --------------------------------------------------------------------------- entry point
-def load_models(runs: Sequence[str], pipelines: Sequence[str], p: Protocol,
+def load_models(runs: Sequence[str], pipelines: Sequence[str], p: CardProtocol,
                 device: torch.device | str) -> list[LoadedModel]:
     """The models of a card command: runs (the protocol's EMA choice), then pipelines."""
     from ..pipeline import load_pipeline
@@ -377,7 +380,7 @@ def card_names(models: Sequence[LoadedModel]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}-{i}" for i, n in enumerate(names)]
 
 
-def make_cards(models: Sequence[LoadedModel], protocol: Protocol, out_dir: str | Path, *,
+def make_cards(models: Sequence[LoadedModel], protocol: CardProtocol, out_dir: str | Path, *,
                device: torch.device | str = "cpu", say: Say = lambda s: None,
                data_dir: str | None = None) -> list[Path]:
     """One card per model under ``out_dir/<model name>/`` (card.json, card.md, curves.png,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import stats
-from .protocol import Protocol
+from .protocol import CardProtocol
 
 CONTROL = "random"
 LABELS = {
@@ -54,7 +54,7 @@ def per_sample_auc(percents: Sequence[float], damage: Sequence[np.ndarray]) -> n
     return ((ys[1:] + ys[:-1]) / 2 * np.diff(xs)[:, None]).sum(0)
 
 
-def _interval(arrays: Sequence[np.ndarray], statistic: stats.Statistic, p: Protocol
+def _interval(arrays: Sequence[np.ndarray], statistic: stats.Statistic, p: CardProtocol
               ) -> tuple[float, list[float], int]:
     """(value, [lo, hi], n) of ``statistic`` over the paired rows finite in every array, with
     the protocol's bootstrap settings."""
@@ -71,7 +71,7 @@ def _mean(x: np.ndarray) -> np.ndarray:
     return x.mean(-1)
 
 
-def mean_interval(values: np.ndarray, p: Protocol) -> dict[str, Any]:
+def mean_interval(values: np.ndarray, p: CardProtocol) -> dict[str, Any]:
     """``{"value", "ci95", "n"}`` of the mean of per-sample ``values`` (NaN left out), with
     the protocol's bootstrap settings."""
     value, ci, n = _interval([values], _mean, p)
@@ -99,7 +99,7 @@ def entry(label: str, value: float, ci: Sequence[float], n: int, better: str) ->
             "n": int(n), "better": better}
 
 
-def headline_numbers(p: Protocol, per_sample: dict[str, Any],
+def headline_numbers(p: CardProtocol, per_sample: dict[str, Any],
                      clean_quality: dict[str, Any] | None) -> dict[str, Any]:
     """The protocol's headline numbers from a card's ``per_sample`` block (``auc`` per attack,
     ``class_change_at_100`` per attack; seed order) and its clean-quality entry."""
@@ -128,7 +128,7 @@ def headline_numbers(p: Protocol, per_sample: dict[str, Any],
 
 
 # --------------------------------------------------------------------------- comparisons
-def _difference(key: str, a: dict[str, Any], b: dict[str, Any], p: Protocol
+def _difference(key: str, a: dict[str, Any], b: dict[str, Any], p: CardProtocol
                 ) -> tuple[float, list[float], int]:
     """Paired A − B of headline ``key`` from two cards' ``per_sample`` blocks, on the seeds
     both ran (the first min n)."""
@@ -157,7 +157,7 @@ def _difference(key: str, a: dict[str, Any], b: dict[str, Any], p: Protocol
     return _interval([xa[:n], xb[:n]], lambda x, y: (x - y).mean(-1), p)
 
 
-def compare_headlines(p: Protocol, a: dict[str, Any], b: dict[str, Any],
+def compare_headlines(p: CardProtocol, a: dict[str, Any], b: dict[str, Any],
                       better: dict[str, str]) -> list[dict[str, Any]]:
     """One row per headline key: A − B with its interval and the verdict on "A is better than
     B" (``held`` / ``did not hold`` / ``inconclusive``, minimum effect from the protocol)."""

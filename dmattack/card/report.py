@@ -71,8 +71,11 @@ def _attack_lines(block: dict[str, Any], conv: dict[str, Any]) -> list[str]:
 def _purification_lines(block: dict[str, Any] | None) -> list[str]:
     if not block:
         return []
-    lines = ["## Purification", "", f"Evaluation modes {', '.join(block['eval_modes'])}: mean "
-             "over the draws, and the worst case over them (correct on every draw).", "",
+    modes = block.get("eval_modes")  # v1 protocols; later ones give the draws
+    draws = (f"Evaluation modes {', '.join(modes)}" if modes
+             else f"{block.get('draws')} evaluation draws per image")
+    lines = ["## Purification", "", f"{draws}: mean over the draws, and the worst case over "
+             "them (correct on every draw).", "",
              "| purifier | t* | attack | draws | clean acc. | robust acc. | robust, worst | "
              "converged |", "|---|---|---|---|---|---|---|---|"]
     for r in block["rows"]:
