@@ -25,6 +25,7 @@ import torch
 
 from .. import distributed, stats
 from ..attacks.schedule import AttackSpec
+from ..damage import CLASS_CHANGED, PIXEL
 from ..errors import ConfigError
 from ..io import provenance, write_json, write_text
 from ..runs import LoadedModel
@@ -36,8 +37,6 @@ from .protocol import CardProtocol, protocol_identity
 from .schema import CARD_FORMAT, check_card
 
 Say = Callable[[str], None]
-PIXEL = "pixel deviation"
-CLASS_CHANGED = "class changed (digits-cnn)"
 SET_METRIC_RESAMPLES = 200
 """Resamples of the clean-quality interval (each recomputes FID: d×d matrix roots)."""
 STEP_COUNTING = {"with-budget": "budget", "all": "all"}

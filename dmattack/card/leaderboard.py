@@ -47,7 +47,7 @@ class Card:
         return [self.path] + [self.path.parent / self.data["files"][k] for k in ("md", "curves")]
 
 
-def read_card(path: str | os.PathLike) -> Card:
+def load_card(path: str | os.PathLike) -> Card:
     """A card.json file, or a folder holding one, read and validated (one-line errors)."""
     path = Path(path)
     if path.is_dir():
@@ -235,7 +235,7 @@ def write_leaderboard(card_paths: Sequence[str | os.PathLike], out_dir: str | os
     ``out_dir``; returns the absolute path of its ``index.html``."""
     if not card_paths:
         raise ConfigError("leaderboard needs at least one card (card.json or its folder)")
-    cards = [read_card(p) for p in card_paths]
+    cards = [load_card(p) for p in card_paths]
     seen: dict[str, Path] = {}
     for c in cards:
         if c.folder_name in seen:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .protocol_check import LABEL, Bad, check, need, parse
+from .protocol_check import LABEL, Bad, check_protocol, need, parse
 from .protocol_types import CardProtocol
 
 try:
@@ -45,7 +45,7 @@ def _read(path: Path) -> CardProtocol:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         proto = parse(raw)
-        check(proto)
+        check_protocol(proto)
         need(path.stem == proto.label, "name", proto.name,
               f"the file {path.name} must be named {proto.label}.toml")
     except Bad as e:

@@ -17,11 +17,12 @@ from typing import Any, Literal, Union
 from .protocol_types import (
     ATTACK_TABLES,
     FEATURE_DIMS,
-    Attack,
+    CardAttack,
     CardProtocol,
     Purification,
     Sampling,
 )
+from .schema import HEX64
 
 LABEL = re.compile(r"([a-z0-9]+(?:-[a-z0-9]+)*)-v([1-9][0-9]*)")
 
@@ -99,7 +100,7 @@ def _build(cls: type, table: Any, where: str) -> Any:
     return cls(**{k: _convert(v, hints[k], f"{prefix}{k}") for k, v in table.items()})
 
 
-def _attack(table: Any, where: str) -> Attack:
+def _attack(table: Any, where: str) -> CardAttack:
     name = table.get("name") if isinstance(table, dict) else None
     if name not in ATTACK_TABLES:
         _fail(f"{where}.name = {name!r}",
@@ -130,7 +131,6 @@ def parse(raw: dict[str, Any]) -> CardProtocol:
 
 SET_METRICS = ("fid", "kid", "is")
 EVAL_MODE = re.compile(r"single|(majority|worst):[1-9][0-9]*")
-HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def need(ok: bool, where: str, value: Any, allowed: str) -> None:
@@ -166,7 +166,7 @@ def _check_reference(p: CardProtocol) -> None:
          list(r.image_shape), "[channels, height, width]")
 
 
-def _check_attack(a: Attack, where: str, total: int) -> None:
+def _check_attack(a: CardAttack, where: str, total: int) -> None:
     pc = a.percents
     need(bool(pc) and pc[0] == 0 and all(0 <= x <= 100 for x in pc)
          and list(pc) == sorted(set(pc)), f"{where}.percents", list(pc),
@@ -207,7 +207,7 @@ def _check_bootstrap(p: CardProtocol) -> None:
         need(value >= 0, f"bootstrap.min_effect.{key}", value, "a minimum effect is >= 0")
 
 
-def check(p: CardProtocol) -> None:
+def check_protocol(p: CardProtocol) -> None:
     """Cross-field rules of a protocol (types were checked while parsing)."""
     need(p.version >= 1, "version", p.version, "versions start at 1")
     need(bool(LABEL.fullmatch(f"{p.name}-v{p.version}")), "name", p.name,

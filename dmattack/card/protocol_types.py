@@ -19,7 +19,7 @@ FEATURE_DIMS = {"digits-cnn": 64, "inception": 2048}
 """Feature dimension of each extractor: FID needs more samples than this (docs/method.md §8)."""
 Headline = Literal[HEADLINE_KEYS]  # type: ignore[valid-type]  # one list, in schema.py
 Loss = Literal["mean", "eps", "x0"]
-Distance = Literal["pixel", "features"]
+CardDistance = Literal["pixel", "features"]
 Keep = Literal["best", "last"]
 OMIT_IF_ABSENT = {"omit_if_absent": True}
 """``dataclasses.field`` metadata of a field added after v1: left out of the content when None."""
@@ -58,7 +58,7 @@ class Sampling:
 
 
 @dataclass(frozen=True)
-class Reference:
+class CardReference:
     """Clean reference set and set metrics; ``weights_sha256`` pins the feature extractor."""
     dataset: str
     image_shape: tuple[int, ...]
@@ -111,7 +111,7 @@ class TrajectoryAttack:
     iterations: int
     restarts: int
     alpha_scale: float
-    distance: Distance
+    distance: CardDistance
     keep: Keep
     num_samples: int | None = None  # the first num_samples of the protocol's samples
 
@@ -123,14 +123,14 @@ class LookaheadAttack:
     iterations: int
     restarts: int
     alpha_scale: float
-    distance: Distance
+    distance: CardDistance
     keep: Keep
     eot: int
     horizon: int | Literal["end"]
     num_samples: int | None = None
 
 
-Attack = RandomAttack | FGSMAttack | PGDAttack | TrajectoryAttack | LookaheadAttack
+CardAttack = RandomAttack | FGSMAttack | PGDAttack | TrajectoryAttack | LookaheadAttack
 ATTACK_TABLES: dict[str, type] = {"random": RandomAttack, "fgsm": FGSMAttack, "pgd": PGDAttack,
                             "trajectory": TrajectoryAttack, "lookahead": LookaheadAttack}
 
@@ -182,9 +182,9 @@ class CardProtocol:
     cost: str
     headline: tuple[Headline, ...]
     sampling: Sampling
-    reference: Reference
+    reference: CardReference
     budget: Budget
-    attacks: tuple[Attack, ...]
+    attacks: tuple[CardAttack, ...]
     bootstrap: Bootstrap
     purification: Purification | None = None
     hash: str = dataclasses.field(default="", compare=False)
