@@ -1,14 +1,14 @@
 """`dmattack` command line: a thin click layer over the library.
 
 Each command parses its options (generated from the library's config dataclasses, see
-dmattack/settings.py), calls one library function and prints. A user's mistake is a
-:class:`~dmattack.errors.DmattackError`: one ``Error: ...`` line and exit code 2. Anything
+dmattack/core/settings.py), calls one library function and prints. A user's mistake is a
+:class:`~dmattack.core.errors.DmattackError`: one ``Error: ...`` line and exit code 2. Anything
 else is a bug and keeps its traceback.
 
 Nothing at module level imports torch: the dataclass options are declared with
-``lazy_options`` (built from a cache on first use, dmattack/cli_lazy.py) and each command
+``lazy_options`` (built from a cache on first use, dmattack/commands/lazy.py) and each command
 imports the library inside its function, so ``--help`` and option errors answer at once.
-Progress goes through dmattack/progress.py (bars in a terminal, plain lines elsewhere).
+Progress goes through dmattack/core/progress.py (bars in a terminal, plain lines elsewhere).
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import Any
 
 import click
 
-from dmattack import cli_output as ui
-from dmattack import progress
-from dmattack.cli_base import (
+from dmattack.commands import output as ui
+from dmattack.commands.base import (
     Choice,
     Group,
     RangedInt,
@@ -35,12 +34,13 @@ from dmattack.cli_base import (
     option_group,
     resumes_when_rerun,
 )
-from dmattack.cli_lazy import lazy_options
-from dmattack.cli_output import console, metric_row, print_table, stdout
+from dmattack.commands.lazy import lazy_options
+from dmattack.commands.output import console, metric_row, print_table, stdout
+from dmattack.core import progress
+from dmattack.core.errors import ConfigError, OutputError
+from dmattack.core.option_types import parse_list, parse_percents
+from dmattack.core.settings import _warn_deprecated, from_options, option_values
 from dmattack.demo.sections import DEFAULT_SECTIONS, QUICK_SECTIONS, SECTIONS
-from dmattack.errors import ConfigError, OutputError
-from dmattack.option_types import parse_list, parse_percents
-from dmattack.settings import _warn_deprecated, from_options, option_values
 
 VOCABULARY = (
     ("the attack(s) run", "--method", "attack, curve, purify", ("--attack",)),
@@ -63,10 +63,10 @@ VOCABULARY = (
 it). A deprecated spelling still works for one release, with one warning line on stderr, and
 records the same settings as the option."""
 
-TRAIN_CONFIG = "dmattack.train_config:TrainConfig"
-OBJECTIVE_OPTIONS = "dmattack.objective_cli:train_click_options"
-SAMPLER_CONFIG = "dmattack.sampling:SamplerConfig"
-EVALUATION_CONFIG = "dmattack.evaluation:EvaluationConfig"
+TRAIN_CONFIG = "dmattack.training.config:TrainConfig"
+OBJECTIVE_OPTIONS = "dmattack.training.objective_cli:train_click_options"
+SAMPLER_CONFIG = "dmattack.diffusion.sampling:SamplerConfig"
+EVALUATION_CONFIG = "dmattack.evaluation.metrics:EvaluationConfig"
 ATTACK_OPTIONS = "dmattack.attacks.options:attack_options"
 PURIFY_CONFIG = "dmattack.purification.evaluate:PurifyConfig"
 
@@ -98,11 +98,11 @@ def train(**o: Any) -> None:
     exit code 3 (a second signal stops at once). Several GPUs: torchrun --nproc-per-node N --
     $(which dmattack) train ... (docs/performance.md).
     """
-    from dmattack import distributed
-    from dmattack.objective_cli import from_train_options
-    from dmattack.train import TrainingInterrupted, prepare_run, resume_config
-    from dmattack.train import train as train_run
-    from dmattack.train_config import TrainConfig
+    from dmattack.core import distributed
+    from dmattack.training.config import TrainConfig
+    from dmattack.training.objective_cli import from_train_options
+    from dmattack.training.train import TrainingInterrupted, prepare_run, resume_config
+    from dmattack.training.train import train as train_run
 
     rest = {k: v for k, v in o.items() if not k.startswith("objective__")}
     if o["resume"]:
@@ -141,8 +141,8 @@ def _print_path(path: str | os.PathLike) -> None:
 def _join_torchrun(device: str):
     """This process's torch device. Under torchrun it also joins the process group (one GPU
     per process) and silences the console of ranks other than 0, which report and write."""
-    from dmattack import distributed
-    from dmattack.train import resolve_device
+    from dmattack.core import distributed
+    from dmattack.training.train import resolve_device
 
     dev = distributed.init(resolve_device(device))
     if not distributed.is_main():
@@ -151,13 +151,13 @@ def _join_torchrun(device: str):
 
 
 def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: str):
-    from dmattack.runs import load_run, newest_run
+    from dmattack.runs.checkpoints import load_run, newest_run
 
     dev = _join_torchrun(device)
     if run and pipeline:
         raise ConfigError("give either --run or --pipeline, not both")
     if pipeline:
-        from dmattack.pipeline import load_pipeline
+        from dmattack.runs.pipeline import load_pipeline
 
         return load_pipeline(pipeline, device=dev), dev
     return load_run(run or newest_run(RUNS_ROOT), use_ema=use_ema, device=dev), dev
@@ -165,8 +165,8 @@ def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: st
 
 def _sampler(o: dict[str, Any], loaded):
     """The sampler the options ask for, unset fields from the model's protocol."""
-    from dmattack.evaluation import resolve_sampler
-    from dmattack.registry import SAMPLERS
+    from dmattack.core.registry import SAMPLERS
+    from dmattack.evaluation.metrics import resolve_sampler
 
     o = option_values(o)
     sampler = resolve_sampler(loaded, o["sampler__name"], o["sampler__steps"],
@@ -182,7 +182,7 @@ def _sampler(o: dict[str, Any], loaded):
 def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None, **scoring: Any):
     """The evaluation setup of the options (one library call shared by evaluate, attack and
     curve; ``scoring``: evaluate's feature extractor and memorisation options)."""
-    from dmattack.evaluation import EvaluationConfig, prepare_evaluation
+    from dmattack.evaluation.metrics import EvaluationConfig, prepare_evaluation
 
     return prepare_evaluation(loaded, from_options(EvaluationConfig, o), _sampler(o, loaded),
                               num_samples, **scoring)
@@ -218,7 +218,7 @@ def sample_cmd(**o: Any) -> None:
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) sample ... splits the samples.
     """
-    from dmattack.workflows import write_samples
+    from dmattack.commands.workflows import write_samples
 
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     sampler = _sampler(o, loaded)
@@ -249,10 +249,10 @@ def attack(**o: Any) -> None:
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) attack ... splits the samples.
     """
-    from dmattack.attack_eval import check_run, run_attack
     from dmattack.attacks.options import spec_from_options
-    from dmattack.evaluation import default_out_dir
-    from dmattack.workflows import write_pairs
+    from dmattack.commands.workflows import write_pairs
+    from dmattack.evaluation.attack_eval import check_run, run_attack
+    from dmattack.evaluation.metrics import default_out_dir
 
     spec = spec_from_options(o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
@@ -310,12 +310,12 @@ def curve(**o: Any) -> None:
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) curve ... splits every point's
     samples; a killed run resumes, also inside a point.
     """
-    from dmattack.attack_eval import check_run, run_curve
     from dmattack.attacks import WINDOWS
     from dmattack.attacks.options import curve_specs_from_options
-    from dmattack.evaluation import curve_folder
-    from dmattack.registry import ATTACKS
-    from dmattack.runs import newest_run
+    from dmattack.core.registry import ATTACKS
+    from dmattack.evaluation.attack_eval import check_run, run_curve
+    from dmattack.evaluation.metrics import curve_folder
+    from dmattack.runs.checkpoints import newest_run
 
     o = option_values(o)  # --windows (deprecated) as --window
     methods = parse_list(o["method"], "method", ATTACKS.names())
@@ -371,8 +371,8 @@ SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
 @friendly_errors
 def evaluate(**o: Any) -> None:
     """Score samples of a model: FID/IS/KID, exact metrics, memorisation."""
-    from dmattack.evaluation import default_out_dir
-    from dmattack.workflows import evaluate_model, read_sample_files
+    from dmattack.commands.workflows import evaluate_model, read_sample_files
+    from dmattack.evaluation.metrics import default_out_dir
 
     if given("samples_key") and not o["sample_files"]:
         raise ConfigError(f"--samples-key {o['samples_key']} is read from --samples files only; "
@@ -411,7 +411,7 @@ def evaluate(**o: Any) -> None:
 @friendly_errors
 def export(run: str | None, ema: bool, out: str) -> None:
     """Export a run as a diffusers DDPMPipeline folder."""
-    from dmattack.pipeline import export_pipeline
+    from dmattack.runs.pipeline import export_pipeline
 
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise OutputError(errno.EEXIST, f"--out {out} exists and is not empty; choose a new folder")
@@ -497,7 +497,7 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
     """The paper's controlled experiments on embedded data, end to end, with a report."""
     from dmattack.demo import check_demo, run_demo
     from dmattack.demo.report import headline_rows, headline_title
-    from dmattack.train import resolve_device
+    from dmattack.training.train import resolve_device
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out_dir = Path(out or Path("reports") / f"demo{'-quick' if quick else ''}-{stamp}")
@@ -526,10 +526,10 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
 def plugins() -> None:
     """List every registry's entries (attacks, objectives, samplers, metrics, datasets,
     presets) and the plugins loaded from the `dmattack` entry-point group."""
-    import dmattack.attack_eval  # noqa: F401 - registers the built-in attacks
-    import dmattack.train  # noqa: F401 - registers objectives, datasets, presets, samplers
+    import dmattack.evaluation.attack_eval  # noqa: F401 - registers the built-in attacks
+    import dmattack.training.train  # noqa: F401 - registers objectives, datasets, presets, samplers
     import evaluators  # noqa: F401 - registers the metrics
-    from dmattack.registry import PLUGINS, REGISTRIES, load_plugins
+    from dmattack.core.registry import PLUGINS, REGISTRIES, load_plugins
 
     load_plugins()
     rows = [[kind, name, registry.origin(name)] for kind, registry in REGISTRIES.items()

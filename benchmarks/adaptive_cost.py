@@ -42,9 +42,9 @@ from dmattack.attacks import attacked_steps
 from dmattack.attacks.differentiable import DifferentiableChain, attack_mode, draw_chain_noise
 from dmattack.attacks.distances import pixel_distance
 from dmattack.attacks.trajectory import TrajectoryPGD
-from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig
-from dmattack.seeding import sample_seeds
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.sampling import SamplerConfig
+from dmattack.runs.checkpoints import load_run
 
 TARGET = 1.2
 

@@ -28,9 +28,9 @@ import torch
 from dmattack.attacks import AttackPlan, AttackSpec
 from dmattack.attacks.lookahead import LookaheadPGD
 from dmattack.attacks.trajectory import TrajectoryPGD
-from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig, sample_batched
-from dmattack.seeding import sample_seeds
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.sampling import SamplerConfig, sample_batched
+from dmattack.runs.checkpoints import load_run
 from evaluators.digits_model import DEFAULT_WEIGHTS, load_digits_cnn
 
 RUNS = ("checkpoints/digits-ddpm", "checkpoints/digits-robust-adv")

@@ -22,12 +22,12 @@ import time
 import torch
 from common import timed  # benchmarks/common.py
 
-from dmattack.attack_eval import default_protocol, run_attack
 from dmattack.attacks import AttackSpec, ChainFGSM, ChainPGD
-from dmattack.diffusion import GaussianDiffusion
+from dmattack.core.seeding import ATTACK, generators
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.evaluation.attack_eval import default_protocol, run_attack
 from dmattack.models import PRESETS, build_model
-from dmattack.runs import LoadedModel
-from dmattack.seeding import ATTACK, generators
+from dmattack.runs.checkpoints import LoadedModel
 
 DEFAULT_SHAPES = {"tiny": (1, 8, 8), "ddpm-cifar10": (3, 32, 32), "ddpm-64": (3, 64, 64),
                   "mlp": (64,), "mlp-small": (64,)}

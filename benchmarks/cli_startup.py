@@ -2,7 +2,7 @@
 ``python -c "import click"`` (the least any click program costs) and to ``import torch``.
 
 Each job is one fresh process (wall time, median over ``--repeats`` interleaved rounds, after
-one untimed warm-up round that also fills the option cache, dmattack/cli_lazy.py). The job
+one untimed warm-up round that also fills the option cache, dmattack/commands/lazy.py). The job
 ``attack-bogus-cold`` empties the option cache before each run: the first answer after
 installing or editing dmattack, which builds the options from the config dataclasses (and so
 imports torch once). Every job's exit status is checked (0 for help, 2 for the option error).

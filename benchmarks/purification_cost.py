@@ -18,7 +18,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from dmattack.diffusion import GaussianDiffusion
+from dmattack.diffusion.gaussian import GaussianDiffusion
 from dmattack.models import build_model
 from dmattack.purification import Purifier
 

@@ -25,6 +25,7 @@ import torchattacks
 from common import device_name  # benchmarks/common.py
 from torch import nn
 
+from dmattack.core.seeding import derive_seed, sample_seeds
 from dmattack.purification import PurifiedClassifier, Purifier, load_classifier, load_model
 from dmattack.purification import attacks as attacks_mod
 from dmattack.purification.attacks import (
@@ -38,7 +39,6 @@ from dmattack.purification.attacks import (
 )
 from dmattack.purification.classifier import load_labeled_data
 from dmattack.purification.results import accuracies
-from dmattack.seeding import derive_seed, sample_seeds
 
 EVAL_STREAM = 1301
 

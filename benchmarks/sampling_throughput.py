@@ -27,12 +27,12 @@ from unittest import mock
 import torch
 from common import device_name, sync  # benchmarks/common.py
 
-from dmattack import sampling
 from dmattack.attacks import AttackSpec, make_hook_factory
-from dmattack.diffusion import GaussianDiffusion
+from dmattack.core.seeding import randn_per_sample, sample_seeds
+from dmattack.diffusion import sampling
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample_batched
 from dmattack.models import PRESETS, build_model
-from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
-from dmattack.seeding import randn_per_sample, sample_seeds
 
 STEPNOISE = "clean-stepnoise"
 

@@ -1,6 +1,7 @@
 """Training throughput (images/s) of dmattack's loop and of a plain reference loop, in one run.
 
-Jobs: ``dmattack train`` (the library's :func:`dmattack.train.train`, run folder included) with
+Jobs: ``dmattack train`` (the library's :func:`dmattack.training.train.train`, run folder included)
+with
 the methods ``ddpm``, ``robust-rand`` and ``robust-adv``; and ``reference``, the loop a
 diffusers user writes: ``UNet2DModel`` of the same preset, ``DDPMScheduler.add_noise``, fp32,
 ``torch.optim.AdamW`` with its defaults, grad clipping at 1 and diffusers' ``EMAModel``; the
@@ -31,8 +32,8 @@ from common import device_name, sync  # benchmarks/common.py
 
 from dmattack.data import InMemoryDataset
 from dmattack.models import UNET_PRESETS, build_unet
-from dmattack.objectives import ObjectiveConfig
-from dmattack.train import TrainConfig, build_data, train
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, build_data, train
 
 METHODS = ("ddpm", "robust-rand", "robust-adv")
 SHAPES = {"tiny": (1, 8, 8), "ddpm-cifar10": (3, 32, 32), "ddpm-64": (3, 64, 64)}
@@ -50,7 +51,7 @@ def make_data(preset: str):
 
 
 def dmattack_job(method: str, args: argparse.Namespace, data) -> float:
-    """Seconds of ``args.steps`` steps of ``dmattack.train.train`` after the warm-up."""
+    """Seconds of ``args.steps`` steps of ``dmattack.training.train.train`` after the warm-up."""
     stamps: dict[int, float] = {}
     cfg = TrainConfig(dataset="digits" if args.preset == "tiny" else "cifar10",
                       preset=args.preset, objective=ObjectiveConfig(method),

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch_fidelity
 
-from dmattack.io import atomic_path
-from dmattack.registry import METRICS
+from dmattack.core.io import atomic_path
+from dmattack.core.registry import METRICS
 
 from . import exact
 from .errors import ConfigError, MetricError
@@ -71,7 +71,7 @@ the finite model-space rows (N ≥ 1), ``reference`` (N_ref, *shape) the clean r
 
 @dataclass(frozen=True)
 class Metric:
-    """A metric as registered in :data:`~dmattack.registry.METRICS`.
+    """A metric as registered in :data:`~dmattack.core.registry.METRICS`.
 
     ``label``: one line for listings; ``compute`` (:data:`MetricCompute`) returns exactly the
     result ``keys`` (a sequence, or a function of the :class:`MetricContext` when they depend

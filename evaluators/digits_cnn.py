@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from dmattack.io import atomic_path, write_json
+from dmattack.core.io import atomic_path, write_json
 
 from .digits_model import (
     DEFAULT_WEIGHTS,

@@ -1,6 +1,6 @@
 """Errors raised by the evaluators."""
 
-from dmattack.errors import ConfigError, MissingResourceError
+from dmattack.core.errors import ConfigError, MissingResourceError
 
 
 class MetricError(MissingResourceError):

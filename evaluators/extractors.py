@@ -15,7 +15,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 from torch_fidelity.utils import create_feature_extractor, get_featuresdict_from_dataset
 
-from dmattack.hashing import weights_sha256
+from dmattack.core.hashing import weights_sha256
 
 from . import inception
 from .digits_model import DEFAULT_WEIGHTS, FEATURE_DIM, load_digits_cnn

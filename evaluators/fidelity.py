@@ -27,9 +27,9 @@ import numpy as np
 import torch
 import torch_fidelity
 
-from dmattack import stats
-from dmattack.hashing import sha256_file
-from dmattack.io import write_json
+from dmattack.core import stats
+from dmattack.core.hashing import sha256_file
+from dmattack.core.io import write_json
 
 from . import kid
 from .errors import MetricError

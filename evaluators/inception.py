@@ -27,7 +27,7 @@ from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
-from dmattack.hashing import weights_sha256
+from dmattack.core.hashing import weights_sha256
 
 from .errors import MetricError
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dmattack import stats
+from dmattack.core import stats
 
 KID_SUBSETS = 100  # torch-fidelity's default kid_subsets
 KID_SEED = 2020  # torch-fidelity's default rng_seed
@@ -97,7 +97,7 @@ def bootstrap_plan(subset_size: int, dim: int, subsets: int = KID_SUBSETS) -> Bo
 def kid_interval(f: np.ndarray, g: np.ndarray, *, subset_size: int, plan: BootstrapPlan,
                  seed: int = stats.SEED, level: float = stats.LEVEL) -> tuple[float, float]:
     """Percentile ``level`` interval of KID over ``plan.resamples`` resamples (with
-    replacement, :func:`dmattack.stats.set_metric_ci`, seeded) of the rows of ``f`` (N, d);
+    replacement, :func:`dmattack.core.stats.set_metric_ci`, seeded) of the rows of ``f`` (N, d);
     the reference ``g`` is fixed. Each resample's KID uses ``plan.subsets`` subset pairs
     drawn with torch-fidelity's seed, and leaves pairs of copies of one sample out of its x-x
     mean (a copy paired with itself would count k(x, x), the diagonal the unbiased estimator

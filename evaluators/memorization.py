@@ -27,8 +27,8 @@ import torch
 from matplotlib.figure import Figure
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from dmattack.errors import first_line
-from dmattack.io import atomic_path
+from dmattack.core.errors import first_line
+from dmattack.core.io import atomic_path
 
 from .errors import ConfigError, MetricError
 from .extractors import extract_features, resolve_weights, weights_sha256

@@ -37,8 +37,8 @@ def exploit(tmp_path):
 def tiny_train_config(**overrides):
     """A training config that trains in seconds on a CPU: 20 steps of an mlp-small on 256
     oblique-plane vectors, checkpoints every 10 steps, no preview grids."""
-    from dmattack.objectives import ObjectiveConfig
-    from dmattack.train import TrainConfig
+    from dmattack.training.objectives import ObjectiveConfig
+    from dmattack.training.train import TrainConfig
 
     base = dict(dataset="oblique-plane", preset="mlp-small", num_data=256, steps=20,
                 batch_size=32, checkpoint_every=10, sample_every=10_000, num_preview=0,
@@ -57,7 +57,7 @@ def invoke_cli(*args: str):
 @pytest.fixture
 def two_checkpoints(tmp_path) -> Path:
     """A run trained for 20 steps: ``checkpoint/`` (step 20) and ``checkpoint.prev/`` (10)."""
-    from dmattack.train import train
+    from dmattack.training.train import train
 
     return train(tiny_train_config(steps=20), tmp_path / "run")
 

@@ -18,12 +18,12 @@ from dmattack.attacks.differentiable import DifferentiableChain, draw_chain_nois
 from dmattack.attacks.distances import pixel_distance
 from dmattack.attacks.lookahead import LookaheadPGD
 from dmattack.attacks.trajectory import TrajectoryPGD
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError
+from dmattack.core.errors import ConfigError
+from dmattack.core.seeding import ATTACK, generators, sample_seeds
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample, sample_batched
 from dmattack.models import build_model
-from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig, SamplingChain, sample, sample_batched
-from dmattack.seeding import ATTACK, generators, sample_seeds
+from dmattack.runs.checkpoints import load_run
 
 SHAPE = (1, 8, 8)
 SEEDS = sample_seeds(3, 3)
@@ -35,8 +35,8 @@ PLUGIN_SAMPLER = "heun"  # a sampler a plugin could register; the chain cannot d
 
 @pytest.fixture
 def plugin_sampler():
-    from dmattack.registry import SAMPLERS
-    from dmattack.sampling import Sampler, ancestral_step
+    from dmattack.core.registry import SAMPLERS
+    from dmattack.diffusion.sampling import Sampler, ancestral_step
 
     SAMPLERS.register(PLUGIN_SAMPLER, Sampler("a plugin's sampler (test)", ancestral_step,
                                               differentiable=False))

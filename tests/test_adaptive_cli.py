@@ -12,15 +12,15 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import cli
-from dmattack import cli_output
-from dmattack.attack_eval import curve_specs
 from dmattack.attacks import AttackSpec, LookaheadPGD, TrajectoryPGD, attacked_steps
 from dmattack.attacks.options import spec_from_options
-from dmattack.errors import ConfigError
-from dmattack.registry import SAMPLERS
-from dmattack.runs import load_run
-from dmattack.sampling import Sampler, SamplerConfig, SamplingChain, ancestral_step
-from dmattack.seeding import sample_seeds
+from dmattack.commands import output as cli_output
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import SAMPLERS
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.sampling import Sampler, SamplerConfig, SamplingChain, ancestral_step
+from dmattack.evaluation.attack_eval import curve_specs
+from dmattack.runs.checkpoints import load_run
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "checkpoints" / "digits-ddpm")
 SMALL = ["--run", DIGITS, "--sampler", "respaced", "--sampler-steps", "5", "--num-samples",
@@ -184,8 +184,8 @@ def _sharded_attack(rank: int, world: int, port: int, out: Path) -> None:
     """What torchrun starts in each process: join, then run_attack on this rank's seeds."""
     import os
 
-    from dmattack import distributed
-    from dmattack.attack_eval import run_attack
+    from dmattack.core import distributed
+    from dmattack.evaluation.attack_eval import run_attack
 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -205,7 +205,7 @@ def test_whole_chain_attack_shards_under_torchrun_like_one_process(tmp_path):
 
     import torch.multiprocessing as mp
 
-    from dmattack.attack_eval import run_attack
+    from dmattack.evaluation.attack_eval import run_attack
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

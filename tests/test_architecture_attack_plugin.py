@@ -95,10 +95,10 @@ def _library_attacked(site: Path, res: dict, decay: float) -> torch.Tensor:
     """The attacked samples of the doc's ChainMomentumPGD with ``decay``, computed by the
     library with the run's model, sampler and seeds (the plugin imported in this process)."""
     from dmattack.attacks import AttackPlan
-    from dmattack.registry import ATTACKS
-    from dmattack.runs import load_run
-    from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
-    from dmattack.seeding import sample_seeds
+    from dmattack.core.registry import ATTACKS
+    from dmattack.core.seeding import sample_seeds
+    from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample_batched
+    from dmattack.runs.checkpoints import load_run
 
     spec = importlib.util.spec_from_file_location("doc_plugin_copy",
                                                   site / "momentum_pgd_plugin.py")
@@ -121,8 +121,8 @@ def _library_attacked(site: Path, res: dict, decay: float) -> torch.Tensor:
 def test_library_spec_routes_the_option_to_the_config(site):
     """In one process: keywords go to the config, the record has them, pgd refuses decay."""
     from dmattack.attacks import AttackSpec
-    from dmattack.errors import ConfigError
-    from dmattack.registry import ATTACKS
+    from dmattack.core.errors import ConfigError
+    from dmattack.core.registry import ATTACKS
 
     folder, name = site
     spec = importlib.util.spec_from_file_location("doc_plugin_lib",

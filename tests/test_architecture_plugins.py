@@ -122,7 +122,7 @@ def test_the_plugin_metric_appears_in_a_result(site, tmp_path):
 @pytest.fixture
 def offset_noise():
     """The doc's objective plugin registered in this process (removed afterwards)."""
-    from dmattack.registry import OBJECTIVES
+    from dmattack.core.registry import OBJECTIVES
 
     (source,) = [b for b in blocks("python") if b.startswith("# offset_noise_plugin.py")]
     module = types.ModuleType("offset_noise_plugin")
@@ -140,10 +140,10 @@ def test_the_plugin_objective_is_ddpm_at_strength_zero(offset_noise):
     into rows like ε; a strength > 0 changes the loss; an unknown option is refused."""
     import torch
 
-    from dmattack.diffusion import GaussianDiffusion
-    from dmattack.errors import ConfigError
+    from dmattack.core.errors import ConfigError
+    from dmattack.diffusion.gaussian import GaussianDiffusion
     from dmattack.models import build_model
-    from dmattack.objectives import ObjectiveConfig, draw_step, training_loss
+    from dmattack.training.objectives import ObjectiveConfig, draw_step, training_loss
 
     diffusion = GaussianDiffusion.from_schedule("linear", 1000)
     model = build_model("tiny", (1, 8, 8))

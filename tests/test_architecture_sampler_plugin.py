@@ -98,8 +98,8 @@ def posterior_mean_loop(model, alphas_cumprod: np.ndarray, steps: int, x: torch.
 
 
 def x_T(seed: int, n: int, shape: tuple[int, ...]) -> torch.Tensor:
-    """The first draw of each sample's chain-noise stream (dmattack.seeding)."""
-    from dmattack.seeding import CHAIN_NOISE, derive_seed, sample_seeds
+    """The first draw of each sample's chain-noise stream (dmattack.core.seeding)."""
+    from dmattack.core.seeding import CHAIN_NOISE, derive_seed, sample_seeds
 
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(
         derive_seed(s, CHAIN_NOISE))) for s in sample_seeds(seed, n)])
@@ -110,7 +110,7 @@ def test_plugin_sampler_samples_posterior_means_and_can_be_attacked(site, tmp_pa
     """The documented sample run records the plugin sampler and its samples are the plain
     posterior-mean loop from the same x_T; the documented attack runs on it, records it, and
     its clean samples are the first of those."""
-    from dmattack.runs import load_run
+    from dmattack.runs.checkpoints import load_run
 
     name, module, _ = plugin()
     listed = dmattack(site, tmp_path, ["plugins", *documented("plugins", tmp_path)])
@@ -146,7 +146,7 @@ def test_plugin_sampler_samples_posterior_means_and_can_be_attacked(site, tmp_pa
 @pytest.fixture
 def posterior_mean():
     """The doc's sampler registered in this process (removed afterwards)."""
-    from dmattack.registry import SAMPLERS
+    from dmattack.core.registry import SAMPLERS
 
     name, module_name, source = plugin()
     module = types.ModuleType(module_name)
@@ -163,9 +163,9 @@ def test_plugin_step_is_the_ancestral_step_without_noise(posterior_mean):
     """On the chain SamplingChain resolves (the respaced one, K steps), the plugin's step is the
     respaced ancestral step with z = 0 whatever noise it is handed, and the ancestral step
     itself at the last step (t = 0)."""
-    from dmattack.diffusion import GaussianDiffusion
+    from dmattack.diffusion.gaussian import GaussianDiffusion
+    from dmattack.diffusion.sampling import SamplerConfig, SamplingChain
     from dmattack.models import build_model
-    from dmattack.sampling import SamplerConfig, SamplingChain
 
     diffusion = GaussianDiffusion.from_schedule("linear", 1000)
     model = build_model("tiny", (1, 8, 8)).eval()

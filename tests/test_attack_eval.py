@@ -10,14 +10,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dmattack.attack_eval import POINTS, curve_specs, default_protocol, run_attack, run_curve
 from dmattack.attacks import AttackSpec, attacked_steps
 from dmattack.attacks.plan import AttackPlan
-from dmattack.diffusion import GaussianDiffusion
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import SamplerConfig, sample_batched
+from dmattack.evaluation.attack_eval import (
+    POINTS,
+    curve_specs,
+    default_protocol,
+    run_attack,
+    run_curve,
+)
 from dmattack.models import build_model
-from dmattack.runs import LoadedModel
-from dmattack.sampling import SamplerConfig, sample_batched
-from dmattack.seeding import sample_seeds
+from dmattack.runs.checkpoints import LoadedModel
 
 SAMPLER = SamplerConfig("respaced", 10)
 
@@ -196,8 +202,8 @@ def test_attack_on_images_clips_by_default_and_records_it(tmp_path):
 
 
 def test_paired_damage_closed_forms():
-    from dmattack.attack_eval import paired_damage
-    from dmattack.damage import damage_per_sample
+    from dmattack.evaluation.attack_eval import paired_damage
+    from dmattack.evaluation.damage import damage_per_sample
     from evaluators.digits_model import digits_split, load_digits_cnn
 
     clean = torch.zeros(6, 3)
@@ -231,7 +237,7 @@ def test_paired_damage_closed_forms():
 
 
 def test_feature_distance_is_measured_when_the_attack_used_features():
-    from dmattack.damage import damage_feature_extractor, damage_per_sample
+    from dmattack.evaluation.damage import damage_feature_extractor, damage_per_sample
     from evaluators.digits_model import digits_split, load_digits_cnn
 
     _, _, x, _ = digits_split()
@@ -250,7 +256,7 @@ def test_feature_distance_is_measured_when_the_attack_used_features():
 
 
 def test_improved_under_attack_flags_set_metrics_that_get_better():
-    from dmattack.damage import improved_under_attack
+    from dmattack.evaluation.damage import improved_under_attack
 
     clean = {"FID (digits-cnn)": 246.0, "KID (digits-cnn)": 0.1, "KID std": 0.01, "IS": 2.0,
              "FD (exact)": 1.0, "variance ratio": 0.5}
@@ -283,7 +289,11 @@ def test_attack_results_record_the_attacked_steps(tmp_path):
 
 
 def test_curve_tables_count_the_attacked_steps_and_mark_the_last(tmp_path):
-    from dmattack.attack_eval.render import LAST_STEP_MARK, marked_values, percent_headers
+    from dmattack.evaluation.attack_eval.render import (
+        LAST_STEP_MARK,
+        marked_values,
+        percent_headers,
+    )
 
     # the former counting (all steps), under which the zero-budget last step can be attacked
     specs = curve_specs(["random"], [30, 100], windows=("first", "last"), step_counting="all")
@@ -320,7 +330,7 @@ def _point(model, series, damage, control=False, percent=50.0):
 def test_relative_to_random_and_model_comparisons_closed_forms():
     import numpy as np
 
-    from dmattack.damage import curve_comparisons, with_random_baselines
+    from dmattack.evaluation.damage import curve_comparisons, with_random_baselines
 
     rng = np.random.default_rng(0)
     rand = 1 + 0.1 * rng.random(20)
@@ -359,7 +369,7 @@ def test_relative_to_random_and_model_comparisons_closed_forms():
 
 
 def test_a_set_metric_better_under_attack_is_flagged(tmp_path):
-    from dmattack.attack_eval.render import IMPROVED_MARK, marked_values
+    from dmattack.evaluation.attack_eval.render import IMPROVED_MARK, marked_values
 
     def falling_fid():
         calls = []
@@ -388,7 +398,7 @@ def test_a_set_metric_better_under_attack_is_flagged(tmp_path):
 def test_convergence_diagnostics_are_recorded_when_the_attack_fills_them(tmp_path):
     from dataclasses import dataclass
 
-    from dmattack.cli_output import convergence_warning
+    from dmattack.commands.output import convergence_warning
 
     diag = {"trace": [0.1, 0.2, 0.3], "converged": False, "iterations": 2, "restarts": 1,
             "tolerance": 0.01, "rise_last_fifth": 0.25}

@@ -10,7 +10,6 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from dmattack import cli_lazy
 from dmattack.attacks import AttackEntry, AttackSpec, ChainRandom, TrajectoryConfig
 from dmattack.attacks.options import (
     COMMAND_OPTIONS,
@@ -20,9 +19,10 @@ from dmattack.attacks.options import (
     spec_from_options,
 )
 from dmattack.attacks.schedule import COMMON, RECORD
-from dmattack.errors import ConfigError
-from dmattack.registry import ATTACKS
-from dmattack.settings import check_settings, setting
+from dmattack.commands import lazy as cli_lazy
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import ATTACKS
+from dmattack.core.settings import check_settings, setting
 
 
 @dataclass(frozen=True)

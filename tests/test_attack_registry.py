@@ -13,7 +13,6 @@ import torch
 import torchattacks
 from safetensors.torch import load_file
 
-from dmattack.attack_eval import run_attack, run_curve
 from dmattack.attacks import (
     AttackEntry,
     AttackPlan,
@@ -25,13 +24,9 @@ from dmattack.attacks import (
     WholeChainAttack,
     attacked_steps,
 )
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError
-from dmattack.models import build_model
-from dmattack.registry import ATTACKS
-from dmattack.runs import LoadedModel
-from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
-from dmattack.seeding import (
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import ATTACKS
+from dmattack.core.seeding import (
     ATTACK,
     CHAIN_NOISE,
     generators,
@@ -39,7 +34,12 @@ from dmattack.seeding import (
     randn_per_sample,
     sample_seeds,
 )
-from dmattack.settings import check_settings, setting
+from dmattack.core.settings import check_settings, setting
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample_batched
+from dmattack.evaluation.attack_eval import run_attack, run_curve
+from dmattack.models import build_model
+from dmattack.runs.checkpoints import LoadedModel
 
 DIM = 4
 K = 10

@@ -14,7 +14,8 @@ read) and the command's output folder, each file read must be covered by the res
   appears in the key material.
 
 Files opened by native code (safetensors' Rust reader, mmap) raise no audit event; the loaders
-hash every weight file in Python first (dmattack.runs.load_unet_folder), so they are seen.
+hash every weight file in Python first (dmattack.runs.checkpoints.load_unet_folder), so they are
+seen.
 """
 
 from __future__ import annotations

@@ -16,14 +16,14 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from dmattack import stats
 from dmattack.card import check_card, load_protocol
 from dmattack.card import compute as card_compute
 from dmattack.card.compare import compare_cards
 from dmattack.card.headline import headline_numbers, per_sample_auc
 from dmattack.card.protocol import PROTOCOL_DIR, _read
 from dmattack.card.report import merged_curve
-from dmattack.errors import ConfigError
+from dmattack.core import stats
+from dmattack.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 DDPM = ROOT / "checkpoints" / "digits-ddpm"

@@ -15,11 +15,11 @@ from dmattack.attacks import (
     make_hook_factory,
 )
 from dmattack.attacks.schedule import steps_with_budget
-from dmattack.diffusion import GaussianDiffusion, respace
-from dmattack.errors import ConfigError
+from dmattack.core.errors import ConfigError
+from dmattack.core.seeding import ATTACK, generators, sample_seeds
+from dmattack.diffusion.gaussian import GaussianDiffusion, respace
+from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample, sample_batched
 from dmattack.models import build_model
-from dmattack.sampling import SamplerConfig, SamplingChain, sample, sample_batched
-from dmattack.seeding import ATTACK, generators, sample_seeds
 
 DIM = 8
 K = 20

@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from dmattack.errors import ConfigError
-from dmattack.option_types import OutOfRange, parse_number, parse_t_star
+from dmattack.core.errors import ConfigError
+from dmattack.core.option_types import OutOfRange, parse_number, parse_t_star
 from dmattack.purification.evaluate import PurifyConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,9 @@ def no_sampling(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("sampled before the check")
 
-    for where in ("dmattack.workflows.sample_batched", "dmattack.attack_eval.run_attack",
-                  "dmattack.attack_eval.run_curve"):
+    for where in ("dmattack.commands.workflows.sample_batched",
+                  "dmattack.evaluation.attack_eval.run_attack",
+                  "dmattack.evaluation.attack_eval.run_curve"):
         monkeypatch.setattr(where, boom)
 
 
@@ -134,7 +135,7 @@ def test_feature_dimension_is_the_extractors():
     """d comes from the extractor: digits-cnn's FID features really are that wide."""
     import torch
 
-    from dmattack.evaluation import frechet_dimension
+    from dmattack.evaluation.metrics import frechet_dimension
     from evaluators.extractors import extract_features, resolve_weights
 
     x = torch.rand(5, 1, 8, 8) * 2 - 1
@@ -168,7 +169,7 @@ def test_allow_small_fid_is_recorded_by_attack(tmp_path):
 
 
 def test_large_enough_fid_needs_no_flag():
-    from dmattack.evaluation import check_sample_size
+    from dmattack.evaluation.metrics import check_sample_size
 
     check_sample_size(["fid", "kid"], (1, 8, 8), 65, "digits-cnn")
     with pytest.raises(ConfigError, match="65"):

@@ -1,6 +1,6 @@
 """Fast answers (issue 20 item 2): `dmattack --help`, `dmattack CMD --help` and option errors
 without importing torch, from options built from the config dataclasses and cached as data
-(dmattack/cli_lazy.py): the cached options equal the live ones, a damaged or foreign cache is
+(dmattack/commands/lazy.py): the cached options equal the live ones, a damaged or foreign cache is
 not used; and --threads (item 3)."""
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from dmattack import cli_lazy, threads
+from dmattack.commands import lazy as cli_lazy
+from dmattack.core import threads
 
 ROOT = Path(__file__).resolve().parent.parent
 LAZY_COMMANDS = ("train", "sample", "attack", "curve", "evaluate", "purify")
@@ -52,7 +53,7 @@ def _imported(args: list[str], cache_dir: Path) -> tuple[subprocess.CompletedPro
 def test_help_and_option_errors_do_not_import_torch(cache, args, code):
     proc, modules = _imported(args, cache)
     assert proc.returncode == code, proc.stderr[-2000:]
-    assert "click" in modules and "dmattack.cli_lazy" in modules  # the measurement works
+    assert "click" in modules and "dmattack.commands.lazy" in modules  # the measurement works
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
     if code == 2:
         errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("Error:")]

@@ -113,8 +113,8 @@ def add_sharded_index(folder: Path, weights: Path) -> None:
 
 
 def test_sharded_index_planted_in_a_checkpoint_is_refused(tmp_path):
-    from dmattack.errors import RunFolderError
-    from dmattack.runs import load_run
+    from dmattack.core.errors import RunFolderError
+    from dmattack.runs.checkpoints import load_run
 
     run_dir = tmp_path / "run"
     shutil.copytree(DDPM, run_dir)
@@ -130,8 +130,8 @@ def test_sharded_index_planted_in_a_checkpoint_is_refused(tmp_path):
 
 
 def test_sharded_index_planted_in_a_pipeline_is_refused(tmp_path):
-    from dmattack.errors import InputFileError
-    from dmattack.pipeline import load_pipeline
+    from dmattack.core.errors import InputFileError
+    from dmattack.runs.pipeline import load_pipeline
 
     pipe = tmp_path / "pipe"
     run("export", "--run", DDPM, "--out", pipe)
@@ -156,8 +156,8 @@ def test_sharded_index_planted_in_a_pipeline_is_refused(tmp_path):
 def test_fingerprint_covers_every_file_the_loader_reads(tmp_path):
     """Each file the loader reads (index and shard included) changes the fingerprint when one
     byte of it changes, or makes loading refuse."""
-    from dmattack.errors import InputFileError
-    from dmattack.pipeline import load_pipeline
+    from dmattack.core.errors import InputFileError
+    from dmattack.runs.pipeline import load_pipeline
 
     pipe = tmp_path / "pipe"
     run("export", "--run", DDPM, "--out", pipe)
@@ -239,7 +239,7 @@ def _two_functions_named_the_same():
 
 
 def test_callable_key_same_name_different_code():
-    from dmattack.keys import callable_key
+    from dmattack.core.keys import callable_key
 
     a, b = _two_functions_named_the_same()
     assert a.__qualname__ == b.__qualname__ and callable_key(a) != callable_key(b)
@@ -248,7 +248,7 @@ def test_callable_key_same_name_different_code():
 
 
 def test_callable_key_sees_constants_defaults_closures_and_globals():
-    from dmattack.keys import callable_key
+    from dmattack.core.keys import callable_key
 
     def make(scale, net):
         def metric(x):  # noqa: ARG001 - only its key matters here
@@ -272,7 +272,7 @@ def test_callable_key_sees_constants_defaults_closures_and_globals():
 def test_unkeyable_callable_is_refused_with_how_to_key_it():
     import threading
 
-    from dmattack.keys import UnkeyableError, callable_key
+    from dmattack.core.keys import UnkeyableError, callable_key
 
     lock = threading.Lock()
 
@@ -287,9 +287,9 @@ def test_unkeyable_callable_is_refused_with_how_to_key_it():
 
 
 def test_curve_never_resumes_a_same_name_metric_with_other_code(tmp_path):
-    from dmattack.attack_eval import run_curve
-    from dmattack.runs import load_run
-    from dmattack.sampling import SamplerConfig
+    from dmattack.diffusion.sampling import SamplerConfig
+    from dmattack.evaluation.attack_eval import run_curve
+    from dmattack.runs.checkpoints import load_run
 
     loaded = load_run(DDPM)
     kw = dict(num_samples=4, seed=0, sampler=SamplerConfig("respaced", steps=5),
@@ -316,7 +316,7 @@ def test_shard_slices_are_verified_on_read(tmp_path, monkeypatch, caplog):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    import dmattack.attack_eval.store as ae
+    import dmattack.evaluation.attack_eval.store as ae
 
     monkeypatch.setattr(ae.distributed, "is_distributed", lambda: True)
     calls = []

@@ -34,10 +34,10 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import cli
-from dmattack.attack_eval import POINTS
-from dmattack.objectives import ObjectiveConfig
-from dmattack.runs import CHECKPOINT, PREVIOUS
-from dmattack.train import TrainConfig, train
+from dmattack.evaluation.attack_eval import POINTS
+from dmattack.runs.checkpoints import CHECKPOINT, PREVIOUS
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -69,8 +69,8 @@ os.fsync = counted(os.fsync)
 safetensors.torch.save_file = counted(safetensors.torch.save_file)
 
 import cli
-from dmattack.objectives import ObjectiveConfig
-from dmattack.train import TrainConfig, train
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, train
 
 job = json.loads(sys.argv[1])
 

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 import cli
 import dmattack.demo as demo_pkg
 import dmattack.demo.run as demo_run
+from dmattack.core.errors import ConfigError, OutputError
 from dmattack.demo import SECTIONS as SECTIONS_BY_NAME
 from dmattack.demo import headline_rows, resolve_sections, run_demo
 from dmattack.demo.aggregate import aggregate_rows, aggregate_sections, agreement, combine_claims
@@ -51,7 +52,6 @@ from dmattack.demo.plan import (
 )
 from dmattack.demo.pool import TaskPool
 from dmattack.demo.report_sections import cell, cells
-from dmattack.errors import ConfigError, OutputError
 
 SECTIONS = ("corrupted_subspace", "toy_3d", "attacks", "sampling_steps")
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from dmattack.diffusion import GaussianDiffusion, beta_schedule, respace
+from dmattack.diffusion.gaussian import GaussianDiffusion, beta_schedule, respace
 
 
 def _float64(sched):

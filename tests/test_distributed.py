@@ -13,13 +13,13 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from dmattack import distributed
-from dmattack.attack_eval import curve_specs, run_curve
-from dmattack.objectives import ObjectiveConfig
-from dmattack.runs import load_run
-from dmattack.sampling import SamplerConfig, sample_batched, sample_sharded
-from dmattack.seeding import sample_seeds
-from dmattack.train import TrainConfig, train
+from dmattack.core import distributed
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.sampling import SamplerConfig, sample_batched, sample_sharded
+from dmattack.evaluation.attack_eval import curve_specs, run_curve
+from dmattack.runs.checkpoints import load_run
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, train
 
 SAMPLER = SamplerConfig("respaced", 8)
 N, BATCH = 10, 3  # shards of whole batches: rank 0 takes 2 batches, rank 1 the other 2
@@ -55,7 +55,7 @@ def _first(rank: int, world: int, port: int, root: Path) -> None:
     """Train with DDP, sample sharded, then run a sharded curve killed inside its second
     point (after both ranks kept their slices)."""
     _join(rank, world, port)
-    import dmattack.train as train_mod
+    import dmattack.training.train as train_mod
 
     saves = []
     real_save = train_mod.save_checkpoint
@@ -86,7 +86,7 @@ def _first(rank: int, world: int, port: int, root: Path) -> None:
 def _resume(rank: int, world: int, port: int, root: Path) -> None:
     """Re-run the killed curve; count the slices recomputed."""
     _join(rank, world, port)
-    import dmattack.attack_eval.curve as ae
+    import dmattack.evaluation.attack_eval.curve as ae
 
     computed = []
     real = ae.point_samples

@@ -7,14 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmattack.attack_eval import default_protocol
+from dmattack.core.errors import ConfigError
 from dmattack.data import DATASETS, DatasetEntry, load_dataset
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.evaluation.attack_eval import default_protocol
 from dmattack.models import PRESETS, EvalProtocol, ModelPreset, build_model
-from dmattack.runs import LoadedModel
-from dmattack.train import _memory_format, _run_config
-from dmattack.train_config import MAX_IN_MEMORY_RESOLUTION, TrainConfig
+from dmattack.runs.checkpoints import LoadedModel
+from dmattack.training.config import MAX_IN_MEMORY_RESOLUTION, TrainConfig
+from dmattack.training.train import _memory_format, _run_config
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 
 import cli
-from dmattack.runs import LoadedModel
+from dmattack.runs.checkpoints import LoadedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 DDPM = str(ROOT / "checkpoints" / "digits-ddpm")
@@ -36,18 +36,18 @@ ALLOWED_UNUSED = {
 # bases for a command whose options depend on another (the attack method, given samples)
 BASES: dict[str, tuple[str, list[str], str]] = {
     "train": ("train", ["--dataset", "oblique-plane", "--preset", "mlp-small", "--num-data",
-                        "64"], "dmattack.train.train"),
-    "sample": ("sample", ["--run", DDPM], "dmattack.workflows.write_samples"),
-    "attack": ("attack", ["--run", DDPM], "dmattack.attack_eval.run_attack"),
+                        "64"], "dmattack.training.train.train"),
+    "sample": ("sample", ["--run", DDPM], "dmattack.commands.workflows.write_samples"),
+    "attack": ("attack", ["--run", DDPM], "dmattack.evaluation.attack_eval.run_attack"),
     "attack-trajectory": ("attack", ["--run", DDPM, "--method", "trajectory"],
-                          "dmattack.attack_eval.run_attack"),
+                          "dmattack.evaluation.attack_eval.run_attack"),
     "attack-lookahead": ("attack", ["--run", DDPM, "--method", "lookahead"],
-                         "dmattack.attack_eval.run_attack"),
-    "curve": ("curve", ["--run", DDPM], "dmattack.attack_eval.run_curve"),
+                         "dmattack.evaluation.attack_eval.run_attack"),
+    "curve": ("curve", ["--run", DDPM], "dmattack.evaluation.attack_eval.run_curve"),
     "evaluate": ("evaluate", ["--run", DDPM], "evaluators.evaluate"),
     "evaluate-samples": ("evaluate", ["--run", DDPM, "--samples", "{tmp}/x.safetensors"],
                          "evaluators.evaluate"),
-    "export": ("export", ["--run", DDPM], "dmattack.pipeline.export_pipeline"),
+    "export": ("export", ["--run", DDPM], "dmattack.runs.pipeline.export_pipeline"),
     "purify": ("purify", ["--num-samples", "8"], "dmattack.purification.run_purification"),
     "demo": ("demo", [], "dmattack.demo.run_demo"),
     "card": ("card", ["--run", DDPM, "--protocol", "digits-quick-v1"],
@@ -221,7 +221,7 @@ def test_every_option_is_used_or_refused(base, tmp_path, monkeypatch, sample_fil
     monkeypatch.setattr(cli, "RUNS_ROOT", tmp_path / "runs")
     # evaluate runs for real up to scoring (what results.json records: the scoring call's
     # arguments and protocol), with zeros for samples
-    monkeypatch.setattr("dmattack.workflows.sample_batched",
+    monkeypatch.setattr("dmattack.commands.workflows.sample_batched",
                         lambda model, diffusion, shape, seeds, *a, **k: torch.zeros(
                             len(seeds), *shape))
     code, output, recorded = _invoke(command, base_args, tmp_path / "base")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import cli
-import dmattack.workflows
+import dmattack.commands.workflows
 import evaluators
 from evaluators import MetricError, inception
 
@@ -35,7 +35,7 @@ def test_missing_inception_weights_fail_before_sampling(tmp_path, monkeypatch, n
     def sampled(*args, **kwargs):
         raise AssertionError("sampled before finding the weights missing")
 
-    monkeypatch.setattr(dmattack.workflows, "sample_batched", sampled)
+    monkeypatch.setattr(dmattack.commands.workflows, "sample_batched", sampled)
     result = invoke("evaluate", "--run", DDPM, *SMALL, "--metrics", "fid",
                     "--feature-extractor", "inception", "--out", tmp_path / "e")
     assert result.exit_code == 2, result.output
@@ -48,7 +48,7 @@ def test_missing_inception_weights_fail_before_sampling(tmp_path, monkeypatch, n
 def test_attack_and_curve_metric_fn_finds_missing_weights_first(no_inception):
     """attack and curve build their metric_fn (make_metric_fn) before sampling: it locates the
     weights, so a missing file fails there."""
-    from dmattack.evaluation import Reference, make_metric_fn
+    from dmattack.evaluation.metrics import Reference, make_metric_fn
 
     ref = Reference(torch.zeros(4, 3, 16, 16), None, "cifar-like", {"name": "x"})
     with pytest.raises(MetricError, match="Inception weights not found"):

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 import cli
 from dmattack.data import DATASETS
 from dmattack.models import PRESETS
-from dmattack.objectives import ObjectiveConfig
-from dmattack.train import TrainConfig, train
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, train
 
 DEEP = int(os.environ.get("DMATTACK_FUZZ_EXAMPLES", "0"))
 
@@ -108,7 +108,7 @@ def stub_training(monkeypatch):
         calls.append(cfg)
         return Path(run_dir)
 
-    monkeypatch.setattr("dmattack.train.train", fake_train)
+    monkeypatch.setattr("dmattack.training.train.train", fake_train)
     return calls
 
 
@@ -222,7 +222,8 @@ def test_fuzz_model_commands(world, command, examples, tmp_path_factory):
 
 # ------------------------------------------------------------------------ former crashes
 KNOWN = [
-    # IndexError in GaussianDiffusion for a 1-step chain (dmattack/diffusion.py, sampling.py)
+    # IndexError in GaussianDiffusion for a 1-step chain (dmattack/diffusion/gaussian.py,
+    # sampling.py)
     (["sample", "--sampler", "respaced", "--steps", "1", "--num-samples", "2"], "steps"),
     # NotADirectoryError in cli.export's emptiness check
     (["export", "--out", "{afile}"], "afile"),

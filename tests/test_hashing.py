@@ -1,10 +1,10 @@
-"""dmattack.hashing: the sha256 of a file against hashlib on the whole bytes; the memoised
+"""dmattack.core.hashing: the sha256 of a file against hashlib on the whole bytes; the memoised
 variant sees a changed file."""
 
 import hashlib
 import os
 
-from dmattack.hashing import READ_BYTES, sha256_file, weights_sha256
+from dmattack.core.hashing import READ_BYTES, sha256_file, weights_sha256
 
 
 def test_sha256_file_equals_hashlib_on_the_whole_bytes(tmp_path):

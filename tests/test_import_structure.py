@@ -34,12 +34,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("dmattack", "evaluators")
 FOUNDATIONS = frozenset({
-    "dmattack", "dmattack.errors", "dmattack.io", "dmattack.hashing", "dmattack.stats",
-    "dmattack.registry", "dmattack.text", "dmattack.oserrors",
+    "dmattack", "dmattack.core", "dmattack.core.errors", "dmattack.core.io",
+    "dmattack.core.hashing", "dmattack.core.stats", "dmattack.core.registry", "dmattack.core.text",
+    "dmattack.core.oserrors",
 })
 """dmattack's bottom layer: the only dmattack modules ``evaluators/`` may import."""
-TRAINING = ("dmattack.train", "dmattack.train_config", "dmattack.objectives",
-            "dmattack.train_stop")
+TRAINING = tuple(f"dmattack.training.{p.stem}" for p in sorted((ROOT / "dmattack" / "training")
+                                                                 .glob("[!_]*.py")))
+"""Every module of the training package."""
 STDLIB_CLASS_NAMES = frozenset(
     name for module in (typing, collections.abc, abc, dataclasses, enum, functools, pathlib,
                         contextlib)
@@ -165,13 +167,14 @@ def test_cycle_finder_finds_a_planted_cycle():
 
 def test_graph_reads_function_level_and_skips_type_checking_imports():
     graph = import_graph()
-    assert graph["dmattack.train"] >= {"dmattack.runs", "dmattack.train_config", "torch"}
-    # dmattack.evaluation imports evaluators only inside functions
-    assert "evaluators" in graph["dmattack.evaluation"]
-    assert "evaluators" not in import_graph(inside_functions=False)["dmattack.evaluation"]
+    assert graph["dmattack.training.train"] >= {"dmattack.runs.checkpoints",
+                                                "dmattack.training.config", "torch"}
+    # dmattack.evaluation.metrics imports evaluators only inside functions
+    assert "evaluators" in graph["dmattack.evaluation.metrics"]
+    assert "evaluators" not in import_graph(inside_functions=False)["dmattack.evaluation.metrics"]
     # train_stop names TrainConfig only for type checking
-    assert "dmattack.train_config" not in import_graph(inside_functions=False)[
-        "dmattack.train_stop"]
+    assert "dmattack.training.config" not in import_graph(inside_functions=False)[
+        "dmattack.training.stop"]
 
 
 def test_no_import_cycle():
@@ -197,7 +200,8 @@ def test_evaluators_import_only_dmattack_foundations():
 
 @pytest.mark.parametrize("module", TRAINING)
 def test_training_does_not_reach_attack_machinery(module):
-    """Training needs the perturbation maths (dmattack.perturbation), not the attack package
+    """Training needs the perturbation maths (dmattack.diffusion.perturbation), not the attack
+    package
     or torchattacks, not even through an import inside a function."""
     seen = reach(import_graph(), module)
     bad = [m for m in seen if m == "torchattacks" or m.startswith("dmattack.attacks")]
@@ -206,7 +210,7 @@ def test_training_does_not_reach_attack_machinery(module):
 
 def test_runs_does_not_need_train():
     """Not even inside a function: train builds on runs, never the other way round."""
-    assert "dmattack.train" not in reach(import_graph(), "dmattack.runs")
+    assert "dmattack.training.train" not in reach(import_graph(), "dmattack.runs.checkpoints")
 
 
 def test_reach_follows_parent_packages():
@@ -280,10 +284,10 @@ def test_no_class_named_like_a_standard_name():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first", ["dmattack.runs", "evaluators"])
+@pytest.mark.parametrize("first", ["dmattack.runs.checkpoints", "evaluators"])
 def test_each_module_imports_first_in_a_fresh_process(first):
     """Importing a module first (before anything else) works: the order a cycle breaks."""
-    code = f"import {first}; import dmattack.train, dmattack.runs, cli"
+    code = f"import {first}; import dmattack.training.train, dmattack.runs.checkpoints, cli"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                             text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -293,3 +297,66 @@ if __name__ == "__main__":
     for module, imported in sorted(import_graph().items()):
         for target in sorted(imported):
             print(module, "->", target)
+
+
+# ------------------------------------------------------------------------------- layers
+LAYERS = {
+    "dmattack.core": 0, "evaluators": 1, "dmattack.diffusion": 1, "dmattack.models": 1,
+    "dmattack.data": 1, "dmattack.runs": 2, "dmattack.training": 2, "dmattack.attacks": 3,
+    "dmattack.purification": 3, "dmattack.evaluation": 4, "dmattack.commands": 5,
+    "dmattack.card": 5, "dmattack.demo": 5,
+}
+"""The layers of docs/architecture.md, bottom (0) to top: a package imports only packages of
+lower layers (and itself)."""
+SAME_LAYER = {("dmattack.training", "dmattack.runs"),
+              ("dmattack.runs.config", "dmattack.training.config")}
+"""The arrows allowed within a layer (docs/architecture.md): the training loop saves and
+resumes through runs (any module); runs validates a run's ``train`` section with the training
+config module only."""
+
+
+def layer_of(module: str) -> str | None:
+    """The :data:`LAYERS` package holding ``module`` (None: the ``dmattack`` package face, or
+    not ours)."""
+    return next((p for p in LAYERS if module == p or module.startswith(p + ".")), None)
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """``module -> target`` edges of ``graph`` that run up the layers, or across packages of one
+    layer other than :data:`SAME_LAYER`."""
+    bad = []
+    for module, targets in graph.items():
+        src = layer_of(module)
+        for target in targets:
+            dst = layer_of(target)
+            if src is None or dst is None or src == dst or LAYERS[dst] < LAYERS[src]:
+                continue
+            if LAYERS[dst] == LAYERS[src] and ({(src, dst), (module, target)} & SAME_LAYER):
+                continue
+            bad.append(f"{module} -> {target}")
+    return sorted(bad)
+
+
+def test_every_module_is_in_a_layer():
+    """A new module of dmattack goes into one of the layers (the top level holds only the
+    package face)."""
+    loose = [m for m in _modules() if m != "dmattack" and layer_of(m) is None]
+    assert not loose, f"modules outside the layers of docs/architecture.md: {loose}"
+
+
+def test_imports_run_down_the_layers():
+    """Module-level and function-level imports alike."""
+    bad = layer_violations(import_graph())
+    assert not bad, "imports up or across the layers: " + "; ".join(bad)
+
+
+def test_layer_check_finds_planted_violations():
+    planted = {"dmattack.core.io": {"dmattack.attacks.chain", "dmattack.core.errors"},
+               "dmattack.runs.checkpoints": {"dmattack.training.train"},
+               "dmattack.runs.config": {"dmattack.training.config"},
+               "dmattack.training.train": {"dmattack.runs.checkpoints"},
+               "dmattack.attacks.chain": {"dmattack.purification.attacks"}}
+    assert layer_violations(planted) == [
+        "dmattack.attacks.chain -> dmattack.purification.attacks",
+        "dmattack.core.io -> dmattack.attacks.chain",
+        "dmattack.runs.checkpoints -> dmattack.training.train"]

@@ -81,7 +81,7 @@ def test_evaluate_kid_reports_interval(tmp_path):
 
 
 def test_printed_metrics_show_kid_with_its_interval():
-    from dmattack.cli_output import metric_row
+    from dmattack.commands.output import metric_row
 
     row = metric_row({"KID (digits-cnn)": 0.0123, "KID std (digits-cnn)": 0.002,
                       "KID ci95 lo (digits-cnn)": 0.01, "KID ci95 hi (digits-cnn)": 0.015,
@@ -104,7 +104,7 @@ def test_curve_rows_and_csv_carry_the_kid_interval():
     import csv
     import io
 
-    from dmattack.attack_eval.render import curve_csv, marked_values, metric_interval
+    from dmattack.evaluation.attack_eval.render import curve_csv, marked_values, metric_interval
 
     metrics = {"KID (digits-cnn)": 0.0123, "KID ci95 lo (digits-cnn)": 0.01,
                "KID ci95 hi (digits-cnn)": 0.015}

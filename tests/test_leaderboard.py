@@ -17,7 +17,7 @@ from PIL import Image
 
 from cli import main as cli_main
 from dmattack.card import check_card, load_protocol, protocol_identity, write_leaderboard
-from dmattack.errors import ConfigError, InputFileError, OutputError
+from dmattack.core.errors import ConfigError, InputFileError, OutputError
 
 EVIL = '<script>window.pwned = 1</script> "Robust" & co'
 QUICK = protocol_identity(load_protocol("digits-quick-v2"))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 import cli
-from dmattack.runs import sha256_file
+from dmattack.runs.checkpoints import sha256_file
 
 DDPM = Path(__file__).resolve().parents[1] / "checkpoints" / "digits-ddpm"
 SMALL = ["--num-samples", "6", "--batch-size", "6", "--sampler", "respaced", "--sampler-steps", "4"]

@@ -10,20 +10,20 @@ import pytest
 import torch
 from torch import nn
 
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import OBJECTIVES
+from dmattack.core.settings import setting
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.perturbation import RayConfig, ray
 from dmattack.models import build_model
-from dmattack.objective_config import FGSMOptions, ObjectiveOptions, RegularisedOptions
-from dmattack.objectives import (
+from dmattack.training.objective_options import FGSMOptions, ObjectiveOptions, RegularisedOptions
+from dmattack.training.objectives import (
     BUILTIN_STATS,
     ObjectiveConfig,
     draw_step,
     lambda_weight,
     training_loss,
 )
-from dmattack.perturbation import RayConfig, ray
-from dmattack.registry import OBJECTIVES
-from dmattack.settings import setting
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -275,7 +275,7 @@ class OwnLambdaOptions(ObjectiveOptions):
 
 @pytest.fixture
 def two_plugins():
-    from dmattack.objectives import Objective, ddpm_loss
+    from dmattack.training.objectives import Objective, ddpm_loss
 
     OBJECTIVES.register("mine", Objective(ddpm_loss, "shares the regulariser", MomentumOptions))
     OBJECTIVES.register("other", Objective(ddpm_loss, "its own lam", OwnLambdaOptions))
@@ -288,8 +288,8 @@ def test_train_options_share_identical_declarations_and_prefix_clashes(two_plugi
     """`dmattack train`'s objective options: a field declared like a built-in one shares its
     option (--lambda), a new one is added (--decay), one declared otherwise under a taken name
     is spelled --<method>-<option>; each says which methods read it."""
-    from dmattack.objective_cli import from_train_options, objective_option_table
-    from dmattack.settings import iter_settings, setting_of
+    from dmattack.core.settings import iter_settings, setting_of
+    from dmattack.training.objective_cli import from_train_options, objective_option_table
 
     table = objective_option_table()
     assert table.params["mine"]["objective__lam"] == "lam" == \

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 import cli
-import dmattack.registry as registry
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError
-from dmattack.registry import METRICS, SAMPLERS
-from dmattack.sampling import Sampler, SamplerConfig, sample
+import dmattack.core.registry as registry
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import METRICS, SAMPLERS
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import Sampler, SamplerConfig, sample
 from evaluators import Metric, evaluate
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "checkpoints" / "digits-ddpm")
@@ -132,8 +132,8 @@ def installed(tmp_path, monkeypatch):
 
 def test_entry_point_plugin_is_loaded_and_listed(installed):
     installed("test-plugin", '''
-        from dmattack.registry import SAMPLERS
-        from dmattack.sampling import Sampler, ancestral_step
+        from dmattack.core.registry import SAMPLERS
+        from dmattack.diffusion.sampling import Sampler, ancestral_step
 
         SAMPLERS.register("plugin-ancestral", Sampler("a plugin's sampler", ancestral_step))
     ''')
@@ -155,7 +155,7 @@ def test_entry_point_plugin_is_loaded_and_listed(installed):
                                     "ImportError('no module named torchvision2')"])
 def test_anything_a_plugin_raises_is_one_warning(installed, caplog, raises):
     installed("broken", f"raise {raises}\n")
-    installed("fine", "from dmattack.registry import METRICS\n")
+    installed("fine", "from dmattack.core.registry import METRICS\n")
     assert "ddpm" in SAMPLERS  # the first lookup loads both; the toolkit goes on
     why = type(eval(raises)).__name__ + ("" if raises.endswith("()") else ": " + str(
         eval(raises)))
@@ -179,7 +179,7 @@ def test_the_users_ctrl_c_while_a_plugin_loads_propagates(installed):
 
 
 def test_no_plugin_loads_while_a_toolkit_module_is_imported(installed):
-    installed("marker", "from dmattack.registry import PLUGINS\n")
+    installed("marker", "from dmattack.core.registry import PLUGINS\n")
     body = "seen = (importing_toolkit(), 'ddpm' in SAMPLERS, dict(PLUGINS))"
     for name, loads in (("dmattack.half_imported", False), ("evaluators.x", False),
                         ("cli", False), ("users_module", True)):
@@ -193,10 +193,10 @@ def test_no_plugin_loads_while_a_toolkit_module_is_imported(installed):
 
 def test_a_plugin_looking_up_a_registry_while_loading_is_not_reentered(installed):
     installed("first", """
-        from dmattack.registry import PLUGINS, SAMPLERS
+        from dmattack.core.registry import PLUGINS, SAMPLERS
         SEEN = (SAMPLERS.names(), dict(PLUGINS))
     """)
-    installed("second", "from dmattack.registry import PLUGINS\n")
+    installed("second", "from dmattack.core.registry import PLUGINS\n")
     registry.load_plugins()
     names, plugins = sys.modules["dmattack_test_plugin_0"].SEEN
     assert "ddpm" in names and "first" not in plugins  # the lookup inside did not load again

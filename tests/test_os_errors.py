@@ -23,12 +23,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import cli
-from dmattack.errors import OutputError
-from dmattack.io import write_json
-from dmattack.objectives import ObjectiveConfig
-from dmattack.oserrors import describe, output_error, save_file, torch_save
-from dmattack.runs import CHECKPOINT
-from dmattack.train import TrainConfig, resume_config, train
+from dmattack.core.errors import OutputError
+from dmattack.core.io import write_json
+from dmattack.core.oserrors import describe, output_error, save_file, torch_save
+from dmattack.runs.checkpoints import CHECKPOINT
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

@@ -53,7 +53,7 @@ def test_two_pipelines_with_the_same_folder_name_write_two_folders(tmp_path, mon
 def test_upscale_is_nearest_neighbour_blocks():
     import torch
 
-    from dmattack.visualize import upscale
+    from dmattack.core.visualize import upscale
 
     x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).reshape(2, 1, 8, 8)
     big = upscale(x)
@@ -69,7 +69,7 @@ def test_pairs_png(tmp_path):
     import torch
     from PIL import Image
 
-    from dmattack.visualize import save_pairs_png
+    from dmattack.core.visualize import save_pairs_png
 
     clean = torch.zeros(5, 64)  # 64-D digit vectors: 8×8 images
     attacked = clean.clone()
@@ -84,7 +84,7 @@ def test_pairs_png(tmp_path):
 def test_identical_curve_series_stay_visible(tmp_path, monkeypatch):
     """Two series with the same values get different markers and line styles (and linear
     axes), so the one drawn last does not hide the other."""
-    from dmattack import visualize
+    from dmattack.core import visualize
 
     figures = []
     monkeypatch.setattr(visualize.plt, "close", figures.append)

@@ -6,9 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.models import build_model
-from dmattack.perturbation import (
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.perturbation import (
     RayConfig,
     fgsm_cost,
     fgsm_perturbation,
@@ -17,6 +16,7 @@ from dmattack.perturbation import (
     random_perturbation,
     ray,
 )
+from dmattack.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,12 @@ import pytest
 import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from dmattack.attack_eval import default_protocol
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import InputFileError
+from dmattack.core.errors import InputFileError
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.evaluation.attack_eval import default_protocol
 from dmattack.models import build_model
-from dmattack.pipeline import export_pipeline, load_pipeline
-from dmattack.runs import LoadedModel, load_run
+from dmattack.runs.checkpoints import LoadedModel, load_run
+from dmattack.runs.pipeline import export_pipeline, load_pipeline
 
 T = 50
 

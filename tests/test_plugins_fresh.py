@@ -2,7 +2,8 @@
 
 The plugin is docs/library.md §7's first Python block, read from the doc, and its entry point is
 the doc's pyproject.toml block: the documented example is the tested one. It imports
-dmattack.attacks, dmattack.sampling and dmattack.purification at its top. A second installed
+dmattack.attacks, dmattack.diffusion.sampling and dmattack.purification at its top. A second
+installed
 plugin calls ``sys.exit(3)`` when imported.
 """
 
@@ -79,8 +80,9 @@ def dmattack(site: Path, *args: str) -> subprocess.CompletedProcess:
 
 PROBE = f"""
 import sys
-import dmattack, dmattack.attacks, dmattack.sampling, dmattack.purification, evaluators, cli
-import dmattack.registry as r
+import dmattack, dmattack.attacks, dmattack.diffusion.sampling, dmattack.purification
+import evaluators, cli
+import dmattack.core.registry as r
 print("on import:", r._plugins_loaded, dict(r.PLUGINS), "eps_ascent_plugin" in sys.modules)
 print("first lookup:", "eps-ascent" in r.ATTACKS.names(), dict(r.PLUGINS))
 print("origin:", r.ATTACKS.origin("eps-ascent"), r.SAMPLERS.origin("ddim0"))
@@ -147,13 +149,13 @@ def _library_attacked(site: Path, res: dict) -> torch.Tensor:
     """The attacked samples of the plugin's ChainEpsAscent (strength 0.5, as its entry makes
     it), computed by the library with the run's model, sampler and seeds."""
     from dmattack.attacks import AttackPlan
-    from dmattack.runs import load_run
-    from dmattack.sampling import SamplerConfig, SamplingChain, sample_batched
-    from dmattack.seeding import sample_seeds
+    from dmattack.core.seeding import sample_seeds
+    from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample_batched
+    from dmattack.runs.checkpoints import load_run
 
     spec = importlib.util.spec_from_file_location("doc_plugin_copy", site / "eps_ascent_plugin.py")
     module = importlib.util.module_from_spec(spec)
-    from dmattack.registry import ATTACKS, SAMPLERS
+    from dmattack.core.registry import ATTACKS, SAMPLERS
 
     try:
         spec.loader.exec_module(module)  # registers eps-ascent and ddim0 in this process

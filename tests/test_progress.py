@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from dmattack import progress
+from dmattack.core import progress
 
 ROOT = Path(__file__).resolve().parent.parent
 DDPM = str(ROOT / "checkpoints" / "digits-ddpm")

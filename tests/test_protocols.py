@@ -13,7 +13,7 @@ import tomllib
 
 from dmattack.card import list_protocols, load_protocol, protocol_identity
 from dmattack.card.protocol import PROTOCOL_DIR, REGISTRY, main, registered_hashes
-from dmattack.errors import ConfigError
+from dmattack.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ["cifar10-v1", "cifar10-v2", "digits-quick-v1", "digits-quick-v2", "digits-v1",
@@ -137,9 +137,9 @@ def test_cifar_protocol_pins_the_inception_weights_the_code_accepts():
 
 
 def test_protocol_names_are_registered_dmattack_names():
-    import dmattack.attack_eval  # noqa: F401 - registers the attacks
-    import dmattack.train  # noqa: F401 - registers datasets and samplers
-    from dmattack.registry import REGISTRIES
+    import dmattack.evaluation.attack_eval  # noqa: F401 - registers the attacks
+    import dmattack.training.train  # noqa: F401 - registers datasets and samplers
+    from dmattack.core.registry import REGISTRIES
 
     for label in SHIPPED:
         p = load_protocol(label)

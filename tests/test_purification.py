@@ -14,8 +14,9 @@ import torch
 import torchattacks
 from torch import nn
 
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError, InputFileError
+from dmattack.core.errors import ConfigError, InputFileError
+from dmattack.core.seeding import generators
+from dmattack.diffusion.gaussian import GaussianDiffusion
 from dmattack.purification import (
     PurifiedClassifier,
     Purifier,
@@ -24,8 +25,7 @@ from dmattack.purification import (
     run_purification,
 )
 from dmattack.purification import evaluate as evaluate_mod
-from dmattack.runs import LoadedModel
-from dmattack.seeding import generators
+from dmattack.runs.checkpoints import LoadedModel
 
 T = 20
 SHAPE = (1, 8, 8)

@@ -13,6 +13,7 @@ import torchattacks
 from test_purification import TinyClassifier, images, tiny_loaded
 from torch import nn
 
+from dmattack.core.seeding import sample_seeds
 from dmattack.purification import PurifyConfig, run_purification
 from dmattack.purification import evaluate as evaluate_mod
 from dmattack.purification.attacks import (
@@ -26,7 +27,6 @@ from dmattack.purification.attacks import (
     run_purify_attack,
 )
 from dmattack.purification.results import accuracies, weaker_check
-from dmattack.seeding import sample_seeds
 
 
 class Randomised(nn.Module):

@@ -15,9 +15,9 @@ from test_purification import TinyEps, tiny_diffusion, tiny_loaded
 from torch import nn
 
 import cli
-from dmattack.errors import DmattackError
+from dmattack.core.errors import DmattackError
 from dmattack.purification import NonFiniteError, PurifyConfig, run_purification
-from dmattack.runs import LoadedModel
+from dmattack.runs.checkpoints import LoadedModel
 
 
 class _Brightness(nn.Module):

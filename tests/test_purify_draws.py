@@ -9,6 +9,7 @@ import torchattacks
 from test_purification import TinyClassifier, images, tiny_purifier
 from torch import nn
 
+from dmattack.core.seeding import sample_seeds
 from dmattack.purification import PurifiedClassifier
 from dmattack.purification import draws as draws_mod
 from dmattack.purification.apgd import apgd
@@ -21,7 +22,6 @@ from dmattack.purification.attacks import (
     run_purify_attack,
 )
 from dmattack.purification.draws import eot_logits, seeded_logits
-from dmattack.seeding import sample_seeds
 
 
 def purified() -> PurifiedClassifier:

@@ -22,23 +22,23 @@ from conftest import assert_same_weights, checkpoint_tensors, invoke_cli, tiny_t
 from PIL import Image
 from safetensors.torch import load_file
 
-import dmattack.runs as runs_mod
-import dmattack.train as train_mod
-from dmattack.attack_eval import POINTS, curve_specs, run_attack, run_curve
+import dmattack.runs.checkpoints as runs_mod
+import dmattack.training.train as train_mod
 from dmattack.attacks import AttackSpec
+from dmattack.core.errors import ConfigError
+from dmattack.core.io import OutputError, check_writable, write_json
+from dmattack.core.locking import LockError, lock_folder
 from dmattack.data import DataError, load_dataset
-from dmattack.errors import ConfigError
-from dmattack.io import OutputError, check_writable, write_json
-from dmattack.locking import LockError, lock_folder
-from dmattack.runs import (
+from dmattack.diffusion.sampling import SamplerConfig
+from dmattack.evaluation.attack_eval import POINTS, curve_specs, run_attack, run_curve
+from dmattack.runs.checkpoints import (
     CHECKPOINT,
     PREVIOUS,
     RunFolderError,
     checkpoint_dir,
     load_run,
 )
-from dmattack.sampling import SamplerConfig
-from dmattack.train import resume_config, train
+from dmattack.training.train import resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # single-threaded kernels in the subprocesses too (tests/conftest.py sets them here): the
@@ -315,9 +315,9 @@ def test_too_little_space_is_refused_before_long_work(tmp_path, monkeypatch):
 
 
 def _toy_model():
-    from dmattack.diffusion import GaussianDiffusion
+    from dmattack.diffusion.gaussian import GaussianDiffusion
     from dmattack.models import build_model
-    from dmattack.runs import LoadedModel
+    from dmattack.runs.checkpoints import LoadedModel
 
     torch.manual_seed(0)
     return LoadedModel(build_model("mlp-small", (2,)).eval(), GaussianDiffusion.from_schedule(),
@@ -337,7 +337,7 @@ def _enospc(*args, **kwargs):
 @pytest.mark.parametrize("failing", ["save_file", "write_json"])
 def test_disk_full_while_writing_results_keeps_the_previous_ones(tmp_path, monkeypatch,
                                                                  failing):
-    import dmattack.attack_eval.store as ae
+    import dmattack.evaluation.attack_eval.store as ae
 
     out = tmp_path / "a"
     run_attack(_toy_model(), AttackSpec("fgsm", 50), **_toy_kw(out))
@@ -382,7 +382,7 @@ def test_disk_full_while_appending_a_curve_point(tmp_path, monkeypatch):
         f = real_open(path, mode, *a, **k)
         return HalfWrite(f) if str(path).endswith(POINTS) and "a" in mode else f
 
-    import dmattack.attack_eval.store as ae
+    import dmattack.evaluation.attack_eval.store as ae
 
     monkeypatch.setattr(ae, "open", fake_open, raising=False)
     with pytest.raises(OutputError, match="points before it are kept"):
@@ -502,7 +502,7 @@ def test_second_writer_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_path,
 def test_lock_without_flock_checks_the_pid(tmp_path, monkeypatch, caplog):
     import socket
 
-    import dmattack.locking as locking
+    import dmattack.core.locking as locking
 
     monkeypatch.setattr(locking, "fcntl", None)
     folder = tmp_path / "f"
@@ -617,7 +617,7 @@ def test_a_failed_worker_run_leaves_no_worker_behind(tmp_path):
     script = f"""
 from dmattack.data import DataError
 from dmattack import train as train_mod
-from dmattack.train import TrainConfig, train
+from dmattack.training.train import TrainConfig, train
 cfg = TrainConfig(dataset="imagefolder", data_dir={str(root)!r}, resolution=8, preset="tiny",
                   num_data=None, batch_size=6, steps=2, num_workers=1, log_every=1)
 data = train_mod.build_data(cfg)

@@ -1,4 +1,5 @@
-"""Run folders (dmattack.runs): config.json checks that delegate to TrainConfig's declared
+"""Run folders (dmattack.runs.checkpoints): config.json checks that delegate to TrainConfig's
+declared
 settings, loading, newest-run lookup."""
 
 import json
@@ -7,11 +8,11 @@ import shutil
 import pytest
 from conftest import invoke_cli
 
-from dmattack.errors import ConfigError, RunFolderError
-from dmattack.run_config import validate_config
-from dmattack.runs import load_run, newest_run, read_config
-from dmattack.train import resume_config
-from dmattack.train_config import MAX_TIMESTEPS, TrainConfig
+from dmattack.core.errors import ConfigError, RunFolderError
+from dmattack.runs.checkpoints import load_run, newest_run, read_config
+from dmattack.runs.config import validate_config
+from dmattack.training.config import MAX_TIMESTEPS, TrainConfig
+from dmattack.training.train import resume_config
 
 _cli = invoke_cli
 

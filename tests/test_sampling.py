@@ -3,11 +3,8 @@
 import pytest
 import torch
 
-from dmattack.diffusion import GaussianDiffusion, respace
-from dmattack.errors import ConfigError
-from dmattack.models import build_model
-from dmattack.sampling import SamplerConfig, SamplingChain, sample, sample_batched
-from dmattack.seeding import (
+from dmattack.core.errors import ConfigError
+from dmattack.core.seeding import (
     CHAIN_NOISE,
     _block_draw_is_exact,
     generators,
@@ -15,6 +12,9 @@ from dmattack.seeding import (
     randn_steps,
     sample_seeds,
 )
+from dmattack.diffusion.gaussian import GaussianDiffusion, respace
+from dmattack.diffusion.sampling import SamplerConfig, SamplingChain, sample, sample_batched
+from dmattack.models import build_model
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dmattack.diffusion import GaussianDiffusion
-from dmattack.errors import ConfigError
-from dmattack.models import build_model
-from dmattack.purification.purifier import purify_sampler_name, purify_samplers
-from dmattack.registry import SAMPLERS
-from dmattack.sampling import (
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import SAMPLERS
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import (
     Sampler,
     SamplerConfig,
     SamplingChain,
@@ -22,7 +21,8 @@ from dmattack.sampling import (
     sample,
     sample_batched,
 )
-from dmattack.seeding import sample_seeds
+from dmattack.models import build_model
+from dmattack.purification.purifier import purify_sampler_name, purify_samplers
 
 T = 40
 

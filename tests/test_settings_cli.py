@@ -7,12 +7,9 @@ from click.testing import CliRunner
 
 import cli
 from dmattack.attacks import AttackSpec
-from dmattack.errors import ConfigError
-from dmattack.evaluation import EvaluationConfig
-from dmattack.objectives import ObjectiveConfig
-from dmattack.registry import OBJECTIVES
-from dmattack.sampling import SamplerConfig
-from dmattack.settings import (
+from dmattack.core.errors import ConfigError
+from dmattack.core.registry import OBJECTIVES
+from dmattack.core.settings import (
     from_options,
     iter_settings,
     option_name,
@@ -20,7 +17,10 @@ from dmattack.settings import (
     param_name,
     setting_of,
 )
-from dmattack.train_config import TrainConfig
+from dmattack.diffusion.sampling import SamplerConfig
+from dmattack.evaluation.metrics import EvaluationConfig
+from dmattack.training.config import TrainConfig
+from dmattack.training.objectives import ObjectiveConfig
 
 # command → the config dataclasses its options come from (prefix of their parameter names,
 # dotted paths the command declares itself)
@@ -145,12 +145,12 @@ def test_train_steps_is_optimiser_steps_without_warning(tmp_path):
 
 def test_user_error_vs_bug(monkeypatch, tmp_path):
     """A DmattackError is one line and exit 2; any other exception is a bug: traceback."""
-    import dmattack.train_folder
+    import dmattack.training.folder
 
     def bug(*a, **k):
         raise ValueError("a bug inside dmattack")
 
-    monkeypatch.setattr(dmattack.train_folder, "new_run_dir", bug)
+    monkeypatch.setattr(dmattack.training.folder, "new_run_dir", bug)
     result = CliRunner().invoke(cli.main, ["train", "--steps", "1"])
     assert result.exit_code == 1 and isinstance(result.exception, ValueError)
     monkeypatch.setenv("DMATTACK_DEBUG", "1")

@@ -1,6 +1,6 @@
 """Every setting of every config dataclass is finite and bounded: a walk over all of them.
 
-Each class that declares settings with :func:`dmattack.settings.setting` is found by importing
+Each class that declares settings with :func:`dmattack.core.settings.setting` is found by importing
 every dmattack module; each numeric field must declare a range, and NaN, ±inf and values just
 outside the range are refused with one line naming the option and the value; empty strings are
 refused; a setting the chosen component ignores is refused."""
@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 import cli
 import dmattack
-from dmattack.errors import ConfigError
-from dmattack.settings import field_types, option_name, setting_of
+from dmattack.core.errors import ConfigError
+from dmattack.core.settings import field_types, option_name, setting_of
 
 
 def config_classes() -> list[type]:
@@ -89,8 +89,8 @@ def test_string_setting_refuses_empty(cls, f):
 
 
 def test_ignored_settings_are_refused():
+    from dmattack.diffusion.sampling import SamplerConfig
     from dmattack.purification.evaluate import PurifyConfig
-    from dmattack.sampling import SamplerConfig
 
     for name in ("ddpm", "respaced"):
         with pytest.raises(ConfigError, match=r"eta \(--eta\) = 0.5 is ignored by sampler"):

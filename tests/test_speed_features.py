@@ -16,16 +16,16 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import dmattack.train as train_mod
-from dmattack.attack_eval import run_attack
+import dmattack.training.train as train_mod
 from dmattack.attacks import AttackSpec, attacked_steps
-from dmattack.diffusion import GaussianDiffusion
+from dmattack.core.seeding import sample_seeds
+from dmattack.diffusion.gaussian import GaussianDiffusion
+from dmattack.diffusion.sampling import SamplerConfig, sample_batched
+from dmattack.evaluation.attack_eval import run_attack
 from dmattack.models import build_model
-from dmattack.objectives import ObjectiveConfig
-from dmattack.runs import LoadedModel, load_run
-from dmattack.sampling import SamplerConfig, sample_batched
-from dmattack.seeding import sample_seeds
-from dmattack.train import (
+from dmattack.runs.checkpoints import LoadedModel, load_run
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import (
     TrainConfig,
     batch_indices,
     data_fits_on_device,
@@ -188,7 +188,7 @@ def test_speed_settings_can_change_on_resume(tmp_path):
 
 def test_batch_plan_is_batch_indices_cut_to_rows():
     cfg = _cfg(batch_size=16, seed=5)
-    from dmattack.train_data import _BatchPlan
+    from dmattack.training.data import _BatchPlan
 
     plan = _BatchPlan(100, cfg, 4, 12)
     for step in range(20):  # several epochs of 6 batches

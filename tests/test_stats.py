@@ -1,4 +1,4 @@
-"""dmattack.stats against independent truth: scipy.stats.bootstrap on known distributions, a
+"""dmattack.core.stats against independent truth: scipy.stats.bootstrap on known distributions, a
 coverage simulation, closed forms of the verdict rule, and self-comparison."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from dmattack import stats
+from dmattack.core import stats
 
 
 @pytest.mark.parametrize("method", ["bca", "percentile"])

@@ -17,9 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 import cli
-from dmattack.objectives import ObjectiveConfig
-from dmattack.tensorboard_log import TB_FOLDER, TrainingBoard
-from dmattack.train import TrainConfig, lr_at, train
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.tensorboard import TB_FOLDER, TrainingBoard
+from dmattack.training.train import TrainConfig, lr_at, train
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing import event_file_loader  # noqa: E402
@@ -40,8 +40,8 @@ KILLED_RUN = f"""
 import os, signal, sys
 import torch
 torch.set_num_threads(1)
-from dmattack.objectives import ObjectiveConfig
-from dmattack.train import TrainConfig, train
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, train
 
 def die(step, stats):
     if step == {KILL_AT}:

@@ -1,10 +1,10 @@
-"""dmattack.text.comma_list: the one comma-list parser of the options."""
+"""dmattack.core.text.comma_list: the one comma-list parser of the options."""
 
 import pytest
 
-from dmattack.errors import ConfigError
-from dmattack.option_types import parse_list
-from dmattack.text import comma_list
+from dmattack.core.errors import ConfigError
+from dmattack.core.option_types import parse_list
+from dmattack.core.text import comma_list
 
 
 def test_comma_list_strips_and_drops_empty_items():

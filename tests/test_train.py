@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dmattack.errors import ConfigError
-from dmattack.objectives import ObjectiveConfig
-from dmattack.runs import load_run, newest_run
-from dmattack.train import TrainConfig, batch_indices, ema_decay_at, resume_config, train
+from dmattack.core.errors import ConfigError
+from dmattack.runs.checkpoints import load_run, newest_run
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import TrainConfig, batch_indices, ema_decay_at, resume_config, train
 
 
 def _cfg(**kw) -> TrainConfig:
@@ -111,7 +111,7 @@ def _image_folder(root, n: int = 16):
 
 def _record_batches(monkeypatch) -> list[torch.Tensor]:
     """Every x0 the trainer's loss sees, in order (one per micro-batch)."""
-    import dmattack.train as train_mod
+    import dmattack.training.train as train_mod
 
     seen: list[torch.Tensor] = []
     real = train_mod.training_loss
@@ -146,7 +146,7 @@ def test_flip_default_follows_the_dataset():
 
 
 def test_flip_mask_is_half_the_rows_and_seeded():
-    from dmattack.train import flip_mask
+    from dmattack.training.train import flip_mask
 
     big = flip_mask(3, 20_000, seed=1)
     assert abs(big.double().mean().item() - 0.5) < 0.02
@@ -156,7 +156,7 @@ def test_flip_mask_is_half_the_rows_and_seeded():
 
 def test_image_folder_batches_are_flipped_on_about_half_the_rows(tmp_path, monkeypatch):
     from dmattack.data import load_dataset
-    from dmattack.train import flip_mask
+    from dmattack.training.train import flip_mask
 
     root = _image_folder(tmp_path / "images")
     seen = _record_batches(monkeypatch)

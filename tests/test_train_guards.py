@@ -6,8 +6,8 @@ import json
 import pytest
 from conftest import invoke_cli, tiny_train_config
 
-from dmattack.errors import ConfigError
-from dmattack.train import resume_config, train
+from dmattack.core.errors import ConfigError
+from dmattack.training.train import resume_config, train
 
 
 def snapshot(run_dir):

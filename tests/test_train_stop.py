@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from conftest import assert_same_weights, invoke_cli, tiny_train_config
 
-import dmattack.runs as runs_mod
-import dmattack.train as train_mod
-from dmattack.errors import ConfigError, RunFolderError
-from dmattack.objectives import ObjectiveConfig
-from dmattack.runs import CHECKPOINT, PREVIOUS, checkpoint_dir, open_checkpoint
-from dmattack.train import EXIT_INTERRUPTED, TrainingInterrupted, resume_config, train
+import dmattack.runs.checkpoints as runs_mod
+import dmattack.training.train as train_mod
+from dmattack.core.errors import ConfigError, RunFolderError
+from dmattack.runs.checkpoints import CHECKPOINT, PREVIOUS, checkpoint_dir, open_checkpoint
+from dmattack.training.objectives import ObjectiveConfig
+from dmattack.training.train import EXIT_INTERRUPTED, TrainingInterrupted, resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -257,9 +257,9 @@ def test_a_folder_holding_a_log_or_a_store_is_never_trained_into(tmp_path, held)
 
 
 def test_train_out_into_a_finished_curve_store_is_refused(finished, tmp_path):
-    from dmattack.attack_eval import curve_specs, run_curve
-    from dmattack.runs import load_run
-    from dmattack.sampling import SamplerConfig
+    from dmattack.diffusion.sampling import SamplerConfig
+    from dmattack.evaluation.attack_eval import curve_specs, run_curve
+    from dmattack.runs.checkpoints import load_run
 
     store = tmp_path / "curve"
     run_curve([load_run(finished)], curve_specs(["random"], [0.0]), num_samples=4, seed=0,
@@ -361,13 +361,13 @@ def test_two_signals_to_dmattack_train_stop_at_once_keeping_the_checkpoint(tmp_p
 
 # ================================================================== curve, purify: Ctrl-C
 def test_ctrl_c_in_curve_and_purify_says_rerunning_resumes(finished, monkeypatch, tmp_path):
-    import dmattack.attack_eval
+    import dmattack.evaluation.attack_eval
     import dmattack.purification
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(dmattack.attack_eval, "run_curve", interrupted)
+    monkeypatch.setattr(dmattack.evaluation.attack_eval, "run_curve", interrupted)
     monkeypatch.setattr(dmattack.purification, "run_purification", interrupted)
     result = invoke_cli("curve", "--run", str(finished), "--method", "random",
                         "--steps-attacked", "0", "--num-samples", "4", "--sampler-steps", "5",

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-from dmattack.io import PROCESS_START, is_stale_temp_file
-from dmattack.locking import lock_folder
+from dmattack.core.io import PROCESS_START, is_stale_temp_file
+from dmattack.core.locking import lock_folder
 from evaluators import evaluate
 
 

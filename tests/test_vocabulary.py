@@ -106,8 +106,8 @@ def _train_option(option: str) -> click.Option:
 def _objective_options() -> dict[str, str]:
     """train's objective options (every registered objective's): dotted path → option
     spelling."""
-    from dmattack.objective_cli import train_options
-    from dmattack.settings import iter_settings, option_name
+    from dmattack.core.settings import iter_settings, option_name
+    from dmattack.training.objective_cli import train_options
 
     return {path: option_name(f) for path, f, _ in iter_settings(train_options())
             if path != "method"}
@@ -116,8 +116,8 @@ def _objective_options() -> dict[str, str]:
 def test_train_refuses_what_the_objective_does_not_read(tmp_path, monkeypatch):
     """For each method: each objective option it does not read is refused (one line naming the
     option and the method); each it reads reaches the library with a changed setting."""
-    from dmattack.objectives import ObjectiveConfig
-    from dmattack.registry import OBJECTIVES
+    from dmattack.core.registry import OBJECTIVES
+    from dmattack.training.objectives import ObjectiveConfig
 
     base = _run("train", [], tmp_path / "base", monkeypatch)[2]
     checked = 0
@@ -158,7 +158,7 @@ def test_sampler_steps_refused_for_a_sampler_that_runs_every_step(base, tmp_path
 def test_attack_refuses_what_the_method_does_not_read(tmp_path, monkeypatch):
     """Every attack: each attack option its registry entry's config does not have is refused."""
     from dmattack.attacks.options import option_table
-    from dmattack.registry import ATTACKS
+    from dmattack.core.registry import ATTACKS
 
     table = {o.param: o for o in option_table()}
     spec_options = [p for p in _options("attack") if p.name in table]

@@ -1,15 +1,15 @@
 """Attacks: training-time perturbations (docs/method.md §3) and reverse-chain attacks
 (docs/method.md §6).
 
-Reverse-chain attacks are registered in :data:`dmattack.registry.ATTACKS` (the per-step
+Reverse-chain attacks are registered in :data:`dmattack.core.registry.ATTACKS` (the per-step
 ``fgsm``, ``pgd``, ``random`` and the whole-chain ``trajectory``, ``lookahead``
 (docs/method.md §12), registered by :mod:`~dmattack.attacks.builtin`, plus plugins); each
 entry (:class:`AttackEntry`) owns a config dataclass of its options. :class:`AttackSpec` names
 one with its settings, and :class:`AttackPlan` runs a spec, a user's per-step attack factory or
-a whole-chain attack through :func:`dmattack.attack_eval.run_attack` / ``run_curve``.
+a whole-chain attack through :func:`dmattack.evaluation.attack_eval.run_attack` / ``run_curve``.
 """
 
-from ..perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
+from ..diffusion.perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from . import builtin  # noqa: F401  (registers the built-in attacks)
 from .base import PerStepFactory, WholeChainAttack, format_number
 from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom

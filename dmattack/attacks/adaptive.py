@@ -11,7 +11,7 @@ With the same seeds, the clean sample is ``sample(model, diffusion, shape, seeds
 x_T and every chain noise z are the clean run's, only the perturbations δ_s at the attacked
 steps S differ. S and the budgets ε_s = eps_scale·√β̃_s (model space) are those of the per-step
 attacks, so all attacks plot on the same curves. Random starts and any other draw of the
-attacker come from the per-sample ATTACK streams (:mod:`dmattack.seeding`): a sample's result
+attacker come from the per-sample ATTACK streams (:mod:`dmattack.core.seeding`): a sample's result
 does not depend on its batch.
 
 Every PGD here (:meth:`AdaptiveChainAttack.pgd`) runs ``restarts`` times from new random
@@ -29,11 +29,11 @@ from typing import Any, TypeVar
 
 import torch
 
-from .. import progress as progress_report
-from ..diffusion import EpsModel, GaussianDiffusion
-from ..errors import ConfigError
-from ..sampling import SamplerConfig
-from ..seeding import rand_per_sample
+from ..core import progress as progress_report
+from ..core.errors import ConfigError
+from ..core.seeding import rand_per_sample
+from ..diffusion.gaussian import EpsModel, GaussianDiffusion
+from ..diffusion.sampling import SamplerConfig
 from .base import format_number
 from .convergence import trace_of
 from .differentiable import DifferentiableChain, check_differentiable
@@ -167,7 +167,7 @@ class AdaptiveChainAttack(ABC):
                device: torch.device | str = "cpu") -> AdaptiveResult:
         """Attack one batch at reverse ``steps``; see :class:`AdaptiveResult`.
 
-        ``diffusion`` is a :class:`~dmattack.sampling.SamplingChain` (what ``AttackPlan``
+        ``diffusion`` is a :class:`~dmattack.diffusion.sampling.SamplingChain` (what ``AttackPlan``
         passes), or the model's diffusion with ``sampler`` resolved against it."""
 
     def __repr__(self) -> str:

@@ -9,7 +9,8 @@
   (e.g. perturbations of all attacked steps optimised jointly through the chain), so it samples
   the attacked chain itself.
 
-Both run through :func:`dmattack.attack_eval.run_attack` / ``run_curve`` with the same paired
+Both run through :func:`dmattack.evaluation.attack_eval.run_attack` / ``run_curve`` with the same
+paired
 seeds, batching, sharding and resume (see :class:`dmattack.attacks.plan.AttackPlan`).
 """
 
@@ -21,16 +22,17 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from ..diffusion import GaussianDiffusion
+from ..diffusion.gaussian import GaussianDiffusion
 from .chain import ChainAttack, GeneratorArg
 
 if TYPE_CHECKING:
-    from ..sampling import SamplerConfig
+    from ..diffusion.sampling import SamplerConfig
 
 PerStepFactory = Callable[..., ChainAttack]
 """``factory(model, diffusion, generator=generator) -> ChainAttack``: builds the per-step attack
 of one batch. ``diffusion`` is the one the sampler walks (respaced or not); ``generator`` is one
-ATTACK-stream generator per sample of the batch (:mod:`dmattack.seeding`), to draw random starts
+ATTACK-stream generator per sample of the batch (:mod:`dmattack.core.seeding`), to draw random
+starts
 from."""
 
 
@@ -46,7 +48,7 @@ class WholeChainAttack(Protocol):
     attacked steps are passed in.
 
     Optional: ``validate(diffusion, sampler, shape)`` raising
-    :class:`~dmattack.errors.ConfigError` for a run the attack cannot do; ``run_attack`` and
+    :class:`~dmattack.core.errors.ConfigError` for a run the attack cannot do; ``run_attack`` and
     ``run_curve`` call it before any sampling.
     """
 
@@ -88,7 +90,7 @@ class WholeChainAttack(Protocol):
             device: where to compute.
 
         Paired randomness (so clean and attacked differ by the attack alone): draw x_T and the
-        noise z of every step exactly as :func:`dmattack.sampling.sample` does, from
+        noise z of every step exactly as :func:`dmattack.diffusion.sampling.sample` does, from
         ``generators(seeds, CHAIN_NOISE, device)`` with ``randn_per_sample`` (x_T first, then one
         z per step before it is used, in step order), and draw the attack's own randomness from
         ``generators(seeds, ATTACK, device)``. Sample i must depend on ``seeds[i]`` only, not on

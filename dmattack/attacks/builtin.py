@@ -9,7 +9,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
-from ..registry import ATTACKS
+from ..core.registry import ATTACKS
 from .adaptive import AdaptiveChainAttack
 from .base import format_number
 from .chain import ChainFGSM, ChainPGD, ChainRandom

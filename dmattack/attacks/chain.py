@@ -17,7 +17,7 @@ input only; parameters never receive ``.grad``.
 
 Randomness (``generator``): None uses the global RNG, one ``torch.Generator`` draws the whole
 batch, a list of per-sample generators draws row i from generator i only, so a sample's attack
-does not depend on its batch (see :mod:`dmattack.seeding`).
+does not depend on its batch (see :mod:`dmattack.core.seeding`).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ import torch
 from torch import nn
 from torchattacks.attack import Attack
 
-from ..diffusion import GaussianDiffusion
-from ..errors import ConfigError
-from ..sampling import frozen
-from ..seeding import rand_per_sample
-from ..settings import is_number
-from ..tensors import restored_modes
+from ..core.errors import ConfigError
+from ..core.seeding import rand_per_sample
+from ..core.settings import is_number
+from ..core.tensors import restored_modes
+from ..diffusion.gaussian import GaussianDiffusion
+from ..diffusion.sampling import frozen
 from .configs import RANDOM_DISTS
 from .losses import LossFn, StepLoss, make_loss
 
@@ -49,7 +49,7 @@ _CLASSIFIER_ONLY = ("a chain attack's model is an ε-model, eps = model(x_t, t),
                     "classifier, so torchattacks' classifier API (get_logits, MultiAttack, "
                     "targeted modes, normalisation, save) does not apply; call the attack as "
                     "x_adv = atk(x_t, t), and compare several with "
-                    "dmattack.attack_eval.run_curve")
+                    "dmattack.evaluation.attack_eval.run_curve")
 
 
 class _EpsModel(nn.Module):

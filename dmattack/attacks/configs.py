@@ -1,5 +1,5 @@
 """The settings of each built-in reverse-chain attack, declared once with
-:func:`~dmattack.settings.setting` (docs/method.md §6, §12).
+:func:`~dmattack.core.settings.setting` (docs/method.md §6, §12).
 
 Each config is what one registered attack reads (:class:`~dmattack.attacks.schedule.AttackEntry`
 ``config``): its fields are that attack's own options, on the command line too; the settings
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..settings import check_settings, setting
+from ..core.settings import check_settings, setting
 from .distances import DISTANCES, FEATURE_EXTRACTORS
 from .losses import LOSSES
 

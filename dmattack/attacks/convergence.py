@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..settings import is_number
+from ..core.errors import ConfigError
+from ..core.settings import is_number
 
 TOLERANCE = 0.01
 """Default largest relative rise over the last fifth of the iterations of a converged attack."""

@@ -1,6 +1,7 @@
 """The reverse chain as a differentiable function of per-step perturbations (docs/method.md §12).
 
-:class:`DifferentiableChain` runs the same reverse steps as :func:`dmattack.sampling.sample`
+:class:`DifferentiableChain` runs the same reverse steps as
+:func:`dmattack.diffusion.sampling.sample`
 (ancestral ``ddpm``/``respaced`` or ``ddim``), from states and noise given explicitly, adding a
 perturbation δ_k to the state before reverse step k. Gradients flow from the output to every δ_k
 and to the start state; model parameters never receive gradients.
@@ -25,12 +26,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as checkpoint_segment
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from ..errors import ConfigError
-from ..registry import SAMPLERS
-from ..sampling import SamplerConfig, SamplingChain, frozen
-from ..seeding import CHAIN_NOISE, generators, randn_per_sample
-from ..tensors import eval_mode
+from ..core.errors import ConfigError
+from ..core.registry import SAMPLERS
+from ..core.seeding import CHAIN_NOISE, generators, randn_per_sample
+from ..core.tensors import eval_mode
+from ..diffusion.gaussian import EpsModel, GaussianDiffusion
+from ..diffusion.sampling import SamplerConfig, SamplingChain, frozen
 
 
 @dataclass
@@ -63,7 +64,7 @@ class DifferentiableChain:
 
     Args:
         model: the ε-model, ``eps = model(x, timesteps)`` (noise units).
-        diffusion: a :class:`~dmattack.sampling.SamplingChain`, or the model's (full)
+        diffusion: a :class:`~dmattack.diffusion.sampling.SamplingChain`, or the model's (full)
             diffusion with ``sampler`` resolved against it (:meth:`SamplingChain.of`).
         sampler: a registered sampler whose entry is ``differentiable`` (``ddpm``,
             ``respaced``, ``ddim``); any other raises ConfigError. None: the chain's own.

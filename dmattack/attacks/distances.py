@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError, MissingResourceError
+from ..core.errors import ConfigError, MissingResourceError
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``D(x0_adv, x0_clean) -> (B,)``, differentiable in ``x0_adv``."""
@@ -186,11 +186,11 @@ def _checked_user_distance(fn: Distance) -> Distance:
 
 def distance_key(distance: str | Distance) -> str | None:
     """What keys a distance's numbers besides its name: None for a built-in one, the
-    :func:`~dmattack.keys.callable_key` of a user callable (its code, constants, closure);
-    raises :class:`~dmattack.keys.UnkeyableError` for one that cannot be keyed."""
+    :func:`~dmattack.core.keys.callable_key` of a user callable (its code, constants, closure);
+    raises :class:`~dmattack.core.keys.UnkeyableError` for one that cannot be keyed."""
     if isinstance(distance, str):
         return None
-    from ..keys import callable_key
+    from ..core.keys import callable_key
 
     return callable_key(distance)
 

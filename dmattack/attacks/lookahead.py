@@ -35,10 +35,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from ..errors import ConfigError
-from ..sampling import SamplerConfig, SamplingChain, sample
-from ..seeding import ATTACK, generators, randn_per_sample
+from ..core.errors import ConfigError
+from ..core.seeding import ATTACK, generators, randn_per_sample
+from ..diffusion.gaussian import EpsModel, GaussianDiffusion
+from ..diffusion.sampling import SamplerConfig, SamplingChain, sample
 from .adaptive import AdaptiveChainAttack, AdaptiveResult
 from .configs import HORIZON_END, LookaheadConfig
 from .differentiable import DifferentiableChain, attack_mode, require_grad_path

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..diffusion.gaussian import EpsModel, GaussianDiffusion
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``loss_fn(x_adv, x_t, t) -> (B,)`` per-sample attack loss (higher = stronger attack)."""

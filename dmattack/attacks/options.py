@@ -17,9 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ..errors import ConfigError
-from ..registry import ATTACKS
-from ..settings import (
+from ..core.errors import ConfigError
+from ..core.registry import ATTACKS
+from ..core.settings import (
     FieldType,
     click_options,
     click_type,

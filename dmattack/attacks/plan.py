@@ -1,4 +1,5 @@
-"""What :func:`~dmattack.attack_eval.run_attack` and ``run_curve`` run: an attack plus the steps
+"""What :func:`~dmattack.evaluation.attack_eval.run_attack` and ``run_curve`` run: an attack plus
+the steps
 it attacks (docs/method.md §6.1 "steps attacked").
 
 An :class:`AttackPlan` wraps any of
@@ -23,11 +24,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diffusion import GaussianDiffusion
-from ..errors import ConfigError
-from ..keys import callable_key
-from ..sampling import SamplerConfig, SamplingChain, StepHook, frozen, sample_batched
-from ..seeding import ATTACK, generators
+from ..core.errors import ConfigError
+from ..core.keys import callable_key
+from ..core.seeding import ATTACK, generators
+from ..diffusion.gaussian import GaussianDiffusion
+from ..diffusion.sampling import SamplerConfig, SamplingChain, StepHook, frozen, sample_batched
 from .adaptive import AdaptiveChainAttack
 from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
 from .chain import ChainAttack, ChainPGD
@@ -166,7 +167,7 @@ class AttackPlan:
         return chain if isinstance(self.attack, AdaptiveChainAttack) else chain.walk
 
     def code_key(self) -> str:
-        """A user attack's code key (:func:`~dmattack.keys.callable_key`): a per-step factory's
+        """A user attack's code key (:func:`~dmattack.core.keys.callable_key`): a per-step factory's
         code, constants and closure; a whole-chain attack's class (its settings are recorded
         beside it; its instance state, e.g. counters, is not a key), or its own ``key``
         string attribute."""
@@ -191,7 +192,8 @@ class AttackPlan:
     def hook_factory(self, model: nn.Module, chain: SamplingChain,
                      device: torch.device | str = "cpu", built: list[ChainAttack] | None = None
                      ) -> Callable[[Sequence[int]], StepHook | None]:
-        """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.sampling.sample_batched` (per-step
+        """A ``hook_factory(chunk_seeds)`` for :func:`dmattack.diffusion.sampling.sample_batched`
+        (per-step
         attacks only) on ``chain``; each attack is built on the diffusion it walks.
 
         Each chunk's attack draws its random starts from per-sample ATTACK-stream generators of
@@ -229,7 +231,8 @@ class AttackPlan:
         ``batch_size``. ``progress(step)`` is called once per reverse step of every chunk.
         Wrap the call in ``torch.no_grad()`` (attacks enable gradients themselves).
         ``diffusion`` and ``sampler`` as in
-        :func:`~dmattack.sampling.sample` (a :class:`~dmattack.sampling.SamplingChain`, or the
+        :func:`~dmattack.diffusion.sampling.sample` (a
+        :class:`~dmattack.diffusion.sampling.SamplingChain`, or the
         model's full diffusion with the sampler); an unset ``clip_denoised`` follows the data,
         as in clean sampling.
 

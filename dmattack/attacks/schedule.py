@@ -12,10 +12,10 @@ from typing import Any
 
 from torch import nn
 
-from ..diffusion import GaussianDiffusion
-from ..errors import ConfigError
-from ..registry import ATTACKS, registry_choices
-from ..settings import check_settings, field_types, option_name, setting, setting_of, shown
+from ..core.errors import ConfigError
+from ..core.registry import ATTACKS, registry_choices
+from ..core.settings import check_settings, field_types, option_name, setting, setting_of, shown
+from ..diffusion.gaussian import GaussianDiffusion
 from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
 from .chain import ChainAttack, GeneratorArg
 from .configs import FGSMConfig, LookaheadConfig, PGDConfig, RandomConfig, TrajectoryConfig
@@ -88,7 +88,7 @@ class AttackEntry:
             :class:`~dmattack.attacks.base.WholeChainAttack`; ``spec.config`` is an instance of
             ``config``, ``spec.eps_scale`` the budget multiplier.
         config: a frozen dataclass whose fields, declared with
-            :func:`~dmattack.settings.setting`, are the attack's own options (the command
+            :func:`~dmattack.core.settings.setting`, are the attack's own options (the command
             line's too, see :mod:`dmattack.attacks.options`); it checks itself in
             ``__post_init__``. A field named like a shared setting (``eps_scale``) is set from
             the :class:`AttackSpec`, not an option of its own. Default: :class:`NoOptions`.
@@ -97,7 +97,7 @@ class AttackEntry:
         suffix: ``suffix(spec)`` → label parts after the percent; default: ``<field><value>``
             for each config field off its default (e.g. ``decay0.5``), so distinct settings
             get distinct labels.
-        check: ``check(spec)`` raises :class:`~dmattack.errors.ConfigError` for a bad
+        check: ``check(spec)`` raises :class:`~dmattack.core.errors.ConfigError` for a bad
             combination of settings; None = nothing beyond the fields' own checks.
         control: True for a model-free control (drawn dashed in curve plots).
     """
@@ -116,7 +116,7 @@ class AttackEntry:
         bare = [f.name for f in fields(self.config) if setting_of(f) is None]
         if bare:
             raise TypeError(f"{self.config.__name__} fields {bare} are not declared with "
-                            "dmattack.settings.setting() (their help and allowed values)")
+                            "dmattack.core.settings.setting() (their help and allowed values)")
 
     def options(self) -> tuple[str, ...]:
         """The config fields that are options of this attack (all but the shared settings)."""
@@ -267,7 +267,7 @@ class AttackSpec:
         made = self.entry().make(self)
         if isinstance(made, WholeChainAttack):
             raise ConfigError(f"attack {self.method!r} attacks the whole chain, not one step; "
-                              "run it with dmattack.attack_eval.run_attack / run_curve",
+                              "run it with dmattack.evaluation.attack_eval.run_attack / run_curve",
                               field="method")
         return build_per_step(made, model, diffusion, generator)
 

@@ -38,9 +38,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..diffusion import EpsModel, GaussianDiffusion
-from ..sampling import SamplerConfig, sample
-from ..seeding import ATTACK, generators
+from ..core.seeding import ATTACK, generators
+from ..diffusion.gaussian import EpsModel, GaussianDiffusion
+from ..diffusion.sampling import SamplerConfig, sample
 from .adaptive import AdaptiveChainAttack, AdaptiveResult
 from .configs import TrajectoryConfig
 from .differentiable import DifferentiableChain, attack_mode, draw_chain_noise, require_grad_path

@@ -3,7 +3,7 @@
 :func:`compare_cards` reads card.json files (or folders holding one), refuses cards of
 different protocol hashes or seeds (one line), and for every ordered pair (A, B) of the
 listing (A before B) and every headline number returns A − B with its paired 95% interval and
-the verdict on "A is better than B" (:func:`dmattack.stats.verdict` with the protocol's
+the verdict on "A is better than B" (:func:`dmattack.core.stats.verdict` with the protocol's
 ``min_effect``). :func:`write_comparison` writes ``comparison.json`` and ``comparison.md``.
 """
 
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, InputFileError
-from ..io import provenance, write_json, write_text
+from ..core.errors import ConfigError, InputFileError
+from ..core.io import provenance, write_json, write_text
 from . import report
 from .headline import compare_headlines
 from .protocol import PROTOCOL_DIR, CardProtocol, load_protocol

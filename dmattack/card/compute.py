@@ -1,7 +1,7 @@
 """``dmattack card``: one model measured under one protocol, resumably (docs/card.md).
 
 :func:`make_cards` runs, per model, the protocol's stages on the existing content-addressed
-stores: one :func:`~dmattack.attack_eval.run_curve` for the attacks on all samples (the
+stores: one :func:`~dmattack.evaluation.attack_eval.run_curve` for the attacks on all samples (the
 random control, FGSM, PGD-20), one per group of attacks on the first ``num_samples`` samples
 (trajectory, look-ahead; damage only) and, if the protocol has one,
 :func:`~dmattack.purification.run_purification`. A killed card rerun with the same
@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import distributed, stats
 from ..attacks.schedule import AttackSpec
-from ..damage import CLASS_CHANGED, PIXEL
-from ..errors import ConfigError
-from ..io import provenance, write_json, write_text
-from ..runs import LoadedModel
-from ..sampling import SamplerConfig
-from ..seeding import sample_seeds
+from ..core import distributed, stats
+from ..core.errors import ConfigError
+from ..core.io import provenance, write_json, write_text
+from ..core.seeding import sample_seeds
+from ..diffusion.sampling import SamplerConfig
+from ..evaluation.damage import CLASS_CHANGED, PIXEL
+from ..runs.checkpoints import LoadedModel
 from . import headline, report
 from .compare import write_comparison
 from .protocol import CardProtocol, protocol_identity
@@ -78,7 +78,7 @@ def _evaluation(loaded: LoadedModel, p: CardProtocol, data_dir: str | None) -> A
     on-disk data such as CIFAR-10), extractor weights checked against the protocol's pin."""
     from evaluators.extractors import resolve_weights, weights_sha256
 
-    from ..evaluation import EvaluationConfig, prepare_evaluation
+    from ..evaluation.metrics import EvaluationConfig, prepare_evaluation
 
     r = p.reference
     cfg = EvaluationConfig(num_samples=p.sampling.num_samples, seed=p.sampling.seed,
@@ -97,7 +97,7 @@ def _run_curves(loaded: LoadedModel, p: CardProtocol, ev: Any, store: Path,
                 resumed: dict[str, dict[str, int]]) -> dict[int, dict[str, Any]]:
     """Every attack group's curve (resumable stores under ``store``): {num_samples: curve};
     ``resumed[store name]`` counts the points read back from the store and those computed."""
-    from ..attack_eval import run_curve
+    from ..evaluation.attack_eval import run_curve
 
     curves = {}
     for n, attacks in attack_groups(p).items():
@@ -143,7 +143,7 @@ def _clean_samples(loaded: LoadedModel, p: CardProtocol, ev: Any, curve_dir: Pat
                    device: torch.device | str) -> torch.Tensor:
     """The full curve's clean samples, read from its store (resampled if that file is gone or
     does not match the clean point's sha256)."""
-    from ..attack_eval import curve_clean_samples
+    from ..evaluation.attack_eval import curve_clean_samples
 
     return curve_clean_samples(loaded, curve_dir, num_samples=p.sampling.num_samples,
                                seed=p.sampling.seed, sampler=ev.sampler,
@@ -155,7 +155,7 @@ def clean_quality(samples: torch.Tensor, reference: torch.Tensor, extractor: str
                   p: CardProtocol, reported: float | None) -> dict[str, Any]:
     """FID of the clean samples against the reference with its interval: FID recomputed on
     :data:`SET_METRIC_RESAMPLES` resamples of the samples' features (reference fixed;
-    :func:`dmattack.stats.set_metric_ci`, seeded, so two cards resample the same seeds). The
+    :func:`dmattack.core.stats.set_metric_ci`, seeded, so two cards resample the same seeds). The
     recomputation must match the curve's FID (``reported``) to 0.1%."""
     from evaluators.exact import frechet_distance
     from evaluators.extractors import extract_features, resolve_weights
@@ -341,7 +341,7 @@ def _assemble(loaded: LoadedModel, name: str, p: CardProtocol, parts: dict[str, 
 
 
 def _fingerprint(loaded: LoadedModel) -> str:
-    from ..attack_eval import model_identity
+    from ..evaluation.attack_eval import model_identity
 
     return model_identity(loaded)
 
@@ -359,8 +359,8 @@ def write_card(card: dict[str, Any], curves: Sequence[dict[str, Any]], folder: P
 def load_models(runs: Sequence[str], pipelines: Sequence[str], p: CardProtocol,
                 device: torch.device | str) -> list[LoadedModel]:
     """The models of a card command: runs (the protocol's EMA choice), then pipelines."""
-    from ..pipeline import load_pipeline
-    from ..runs import load_run
+    from ..runs.checkpoints import load_run
+    from ..runs.pipeline import load_pipeline
 
     if not runs and not pipelines:
         raise ConfigError("give at least one --run or --pipeline", field="run")

@@ -9,7 +9,7 @@ under one protocol are paired by seed:
 - :func:`headline_numbers`: ``clean_quality``, ``damage_auc_strongest``,
   ``damage_auc_relative_to_random`` and ``class_change_at_100`` with their intervals;
 - :func:`compare_headlines`: the paired difference A − B of each headline number, its
-  interval and the verdict (:func:`dmattack.stats.verdict`).
+  interval and the verdict (:func:`dmattack.core.stats.verdict`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import stats
+from ..core import stats
 from .protocol import CardProtocol
 
 CONTROL = "random"

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from ..errors import ConfigError, InputFileError, OutputError
-from ..io import provenance, write_atomic, write_json
+from ..core.errors import ConfigError, InputFileError, OutputError
+from ..core.io import provenance, write_atomic, write_json
 from .schema import HEADLINE_KEYS, check_card
 
 MANIFEST = "leaderboard.json"

@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .protocol_check import LABEL, Bad, check_protocol, need, parse
 from .protocol_types import CardProtocol
 

@@ -46,7 +46,7 @@ def _without_absent(obj: Any, data: Any) -> Any:
 @dataclass(frozen=True)
 class Sampling:
     """The clean chain every attack is paired with (docs/method.md §2, §8). Sample i of a
-    card uses ``dmattack.seeding.sample_seeds(seed, num_samples)[i]`` (``--seed``, first
+    card uses ``dmattack.core.seeding.sample_seeds(seed, num_samples)[i]`` (``--seed``, first
     sample 0), so every attack and every model sees the same x_T and chain noise."""
     sampler: Literal["ddpm", "respaced", "ddim"]
     clip_denoised: bool
@@ -137,7 +137,7 @@ ATTACK_TABLES: dict[str, type] = {"random": RandomAttack, "fgsm": FGSMAttack, "p
 
 @dataclass(frozen=True)
 class Bootstrap:
-    """Interval and verdict settings (dmattack.stats); ``min_effect`` per headline key."""
+    """Interval and verdict settings (dmattack.core.stats); ``min_effect`` per headline key."""
     resamples: int
     level: float
     seed: int

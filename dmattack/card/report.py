@@ -13,7 +13,7 @@ ROW_LISTS = ("values", "steps_attacked", "last_step_attacked", "improved_under_a
 
 def merged_curve(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One curve table of several ``run_curve`` results (percents united; a row's cells at a
-    percent its attack did not run are None), for :func:`dmattack.visualize.curve_png`."""
+    percent its attack did not run are None), for :func:`dmattack.core.visualize.curve_png`."""
     percents = sorted({p for c in curves for p in c["percents"]})
     counts: list[Any] = [None] * len(percents)
     rows = []
@@ -36,7 +36,7 @@ def merged_curve(curves: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def curves_png(curves: Sequence[dict[str, Any]], path: str | Path) -> None:
     """The card's curves: the set metric (all-sample attacks) and the paired pixel deviation
     with its 95% interval of every attack against % of steps attacked (controls dashed)."""
-    from ..visualize import curve_png
+    from ..core.visualize import curve_png
 
     curve_png(merged_curve(curves), path)
 

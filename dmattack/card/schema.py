@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 CARD_FORMAT = 1
 HEADLINE_KEYS = ("clean_quality", "damage_auc_strongest", "damage_auc_relative_to_random",

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError
-from ..registry import DATASETS
+from ..core.errors import ConfigError
+from ..core.registry import DATASETS
 from .base import DataError, DiffusionDataset, InMemoryDataset, check_choice, check_seed
 from .corruption import CorruptedDataset, corrupt
 from .images import ImageFolderDataset, load_cifar10, load_digits_images, load_image_folder
@@ -25,13 +25,13 @@ KINDS = ("image", "vector")
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A dataset as registered in :data:`~dmattack.registry.DATASETS`.
+    """A dataset as registered in :data:`~dmattack.core.registry.DATASETS`.
 
     ``load(data_dir, resolution, num_samples, seed, **params)`` builds it (``resolution`` is
     None for the default, always None for vectors); ``kind`` is ``"image"`` or ``"vector"``;
     ``label`` is one line for listings. ``in_memory``: the whole set is decoded and held in
     memory (an image set's ``--resolution`` is then capped, see
-    :data:`~dmattack.train_config.MAX_IN_MEMORY_RESOLUTION`); ``flip_default``: trained with
+    :data:`~dmattack.training.config.MAX_IN_MEMORY_RESOLUTION`); ``flip_default``: trained with
     random horizontal flips unless ``--flip``/``--no-flip`` says otherwise (Ho et al. 2020
     flip CIFAR-10; not digits, which are not mirror-symmetric; never vector data)."""
 
@@ -94,7 +94,7 @@ def is_vector_dataset(name: str) -> bool:
 def load_dataset(name: str, data_dir: str | Path | None = None, resolution: int | None = None,
                  num_samples: int | None = None, seed: int = 0,
                  **params: float) -> DiffusionDataset:
-    """Build the dataset ``name`` (a :data:`~dmattack.registry.DATASETS` entry).
+    """Build the dataset ``name`` (a :data:`~dmattack.core.registry.DATASETS` entry).
 
     ``data_dir``: where cifar10/celeba/lsun-bedroom/imagefolder live (unused by the embedded
     sets). ``resolution``: image side (defaults: digits 8, cifar10 32, celeba/lsun-bedroom 64,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, InputFileError
+from ..core.errors import ConfigError, InputFileError
 from .truth import KnownDistribution
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
-from ..seeding import derive_seed
+from ..core.errors import ConfigError
+from ..core.seeding import derive_seed
 from .base import DiffusionDataset, check_choice, check_seed
 
 CORRUPTION_MODES = ("gaussian", "outliers")

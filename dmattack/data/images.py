@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import CenterCrop, Compose, InterpolationMode, PILToTensor, Resize
 from torchvision.transforms import functional as TF
 
-from ..errors import ConfigError, first_line
+from ..core.errors import ConfigError, first_line
 from .base import DataError, DiffusionDataset, InMemoryDataset, uint8_to_model
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")

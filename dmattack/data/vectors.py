@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from .base import InMemoryDataset
 from .images import digits_pixels
 from .truth import GaussianMixture, GaussianSubspace, KnownDistribution, ObliquePlane

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import stats
+from ..core import stats
 from .effects import SHARE, Row, claim, fmt, paired_check, pm
 
 LIKE_RANDOM = 1.25
@@ -36,7 +36,7 @@ def _ratio(att: np.ndarray, rand: np.ndarray) -> float | None:
 def _slower_check(label: str, adv: tuple[np.ndarray, np.ndarray],
                   ddpm: tuple[np.ndarray, np.ndarray]) -> Row:
     """"Robust_adv degrades more slowly": its attack/random damage ratio minus DDPM's, paired
-    by seed, below −5% of DDPM's ratio (:func:`dmattack.stats.ratio_difference`)."""
+    by seed, below −5% of DDPM's ratio (:func:`dmattack.core.stats.ratio_difference`)."""
     r_ddpm = _ratio(*ddpm)
     c = paired_check(label, stats.ratio_difference, [*adv, *ddpm], direction="less",
                      min_effect=SHARE * abs(r_ddpm or 0.0))
@@ -45,7 +45,7 @@ def _slower_check(label: str, adv: tuple[np.ndarray, np.ndarray],
 
 def _like_check(label: str, att: np.ndarray, rand: np.ndarray) -> Row:
     """"No stronger than random": attack/random damage ratio's interval below
-    :data:`LIKE_RANDOM` (:func:`dmattack.stats.ratio_of_means`, paired by seed)."""
+    :data:`LIKE_RANDOM` (:func:`dmattack.core.stats.ratio_of_means`, paired by seed)."""
     return paired_check(label, stats.ratio_of_means, [att, rand], direction="less",
                         min_effect=0.0, null=LIKE_RANDOM)
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import torch
 
-from ..evaluation import Reference, clean_dataset, make_metric_fn, reference_for
-from ..objectives import ObjectiveConfig, options_class
-from ..runs import LoadedModel, load_run
-from ..train import TrainConfig
+from ..evaluation.metrics import Reference, clean_dataset, make_metric_fn, reference_for
+from ..runs.checkpoints import LoadedModel, load_run
+from ..training.objectives import ObjectiveConfig, options_class
+from ..training.train import TrainConfig
 from .plan import TrainSettings
 from .pool import TaskPool
 from .tasks import sample_task, sampler_config, train_task
@@ -141,7 +141,7 @@ def score(reference: Reference, samples: torch.Tensor, metrics: Sequence[str]) -
 
 def seeds_text(seed: int, n: int) -> str:
     """How a section's per-sample seeds are drawn, as recorded in its settings."""
-    return f"dmattack.seeding.sample_seeds({seed}, {n})"
+    return f"dmattack.core.seeding.sample_seeds({seed}, {n})"
 
 
 def section_settings(ctx: Context, plan: Any, metrics: Any, **extra: Any) -> dict[str, Any]:

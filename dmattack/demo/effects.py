@@ -1,8 +1,8 @@
 """Effects, 95% intervals and verdicts of the demo's claims (docs/demo.md "How a verdict is
-made"; the statistics are :mod:`dmattack.stats`, docs/method.md §11.1).
+made"; the statistics are :mod:`dmattack.core.stats`, docs/method.md §11.1).
 
 Every claim is one or more *checks*; a check is an effect with its interval, the claimed
-direction, a minimum effect m and a verdict (:func:`dmattack.stats.verdict`: ``held`` when the
+direction, a minimum effect m and a verdict (:func:`dmattack.core.stats.verdict`: ``held`` when the
 interval lies beyond m in the claimed direction, ``did not hold`` beyond m the other way,
 ``inconclusive`` otherwise). Two kinds of effect:
 
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from scipy import stats as sps
 
-from .. import stats
-from ..damage import MIN_EFFECT_SHARE
+from ..core import stats
+from ..evaluation.damage import MIN_EFFECT_SHARE
 
 Row = dict[str, Any]
 """One JSON-ready record (a check, a claim, a table row) of the demo's sections."""
@@ -35,7 +35,7 @@ SET_RESAMPLES = 200
 """Bootstrap resamples of a set metric (each recomputes the metric on every arm)."""
 CLAIM_VERDICTS = ("held", "partly", "did not hold", "inconclusive", "n/a")
 """Every verdict a claim can get (:func:`combine`), strongest first; a check's are
-:data:`dmattack.stats.VERDICTS`."""
+:data:`dmattack.core.stats.VERDICTS`."""
 
 Contrast = tuple[str, Sequence[tuple[float, Any]], float]
 """``(metric label, ((weight, arm key), …), constant)``: the effect Σ weight·metric(arm) +
@@ -97,9 +97,9 @@ LABEL_METRIC = {"subspace error": "subspace", "subspace PSNR (dB)": "subspace",
 def metric_scorer(refs: Mapping[Any, Any], contrasts: Mapping[str, Contrast]
                   ) -> Callable[[Any, torch.Tensor], Mapping[str, Any]]:
     """A ``score_fn`` for :func:`set_effects`: per arm, one metric function (built once,
-    against that arm's :class:`~dmattack.evaluation.Reference` in ``refs``) of only the
+    against that arm's :class:`~dmattack.evaluation.metrics.Reference` in ``refs``) of only the
     metrics its contrasts use."""
-    from ..evaluation import make_metric_fn
+    from ..evaluation.metrics import make_metric_fn
 
     needed: dict[Any, set[str]] = {}
     for metric, terms, _ in contrasts.values():
@@ -148,7 +148,7 @@ def fixed_check(label: str, verdict: str, note: str) -> Row:
 
 def paired_check(label: str, fn: Callable[..., stats.Effect], arrays: Sequence[Any], *,
                  direction: stats.Direction, min_effect: float, null: float = 0.0) -> Row:
-    """:func:`check` of ``fn(*arrays)`` (a paired :mod:`dmattack.stats` effect: BCa bootstrap
+    """:func:`check` of ``fn(*arrays)`` (a paired :mod:`dmattack.core.stats` effect: BCa bootstrap
     over seeds); an effect the bootstrap cannot give is an inconclusive check with the
     reason."""
     try:

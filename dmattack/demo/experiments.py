@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..attack_eval import curve_specs
 from ..attacks import AttackSpec
-from ..damage import PIXEL
-from ..diffusion import GaussianDiffusion, respace
-from ..errors import MissingResourceError
-from ..train import build_data
+from ..core.errors import MissingResourceError
+from ..diffusion.gaussian import GaussianDiffusion, respace
+from ..evaluation.attack_eval import curve_specs
+from ..evaluation.damage import PIXEL
+from ..training.train import build_data
 from . import figures
 from .common import (
     Context,

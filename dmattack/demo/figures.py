@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ..core.io import write_atomic  # noqa: E402
 from ..data import ObliquePlane  # noqa: E402
-from ..io import write_atomic  # noqa: E402
 
 Cloud = tuple[str, torch.Tensor]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """How each model of a section is trained (see :class:`dmattack.train.TrainConfig`).
+    """How each model of a section is trained (see :class:`dmattack.training.train.TrainConfig`).
 
     ``lr`` is far above the library default (2e-4) and the batch large: these small MLPs need
     ~0.5M training samples, and few large steps fit the time budget best. Measured on

@@ -4,7 +4,7 @@ The demo's models are small: a training step of an MLP costs ~10 ms, mostly Pyth
 per-op overhead on one core, so a second intra-op thread buys little, while a second process
 doubles throughput on a 2-core CPU. On CPU the pool runs ``min(cpu_count, 4)`` spawned
 workers with ``threads // workers`` torch threads each (at least one; ``threads`` is the
-command's ``--threads`` or :func:`dmattack.threads.default_threads`, which leaves out the
+command's ``--threads`` or :func:`dmattack.core.threads.default_threads`, which leaves out the
 cores a busy machine already uses); on a GPU (or with one core) tasks run in-process.
 Task functions are top-level callables ``fn(*args, report=report)``;
 ``report(n)`` adds ``n`` units to the caller's progress.
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..threads import cpu_count, default_threads
+from ..core.threads import cpu_count, default_threads
 
 MAX_WORKERS = 4
 POLL_S = 0.1

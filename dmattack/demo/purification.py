@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
+from ..core.stats import compare, paired_difference
 from ..purification.evaluate import UNDEFENDED, PurifyConfig, run_purification
-from ..stats import compare, paired_difference
 from .sections import CHECKPOINTS
 
 RUNS = {"ddpm": CHECKPOINTS / "digits-ddpm", "robust-adv": CHECKPOINTS / "digits-robust-adv"}
@@ -54,7 +54,7 @@ def section_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _check(ddpm: dict[str, Any], adv: dict[str, Any], t_star: float) -> tuple[str, str]:
     """(verdict, evidence) of Robust_adv > DDPM at one t*: paired over images with a 95%
-    interval (:func:`dmattack.stats.compare`) when per-image values are present, else the
+    interval (:func:`dmattack.core.stats.compare`) when per-image values are present, else the
     point values alone (``held`` / ``did not hold``, marked "no interval")."""
     a, d = adv["robust_accuracy"], ddpm["robust_accuracy"]
     pa, pd = adv.get("robust_per_image"), ddpm.get("robust_per_image")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import write_text
+from ..core.io import write_text
 from .effects import Row, describe_check
 from .report_sections import SECTION_TEXT, SUBSPACE_COLUMNS, cell, fmt_cell, nonfinite, table
 

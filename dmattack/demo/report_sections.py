@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..attack_eval.render import LAST_STEP_MARK
+from ..evaluation.attack_eval.render import LAST_STEP_MARK
 from .claims import sweep_onset
 from .effects import Row
 

@@ -12,8 +12,8 @@ from typing import Any
 from ..attacks import AttackPlan, AttackSpec
 from ..attacks.lookahead import LookaheadPGD
 from ..attacks.trajectory import TrajectoryPGD
-from ..damage import PIXEL
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..evaluation.damage import PIXEL
 from ..purification import PurifyConfig
 from . import figures
 from .common import Context, TrainedModel
@@ -96,7 +96,7 @@ def adaptive_attacks(plan: AdaptivePlan, ctx: Context,
                      "image_models": ", ".join(f"checkpoints/{IMAGE_RUNS[m]}" for m in ATTACKED),
                      "budget": "ε_s = √β̃_s per attacked step (ℓ∞, model space), the per-step "
                                "attacks' budget",
-                     "seeds": f"dmattack.seeding.sample_seeds({ctx.seed}, N), clean and "
+                     "seeds": f"dmattack.core.seeding.sample_seeds({ctx.seed}, N), clean and "
                               "attacked paired"},
         "rows": rows,
         "figures": {"bars": ctx.rel(fig)},

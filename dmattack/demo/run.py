@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, OutputError
-from ..io import provenance, write_json
-from ..train import resolve_device
+from ..core.errors import ConfigError, OutputError
+from ..core.io import provenance, write_json
+from ..training.train import resolve_device
 from . import controls, experiments, robustness
 from .aggregate import aggregate_sections, combine_claims
 from .claims import assess

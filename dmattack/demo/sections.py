@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 
 SECTIONS = {"subspace": "corrupted_subspace", "toy": "toy_3d", "attacks": "attacks",
             "steps": "sampling_steps", "adaptive": "adaptive_attacks",

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from ..attack_eval import run_curve
 from ..attacks import AttackSpec
-from ..evaluation import clean_dataset, make_metric_fn, reference_for
-from ..runs import load_run
-from ..sampling import SamplerConfig, sample_batched
-from ..seeding import sample_seeds
-from ..train import TrainConfig, train
+from ..core.seeding import sample_seeds
+from ..diffusion.sampling import SamplerConfig, sample_batched
+from ..evaluation.attack_eval import run_curve
+from ..evaluation.metrics import clean_dataset, make_metric_fn, reference_for
+from ..runs.checkpoints import load_run
+from ..training.train import TrainConfig, train
 
 Report = Callable[[int], None]
 REPORT_EVERY = 10  # training steps per progress message
@@ -83,7 +83,8 @@ def sample_task(run_dir: str, num_samples: int, sampler_steps: int, seed: int, n
 def curve_task(run_dirs: Sequence[str], specs: Sequence[AttackSpec], num_samples: int, seed: int,
                sampler_steps: int, metrics: Sequence[str], metric: str, out_dir: str,
                device: str, *, report: Report) -> dict[str, Any]:
-    """:func:`~dmattack.attack_eval.run_curve` of the runs (scored against the first run's
+    """:func:`~dmattack.evaluation.attack_eval.run_curve` of the runs (scored against the first
+    run's
     clean data); ``report`` counts curve points. Returns the curve with its wall time."""
     start = time.perf_counter()
     models = [load_run(d, device=device) for d in run_dirs]

@@ -1,5 +1,5 @@
 """Noise predictors with one interface: ``eps = model(x_t, t)``; the model presets are entries
-of :data:`~dmattack.registry.PRESETS`."""
+of :data:`~dmattack.core.registry.PRESETS`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..errors import ConfigError
-from ..registry import PRESETS
+from ..core.errors import ConfigError
+from ..core.registry import PRESETS
 from .mlp import MLPEps
 from .unet import UNET_PRESETS, UNetEps, build_unet
 
@@ -35,7 +35,7 @@ class EvalProtocol:
 
 @dataclass(frozen=True)
 class ModelPreset:
-    """A model preset as registered in :data:`~dmattack.registry.PRESETS`.
+    """A model preset as registered in :data:`~dmattack.core.registry.PRESETS`.
 
     ``build(data_shape, dropout)`` makes a fresh noise predictor; ``kind`` is the data it
     serves (``"image"`` or ``"vector"``); ``steps``, ``batch_size``, ``warmup`` are the

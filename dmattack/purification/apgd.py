@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .. import progress
+from ..core import progress
 from .draws import eot_logits
 
 RHO = 0.75  # torchattacks' thr_decr: oscillation threshold of the step-size rule

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import progress
-from ..errors import ConfigError
-from ..seeding import derive_seed, rand_per_sample
+from ..core import progress
+from ..core.errors import ConfigError
+from ..core.seeding import derive_seed, rand_per_sample
 from .apgd import apgd
 from .draws import eot_logits, seeded_logits
 

@@ -27,8 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from ..errors import ConfigError, InputFileError, first_line
-from ..runs import sha256_file
+from ..core.errors import ConfigError, InputFileError, first_line
+from ..runs.checkpoints import sha256_file
 from .purifier import Purifier
 
 DIGITS_CNN = "digits-cnn"

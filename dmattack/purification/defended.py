@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..errors import ConfigError, DmattackError
-from ..runs import LoadedModel
+from ..core.errors import ConfigError, DmattackError
+from ..runs.checkpoints import LoadedModel
 from .attacks import PurifyAttackSpec
 from .classifier import (
     PurifiedClassifier,

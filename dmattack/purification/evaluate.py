@@ -33,16 +33,16 @@ from typing import Any
 
 import torch
 
-from .. import distributed
-from ..errors import ConfigError
-from ..io import MiB, check_writable, provenance, write_json, write_text
-from ..locking import lock_folder
-from ..option_types import parse_t_star
-from ..registry import SAMPLERS
-from ..runs import LoadedModel, digest
-from ..seeding import derive_seed, sample_seeds
-from ..settings import check_settings, setting
-from ..text import comma_list
+from ..core import distributed
+from ..core.errors import ConfigError
+from ..core.io import MiB, check_writable, provenance, write_json, write_text
+from ..core.locking import lock_folder
+from ..core.option_types import parse_t_star
+from ..core.registry import SAMPLERS
+from ..core.seeding import derive_seed, sample_seeds
+from ..core.settings import check_settings, setting
+from ..core.text import comma_list
+from ..runs.checkpoints import LoadedModel, digest
 from .attacks import (
     ATTACK_STREAM,
     PURIFY_LOSSES,

@@ -25,12 +25,12 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..diffusion import GaussianDiffusion
-from ..errors import ConfigError, RunFolderError, first_line
-from ..registry import SAMPLERS
-from ..runs import LoadedModel
-from ..sampling import SamplerConfig, SamplingChain, clip_default
-from ..seeding import randn_per_sample
+from ..core.errors import ConfigError, RunFolderError, first_line
+from ..core.registry import SAMPLERS
+from ..core.seeding import randn_per_sample
+from ..diffusion.gaussian import GaussianDiffusion
+from ..diffusion.sampling import SamplerConfig, SamplingChain, clip_default
+from ..runs.checkpoints import LoadedModel
 
 GRADIENTS = ("full", "bpda", "none")
 
@@ -72,8 +72,8 @@ def forward_steps(t_star: float, num_timesteps: int) -> int:
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
     """A dmattack run folder (EMA weights) or a diffusers DDPM pipeline folder, in eval mode.
     Raises :class:`RunFolderError` (one line) for anything else."""
-    from ..pipeline import load_pipeline
-    from ..runs import load_run
+    from ..runs.checkpoints import load_run
+    from ..runs.pipeline import load_pipeline
 
     folder = Path(path)
     try:
@@ -102,7 +102,8 @@ class Purifier(nn.Module):
         clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain (None: as
             sampling does, on for images, off for vectors).
 
-    ``chain`` (n > 0): the reverse chain as a :class:`~dmattack.sampling.SamplingChain` of the
+    ``chain`` (n > 0): the reverse chain as a :class:`~dmattack.diffusion.sampling.SamplingChain`
+    of the
     first n timesteps, resolved once here.
     """
 
@@ -143,8 +144,8 @@ class Purifier(nn.Module):
 
     @classmethod
     def from_loaded(cls, loaded: LoadedModel, **kwargs) -> Purifier:
-        """A purifier around a model from :func:`dmattack.runs.load_run` /
-        :func:`dmattack.pipeline.load_pipeline` (keyword arguments as the constructor's)."""
+        """A purifier around a model from :func:`dmattack.runs.checkpoints.load_run` /
+        :func:`dmattack.runs.pipeline.load_pipeline` (keyword arguments as the constructor's)."""
         if loaded.config.get("clip_sample") is not None:  # a pipeline's scheduler setting
             kwargs.setdefault("clip_denoised", bool(loaded.config["clip_sample"]))
         return cls(loaded.model, loaded.diffusion, loaded.data_shape, **kwargs)
@@ -206,7 +207,7 @@ class Purifier(nn.Module):
         """P(x) with exact gradients (checkpointed per step when ``checkpoint_steps``).
 
         ``generators``: one per sample for reproducible noise independent of batching
-        (:func:`dmattack.seeding.generators`); otherwise see ``seed``.
+        (:func:`dmattack.core.seeding.generators`); otherwise see ``seed``.
         """
         if self.n == 0:
             return x

@@ -6,7 +6,7 @@ correctness:
 
 * ``mean`` ± ``sd``: accuracy of each draw (a mean over images), averaged over the R draws, and
   the sample standard deviation over draws; ``ci95``: the 95% bootstrap interval over images of
-  the per-image mean over draws (:func:`dmattack.stats.summarize`);
+  the per-image mean over draws (:func:`dmattack.core.stats.summarize`);
 * ``majority``: an image counts when the most frequent label of its R draws is right (ties go to
   the lowest class index); ``worst``: when all R draws are right (for robust accuracy: the
   attack succeeds if any draw misclassifies). Each with its 95% interval over images.
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..stats import compare, paired_difference, summarize
+from ..core.stats import compare, paired_difference, summarize
 
 REFERENCE = "pgd-eot"
 """The attack every other attack is checked against (``weaker_than``)."""

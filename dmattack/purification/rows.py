@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..runs import LoadedModel
+from ..runs.checkpoints import LoadedModel
 from .attacks import CONVERGENCE_TOL, SELECT_STREAM, PurifyAttackSpec, converged
 from .defended import Defended, _label, _surrogate
 from .results import accuracies, weaker_check
@@ -57,7 +57,7 @@ def protocol(cfg: PurifyConfig) -> dict[str, Any]:
         "mean": "mean over the draws of each draw's accuracy over images",
         "sd": "sample standard deviation of the per-draw accuracies",
         "ci95": "95% BCa bootstrap interval over images of the per-image mean over draws "
-                "(dmattack.stats.summarize)",
+                "(dmattack.core.stats.summarize)",
         "majority": "most frequent label of the draws is right (ties: lowest class)",
         "worst": "every draw is right (the attack succeeds if any draw misclassifies)",
         "correct": "0/1 per draw (rows) and image (columns), clean and adversarial",

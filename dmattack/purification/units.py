@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..runs import digest
+from ..runs.checkpoints import digest
 from .attacks import PurifyAttackSpec, image_generators
 from .classifier import PurifiedClassifier
 from .defended import Defended, NonFiniteError, _attacked, _surrogate

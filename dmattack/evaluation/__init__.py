@@ -1,0 +1,2 @@
+"""Evaluation (docs/architecture.md): metrics and references (``metrics``), per-sample damage
+(``damage``) and the attack evaluation (``attack_eval``)."""

@@ -1,0 +1,446 @@
+"""Glue between trained models and the ``evaluators`` package: the clean reference data of a
+model, the default metrics for its data, a ``metric_fn(samples) -> dict`` for attacks, and
+:func:`prepare_evaluation`, the one setup (sampler → sample count → batch → reference →
+metrics → label) that ``dmattack evaluate``, ``attack`` and ``curve`` share."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..core.errors import ConfigError
+from ..core.registry import DATASETS, METRICS
+from ..core.settings import check_settings, setting
+from ..core.text import comma_list
+from ..data import DiffusionDataset, load_dataset
+from ..diffusion.sampling import SamplerConfig
+from ..runs.checkpoints import LoadedModel, digest
+
+MetricFn = Callable[[torch.Tensor], dict[str, Any]]
+MAX_REFERENCE = 50_000  # the paper's FID reference size (CIFAR-10 train set)
+
+
+@dataclass
+class Reference:
+    """Clean reference data of a model: ``data`` (N, *shape) model space, the known
+    distribution ``truth`` (vector sets) and a ``name`` describing it for result files."""
+
+    data: torch.Tensor
+    truth: Any
+    name: str
+    description: dict[str, Any]
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """sha256 over the reference's content (the float32 bytes and shape of ``data``, so
+        every file under ``--data-dir`` that is read counts, byte for byte) and its
+        description (dataset, parameters, seed: what the known ``truth`` derives from)."""
+        h = hashlib.sha256(json.dumps([self.name, self.description, list(self.data.shape)],
+                                      sort_keys=True, default=str).encode())
+        for block in self.data.reshape(len(self.data), -1).split(4096):
+            h.update(block.float().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+def clean_dataset(loaded: LoadedModel, data_dir: str | os.PathLike | None = None
+                  ) -> DiffusionDataset:
+    """The CLEAN training set of a run (corruption is never applied to the reference)."""
+    data_cfg = loaded.config.get("data", {})
+    train_cfg = loaded.config.get("train", {})
+    name = loaded.dataset
+    if name is None:
+        raise ConfigError(f"{loaded.source} names no dataset; pass --dataset for the reference",
+                          field="dataset")
+    return load_dataset(
+        name,
+        data_dir=data_dir or train_cfg.get("data_dir"),
+        resolution=train_cfg.get("resolution"),
+        num_samples=train_cfg.get("num_data"),
+        seed=int(data_cfg.get("seed", train_cfg.get("seed", 0))),
+        **{k: v for k, v in data_cfg.get("params", {}).items()
+           if k in _user_params(name)},
+    )
+
+
+def _user_params(name: str) -> tuple[str, ...]:
+    from ..data import DEFAULT_PARAMS
+
+    return tuple(DEFAULT_PARAMS.get(name, {}))
+
+
+def reference_for(dataset: DiffusionDataset, max_samples: int = MAX_REFERENCE) -> Reference:
+    """Materialise (at most ``max_samples`` of) a dataset as the reference tensor."""
+    data = dataset.tensor()
+    if data is None:
+        n = min(len(dataset), max_samples)
+        data = torch.stack([dataset[i] for i in range(n)])
+    desc = dataset.describe()
+    name = f"{desc['name']} clean train set ({len(data)} samples)"
+    return Reference(data[:max_samples], dataset.truth, name, desc)
+
+
+def default_metrics(shape: Sequence[int], truth: Any) -> tuple[str, ...]:
+    """What a robustness researcher reads first for this data: FID for images (digits-cnn on
+    the embedded digits), the exact Fréchet distance for known distributions; always the
+    variance ratio (docs/method.md §11: smoothing shows up as a ratio below 1)."""
+    if len(shape) == 3:
+        return ("fid", "variance-ratio")
+    if truth is not None:
+        return ("fd-exact", "variance-ratio")
+    return ("variance-ratio",)
+
+
+def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
+                   protocol: dict[str, Any] | None = None, **evaluate_kwargs: Any) -> MetricFn:
+    """``metric_fn(samples) -> {label: value, ..., "protocol": {...}}`` for these metrics
+    (checked against the reference's shape and truth now, before any sampling, and every
+    weights file they need located: a missing one fails here, not after sampling).
+
+    ``metric_fn.identity`` says what its numbers depend on (metrics, extractor weights'
+    sha256, the reference's content fingerprint, torch-fidelity's version); curve stores key
+    their points by it (:func:`~dmattack.evaluation.attack_eval.run_curve`)."""
+    from evaluators import check_metrics, evaluate, scoring_identity
+
+    shape = tuple(reference.data.shape[1:])
+    check_metrics(tuple(metrics), shape, reference.truth)
+    identity = {**scoring_identity(tuple(metrics), shape, **{
+        k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS}),
+        "reference": reference.name, "reference_sha256": reference.fingerprint}
+
+    def metric_fn(samples: torch.Tensor) -> dict[str, Any]:
+        return evaluate(samples, reference.data, tuple(metrics), truth=reference.truth,
+                        reference_name=reference.name, protocol=protocol, **evaluate_kwargs)
+
+    metric_fn.identity = identity  # type: ignore[attr-defined]
+    return metric_fn
+
+
+SCORING_KWARGS = ("feature_extractor", "inception_weights", "memorization_space", "dinov2_dir")
+"""Keyword arguments of :func:`evaluators.evaluate` that choose what scores the samples."""
+
+
+DEFAULT_STRIDED_STEPS = 100  # a strided sampler's length when neither user nor preset sets one
+MAX_SAMPLES = 10_000_000
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """How a model's samples are scored: how many, in which batches, against which reference,
+    with which metrics. Unset (None) values come from the model's protocol
+    (:func:`~dmattack.evaluation.attack_eval.default_protocol`) and its data."""
+
+    num_samples: int | None = setting(None, "Samples to draw.", low=1, high=MAX_SAMPLES,
+                                      auto="the model's preset: tiny 256, mlp 2000, GPU "
+                                      "presets 10k")
+    batch_size: int | None = setting(None, "Samples per batch.", low=1, high=MAX_SAMPLES,
+                                     auto="the model's preset")
+    seed: int = setting(0, "Seed of the per-sample randomness (x_T and every z).", low=0,
+                        high=2**63 - 1)
+    first_sample: int = setting(0, "Index of the first sample (for sharding across "
+                                "processes/GPUs).", low=0, high=2**40)
+    metrics: str | None = setting(None, "Comma list of metrics; the first is the headline.",
+                                  auto="the data: fid for images, fd-exact for known "
+                                  "distributions; variance-ratio always",
+                                  aliases=("--metric",))
+    dataset: str | None = setting(None, "Clean reference data [default: the run's dataset; "
+                                  "required for --pipeline].", choices=DATASETS.names)
+    data_dir: str | None = setting(None, "Root of on-disk reference data.")
+    inception_weights: str | None = setting(None, "Local Inception weights for FID/IS/KID "
+                                            "(torch-fidelity's "
+                                            "weights-inception-2015-12-05-6726825d.pth).")
+    allow_small_fid: bool = setting(False, "Score a Fréchet distance (fid, fd-exact) from N "
+                                    "samples at or below its feature dimension d (singular "
+                                    "covariance, mostly bias; docs/method.md §8); recorded as "
+                                    "allow_small_fid in the result.")
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.metrics is not None:
+            metric_list(self.metrics)
+
+    def metric_names(self) -> list[str] | None:
+        return None if self.metrics is None else metric_list(self.metrics)
+
+
+def metric_list(text: str) -> list[str]:
+    """``"fid,variance-ratio"`` → the metric names, each checked against the METRICS
+    registry."""
+    import evaluators  # noqa: F401 - registers the built-in metrics
+
+    items = comma_list(text, "metrics")
+    for m in items:
+        METRICS.get(m, "metric")
+    return items
+
+
+def resolve_sampler(loaded: LoadedModel, name: str | None = None, steps: int | None = None,
+                    eta: float | None = None, clip_denoised: bool | None = None
+                    ) -> SamplerConfig:
+    """The sampler of the model's protocol with the given fields replaced (None keeps the
+    protocol's). A strided sampler without a length runs the preset's, or
+    :data:`DEFAULT_STRIDED_STEPS` (docs/method.md §8); ``clip_denoised`` defaults to on for
+    images and off for vectors (a pipeline: its ``clip_sample``)."""
+    from .attack_eval import default_protocol
+
+    proto = default_protocol(loaded).sampler
+    given = dict(name=name, steps=steps, eta=eta, clip_denoised=clip_denoised)
+    sampler = dataclasses.replace(proto, **{k: v for k, v in given.items() if v is not None})
+    if sampler.steps is None and sampler.entry.strided:
+        sampler = dataclasses.replace(sampler, steps=DEFAULT_STRIDED_STEPS)
+    sampler.validate(loaded.diffusion.num_timesteps)
+    return sampler
+
+
+def resolve_reference(loaded: LoadedModel, dataset: str | None = None,
+                      data_dir: str | os.PathLike | None = None) -> Reference:
+    """The clean reference of a model (its own training set, or ``dataset``), checked against
+    its data shape."""
+    name = dataset if dataset is not None else loaded.dataset
+    if data_dir is not None and name is not None and reads_no_files(name):
+        raise ConfigError(f"--data-dir {data_dir} is not read by {name} (embedded or synthetic "
+                          "data); remove it", field="data_dir")
+    if dataset is not None and dataset != loaded.dataset:
+        ds = load_dataset(dataset, data_dir=data_dir,
+                          resolution=loaded.data_shape[-1] if len(loaded.data_shape) == 3
+                          else None)
+    else:
+        ds = clean_dataset(loaded, data_dir)
+    ref = reference_for(ds)
+    if tuple(ref.data.shape[1:]) != tuple(loaded.data_shape):
+        raise ConfigError(f"model {loaded.source} makes samples of shape {loaded.data_shape} "
+                          f"but the reference {ds.name} has shape "
+                          f"{tuple(ref.data.shape[1:])}", field="dataset")
+    return ref
+
+
+def reads_no_files(dataset: str) -> bool:
+    """Whether data set ``dataset`` is built without reading ``--data-dir``: vector sets, and
+    image sets registered as embedded (``DatasetEntry.label`` says "(embedded)")."""
+    entry = DATASETS.get(dataset, "dataset")
+    return entry.kind == "vector" or "(embedded)" in entry.label
+
+
+def evaluation_label(metrics: Sequence[str], num_samples: int) -> str:
+    """E.g. ``FID-10k`` or ``FD (exact)-2k``: the headline metric and sample count."""
+    from evaluators import metric_labels
+
+    n = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
+    name = metric_labels(metrics[0])[0] if metrics[0] != "variance-ratio" else "variance ratio"
+    return f"{name}-{n}"
+
+
+@dataclass
+class EvaluationSetup:
+    """Everything a scoring command resolved: the sampler (and its label, e.g.
+    ``respaced-25``), sample count and batch, the clean reference, the metrics and the label
+    the numbers are reported under (e.g. ``FID-256``)."""
+
+    sampler: SamplerConfig
+    sampler_label: str
+    num_samples: int
+    batch_size: int
+    reference: Reference
+    metrics: list[str]
+    label: str
+    config: EvaluationConfig
+    scoring: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def protocol(self) -> dict[str, Any]:
+        """What every result of this setup records about its scoring: the label, and
+        ``allow_small_fid: true`` when a small-sample Fréchet distance was allowed."""
+        return {"evaluation": self.label,
+                **({"allow_small_fid": True} if self.config.allow_small_fid else {})}
+
+    def metric_fn(self, **evaluate_kwargs: Any) -> MetricFn:
+        """``metric_fn(samples)`` for :func:`~dmattack.evaluation.attack_eval.run_attack` /
+        ``run_curve`` (the setup's ``scoring`` options, overridden by ``evaluate_kwargs``)."""
+        fn = make_metric_fn(self.reference, self.metrics, protocol=self.protocol(),
+                            inception_weights=self.config.inception_weights,
+                            **{**self.scoring, **evaluate_kwargs})
+        if self.config.allow_small_fid:
+            fn.identity["allow_small_fid"] = True  # type: ignore[attr-defined]
+        return fn
+
+
+def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationConfig(),
+                       sampler: SamplerConfig | None = None,
+                       num_samples: int | None = None, *, feature_extractor: str = "auto",
+                       memorization_space: str = "auto",
+                       dinov2_dir: str | os.PathLike | None = None) -> EvaluationSetup:
+    """Resolve a scoring run of ``loaded`` before any sampling: the sampler (default: the
+    model's protocol, :func:`resolve_sampler`), sample count (``num_samples`` overrides
+    ``cfg``, e.g. for samples read from files) and batch, the reference, the metrics (checked
+    against the data, the sample count and the scoring options ``feature_extractor``,
+    ``memorization_space``, ``dinov2_dir`` of :func:`evaluators.evaluate`, kept in the setup's
+    ``scoring``; see :func:`check_scoring`) and the result label. Raises :class:`ConfigError` /
+    :class:`~evaluators.errors.MetricError` (one line) for a bad choice."""
+    from evaluators import check_metrics
+
+    from .attack_eval import default_protocol
+
+    proto = default_protocol(loaded)
+    sampler = (sampler if sampler is not None else resolve_sampler(loaded)
+               ).for_shape(loaded.data_shape)
+    sampler.validate(loaded.diffusion.num_timesteps)
+    n = num_samples or cfg.num_samples or proto.num_samples
+    reference = resolve_reference(loaded, cfg.dataset, cfg.data_dir)
+    metrics = cfg.metric_names() or list(default_metrics(loaded.data_shape, reference.truth))
+    check_metrics(metrics, tuple(loaded.data_shape), reference.truth)
+    scoring = {"feature_extractor": feature_extractor,
+               "memorization_space": memorization_space, "dinov2_dir": dinov2_dir}
+    check_scoring(metrics, tuple(loaded.data_shape), n, cfg, **scoring)
+    return EvaluationSetup(sampler, sampler.describe(loaded.diffusion.num_timesteps), n,
+                           cfg.batch_size or proto.batch_size, reference, metrics,
+                           evaluation_label(metrics, n), cfg, scoring)
+
+
+def frechet_dimension(metric: str, shape: Sequence[int], extractor: str | None = None
+                      ) -> tuple[int, str] | None:
+    """``(d, what)``: the dimension of the space whose covariance a Fréchet-distance metric
+    estimates from the samples, or None for other metrics. ``fid``: the FID layer of the
+    resolved feature ``extractor`` (``digits-cnn`` | ``inception``), read from the
+    torch-fidelity extractor itself (64 for digits-cnn, 2048 for Inception); ``fd-exact``: the
+    data dimension prod(``shape``). docs/method.md §8."""
+    if metric == "fd-exact":
+        return math.prod(shape), "data"
+    if metric != "fid" or extractor is None:
+        return None
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    from evaluators.extractors import EXTRACTORS
+
+    entry = FEATURE_EXTRACTORS_REGISTRY[EXTRACTORS[extractor]]
+    return int(entry.get_default_feature_layer_for_metric("fid")), f"{extractor} feature"
+
+
+def check_sample_size(metrics: Sequence[str], shape: Sequence[int], num_samples: int,
+                      extractor: str | None = None, allow_small: bool = False) -> None:
+    """Refuse (one line, :class:`ConfigError`) a Fréchet distance from N ≤ d samples, d of
+    :func:`frechet_dimension`: the sample covariance is singular and the number mostly
+    estimator bias (docs/method.md §8). ``allow_small`` lets it through."""
+    for m in metrics:
+        dim = frechet_dimension(m, shape, extractor)
+        if dim is None or allow_small or num_samples > dim[0]:
+            continue
+        raise ConfigError(
+            f"{m} from {num_samples} samples: its {dim[0]}-D {dim[1]} covariance needs more "
+            f"samples than dimensions, at least --num-samples {dim[0] + 1} (docs/method.md "
+            f"§8); use --metrics kid (unbiased at any N) or pass --allow-small-fid",
+            field="num_samples")
+
+
+def check_scoring(metrics: Sequence[str], shape: Sequence[int], num_samples: int,
+                  cfg: EvaluationConfig, feature_extractor: str = "auto",
+                  memorization_space: str = "auto",
+                  dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything about scoring that can fail, checked before sampling: every weights file
+    located (:func:`evaluators.scoring_identity`), every scoring option used
+    (:func:`check_used`), the Fréchet sample size
+    (:func:`check_sample_size`), IS only with an extractor that has logits, DINOv2 only with a
+    checkout and its weights. Returns the scoring identity."""
+    from evaluators import MetricError, scoring_identity
+    from evaluators.inception import FID_HELPER_SHA256, NO_LOGITS
+
+    identity = scoring_identity(tuple(metrics), tuple(shape), feature_extractor=feature_extractor,
+                                inception_weights=cfg.inception_weights,
+                                memorization_space=memorization_space, dinov2_dir=dinov2_dir)
+    check_used(identity, feature_extractor, memorization_space, dinov2_dir,
+               cfg.inception_weights)
+    check_sample_size(metrics, shape, num_samples, identity.get("feature_extractor"),
+                      cfg.allow_small_fid)
+    if "is" in metrics and identity.get("feature_extractor_weights_sha256") == FID_HELPER_SHA256:
+        raise MetricError(NO_LOGITS)
+    if identity.get("memorization_space") == "dinov2":
+        check_dinov2(dinov2_dir)
+    return identity
+
+
+def check_used(identity: dict[str, Any], feature_extractor: str = "auto",
+               memorization_space: str = "auto", dinov2_dir: str | os.PathLike | None = None,
+               inception_weights: str | os.PathLike | None = None) -> None:
+    """Refuse (one line) a scoring option that the metrics of ``identity``
+    (:func:`evaluators.scoring_identity`) would ignore: an accepted option is always used."""
+    extractor, space = identity.get("feature_extractor"), identity.get("memorization_space")
+    metrics = ", ".join(identity["metrics"])
+    unused = [
+        (feature_extractor != "auto" and extractor is None,
+         f"--feature-extractor {feature_extractor} is used by fid, is and kid only"),
+        (memorization_space != "auto" and space is None,
+         f"--memorization-space {memorization_space} is used by memorization only"),
+        (dinov2_dir is not None and space != "dinov2",
+         "--dinov2-dir is used by memorization in the dinov2 space only "
+         "(--memorization-space dinov2)"),
+        (inception_weights is not None and "inception" not in (extractor, space),
+         "--inception-weights is used with Inception features only (fid/is/kid with "
+         "--feature-extractor inception, or memorization in the inception space)"),
+    ]
+    for is_unused, why in unused:
+        if is_unused:
+            raise ConfigError(f"{why}; the metrics here ({metrics}) would ignore it; remove it",
+                              field="metrics")
+
+
+def check_dinov2(repo: str | os.PathLike | None) -> None:
+    """One-line :class:`~evaluators.errors.MetricError` unless a DINOv2 checkout (``repo``,
+    default torch-hub's cache copy, with ``hubconf.py``) and its weights are on disk: the
+    files :func:`evaluators.memorization.memorization` loads in the ``dinov2`` space."""
+    from evaluators import MetricError
+    from evaluators.memorization import DINOV2_URL
+
+    hub = Path(torch.hub.get_dir())
+    repo = Path(repo) if repo is not None else hub / "facebookresearch_dinov2_main"
+    ckpt = hub / "checkpoints" / os.path.basename(DINOV2_URL)
+    if not (repo / "hubconf.py").is_file() or not ckpt.is_file():
+        raise MetricError(f"DINOv2 needs a local facebookresearch/dinov2 checkout (hubconf.py; "
+                          f"looked in {repo}; pass it as --dinov2-dir) and {DINOV2_URL} at "
+                          f"{ckpt}")
+
+
+def memorization_train_set(loaded: LoadedModel, reference: Reference) -> torch.Tensor:
+    """The set memorisation is measured against: a run's own (possibly corrupted) training
+    set, else the clean reference."""
+    if loaded.config.get("kind") != "dmattack-run":
+        return reference.data
+    from ..training.config import TrainConfig, build_data
+
+    data = build_data(TrainConfig.from_dict(loaded.config["train"]))
+    return data.tensor() if data.tensor() is not None else reference.data
+
+
+def default_out_dir(loaded: LoadedModel, kind: str, name: str, runs_root: str | os.PathLike
+                    ) -> Path:
+    """``<base>/<kind>/<model name>-<short content hash>/<name>``: results of a run go inside
+    it (``base`` the run folder), those of a pipeline under ``runs_root``. The model name is
+    the folder's name, the hash the first 8 hex digits of the weights' and config's
+    fingerprint (EMA and raw weights differ), so two models never share a folder, also two
+    pipelines in folders of the same name."""
+    model = Path(loaded.source).name + (f"-{loaded.fingerprint[:8]}" if loaded.fingerprint
+                                        else "")
+    base = Path(loaded.source) if loaded.config.get("kind") == "dmattack-run" else Path(runs_root)
+    return base / kind / model / name
+
+
+def curve_folder(models: Sequence[LoadedModel], specs: Sequence[Any], setup: EvaluationSetup,
+                 ema: bool, runs_root: str | os.PathLike) -> Path:
+    """``<runs_root>/curves/<hash>``: the default store of a curve, named by everything that
+    defines its points, so re-running the same command resumes there: the models' content
+    fingerprints (weights and config, not their paths), the attacks, the sampler, the sample
+    count, seed and first sample, the metrics and the reference's content fingerprint (the
+    data read, not its folder)."""
+    from .attack_eval import model_identity
+
+    first = setup.config.first_sample
+    key = digest([[model_identity(m) for m in models], ema, [s.to_dict() for s in specs],
+                  setup.sampler.__dict__, setup.num_samples, setup.config.seed, setup.metrics,
+                  setup.reference.fingerprint, *([first] if first else [])])
+    return Path(runs_root) / "curves" / key[:12]
