@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import re
 import subprocess
-import sys
 from functools import partial
 from pathlib import Path
 
+import doc_plugins
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -25,16 +23,13 @@ SMALL = ["--run", DIGITS, "--sampler", "respaced", "--sampler-steps", "5", "--nu
          "--metrics", "variance-ratio"]
 
 
+TITLE = "## Adding an attack with its own option"
+
+
 def doc_blocks() -> tuple[str, str, str]:
-    """(entry-point name, module, module source) of the section's plugin and pyproject block."""
-    text = DOC.read_text()
-    start = text.index("## Adding an attack with its own option")
-    end = text.find("\n## ", start + 1)
-    section = text[start:end if end > 0 else len(text)]
-    (source,) = re.findall(r"^```python\n(.*?)^```", section, re.S | re.M)
-    (toml,) = re.findall(r"^```toml\n(.*?)^```", section, re.S | re.M)
-    assert toml.startswith("[project.entry-points.dmattack]\n")
-    ((name, module),) = re.findall(r'^([\w.-]+) = "([\w.]+)"$', toml, re.M)
+    """(entry-point name, module, module source) of the section's plugin."""
+    ((name, module),) = doc_plugins.entry_points(TITLE)
+    (source,) = doc_plugins.blocks(TITLE, "python")
     assert source.startswith(f"# {module}.py")
     return name, module, source
 
@@ -43,25 +38,13 @@ def doc_blocks() -> tuple[str, str, str]:
 def site(tmp_path_factory) -> tuple[Path, str]:
     """A site folder with the doc's plugin installed: (folder, attack name)."""
     site = tmp_path_factory.mktemp("site")
-    name, module, source = doc_blocks()
-    (site / f"{module}.py").write_text(source)
-    info = site / "momentum_pgd_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: momentum-pgd-plugin\n"
-                                   "Version: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[dmattack]\n{name} = {module}\n")
+    ((name, _),) = doc_plugins.install(site, TITLE, "momentum-pgd-plugin")
     return site, name
 
 
 def dmattack(site: Path, tmp: Path, *args: str) -> subprocess.CompletedProcess:
     """``dmattack *args`` in a fresh process with ``site`` on its path."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200",
-           "DMATTACK_CACHE": str(tmp / "cache")}
-    env.pop("DMATTACK_DEBUG", None)
-    return subprocess.run([sys.executable, "-c", "import sys, cli; sys.argv[0] = 'dmattack'; "
-                           "cli.main()", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return doc_plugins.dmattack(site, tmp, list(args))
 
 
 @pytest.mark.slow

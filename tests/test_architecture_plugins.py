@@ -5,14 +5,13 @@ documented commands in fresh processes (the documented example is the tested one
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
 import subprocess
 import sys
 import types
 from pathlib import Path
 
+import doc_plugins
 import pytest
 from safetensors.torch import load_file
 
@@ -22,50 +21,27 @@ TITLE = "## Adding an objective and a metric as plugins"
 MODULES = ("offset_noise_plugin", "mean_abs_plugin")
 
 
-def section() -> str:
-    text = DOC.read_text()
-    start = text.index(TITLE)
-    end = text.find("\n## ", start + len(TITLE))
-    return text[start:] if end < 0 else text[start:end]
-
-
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", section(), re.S | re.M)
+    return doc_plugins.blocks(TITLE, language)
 
 
 def commands() -> list[list[str]]:
     """The documented shell commands (continuation lines joined), as argument lists."""
-    (bash,) = blocks("bash")
-    return [shlex.split(line) for line in bash.replace("\\\n", " ").splitlines() if line]
+    return doc_plugins.commands(TITLE)
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """A site folder holding one distribution: the doc's two modules and its entry points."""
     site = tmp_path_factory.mktemp("site")
-    for module in MODULES:
-        (source,) = [b for b in blocks("python") if b.startswith(f"# {module}.py")]
-        (site / f"{module}.py").write_text(source)
-    (toml,) = blocks("toml")
-    assert toml.startswith("[project.entry-points.dmattack]\n")
-    points = re.findall(r'^([\w.-]+) = "([\w.]+)"$', toml, re.M)
+    points = doc_plugins.install(site, TITLE, "docs-plugins")
     assert sorted(m for _, m in points) == sorted(MODULES)
-    info = site / "docs_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: docs-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[dmattack]\n" + "".join(f"{n} = {m}\n" for n, m in points))
     return site
 
 
 def dmattack(site: Path, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    """``dmattack *args`` in a fresh process with ``site`` installed, run in ``cwd``."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200"}
-    env.pop("DMATTACK_DEBUG", None)
-    code = "import sys, cli; sys.argv[0] = 'dmattack'; cli.main()"
-    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    """``dmattack *args`` in a fresh process with ``site`` on its path."""
+    return doc_plugins.dmattack(site, cwd, args, cwd=cwd)
 
 
 def _documented(verb: str) -> list[str]:

@@ -7,7 +7,6 @@ posterior means (Ho et al. 2020, Eq. 7 with x̂_0 from ε_θ) written here from 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -15,6 +14,7 @@ import sys
 import types
 from pathlib import Path
 
+import doc_plugins
 import numpy as np
 import pytest
 import torch
@@ -25,15 +25,8 @@ DOC = ROOT / "docs" / "architecture.md"
 TITLE = "## Adding a sampler as a plugin"
 
 
-def section() -> str:
-    text = DOC.read_text()
-    start = text.index(TITLE)
-    end = text.find("\n## ", start + len(TITLE))
-    return text[start:] if end < 0 else text[start:end]
-
-
 def blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", section(), re.S | re.M)
+    return doc_plugins.blocks(TITLE, language)
 
 
 def documented(verb: str, tmp: Path) -> list[str]:
@@ -59,25 +52,13 @@ def plugin() -> tuple[str, str, str]:
 def site(tmp_path_factory) -> Path:
     """A site folder holding one distribution: the doc's module and its entry point."""
     site = tmp_path_factory.mktemp("site")
-    name, module, source = plugin()
-    (site / f"{module}.py").write_text(source)
-    info = site / "posterior_mean_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: posterior-mean-plugin\n"
-                                   "Version: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[dmattack]\n{name} = {module}\n")
+    doc_plugins.install(site, TITLE, "posterior-mean-plugin")
     return site
 
 
 def dmattack(site: Path, tmp: Path, args: list[str]) -> subprocess.CompletedProcess:
-    """``dmattack *args`` in a fresh process with ``site`` on its path."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "COLUMNS": "200",
-           "DMATTACK_CACHE": str(tmp / "cache")}
-    env.pop("DMATTACK_DEBUG", None)
-    return subprocess.run([sys.executable, "-c", "import sys, cli; sys.argv[0] = 'dmattack'; "
-                           "cli.main()", *args], cwd=tmp, env=env, capture_output=True,
-                          text=True, timeout=600)
+    """``dmattack *args`` in a fresh process with ``site`` on its path (run in ``tmp``)."""
+    return doc_plugins.dmattack(site, tmp, args, cwd=tmp)
 
 
 def posterior_mean_loop(model, alphas_cumprod: np.ndarray, steps: int, x: torch.Tensor
