@@ -470,7 +470,7 @@ def test_nan_policy_is_validated_and_can_change_on_resume(two_checkpoints):
 LOCK_HOLDER = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from dmattack import locking
+from dmattack.core import locking
 lock = locking.FolderLock(sys.argv[2], "run folder", command="holder").acquire()
 print("locked", flush=True)
 time.sleep(600)
@@ -616,7 +616,7 @@ def test_a_failed_worker_run_leaves_no_worker_behind(tmp_path):
     root = _folder(tmp_path)
     script = f"""
 from dmattack.data import DataError
-from dmattack import train as train_mod
+from dmattack.training import train as train_mod
 from dmattack.training.train import TrainConfig, train
 cfg = TrainConfig(dataset="imagefolder", data_dir={str(root)!r}, resolution=8, preset="tiny",
                   num_data=None, batch_size=6, steps=2, num_workers=1, log_every=1)
