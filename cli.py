@@ -563,7 +563,7 @@ def leaderboard(cards: tuple[str, ...], out: str) -> None:
 @click.option("--pipeline", "pipelines", multiple=True, type=click.Path(),
               help="diffusers DDPM pipeline folder (repeatable).")
 @click.option("--protocol", required=True,
-              help="Protocol label, e.g. digits-quick-v1, digits-v1, cifar10-v1 (docs/card.md).")
+              help="Protocol label, e.g. digits-quick-v2, digits-v2, cifar10-v2 (docs/card.md).")
 @click.option("--protocol-dir", type=click.Path(), default=None,
               help="Folder of your own protocol files and their HASHES.json [default: the "
               "package's protocols].")
