@@ -37,7 +37,7 @@ class MetricOption:
         return [m for m, _ in self.readers]
 
 
-def option_table() -> list[MetricOption]:
+def metric_option_table() -> list[MetricOption]:
     """The metric options of every registered metric (plugins included), in registration
     order, shared by spelling."""
     import evaluators  # noqa: F401 - registers the built-in metrics
@@ -91,11 +91,11 @@ def _click_option(opt: MetricOption) -> Any:
 
 
 def metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
-    """The click options of ``dmattack evaluate`` (:func:`option_table`), less the keywords
+    """The click options of ``dmattack evaluate`` (:func:`metric_option_table`), less the keywords
     in ``exclude``."""
     if prefix:
         raise ValueError("metric options take no prefix")
-    return [_click_option(o) for o in option_table() if o.keyword not in exclude]
+    return [_click_option(o) for o in metric_option_table() if o.keyword not in exclude]
 
 
 def attack_metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
@@ -104,12 +104,12 @@ def attack_metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> li
     from ..attacks.options import option_table as attack_table
 
     taken = {o.spelling for o in attack_table()}
-    return metric_options(tuple(exclude) + tuple(o.keyword for o in option_table()
+    return metric_options(tuple(exclude) + tuple(o.keyword for o in metric_option_table()
                                                  if o.spelling in taken), prefix)
 
 
 def given_metric_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The metric options given on the command line (not None), by keyword of
     :func:`evaluators.evaluate`."""
-    return {o.keyword: opts[o.keyword] for o in option_table()
+    return {o.keyword: opts[o.keyword] for o in metric_option_table()
             if opts.get(o.keyword) is not None}
