@@ -115,6 +115,10 @@ def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
 
     shape = tuple(reference.data.shape[1:])
     check_metrics(tuple(metrics), shape, reference.truth)
+    for m in metrics:
+        if METRICS[m].needs_train_set and not {"train_set", "out_dir"} <= set(evaluate_kwargs):
+            raise ConfigError(f"{m} needs a training set and an output folder for its files: "
+                              "score it with dmattack evaluate (evaluate_model)", field="metrics")
     options = {k: v for k, v in evaluate_kwargs.items() if k in metric_keywords()}
     identity = {**scoring_identity(tuple(metrics), shape, **options),
                 "reference": reference.name, "reference_sha256": reference.fingerprint}
