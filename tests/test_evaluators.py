@@ -212,7 +212,8 @@ def test_is_kid_digits_and_protocol(digits, tmp_path):
     assert 1.0 <= res["IS (digits-cnn)"] <= 10.0
     assert np.isfinite(res["KID (digits-cnn)"]) and "KID std (digits-cnn)" in res
     assert res["variance ratio"] > 0
-    labels = [x for m in ("is", "kid", "variance-ratio") for x in metric_labels(m, feature_extractor="digits-cnn")]
+    labels = [x for m in ("is", "kid", "variance-ratio")
+              for x in metric_labels(m, feature_extractor="digits-cnn")]
     assert sorted(labels + ["protocol"]) == sorted(res)
 
 
