@@ -9,12 +9,14 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from test_purification import tiny_config, tiny_loaded
 
 from dmattack.purification import load_labeled_data, run_purification
 from dmattack.purification.evaluate import purify_folder
+from dmattack.purification.rows import in_training
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS_CNN_SHA = "e97a40fd62c4772b39860933c0368caeeb7a5e16705aea00e4e3bf1efb1d9f11"
@@ -87,3 +89,23 @@ def test_file_forms_record_and_key_as_before(tmp_path):
     assert result["data"] == {"source": str((tmp_path / "six.safetensors").resolve()),
                               "sha256": data_sha, "num_samples": 6,
                               "sha256_decoded": DIGITS_6_SHA}
+
+
+@pytest.mark.parametrize("dataset, data, num, expected", [
+    ("digits", "digits", 1797, (True, "the purifier was trained on all 1797 sklearn digits; "
+                                "digits-cnn's held-out split (the evaluation images) is among "
+                                "them")),
+    ("digits", "digits", 500, (None, "the purifier was trained on a subset of the digits; "
+                               "overlap not checked")),
+    ("cifar10", "cifar10", None, (False, "CIFAR-10 training reads data_batch_1..5; the "
+                                  "evaluation reads test_batch")),
+    ("cifar10", "digits", None, (None, "unknown: the purifier's training data is 'cifar10', "
+                                 "the evaluation data 'digits'")),
+    ("digits", "x.safetensors", 1797, (None, "unknown: the purifier's training data is "
+                                       "'digits', the evaluation data 'x.safetensors'")),
+])
+def test_seen_in_training_records_are_unchanged(dataset, data, num, expected):
+    """The purifier records' ``eval_images_in_training`` and reason, as on main."""
+    m = tiny_loaded()
+    m.dataset, m.config = dataset, {"data": {"name": dataset, "num_samples": num}}
+    assert in_training(m, pinned_config(data=data)) == expected

@@ -92,6 +92,29 @@ def test_registered_entries_are_accepted_run_and_recorded(entries, tmp_path):
     torch.testing.assert_close(x[:, 0, 0, 0] * 255, (25.5 * (y.float()) + 12).round())
 
 
+def test_a_set_says_which_purifiers_saw_its_images(entries, tmp_path):
+    from test_purification import tiny_loaded
+
+    def seen_by(dataset, data):
+        return (True, f"made from {dataset} {data['n']}") if dataset == "toy" else None
+
+    LABELLED_DATA.register("seen", LabelledSet(bright_set, "seen by toy", seen_by=seen_by))
+    try:
+        toy, other = tiny_loaded(), tiny_loaded()
+        toy.dataset, toy.config = "toy", {"data": {"n": 3}}
+        result = run_purification(small(data="seen", t_star="0", purify_steps=None,
+                                        num_samples=10), [toy], tmp_path / "a")
+        record = result["purifiers"][0]
+        assert record["eval_images_in_training"] is True
+        assert record["eval_images_in_training_reason"] == "made from toy 3"
+        other.dataset = "digits"
+        result = run_purification(small(data="seen", t_star="0", purify_steps=None,
+                                        num_samples=10), [other], tmp_path / "b")
+        assert result["purifiers"][0]["eval_images_in_training"] is None
+    finally:
+        LABELLED_DATA.unregister("seen")
+
+
 def test_a_set_reading_data_dir_needs_it_and_gets_it(entries, tmp_path):
     with pytest.raises(ConfigError, match="^data dark-dir needs --data-dir: a folder of dark "
                        "images$"):

@@ -32,7 +32,10 @@ from ..core.registry import LABELLED_DATA, Registry
 
 Labelled = tuple[torch.Tensor, torch.Tensor, dict[str, Any]]
 """``(images (N, C, H, W) in [0, 1], labels (N,) integers, info)``."""
+Seen = tuple[bool | None, str]
+"""Whether a purifier's training images include the evaluation images, and why we say so."""
 LABELLED_FILES = "a .safetensors file with 'images' and 'labels'"
+DIGITS_TOTAL = 1797
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,15 @@ class LabelledSet:
     integers); ``data_dir`` is the ``--data-dir`` folder for a set with ``data_dir`` (what the
     folder must hold; the set refuses to load without one), else always None (the option is
     ignored). ``description``: one line for the docs and ``dmattack plugins``.
+    ``seen_by(dataset, data)``: whether a purifier trained on registered dataset ``dataset``
+    with data settings ``data`` (its config.json's ``data``) saw these images, as ``(answer,
+    reason)``, or None when it cannot tell (recorded per purifier).
     """
 
     load: Callable[[Path | None], Labelled]
     description: str
     data_dir: str | None = None
+    seen_by: Callable[[str | None, dict[str, Any]], Seen | None] | None = None
 
 
 class NamesOrFile(tuple):
@@ -128,6 +135,21 @@ def _digits(data_dir: Path | None) -> Labelled:
     return (x + 1) / 2, y, {"split": "digits-cnn held-out (20%, random_state=0)"}
 
 
+def _digits_seen(dataset: str | None, data: dict[str, Any]) -> Seen | None:
+    if dataset != "digits":
+        return None
+    if data.get("num_samples") == DIGITS_TOTAL:
+        return True, ("the purifier was trained on all 1797 sklearn digits; digits-cnn's "
+                      "held-out split (the evaluation images) is among them")
+    return None, "the purifier was trained on a subset of the digits; overlap not checked"
+
+
+def _cifar10_seen(dataset: str | None, data: dict[str, Any]) -> Seen | None:
+    if dataset != "cifar10":
+        return None
+    return False, "CIFAR-10 training reads data_batch_1..5; the evaluation reads test_batch"
+
+
 def _cifar10_test(data_dir: Path | None) -> Labelled:
     """The CIFAR-10 test batch (10 000 uint8 images 3×32×32) under ``data_dir``."""
     from ..data.images import CIFAR_FOLDER, _ArrayUnpickler
@@ -166,7 +188,8 @@ def _safetensors_data(path: Path) -> Labelled:
 
 
 LABELLED_DATA.register("digits", LabelledSet(
-    load=_digits, description="digits-cnn's 360 held-out sklearn digits (1×8×8)"))
+    load=_digits, description="digits-cnn's 360 held-out sklearn digits (1×8×8)",
+    seen_by=_digits_seen))
 LABELLED_DATA.register("cifar10", LabelledSet(
     load=_cifar10_test, description="the CIFAR-10 test batch (10 000 images 3×32×32)",
-    data_dir="a folder holding 'cifar-10-batches-py'"))
+    data_dir="a folder holding 'cifar-10-batches-py'", seen_by=_cifar10_seen))
