@@ -68,6 +68,8 @@ OBJECTIVE_OPTIONS = "dmattack.training.objective_cli:train_click_options"
 SAMPLER_CONFIG = "dmattack.diffusion.sampling:SamplerConfig"
 EVALUATION_CONFIG = "dmattack.evaluation.metrics:EvaluationConfig"
 ATTACK_OPTIONS = "dmattack.attacks.options:attack_options"
+METRIC_OPTIONS = "dmattack.evaluation.metric_options:metric_options"
+ATTACK_METRIC_OPTIONS = "dmattack.evaluation.metric_options:attack_metric_options"
 PURIFY_CONFIG = "dmattack.purification.evaluate:PurifyConfig"
 
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
@@ -179,13 +181,15 @@ def _sampler(o: dict[str, Any], loaded):
     return sampler
 
 
-def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None, **scoring: Any):
+def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None):
     """The evaluation setup of the options (one library call shared by evaluate, attack and
-    curve; ``scoring``: evaluate's feature extractor and memorisation options)."""
+    curve), with the metric options given (each routed to the metrics that read it; one the
+    chosen metrics do not read is refused)."""
+    from dmattack.evaluation.metric_options import given_metric_options
     from dmattack.evaluation.metrics import EvaluationConfig, prepare_evaluation
 
     return prepare_evaluation(loaded, from_options(EvaluationConfig, o), _sampler(o, loaded),
-                              num_samples, **scoring)
+                              num_samples, **given_metric_options(o))
 
 
 model_options = option_group(
@@ -239,6 +243,7 @@ def sample_cmd(**o: Any) -> None:
 @model_options
 @sampler_options
 @evaluation_options
+@lazy_options(ATTACK_METRIC_OPTIONS)
 @lazy_options(ATTACK_OPTIONS)
 @click.option("--out", type=click.Path(), default=None,
               help="Result folder [default: <run>/attacks/<model>-<content hash>/<label>-<sampler>"
@@ -290,6 +295,7 @@ def attack(**o: Any) -> None:
 @click.option("--device", default="auto", show_default=True)
 @sampler_options
 @evaluation_options
+@lazy_options(ATTACK_METRIC_OPTIONS)
 @lazy_options(ATTACK_OPTIONS, exclude=("method", "percent", "window"))
 @click.option("--method", default="fgsm,pgd,random", show_default=True,
               help="Comma list of registered attacks (dmattack plugins lists them).")
@@ -359,12 +365,7 @@ SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
               "of sampling.")
 @click.option("--samples-key", default="samples", show_default=True,
               help="Tensor to read from --samples files (samples | clean | attacked).")
-@click.option("--feature-extractor", type=Choice(["auto", "inception", "digits-cnn"]),
-              default="auto", show_default=True, help="For fid/is/kid.")
-@click.option("--memorization-space", default="auto", show_default=True,
-              type=Choice(["auto", "pixels", "digits-cnn", "inception", "dinov2"]))
-@click.option("--dinov2-dir", type=click.Path(), default=None,
-              help="Local facebookresearch/dinov2 checkout with weights.")
+@lazy_options(METRIC_OPTIONS)
 @click.option("--out", type=click.Path(), default=None,
               help="Result folder [default: <run>/eval/<model>-<content hash>/<sampler>-n<N>-"
               "seed<S>; for a pipeline under runs/]. The absolute path is printed.")
@@ -385,9 +386,7 @@ def evaluate(**o: Any) -> None:
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     files = o["sample_files"]
     x = read_sample_files(files, o["samples_key"], loaded.data_shape) if files else None
-    ev = _evaluation(o, loaded, None if x is None else len(x),
-                     feature_extractor=o["feature_extractor"],
-                     memorization_space=o["memorization_space"], dinov2_dir=o["dinov2_dir"])
+    ev = _evaluation(o, loaded, None if x is None else len(x))
     name = f"{ev.sampler_label}-n{ev.num_samples}-seed{ev.config.seed}"
     out_dir = Path(o["out"] or default_out_dir(loaded, "eval", name, RUNS_ROOT))
     console.print(f"[bold]evaluate[/] {loaded.source}: {', '.join(ev.metrics)} on "

@@ -4,17 +4,19 @@ Non-finite policy: sample rows with any NaN/±inf are dropped, every metric is c
 finite rows, and ``protocol["num_nonfinite"]`` says how many were dropped. If no row is finite,
 every requested metric value is None (nothing is computed).
 
-A metric is a :class:`Metric` entry of :data:`METRICS` that computes its own values; a new one
-is one registration, e.g.
+A metric is a :class:`Metric` entry of :data:`METRICS` that computes its own values and owns
+its options (:attr:`Metric.config`, e.g. fid/is/kid's feature extractor); a new one is one
+registration, e.g.
 ``METRICS.register("mean-abs", Metric("mean |x|", lambda x, ref, c: {"mean |x|":
-float(x.abs().mean())}, ("mean |x|",)))``.
+float(x.abs().mean())}, ("mean |x|",)))``. :func:`evaluate`'s keyword options go to the
+requested metrics that read them (:func:`~evaluators.metric.route_options`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,81 +38,41 @@ from .fidelity import (
     label_suffix,
 )
 from .memorization import THRESHOLDS, memorization
+from .metric import (
+    Metric,
+    MetricCompute,
+    MetricContext,
+    keywords,
+    merge_records,
+    options_record,
+    route_options,
+)
+from .options import FeatureOptions, MemorizationOptions, is_image
 
-__all__ = ["METRICS", "Metric", "MetricContext", "MetricError", "check_metrics", "evaluate",
-           "metric_labels", "scoring_identity"]
-
-
-@dataclass
-class MetricContext:
-    """What one :func:`evaluate` call gives every metric besides the samples and reference:
-    the requested ``metrics``, the known distribution ``truth``, the resolved feature
-    ``extractor`` of fid/is/kid and memorisation ``space``, the options of :func:`evaluate`,
-    ``info`` (the result's protocol, which a metric may extend with its provenance) and
-    ``cache`` (shared by the metrics of one call, e.g. one feature pass for fid/is/kid)."""
-
-    metrics: tuple[str, ...] = ()
-    truth: Any = None
-    extractor: str = "inception"
-    space: str = "pixels"
-    inception_weights: str | os.PathLike | None = None
-    cache_dir: str | os.PathLike | None = None
-    reference_name: str = "reference"
-    train_set: torch.Tensor | None = None
-    out_dir: str | os.PathLike | None = None
-    dinov2_dir: str | os.PathLike | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
+__all__ = ["METRICS", "Metric", "MetricCompute", "MetricContext", "MetricError", "check_metrics",
+           "evaluate", "metric_labels", "scoring_identity"]
 
 
-MetricCompute = Callable[[torch.Tensor, torch.Tensor, MetricContext],
-                         Mapping[str, float | None]]
-"""``compute(samples, reference, context) -> {result key: value}``: ``samples`` (N, *shape) are
-the finite model-space rows (N ≥ 1), ``reference`` (N_ref, *shape) the clean reference."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A metric as registered in :data:`~dmattack.core.registry.METRICS`.
-
-    ``label``: one line for listings; ``compute`` (:data:`MetricCompute`) returns exactly the
-    result ``keys`` (a sequence, or a function of the :class:`MetricContext` when they depend
-    on the extractor or space); what it needs: images (``needs_images``), attributes of a
-    known distribution ``truth`` (``truth_needs``), a training set and an output folder
-    (``needs_train_set``). :func:`check_metrics` refuses a metric whose needs are unmet.
-    """
-
-    label: str
-    compute: MetricCompute
-    keys: Sequence[str] | Callable[[MetricContext], Sequence[str]]
-    needs_images: bool = False
-    truth_needs: tuple[str, ...] = ()
-    needs_train_set: bool = False
-
-    def result_keys(self, context: MetricContext) -> list[str]:
-        """The keys :attr:`compute` returns under ``context``."""
-        return list(self.keys(context) if callable(self.keys) else self.keys)
-
-
-def _image_keys(name: str) -> Callable[[MetricContext], list[str]]:
+def _image_keys(name: str) -> Callable[[FeatureOptions], list[str]]:
     extra = KID_CI_LABELS if name == "kid" else ()
-    return lambda c: [label + label_suffix(c.extractor) for label in (*LABELS[name].values(),
-                                                                      *extra)]
+    return lambda o: [label + label_suffix(o.feature_extractor)
+                      for label in (*LABELS[name].values(), *extra)]
 
 
 def _image_metric(name: str) -> MetricCompute:
     """fid/is/kid: the requested ones are computed together, in one feature pass."""
 
     def compute(x: torch.Tensor, reference: torch.Tensor, c: MetricContext) -> dict[str, float]:
-        if "image_values" not in c.cache:
+        key = ("image_values", c.options)
+        if key not in c.cache:
             requested = tuple(m for m in IMAGE_METRICS if m in c.metrics or m == name)
             values, info = image_metrics(
-                x, reference, requested, extractor=c.extractor,
-                weights=c.inception_weights if c.extractor == "inception" else None,
-                cache_dir=c.cache_dir, reference_name=c.reference_name)
+                x, reference, requested, extractor=c.options.feature_extractor,
+                weights=c.options.weights(), cache_dir=c.cache_dir,
+                reference_name=c.reference_name)
             c.info.update(info)
-            c.cache["image_values"] = values
-        return {k: c.cache["image_values"][k] for k in _image_keys(name)(c)}
+            c.cache[key] = values
+        return {k: c.cache[key][k] for k in _image_keys(name)(c.options)}
 
     return compute
 
@@ -138,25 +100,29 @@ def _variance_ratio(x: torch.Tensor, reference: torch.Tensor, c: MetricContext
     return {"variance ratio": exact.variance_ratio(x, reference)}
 
 
-def _memorization_keys(c: MetricContext) -> list[str]:
-    return ([f"memorization >{t} ({c.space})" for t in THRESHOLDS]
-            + [f"memorization mean max-sim ({c.space})"])
+def _memorization_keys(o: MemorizationOptions) -> list[str]:
+    return ([f"memorization >{t} ({o.space})" for t in THRESHOLDS]
+            + [f"memorization mean max-sim ({o.space})"])
 
 
 def _memorization_metric(x: torch.Tensor, reference: torch.Tensor, c: MetricContext
                          ) -> dict[str, float]:
-    weights = {"inception": c.inception_weights, "dinov2": c.dinov2_dir}.get(c.space)
-    return _memorization(x, c.train_set, c.space, c.out_dir, c.info, weights)
+    return _memorization(x, c.train_set, c.options, c.out_dir, c.info)
 
+
+_SET = dict(needs_images=True, config=FeatureOptions, on_features=True)
+"""What fid, is and kid share: images, their options (one feature pass), features."""
 
 for _name, _metric in {
     "fid": Metric("Fréchet Inception (or digits-cnn) distance", _image_metric("fid"),
-                  _image_keys("fid"), needs_images=True),
-    "is": Metric("Inception score", _image_metric("is"), _image_keys("is"), needs_images=True),
+                  _image_keys("fid"), default_for=("images",), better="lower", **_SET),
+    "is": Metric("Inception score", _image_metric("is"), _image_keys("is"), better="higher",
+                 **_SET),
     "kid": Metric("kernel Inception distance", _image_metric("kid"), _image_keys("kid"),
-                  needs_images=True),
+                  better="lower", **_SET),
     "fd-exact": Metric("exact Fréchet distance to the known distribution", _fd_exact,
-                       ("FD (exact)",), truth_needs=("mean", "covariance")),
+                       ("FD (exact)",), truth_needs=("mean", "covariance"),
+                       default_for=("known",), better="lower"),
     "subspace": Metric("distance to the known subspace (error, PSNR)", _subspace,
                        ("subspace error", "subspace PSNR (dB)"),
                        truth_needs=("mean", "basis")),
@@ -165,27 +131,22 @@ for _name, _metric in {
     "loglik": Metric("log-likelihood under the known mixture", _loglik, ("loglik (nats)",),
                      truth_needs=("means", "std")),
     "memorization": Metric("share of samples near a training item (cosine similarity)",
-                           _memorization_metric, _memorization_keys, needs_train_set=True),
+                           _memorization_metric, _memorization_keys, needs_train_set=True,
+                           config=MemorizationOptions),
     "variance-ratio": Metric("sample variance / reference variance (smoothing: < 1)",
-                             _variance_ratio, ("variance ratio",)),
+                             _variance_ratio, ("variance ratio",),
+                             default_for=("images", "known", "vectors")),
 }.items():
     METRICS.register(_name, _metric)
 
 
-def _is_image(shape: tuple[int, ...]) -> bool:
-    """Per-sample shape (C, H, W) with C in {1, 3}."""
-    return len(shape) == 3 and shape[0] in (1, 3)
-
-
-def _is_digits(shape: tuple[int, ...]) -> bool:
-    return len(shape) == 3 and shape[0] == 1 and shape[1] == shape[2] and shape[1] in (8, 16)
-
-
-def metric_labels(metric: str, extractor: str = "inception", space: str = "pixels") -> list[str]:
-    """Result keys that ``metric`` produces (``extractor`` for fid/is/kid, ``space`` for
-    memorization)."""
-    return METRICS.get(metric, "metric").result_keys(MetricContext(extractor=extractor,
-                                                                   space=space))
+def metric_labels(metric: str, shape: Sequence[int] = (), **options: Any) -> list[str]:
+    """Result keys that ``metric`` produces on samples of per-sample ``shape`` (default:
+    unknown) with keyword ``options`` (e.g. ``feature_extractor="digits-cnn"``; those it does
+    not read are left out, so one set of options can be asked of several metrics)."""
+    reads = keywords(METRICS.get(metric, "metric").config)
+    own = {k: v for k, v in options.items() if k in reads}
+    return METRICS[metric].result_keys(route_options([metric], shape, own)[metric])
 
 
 def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
@@ -194,7 +155,7 @@ def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
     ``shape`` (e.g. FID on vectors) or without the needed ``truth``; call before sampling."""
     for m in metrics:
         metric = METRICS.get(m, "metric")
-        if metric.needs_images and not _is_image(shape):
+        if metric.needs_images and not is_image(shape):
             raise ConfigError(f"{m} needs images (N, C, H, W) with C in {{1, 3}}; samples are "
                               f"(N, {', '.join(map(str, shape))})", field="metrics")
         missing = [a for a in metric.truth_needs if not hasattr(truth, a)]
@@ -203,40 +164,33 @@ def check_metrics(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
                               f"{', '.join(missing)}); this data has none", field="metrics")
 
 
-def scoring_identity(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...], *,
-                     feature_extractor: str = "auto",
-                     inception_weights: str | os.PathLike | None = None,
-                     memorization_space: str = "auto",
-                     dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+def scoring_identity(metrics: tuple[str, ...] | list[str], shape: tuple[int, ...],
+                     **options: Any) -> dict[str, Any]:
     """What :func:`evaluate` will score samples of per-sample ``shape`` with, resolved before
-    any sampling: the metrics, the feature extractor of fid/is/kid and the sha256 of its
-    weights, the memorisation space (and its weights' sha256), the torch-fidelity version.
-    Raises :class:`MetricError` (one line) when weights a metric needs are missing, so a
-    command fails before its expensive part. Stores key their points by this (plus the
-    reference), so a point is never reused under other scoring."""
-    from .extractors import resolve_weights, weights_sha256
-
+    any sampling: the metrics, the torch-fidelity version and what each metric's resolved
+    ``options`` (routed as :func:`evaluate` routes them) say its numbers depend on (fid/is/kid:
+    the feature extractor and its weights' sha256; memorization: the space and its weights'
+    sha256; a plugin's options by their fields). Raises :class:`MetricError` (one line) when
+    weights a metric needs are missing, so a command fails before its expensive part, and
+    :class:`ConfigError` for an option the metrics do not read. Stores key their points by
+    this (plus the reference), so a point is never reused under other scoring."""
     metrics = tuple(metrics)
     out: dict[str, Any] = {"metrics": list(metrics),
                            "torch_fidelity_version": torch_fidelity.__version__}
-    if any(m in IMAGE_METRICS for m in metrics):
-        extractor = _resolve(feature_extractor, ("digits-cnn", "inception"),
-                             "digits-cnn" if _is_digits(shape) else "inception")
-        path = resolve_weights(extractor, inception_weights if extractor == "inception"
-                               else None)
-        out.update(feature_extractor=extractor, feature_extractor_weights_sha256=(
-            weights_sha256(path)))
-    if "memorization" in metrics:
-        space = _resolve(memorization_space, ("pixels", "digits-cnn", "inception", "dinov2"),
-                         "digits-cnn" if _is_digits(shape)
-                         else "inception" if _is_image(shape) else "pixels")
-        out["memorization_space"] = space
-        if space in ("digits-cnn", "inception"):
-            path = resolve_weights(space, inception_weights if space == "inception" else None)
-            out["memorization_weights_sha256"] = weights_sha256(path)
-        elif space == "dinov2":
-            out["memorization_weights"] = None if dinov2_dir is None else str(
-                Path(dinov2_dir).resolve())
+    for name, opts in _distinct(route_options(metrics, tuple(shape), options)):
+        merge_records(out, options_record(name, opts, "identity"))
+    return out
+
+
+def _distinct(per_metric: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(metric, options) in registration order, one per distinct options (fid, is and kid
+    share theirs)."""
+    out: list[tuple[str, Any]] = []
+    for name in METRICS.names():
+        opts = per_metric.get(name)
+        if name in per_metric and not (hasattr(opts, "identity") and any(
+                type(o) is type(opts) and o == opts for _, o in out)):
+            out.append((name, opts))
     return out
 
 
@@ -248,28 +202,16 @@ def _check(metrics: tuple[str, ...], shape: tuple[int, ...], truth: Any, train_s
             raise ConfigError(f"{m} needs train_set and out_dir (for its files)")
 
 
-def _resolve(name: str, allowed: tuple[str, ...], auto: str) -> str:
-    """``auto`` → ``auto``'s pick; otherwise ``name`` if allowed, else a one-line ValueError."""
-    if name == "auto":
-        return auto
-    if name not in allowed:
-        raise ConfigError(f"unknown feature space {name!r}; allowed: auto, "
-                          f"{', '.join(allowed)}")
-    return name
-
-
 def _finite_float(v: float | None) -> float | None:
     """JSON-safe value: non-finite or missing → None."""
     return float(v) if v is not None and np.isfinite(v) else None
 
 
 def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str, ...] | list[str],
-             *, truth: Any = None, feature_extractor: str = "auto",
-             inception_weights: str | os.PathLike | None = None,
-             cache_dir: str | os.PathLike | None = None, reference_name: str = "reference",
-             protocol: dict[str, Any] | None = None, train_set: torch.Tensor | None = None,
-             out_dir: str | os.PathLike | None = None, memorization_space: str = "auto",
-             dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+             *, truth: Any = None, cache_dir: str | os.PathLike | None = None,
+             reference_name: str = "reference", protocol: dict[str, Any] | None = None,
+             train_set: torch.Tensor | None = None, out_dir: str | os.PathLike | None = None,
+             **options: Any) -> dict[str, Any]:
     """Evaluate generated ``samples`` with the requested ``metrics``.
 
     Args:
@@ -281,16 +223,19 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
         truth: known distribution, duck-typed: ``mean`` (d,), ``covariance()`` (d, d), and as
             needed ``basis`` (d, k) orthonormal, ``normal`` (d,) [+ ``offset``], ``means`` (K, d)
             and ``std`` (isotropic mixture).
-        feature_extractor: ``auto`` (``digits-cnn`` for 1×8×8 / 1×16×16 images, else
-            ``inception``), ``digits-cnn`` or ``inception``; for fid/is/kid.
-        inception_weights: local Inception weights file (default torch-fidelity's cache copy).
         cache_dir: reference-statistics cache (default ``$DMATTACK_CACHE`` or
             ``~/.cache/dmattack``).
         protocol: caller's provenance (sampler, steps, EMA, ...), merged into ``protocol``.
         train_set: (M, *shape) training data for memorization; out_dir receives its files.
-        memorization_space: ``auto`` (digits-cnn for digit images, pixels for non-images,
-            else inception), ``pixels``, ``digits-cnn``, ``inception`` or ``dinov2``.
-        dinov2_dir: local facebookresearch/dinov2 checkout for ``dinov2``.
+        **options: the metrics' own options (None = unset), each routed to the requested
+            metrics that read it, e.g. ``feature_extractor`` (fid/is/kid: ``auto`` =
+            ``digits-cnn`` for 1×8×8 / 1×16×16 images, else ``inception``; or ``digits-cnn``,
+            ``inception``), ``inception_weights`` (a local Inception weights file; default
+            torch-fidelity's cache copy), ``memorization_space`` (``auto`` = digits-cnn for
+            digit images, pixels for non-images, else inception; ``pixels``, ``digits-cnn``,
+            ``inception`` or ``dinov2``), ``dinov2_dir`` (a local facebookresearch/dinov2
+            checkout). One that none of ``metrics`` reads (or that all its readers would
+            ignore) is a one-line :class:`ConfigError`.
     Returns:
         ``{label: float | None, ..., "protocol": {...}}``, JSON-able; labels from
         :func:`metric_labels`, e.g. ``"FID (digits-cnn)"`` or ``"FID"`` (Inception).
@@ -304,28 +249,22 @@ def evaluate(samples: torch.Tensor, reference: torch.Tensor, metrics: tuple[str,
                          f"shapes differ")
     if not torch.isfinite(reference).all():
         raise ValueError("reference contains non-finite values")
-    extractor = _resolve(feature_extractor, ("digits-cnn", "inception"),
-                         "digits-cnn" if _is_digits(shape) else "inception")
-    space = _resolve(memorization_space, ("pixels", "digits-cnn", "inception", "dinov2"),
-                     "digits-cnn" if _is_digits(shape)
-                     else "inception" if _is_image(shape) else "pixels")
+    per_metric = route_options(metrics, shape, options)
     good = samples[torch.isfinite(samples.reshape(len(samples), -1)).all(dim=1)]
     info = _protocol(metrics, len(samples), len(good), reference_name, len(reference),
-                     extractor, protocol)
-    context = MetricContext(
-        metrics, truth, extractor, space, inception_weights=inception_weights,
-        cache_dir=cache_dir, reference_name=reference_name, train_set=train_set,
-        out_dir=out_dir, dinov2_dir=dinov2_dir, info=info)
-    values = _compute(metrics, good, reference, context)
+                     per_metric, protocol)
+    context = MetricContext(metrics, truth, reference_name, cache_dir, train_set, out_dir, info)
+    values = _compute(metrics, good, reference, context, per_metric)
     return {**values, "protocol": {**(protocol or {}), **info}}
 
 
 def _protocol(metrics: tuple[str, ...], num_samples: int, num_finite: int, reference_name: str,
-              num_reference: int, extractor: str, protocol: dict[str, Any] | None
+              num_reference: int, per_metric: dict[str, Any], protocol: dict[str, Any] | None
               ) -> dict[str, Any]:
-    """What :func:`evaluate` records about itself (metrics extend it with their provenance);
-    a ValueError when the caller's ``protocol`` uses one of its keys."""
-    requested_images = any(m in IMAGE_METRICS for m in metrics)
+    """What :func:`evaluate` records about itself and the metrics' options (metrics extend it
+    with their provenance); a ValueError when the caller's ``protocol`` uses one of its
+    keys. ``feature_extractor`` and its weights' sha256 are always recorded (None without
+    fid/is/kid), so results of different metrics share their columns."""
     info: dict[str, Any] = {
         "metrics": list(metrics),
         "num_samples": num_samples,
@@ -335,27 +274,32 @@ def _protocol(metrics: tuple[str, ...], num_samples: int, num_finite: int, refer
         "reference": reference_name,
         "num_reference": num_reference,
         "torch_fidelity_version": torch_fidelity.__version__,
-        "feature_extractor": extractor if requested_images else None,
+        "feature_extractor": None,
         "feature_extractor_weights_sha256": None,
     }
-    clash = set(protocol or {}) & (set(info) | set(PROVENANCE_KEYS) | {"memorization"})
+    for name, opts in _distinct(per_metric):
+        merge_records(info, options_record(name, opts, "protocol"))
+    reserved = set(info) | set(PROVENANCE_KEYS) | {"memorization", "metric_options"}
+    clash = set(protocol or {}) & reserved
     if clash:
         raise ValueError(f"protocol keys {sorted(clash)} are reserved by evaluate")
     return info
 
 
 def _compute(metrics: tuple[str, ...], good: torch.Tensor, reference: torch.Tensor,
-             context: MetricContext) -> dict[str, float | None]:
-    """Each requested metric once, in the order asked, on the (N_good, *shape) finite rows:
-    its declared keys → JSON-safe values (all None when no row is finite)."""
+             context: MetricContext, per_metric: dict[str, Any]) -> dict[str, float | None]:
+    """Each requested metric once, in the order asked, on the (N_good, *shape) finite rows,
+    with its own resolved options (``context.options``): its declared keys → JSON-safe values
+    (all None when no row is finite)."""
     values: dict[str, float | None] = {}
     for m in dict.fromkeys(metrics):
         metric = METRICS[m]
-        keys = metric.result_keys(context)
+        keys = metric.result_keys(per_metric[m])
         if len(good) == 0:
             values.update(dict.fromkeys(keys))
             continue
-        computed = dict(metric.compute(good, reference, context))
+        own = dataclasses.replace(context, options=per_metric[m])  # shares info and cache
+        computed = dict(metric.compute(good, reference, own))
         if set(computed) != set(keys):
             raise ValueError(f"metric {m!r} returned {sorted(computed)}, not its declared "
                              f"keys {sorted(keys)}")
@@ -363,13 +307,13 @@ def _compute(metrics: tuple[str, ...], good: torch.Tensor, reference: torch.Tens
     return {k: _finite_float(v) for k, v in values.items()}
 
 
-def _memorization(x: torch.Tensor, train_set: torch.Tensor, space: str,
-                  out_dir: str | os.PathLike, info: dict[str, Any],
-                  weights: str | os.PathLike | None) -> dict[str, float]:
-    """Run :func:`memorization`, save the per-sample maxima (.npy) and histogram (.png) in
-    ``out_dir``, record the files in ``info["memorization"]``; return the summary values."""
-    out_dir = Path(out_dir)
-    res = memorization(x, torch.as_tensor(train_set), space=space, weights=weights,
+def _memorization(x: torch.Tensor, train_set: torch.Tensor, options: MemorizationOptions,
+                  out_dir: str | os.PathLike, info: dict[str, Any]) -> dict[str, float]:
+    """Run :func:`memorization` in the options' (resolved) space, save the per-sample maxima
+    (.npy) and histogram (.png) in ``out_dir``, record the files in ``info["memorization"]``;
+    return the summary values."""
+    out_dir, space = Path(out_dir), options.space
+    res = memorization(x, torch.as_tensor(train_set), space=space, weights=options.weights(),
                        histogram_path=out_dir / f"memorization_{space}.png")
     npy = out_dir / f"memorization_{space}.npy"
     with atomic_path(npy) as tmp:
@@ -377,6 +321,6 @@ def _memorization(x: torch.Tensor, train_set: torch.Tensor, space: str,
     info["memorization"] = {"space": space, "weights_sha256": res["weights_sha256"],
                             "num_train": len(train_set), "histogram": res["histogram"],
                             "max_similarity_file": str(npy)}
-    labels = metric_labels("memorization", space=space)
+    labels = _memorization_keys(options)
     return dict(zip(labels, [res[f"frac_above_{t}"] for t in THRESHOLDS]
                     + [res["mean_max_similarity"]], strict=True))

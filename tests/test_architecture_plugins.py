@@ -80,19 +80,35 @@ def test_the_plugin_objective_trains_with_its_own_option(site, tmp_path):
 
 @pytest.mark.slow
 def test_the_plugin_metric_appears_in_a_result(site, tmp_path):
-    """The documented evaluation scores the plugin metric beside a built-in one; its value is
-    mean |x| of the saved samples over that of the digits reference."""
+    """The documented evaluation scores the plugin metric beside a built-in one with its own
+    option: its value is mean |x|^p of the saved samples over that of the digits reference
+    (p = --abs-power), the option is recorded in the result; the option is listed in --help
+    with its reader and refused (one line, exit 2) for a metric that does not read it."""
     from dmattack.data import load_dataset
 
-    done = dmattack(site, ["evaluate", *_documented("evaluate")], tmp_path)
+    args = _documented("evaluate")
+    assert args[args.index("--abs-power") + 1] == "2"
+    done = dmattack(site, ["evaluate", *args], tmp_path)
     assert done.returncode == 0, done.stderr
     out = tmp_path / "runs" / "mean-abs"
     metrics = json.loads((out / "results.json").read_text())["metrics"]
     assert {"mean |x| ratio", "variance ratio"} <= set(metrics)
-    samples = load_file(str(out / "samples.safetensors"))["samples"]
-    reference = load_dataset("digits").tensor()
-    want = float(samples.abs().mean() / reference.abs().mean())
-    assert metrics["mean |x| ratio"] == pytest.approx(want, rel=1e-6)
+    assert metrics["protocol"]["metric_options"] == {"mean-abs-ratio": {"abs_power": 2.0}}
+    samples = load_file(str(out / "samples.safetensors"))["samples"].double()
+    reference = load_dataset("digits").tensor().double()
+    want = float(samples.abs().pow(2).mean() / reference.abs().pow(2).mean())
+    assert want != pytest.approx(float(samples.abs().mean() / reference.abs().mean()), rel=1e-3)
+    assert metrics["mean |x| ratio"] == pytest.approx(want, rel=1e-5)
+
+    refused = dmattack(site, ["evaluate", "--run", str(ROOT / "checkpoints" / "digits-ddpm"),
+                              "--metrics", "fid", "--abs-power", "2", "--out",
+                              str(tmp_path / "no")], tmp_path)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert refused.stderr.startswith("Error: abs_power (--abs-power) = 2.0 is not used by "
+                                     "metric 'fid'; it is read by: mean-abs-ratio")
+    assert not (tmp_path / "no").exists()
+    help_text = " ".join(dmattack(site, ["evaluate", "--help"], tmp_path).stdout.split())
+    assert "--abs-power NUMBER mean-abs-ratio: power p of mean |x|^p" in help_text
 
 
 @pytest.fixture

@@ -79,10 +79,14 @@ def test_a_type_clash_is_spelled_per_attack_and_routed_to_it(wobble):
 
 
 def test_command_options_lists_every_other_option_of_the_attack_commands():
-    """An attack field is never spelled like another option of attack or curve."""
+    """An attack field is never spelled like another option of attack or curve (the metric
+    options there yield to the attacks': dmattack/evaluation/metric_options.py)."""
     import cli
+    from dmattack.evaluation.metric_options import metric_option_table
 
     ours = {o.param for o in option_table()} | set(COMMON)
+    ours |= {o.keyword for o in metric_option_table() if o.spelling not in
+             {a.spelling for a in option_table()}}
     for command in ("attack", "curve"):
         for p in cli.main.commands[command].params:
             if p.name in ours:

@@ -135,7 +135,7 @@ def test_feature_dimension_is_the_extractors():
     """d comes from the extractor: digits-cnn's FID features really are that wide."""
     import torch
 
-    from dmattack.evaluation.metrics import frechet_dimension
+    from dmattack.evaluation.scoring import frechet_dimension
     from evaluators.extractors import extract_features, resolve_weights
 
     x = torch.rand(5, 1, 8, 8) * 2 - 1
@@ -169,7 +169,7 @@ def test_allow_small_fid_is_recorded_by_attack(tmp_path):
 
 
 def test_large_enough_fid_needs_no_flag():
-    from dmattack.evaluation.metrics import check_sample_size
+    from dmattack.evaluation.scoring import check_sample_size
 
     check_sample_size(["fid", "kid"], (1, 8, 8), 65, "digits-cnn")
     with pytest.raises(ConfigError, match="65"):

@@ -212,7 +212,8 @@ def test_is_kid_digits_and_protocol(digits, tmp_path):
     assert 1.0 <= res["IS (digits-cnn)"] <= 10.0
     assert np.isfinite(res["KID (digits-cnn)"]) and "KID std (digits-cnn)" in res
     assert res["variance ratio"] > 0
-    labels = [x for m in ("is", "kid", "variance-ratio") for x in metric_labels(m, "digits-cnn")]
+    labels = [x for m in ("is", "kid", "variance-ratio")
+              for x in metric_labels(m, feature_extractor="digits-cnn")]
     assert sorted(labels + ["protocol"]) == sorted(res)
 
 
@@ -430,7 +431,7 @@ def test_evaluate_rejects_unknown_and_impossible_metrics(digits):
         evaluate(v, v, ["fd-exact"])
     with pytest.raises(ValueError, match="memorization needs train_set"):
         evaluate(v, v, ["memorization"])
-    with pytest.raises(ValueError, match="unknown feature space"):
+    with pytest.raises(ValueError, match="feature_extractor .* is invalid"):
         evaluate(digits[:4], digits[:4], ["fid"], feature_extractor="vgg")
     with pytest.raises(ValueError, match="reserved"):
         evaluate(v, v, ["variance-ratio"], protocol={"num_samples": 3})

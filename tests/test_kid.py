@@ -70,7 +70,7 @@ def test_evaluate_kid_reports_interval(tmp_path):
     x = torch.tensor(load_digits().images[:300], dtype=torch.float32)[:, None] / 8 - 1
     tic = time.perf_counter()
     res = evaluate(x[:64], x[64:300], ["kid"], cache_dir=tmp_path)
-    labels = metric_labels("kid", "digits-cnn")
+    labels = metric_labels("kid", feature_extractor="digits-cnn")
     assert sorted(labels + ["protocol"]) == sorted(res)
     lo, hi = res["KID ci95 lo (digits-cnn)"], res["KID ci95 hi (digits-cnn)"]
     assert lo < hi and np.isfinite(lo)

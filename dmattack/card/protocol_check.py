@@ -129,7 +129,16 @@ def parse(raw: dict[str, Any]) -> CardProtocol:
     return dataclasses.replace(proto, attacks=parsed)
 
 
-SET_METRICS = ("fid", "kid", "is")
+def feature_metrics() -> tuple[str, ...]:
+    """The registered metrics scored on the feature extractor's features (a protocol's
+    reference metrics; :attr:`evaluators.Metric.on_features`; built-in: fid, is, kid)."""
+    import evaluators  # noqa: F401 - registers the built-in metrics
+
+    from ..core.registry import METRICS
+
+    return tuple(n for n in METRICS.names() if METRICS[n].on_features)
+
+
 EVAL_MODE = re.compile(r"single|(majority|worst):[1-9][0-9]*")
 
 
@@ -152,8 +161,9 @@ def _check_sampling(s: Sampling) -> None:
 
 def _check_reference(p: CardProtocol) -> None:
     r = p.reference
+    allowed = feature_metrics()
     for i, m in enumerate(r.metrics):
-        need(m in SET_METRICS, f"reference.metrics[{i}]", m, f"one of {', '.join(SET_METRICS)}")
+        need(m in allowed, f"reference.metrics[{i}]", m, f"one of {', '.join(allowed)}")
     need(r.headline_metric in r.metrics, "reference.headline_metric", r.headline_metric,
          "it must be one of reference.metrics")
     need(bool(HEX64.fullmatch(r.weights_sha256)), "reference.weights_sha256",

@@ -128,8 +128,8 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     """Score ``samples`` (N, *shape) of ``loaded`` (default: draw ``setup.num_samples`` with
     ``setup.sampler`` from seed ``setup.config.seed``) and write ``results.json`` (metrics,
     protocol, provenance) into ``out_dir``; returns the metrics. ``setup.scoring`` and
-    ``evaluate_kwargs`` (which win) go to :func:`evaluators.evaluate` (feature_extractor,
-    memorization_space, dinov2_dir).
+    ``evaluate_kwargs`` (which win) go to :func:`evaluators.evaluate` (the metrics' options,
+    e.g. feature_extractor, memorization_space, dinov2_dir, inception_weights).
 
     Before sampling, everything scoring needs is checked: the weights of every feature
     extractor (a one-line :class:`~evaluators.errors.MetricError` when missing) and that
@@ -141,14 +141,12 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
     (:mod:`dmattack.core.progress`); their wall times (s) go into ``results.json["seconds"]``."""
     from evaluators import evaluate, scoring_identity
 
-    from ..evaluation.metrics import SCORING_KWARGS
+    from ..evaluation.scoring import metric_keywords
 
-    cfg = setup.config
     out = Path(out_dir)
     evaluate_kwargs = {**setup.scoring, **evaluate_kwargs}
     scoring_identity(setup.metrics, tuple(loaded.data_shape),
-                     inception_weights=cfg.inception_weights,
-                     **{k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS})
+                     **{k: v for k, v in evaluate_kwargs.items() if k in metric_keywords()})
     check_writable(out)
     seconds: dict[str, float] = {}
     if samples is None:
@@ -163,7 +161,7 @@ def evaluate_model(loaded: LoadedModel, setup: EvaluationSetup, out_dir: str | o
                      if "memorization" in setup.metrics else None)
         result = evaluate(
             samples, setup.reference.data, setup.metrics, truth=setup.reference.truth,
-            inception_weights=cfg.inception_weights, reference_name=setup.reference.name,
+            reference_name=setup.reference.name,
             protocol={**setup.protocol(), "source": loaded.source, "ema": loaded.ema,
                       "samples_from": source},
             train_set=train_set, out_dir=out_dir, **evaluate_kwargs)

@@ -126,17 +126,29 @@ def damage_feature_extractor(attack: dict[str, Any] | None, shape: Sequence[int]
     return attack.get("feature_extractor") or default_extractor(shape)
 
 
-SET_METRICS_LOWER = ("FID", "KID", "FD")
-SET_METRICS_HIGHER = ("IS",)
-"""Set metrics by the first word of their label (``FID (digits-cnn)``, ``FD (exact)``, ``IS``);
-an attack that makes one *better* than clean is flagged (docs/method.md §11.1)."""
+def set_metric_directions() -> dict[str, str]:
+    """Set metrics by the first word of their result keys (``FID (digits-cnn)``, ``FD
+    (exact)``, ``IS``) → ``"lower"`` or ``"higher"``: which way is better, as each registered
+    metric declares it (:attr:`evaluators.Metric.better`; built-in: FID, KID, FD lower, IS
+    higher). An attack that makes one *better* than clean is flagged (docs/method.md §11.1)."""
+    import evaluators  # noqa: F401 - registers the built-in metrics
+
+    from ..core.registry import METRICS
+
+    out: dict[str, str] = {}
+    for name in METRICS.names():
+        entry = METRICS[name]
+        if entry.better is not None:
+            out.update({key.split()[0]: entry.better for key in entry.result_keys()})
+    return out
 
 
 def improved_under_attack(clean: dict[str, Any], attacked: dict[str, Any]) -> dict[str, bool]:
-    """Per set metric (FID, KID, FD lower is better; IS higher; their ``std`` and ``ci95``
-    entries left out), whether the attacked value is better than the clean one: such a fall
-    of FID under attack is no sign of robustness (the attack's noise can fill in a too-small
-    variance; docs/method.md §11)."""
+    """Per set metric (:func:`set_metric_directions`: FID, KID, FD lower is better; IS
+    higher; their ``std`` and ``ci95`` entries left out), whether the attacked value is better
+    than the clean one: such a fall of FID under attack is no sign of robustness (the attack's
+    noise can fill in a too-small variance; docs/method.md §11)."""
+    better = set_metric_directions()
     out = {}
     for k, c in clean.items():
         a = attacked.get(k)
@@ -144,9 +156,9 @@ def improved_under_attack(clean: dict[str, Any], attacked: dict[str, Any]) -> di
         if not words or "std" in words or "ci95" in words or not all(isinstance(v, (int, float)) and
                                                   math.isfinite(v) for v in (a, c)):
             continue
-        if words[0] in SET_METRICS_LOWER:
+        if better.get(words[0]) == "lower":
             out[k] = bool(a < c)
-        elif words[0] in SET_METRICS_HIGHER:
+        elif better.get(words[0]) == "higher":
             out[k] = bool(a > c)
     return out
 

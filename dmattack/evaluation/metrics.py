@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -90,14 +89,15 @@ def reference_for(dataset: DiffusionDataset, max_samples: int = MAX_REFERENCE) -
 
 
 def default_metrics(shape: Sequence[int], truth: Any) -> tuple[str, ...]:
-    """What a robustness researcher reads first for this data: FID for images (digits-cnn on
-    the embedded digits), the exact Fréchet distance for known distributions; always the
-    variance ratio (docs/method.md §11: smoothing shows up as a ratio below 1)."""
-    if len(shape) == 3:
-        return ("fid", "variance-ratio")
-    if truth is not None:
-        return ("fd-exact", "variance-ratio")
-    return ("variance-ratio",)
+    """The registered metrics whose :attr:`~evaluators.Metric.default_for` names this data's
+    kind (images: (C, H, W); known: vectors with a ``truth``; else vectors), in registration
+    order. Built-in: FID for images (digits-cnn on the embedded digits), the exact Fréchet
+    distance for known distributions; always the variance ratio (docs/method.md §11:
+    smoothing shows up as a ratio below 1)."""
+    import evaluators  # noqa: F401 - registers the built-in metrics
+
+    kind = "images" if len(shape) == 3 else "known" if truth is not None else "vectors"
+    return tuple(n for n in METRICS.names() if kind in METRICS[n].default_for)
 
 
 def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
@@ -111,11 +111,17 @@ def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
     their points by it (:func:`~dmattack.evaluation.attack_eval.run_curve`)."""
     from evaluators import check_metrics, evaluate, scoring_identity
 
+    from .scoring import metric_keywords
+
     shape = tuple(reference.data.shape[1:])
     check_metrics(tuple(metrics), shape, reference.truth)
-    identity = {**scoring_identity(tuple(metrics), shape, **{
-        k: v for k, v in evaluate_kwargs.items() if k in SCORING_KWARGS}),
-        "reference": reference.name, "reference_sha256": reference.fingerprint}
+    for m in metrics:
+        if METRICS[m].needs_train_set and not {"train_set", "out_dir"} <= set(evaluate_kwargs):
+            raise ConfigError(f"{m} needs a training set and an output folder for its files: "
+                              "score it with dmattack evaluate (evaluate_model)", field="metrics")
+    options = {k: v for k, v in evaluate_kwargs.items() if k in metric_keywords()}
+    identity = {**scoring_identity(tuple(metrics), shape, **options),
+                "reference": reference.name, "reference_sha256": reference.fingerprint}
 
     def metric_fn(samples: torch.Tensor) -> dict[str, Any]:
         return evaluate(samples, reference.data, tuple(metrics), truth=reference.truth,
@@ -123,10 +129,6 @@ def make_metric_fn(reference: Reference, metrics: Sequence[str], *,
 
     metric_fn.identity = identity  # type: ignore[attr-defined]
     return metric_fn
-
-
-SCORING_KWARGS = ("feature_extractor", "inception_weights", "memorization_space", "dinov2_dir")
-"""Keyword arguments of :func:`evaluators.evaluate` that choose what scores the samples."""
 
 
 DEFAULT_STRIDED_STEPS = 100  # a strided sampler's length when neither user nor preset sets one
@@ -155,9 +157,6 @@ class EvaluationConfig:
     dataset: str | None = setting(None, "Clean reference data [default: the run's dataset; "
                                   "required for --pipeline].", choices=DATASETS.names)
     data_dir: str | None = setting(None, "Root of on-disk reference data.")
-    inception_weights: str | None = setting(None, "Local Inception weights for FID/IS/KID "
-                                            "(torch-fidelity's "
-                                            "weights-inception-2015-12-05-6726825d.pth).")
     allow_small_fid: bool = setting(False, "Score a Fréchet distance (fid, fd-exact) from N "
                                     "samples at or below its feature dimension d (singular "
                                     "covariance, mostly bias; docs/method.md §8); recorded as "
@@ -242,8 +241,9 @@ def evaluation_label(metrics: Sequence[str], num_samples: int) -> str:
 @dataclass
 class EvaluationSetup:
     """Everything a scoring command resolved: the sampler (and its label, e.g.
-    ``respaced-25``), sample count and batch, the clean reference, the metrics and the label
-    the numbers are reported under (e.g. ``FID-256``)."""
+    ``respaced-25``), sample count and batch, the clean reference, the metrics, the label
+    the numbers are reported under (e.g. ``FID-256``) and the metrics' options that were
+    given (``scoring``: keywords of :func:`evaluators.evaluate`)."""
 
     sampler: SamplerConfig
     sampler_label: str
@@ -265,7 +265,6 @@ class EvaluationSetup:
         """``metric_fn(samples)`` for :func:`~dmattack.evaluation.attack_eval.run_attack` /
         ``run_curve`` (the setup's ``scoring`` options, overridden by ``evaluate_kwargs``)."""
         fn = make_metric_fn(self.reference, self.metrics, protocol=self.protocol(),
-                            inception_weights=self.config.inception_weights,
                             **{**self.scoring, **evaluate_kwargs})
         if self.config.allow_small_fid:
             fn.identity["allow_small_fid"] = True  # type: ignore[attr-defined]
@@ -274,19 +273,19 @@ class EvaluationSetup:
 
 def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationConfig(),
                        sampler: SamplerConfig | None = None,
-                       num_samples: int | None = None, *, feature_extractor: str = "auto",
-                       memorization_space: str = "auto",
-                       dinov2_dir: str | os.PathLike | None = None) -> EvaluationSetup:
+                       num_samples: int | None = None, **options: Any) -> EvaluationSetup:
     """Resolve a scoring run of ``loaded`` before any sampling: the sampler (default: the
     model's protocol, :func:`resolve_sampler`), sample count (``num_samples`` overrides
     ``cfg``, e.g. for samples read from files) and batch, the reference, the metrics (checked
-    against the data, the sample count and the scoring options ``feature_extractor``,
-    ``memorization_space``, ``dinov2_dir`` of :func:`evaluators.evaluate`, kept in the setup's
-    ``scoring``; see :func:`check_scoring`) and the result label. Raises :class:`ConfigError` /
-    :class:`~evaluators.errors.MetricError` (one line) for a bad choice."""
+    against the data, the sample count and the metrics' keyword ``options`` of
+    :func:`evaluators.evaluate`, e.g. ``feature_extractor``; None = unset; the given ones are
+    kept in the setup's ``scoring``; see :func:`~dmattack.evaluation.scoring.check_scoring`)
+    and the result label. Raises :class:`ConfigError` / :class:`~evaluators.errors.MetricError`
+    (one line) for a bad choice, an option the metrics do not read included."""
     from evaluators import check_metrics
 
     from .attack_eval import default_protocol
+    from .scoring import check_scoring
 
     proto = default_protocol(loaded)
     sampler = (sampler if sampler is not None else resolve_sampler(loaded)
@@ -296,114 +295,11 @@ def prepare_evaluation(loaded: LoadedModel, cfg: EvaluationConfig = EvaluationCo
     reference = resolve_reference(loaded, cfg.dataset, cfg.data_dir)
     metrics = cfg.metric_names() or list(default_metrics(loaded.data_shape, reference.truth))
     check_metrics(metrics, tuple(loaded.data_shape), reference.truth)
-    scoring = {"feature_extractor": feature_extractor,
-               "memorization_space": memorization_space, "dinov2_dir": dinov2_dir}
-    check_scoring(metrics, tuple(loaded.data_shape), n, cfg, **scoring)
+    scoring = {k: v for k, v in options.items() if v is not None}
+    check_scoring(metrics, tuple(loaded.data_shape), n, cfg.allow_small_fid, **scoring)
     return EvaluationSetup(sampler, sampler.describe(loaded.diffusion.num_timesteps), n,
                            cfg.batch_size or proto.batch_size, reference, metrics,
                            evaluation_label(metrics, n), cfg, scoring)
-
-
-def frechet_dimension(metric: str, shape: Sequence[int], extractor: str | None = None
-                      ) -> tuple[int, str] | None:
-    """``(d, what)``: the dimension of the space whose covariance a Fréchet-distance metric
-    estimates from the samples, or None for other metrics. ``fid``: the FID layer of the
-    resolved feature ``extractor`` (``digits-cnn`` | ``inception``), read from the
-    torch-fidelity extractor itself (64 for digits-cnn, 2048 for Inception); ``fd-exact``: the
-    data dimension prod(``shape``). docs/method.md §8."""
-    if metric == "fd-exact":
-        return math.prod(shape), "data"
-    if metric != "fid" or extractor is None:
-        return None
-    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
-
-    from evaluators.extractors import EXTRACTORS
-
-    entry = FEATURE_EXTRACTORS_REGISTRY[EXTRACTORS[extractor]]
-    return int(entry.get_default_feature_layer_for_metric("fid")), f"{extractor} feature"
-
-
-def check_sample_size(metrics: Sequence[str], shape: Sequence[int], num_samples: int,
-                      extractor: str | None = None, allow_small: bool = False) -> None:
-    """Refuse (one line, :class:`ConfigError`) a Fréchet distance from N ≤ d samples, d of
-    :func:`frechet_dimension`: the sample covariance is singular and the number mostly
-    estimator bias (docs/method.md §8). ``allow_small`` lets it through."""
-    for m in metrics:
-        dim = frechet_dimension(m, shape, extractor)
-        if dim is None or allow_small or num_samples > dim[0]:
-            continue
-        raise ConfigError(
-            f"{m} from {num_samples} samples: its {dim[0]}-D {dim[1]} covariance needs more "
-            f"samples than dimensions, at least --num-samples {dim[0] + 1} (docs/method.md "
-            f"§8); use --metrics kid (unbiased at any N) or pass --allow-small-fid",
-            field="num_samples")
-
-
-def check_scoring(metrics: Sequence[str], shape: Sequence[int], num_samples: int,
-                  cfg: EvaluationConfig, feature_extractor: str = "auto",
-                  memorization_space: str = "auto",
-                  dinov2_dir: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Everything about scoring that can fail, checked before sampling: every weights file
-    located (:func:`evaluators.scoring_identity`), every scoring option used
-    (:func:`check_used`), the Fréchet sample size
-    (:func:`check_sample_size`), IS only with an extractor that has logits, DINOv2 only with a
-    checkout and its weights. Returns the scoring identity."""
-    from evaluators import MetricError, scoring_identity
-    from evaluators.inception import FID_HELPER_SHA256, NO_LOGITS
-
-    identity = scoring_identity(tuple(metrics), tuple(shape), feature_extractor=feature_extractor,
-                                inception_weights=cfg.inception_weights,
-                                memorization_space=memorization_space, dinov2_dir=dinov2_dir)
-    check_used(identity, feature_extractor, memorization_space, dinov2_dir,
-               cfg.inception_weights)
-    check_sample_size(metrics, shape, num_samples, identity.get("feature_extractor"),
-                      cfg.allow_small_fid)
-    if "is" in metrics and identity.get("feature_extractor_weights_sha256") == FID_HELPER_SHA256:
-        raise MetricError(NO_LOGITS)
-    if identity.get("memorization_space") == "dinov2":
-        check_dinov2(dinov2_dir)
-    return identity
-
-
-def check_used(identity: dict[str, Any], feature_extractor: str = "auto",
-               memorization_space: str = "auto", dinov2_dir: str | os.PathLike | None = None,
-               inception_weights: str | os.PathLike | None = None) -> None:
-    """Refuse (one line) a scoring option that the metrics of ``identity``
-    (:func:`evaluators.scoring_identity`) would ignore: an accepted option is always used."""
-    extractor, space = identity.get("feature_extractor"), identity.get("memorization_space")
-    metrics = ", ".join(identity["metrics"])
-    unused = [
-        (feature_extractor != "auto" and extractor is None,
-         f"--feature-extractor {feature_extractor} is used by fid, is and kid only"),
-        (memorization_space != "auto" and space is None,
-         f"--memorization-space {memorization_space} is used by memorization only"),
-        (dinov2_dir is not None and space != "dinov2",
-         "--dinov2-dir is used by memorization in the dinov2 space only "
-         "(--memorization-space dinov2)"),
-        (inception_weights is not None and "inception" not in (extractor, space),
-         "--inception-weights is used with Inception features only (fid/is/kid with "
-         "--feature-extractor inception, or memorization in the inception space)"),
-    ]
-    for is_unused, why in unused:
-        if is_unused:
-            raise ConfigError(f"{why}; the metrics here ({metrics}) would ignore it; remove it",
-                              field="metrics")
-
-
-def check_dinov2(repo: str | os.PathLike | None) -> None:
-    """One-line :class:`~evaluators.errors.MetricError` unless a DINOv2 checkout (``repo``,
-    default torch-hub's cache copy, with ``hubconf.py``) and its weights are on disk: the
-    files :func:`evaluators.memorization.memorization` loads in the ``dinov2`` space."""
-    from evaluators import MetricError
-    from evaluators.memorization import DINOV2_URL
-
-    hub = Path(torch.hub.get_dir())
-    repo = Path(repo) if repo is not None else hub / "facebookresearch_dinov2_main"
-    ckpt = hub / "checkpoints" / os.path.basename(DINOV2_URL)
-    if not (repo / "hubconf.py").is_file() or not ckpt.is_file():
-        raise MetricError(f"DINOv2 needs a local facebookresearch/dinov2 checkout (hubconf.py; "
-                          f"looked in {repo}; pass it as --dinov2-dir) and {DINOV2_URL} at "
-                          f"{ckpt}")
 
 
 def memorization_train_set(loaded: LoadedModel, reference: Reference) -> torch.Tensor:
