@@ -157,6 +157,8 @@ def test_cli_runs_registered_entries_and_refuses_unknown(entries, tmp_path, monk
     # this test's own: the shared one must not keep this test's entries
     monkeypatch.setenv(lazy.CACHE_ENV, str(tmp_path / "cache"))
     monkeypatch.setattr(lazy, "_MEMO", {})
+    # and the command's options are rebuilt (an earlier test may have expanded them)
+    monkeypatch.setattr(cli.main.commands["purify"], "_params", None)
     args = ["purify", "--data", "bright", "--classifier", "brightness", "--method", "pgd-eot",
             "--eps", "0.01", "--iterations", "1", "--eot", "1", "--draws", "1",
             "--num-samples", "10", "--batch-size", "10", "--device", "cpu"]
