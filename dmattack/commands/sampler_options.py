@@ -7,9 +7,9 @@ brings its own.
 An own option is spelled as its field declares (DDIM's ``--eta``); samplers declaring a field
 of the same name and type share it, and its ``--help`` says which samplers read it
 (``ddim: DDIM η …``). A field named like another option of these commands
-(:data:`COMMAND_OPTIONS`, or an attack's option) is spelled ``--<sampler>-<field>``. The own
-options default to unset (the sampler's default), and one given that the chosen sampler does
-not read is refused (one line, exit code 2).
+(:data:`SAMPLING_COMMAND_OPTIONS`, or an attack's option) is spelled ``--<sampler>-<field>``.
+The own options default to unset (the sampler's default), and one given that the chosen
+sampler does not read is refused (one line, exit code 2).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from ..core.settings import (
     shown,
 )
 
-PREFIX = "sampler."
-COMMAND_OPTIONS = frozenset((
+SAMPLER_PREFIX = "sampler."
+SAMPLING_COMMAND_OPTIONS = frozenset((
     "run", "runs", "pipeline", "pipelines", "ema", "device", "sampler", "sampler_steps", "steps",
     "clip_denoised", "num_samples", "batch_size", "seed", "first_sample", "out", "metrics",
     "metric", "inception_weights", "data_dir", "dataset", "allow_small_fid", "threads",
@@ -66,13 +66,13 @@ def _taken() -> set[str]:
     registered attack's option (``attack`` and ``curve`` offer those too)."""
     from ..attacks.options import option_table as attack_table
 
-    taken = set(COMMAND_OPTIONS)
+    taken = set(SAMPLING_COMMAND_OPTIONS)
     for opt in attack_table():
         taken |= {opt.field, opt.spelling[2:].replace("-", "_")}
     return taken
 
 
-def option_table() -> list[SamplerOption]:
+def sampler_option_table() -> list[SamplerOption]:
     """The own options of every registered sampler (plugins included), in registration
     order: shared by name and type, else spelled ``--<sampler>-<field>``."""
     table: dict[str, SamplerOption] = {}
@@ -92,7 +92,7 @@ def option_table() -> list[SamplerOption]:
             key = f.name if shared is None and not clash else f"{name}.{f.name}"
             if key != f.name:
                 spelling = f"--{name}-{f.name.replace('_', '-')}"
-            param = param_name(PREFIX + key).replace("-", "_")
+            param = param_name(SAMPLER_PREFIX + key).replace("-", "_")
             table[key] = SamplerOption(f.name, param, spelling, ft, [(name, f)])
     return list(table.values())
 
@@ -130,28 +130,28 @@ def _click_option(opt: SamplerOption) -> Any:
                         default=None, help=_help(opt))
 
 
-def sampler_options(exclude: tuple[str, ...] = (), prefix: str = PREFIX) -> list[Any]:
+def sampler_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PREFIX) -> list[Any]:
     """The click options of a sampling command: :class:`SamplerConfig`'s shared settings
     (parameters ``sampler__name`` …, less ``exclude``) and every registered sampler's own
-    (:func:`option_table`; ``sampler__eta`` …)."""
+    (:func:`sampler_option_table`; ``sampler__eta`` …)."""
     from ..diffusion.sampling import SamplerConfig
 
-    if prefix != PREFIX:
-        raise ValueError(f"sampler options take the prefix {PREFIX!r}")
+    if prefix != SAMPLER_PREFIX:
+        raise ValueError(f"sampler options take the prefix {SAMPLER_PREFIX!r}")
     holder = click_options(SamplerConfig, exclude=exclude, prefix=prefix)(lambda: None)
-    return [*reversed(holder.__click_params__), *map(_click_option, option_table())]
+    return [*reversed(holder.__click_params__), *map(_click_option, sampler_option_table())]
 
 
-def given_options(opts: dict[str, Any], sampler: str) -> dict[str, Any]:
+def given_sampler_options(opts: dict[str, Any], sampler: str) -> dict[str, Any]:
     """The own options given on the command line (not None), all read by ``sampler``;
     ConfigError naming the first one it does not read."""
     out: dict[str, Any] = {}
-    for opt in option_table():
+    for opt in sampler_option_table():
         value = opts.get(opt.param)
         if value is None:
             continue
         if sampler not in opt.samplers:
-            reads = [o.spelling for o in option_table() if sampler in o.samplers]
+            reads = [o.spelling for o in sampler_option_table() if sampler in o.samplers]
             raise ConfigError(f"{opt.field} ({opt.spelling}) = {shown(value)} is not used by "
                               f"sampler {sampler!r} (it reads "
                               f"{', '.join(reads) or 'no options of its own'}); "
@@ -174,7 +174,7 @@ def sampler_from_options(opts: dict[str, Any], loaded: Any) -> Any:
     name = opts["sampler__name"]
     name = default_protocol(loaded).sampler.name if name is None else name
     check_field(SamplerConfig, "name", name)  # an unknown name first
-    own = given_options(opts, name)
+    own = given_sampler_options(opts, name)
     steps = opts["sampler__steps"]
     if steps is not None and not SAMPLERS[name].strided:  # it runs all T steps
         strided = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].strided)

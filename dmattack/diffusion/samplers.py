@@ -19,7 +19,7 @@ from .gaussian import EpsModel, GaussianDiffusion, respace
 if TYPE_CHECKING:
     from .sampling import SamplerConfig
 
-SHARED = ("name", "steps", "clip_denoised", "options")
+SHARED_SAMPLER_SETTINGS = ("name", "steps", "clip_denoised", "options")
 """The settings every sampler shares (:class:`~dmattack.diffusion.sampling.SamplerConfig`'s
 own fields); a sampler's own options are the fields of its :attr:`Sampler.config`."""
 
@@ -78,10 +78,10 @@ class Sampler:
         if bare:
             raise TypeError(f"{self.config.__name__} fields {bare} are not declared with "
                             "dmattack.core.settings.setting() (their help and allowed values)")
-        shared = [f.name for f in fields(self.config) if f.name in SHARED]
+        shared = [f.name for f in fields(self.config) if f.name in SHARED_SAMPLER_SETTINGS]
         if shared:
-            raise TypeError(f"{self.config.__name__} fields {shared} are settings every "
-                            f"sampler shares ({', '.join(SHARED[:3])}); name them otherwise")
+            raise TypeError(f"{self.config.__name__} fields {shared} are settings every sampler "
+                            f"shares ({', '.join(SHARED_SAMPLER_SETTINGS[:3])}); rename them")
 
     def options(self) -> tuple[str, ...]:
         """The names of the sampler's own options (its config's fields)."""
@@ -113,8 +113,8 @@ SAMPLERS.register("respaced", Sampler("ancestral sampling on `steps` evenly stri
 SAMPLERS.register("ddim", Sampler("DDIM with η on `steps` strided timesteps (Song et al. 2021)",
                                   ddim_step, config=DDIMConfig))
 
-BUILTIN_CONFIGS = (DDIMConfig,)
-RECORD = ("eta",)
+BUILTIN_SAMPLER_CONFIGS = (DDIMConfig,)
+SAMPLER_RECORD = ("eta",)
 """The built-in samplers' options, in the order a sampler's record
 (:meth:`~dmattack.diffusion.sampling.SamplerConfig.to_dict`) lists them between ``steps`` and
 ``clip_denoised``: every record has them (a sampler that does not read one shows its default),
@@ -125,21 +125,21 @@ def _default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-RECORD_DEFAULTS = {name: _default(f) for name in RECORD for c in BUILTIN_CONFIGS
-                   for f in fields(c) if f.name == name}
+SAMPLER_RECORD_DEFAULTS = {name: _default(f) for name in SAMPLER_RECORD
+                           for c in BUILTIN_SAMPLER_CONFIGS for f in fields(c) if f.name == name}
 
 
-def option_defaults(config: Any) -> dict[str, Any]:
+def sampler_option_defaults(config: Any) -> dict[str, Any]:
     """``{field: default}`` of a sampler config (class or instance)."""
     return {f.name: _default(f) for f in fields(config)}
 
 
-def readers(option: str) -> list[str]:
+def samplers_reading(option: str) -> list[str]:
     """The registered samplers that read own option ``option``, in registration order."""
     return [n for n in SAMPLERS.names() if option in SAMPLERS[n].options()]
 
 
-def spelling(option: str) -> str:
+def sampler_spelling(option: str) -> str:
     """The command-line spelling of sampler option ``option`` (as the first sampler declaring
     it spells it; ``--option`` when none does)."""
     for name in SAMPLERS.names():

@@ -28,17 +28,17 @@ from ..core.seeding import CHAIN_NOISE, generators, randn_steps
 from ..core.settings import check_settings, setting, shown
 from .gaussian import EpsModel, GaussianDiffusion
 from .samplers import (
-    RECORD_DEFAULTS,
-    SHARED,
+    SAMPLER_RECORD_DEFAULTS,
+    SHARED_SAMPLER_SETTINGS,
     DDIMConfig,
     NoSamplerOptions,
     Sampler,
     SamplerStep,
     ancestral_step,
     ddim_step,
-    option_defaults,
-    readers,
-    spelling,
+    sampler_option_defaults,
+    sampler_spelling,
+    samplers_reading,
 )
 
 __all__ = ["DDIMConfig", "NoSamplerOptions", "Sampler", "SamplerConfig", "SamplerStep",
@@ -101,12 +101,12 @@ class SamplerConfig:
         reads = entry.options()
         for key, value in own.items():
             if key not in reads:
-                which = ", ".join(spelling(r) for r in reads) or "no options of its own"
-                by = ", ".join(readers(key))
+                which = ", ".join(sampler_spelling(r) for r in reads) or "no options of its own"
+                by = ", ".join(samplers_reading(key))
                 raise ConfigError(
-                    f"{key} ({spelling(key)}) = {shown(value)} is not used by sampler "
+                    f"{key} ({sampler_spelling(key)}) = {shown(value)} is not used by sampler "
                     f"{self.name!r} (it reads {which})"
-                    + (f"; {spelling(key)} is read by: {by}" if by else ""), field=key)
+                    + (f"; {sampler_spelling(key)} is read by: {by}" if by else ""), field=key)
         made = entry.config(**own) if given is None else replace(given, **own)
         check_settings(made)
         return made
@@ -123,12 +123,13 @@ class SamplerConfig:
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> SamplerConfig:
         """The config of a record (:meth:`to_dict`, or :meth:`SamplingChain.to_dict` whose
-        ``num_steps`` and ``label`` are left aside); a :data:`~.samplers.RECORD` option that the
-        sampler does not read must be at its default."""
+        ``num_steps`` and ``label`` are left aside); a :data:`~.samplers.SAMPLER_RECORD`
+        option that the sampler does not read must be at its default."""
         entry = SAMPLERS.get(record["name"], "--sampler")
-        own = {k: v for k, v in record.items() if k not in (*SHARED, "num_steps", "label")
-               and (k in entry.options() or k not in RECORD_DEFAULTS
-                    or v != RECORD_DEFAULTS[k])}
+        aside = (*SHARED_SAMPLER_SETTINGS, "num_steps", "label")
+        own = {k: v for k, v in record.items() if k not in aside
+               and (k in entry.options() or k not in SAMPLER_RECORD_DEFAULTS
+                    or v != SAMPLER_RECORD_DEFAULTS[k])}
         return cls(record["name"], record.get("steps"),
                    clip_denoised=record.get("clip_denoised"), **own)
 
@@ -143,13 +144,13 @@ class SamplerConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The record (results, store keys): ``name``, ``steps``, each
-        :data:`~.samplers.RECORD` option (``eta``; its default where the sampler does not read
-        it), ``clip_denoised``, then the sampler's other own options. For the built-in
+        :data:`~.samplers.SAMPLER_RECORD` option (``eta``; its default where the sampler does
+        not read it), ``clip_denoised``, then the sampler's other own options. For the built-in
         samplers this is the former flat config's dict, key for key, so store keys made from
         it are unchanged."""
         own = self.own()
         out: dict[str, Any] = {"name": self.name, "steps": self.steps}
-        out.update({k: own.get(k, default) for k, default in RECORD_DEFAULTS.items()})
+        out.update({k: own.get(k, default) for k, default in SAMPLER_RECORD_DEFAULTS.items()})
         out["clip_denoised"] = self.clip_denoised
         out.update({k: v for k, v in own.items() if k not in out})
         return out
@@ -176,7 +177,7 @@ class SamplerConfig:
         """E.g. ``respaced-25``, ``ddim-100-eta0.5``, ``ddpm-1000-clip`` (x̂_0 clipped): each
         own option off its default is appended as ``<field><value>``."""
         label = f"{self.name}-{self.num_steps(num_timesteps)}"
-        defaults = option_defaults(self.options)
+        defaults = sampler_option_defaults(self.options)
         for key, value in self.own().items():
             if value != defaults[key]:
                 label += f"-{key}{_label_value(value)}"
