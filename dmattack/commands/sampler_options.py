@@ -39,7 +39,8 @@ SAMPLING_COMMAND_OPTIONS = frozenset((
     "clip_denoised", "num_samples", "batch_size", "seed", "first_sample", "out", "metrics",
     "metric", "inception_weights", "data_dir", "dataset", "allow_small_fid", "threads",
     "method", "steps_attacked", "percent", "window", "windows", "eps_scale", "step_counting",
-    "samples", "samples_key", "feature_extractor", "memorization_space", "dinov2_dir", "help"))
+    "samples", "sample_files", "samples_key", "feature_extractor", "memorization_space",
+    "dinov2_dir", "help"))
 """Names of the options of ``sample``, ``attack``, ``curve`` and ``evaluate`` other than the
 samplers' own (spellings without ``--``, dashes as underscores); a sampler option named like
 one is spelled ``--<sampler>-<field>``. tests/test_sampler_options.py keeps it complete."""

@@ -107,7 +107,7 @@ class SamplerConfig:
                     f"{key} ({sampler_spelling(key)}) = {shown(value)} is not used by sampler "
                     f"{self.name!r} (it reads {which})"
                     + (f"; {sampler_spelling(key)} is read by: {by}" if by else ""), field=key)
-        made = entry.config(**own) if given is None else replace(given, **own)
+        made = entry.config(**own) if given is None else replace(given, **own) if own else given
         check_settings(made)
         return made
 
