@@ -518,8 +518,10 @@ def demo(quick: bool, train_images: bool, seed: int, seeds: int, sections: tuple
 @main.command()
 def plugins() -> None:
     """List every registry's entries (attacks, objectives, samplers, metrics, datasets,
-    presets) and the plugins loaded from the `dmattack` entry-point group."""
+    presets, labelled data, classifiers) and the plugins loaded from the `dmattack`
+    entry-point group."""
     import dmattack.evaluation.attack_eval  # noqa: F401 - registers the built-in attacks
+    import dmattack.purification  # noqa: F401 - registers labelled data and classifiers
     import dmattack.training.train  # noqa: F401 - registers objectives, datasets, presets, samplers
     import evaluators  # noqa: F401 - registers the metrics
     from dmattack.core.registry import PLUGINS, REGISTRIES, load_plugins

@@ -17,7 +17,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "checkpoints" / "digits_cnn.safetensors"
+from dmattack.core.checkout import CHECKPOINTS
+
+DEFAULT_WEIGHTS = CHECKPOINTS / "digits_cnn.safetensors"
 FEATURE_DIM = 64
 HELDOUT_FRACTION = 0.2
 SPLIT_SEED = 0

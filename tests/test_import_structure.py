@@ -36,7 +36,7 @@ PACKAGES = ("dmattack", "evaluators")
 FOUNDATIONS = frozenset({
     "dmattack", "dmattack.core", "dmattack.core.errors", "dmattack.core.io",
     "dmattack.core.hashing", "dmattack.core.stats", "dmattack.core.registry", "dmattack.core.text",
-    "dmattack.core.oserrors",
+    "dmattack.core.oserrors", "dmattack.core.checkout",
 })
 """dmattack's bottom layer: the only dmattack modules ``evaluators/`` may import."""
 TRAINING = tuple(f"dmattack.training.{p.stem}" for p in sorted((ROOT / "dmattack" / "training")

@@ -37,6 +37,7 @@ from typing import Any
 
 import click
 
+from ..core.checkout import ROOT
 from ..core.registry import ENTRY_POINT_GROUP
 
 FORMAT = 2
@@ -153,10 +154,9 @@ def _base_key() -> str:
     for entry in sys.path:  # installed / removed distributions
         if Path(entry).name in ("site-packages", "dist-packages"):
             h.update(f"path {entry} {_stat(Path(entry))}".encode())
-    root = Path(__file__).resolve().parents[2]  # the checkout: dmattack/<layer>/<module>.py
     for pkg in ("dmattack", "evaluators"):
-        for f in sorted((root / pkg).rglob("*.py")):
-            h.update(f"{f.relative_to(root)} ".encode())
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            h.update(f"{f.relative_to(ROOT)} ".encode())
             h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
 

@@ -19,6 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .checkout import ROOT
 from .errors import OutputError
 from .oserrors import WRITE_ERRORS, describe, error_number, output_error
 
@@ -180,12 +181,11 @@ def library_versions() -> dict[str, str]:
 
 def git_revision() -> str | None:
     """The commit of the dmattack checkout (with ``-dirty`` when modified), if any."""
-    root = Path(__file__).resolve().parents[2]  # the checkout: dmattack/<layer>/<module>.py
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                              text=True, timeout=5, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, capture_output=True, text=True, timeout=5).stdout
+                               cwd=ROOT, capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return rev + ("-dirty" if dirty.strip() else "")

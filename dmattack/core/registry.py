@@ -1,5 +1,5 @@
 """Name → implementation registries: attacks, training objectives, samplers, metrics, datasets,
-model presets.
+model presets, and purification's labelled data and classifiers.
 
 Each entry owns its options, validation and label; the command line lists a registry's names
 as the allowed values of the matching option. A new entry is one registration, e.g. a
@@ -246,7 +246,14 @@ SAMPLERS: Registry[Any] = Registry("sampler")
 METRICS: Registry[Any] = Registry("metric")
 DATASETS: Registry[Any] = Registry("dataset")
 PRESETS: Registry[Any] = Registry("model preset")
+LABELLED_DATA: Registry[Any] = Registry("labelled data")
+"""Labelled test sets of ``dmattack purify --data``: name →
+:class:`~dmattack.purification.labelled.LabelledSet`."""
+CLASSIFIERS: Registry[Any] = Registry("classifier")
+"""Classifiers of ``dmattack purify --classifier``: name →
+:class:`~dmattack.purification.classifier.ClassifierEntry`."""
 REGISTRIES: dict[str, Registry[Any]] = {
     "attacks": ATTACKS, "objectives": OBJECTIVES, "samplers": SAMPLERS, "metrics": METRICS,
-    "datasets": DATASETS, "presets": PRESETS,
+    "datasets": DATASETS, "presets": PRESETS, "labelled-data": LABELLED_DATA,
+    "classifiers": CLASSIFIERS,
 }

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..attacks import AttackSpec
+from ..core.checkout import CHECKPOINTS
 from ..core.errors import MissingResourceError
 from ..diffusion.gaussian import GaussianDiffusion, respace
 from ..evaluation.attack_eval import curve_specs
@@ -29,7 +30,6 @@ from .common import (
 )
 from .effects import metric_scorer, set_effects
 from .plan import AttackSectionPlan, Corruption, StepsPlan, SubspacePlan, ToyPlan
-from .sections import CHECKPOINTS
 from .tasks import curve_task, sample_task
 
 SUBSPACE_METRICS = ("subspace", "fd-exact", "variance-ratio")

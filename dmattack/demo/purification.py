@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
+from ..core.checkout import CHECKPOINTS
 from ..core.stats import compare, paired_difference
 from ..purification.evaluate import UNDEFENDED, PurifyConfig, run_purification
-from .sections import CHECKPOINTS
 
 RUNS = {"ddpm": CHECKPOINTS / "digits-ddpm", "robust-adv": CHECKPOINTS / "digits-robust-adv"}
 CLAIM = ("a Robust_adv purifier keeps more robust accuracy than a DDPM purifier under the "

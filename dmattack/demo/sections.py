@@ -5,7 +5,6 @@ without that cost."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..core.errors import ConfigError
 
@@ -20,7 +19,6 @@ QUICK_SECTIONS = ("subspace", "toy", "attacks", "steps", "adaptive")
 within its 2-minute budget."""
 NEEDS_SUBSPACE = ("attacks", "steps", "adaptive")  # they reuse section 1's models
 SHIPPED_UNETS = ("adaptive", "purification")  # always on checkpoints/digits-*
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 """The shipped trained runs (``checkpoints/`` at the repository's top)."""
 
 

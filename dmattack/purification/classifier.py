@@ -1,9 +1,18 @@
-"""Classifiers for purification: the defended model f(P(x)), classifier loading (no pickle) and
-the labelled evaluation data. Every classifier here takes images in [0, 1] and returns logits.
+"""Classifiers for purification: the defended model f(P(x)), the registered classifiers
+(:data:`~dmattack.core.registry.CLASSIFIERS`; built-in ``digits-cnn``) and classifier files,
+loaded without pickle. Every classifier here takes images in [0, 1] and returns logits.
 
 Classifier sources (:func:`load_classifier`):
 
-* ``digits-cnn``: the shipped digits classifier (its model-space input is fed 2x − 1).
+* a registered name: ``digits-cnn`` is the shipped digits classifier (its model-space input is
+  fed 2x − 1); a plugin registers its own (docs/architecture.md)::
+
+      CLASSIFIERS.register("my-clf", ClassifierEntry(load=my_loader, description="..."))
+
+  ``my_loader()`` returns ``(module, info)``: a module taking (B, C, H, W) images in [0, 1]
+  and returning (B, classes) logits, and what to record (``info["name"]`` is the registered
+  name; ``info["sha256"]``, which keys the stored units, defaults to a hash of the module's
+  tensors).
 * ``*.safetensors``: weights of the digits-cnn architecture (1×8×8 inputs, 10 classes), e.g. a
   retrained or adversarially trained digits-cnn; fed 2x − 1 like ``digits-cnn``.
 * any other file: a TorchScript archive (``torch.jit.save`` of a scripted or traced model) that
@@ -14,25 +23,49 @@ Classifier sources (:func:`load_classifier`):
 
 from __future__ import annotations
 
-import os
-import pickle
+import hashlib
 import warnings
 import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from ..core.errors import ConfigError, InputFileError, first_line
-from ..runs.checkpoints import sha256_file
+from ..core.hashing import sha256_file
+from ..core.registry import CLASSIFIERS
+from .labelled import NamesOrFile
 from .purifier import Purifier
 
 DIGITS_CNN = "digits-cnn"
-DATA_SOURCES = ("digits", "cifar10")
+CLASSIFIER_FILES = "a TorchScript file taking [0, 1] images or digits-cnn .safetensors weights"
+
+
+@dataclass(frozen=True)
+class ClassifierEntry:
+    """A registered classifier: ``load()`` returns ``(module taking (B, C, H, W) images in
+    [0, 1] and returning (B, classes) logits, info to record)`` (see the module docstring);
+    ``description``: one line for the docs and ``dmattack plugins``."""
+
+    load: Callable[[], tuple[nn.Module, dict[str, Any]]]
+    description: str
+
+
+def is_classifier_file(value: str) -> bool:
+    """True for a value naming a file rather than a classifier: an existing file, or a name
+    with a suffix or a folder (a missing file is refused, one line, when loading)."""
+    path = Path(value)
+    return bool(path.suffix) or path.name != value or path.is_file()
+
+
+def classifier_choices() -> NamesOrFile:
+    """The allowed values of ``--classifier``: registered classifiers or a classifier file."""
+    return NamesOrFile(tuple(CLASSIFIERS.names()), CLASSIFIER_FILES, is_classifier_file)
 
 
 class PurifiedClassifier(nn.Module):
@@ -90,32 +123,61 @@ def _is_torchscript(path: Path) -> bool:
 
 def load_classifier(spec: str, device: torch.device | str = "cpu"
                     ) -> tuple[nn.Module, dict[str, Any]]:
-    """``(classifier taking [0, 1] images, description)`` for ``digits-cnn`` or a file (see the
-    module docstring). The classifier is in eval mode with frozen parameters. Raises
+    """``(classifier taking [0, 1] images, description)`` for a registered name or a file (see
+    the module docstring). The classifier is in eval mode with frozen parameters. Raises
     :class:`InputFileError` for a missing, pickled or malformed file."""
-    from evaluators.digits_model import DEFAULT_WEIGHTS, DigitsCNN, load_digits_cnn
+    if spec in CLASSIFIERS:
+        model, info = _registered(spec)
+    else:
+        model, info = _from_file(Path(spec), device)
+    for p in model.parameters():  # (ScriptModules refuse requires_grad_)
+        p.requires_grad_(False)
+    return model.to(device).eval(), info
 
-    if spec == DIGITS_CNN:
-        net = load_digits_cnn()
-        info = {"name": DIGITS_CNN, "path": str(DEFAULT_WEIGHTS),
-                "sha256": sha256_file(DEFAULT_WEIGHTS), "format": "safetensors"}
-        return FromUnitInterval(net).to(device).eval(), info
-    path = Path(spec)
+
+def _registered(name: str) -> tuple[nn.Module, dict[str, Any]]:
+    """The registered classifier ``name`` and its record: ``name`` first, then the loader's
+    info, with ``sha256`` (the stored units' key) a hash of its tensors if the loader gave none."""
+    entry: ClassifierEntry = CLASSIFIERS[name]
+    model, info = entry.load()
+    if not isinstance(model, nn.Module):
+        raise InputFileError(f"classifier {name}: its loader returned {type(model).__name__}, "
+                             "not a torch module")
+    info = {"name": name, **{k: v for k, v in info.items() if k != "name"}}
+    return model, info if "sha256" in info else {**info, "sha256": tensors_sha256(model)}
+
+
+def tensors_sha256(model: nn.Module) -> str:
+    """Hex sha256 of a module's state_dict: each tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.flatten().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _digits_cnn() -> tuple[nn.Module, dict[str, Any]]:
+    """The shipped digits-cnn (1×8×8 inputs, 10 classes), fed 2x − 1."""
+    from evaluators.digits_model import DEFAULT_WEIGHTS, load_digits_cnn
+
+    info = {"path": str(DEFAULT_WEIGHTS), "sha256": sha256_file(DEFAULT_WEIGHTS),
+            "format": "safetensors"}
+    return FromUnitInterval(load_digits_cnn()), info
+
+
+def _from_file(path: Path, device: torch.device | str) -> tuple[nn.Module, dict[str, Any]]:
+    """A digits-cnn ``.safetensors`` or TorchScript classifier file and its record."""
     if not path.is_file():
-        raise InputFileError(f"classifier {spec!r} is neither {DIGITS_CNN!r} nor an existing "
-                             "file (a TorchScript archive or digits-cnn safetensors weights)")
+        names = ", ".join(CLASSIFIERS.names())
+        raise InputFileError(f"classifier {str(path)!r} is neither a registered classifier "
+                             f"({names}) nor an existing file (a TorchScript archive or "
+                             "digits-cnn safetensors weights)")
     info = {"name": path.name, "path": str(path.resolve()), "sha256": sha256_file(path)}
     if path.suffix == ".safetensors":
-        net = DigitsCNN()
-        try:
-            net.load_state_dict(load_file(str(path)))
-        except (SafetensorError, RuntimeError, OSError, ValueError) as e:
-            raise InputFileError(f"classifier {path}: not digits-cnn safetensors weights "
-                                 f"({first_line(e)}); other architectures must be TorchScript"
-                                 ) from None
-        model: nn.Module = FromUnitInterval(net)
-        info["format"] = "safetensors (digits-cnn architecture)"
-    elif _is_torchscript(path):
+        return _digits_cnn_weights(path), {**info, "format": "safetensors (digits-cnn "
+                                                             "architecture)"}
+    if _is_torchscript(path):
         try:
             with warnings.catch_warnings():  # torch >= 2.10 flags TorchScript as deprecated
                 warnings.simplefilter("ignore", FutureWarning)
@@ -125,15 +187,23 @@ def load_classifier(spec: str, device: torch.device | str = "cpu"
 
             raise InputFileError(f"classifier {path}: cannot load the TorchScript archive: "
                                  f"{torchscript_reason(e)}") from None
-        model = ScriptedClassifier(model, path)
-        info["format"] = "torchscript"
-    else:
-        raise InputFileError(f"classifier {path} is not a TorchScript archive or safetensors "
-                             "weights (a pickled torch.save file is refused: it can run code "
-                             "when loaded); export it with torch.jit.script(model).save(path)")
-    for p in model.parameters():  # (ScriptModules refuse requires_grad_)
-        p.requires_grad_(False)
-    return model.to(device).eval(), info
+        return ScriptedClassifier(model, path), {**info, "format": "torchscript"}
+    raise InputFileError(f"classifier {path} is not a TorchScript archive or safetensors "
+                         "weights (a pickled torch.save file is refused: it can run code "
+                         "when loaded); export it with torch.jit.script(model).save(path)")
+
+
+def _digits_cnn_weights(path: Path) -> nn.Module:
+    from evaluators.digits_model import DigitsCNN
+
+    net = DigitsCNN()
+    try:
+        net.load_state_dict(load_file(str(path)))
+    except (SafetensorError, RuntimeError, OSError, ValueError) as e:
+        raise InputFileError(f"classifier {path}: not digits-cnn safetensors weights "
+                             f"({first_line(e)}); other architectures must be TorchScript"
+                             ) from None
+    return FromUnitInterval(net)
 
 
 class ScriptedClassifier(nn.Module):
@@ -183,70 +253,5 @@ def check_classifier(classifier: nn.Module, data_shape: tuple[int, ...], what: s
     return int(out.shape[1])
 
 
-# ----------------------------------------------------------------------------- labelled data
-def load_labeled_data(source: str, data_dir: str | os.PathLike | None = None,
-                      num_samples: int | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """``(images (N, C, H, W) float32 in [0, 1], labels (N,) int64, description)``: the first
-    ``num_samples`` of
-
-    * ``digits``: the 360 held-out sklearn digits of digits-cnn's fixed split (1×8×8);
-    * ``cifar10``: the CIFAR-10 test batch under ``data_dir`` (torchvision's
-      ``cifar-10-batches-py``; 10 000 images 3×32×32);
-    * a ``.safetensors`` file with ``images`` ((N, C, H, W) float in [0, 1] or uint8) and
-      ``labels`` ((N,) integers).
-    """
-    if source == "digits":
-        from evaluators.digits_model import digits_split
-
-        _, _, x, y = digits_split()
-        x = (x + 1) / 2
-        info = {"source": "digits", "split": "digits-cnn held-out (20%, random_state=0)"}
-    elif source == "cifar10":
-        x, y, info = _cifar10_test(data_dir)
-    else:
-        x, y, info = _safetensors_data(Path(source))
-    if num_samples is not None:
-        if not 1 <= num_samples <= len(x):
-            raise ConfigError(f"num_samples (--num-samples) = {num_samples} is outside "
-                              f"1..{len(x)} (the size of {source})", field="num_samples")
-        x, y = x[:num_samples], y[:num_samples]
-    return x.float().contiguous(), y.long(), {**info, "num_samples": len(x)}
-
-
-def _cifar10_test(data_dir: str | os.PathLike | None) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    from ..data.images import CIFAR_FOLDER, _ArrayUnpickler
-
-    if data_dir is None:
-        raise ConfigError(f"data cifar10 needs --data-dir: a folder holding '{CIFAR_FOLDER}'",
-                          field="data_dir")
-    root = Path(data_dir).expanduser()
-    path = (root / CIFAR_FOLDER if (root / CIFAR_FOLDER).is_dir() else root) / "test_batch"
-    try:
-        with open(path, "rb") as f:
-            batch = _ArrayUnpickler(f, encoding="latin1").load()
-        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.asarray(batch["labels"], dtype=np.int64)
-    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
-        raise InputFileError(f"cannot read the CIFAR-10 test batch {path}: {first_line(e)}"
-                             ) from None
-    x = torch.from_numpy(data).float() / 255
-    return x, torch.from_numpy(labels), {"source": "cifar10", "path": str(path.resolve())}
-
-
-def _safetensors_data(path: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    allowed = "digits, cifar10 or a .safetensors file with 'images' and 'labels'"
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise ConfigError(f"data (--data) = {str(path)!r} is invalid; allowed: {allowed}",
-                          field="data")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise InputFileError(f"cannot read {path}: {first_line(e)}") from None
-    x, y = tensors.get("images"), tensors.get("labels")
-    if x is None or y is None or x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
-        raise InputFileError(f"{path} must hold 'images' (N, C, H, W) and 'labels' (N,)")
-    if x.dtype == torch.uint8:
-        x = x.float() / 255
-    elif not (x.is_floating_point() and float(x.min()) >= 0 and float(x.max()) <= 1):
-        raise InputFileError(f"{path}: 'images' must be uint8 or floats in [0, 1]")
-    return x, y.long(), {"source": str(path.resolve()), "sha256": sha256_file(path)}
+CLASSIFIERS.register(DIGITS_CNN, ClassifierEntry(
+    load=_digits_cnn, description="the shipped digits classifier (1×8×8 images, 10 classes)"))

@@ -15,12 +15,8 @@ import torch
 from ..core.errors import ConfigError, DmattackError
 from ..runs.checkpoints import LoadedModel
 from .attacks import PurifyAttackSpec
-from .classifier import (
-    PurifiedClassifier,
-    check_classifier,
-    load_classifier,
-    load_labeled_data,
-)
+from .classifier import PurifiedClassifier, check_classifier, load_classifier
+from .labelled import load_labeled_data
 from .purifier import Purifier, forward_steps
 from .results import data_digest
 

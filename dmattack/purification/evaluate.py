@@ -52,12 +52,14 @@ from .attacks import (
     parse_attack,
     run_purify_attack,
 )
+from .classifier import classifier_choices
 from .defended import (  # noqa: F401 (UNDEFENDED: demo.py's import)
     UNDEFENDED,
     Defended,
     _attacked,
     prepare_purification,
 )
+from .labelled import data_choices
 from .purifier import load_model, purify_sampler_name, purify_samplers
 from .results import data_digest, to_csv
 from .rows import _purifier_record, _rows, protocol
@@ -111,13 +113,14 @@ def _reads_eta(chain: str) -> bool:
 class PurifyConfig:
     """Settings of a purification robustness evaluation (``dmattack purify``)."""
 
-    classifier: str = setting("digits-cnn", "Classifier: digits-cnn, a TorchScript file taking "
-                              "[0, 1] images, or digits-cnn-shaped .safetensors weights.")
-    data: str = setting("digits", "Labelled images: digits (digits-cnn's held-out split), "
-                        "cifar10 (test batch under --data-dir) or a .safetensors file with "
-                        "'images' in [0, 1] and 'labels'.")
-    data_dir: str | None = setting(None, "Folder holding cifar-10-batches-py (for --data "
-                                   "cifar10).")
+    classifier: str = setting("digits-cnn", "Classifier taking [0, 1] images: a registered one "
+                              "(dmattack plugins lists them) or a file.",
+                              choices=classifier_choices)
+    data: str = setting("digits", "Labelled images: a registered set (dmattack plugins lists "
+                        "them; digits is digits-cnn's held-out split) or a file.",
+                        choices=data_choices)
+    data_dir: str | None = setting(None, "Folder the labelled set reads (--data cifar10: one "
+                                   "holding cifar-10-batches-py); other sets ignore it.")
     t_star: str = setting("0.1", "Purification depth(s), comma-separated: fractions of T (< 1) "
                           "or integer timesteps 1..T; 0 is no purification.")
     purify_steps: int | None = setting(5, "Reverse steps K over [0, t*] (respaced); none = "

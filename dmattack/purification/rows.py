@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.registry import LABELLED_DATA
 from ..runs.checkpoints import LoadedModel
 from .attacks import CONVERGENCE_TOL, SELECT_STREAM, PurifyAttackSpec, converged
 from .defended import Defended, _label, _surrogate
@@ -19,22 +20,15 @@ from .units import _uid
 if TYPE_CHECKING:
     from .evaluate import PurifyConfig
 
-DIGITS_TOTAL = 1797
-
 
 def in_training(m: LoadedModel, cfg: PurifyConfig) -> tuple[bool | None, str]:
-    """Whether the evaluation images were in ``m``'s training data, and why we say so."""
+    """Whether the evaluation images were in ``m``'s training data, and why we say so (the
+    labelled set's ``seen_by``; unknown for a file or a set that cannot tell)."""
     data = m.config.get("data", {}) if isinstance(m.config.get("data"), dict) else {}
-    if m.dataset == "digits" and cfg.data == "digits":
-        if data.get("num_samples") == DIGITS_TOTAL:
-            return True, ("the purifier was trained on all 1797 sklearn digits; digits-cnn's "
-                          "held-out split (the evaluation images) is among them")
-        return None, "the purifier was trained on a subset of the digits; overlap not checked"
-    if m.dataset == "cifar10" and cfg.data == "cifar10":
-        return False, ("CIFAR-10 training reads data_batch_1..5; the evaluation reads "
-                       "test_batch")
-    return None, (f"unknown: the purifier's training data is {m.dataset!r}, the evaluation "
-                  f"data {cfg.data!r}")
+    entry = LABELLED_DATA[cfg.data] if cfg.data in LABELLED_DATA else None
+    seen = entry.seen_by(m.dataset, data) if entry is not None and entry.seen_by else None
+    return seen or (None, f"unknown: the purifier's training data is {m.dataset!r}, the "
+                          f"evaluation data {cfg.data!r}")
 
 
 def _purifier_record(d: Defended, cfg: PurifyConfig) -> dict[str, Any]:
