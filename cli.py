@@ -65,7 +65,7 @@ records the same settings as the option."""
 
 TRAIN_CONFIG = "dmattack.training.config:TrainConfig"
 OBJECTIVE_OPTIONS = "dmattack.training.objective_cli:train_click_options"
-SAMPLER_CONFIG = "dmattack.diffusion.sampling:SamplerConfig"
+SAMPLER_OPTIONS = "dmattack.commands.sampler_options:sampler_options"
 EVALUATION_CONFIG = "dmattack.evaluation.metrics:EvaluationConfig"
 ATTACK_OPTIONS = "dmattack.attacks.options:attack_options"
 METRIC_OPTIONS = "dmattack.evaluation.metric_options:metric_options"
@@ -166,19 +166,11 @@ def _load_model(run: str | None, pipeline: str | None, use_ema: bool, device: st
 
 
 def _sampler(o: dict[str, Any], loaded):
-    """The sampler the options ask for, unset fields from the model's protocol."""
-    from dmattack.core.registry import SAMPLERS
-    from dmattack.evaluation.metrics import resolve_sampler
+    """The sampler the options ask for (its own options included), unset fields from the
+    model's protocol."""
+    from dmattack.commands.sampler_options import sampler_from_options
 
-    o = option_values(o)
-    sampler = resolve_sampler(loaded, o["sampler__name"], o["sampler__steps"],
-                              o["sampler__eta"], o["sampler__clip_denoised"])
-    if o["sampler__steps"] is not None and not sampler.entry.strided:  # it runs all T steps
-        strided = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].strided)
-        raise ConfigError(f"--sampler-steps {o['sampler__steps']} is not read by sampler "
-                          f"{sampler.name} (it runs all {loaded.diffusion.num_timesteps} steps);"
-                          f" allowed: --sampler-steps only with --sampler {strided}")
-    return sampler
+    return sampler_from_options(o, loaded)
 
 
 def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None):
@@ -201,7 +193,7 @@ model_options = option_group(
                  help="Sample with the EMA weights."),
     click.option("--device", default="auto", show_default=True),
 )
-sampler_options = lazy_options(SAMPLER_CONFIG, prefix="sampler.")
+sampler_options = lazy_options(SAMPLER_OPTIONS, prefix="sampler.")
 evaluation_options = lazy_options(EVALUATION_CONFIG)
 
 
@@ -351,9 +343,9 @@ def curve(**o: Any) -> None:
 
 
 # ----------------------------------------------------------------------------- evaluate
-SAMPLING_OPTIONS = ("ema", "sampler__name", "sampler__steps", "sampler__eta",
-                    "sampler__clip_denoised", "num_samples", "batch_size", "seed", "first_sample")
-"""evaluate's options that only say how samples are drawn: refused with --samples."""
+SAMPLING_OPTIONS = ("ema", "num_samples", "batch_size", "seed", "first_sample")
+"""evaluate's options that only say how samples are drawn, besides the sampler options
+(parameters ``sampler__*``, every registered sampler's own included): refused with --samples."""
 
 
 @main.command()
@@ -379,7 +371,8 @@ def evaluate(**o: Any) -> None:
         raise ConfigError(f"--samples-key {o['samples_key']} is read from --samples files only; "
                           "give --samples or remove it")
     drawing = [p.opts[0] for p in click.get_current_context().command.params
-               if p.name in SAMPLING_OPTIONS and given(p.name)]
+               if (p.name in SAMPLING_OPTIONS or p.name.startswith("sampler__"))
+               and given(p.name)]
     if o["sample_files"] and drawing:
         raise ConfigError(f"{drawing[0]} sets how samples are drawn, but --samples gives them; "
                           "remove it")

@@ -35,7 +35,7 @@ def _library_samples(res: dict, attack) -> torch.Tensor:
     """The attacked samples of ``attack`` computed directly, with the run's model and sampler."""
     loaded = load_run(DIGITS)
     s = res["sampler"]
-    sampler = SamplerConfig(s["name"], s["steps"], s["eta"], s["clip_denoised"])
+    sampler = SamplerConfig.from_dict(s)
     chain = SamplingChain(loaded.diffusion, sampler)
     with torch.no_grad():
         return attack.sample_attacked(loaded.model, chain, sampler, loaded.data_shape,

@@ -92,7 +92,7 @@ def _library_attacked(site: Path, res: dict, decay: float) -> torch.Tensor:
         ATTACKS.unregister("momentum-pgd")
     loaded = load_run(DIGITS)
     s = res["sampler"]
-    sampler = SamplerConfig(s["name"], s["steps"], s["eta"], s["clip_denoised"])
+    sampler = SamplerConfig.from_dict(s)
     chain = SamplingChain(loaded.diffusion, sampler)
     plan = AttackPlan(partial(module.ChainMomentumPGD, steps=10, decay=decay), percent=50)
     with torch.no_grad():

@@ -2,7 +2,9 @@
 point, read from the doc, installed as a distribution (a dist-info naming it in entry-point
 group ``dmattack``, as pip writes it) and run through the documented ``dmattack sample`` and
 ``dmattack attack`` in fresh processes; the samples are checked against a plain loop of
-posterior means (Ho et al. 2020, Eq. 7 with x̂_0 from ε_θ) written here from the model's ᾱ."""
+posterior means (Ho et al. 2020, Eq. 7 with x̂_0 from ε_θ) written here from the model's ᾱ,
+those with the plugin's own option ``--noise-scale`` against the library's sampling, and the
+option is refused for a sampler that does not read it."""
 
 from __future__ import annotations
 
@@ -29,13 +31,15 @@ def blocks(language: str) -> list[str]:
     return doc_plugins.blocks(TITLE, language)
 
 
-def documented(verb: str, tmp: Path) -> list[str]:
-    """The arguments of the documented ``dmattack <verb>`` (paths made absolute)."""
+def documented(verb: str, tmp: Path, which: int = 0, of: int = 1) -> list[str]:
+    """The arguments of the ``which``-th of the ``of`` documented ``dmattack <verb>`` commands
+    (paths made absolute)."""
     (bash,) = blocks("bash")
     lines = [shlex.split(line) for line in bash.replace("\\\n", " ").splitlines() if line]
-    (args,) = [c[2:] for c in lines if c[:2] == ["dmattack", verb]]
+    found = [c[2:] for c in lines if c[:2] == ["dmattack", verb]]
+    assert len(found) == of, found
     return [str(ROOT / a) if a.startswith("checkpoints/") else
-            str(tmp / a) if a.startswith("runs/") else a for a in args]
+            str(tmp / a) if a.startswith("runs/") else a for a in found[which]]
 
 
 def plugin() -> tuple[str, str, str]:
@@ -97,12 +101,13 @@ def test_plugin_sampler_samples_posterior_means_and_can_be_attacked(site, tmp_pa
     listed = dmattack(site, tmp_path, ["plugins", *documented("plugins", tmp_path)])
     assert listed.returncode == 0, listed.stderr
     assert re.search(rf"samplers\s*│\s*{name}\s*│\s*{module}\s", listed.stdout), listed.stdout
-    args = documented("sample", tmp_path)
+    args = documented("sample", tmp_path, 0, 3)
     done = dmattack(site, tmp_path, ["sample", *args])
     assert done.returncode == 0, done.stderr
     out = Path(args[args.index("--out") + 1])
     record = json.loads((out / "samples.json").read_text())
-    assert record["sampler"]["name"] == name and record["sampler"]["steps"] == 10
+    assert record["sampler"] == {"name": name, "steps": 10, "eta": 0.0, "clip_denoised": True,
+                                 "noise_scale": 0.0}
     assert record["sampler_label"] == f"{name}-10-clip"
     samples = load_file(str(out / "samples.safetensors"))["samples"]
 
@@ -124,6 +129,45 @@ def test_plugin_sampler_samples_posterior_means_and_can_be_attacked(site, tmp_pa
     assert result["damage"]["pixel deviation"]["mean"] > 0.01  # the attack changed the samples
 
 
+@pytest.mark.slow
+def test_plugin_option_is_recorded_matches_the_library_and_is_refused_elsewhere(
+        site, tmp_path, posterior_mean):
+    """``--noise-scale 0.5`` (the plugin's own option, offered because the plugin is installed)
+    is recorded, and the samples are the library's with the plugin's sampler at s = 0.5 (this
+    process registers the doc's module); ``--sampler ddpm --noise-scale 0.5`` is refused in
+    one line, exit code 2."""
+    from dmattack.core.seeding import sample_seeds
+    from dmattack.diffusion.sampling import SamplerConfig, sample_batched
+    from dmattack.runs.checkpoints import load_run
+
+    args = documented("sample", tmp_path, 1, 3)
+    done = dmattack(site, tmp_path, ["sample", *args])
+    assert done.returncode == 0, done.stderr
+    out = Path(args[args.index("--out") + 1])
+    record = json.loads((out / "samples.json").read_text())
+    assert record["sampler"] == {"name": posterior_mean, "steps": 10, "eta": 0.0,
+                                 "clip_denoised": True, "noise_scale": 0.5}
+    assert record["sampler_label"] == f"{posterior_mean}-10-noise_scale0.5-clip"
+    samples = load_file(str(out / "samples.safetensors"))["samples"]
+    loaded = load_run(ROOT / "checkpoints" / "digits-ddpm")
+    sampler = SamplerConfig(posterior_mean, 10, noise_scale=0.5)
+    assert SamplerConfig.from_dict(record["sampler"]) == sampler.for_shape(loaded.data_shape)
+    with torch.no_grad():
+        want = sample_batched(loaded.model, loaded.diffusion, loaded.data_shape,
+                              sample_seeds(record["seed"], 8), 8, sampler)
+    torch.testing.assert_close(samples, want, rtol=0, atol=1e-5)
+    with torch.no_grad():  # the noise made a difference: not the posterior means
+        means = posterior_mean_loop(loaded.model, loaded.diffusion.alphas_cumprod, 10,
+                                    x_T(record["seed"], 8, loaded.data_shape))
+    assert (samples - means).abs().max() > 0.1
+
+    refused = dmattack(site, tmp_path, ["sample", *documented("sample", tmp_path, 2, 3)])
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.splitlines() == [
+        f"Error: noise_scale (--noise-scale) = 0.5 is not used by sampler 'ddpm' (it reads no "
+        f"options of its own); --noise-scale is read by: {posterior_mean}"]
+
+
 @pytest.fixture
 def posterior_mean():
     """The doc's sampler registered in this process (removed afterwards)."""
@@ -140,10 +184,11 @@ def posterior_mean():
         del sys.modules[module_name]
 
 
-def test_plugin_step_is_the_ancestral_step_without_noise(posterior_mean):
-    """On the chain SamplingChain resolves (the respaced one, K steps), the plugin's step is the
-    respaced ancestral step with z = 0 whatever noise it is handed, and the ancestral step
-    itself at the last step (t = 0)."""
+def test_plugin_step_is_the_ancestral_step_with_scaled_noise(posterior_mean):
+    """On the chain SamplingChain resolves (the respaced one, K steps), the plugin's step at its
+    default s = 0 is the respaced ancestral step with z = 0 whatever noise it is handed, and
+    the ancestral step itself at the last step (t = 0); at s = 1 it is the ancestral step, and
+    at s = 0.5 the ancestral step handed z/2."""
     from dmattack.diffusion.gaussian import GaussianDiffusion
     from dmattack.diffusion.sampling import SamplerConfig, SamplingChain
     from dmattack.models import build_model
@@ -152,7 +197,10 @@ def test_plugin_step_is_the_ancestral_step_without_noise(posterior_mean):
     model = build_model("tiny", (1, 8, 8)).eval()
     chain = SamplingChain(diffusion, SamplerConfig(posterior_mean, steps=7)).for_shape((1, 8, 8))
     ancestral = SamplingChain(diffusion, SamplerConfig("respaced", steps=7)).for_shape((1, 8, 8))
+    one, half = (SamplingChain(diffusion, SamplerConfig(posterior_mean, steps=7, noise_scale=s))
+                 .for_shape((1, 8, 8)) for s in (1.0, 0.5))
     assert chain.num_steps == 7 and chain.describe() == f"{posterior_mean}-7-clip"
+    assert half.describe() == f"{posterior_mean}-7-noise_scale0.5-clip"
     np.testing.assert_array_equal(chain.timestep_map, ancestral.timestep_map)
     gen = torch.Generator().manual_seed(0)
     x, noise = (torch.randn(3, 1, 8, 8, generator=gen) for _ in range(2))
@@ -166,6 +214,9 @@ def test_plugin_step_is_the_ancestral_step_without_noise(posterior_mean):
                 torch.testing.assert_close(got, ancestral.step(model, x, t, noise))
             else:
                 assert not torch.allclose(got, ancestral.step(model, x, t, noise))
+            assert torch.equal(one.step(model, x, t, noise), ancestral.step(model, x, t, noise))
+            torch.testing.assert_close(half.step(model, x, t, noise),
+                                       ancestral.step(model, x, t, noise / 2))
 
 
 def test_plugin_sampler_is_a_choice_of_sampler_in_help(site, tmp_path):
@@ -177,3 +228,6 @@ def test_plugin_sampler_is_a_choice_of_sampler_in_help(site, tmp_path):
     assert helped.returncode == 0, helped.stderr[-2000:]
     assert re.search(rf"--sampler TEXT\s+Reverse sampler\. \[ddpm \| respaced \| ddim \|\s+"
                      rf"{name}\]", helped.stdout), helped.stdout
+    words = (f"--noise-scale NUMBER {name}: Scale s of the ancestral noise (0: the posterior "
+             "mean, 1: the ancestral step) [default: 0]").split()  # the plugin's own option
+    assert re.search(r"\s+".join(map(re.escape, words)), helped.stdout), helped.stdout

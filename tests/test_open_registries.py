@@ -61,11 +61,11 @@ def test_registered_sampler_samples_through_the_library(ddim0):
     diffusion = GaussianDiffusion(np.linspace(1e-3, 0.2, 40))
     with torch.no_grad():
         mine = sample(eps, diffusion, (3,), SEEDS, SamplerConfig("ddim0", 8))
-        ddim = sample(eps, diffusion, (3,), SEEDS, SamplerConfig("ddim", 8, 0.0))
+        ddim = sample(eps, diffusion, (3,), SEEDS, SamplerConfig("ddim", 8, eta=0.0))
     assert torch.equal(mine, ddim)  # the same steps on the same strided chain
     assert SamplerConfig("ddim0", 8).describe(40) == "ddim0-8"
-    with pytest.raises(ConfigError, match=r"eta \(--eta\) = 0.5 is ignored by sampler ddim0; "
-                       "allowed: a nonzero --eta only with --sampler ddim"):
+    with pytest.raises(ConfigError, match=r"eta \(--eta\) = 0.5 is not used by sampler 'ddim0' "
+                       r"\(it reads no options of its own\); --eta is read by: ddim$"):
         SamplerConfig("ddim0", 8, eta=0.5)
 
 

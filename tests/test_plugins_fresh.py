@@ -163,7 +163,7 @@ def _library_attacked(site: Path, res: dict) -> torch.Tensor:
         ATTACKS.unregister("eps-ascent"), SAMPLERS.unregister("ddim0")
     loaded = load_run(DIGITS)
     s = res["sampler"]
-    sampler = SamplerConfig(s["name"], s["steps"], s["eta"], s["clip_denoised"])
+    sampler = SamplerConfig.from_dict(s)
     chain = SamplingChain(loaded.diffusion, sampler)
     plan = AttackPlan(partial(module.ChainEpsAscent, strength=0.5), percent=50)
     with torch.no_grad():

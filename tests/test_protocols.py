@@ -211,7 +211,7 @@ def _hashes(folder: Path) -> str:
 
 @pytest.mark.parametrize("old,new,message", [
     ('sampler = "respaced"', 'sampler = "euler"',
-     r"sampling.sampler = 'euler' is not one of 'ddpm', 'respaced', 'ddim'"),
+     r"sampling.sampler = 'euler' is not a registered sampler; allowed: ddpm, respaced, ddim"),
     ('name = "pgd"', 'name = "cw"', r"attack\[2\].name = 'cw' is not a card attack; allowed: "
      "random, fgsm, pgd, trajectory, lookahead"),
     ("pgd_steps = 20", "pgd_step = 20", r"attack\[2\].pgd_step is an unknown key; allowed:"),

@@ -24,7 +24,8 @@ def setup():
     return model, GaussianDiffusion.from_schedule("linear", 1000)
 
 
-@pytest.mark.parametrize("sampler", [SamplerConfig("respaced", 20), SamplerConfig("ddim", 10, 0.5)])
+@pytest.mark.parametrize("sampler", [SamplerConfig("respaced", 20),
+                                     SamplerConfig("ddim", 10, eta=0.5)])
 def test_samples_do_not_depend_on_batch_size(setup, sampler):
     model, diffusion = setup
     seeds = sample_seeds(3, 10)
@@ -76,7 +77,7 @@ def test_ddim_eta0_is_deterministic_given_x_T(setup):
     model, diffusion = setup
     seeds = sample_seeds(0, 2)
     with torch.no_grad():
-        a = sample(model, diffusion, (3,), seeds, SamplerConfig("ddim", 10, 0.0))
+        a = sample(model, diffusion, (3,), seeds, SamplerConfig("ddim", 10, eta=0.0))
     # the per-step noise draws are multiplied by σ = 0 and cannot matter
     sd = respace(diffusion, 10)
     x = torch.stack([torch.randn(3, generator=g) for g in generators(seeds, CHAIN_NOISE)])
@@ -166,7 +167,8 @@ def _sample_step_by_step(model, diffusion, shape, seeds, sampler):
 
 
 @pytest.mark.parametrize("dim", [64, 3])  # 64: block draws; 3: per-step fallback
-@pytest.mark.parametrize("sampler", [SamplerConfig("respaced", 12), SamplerConfig("ddim", 7, 1.0)])
+@pytest.mark.parametrize("sampler", [SamplerConfig("respaced", 12),
+                                     SamplerConfig("ddim", 7, eta=1.0)])
 def test_sampling_is_bit_identical_to_step_by_step_draws(dim, sampler):
     torch.manual_seed(0)
     model = build_model("mlp-small", (dim,)).eval()

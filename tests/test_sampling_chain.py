@@ -1,7 +1,6 @@
 """The resolved chain (SamplingChain): one object per (model, sampler), checked against closed
 forms and the sampling loop; the purifier's chain names come from the sampler entries."""
 
-import dataclasses
 import re
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def test_respaced_chain_matches_the_closed_form(diffusion, k):
 
 def test_chain_records_the_sampler_and_its_steps(diffusion):
     chain = SamplingChain(diffusion, SamplerConfig("respaced", 8, clip_denoised=True))
-    assert chain.to_dict() == {**dataclasses.asdict(chain.sampler), "num_steps": 8,
+    assert chain.to_dict() == {**chain.sampler.to_dict(), "num_steps": 8,
                                "label": "respaced-8-clip"}
     assert SamplingChain(diffusion, SamplerConfig("respaced", 8)).eta == 0.0
 

@@ -93,7 +93,9 @@ def test_ignored_settings_are_refused():
     from dmattack.purification.evaluate import PurifyConfig
 
     for name in ("ddpm", "respaced"):
-        with pytest.raises(ConfigError, match=r"eta \(--eta\) = 0.5 is ignored by sampler"):
+        with pytest.raises(ConfigError, match=r"eta \(--eta\) = 0.5 is not used by sampler "
+                           rf"'{name}' \(it reads no options of its own\); --eta is read by: "
+                           "ddim$"):
             SamplerConfig(name, 10, eta=0.5)
     assert SamplerConfig("ddim", 10, eta=0.5).eta == 0.5
     with pytest.raises(ConfigError, match="ignored by --purify-sampler ancestral"):

@@ -44,7 +44,8 @@ STEP_COUNTING = {"with-budget": "budget", "all": "all"}
 
 def _sampler(p: CardProtocol) -> SamplerConfig:
     s = p.sampling
-    return SamplerConfig(s.sampler, s.steps, s.eta or 0.0, s.clip_denoised)
+    own = {} if s.eta is None else {"eta": s.eta}  # checked: only a sampler reading it has one
+    return SamplerConfig(s.sampler, s.steps, clip_denoised=s.clip_denoised, **own)
 
 
 def _specs(p: CardProtocol, attack: Any) -> list[AttackSpec]:

@@ -147,13 +147,29 @@ def need(ok: bool, where: str, value: Any, allowed: str) -> None:
         _fail(f"{where} = {value!r}", f"is not allowed; {allowed}")
 
 
+def _names(names: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _check_sampling(s: Sampling) -> None:
-    strided = s.sampler in ("respaced", "ddim")
-    need((s.steps is not None) == strided, "sampling.steps", s.steps,
-         "respaced and ddim need steps (an integer >= 1), ddpm takes none (it runs all T)")
+    from ..core.registry import SAMPLERS
+    from ..diffusion import samplers  # noqa: F401 - registers the built-in samplers
+
+    names = list(SAMPLERS.names())
+    if s.sampler not in names:
+        _fail(f"sampling.sampler = {s.sampler!r}", "is not a registered sampler; allowed: "
+              f"{', '.join(names)}{SAMPLERS.names().note}")
+    entry, strided = SAMPLERS[s.sampler], [n for n in names if SAMPLERS[n].strided]
+    full = [n for n in names if not SAMPLERS[n].strided]
+    need((s.steps is not None) == entry.strided, "sampling.steps", s.steps,
+         f"{_names(strided)} need steps (an integer >= 1), {_names(full)} "
+         f"take{'s' if len(full) == 1 else ''} none (it runs all T)")
     need(s.steps is None or s.steps >= 1, "sampling.steps", s.steps, "at least 1")
-    need((s.eta is not None) == (s.sampler == "ddim"), "sampling.eta", s.eta,
-         "ddim needs eta (in [0, 1]), other samplers take none")
+    with_eta = [n for n in names if "eta" in SAMPLERS[n].options()]
+    need((s.eta is not None) == ("eta" in entry.options()), "sampling.eta", s.eta,
+         f"{_names(with_eta)} need{'s' if len(with_eta) == 1 else ''} eta (in [0, 1]), "
+         "other samplers take none")
     need(s.eta is None or 0 <= s.eta <= 1, "sampling.eta", s.eta, "eta lies in [0, 1]")
     need(s.num_samples >= 2, "sampling.num_samples", s.num_samples, "at least 2")
     need(s.seed >= 0, "sampling.seed", s.seed, "a seed is >= 0")

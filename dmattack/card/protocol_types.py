@@ -48,13 +48,13 @@ class Sampling:
     """The clean chain every attack is paired with (docs/method.md §2, §8). Sample i of a
     card uses ``dmattack.core.seeding.sample_seeds(seed, num_samples)[i]`` (``--seed``, first
     sample 0), so every attack and every model sees the same x_T and chain noise."""
-    sampler: Literal["ddpm", "respaced", "ddim"]
+    sampler: str  # a registered sampler (checked against the registry)
     clip_denoised: bool
     ema: bool
     num_samples: int
     seed: int
-    steps: int | None = None  # respaced/ddim only; ddpm runs all T steps
-    eta: float | None = None  # ddim only
+    steps: int | None = None  # a strided sampler's only (respaced, ddim); ddpm runs all T steps
+    eta: float | None = None  # a sampler reading eta only (ddim)
 
 
 @dataclass(frozen=True)

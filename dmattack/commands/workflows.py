@@ -56,7 +56,7 @@ def write_samples(loaded: LoadedModel, sampler: SamplerConfig, num_samples: int,
     write_json(folder / "samples.json", {
         "what": "model-space samples (N, *shape), images in [-1, 1]",
         "num_samples": num_samples, "seed": seed, "first_sample": first_sample,
-        "sampler": sampler.__dict__, "sampler_label": label, "source": loaded.source,
+        "sampler": sampler.to_dict(), "sampler_label": label, "source": loaded.source,
         "ema": loaded.ema, "fingerprint": loaded.fingerprint,
         "num_nonfinite": report_nonfinite(x, "samples"),
         "world_size": distributed.world_size(),
@@ -178,7 +178,7 @@ def _draw_samples(loaded: LoadedModel, setup: EvaluationSetup, out: Path,
     ``setup.config.seed`` (progress stage ``sample``) and keep them in ``out``
     (:func:`_keep_samples`); returns them, where they came from and the seconds taken."""
     cfg = setup.config
-    source = {"sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
+    source = {"sampler": setup.sampler.to_dict(), "sampler_label": setup.sampler_label,
               "seed": cfg.seed, "first_sample": cfg.first_sample,
               "batch_size": setup.batch_size, "file": "samples.safetensors"}
     ticks = setup.sampler.num_steps(loaded.diffusion.num_timesteps) * -(
@@ -204,6 +204,6 @@ def _keep_samples(loaded: LoadedModel, setup: EvaluationSetup, x: torch.Tensor,
     write_json(out / "samples.json", {
         "what": "model-space samples (N, *shape), images in [-1, 1]",
         "num_samples": len(x), "seed": cfg.seed, "first_sample": cfg.first_sample,
-        "sampler": setup.sampler.__dict__, "sampler_label": setup.sampler_label,
+        "sampler": setup.sampler.to_dict(), "sampler_label": setup.sampler_label,
         "source": loaded.source, "ema": loaded.ema, "fingerprint": loaded.fingerprint,
         "num_nonfinite": report_nonfinite(x, "samples"), **provenance()})

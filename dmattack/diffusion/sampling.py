@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -25,80 +25,50 @@ from ..core import distributed
 from ..core.errors import ConfigError
 from ..core.registry import SAMPLERS
 from ..core.seeding import CHAIN_NOISE, generators, randn_steps
-from ..core.settings import check_settings, setting
-from .gaussian import EpsModel, GaussianDiffusion, respace
+from ..core.settings import check_settings, setting, shown
+from .gaussian import EpsModel, GaussianDiffusion
+from .samplers import (
+    SAMPLER_RECORD_DEFAULTS,
+    SHARED_SAMPLER_SETTINGS,
+    DDIMConfig,
+    NoSamplerOptions,
+    Sampler,
+    SamplerStep,
+    ancestral_step,
+    ddim_step,
+    sampler_option_defaults,
+    sampler_spelling,
+    samplers_reading,
+)
+
+__all__ = ["DDIMConfig", "NoSamplerOptions", "Sampler", "SamplerConfig", "SamplerStep",
+           "SamplingChain", "StepHook", "ancestral_step", "clip_default", "ddim_step", "frozen",
+           "sample", "sample_batched", "sample_sharded"]
+"""The sampling API; the sampler entries and their configs are defined in
+:mod:`dmattack.diffusion.samplers` and importable from here."""
 
 StepHook = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 """``hook(x_t, t, step) -> x_t'`` runs before each reverse step; ``t`` (B,) are indices into the
 sampler's diffusion, ``step`` counts reverse steps from 0 (at x_T) to K−1. It may perturb x_t."""
 
 
-SamplerStep = Callable[[GaussianDiffusion, EpsModel, torch.Tensor, torch.Tensor, torch.Tensor,
-                        "SamplerConfig"], torch.Tensor]
-"""``step(sd, model, x_t, t, noise, cfg) -> x_prev``: one reverse step on the sampler's chain
-``sd``; ``x_t`` (B, *shape) model space, ``t`` (B,) indices into ``sd``, ``noise`` (B, *shape)
-standard normal (one is drawn for every step; a deterministic step ignores it), ``cfg`` the
-sampler settings with ``clip_denoised`` resolved to a bool."""
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """A reverse sampler as registered in :data:`~dmattack.core.registry.SAMPLERS`.
-
-    ``step`` makes one reverse step (:data:`SamplerStep`); :meth:`chain` is the diffusion it
-    walks (:class:`SamplingChain` calls it, the one place a chain is resolved). ``strided``: it
-    runs ``steps`` evenly strided timesteps (False: always all T);
-    ``uses_eta``: it reads ``SamplerConfig.eta`` (a nonzero η is refused elsewhere);
-    ``differentiable``: the adaptive attacks may backpropagate through ``step``;
-    ``purify_name``: the purifier's name for this chain (``--purify-sampler``) where it has
-    another (``respaced`` is the purifier's ``ancestral``), else None: its registered name.
-    """
-
-    description: str
-    step: SamplerStep
-    strided: bool = True
-    uses_eta: bool = False
-    differentiable: bool = True
-    purify_name: str | None = None
-
-    def chain(self, diffusion: GaussianDiffusion, cfg: SamplerConfig) -> GaussianDiffusion:
-        """The diffusion whose indices the sampler walks: ``diffusion`` itself at full length,
-        else respaced to ``cfg.num_steps`` timesteps (docs/method.md §8)."""
-        k = cfg.num_steps(diffusion.num_timesteps)
-        return diffusion if k == diffusion.num_timesteps else respace(diffusion, k)
-
-
-def ancestral_step(sd: GaussianDiffusion, model: EpsModel, x: torch.Tensor, t: torch.Tensor,
-                   noise: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
-    """One ancestral step x_t → x_{t−1} ~ p_θ (Ho et al. 2020, Algorithm 2)."""
-    return sd.p_sample(model, x, t, noise, cfg.clip_denoised)
-
-
-def ddim_step(sd: GaussianDiffusion, model: EpsModel, x: torch.Tensor, t: torch.Tensor,
-              noise: torch.Tensor, cfg: SamplerConfig) -> torch.Tensor:
-    """One DDIM step with ``cfg.eta`` (Song et al. 2021, Eq. 12)."""
-    return sd.ddim_step(model, x, t, noise, cfg.eta, cfg.clip_denoised)
-
-
-SAMPLERS.register("ddpm", Sampler("ancestral sampling on all T steps (Ho et al. 2020)",
-                                  ancestral_step, strided=False))
-SAMPLERS.register("respaced", Sampler("ancestral sampling on `steps` evenly strided timesteps",
-                                      ancestral_step, purify_name="ancestral"))
-SAMPLERS.register("ddim", Sampler("DDIM with η on `steps` strided timesteps (Song et al. 2021)",
-                                  ddim_step, uses_eta=True))
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class SamplerConfig:
-    """Which reverse process to run.
+    """Which reverse process to run: the settings every sampler shares and the sampler's own
+    options (``options``, an instance of its entry's :attr:`Sampler.config`).
 
     ``name`` is a registered :class:`Sampler`: ``ddpm``: ancestral on all T steps;
     ``respaced``: ancestral on ``steps`` evenly strided timesteps (docs/method.md §8); ``ddim``:
-    DDIM with ``eta`` on ``steps`` strided timesteps; or a plugin's.
+    DDIM with its option ``eta`` on ``steps`` strided timesteps; or a plugin's.
     ``clip_denoised`` None (the default) means "by the data" (:func:`clip_default`): x̂_0 is
     clipped to [-1, 1] for images, as Ho et al. and improved-diffusion sample, and not for
     vectors; :meth:`for_shape` resolves it, and every sampling function does so first. On the
     command line, name, steps and clip_denoised default to the model's protocol.
+
+    Built from keywords: ``SamplerConfig("ddim", 50, eta=0.5)`` routes ``eta`` to DDIM's
+    config; an option the sampler does not read is refused (one line naming it and what the
+    sampler reads), as is a bad value. ``options=`` passes a whole config instead;
+    ``cfg.eta`` reads the option. :meth:`to_dict` is the record (results, store keys).
     """
 
     name: str = setting("ddpm", "Reverse sampler.", choices=SAMPLERS.names, option="--sampler",
@@ -107,24 +77,83 @@ class SamplerConfig:
                                 "plugin's; ddpm: all T).", low=1,
                                 option="--sampler-steps", deprecated=("--steps",),
                                 auto="the model's preset; 100 for a strided sampler")
-    eta: float = setting(0.0, "DDIM η (0: deterministic DDIM, 1: ancestral-like).", low=0,
-                         high=1)
     clip_denoised: bool | None = setting(
         None, "Clip x̂_0 to [-1, 1] inside each step.",
         auto="the data: on for images, off for vectors; a pipeline: its scheduler's clip_sample")
+    options: Any = setting(None, "The sampler's own options: an instance of its entry's "
+                           "config (built from the keyword options when not given).", cli=False)
 
-    def __post_init__(self) -> None:
+    def __init__(self, name: str = "ddpm", steps: int | None = None, *,
+                 clip_denoised: bool | None = None, options: Any = None, **own: Any) -> None:
+        for key, value in (("name", name), ("steps", steps), ("clip_denoised", clip_denoised),
+                           ("options", None)):
+            object.__setattr__(self, key, value)
         check_settings(self)
-        if self.eta != 0 and not self.entry.uses_eta:  # a setting the sampler would ignore
-            with_eta = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].uses_eta)
-            raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by sampler {self.name}; "
-                              f"allowed: a nonzero --eta only with --sampler {with_eta}",
-                              field="eta")
+        object.__setattr__(self, "options", self._options(options, own))
+
+    def _options(self, given: Any, own: dict[str, Any]) -> Any:
+        """The entry's config with ``own`` (each checked to be an option of the sampler)."""
+        entry = self.entry
+        if given is not None and not isinstance(given, entry.config):
+            raise ConfigError(f"options of sampler {self.name!r} must be a "
+                              f"{entry.config.__name__}, got {type(given).__name__}",
+                              field="options")
+        reads = entry.options()
+        for key, value in own.items():
+            if key not in reads:
+                which = ", ".join(sampler_spelling(r) for r in reads) or "no options of its own"
+                by = ", ".join(samplers_reading(key))
+                raise ConfigError(
+                    f"{key} ({sampler_spelling(key)}) = {shown(value)} is not used by sampler "
+                    f"{self.name!r} (it reads {which})"
+                    + (f"; {sampler_spelling(key)} is read by: {by}" if by else ""), field=key)
+        made = entry.config(**own) if given is None else replace(given, **own) if own else given
+        check_settings(made)
+        return made
+
+    def __getattr__(self, name: str) -> Any:
+        """An option of the sampler's own config, e.g. ``cfg.eta`` of DDIM."""
+        options = self.__dict__.get("options")
+        if options is not None and not name.startswith("_") and name in {
+                f.name for f in fields(options)}:
+            return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__} of sampler {self.__dict__.get('name')!r} "
+                             f"has no option {name!r}")
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> SamplerConfig:
+        """The config of a record (:meth:`to_dict`, or :meth:`SamplingChain.to_dict` whose
+        ``num_steps`` and ``label`` are left aside); a :data:`~.samplers.SAMPLER_RECORD`
+        option that the sampler does not read must be at its default."""
+        entry = SAMPLERS.get(record["name"], "--sampler")
+        aside = (*SHARED_SAMPLER_SETTINGS, "num_steps", "label")
+        own = {k: v for k, v in record.items() if k not in aside
+               and (k in entry.options() or k not in SAMPLER_RECORD_DEFAULTS
+                    or v != SAMPLER_RECORD_DEFAULTS[k])}
+        return cls(record["name"], record.get("steps"),
+                   clip_denoised=record.get("clip_denoised"), **own)
 
     @property
     def entry(self) -> Sampler:
         """The registered :class:`Sampler` this config runs."""
         return SAMPLERS.get(self.name, "--sampler")
+
+    def own(self) -> dict[str, Any]:
+        """The sampler's own options, ``{field: value}`` (none for ``ddpm``, ``respaced``)."""
+        return {f.name: getattr(self.options, f.name) for f in fields(self.options)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record (results, store keys): ``name``, ``steps``, each
+        :data:`~.samplers.SAMPLER_RECORD` option (``eta``; its default where the sampler does
+        not read it), ``clip_denoised``, then the sampler's other own options. For the built-in
+        samplers this is the former flat config's dict, key for key, so store keys made from
+        it are unchanged."""
+        own = self.own()
+        out: dict[str, Any] = {"name": self.name, "steps": self.steps}
+        out.update({k: own.get(k, default) for k, default in SAMPLER_RECORD_DEFAULTS.items()})
+        out["clip_denoised"] = self.clip_denoised
+        out.update({k: v for k, v in own.items() if k not in out})
+        return out
 
     def validate(self, num_timesteps: int) -> None:
         """Check the sampler fits a diffusion of ``num_timesteps`` steps."""
@@ -145,11 +174,18 @@ class SamplerConfig:
         return replace(self, clip_denoised=clip_default(shape))
 
     def describe(self, num_timesteps: int) -> str:
-        """E.g. ``respaced-25``, ``ddim-100-eta0.5``, ``ddpm-1000-clip`` (x̂_0 clipped)."""
+        """E.g. ``respaced-25``, ``ddim-100-eta0.5``, ``ddpm-1000-clip`` (x̂_0 clipped): each
+        own option off its default is appended as ``<field><value>``."""
         label = f"{self.name}-{self.num_steps(num_timesteps)}"
-        if self.entry.uses_eta and self.eta:
-            label += f"-eta{self.eta:g}"
+        defaults = sampler_option_defaults(self.options)
+        for key, value in self.own().items():
+            if value != defaults[key]:
+                label += f"-{key}{_label_value(value)}"
         return label + ("-clip" if self.clip_denoised else "")
+
+
+def _label_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
 def clip_default(shape: Sequence[int]) -> bool:
@@ -230,8 +266,8 @@ class SamplingChain:
 
     @property
     def eta(self) -> float:
-        """DDIM η of a sampler that reads it, else 0."""
-        return self.sampler.eta if self.entry.uses_eta else 0.0
+        """η of a sampler that reads it (DDIM), else 0."""
+        return self.sampler.options.eta if "eta" in self.entry.options() else 0.0
 
     def index(self, step: int, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Indices (B,) into :attr:`walk` of reverse step ``step`` (0 = at x_T)."""
@@ -265,7 +301,7 @@ class SamplingChain:
 
     def to_dict(self) -> dict[str, Any]:
         """The sampler's settings, K (``num_steps``) and ``label``, JSON-ready (results)."""
-        return {**asdict(self.sampler), "num_steps": self.num_steps, "label": self.describe()}
+        return {**self.sampler.to_dict(), "num_steps": self.num_steps, "label": self.describe()}
 
 
 @contextmanager

@@ -183,17 +183,21 @@ def metric_list(text: str) -> list[str]:
 
 
 def resolve_sampler(loaded: LoadedModel, name: str | None = None, steps: int | None = None,
-                    eta: float | None = None, clip_denoised: bool | None = None
-                    ) -> SamplerConfig:
+                    clip_denoised: bool | None = None, **options: Any) -> SamplerConfig:
     """The sampler of the model's protocol with the given fields replaced (None keeps the
-    protocol's). A strided sampler without a length runs the preset's, or
+    protocol's). ``options`` are the sampler's own (``eta=0.5`` for ddim; one it does not
+    read is refused); the others keep the protocol's where the sampler is the protocol's, else
+    their defaults. A strided sampler without a length runs the preset's, or
     :data:`DEFAULT_STRIDED_STEPS` (docs/method.md §8); ``clip_denoised`` defaults to on for
     images and off for vectors (a pipeline: its ``clip_sample``)."""
     from .attack_eval import default_protocol
 
     proto = default_protocol(loaded).sampler
-    given = dict(name=name, steps=steps, eta=eta, clip_denoised=clip_denoised)
-    sampler = dataclasses.replace(proto, **{k: v for k, v in given.items() if v is not None})
+    name = proto.name if name is None else name
+    sampler = SamplerConfig(
+        name, proto.steps if steps is None else steps,
+        clip_denoised=proto.clip_denoised if clip_denoised is None else clip_denoised,
+        options=proto.options if name == proto.name else None, **options)
     if sampler.steps is None and sampler.entry.strided:
         sampler = dataclasses.replace(sampler, steps=DEFAULT_STRIDED_STEPS)
     sampler.validate(loaded.diffusion.num_timesteps)
@@ -337,6 +341,6 @@ def curve_folder(models: Sequence[LoadedModel], specs: Sequence[Any], setup: Eva
 
     first = setup.config.first_sample
     key = digest([[model_identity(m) for m in models], ema, [s.to_dict() for s in specs],
-                  setup.sampler.__dict__, setup.num_samples, setup.config.seed, setup.metrics,
+                  setup.sampler.to_dict(), setup.num_samples, setup.config.seed, setup.metrics,
                   setup.reference.fingerprint, *([first] if first else [])])
     return Path(runs_root) / "curves" / key[:12]

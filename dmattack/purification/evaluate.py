@@ -104,6 +104,11 @@ def _split(text: str) -> list[str]:
 ATTACK_GRADIENTS = ("full", "bpda")
 
 
+def _reads_eta(chain: str) -> bool:
+    """Whether the sampler of purifier chain ``chain`` reads η (has an own option ``eta``)."""
+    return "eta" in SAMPLERS[purify_sampler_name(chain)].options()
+
+
 @dataclass(frozen=True)
 class PurifyConfig:
     """Settings of a purification robustness evaluation (``dmattack purify``)."""
@@ -162,9 +167,8 @@ class PurifyConfig:
 
     def __post_init__(self) -> None:
         check_settings(self)
-        if self.eta != 0 and not SAMPLERS[purify_sampler_name(self.purify_sampler)].uses_eta:
-            with_eta = ", ".join(n for n in purify_samplers()
-                                 if SAMPLERS[purify_sampler_name(n)].uses_eta)
+        if self.eta != 0 and not _reads_eta(self.purify_sampler):
+            with_eta = ", ".join(n for n in purify_samplers() if _reads_eta(n))
             raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by --purify-sampler "
                               f"{self.purify_sampler}; allowed: a nonzero --eta only with "
                               f"--purify-sampler {with_eta}", field="eta")

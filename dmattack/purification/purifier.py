@@ -138,8 +138,9 @@ class Purifier(nn.Module):
             head = GaussianDiffusion(diffusion.betas[:n], diffusion.variance_type,
                                      diffusion.timestep_map[:n])
             name = purify_sampler_name(sampler)
-            self.config = SamplerConfig(name, steps or n, eta if SAMPLERS[name].uses_eta
-                                        else 0.0, self.clip_denoised)
+            own = {"eta": eta} if "eta" in SAMPLERS[name].options() else {}  # else η unused
+            self.config = SamplerConfig(name, steps or n, clip_denoised=self.clip_denoised,
+                                        **own)
             self.chain = SamplingChain(head, self.config)
 
     @classmethod

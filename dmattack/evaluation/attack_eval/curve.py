@@ -16,7 +16,7 @@ import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -185,7 +185,7 @@ def _run_curve_locked(models: Sequence[LoadedModel], plans: Sequence[AttackPlan]
         (out / SHARDS).rmdir()  # only when empty: slices of other settings are kept
     protocol = {"num_samples": num_samples, "seed": seed, "first_sample": first_sample,
                 "batch_size": batch_size,
-                "sampler": chains[0].to_dict() if models else asdict(sampler),
+                "sampler": chains[0].to_dict() if models else sampler.to_dict(),
                 "attacks": sorted({r["label"] for r in records if r["attack"]}),
                 "device": str(device), "world_size": distributed.world_size()}
     curve = write_curve(out, records, run.plans, models, metric, protocol)
@@ -245,7 +245,7 @@ def _compute_point(run: _CurveRun, loaded: LoadedModel, chain: SamplingChain,
         "control": plan is not None and plan.control,
         "percent": 0.0 if plan is None else float(plan.percent),
         "attack": attack, **steps,
-        "sampler": chain.describe(), "sampler_settings": asdict(chain.sampler),
+        "sampler": chain.describe(), "sampler_settings": chain.sampler.to_dict(),
         "num_samples": run.num_samples, "seed": run.seed, "first_sample": run.first_sample,
         "clean_samples_sha256": scored.get("clean_digest"), "model_fingerprint": model_id,
         "scoring": run.scoring, "num_nonfinite": scored.get("nonfinite"),

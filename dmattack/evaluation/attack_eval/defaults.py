@@ -23,7 +23,7 @@ class EvalDefaults:
     label: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "sampler": asdict(self.sampler)}
+        return {**asdict(self), "sampler": self.sampler.to_dict()}
 
 
 def default_protocol(loaded: LoadedModel) -> EvalDefaults:

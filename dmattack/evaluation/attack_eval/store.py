@@ -14,7 +14,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -132,7 +131,7 @@ def point_key(loaded: LoadedModel, model_id: str, label: str, sampler: SamplerCo
     point whose key differs is recomputed, never reused."""
     return label + "|" + digest({
         "model": loaded.source, "ema": loaded.ema, "fingerprint": model_id,
-        "sampler": asdict(sampler), "num_samples": num_samples, "seed": seed,
+        "sampler": sampler.to_dict(), "num_samples": num_samples, "seed": seed,
         "scoring": scoring, "attack": attack})
 
 

@@ -1,0 +1,185 @@
+"""The sampler options of ``dmattack sample``, ``attack``, ``curve`` and ``evaluate``: the
+settings every sampler shares (:class:`~dmattack.diffusion.sampling.SamplerConfig`:
+``--sampler``, ``--sampler-steps``, ``--clip-denoised``) and every registered sampler's own
+options (its :attr:`~dmattack.diffusion.samplers.Sampler.config`), so a plugin's sampler
+brings its own.
+
+An own option is spelled as its field declares (DDIM's ``--eta``); samplers declaring a field
+of the same name and type share it, and its ``--help`` says which samplers read it
+(``ddim: DDIM η …``). A field named like another option of these commands
+(:data:`SAMPLING_COMMAND_OPTIONS`, or an attack's option) is spelled ``--<sampler>-<field>``.
+The own options default to unset (the sampler's default), and one given that the chosen
+sampler does not read is refused (one line, exit code 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..core.errors import ConfigError
+from ..core.registry import SAMPLERS
+from ..core.settings import (
+    FieldType,
+    check_field,
+    click_options,
+    click_type,
+    field_types,
+    option_name,
+    option_values,
+    param_name,
+    setting_of,
+    shown,
+)
+
+SAMPLER_PREFIX = "sampler."
+SAMPLING_COMMAND_OPTIONS = frozenset((
+    "run", "runs", "pipeline", "pipelines", "ema", "device", "sampler", "sampler_steps", "steps",
+    "clip_denoised", "num_samples", "batch_size", "seed", "first_sample", "out", "metrics",
+    "metric", "inception_weights", "data_dir", "dataset", "allow_small_fid", "threads",
+    "method", "steps_attacked", "percent", "window", "windows", "eps_scale", "step_counting",
+    "samples", "sample_files", "samples_key", "feature_extractor", "memorization_space",
+    "dinov2_dir", "help"))
+"""Names of the options of ``sample``, ``attack``, ``curve`` and ``evaluate`` other than the
+samplers' own (spellings without ``--``, dashes as underscores); a sampler option named like
+one is spelled ``--<sampler>-<field>``. tests/test_sampler_options.py keeps it complete."""
+
+
+@dataclass
+class SamplerOption:
+    """One command-line option standing for own option ``field`` of the samplers in
+    ``readers`` ((sampler, dataclass field) pairs, in registration order)."""
+
+    field: str
+    param: str
+    spelling: str
+    type: FieldType
+    readers: list[tuple[str, dataclasses.Field]]
+
+    @property
+    def samplers(self) -> list[str]:
+        return [name for name, _ in self.readers]
+
+
+def _taken() -> set[str]:
+    """Names an own option may not be spelled by: the commands' other options and every
+    registered attack's option (``attack`` and ``curve`` offer those too)."""
+    from ..attacks.options import option_table as attack_table
+
+    taken = set(SAMPLING_COMMAND_OPTIONS)
+    for opt in attack_table():
+        taken |= {opt.field, opt.spelling[2:].replace("-", "_")}
+    return taken
+
+
+def sampler_option_table() -> list[SamplerOption]:
+    """The own options of every registered sampler (plugins included), in registration
+    order: shared by name and type, else spelled ``--<sampler>-<field>``."""
+    table: dict[str, SamplerOption] = {}
+    taken = _taken()
+    for name in SAMPLERS.names():
+        config = SAMPLERS[name].config
+        types_ = field_types(config)
+        for f in fields(config):
+            if not setting_of(f).cli:
+                continue
+            ft, spelling = types_[f.name], option_name(f)
+            shared = table.get(f.name)
+            if shared is not None and shared.type == ft and shared.spelling == spelling:
+                shared.readers.append((name, f))
+                continue
+            clash = {f.name, spelling[2:].replace("-", "_")} & taken
+            key = f.name if shared is None and not clash else f"{name}.{f.name}"
+            if key != f.name:
+                spelling = f"--{name}-{f.name.replace('_', '-')}"
+            param = param_name(SAMPLER_PREFIX + key).replace("-", "_")
+            table[key] = SamplerOption(f.name, param, spelling, ft, [(name, f)])
+    return list(table.values())
+
+
+def _default_text(opt: SamplerOption, value: Any) -> str:
+    if isinstance(value, bool):
+        return opt.spelling[2:] if value else f"no-{opt.spelling[2:]}"
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _help(opt: SamplerOption) -> str:
+    """``"ddim: <help> [choices]; mine: <help>"`` and the default(s)."""
+    groups: dict[str, list[str]] = {}
+    for name, f in opt.readers:
+        s = setting_of(f)
+        choices = s.allowed_choices()
+        text = s.help.rstrip(".") + (f" [{' | '.join(choices)}]" if choices else "")
+        groups.setdefault(text, []).append(name)
+    text = "; ".join(f"{', '.join(names)}: {help_}" for help_, names in groups.items())
+    defaults = {name: _default_text(opt, f.default) for name, f in opt.readers}
+    if len(set(defaults.values())) == 1:
+        return f"{text} [default: {next(iter(defaults.values()))}]"
+    return f"{text} [default: {', '.join(f'{n} {d}' for n, d in defaults.items())}]"
+
+
+def _click_option(opt: SamplerOption) -> Any:
+    """The option, unset by default (the chosen sampler then reads its own default)."""
+    import click
+
+    if opt.type.kinds == (bool,):
+        decls = [f"{opt.spelling}/--no-{opt.spelling[2:]}", opt.param]
+        return click.Option(decls, default=None, help=_help(opt))
+    aliases = dict.fromkeys(a for _, f in opt.readers for a in setting_of(f).aliases)
+    return click.Option([opt.spelling, *aliases, opt.param], type=click_type(opt.type),
+                        default=None, help=_help(opt))
+
+
+def sampler_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PREFIX) -> list[Any]:
+    """The click options of a sampling command: :class:`SamplerConfig`'s shared settings
+    (parameters ``sampler__name`` …, less ``exclude``) and every registered sampler's own
+    (:func:`sampler_option_table`; ``sampler__eta`` …)."""
+    from ..diffusion.sampling import SamplerConfig
+
+    if prefix != SAMPLER_PREFIX:
+        raise ValueError(f"sampler options take the prefix {SAMPLER_PREFIX!r}")
+    holder = click_options(SamplerConfig, exclude=exclude, prefix=prefix)(lambda: None)
+    return [*reversed(holder.__click_params__), *map(_click_option, sampler_option_table())]
+
+
+def given_sampler_options(opts: dict[str, Any], sampler: str) -> dict[str, Any]:
+    """The own options given on the command line (not None), all read by ``sampler``;
+    ConfigError naming the first one it does not read."""
+    out: dict[str, Any] = {}
+    for opt in sampler_option_table():
+        value = opts.get(opt.param)
+        if value is None:
+            continue
+        if sampler not in opt.samplers:
+            reads = [o.spelling for o in sampler_option_table() if sampler in o.samplers]
+            raise ConfigError(f"{opt.field} ({opt.spelling}) = {shown(value)} is not used by "
+                              f"sampler {sampler!r} (it reads "
+                              f"{', '.join(reads) or 'no options of its own'}); "
+                              f"{opt.spelling} is read by: {', '.join(opt.samplers)}",
+                              field=opt.field)
+        out[opt.field] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def sampler_from_options(opts: dict[str, Any], loaded: Any) -> Any:
+    """The :class:`~dmattack.diffusion.sampling.SamplerConfig` of a command's options for
+    model ``loaded``: unset settings from the model's protocol
+    (:func:`~dmattack.evaluation.metrics.resolve_sampler`), each own option checked to be
+    read by the chosen sampler, ``--sampler-steps`` only for a strided one."""
+    from ..diffusion.sampling import SamplerConfig
+    from ..evaluation.attack_eval import default_protocol
+    from ..evaluation.metrics import resolve_sampler
+
+    opts = option_values(opts)
+    name = opts["sampler__name"]
+    name = default_protocol(loaded).sampler.name if name is None else name
+    check_field(SamplerConfig, "name", name)  # an unknown name first
+    own = given_sampler_options(opts, name)
+    steps = opts["sampler__steps"]
+    if steps is not None and not SAMPLERS[name].strided:  # it runs all T steps
+        strided = ", ".join(n for n in SAMPLERS.names() if SAMPLERS[n].strided)
+        raise ConfigError(f"--sampler-steps {steps} is not read by sampler {name} (it runs "
+                          f"all {loaded.diffusion.num_timesteps} steps); allowed: "
+                          f"--sampler-steps only with --sampler {strided}")
+    return resolve_sampler(loaded, name, steps, opts["sampler__clip_denoised"], **own)
