@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
+from dmattack.core.entry_options import check_entry_config
 from dmattack.core.registry import METRICS
-from dmattack.core.settings import field_types, option_name, setting_of, shown
+from dmattack.core.settings import option_name, shown
 
 from .errors import ConfigError
 from .options import NoOptions
@@ -85,13 +86,7 @@ class Metric:
     check: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.config, type) and dataclasses.is_dataclass(self.config)):
-            raise TypeError(f"Metric config must be a dataclass, got {self.config!r}")
-        field_types(self.config)  # TypeError for a field type the command line cannot take
-        bare = [f.name for f in fields(self.config) if setting_of(f) is None]
-        if bare:
-            raise TypeError(f"{self.config.__name__} fields {bare} are not declared with "
-                            "dmattack.core.settings.setting() (their help and allowed values)")
+        check_entry_config(self.config, "Metric")
         if self.better not in (None, "lower", "higher"):
             raise ValueError(f"Metric better must be None, 'lower' or 'higher', got "
                              f"{self.better!r}")

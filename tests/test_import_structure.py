@@ -37,7 +37,7 @@ FOUNDATIONS = frozenset({
     "dmattack", "dmattack.core", "dmattack.core.errors", "dmattack.core.io",
     "dmattack.core.hashing", "dmattack.core.stats", "dmattack.core.registry", "dmattack.core.text",
     "dmattack.core.oserrors", "dmattack.core.checkout", "dmattack.core.settings",
-    "dmattack.core.option_types",
+    "dmattack.core.option_types", "dmattack.core.entry_options",
 })
 """dmattack's bottom layer: the only dmattack modules ``evaluators/`` may import."""
 TRAINING = tuple(f"dmattack.training.{p.stem}" for p in sorted((ROOT / "dmattack" / "training")

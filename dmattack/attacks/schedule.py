@@ -12,9 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from ..core.entry_options import check_entry_config
 from ..core.errors import ConfigError
 from ..core.registry import ATTACKS, registry_choices
-from ..core.settings import check_settings, field_types, option_name, setting, setting_of, shown
+from ..core.settings import check_settings, option_name, setting, shown
 from ..diffusion.gaussian import GaussianDiffusion
 from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
 from .chain import ChainAttack, GeneratorArg
@@ -110,13 +111,7 @@ class AttackEntry:
     control: bool = False
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.config, type) and dataclasses.is_dataclass(self.config)):
-            raise TypeError(f"AttackEntry config must be a dataclass, got {self.config!r}")
-        field_types(self.config)  # TypeError for a field type the command line cannot take
-        bare = [f.name for f in fields(self.config) if setting_of(f) is None]
-        if bare:
-            raise TypeError(f"{self.config.__name__} fields {bare} are not declared with "
-                            "dmattack.core.settings.setting() (their help and allowed values)")
+        check_entry_config(self.config, "AttackEntry")
 
     def options(self) -> tuple[str, ...]:
         """The config fields that are options of this attack (all but the shared settings)."""

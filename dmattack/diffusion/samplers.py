@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..core.entry_options import check_entry_config
 from ..core.registry import SAMPLERS
-from ..core.settings import check_settings, field_types, option_name, setting, setting_of
+from ..core.settings import check_settings, option_name, setting
 from .gaussian import EpsModel, GaussianDiffusion, respace
 
 if TYPE_CHECKING:
@@ -71,17 +72,7 @@ class Sampler:
     purify_name: str | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.config, type) and dataclasses.is_dataclass(self.config)):
-            raise TypeError(f"Sampler config must be a dataclass, got {self.config!r}")
-        field_types(self.config)  # TypeError for a field type the command line cannot take
-        bare = [f.name for f in fields(self.config) if setting_of(f) is None]
-        if bare:
-            raise TypeError(f"{self.config.__name__} fields {bare} are not declared with "
-                            "dmattack.core.settings.setting() (their help and allowed values)")
-        shared = [f.name for f in fields(self.config) if f.name in SHARED_SAMPLER_SETTINGS]
-        if shared:
-            raise TypeError(f"{self.config.__name__} fields {shared} are settings every sampler "
-                            f"shares ({', '.join(SHARED_SAMPLER_SETTINGS[:3])}); rename them")
+        check_entry_config(self.config, "Sampler", SHARED_SAMPLER_SETTINGS)
 
     def options(self) -> tuple[str, ...]:
         """The names of the sampler's own options (its config's fields)."""
