@@ -256,3 +256,28 @@ def test_purify_command_options_are_complete(scaled, fresh_options):
         assert names & PURIFY_COMMAND_OPTIONS, p.name
     assert {o.spelling for o in purify_option_table()} == {"--eta", "--noise-scale",
                                                            "--scaled-draws"}
+
+
+# ----------------------------------------------------------------------------- card protocols
+def test_card_purification_sampler_is_checked_against_the_registry(scaled, tmp_path):
+    """A protocol's ``purification.purify_sampler`` is any purify sampler (a plugin's
+    included), else one line naming the registered ones; the shipped hashes are unchanged."""
+    import shutil
+
+    from dmattack.card.protocol import PROTOCOL_DIR, _read, load_protocol
+
+    folder = tmp_path / "protocols"
+    shutil.copytree(PROTOCOL_DIR, folder)
+    path = folder / "digits-v2.toml"
+    text = path.read_text(encoding="utf-8")
+    assert text.count('purify_sampler = "ancestral"') == 1
+    assert load_protocol("digits-v2", folder).purification.purify_sampler == "ancestral"
+    path.write_text(text.replace('purify_sampler = "ancestral"', 'purify_sampler = "nope"'),
+                    encoding="utf-8")
+    with pytest.raises(ConfigError) as e:
+        load_protocol("digits-v2", folder)
+    assert str(e.value) == ("protocol digits-v2.toml: purification.purify_sampler = 'nope' is "
+                            "not allowed; a registered purify sampler: ancestral, ddim, scaled")
+    path.write_text(text.replace('purify_sampler = "ancestral"', f'purify_sampler = "{scaled}"'),
+                    encoding="utf-8")
+    assert _read(path).purification.purify_sampler == scaled  # valid (a new version's content)

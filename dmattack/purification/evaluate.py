@@ -132,7 +132,8 @@ class PurifyConfig:
                           "or integer timesteps 1..T; 0 is no purification.")
     purify_steps: int | None = setting(5, "Reverse steps K over [0, t*] (respaced); none = "
                                        "every timestep.", low=1)
-    purify_sampler: str = setting("ancestral", "Reverse chain of the purifier.",
+    purify_sampler: str = setting("ancestral", "Reverse chain of the purifier (its own "
+                                  "options, e.g. ddim's --eta, are listed below).",
                                   choices=purify_samplers)
     sampler_options: Any = setting(None, "The purify sampler's own options (DDIM's eta; "
                                    "a plugin's): an instance of its entry's config, built "
