@@ -174,6 +174,16 @@ def _sampler(o: dict[str, Any], loaded):
     return sampler_from_options(o, loaded)
 
 
+def _check_option_values(o: dict[str, Any]) -> None:
+    """The values of the generated sampler and metric options, before a model is loaded
+    (which entry reads each is checked once the sampler and metrics are known)."""
+    from dmattack.commands.sampler_options import check_sampler_option_values
+    from dmattack.evaluation.metric_options import check_metric_option_values
+
+    check_sampler_option_values(o)
+    check_metric_option_values(o)
+
+
 def _evaluation(o: dict[str, Any], loaded, num_samples: int | None = None):
     """The evaluation setup of the options (one library call shared by evaluate, attack and
     curve), with the metric options given (each routed to the metrics that read it; one the
@@ -217,6 +227,7 @@ def sample_cmd(**o: Any) -> None:
     """
     from dmattack.commands.workflows import write_samples
 
+    _check_option_values(o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     sampler = _sampler(o, loaded)
     label = sampler.describe(loaded.diffusion.num_timesteps)
@@ -253,6 +264,7 @@ def attack(**o: Any) -> None:
     from dmattack.evaluation.metrics import default_out_dir
 
     spec = spec_from_options(o)
+    _check_option_values(o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     ev = _evaluation(o, loaded)
     check_run([loaded], [spec], ev.sampler)  # before anything is printed or sampled
@@ -321,6 +333,7 @@ def curve(**o: Any) -> None:
     percents = parse_percents(o["steps_attacked"])
     windows = parse_list(o["window"], "window", WINDOWS)
     specs = curve_specs_from_options(o, methods, percents, windows)  # each: what it reads
+    _check_option_values(o)
     runs = [(r, None) for r in o["runs"] or ([] if o["pipelines"] else [newest_run(RUNS_ROOT)])]
     loaded = [_load_model(r, p, o["ema"], o["device"])
               for r, p in [*runs, *[(None, p) for p in o["pipelines"]]]]
@@ -377,6 +390,7 @@ def evaluate(**o: Any) -> None:
     if o["sample_files"] and drawing:
         raise ConfigError(f"{drawing[0]} sets how samples are drawn, but --samples gives them; "
                           "remove it")
+    _check_option_values(o)
     loaded, dev = _load_model(o["run"], o["pipeline"], o["ema"], o["device"])
     files = o["sample_files"]
     x = read_sample_files(files, o["samples_key"], loaded.data_shape) if files else None

@@ -28,6 +28,7 @@ from dmattack.core.io import atomic_path
 from dmattack.core.registry import METRICS
 
 from . import exact
+from .checks import data_dimension, dinov2_files, fid_dimension, needs_logits
 from .errors import ConfigError, MetricError
 from .fidelity import (
     IMAGE_METRICS,
@@ -115,14 +116,15 @@ _SET = dict(needs_images=True, config=FeatureOptions, on_features=True)
 
 for _name, _metric in {
     "fid": Metric("Fréchet Inception (or digits-cnn) distance", _image_metric("fid"),
-                  _image_keys("fid"), default_for=("images",), better="lower", **_SET),
+                  _image_keys("fid"), default_for=("images",), better="lower",
+                  sample_dimension=fid_dimension, **_SET),
     "is": Metric("Inception score", _image_metric("is"), _image_keys("is"), better="higher",
-                 **_SET),
+                 check=needs_logits, **_SET),
     "kid": Metric("kernel Inception distance", _image_metric("kid"), _image_keys("kid"),
                   better="lower", **_SET),
     "fd-exact": Metric("exact Fréchet distance to the known distribution", _fd_exact,
                        ("FD (exact)",), truth_needs=("mean", "covariance"),
-                       default_for=("known",), better="lower"),
+                       default_for=("known",), better="lower", sample_dimension=data_dimension),
     "subspace": Metric("distance to the known subspace (error, PSNR)", _subspace,
                        ("subspace error", "subspace PSNR (dB)"),
                        truth_needs=("mean", "basis")),
@@ -132,7 +134,7 @@ for _name, _metric in {
                      truth_needs=("means", "std")),
     "memorization": Metric("share of samples near a training item (cosine similarity)",
                            _memorization_metric, _memorization_keys, needs_train_set=True,
-                           config=MemorizationOptions),
+                           config=MemorizationOptions, check=dinov2_files),
     "variance-ratio": Metric("sample variance / reference variance (smoothing: < 1)",
                              _variance_ratio, ("variance ratio",),
                              default_for=("images", "known", "vectors")),

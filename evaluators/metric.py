@@ -64,7 +64,11 @@ class Metric:
     the :data:`DATA_KINDS` it is scored by default on; ``better``: ``"lower"`` or ``"higher"``
     for a set metric whose fall (rise) under attack is flagged (docs/method.md §11.1);
     ``on_features``: scored on the feature extractor's features (a card protocol's reference
-    metrics).
+    metrics). Checked before any sampling: ``sample_dimension(options, shape) -> (d, what)``
+    for a Fréchet distance, the dimension of the space whose covariance it estimates from the
+    samples (a run with N ≤ d samples is refused, docs/method.md §8); ``check(options)``
+    raises a one-line error when the resolved options cannot be scored (files missing, an
+    extractor without the logits it needs).
     """
 
     label: str
@@ -77,6 +81,8 @@ class Metric:
     default_for: tuple[str, ...] = ()
     better: str | None = None
     on_features: bool = False
+    sample_dimension: Callable[[Any, tuple[int, ...]], tuple[int, str]] | None = None
+    check: Callable[[Any], None] | None = None
 
     def __post_init__(self) -> None:
         if not (isinstance(self.config, type) and dataclasses.is_dataclass(self.config)):

@@ -140,11 +140,11 @@ def test_feature_dimension_is_the_extractors():
 
     x = torch.rand(5, 1, 8, 8) * 2 - 1
     feats = extract_features(x, "digits-cnn", resolve_weights("digits-cnn", None))
-    assert frechet_dimension("fid", (1, 8, 8), "digits-cnn") == (feats.shape[1], "digits-cnn "
+    assert frechet_dimension("fid", (1, 8, 8)) == (feats.shape[1], "digits-cnn "
                                                                   "feature")
-    assert frechet_dimension("fid", (3, 32, 32), "inception")[0] == 2048
+    assert frechet_dimension("fid", (3, 32, 32))[0] == 2048
     assert frechet_dimension("fd-exact", (3,)) == (3, "data")
-    assert frechet_dimension("kid", (1, 8, 8), "digits-cnn") is None
+    assert frechet_dimension("kid", (1, 8, 8)) is None
 
 
 def test_allow_small_fid_scores_and_is_recorded(tmp_path):
@@ -171,8 +171,37 @@ def test_allow_small_fid_is_recorded_by_attack(tmp_path):
 def test_large_enough_fid_needs_no_flag():
     from dmattack.evaluation.scoring import check_sample_size
 
-    check_sample_size(["fid", "kid"], (1, 8, 8), 65, "digits-cnn")
+    check_sample_size(["fid", "kid"], (1, 8, 8), 65)
     with pytest.raises(ConfigError, match="65"):
-        check_sample_size(["kid", "fid"], (1, 8, 8), 64, "digits-cnn")
-    check_sample_size(["fid"], (1, 8, 8), 64, "digits-cnn", allow_small=True)
-    check_sample_size(["kid", "is", "variance-ratio"], (1, 8, 8), 2, "digits-cnn")
+        check_sample_size(["kid", "fid"], (1, 8, 8), 64)
+    check_sample_size(["fid"], (1, 8, 8), 64, allow_small=True)
+    check_sample_size(["kid", "is", "variance-ratio"], (1, 8, 8), 2)
+
+
+def test_a_metric_entry_owns_its_checks_before_sampling():
+    """``sample_dimension`` and ``check`` are entry fields: a plugin metric's are applied by
+    check_scoring like the built-ins' (fid's extractor choice changes d; a check that fails
+    stops scoring before any sampling)."""
+    from dmattack.core.registry import METRICS
+    from dmattack.evaluation.scoring import check_scoring, frechet_dimension
+    from evaluators import Metric
+    from evaluators.options import FeatureOptions
+
+    assert frechet_dimension("fid", (1, 8, 8), FeatureOptions("inception"))[0] == 2048
+    seen = []
+
+    def check(options):
+        seen.append(options)
+        raise ConfigError("plugin check failed")
+
+    METRICS.register("cov-10", Metric("test", lambda x, r, c: {"v": 0.0}, ("v",),
+                                      sample_dimension=lambda o, shape: (10, "test"),
+                                      check=check))
+    try:
+        with pytest.raises(ConfigError, match="cov-10 from 10 samples: its 10-D test"):
+            check_scoring(["cov-10"], (3,), 10)
+        with pytest.raises(ConfigError, match="plugin check failed"):
+            check_scoring(["cov-10"], (3,), 11)
+        assert len(seen) == 1
+    finally:
+        METRICS.unregister("cov-10")

@@ -193,7 +193,9 @@ def test_purify_refuses_purifier_options_without_a_purifier(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("args", [["sample", "--num-samples", "0"], ["demo", "--seeds", "0"],
                                   ["evaluate", "--feature-extractor", "x"],
-                                  ["demo", "--section", "nope"]])
+                                  ["demo", "--section", "nope"], ["sample", "--eta", "5"],
+                                  ["curve", "--memorization-space", "x"],
+                                  ["attack", "--inception-weights", ""]])
 def test_range_and_choice_errors_in_the_project_style(args):
     from click.testing import CliRunner
 

@@ -25,6 +25,7 @@ from ..core.registry import SAMPLERS
 from ..core.settings import (
     FieldType,
     check_field,
+    check_value_for_any,
     click_options,
     click_type,
     field_types,
@@ -148,6 +149,17 @@ def sampler_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PREFIX)
         raise ValueError(f"sampler options take the prefix {SAMPLER_PREFIX!r}")
     holder = click_options(SamplerConfig, exclude=exclude, prefix=prefix)(lambda: None)
     return [*reversed(holder.__click_params__), *map(_click_option, sampler_option_table())]
+
+
+def check_sampler_option_values(opts: dict[str, Any]) -> None:
+    """Each own option given (not None) allowed by a sampler reading it (type, range,
+    choices), before any model is loaded; whether the chosen sampler reads it is checked once
+    the sampler is known (:func:`given_sampler_options`)."""
+    for opt in sampler_option_table():
+        value = opts.get(opt.param)
+        if value is not None:
+            check_value_for_any([(SAMPLERS[n].config, f.name) for n, f in opt.readers],
+                                tuple(value) if isinstance(value, list) else value)
 
 
 def given_sampler_options(opts: dict[str, Any], sampler: str,

@@ -29,7 +29,7 @@ import functools
 import math
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, dataclass
 from typing import Any
 
@@ -246,6 +246,18 @@ def check_field(cls: type, name: str, value: Any, where: str = "") -> None:
     if not _value_ok(value, ft, s):
         raise ConfigError(f"{where or f'{name} ({option_name(f)})'} = {shown(value)} is invalid; "
                           f"allowed: {_describe(ft, s)}{_choices_note(s)}", field=name)
+
+
+def check_value_for_any(readers: Sequence[tuple[type, str]], value: Any) -> None:
+    """The first reader's ConfigError unless a reader (config class, field) allows value."""
+    errors = []
+    for cls, name in readers:
+        try:
+            return check_field(cls, name, value)
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def _choices_note(s: Setting | None) -> str:

@@ -19,7 +19,14 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..core.registry import METRICS
-from ..core.settings import FieldType, click_type, field_types, option_name, setting_of
+from ..core.settings import (
+    FieldType,
+    check_value_for_any,
+    click_type,
+    field_types,
+    option_name,
+    setting_of,
+)
 
 
 @dataclass
@@ -106,6 +113,16 @@ def attack_metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> li
     taken = {o.spelling for o in attack_table()}
     return metric_options(tuple(exclude) + tuple(o.keyword for o in metric_option_table()
                                                  if o.spelling in taken), prefix)
+
+
+def check_metric_option_values(opts: dict[str, Any]) -> None:
+    """Each metric option given (not None) allowed by a metric reading it (type, range,
+    choices), before any model is loaded; whether the chosen metrics read it is checked once
+    they are known (:func:`evaluators.metric.route_options`)."""
+    for opt in metric_option_table():
+        value = opts.get(opt.keyword)
+        if value is not None:
+            check_value_for_any([(METRICS[m].config, f.name) for m, f in opt.readers], value)
 
 
 def given_metric_options(opts: dict[str, Any]) -> dict[str, Any]:
