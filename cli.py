@@ -71,6 +71,7 @@ ATTACK_OPTIONS = "dmattack.attacks.options:attack_options"
 METRIC_OPTIONS = "dmattack.evaluation.metric_options:metric_options"
 ATTACK_METRIC_OPTIONS = "dmattack.evaluation.metric_options:attack_metric_options"
 PURIFY_CONFIG = "dmattack.purification.evaluate:PurifyConfig"
+PURIFY_SAMPLER_OPTIONS = "dmattack.commands.sampler_options:purify_click_options"
 
 RUNS_ROOT = Path(os.environ.get("DMATTACK_RUNS", "runs"))
 
@@ -426,9 +427,10 @@ def export(run: str | None, ema: bool, out: str) -> None:
 
 
 # ----------------------------------------------------------------------------- purify
-PURIFIER_ONLY = ("t_star", "purify_steps", "purify_sampler", "eta", "clip_denoised",
+PURIFIER_ONLY = ("t_star", "purify_steps", "purify_sampler", "clip_denoised",
                  "attack_purify_steps", "attack_sampler", "attack_gradient", "checkpoint_steps")
-"""PurifyConfig settings read only by a purifier (a --run): refused without one."""
+"""PurifyConfig settings read only by a purifier (a --run): refused without one, as are the
+purify samplers' own options (``--eta``, a plugin's)."""
 
 
 @main.command()
@@ -439,6 +441,7 @@ PURIFIER_ONLY = ("t_star", "purify_steps", "purify_sampler", "eta", "clip_denois
               help="A purifier: diffusers DDPM pipeline folder (repeatable; after the --run "
               "ones).")
 @lazy_options(PURIFY_CONFIG)
+@lazy_options(PURIFY_SAMPLER_OPTIONS, prefix="sampler.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(), default=None,
               help="Result folder [default: runs/purify/<hash of the settings>]; re-running "
@@ -451,17 +454,21 @@ def purify(**o: Any) -> None:
 
     Several GPUs: torchrun --nproc-per-node N -- $(which dmattack) purify ... splits the batches.
     """
+    from dmattack.commands.sampler_options import given_purify_options, purify_option_table
     from dmattack.purification import load_model, run_purification
     from dmattack.purification.evaluate import PurifyConfig, prepare_purification, purify_folder
     from dmattack.purification.results import TABLE_COLUMNS, table_notes, table_rows
 
     _warn_deprecated("--eval-mode", "--draws")(None, None, o["eval_modes"])
-    cfg = from_options(PurifyConfig, o)
-    unread = [k for k in PURIFIER_ONLY if given(k)]
+    own = given_purify_options(o, o["purify_sampler"])
+    cfg = from_options(PurifyConfig, {**o, "sampler_options": own})
+    spelled = {**{opt.param: opt.spelling for opt in purify_option_table()},
+               **{k: f"--{k.replace('_', '-')}" for k in PURIFIER_ONLY}}
+    unread = [k for k in spelled if given(k)]
     if unread and not (o["runs"] or o["pipelines"]):  # only the undefended classifier is evaluated
-        name, value = unread[0].replace("_", "-"), o[unread[0]]
-        shown = (f"--{'' if value else 'no-'}{name}" if isinstance(value, bool)
-                 else f"--{name} {value}")
+        name, value = spelled[unread[0]], o[unread[0]]
+        shown = f"{name if value else '--no-' + name[2:]}" if isinstance(value, bool) \
+            else f"{name} {value}"
         raise ConfigError(f"{shown} is not read without a purifier (only the undefended "
                           "classifier is evaluated); give --run or --pipeline")
     dev = _join_torchrun(o["device"])

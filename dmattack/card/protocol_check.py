@@ -209,6 +209,11 @@ def _check_attack(a: CardAttack, where: str, total: int) -> None:
 
 
 def _check_purification(c: Purification) -> None:
+    from ..purification.purifier import purify_samplers
+
+    chains = purify_samplers()
+    need(c.purify_sampler in chains, "purification.purify_sampler", c.purify_sampler,
+         f"a registered purify sampler: {', '.join(chains)}")
     need((c.eval_modes is None) != (c.draws is None), "purification.draws", c.draws,
          "give exactly one of draws (evaluation draws R >= 1) and the v1 eval_modes")
     need(c.draws is None or c.draws >= 1, "purification.draws", c.draws, "at least 1")

@@ -154,7 +154,7 @@ class Purification:
     eps: float
     t_star: tuple[float, ...]
     purify_steps: int
-    purify_sampler: Literal["ancestral", "ddim"]
+    purify_sampler: str  # a purifier chain: purify_samplers() (checked by protocol_check)
     attacks: tuple[Literal["pgd-eot", "bpda-eot", "autoattack-rand"], ...]
     iterations: int
     eot: int

@@ -2,7 +2,8 @@
 settings every sampler shares (:class:`~dmattack.diffusion.sampling.SamplerConfig`:
 ``--sampler``, ``--sampler-steps``, ``--clip-denoised``) and every registered sampler's own
 options (its :attr:`~dmattack.diffusion.samplers.Sampler.config`), so a plugin's sampler
-brings its own.
+brings its own; and the own options of the purifier's samplers for ``dmattack purify``
+(:func:`purify_click_options`, ``--purify-sampler`` picks the chain).
 
 An own option is spelled as its field declares (DDIM's ``--eta``); samplers declaring a field
 of the same name and type share it, and its ``--help`` says which samplers read it
@@ -15,6 +16,7 @@ sampler does not read is refused (one line, exit code 2).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -74,13 +76,18 @@ def _taken() -> set[str]:
     return taken
 
 
-def sampler_option_table() -> list[SamplerOption]:
+def sampler_option_table(taken: set[str] | None = None, samplers: dict[str, str] | None = None
+                         ) -> list[SamplerOption]:
     """The own options of every registered sampler (plugins included), in registration
-    order: shared by name and type, else spelled ``--<sampler>-<field>``."""
+    order: shared by name and type, else spelled ``--<sampler>-<field>``. ``samplers``: the
+    samplers offered, ``{name the command uses: registered name}`` (default: every registered
+    one by its name); ``taken``: the names an own option may not be spelled by (default: the
+    sampling commands', :func:`_taken`)."""
     table: dict[str, SamplerOption] = {}
-    taken = _taken()
-    for name in SAMPLERS.names():
-        config = SAMPLERS[name].config
+    taken = _taken() if taken is None else taken
+    samplers = {n: n for n in SAMPLERS.names()} if samplers is None else samplers
+    for name, registered in samplers.items():
+        config = SAMPLERS[registered].config
         types_ = field_types(config)
         for f in fields(config):
             if not setting_of(f).cli:
@@ -155,14 +162,20 @@ def check_sampler_option_values(opts: dict[str, Any]) -> None:
                                 tuple(value) if isinstance(value, list) else value)
 
 
-def given_sampler_options(opts: dict[str, Any], sampler: str) -> dict[str, Any]:
+def given_sampler_options(opts: dict[str, Any], sampler: str,
+                          table: list[SamplerOption] | None = None,
+                          unread: Callable[..., ConfigError] | None = None) -> dict[str, Any]:
     """The own options given on the command line (not None), all read by ``sampler``;
-    ConfigError naming the first one it does not read."""
+    ConfigError naming the first one it does not read (``unread(field, value, sampler,
+    spelling)`` when given). ``table``: default :func:`sampler_option_table`."""
     out: dict[str, Any] = {}
-    for opt in sampler_option_table():
+    table = sampler_option_table() if table is None else table
+    for opt in table:
         value = opts.get(opt.param)
         if value is None:
             continue
+        if sampler not in opt.samplers and unread is not None:
+            raise unread(opt.field, value, sampler, opt.spelling)
         if sampler not in opt.samplers:
             reads = [o.spelling for o in sampler_option_table() if sampler in o.samplers]
             raise ConfigError(f"{opt.field} ({opt.spelling}) = {shown(value)} is not used by "
@@ -195,3 +208,48 @@ def sampler_from_options(opts: dict[str, Any], loaded: Any) -> Any:
                           f"all {loaded.diffusion.num_timesteps} steps); allowed: "
                           f"--sampler-steps only with --sampler {strided}")
     return resolve_sampler(loaded, name, steps, opts["sampler__clip_denoised"], **own)
+
+
+# ----------------------------------------------------------------------------- dmattack purify
+PURIFY_COMMAND_OPTIONS = frozenset(("run", "runs", "pipeline", "pipelines", "device", "out",
+                                    "threads", "help"))
+"""Names of ``dmattack purify``'s options besides its :class:`~dmattack.purification.evaluate.
+PurifyConfig` settings and the purify samplers' own options (tests/test_purify_sampler_options.py
+keeps it complete)."""
+
+
+def purify_option_table() -> list[SamplerOption]:
+    """The own options of the purifier's samplers (:func:`~dmattack.purification.purifier.
+    purify_samplers`, by their purifier names: ``ancestral``, ``ddim``, a plugin's), spelled
+    ``--<purify sampler>-<field>`` where a field is named like another option of
+    ``dmattack purify``."""
+    from ..core.settings import iter_settings
+    from ..purification.evaluate import PurifyConfig
+    from ..purification.purifier import purify_sampler_name, purify_samplers
+
+    taken = set(PURIFY_COMMAND_OPTIONS)
+    for _, f, _ in iter_settings(PurifyConfig):
+        spellings = (option_name(f), *setting_of(f).deprecated, *setting_of(f).aliases)
+        taken |= {f.name, *(s[2:].replace("-", "_") for s in spellings)}
+    return sampler_option_table(taken, {p: purify_sampler_name(p) for p in purify_samplers()})
+
+
+def purify_click_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PREFIX
+                         ) -> list[Any]:
+    """The click options of ``dmattack purify``'s purify-sampler options
+    (:func:`purify_option_table`; parameters ``sampler__eta`` …), unset by default; ``--help``
+    says which purify samplers read each."""
+    if prefix != SAMPLER_PREFIX or exclude:
+        raise ValueError(f"purify sampler options take the prefix {SAMPLER_PREFIX!r} and "
+                         "exclude nothing")
+    return [_click_option(opt) for opt in purify_option_table()]
+
+
+def given_purify_options(opts: dict[str, Any], sampler: str) -> dict[str, Any]:
+    """The purify sampler's own options given to ``dmattack purify`` (``{field: value}``);
+    one given that purify chain ``sampler`` does not read is refused in one line
+    (:func:`~dmattack.purification.purifier.unread_option`)."""
+    from ..purification.purifier import unread_option
+
+    return given_sampler_options(option_values(opts), sampler, purify_option_table(),
+                                 unread_option)

@@ -210,7 +210,7 @@ def purification(plan: PurificationPlan, ctx: Context) -> dict[str, Any]:
                                     f"iterations × EOT-{plan.eot}, n = {plan.num_samples}")
     return {
         "title": "Purification: DDPM vs Robust_adv U-Nets as purifiers",
-        "settings": {**asdict(plan), "config": asdict(cfg), "classifier": "digits-cnn",
+        "settings": {**asdict(plan), "config": cfg.to_dict(), "classifier": "digits-cnn",
                      "purifiers": {m: str(RUNS[m].relative_to(CHECKPOINTS.parent))
                                    for m in RUNS},
                      "data": "digits-cnn's held-out digits (the first num_samples)"},

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..core.errors import ConfigError, DmattackError
+from ..diffusion.samplers import SAMPLER_RECORD
 from ..runs.checkpoints import LoadedModel
 from .attacks import PurifyAttackSpec
 from .classifier import PurifiedClassifier, check_classifier, load_classifier
@@ -68,7 +69,7 @@ def _defended(cfg: PurifyConfig, name: str, m: LoadedModel, t_star: float,
     forward_steps(t_star, m.diffusion.num_timesteps)  # refuse t* outside the chain
     purifier = Purifier.from_loaded(
         m, t_star=t_star, steps=_steps(cfg.purify_steps, t_star, m),
-        sampler=cfg.purify_sampler, eta=cfg.eta, gradient="full",
+        sampler=cfg.purify_sampler, sampler_options=cfg.sampler_options, gradient="full",
         checkpoint_steps=cfg.checkpoint_steps,
         **({} if cfg.clip_denoised is None else {"clip_denoised": cfg.clip_denoised})
     ).to(device)
@@ -118,12 +119,24 @@ def _attacked(d: Defended, spec: PurifyAttackSpec) -> PurifiedClassifier:
     return d.attacked
 
 
+def attacked_record(d: Defended) -> dict[str, Any]:
+    """The record of the purification the attacks differentiate (``d.attacked``): its
+    settings, where its chain does not read a built-in record slot (``eta``) the defence's
+    value there (a surrogate inherits the defence's η; records and keys as before samplers
+    owned their options)."""
+    p = d.attacked.purifier
+    record, defence = p.describe(), d.defence.purifier.describe()
+    return {**record, **{k: defence[k] for k in SAMPLER_RECORD if k not in p.own()}}
+
+
 def _surrogate(d: Defended, spec: PurifyAttackSpec) -> dict[str, Any] | None:
-    """The attack's purification when it differs from the defence (for keys and rows)."""
+    """The attack's purification when it differs from the defence (for keys and rows): a
+    plugin sampler's own options under ``sampler_options``."""
     if d.attacked is d.defence or d.attacked.purifier is None:
         return None
-    p = d.attacked.purifier
-    return {"reverse_steps": p.num_reverse_steps, "sampler": p.sampler, "eta": p.eta,
+    p, record = d.attacked.purifier, attacked_record(d)
+    own = {k: record[k] for k in (*SAMPLER_RECORD, "sampler_options") if k in record}
+    return {"reverse_steps": p.num_reverse_steps, "sampler": p.sampler, **own,
             "gradient": "bpda" if spec.name == "bpda-eot" else p.gradient}
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,6 @@ from ..core.errors import ConfigError
 from ..core.io import MiB, check_writable, provenance, write_json, write_text
 from ..core.locking import lock_folder
 from ..core.option_types import parse_t_star
-from ..core.registry import SAMPLERS
 from ..core.seeding import derive_seed, sample_seeds
 from ..core.settings import check_settings, setting
 from ..core.text import comma_list
@@ -60,7 +59,13 @@ from .defended import (  # noqa: F401 (UNDEFENDED: demo.py's import)
     prepare_purification,
 )
 from .labelled import data_choices
-from .purifier import load_model, purify_sampler_name, purify_samplers
+from .purifier import (
+    load_model,
+    options_record,
+    purify_sampler_options,
+    purify_samplers,
+    set_options,
+)
 from .results import data_digest, to_csv
 from .rows import _purifier_record, _rows, protocol
 from .units import (
@@ -104,14 +109,16 @@ def _split(text: str) -> list[str]:
 ATTACK_GRADIENTS = ("full", "bpda")
 
 
-def _reads_eta(chain: str) -> bool:
-    """Whether the sampler of purifier chain ``chain`` reads η (has an own option ``eta``)."""
-    return "eta" in SAMPLERS[purify_sampler_name(chain)].options()
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class PurifyConfig:
-    """Settings of a purification robustness evaluation (``dmattack purify``)."""
+    """Settings of a purification robustness evaluation (``dmattack purify``).
+
+    Built from keywords: the settings below and the purify sampler's own options (the fields
+    of its entry's config), ``PurifyConfig(purify_sampler="ddim", eta=0.3)``, or
+    ``sampler_options=`` (a mapping or the entry's config); an option the purify sampler does
+    not read is refused in one line (:func:`~.purifier.purify_sampler_options`).
+    :meth:`to_dict` is the record (result files, the result folder's hash).
+    """
 
     classifier: str = setting("digits-cnn", "Classifier taking [0, 1] images: a registered one "
                               "(dmattack plugins lists them) or a file.",
@@ -125,9 +132,12 @@ class PurifyConfig:
                           "or integer timesteps 1..T; 0 is no purification.")
     purify_steps: int | None = setting(5, "Reverse steps K over [0, t*] (respaced); none = "
                                        "every timestep.", low=1)
-    purify_sampler: str = setting("ancestral", "Reverse chain of the purifier.",
+    purify_sampler: str = setting("ancestral", "Reverse chain of the purifier (its own "
+                                  "options, e.g. ddim's --eta, are listed below).",
                                   choices=purify_samplers)
-    eta: float = setting(0.0, "DDIM eta (with --purify-sampler ddim).", low=0, high=1)
+    sampler_options: Any = setting(None, "The purify sampler's own options (DDIM's eta; "
+                                   "a plugin's): an instance of its entry's config, built "
+                                   "from the keyword options when not given.", cli=False)
     clip_denoised: bool | None = setting(
         None, "Clip x̂_0 to [-1, 1] inside the purifier's chain.",
         auto="the data: on for images, as sampling; a pipeline: its scheduler's clip_sample")
@@ -165,13 +175,19 @@ class PurifyConfig:
     checkpoint_steps: bool = setting(True, "Recompute reverse steps in the backward pass "
                                      "(bounded memory; off is faster when memory allows).")
 
-    def __post_init__(self) -> None:
+    def __init__(self, **settings: Any) -> None:
+        names = {f.name for f in fields(PurifyConfig)}
+        own = {k: v for k, v in settings.items() if k not in names}
+        for f in fields(PurifyConfig):
+            object.__setattr__(self, f.name, settings.get(f.name, f.default))
+        object.__setattr__(self, "sampler_options", None)
         check_settings(self)
-        if self.eta != 0 and not _reads_eta(self.purify_sampler):
-            with_eta = ", ".join(n for n in purify_samplers() if _reads_eta(n))
-            raise ConfigError(f"eta (--eta) = {self.eta!r} is ignored by --purify-sampler "
-                              f"{self.purify_sampler}; allowed: a nonzero --eta only with "
-                              f"--purify-sampler {with_eta}", field="eta")
+        given = set_options(settings.get("sampler_options"))
+        object.__setattr__(self, "sampler_options", purify_sampler_options(
+            self.purify_sampler, {**given, **own}))
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
         if self.eval_modes is not None:
             legacy = legacy_draws(self.eval_modes)
             warnings.warn("--eval-mode is deprecated: use --draws N (majority and worst of N "
@@ -179,6 +195,18 @@ class PurifyConfig:
             object.__setattr__(self, "draws", legacy)
         self.attack_specs()
         self.t_stars()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting, the purify sampler's own options as
+        :func:`~.purifier.options_record` lists them: ``eta`` where the former flat config had
+        it, a plugin's other options last (``sampler_options``); so a built-in sampler's
+        record and folder hash are as before."""
+        own = options_record(self.sampler_options)
+        extra = {k: own.pop(k) for k in ("sampler_options",) if k in own}
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            out.update(own if f.name == "sampler_options" else {f.name: getattr(self, f.name)})
+        return {**out, **extra}
 
     def attack_specs(self) -> tuple[PurifyAttackSpec, ...]:
         specs = [parse_attack(n, self.iterations, self.eot) for n in _split(self.attacks)]
@@ -218,7 +246,7 @@ def purify_folder(config: PurifyConfig, models: Sequence[LoadedModel], root: str
                   ) -> Path:
     """``root/purify/<hash>``: the default result folder of ``config`` with these purifiers
     (the same settings and weights give the same folder, so a rerun resumes there)."""
-    what = {"config": asdict(config),
+    what = {"config": config.to_dict(),
             "models": [[m.source, m.fingerprint, m.ema] for m in models]}
     return Path(root) / "purify" / digest(what)[:12]
 
@@ -302,7 +330,7 @@ def _run_locked(cfg: PurifyConfig, models: Sequence[LoadedModel], out: Path,
     units = {k: v for part in gathered for k, v in part.items()}
     result = {
         "kind": "dmattack-purify",
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
         "protocol": protocol(cfg),
         "purifiers": [_purifier_record(d, cfg) for d in defended if d.loaded is not None],
         "classifier": {**cls_info, "num_classes": num_classes},

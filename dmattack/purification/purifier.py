@@ -16,10 +16,12 @@ al. 2018) and ``none`` (no graph, for evaluation).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,7 +30,14 @@ from torch.utils.checkpoint import checkpoint
 from ..core.errors import ConfigError, RunFolderError, first_line
 from ..core.registry import SAMPLERS
 from ..core.seeding import randn_per_sample
+from ..core.settings import check_settings, shown
 from ..diffusion.gaussian import GaussianDiffusion
+from ..diffusion.samplers import (
+    SAMPLER_RECORD_DEFAULTS,
+    Sampler,
+    sampler_option_defaults,
+    sampler_spelling,
+)
 from ..diffusion.sampling import SamplerConfig, SamplingChain, clip_default
 from ..runs.checkpoints import LoadedModel
 
@@ -51,6 +60,73 @@ def purify_samplers() -> tuple[str, ...]:
 def purify_sampler_name(sampler: str) -> str:
     """The registered sampler behind a purifier chain name (``ancestral`` → ``respaced``)."""
     return _purify_names().get(sampler, sampler)
+
+
+def purify_entry(sampler: str) -> Sampler:
+    """The registered :class:`~dmattack.diffusion.samplers.Sampler` of purifier chain
+    ``sampler`` (one of :func:`purify_samplers`; else a one-line :class:`ConfigError`)."""
+    if sampler not in purify_samplers():
+        raise ConfigError(f"purify_sampler (--purify-sampler) = {sampler!r} is invalid; "
+                          f"allowed: {', '.join(purify_samplers())}", field="purify_sampler")
+    return SAMPLERS[purify_sampler_name(sampler)]
+
+
+def unread_option(key: str, value: Any, sampler: str, spelling: str | None = None
+                  ) -> ConfigError:
+    """The one-line error for own option ``key`` (spelled ``spelling`` on the command line)
+    given with purifier chain ``sampler``, whose sampler's config has no such field."""
+    spelling = spelling or sampler_spelling(key)
+    reads = ", ".join(sampler_spelling(r) for r in purify_entry(sampler).options())
+    by = [n for n in purify_samplers() if key in purify_entry(n).options()]
+    allowed = (f"allowed: {spelling} only with --purify-sampler {', '.join(by)}" if by
+               else f"no purify sampler reads {spelling}")
+    return ConfigError(f"{key} ({spelling}) = {shown(value)} is ignored by --purify-sampler "
+                       f"{sampler} (it reads {reads or 'no options of its own'}); {allowed}",
+                       field=key)
+
+
+def set_options(options: Mapping[str, Any] | Any) -> dict[str, Any]:
+    """``{option: value}`` of a mapping, or of a sampler config instance its fields off their
+    defaults (None: none)."""
+    if options is None:
+        return {}
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        defaults = sampler_option_defaults(options)
+        return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+                if getattr(options, f.name) != defaults[f.name]}
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"sampler_options = {shown(options)} is invalid; allowed: a mapping "
+                          "{option: value} or a sampler config", field="sampler_options")
+    return dict(options)
+
+
+def purify_sampler_options(sampler: str, options: Mapping[str, Any] | Any = None) -> Any:
+    """The own options of purifier chain ``sampler`` as an instance of its entry's
+    :attr:`~dmattack.diffusion.samplers.Sampler.config` (DDIM: ``DDIMConfig``), from a mapping
+    or a config (:func:`set_options`); unset options at the config's defaults. An option the
+    config has no field for, or a bad value, is a one-line :class:`ConfigError`."""
+    entry = purify_entry(sampler)
+    if isinstance(options, entry.config):
+        check_settings(options)
+        return options
+    own = set_options(options)
+    for key, value in own.items():
+        if key not in entry.options():
+            raise unread_option(key, value, sampler)
+    made = entry.config(**own)
+    check_settings(made)
+    return made
+
+
+def options_record(options: Any) -> dict[str, Any]:
+    """The record of a purifier's own options: each built-in record slot
+    (:data:`~dmattack.diffusion.samplers.SAMPLER_RECORD`: ``eta``; its default where the
+    sampler does not read it), then ``sampler_options``: the sampler's other own options,
+    only where it has some (a plugin's), so built-in records and keys are as before."""
+    own = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    record = {k: own.get(k, default) for k, default in SAMPLER_RECORD_DEFAULTS.items()}
+    extra = {k: v for k, v in own.items() if k not in record}
+    return {**record, **({"sampler_options": extra} if extra else {})}
 
 
 def forward_steps(t_star: float, num_timesteps: int) -> int:
@@ -93,32 +169,34 @@ class Purifier(nn.Module):
         data_shape: per-sample shape in model space, e.g. (1, 8, 8).
         t_star: forward steps: a fraction of T (< 1) or a timestep 1..T; 0 is the identity.
         steps: reverse steps K over [0, t*] (None: every one of the n timesteps).
-        sampler: ``ancestral`` (DDPM steps on the respaced chain), ``ddim`` (with ``eta``) or
-            another registered strided sampler (:func:`purify_samplers`).
+        sampler: ``ancestral`` (DDPM steps on the respaced chain), ``ddim`` or another
+            registered strided sampler (:func:`purify_samplers`).
         gradient: ``full``, ``bpda`` or ``none`` (see the module docstring).
         seed: None draws fresh noise from torch's global generator on every call (the stochastic
             defence); an int redraws the same noise on every call (a deterministic defence).
         checkpoint_steps: recompute each reverse step in the backward pass (``full`` only).
         clip_denoised: clamp each predicted x̂_0 to [−1, 1] inside the chain (None: as
             sampling does, on for images, off for vectors).
+        sampler_options, **own: the sampler's own options (fields of its entry's config), a
+            mapping or a config, and/or keywords: ``Purifier(..., sampler="ddim", eta=0.3)``;
+            one the sampler does not read is refused (:func:`purify_sampler_options`).
 
-    ``chain`` (n > 0): the reverse chain as a :class:`~dmattack.diffusion.sampling.SamplingChain`
-    of the
+    ``sampler_options`` (attribute): the options as the entry's config instance; ``chain``
+    (n > 0): the reverse chain as a :class:`~dmattack.diffusion.sampling.SamplingChain` of the
     first n timesteps, resolved once here.
     """
 
     def __init__(self, model: nn.Module, diffusion: GaussianDiffusion,
                  data_shape: Sequence[int], t_star: float = 0.1, steps: int | None = None,
-                 sampler: str = "ancestral", eta: float = 0.0, gradient: str = "full",
+                 sampler: str = "ancestral", *, gradient: str = "full",
                  seed: int | None = None, checkpoint_steps: bool = True,
-                 clip_denoised: bool | None = None) -> None:
+                 clip_denoised: bool | None = None,
+                 sampler_options: Mapping[str, Any] | Any = None, **own: Any) -> None:
         super().__init__()
         if gradient not in GRADIENTS:
             raise ConfigError(f"gradient = {gradient!r} is invalid; allowed: "
                               f"{', '.join(GRADIENTS)}", field="gradient")
-        if sampler not in purify_samplers():
-            raise ConfigError(f"purify_sampler (--purify-sampler) = {sampler!r} is invalid; "
-                              f"allowed: {', '.join(purify_samplers())}", field="purify_sampler")
+        options = purify_sampler_options(sampler, {**set_options(sampler_options), **own})
         n = forward_steps(t_star, diffusion.num_timesteps)
         if steps is not None and not (isinstance(steps, int) and 1 <= steps <= max(n, 1)):
             raise ConfigError(f"purify_steps (--purify-steps) = {steps!r} is outside 1..{n} "
@@ -127,8 +205,8 @@ class Purifier(nn.Module):
         self.model = model.eval().requires_grad_(False)
         self.diffusion = diffusion
         self.data_shape = tuple(data_shape)
-        self.t_star, self.n, self.steps, self.sampler, self.eta = t_star, n, steps, sampler, eta
-        self.gradient, self.seed = gradient, seed
+        self.t_star, self.n, self.steps, self.sampler = t_star, n, steps, sampler
+        self.sampler_options, self.gradient, self.seed = options, gradient, seed
         if clip_denoised is None:
             clip_denoised = clip_default(self.data_shape)
         self.checkpoint_steps, self.clip_denoised = checkpoint_steps, bool(clip_denoised)
@@ -137,10 +215,8 @@ class Purifier(nn.Module):
             # last index has ᾱ_n exactly and its timestep_map points into the trained schedule
             head = GaussianDiffusion(diffusion.betas[:n], diffusion.variance_type,
                                      diffusion.timestep_map[:n])
-            name = purify_sampler_name(sampler)
-            own = {"eta": eta} if "eta" in SAMPLERS[name].options() else {}  # else η unused
-            self.config = SamplerConfig(name, steps or n, clip_denoised=self.clip_denoised,
-                                        **own)
+            self.config = SamplerConfig(purify_sampler_name(sampler), steps or n,
+                                        clip_denoised=self.clip_denoised, options=options)
             self.chain = SamplingChain(head, self.config)
 
     @classmethod
@@ -157,13 +233,25 @@ class Purifier(nn.Module):
         """A purifier from a dmattack run folder or a diffusers DDPM pipeline folder."""
         return cls.from_loaded(load_model(path, device), **kwargs)
 
+    def own(self) -> dict[str, Any]:
+        """The sampler's own options, ``{field: value}`` (DDIM: ``{"eta": η}``)."""
+        return {f.name: getattr(self.sampler_options, f.name)
+                for f in dataclasses.fields(self.sampler_options)}
+
     def replace(self, **changes) -> Purifier:
         """The same purifier (sharing the network) with some settings changed, e.g.
-        ``purifier.replace(gradient="bpda")``."""
-        kwargs = dict(t_star=self.t_star, steps=self.steps, sampler=self.sampler, eta=self.eta,
-                      gradient=self.gradient, seed=self.seed,
-                      checkpoint_steps=self.checkpoint_steps, clip_denoised=self.clip_denoised)
-        return Purifier(self.model, self.diffusion, self.data_shape, **{**kwargs, **changes})
+        ``purifier.replace(gradient="bpda")``. Under another ``sampler`` it keeps the own
+        options that sampler reads (a surrogate chain inherits the defence's η), unless
+        ``sampler_options`` is given."""
+        sampler = changes.pop("sampler", self.sampler)
+        reads = purify_entry(sampler).options() if sampler in purify_samplers() else ()
+        kept = {} if "sampler_options" in changes else {
+            k: v for k, v in self.own().items() if k in reads}
+        kwargs = dict(t_star=self.t_star, steps=self.steps, gradient=self.gradient,
+                      seed=self.seed, checkpoint_steps=self.checkpoint_steps,
+                      clip_denoised=self.clip_denoised)
+        return Purifier(self.model, self.diffusion, self.data_shape, sampler=sampler,
+                        **{**kwargs, **kept, **changes})
 
     @property
     def num_reverse_steps(self) -> int:
@@ -176,11 +264,15 @@ class Purifier(nn.Module):
         return self.n == 0 or self.seed is not None
 
     def describe(self) -> dict:
-        """The settings that determine P (for result files)."""
+        """The settings that determine P (for result files and unit keys): the sampler's own
+        options as :func:`options_record` lists them (``eta`` after ``sampler``; a plugin's
+        other options last, under ``sampler_options``)."""
+        own = options_record(self.sampler_options)
+        extra = {k: own.pop(k) for k in ("sampler_options",) if k in own}
         return {"t_star": self.t_star, "forward_steps": self.n, "num_timesteps":
                 self.diffusion.num_timesteps, "reverse_steps": self.num_reverse_steps,
-                "sampler": self.sampler, "eta": self.eta, "clip_denoised": self.clip_denoised,
-                "gradient": self.gradient, "seed": self.seed}
+                "sampler": self.sampler, **own, "clip_denoised": self.clip_denoised,
+                "gradient": self.gradient, "seed": self.seed, **extra}
 
     # ------------------------------------------------------------------------- the chain
     def _noise(self, batch: int, like: torch.Tensor,

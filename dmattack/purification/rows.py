@@ -13,7 +13,7 @@ import torch
 from ..core.registry import LABELLED_DATA
 from ..runs.checkpoints import LoadedModel
 from .attacks import CONVERGENCE_TOL, SELECT_STREAM, PurifyAttackSpec, converged
-from .defended import Defended, _label, _surrogate
+from .defended import Defended, _label, _surrogate, attacked_record
 from .results import accuracies, weaker_check
 from .units import _uid
 
@@ -36,7 +36,7 @@ def _purifier_record(d: Defended, cfg: PurifyConfig) -> dict[str, Any]:
     return {"name": d.label, "t_star": d.t_star, "source": m.source,
             "fingerprint": m.fingerprint, "ema": m.ema, "dataset": m.dataset,
             **d.defence.purifier.describe(), "gradient": None,
-            "attacked_purification": d.attacked.purifier.describe(),
+            "attacked_purification": attacked_record(d),
             "eval_images_in_training": seen[0], "eval_images_in_training_reason": seen[1]}
 
 
