@@ -137,7 +137,7 @@ def test_a_plugin_option_changes_the_samples_as_its_step_says(gainy):
 
 def test_cli_options_come_from_the_registered_configs(gainy):
     table = {o.param: o for o in sampler_option_table()}
-    assert table["sampler__eta"].samplers == ["ddim", "eta2"]
+    assert table["sampler__eta"].entries == ["ddim", "eta2"]
     assert table["sampler__eta"].spelling == "--eta"
     assert table["sampler__gain"].spelling == "--gain"
     assert table["sampler__gainy__seed"].spelling == "--gainy-seed"  # --seed is taken
