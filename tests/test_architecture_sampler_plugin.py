@@ -228,6 +228,6 @@ def test_plugin_sampler_is_a_choice_of_sampler_in_help(site, tmp_path):
     assert helped.returncode == 0, helped.stderr[-2000:]
     assert re.search(rf"--sampler TEXT\s+Reverse sampler\. \[ddpm \| respaced \| ddim \|\s+"
                      rf"{name}\]", helped.stdout), helped.stdout
-    words = (f"--noise-scale NUMBER {name}: Scale s of the ancestral noise (0: the posterior "
+    words = (f"--noise-scale NUMBER {name}: scale s of the ancestral noise (0: the posterior "
              "mean, 1: the ancestral step) [default: 0]").split()  # the plugin's own option
     assert re.search(r"\s+".join(map(re.escape, words)), helped.stdout), helped.stdout

@@ -48,9 +48,9 @@ def wobble():
 
 def test_same_name_and_type_share_one_option_listing_its_readers(wobble):
     table = {o.param: o for o in option_table()}
-    assert table["alpha_scale"].methods == ["pgd", "trajectory", "lookahead", "wobble"]
-    assert table["restarts"].methods == ["pgd", "trajectory", "lookahead"]
-    assert table["loss"].methods == ["fgsm", "pgd"] and table["eot"].methods == ["lookahead"]
+    assert table["alpha_scale"].entries == ["pgd", "trajectory", "lookahead", "wobble"]
+    assert table["restarts"].entries == ["pgd", "trajectory", "lookahead"]
+    assert table["loss"].entries == ["fgsm", "pgd"] and table["eot"].entries == ["lookahead"]
     options = {o.name: o for o in attack_options()}
     help_text = options["alpha_scale"].help
     assert help_text.startswith("pgd, trajectory, lookahead: PGD step size in units of ε_t; "
@@ -62,7 +62,7 @@ def test_same_name_and_type_share_one_option_listing_its_readers(wobble):
 
 def test_a_type_clash_is_spelled_per_attack_and_routed_to_it(wobble):
     table = {o.param: o for o in option_table()}
-    assert table["horizon"].methods == ["lookahead"]
+    assert table["horizon"].entries == ["lookahead"]
     clash = table["wobble__horizon"]
     assert clash.spelling == "--wobble-horizon" and clash.field == "horizon"
     spec = spec_from_options({"method": "wobble", "wobble__horizon": "far",
@@ -85,7 +85,7 @@ def test_command_options_lists_every_other_option_of_the_attack_commands():
     from dmattack.evaluation.metric_options import metric_option_table
 
     ours = {o.param for o in option_table()} | set(COMMON)
-    ours |= {o.keyword for o in metric_option_table() if o.spelling not in
+    ours |= {o.param for o in metric_option_table() if o.spelling not in
              {a.spelling for a in option_table()}}
     for command in ("attack", "curve"):
         for p in cli.main.commands[command].params:

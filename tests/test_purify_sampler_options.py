@@ -197,7 +197,7 @@ SMALL = ["--t-star", "0.02", "--purify-steps", "2", "--method", "pgd-eot", "--it
 
 def test_cli_offers_runs_and_records_a_plugin_option(scaled, fresh_options, tmp_path):
     helped = " ".join(CliRunner().invoke(cli.main, ["purify", "--help"]).output.split())
-    assert "--noise-scale NUMBER scaled: Scale s of the ancestral noise (1: the ancestral " \
+    assert "--noise-scale NUMBER scaled: scale s of the ancestral noise (1: the ancestral " \
            "step) [default: 1]" in helped
     assert "--eta NUMBER ddim: DDIM η" in helped
     assert "--scaled-draws INTEGER scaled: A field named like purify's --draws" in helped

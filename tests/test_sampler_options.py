@@ -137,7 +137,7 @@ def test_a_plugin_option_changes_the_samples_as_its_step_says(gainy):
 
 def test_cli_options_come_from_the_registered_configs(gainy):
     table = {o.param: o for o in sampler_option_table()}
-    assert table["sampler__eta"].samplers == ["ddim", "eta2"]
+    assert table["sampler__eta"].entries == ["ddim", "eta2"]
     assert table["sampler__eta"].spelling == "--eta"
     assert table["sampler__gain"].spelling == "--gain"
     assert table["sampler__gainy__seed"].spelling == "--gainy-seed"  # --seed is taken
@@ -212,3 +212,12 @@ def test_evaluate_refuses_an_own_sampler_option_with_given_samples(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip() == ("Error: --eta sets how samples are drawn, but --samples "
                                      "gives them; remove it")
+
+
+def test_labels_of_distinct_own_options_differ():
+    """A label holds an own option exactly (as attack labels do): two settings that differ in
+    the 7th digit do not share a default output folder."""
+    a = SamplerConfig("ddim", 50, eta=0.1234567).describe(1000)
+    b = SamplerConfig("ddim", 50, eta=0.1234568).describe(1000)
+    assert (a, b) == ("ddim-50-eta0.1234567", "ddim-50-eta0.1234568")
+    assert SamplerConfig("ddim", 50, eta=0.5).describe(1000) == "ddim-50-eta0.5"

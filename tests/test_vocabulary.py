@@ -165,7 +165,7 @@ def test_attack_refuses_what_the_method_does_not_read(tmp_path, monkeypatch):
     checked = 0
     for method in ATTACKS.names():
         for option in spec_options:
-            if method in table[option.name].methods:
+            if method in table[option.name].entries:
                 continue
             args = ["--method", method, *_off_default("attack", option)]
             code, output, _ = _run("attack", args, tmp_path / f"{method}{option.name}",

@@ -9,9 +9,10 @@ one with its settings, and :class:`AttackPlan` runs a spec, a user's per-step at
 a whole-chain attack through :func:`dmattack.evaluation.attack_eval.run_attack` / ``run_curve``.
 """
 
+from ..core.text import format_number
 from ..diffusion.perturbation import RayConfig, fgsm_perturbation, random_perturbation, ray
 from . import builtin  # noqa: F401  (registers the built-in attacks)
-from .base import PerStepFactory, WholeChainAttack, format_number
+from .base import PerStepFactory, WholeChainAttack
 from .chain import ChainAttack, ChainFGSM, ChainPGD, ChainRandom
 from .configs import FGSMConfig, LookaheadConfig, PGDConfig, RandomConfig, TrajectoryConfig
 from .distances import DISTANCES, Distance

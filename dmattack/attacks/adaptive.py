@@ -32,9 +32,9 @@ import torch
 from ..core import progress as progress_report
 from ..core.errors import ConfigError
 from ..core.seeding import rand_per_sample
+from ..core.text import format_number
 from ..diffusion.gaussian import EpsModel, GaussianDiffusion
 from ..diffusion.sampling import SamplerConfig
-from .base import format_number
 from .convergence import trace_of
 from .differentiable import DifferentiableChain, check_differentiable
 from .distances import (

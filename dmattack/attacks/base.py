@@ -99,13 +99,6 @@ class WholeChainAttack(Protocol):
         ...
 
 
-def format_number(x: float) -> str:
-    """Shortest exact text of ``x``: ``50``, ``0.25``, ``4.9999999`` (never rounded, so distinct
-    settings get distinct labels and store keys)."""
-    short = format(x, "g")
-    return short if float(short) == x else repr(float(x))
-
-
 def build_per_step(factory: PerStepFactory, model: nn.Module, diffusion: GaussianDiffusion,
                    generator: GeneratorArg) -> ChainAttack:
     """``factory(model, diffusion, generator=generator)``, checked to be a ChainAttack."""

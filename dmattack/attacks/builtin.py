@@ -10,8 +10,8 @@ from functools import partial
 from typing import Any
 
 from ..core.registry import ATTACKS
+from ..core.text import format_number
 from .adaptive import AdaptiveChainAttack
-from .base import format_number
 from .chain import ChainFGSM, ChainPGD, ChainRandom
 from .configs import FGSMConfig, LookaheadConfig, PGDConfig, RandomConfig, TrajectoryConfig
 from .lookahead import LookaheadPGD

@@ -12,25 +12,18 @@ chosen attack does not read is refused (one line, exit code 2).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
 from typing import Any
 
+from ..core.entry_options import EntryOption, entry_click_option, entry_option_table
 from ..core.errors import ConfigError
 from ..core.registry import ATTACKS
 from ..core.settings import (
-    FieldType,
     click_options,
-    click_type,
-    field_types,
-    option_name,
     option_values,
     param_name,
-    setting_of,
     shown,
 )
-from .base import format_number
 from .schedule import COMMON, AttackSpec
 
 COMMAND_OPTIONS = frozenset((
@@ -42,90 +35,11 @@ COMMAND_OPTIONS = frozenset((
 ``--``, dashes as underscores); tests/test_attack_options.py keeps the list complete."""
 
 
-@dataclass
-class AttackOption:
-    """One command-line option standing for config field ``field`` of the attacks in
-    ``readers`` ((method, dataclass field) pairs, in registration order)."""
-
-    field: str
-    param: str
-    spelling: str
-    type: FieldType
-    readers: list[tuple[str, dataclasses.Field]]
-
-    @property
-    def methods(self) -> list[str]:
-        return [m for m, _ in self.readers]
-
-
-def option_table() -> list[AttackOption]:
+def option_table() -> list[EntryOption]:
     """The attack options of every registered attack (plugins included), in registration
     order: shared by name and type, else spelled ``--<attack>-<field>``."""
-    table: dict[str, AttackOption] = {}
-    for method in ATTACKS.names():
-        config = ATTACKS[method].config
-        types_ = field_types(config)
-        for f in fields(config):
-            s = setting_of(f)
-            if f.name in COMMON or s is None or not s.cli:
-                continue
-            ft, spelling = types_[f.name], option_name(f)
-            shared = table.get(f.name)
-            if shared is not None and shared.type == ft and shared.spelling == spelling:
-                shared.readers.append((method, f))
-                continue
-            taken = {f.name, spelling[2:].replace("-", "_")} & COMMAND_OPTIONS
-            key = f.name if shared is None and not taken else f"{method}.{f.name}"
-            if key != f.name:
-                spelling = f"--{method}-{f.name.replace('_', '-')}"
-            table[key] = AttackOption(f.name, param_name(key).replace("-", "_"), spelling, ft,
-                                      [(method, f)])
-    return list(table.values())
-
-
-def _default_text(opt: AttackOption, v: Any) -> str:
-    """A default as click shows it (a flag by its spelling, ``checkpoint`` / ``no-checkpoint``)."""
-    if isinstance(v, bool):
-        return opt.spelling[2:] if v else f"no-{opt.spelling[2:]}"
-    if v is None:
-        return "none"
-    return format_number(v) if isinstance(v, (int, float)) else str(v)
-
-
-def _sentence(text: str) -> str:
-    """``text`` to follow ``"pgd: "``: its first word in lower case unless an acronym."""
-    return text[:1].lower() + text[1:] if text[1:2].islower() else text
-
-
-def _help(opt: AttackOption) -> str:
-    """``"pgd, trajectory: <help> [choices]; lookahead: <help>"`` and the default(s)."""
-    groups: dict[str, list[str]] = {}
-    for method, f in opt.readers:
-        s = setting_of(f)
-        choices = s.allowed_choices()
-        text = _sentence(s.help).rstrip(".") + (f" [{' | '.join(choices)}]" if choices else "")
-        groups.setdefault(text, []).append(method)
-    help_text = "; ".join(f"{', '.join(ms)}: {text}" for text, ms in groups.items())
-    if "[default:" in help_text:  # the help says what picks it
-        return help_text
-    defaults = {m: _default_text(opt, f.default) for m, f in opt.readers}
-    if len(set(defaults.values())) == 1:
-        return f"{help_text} [default: {next(iter(defaults.values()))}]"
-    per = ", ".join(f"{m} {d}" for m, d in defaults.items())
-    return f"{help_text} [default: {per}]"
-
-
-def _click_option(opt: AttackOption) -> Any:
-    """The option: unset by default (each attack then reads its own default); a setting's
-    ``aliases`` are accepted spellings too (its ``deprecated`` ones are not offered here)."""
-    import click
-
-    if opt.type.kinds == (bool,):
-        decls = [f"{opt.spelling}/--no-{opt.spelling[2:]}", opt.param]
-        return click.Option(decls, default=None, help=_help(opt))
-    aliases = dict.fromkeys(a for _, f in opt.readers for a in setting_of(f).aliases)
-    return click.Option([opt.spelling, *aliases, opt.param], type=click_type(opt.type),
-                        default=None, help=_help(opt))
+    return entry_option_table(((m, ATTACKS[m].config) for m in ATTACKS.names()),
+                              taken=COMMAND_OPTIONS, skip=COMMON)
 
 
 def attack_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
@@ -134,14 +48,14 @@ def attack_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]
     if prefix:
         raise ValueError("attack options take no prefix")
     holder = click_options(AttackSpec, exclude=exclude)(lambda: None)
-    return [*reversed(holder.__click_params__), *map(_click_option, option_table())]
+    return [*reversed(holder.__click_params__), *map(entry_click_option, option_table())]
 
 
-def _not_read(opt: AttackOption, value: Any, methods: Sequence[str]) -> ConfigError:
+def _not_read(opt: EntryOption, value: Any, methods: Sequence[str]) -> ConfigError:
     which = f"attack {methods[0]!r}" if len(methods) == 1 else \
         f"any of the attacks {', '.join(methods)}"
     return ConfigError(f"{opt.field} ({opt.spelling}) = {shown(value)} is not used by {which}; "
-                       f"it is read by: {', '.join(opt.methods)}", field=opt.field)
+                       f"it is read by: {', '.join(opt.entries)}", field=opt.field)
 
 
 def given_options(opts: dict[str, Any], methods: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -152,7 +66,7 @@ def given_options(opts: dict[str, Any], methods: Sequence[str]) -> dict[str, dic
         value = opts.get(opt.param)
         if value is None:
             continue
-        readers = [m for m in methods if m in opt.methods]
+        readers = [m for m in methods if m in opt.entries]
         if not readers:
             raise _not_read(opt, value, methods)
         for m in readers:

@@ -27,10 +27,11 @@ from torch import nn
 from ..core.errors import ConfigError
 from ..core.keys import callable_key
 from ..core.seeding import ATTACK, generators
+from ..core.text import format_number
 from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.sampling import SamplerConfig, SamplingChain, StepHook, frozen, sample_batched
 from .adaptive import AdaptiveChainAttack
-from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
+from .base import PerStepFactory, WholeChainAttack, build_per_step
 from .chain import ChainAttack, ChainPGD
 from .convergence import TOLERANCE, convergence_of
 from .schedule import AttackSpec, attacked_steps

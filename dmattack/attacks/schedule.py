@@ -16,8 +16,9 @@ from ..core.entry_options import check_entry_config
 from ..core.errors import ConfigError
 from ..core.registry import ATTACKS, registry_choices
 from ..core.settings import check_settings, option_name, setting, shown
+from ..core.text import format_number
 from ..diffusion.gaussian import GaussianDiffusion
-from .base import PerStepFactory, WholeChainAttack, build_per_step, format_number
+from .base import PerStepFactory, WholeChainAttack, build_per_step
 from .chain import ChainAttack, GeneratorArg
 from .configs import FGSMConfig, LookaheadConfig, PGDConfig, RandomConfig, TrajectoryConfig
 

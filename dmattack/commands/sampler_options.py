@@ -15,20 +15,20 @@ sampler does not read is refused (one line, exit code 2).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from typing import Any
 
+from ..core.entry_options import (
+    EntryOption,
+    check_given_value,
+    entry_click_option,
+    entry_option_table,
+)
 from ..core.errors import ConfigError
 from ..core.registry import SAMPLERS
 from ..core.settings import (
-    FieldType,
     check_field,
-    check_value_for_any,
     click_options,
-    click_type,
-    field_types,
     option_name,
     option_values,
     param_name,
@@ -49,22 +49,6 @@ samplers' own (spellings without ``--``, dashes as underscores); a sampler optio
 one is spelled ``--<sampler>-<field>``. tests/test_sampler_options.py keeps it complete."""
 
 
-@dataclass
-class SamplerOption:
-    """One command-line option standing for own option ``field`` of the samplers in
-    ``readers`` ((sampler, dataclass field) pairs, in registration order)."""
-
-    field: str
-    param: str
-    spelling: str
-    type: FieldType
-    readers: list[tuple[str, dataclasses.Field]]
-
-    @property
-    def samplers(self) -> list[str]:
-        return [name for name, _ in self.readers]
-
-
 def _taken() -> set[str]:
     """Names an own option may not be spelled by: the commands' other options and every
     registered attack's option (``attack`` and ``curve`` offer those too)."""
@@ -77,66 +61,16 @@ def _taken() -> set[str]:
 
 
 def sampler_option_table(taken: set[str] | None = None, samplers: dict[str, str] | None = None
-                         ) -> list[SamplerOption]:
+                         ) -> list[EntryOption]:
     """The own options of every registered sampler (plugins included), in registration
     order: shared by name and type, else spelled ``--<sampler>-<field>``. ``samplers``: the
     samplers offered, ``{name the command uses: registered name}`` (default: every registered
     one by its name); ``taken``: the names an own option may not be spelled by (default: the
     sampling commands', :func:`_taken`)."""
-    table: dict[str, SamplerOption] = {}
     taken = _taken() if taken is None else taken
     samplers = {n: n for n in SAMPLERS.names()} if samplers is None else samplers
-    for name, registered in samplers.items():
-        config = SAMPLERS[registered].config
-        types_ = field_types(config)
-        for f in fields(config):
-            if not setting_of(f).cli:
-                continue
-            ft, spelling = types_[f.name], option_name(f)
-            shared = table.get(f.name)
-            if shared is not None and shared.type == ft and shared.spelling == spelling:
-                shared.readers.append((name, f))
-                continue
-            clash = {f.name, spelling[2:].replace("-", "_")} & taken
-            key = f.name if shared is None and not clash else f"{name}.{f.name}"
-            if key != f.name:
-                spelling = f"--{name}-{f.name.replace('_', '-')}"
-            param = param_name(SAMPLER_PREFIX + key).replace("-", "_")
-            table[key] = SamplerOption(f.name, param, spelling, ft, [(name, f)])
-    return list(table.values())
-
-
-def _default_text(opt: SamplerOption, value: Any) -> str:
-    if isinstance(value, bool):
-        return opt.spelling[2:] if value else f"no-{opt.spelling[2:]}"
-    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _help(opt: SamplerOption) -> str:
-    """``"ddim: <help> [choices]; mine: <help>"`` and the default(s)."""
-    groups: dict[str, list[str]] = {}
-    for name, f in opt.readers:
-        s = setting_of(f)
-        choices = s.allowed_choices()
-        text = s.help.rstrip(".") + (f" [{' | '.join(choices)}]" if choices else "")
-        groups.setdefault(text, []).append(name)
-    text = "; ".join(f"{', '.join(names)}: {help_}" for help_, names in groups.items())
-    defaults = {name: _default_text(opt, f.default) for name, f in opt.readers}
-    if len(set(defaults.values())) == 1:
-        return f"{text} [default: {next(iter(defaults.values()))}]"
-    return f"{text} [default: {', '.join(f'{n} {d}' for n, d in defaults.items())}]"
-
-
-def _click_option(opt: SamplerOption) -> Any:
-    """The option, unset by default (the chosen sampler then reads its own default)."""
-    import click
-
-    if opt.type.kinds == (bool,):
-        decls = [f"{opt.spelling}/--no-{opt.spelling[2:]}", opt.param]
-        return click.Option(decls, default=None, help=_help(opt))
-    aliases = dict.fromkeys(a for _, f in opt.readers for a in setting_of(f).aliases)
-    return click.Option([opt.spelling, *aliases, opt.param], type=click_type(opt.type),
-                        default=None, help=_help(opt))
+    return entry_option_table(((n, SAMPLERS[r].config) for n, r in samplers.items()),
+                              taken=taken, param=lambda key, _: param_name(SAMPLER_PREFIX + key))
 
 
 def sampler_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PREFIX) -> list[Any]:
@@ -148,7 +82,7 @@ def sampler_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PREFIX)
     if prefix != SAMPLER_PREFIX:
         raise ValueError(f"sampler options take the prefix {SAMPLER_PREFIX!r}")
     holder = click_options(SamplerConfig, exclude=exclude, prefix=prefix)(lambda: None)
-    return [*reversed(holder.__click_params__), *map(_click_option, sampler_option_table())]
+    return [*reversed(holder.__click_params__), *map(entry_click_option, sampler_option_table())]
 
 
 def check_sampler_option_values(opts: dict[str, Any]) -> None:
@@ -158,12 +92,11 @@ def check_sampler_option_values(opts: dict[str, Any]) -> None:
     for opt in sampler_option_table():
         value = opts.get(opt.param)
         if value is not None:
-            check_value_for_any([(SAMPLERS[n].config, f.name) for n, f in opt.readers],
-                                tuple(value) if isinstance(value, list) else value)
+            check_given_value(opt, {n: SAMPLERS[n].config for n in opt.entries}, value)
 
 
 def given_sampler_options(opts: dict[str, Any], sampler: str,
-                          table: list[SamplerOption] | None = None,
+                          table: list[EntryOption] | None = None,
                           unread: Callable[..., ConfigError] | None = None) -> dict[str, Any]:
     """The own options given on the command line (not None), all read by ``sampler``;
     ConfigError naming the first one it does not read (``unread(field, value, sampler,
@@ -174,14 +107,14 @@ def given_sampler_options(opts: dict[str, Any], sampler: str,
         value = opts.get(opt.param)
         if value is None:
             continue
-        if sampler not in opt.samplers and unread is not None:
+        if sampler not in opt.entries and unread is not None:
             raise unread(opt.field, value, sampler, opt.spelling)
-        if sampler not in opt.samplers:
-            reads = [o.spelling for o in sampler_option_table() if sampler in o.samplers]
+        if sampler not in opt.entries:
+            reads = [o.spelling for o in sampler_option_table() if sampler in o.entries]
             raise ConfigError(f"{opt.field} ({opt.spelling}) = {shown(value)} is not used by "
                               f"sampler {sampler!r} (it reads "
                               f"{', '.join(reads) or 'no options of its own'}); "
-                              f"{opt.spelling} is read by: {', '.join(opt.samplers)}",
+                              f"{opt.spelling} is read by: {', '.join(opt.entries)}",
                               field=opt.field)
         out[opt.field] = tuple(value) if isinstance(value, list) else value
     return out
@@ -218,7 +151,7 @@ PurifyConfig` settings and the purify samplers' own options (tests/test_purify_s
 keeps it complete)."""
 
 
-def purify_option_table() -> list[SamplerOption]:
+def purify_option_table() -> list[EntryOption]:
     """The own options of the purifier's samplers (:func:`~dmattack.purification.purifier.
     purify_samplers`, by their purifier names: ``ancestral``, ``ddim``, a plugin's), spelled
     ``--<purify sampler>-<field>`` where a field is named like another option of
@@ -242,7 +175,7 @@ def purify_click_options(exclude: tuple[str, ...] = (), prefix: str = SAMPLER_PR
     if prefix != SAMPLER_PREFIX or exclude:
         raise ValueError(f"purify sampler options take the prefix {SAMPLER_PREFIX!r} and "
                          "exclude nothing")
-    return [_click_option(opt) for opt in purify_option_table()]
+    return [entry_click_option(opt) for opt in purify_option_table()]
 
 
 def given_purify_options(opts: dict[str, Any], sampler: str) -> dict[str, Any]:

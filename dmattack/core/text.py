@@ -1,4 +1,4 @@
-"""Text a user types, parsed the same way everywhere: comma lists.
+"""Text a user types, parsed the same way everywhere (comma lists), and numbers as text.
 
 A foundation module (imports only :mod:`dmattack.core.errors`).
 """
@@ -16,3 +16,10 @@ def comma_list(text: str, what: str | None = None) -> list[str]:
     if not items and what is not None:
         raise ConfigError(f"--{what} is empty; give a comma-separated list", field=what)
     return items
+
+
+def format_number(x: float) -> str:
+    """Shortest exact text of ``x``: ``50``, ``0.25``, ``4.9999999`` (never rounded, so distinct
+    settings get distinct labels and store keys)."""
+    short = format(x, "g")
+    return short if float(short) == x else repr(float(x))

@@ -26,6 +26,7 @@ from ..core.errors import ConfigError
 from ..core.registry import SAMPLERS
 from ..core.seeding import CHAIN_NOISE, generators, randn_steps
 from ..core.settings import check_settings, setting, shown
+from ..core.text import format_number
 from .gaussian import EpsModel, GaussianDiffusion
 from .samplers import (
     SAMPLER_RECORD_DEFAULTS,
@@ -185,7 +186,10 @@ class SamplerConfig:
 
 
 def _label_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+    """Exact (``format_number``): settings that differ get labels that differ."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return format_number(v)
+    return str(v)
 
 
 def clip_default(shape: Sequence[int]) -> bool:

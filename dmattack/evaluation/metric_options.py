@@ -14,87 +14,25 @@ is the trajectory attacks' embedding) is not offered: the metric reads its defau
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, fields
 from typing import Any
 
-from ..core.registry import METRICS
-from ..core.settings import (
-    FieldType,
-    check_value_for_any,
-    click_type,
-    field_types,
-    option_name,
-    setting_of,
+from ..core.entry_options import (
+    EntryOption,
+    check_given_value,
+    entry_click_option,
+    entry_option_table,
 )
+from ..core.registry import METRICS
 
 
-@dataclass
-class MetricOption:
-    """One command-line option: keyword ``keyword`` of :func:`evaluators.evaluate`, read by
-    the config fields of ``readers`` ((metric, dataclass field) pairs, registration order)."""
-
-    keyword: str
-    spelling: str
-    type: FieldType
-    readers: list[tuple[str, dataclasses.Field]]
-
-    @property
-    def metrics(self) -> list[str]:
-        return [m for m, _ in self.readers]
-
-
-def metric_option_table() -> list[MetricOption]:
+def metric_option_table() -> list[EntryOption]:
     """The metric options of every registered metric (plugins included), in registration
-    order, shared by spelling."""
+    order, shared by the metrics declaring a field alike; each option's parameter is its
+    keyword of :func:`evaluators.evaluate` (the spelling without ``--``)."""
     import evaluators  # noqa: F401 - registers the built-in metrics
 
-    table: dict[str, MetricOption] = {}
-    for name in METRICS.names():
-        config = METRICS[name].config
-        types_ = field_types(config)
-        for f in fields(config):
-            s = setting_of(f)
-            if s is None or not s.cli:
-                continue
-            spelling = option_name(f)
-            keyword = spelling[2:].replace("-", "_")
-            if keyword in table:
-                table[keyword].readers.append((name, f))
-            else:
-                table[keyword] = MetricOption(keyword, spelling, types_[f.name], [(name, f)])
-    return list(table.values())
-
-
-def _help(opt: MetricOption) -> str:
-    """``"fid, is, kid: <help> [choices]; memorization: <help>"`` and the default(s)."""
-    from ..attacks.options import _default_text, _sentence
-
-    groups: dict[str, list[str]] = {}
-    for metric, f in opt.readers:
-        s = setting_of(f)
-        choices = s.allowed_choices()
-        text, _, default = _sentence(s.help).rstrip(".").partition(" [default:")
-        text += (f" [{' | '.join(choices)}]" if choices else "") + (
-            f" [default:{default}" if default else "")
-        groups.setdefault(text, []).append(metric)
-    help_text = "; ".join(f"{', '.join(ms)}: {text}" for text, ms in groups.items())
-    if "[default:" in help_text:
-        return help_text
-    defaults = {m: _default_text(opt, f.default) for m, f in opt.readers}  # type: ignore[arg-type]
-    if len(set(defaults.values())) == 1:
-        return f"{help_text} [default: {next(iter(defaults.values()))}]"
-    return f"{help_text} [default: {', '.join(f'{m} {d}' for m, d in defaults.items())}]"
-
-
-def _click_option(opt: MetricOption) -> Any:
-    import click
-
-    if opt.type.kinds == (bool,):
-        return click.Option([f"{opt.spelling}/--no-{opt.spelling[2:]}", opt.keyword],
-                            default=None, help=_help(opt))
-    return click.Option([opt.spelling, opt.keyword], type=click_type(opt.type), default=None,
-                        help=_help(opt))
+    return entry_option_table(((m, METRICS[m].config) for m in METRICS.names()),
+                              param=lambda key, spelling: spelling[2:])
 
 
 def metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
@@ -102,7 +40,7 @@ def metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]
     in ``exclude``."""
     if prefix:
         raise ValueError("metric options take no prefix")
-    return [_click_option(o) for o in metric_option_table() if o.keyword not in exclude]
+    return [entry_click_option(o) for o in metric_option_table() if o.param not in exclude]
 
 
 def attack_metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> list[Any]:
@@ -111,7 +49,7 @@ def attack_metric_options(exclude: tuple[str, ...] = (), prefix: str = "") -> li
     from ..attacks.options import option_table as attack_table
 
     taken = {o.spelling for o in attack_table()}
-    return metric_options(tuple(exclude) + tuple(o.keyword for o in metric_option_table()
+    return metric_options(tuple(exclude) + tuple(o.param for o in metric_option_table()
                                                  if o.spelling in taken), prefix)
 
 
@@ -120,13 +58,13 @@ def check_metric_option_values(opts: dict[str, Any]) -> None:
     choices), before any model is loaded; whether the chosen metrics read it is checked once
     they are known (:func:`evaluators.metric.route_options`)."""
     for opt in metric_option_table():
-        value = opts.get(opt.keyword)
-        if value is not None:
-            check_value_for_any([(METRICS[m].config, f.name) for m, f in opt.readers], value)
+        if opts.get(opt.param) is not None:
+            check_given_value(opt, {m: METRICS[m].config for m in opt.entries},
+                              opts[opt.param])
 
 
 def given_metric_options(opts: dict[str, Any]) -> dict[str, Any]:
     """The metric options given on the command line (not None), by keyword of
     :func:`evaluators.evaluate`."""
-    return {o.keyword: opts[o.keyword] for o in metric_option_table()
-            if opts.get(o.keyword) is not None}
+    return {o.param: opts[o.param] for o in metric_option_table()
+            if opts.get(o.param) is not None}
