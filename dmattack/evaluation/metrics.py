@@ -238,8 +238,7 @@ def evaluation_label(metrics: Sequence[str], num_samples: int) -> str:
     from evaluators import metric_labels
 
     n = f"{num_samples // 1000}k" if num_samples % 1000 == 0 else str(num_samples)
-    name = metric_labels(metrics[0])[0] if metrics[0] != "variance-ratio" else "variance ratio"
-    return f"{name}-{n}"
+    return f"{metric_labels(metrics[0])[0]}-{n}"
 
 
 @dataclass
