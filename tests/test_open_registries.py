@@ -173,9 +173,28 @@ def test_the_users_ctrl_c_while_a_plugin_loads_propagates(installed):
         os.kill(os.getpid(), signal.SIGINT)  # as the user's Ctrl-C
         time.sleep(30)
     """)
-    with pytest.raises(KeyboardInterrupt):
-        registry.load_plugins()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            registry.load_plugins()
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("disposition", ["default", "ignored"])
+def test_a_plugins_keyboard_interrupt_is_its_failure(installed, caplog, disposition):
+    """Raised by the plugin itself (no SIGINT arrived), also where SIGINT is ignored, as in a
+    background job (``nohup … &``), where no user's Ctrl-C can arrive."""
+    installed("broken", "raise KeyboardInterrupt\n")
+    handler = signal.default_int_handler if disposition == "default" else signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        assert "ddpm" in SAMPLERS
+        assert registry.PLUGINS == {"broken": "KeyboardInterrupt"}
+        assert signal.getsignal(signal.SIGINT) is handler  # left as it was
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_no_plugin_loads_while_a_toolkit_module_is_imported(installed):

@@ -118,10 +118,17 @@ def _reason(error: BaseException) -> str:
 @contextmanager
 def _sigint_seen() -> Iterator[list[bool] | None]:
     """A list that becomes non-empty when SIGINT (Ctrl-C) arrives inside the block, so that a
-    KeyboardInterrupt the user caused is told apart from one a plugin raised. None where that
-    cannot be watched (not the main thread, or SIGINT not handled by Python's default)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    KeyboardInterrupt the user caused is told apart from one a plugin raised; it stays empty
+    where SIGINT is ignored (a background job: no Ctrl-C can arrive). None where that cannot be
+    watched (not the main thread, or SIGINT handled by someone else's handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    current = signal.getsignal(signal.SIGINT)
+    if current is signal.SIG_IGN:
+        yield []
+        return
+    if current is not signal.default_int_handler:
         yield None
         return
     seen: list[bool] = []
