@@ -12,10 +12,16 @@ from typing import Any
 
 from torch import nn
 
-from ..core.entry_options import check_entry_config
+from ..core.entry_options import (
+    check_entry_config,
+    entry_spelling,
+    field_default,
+    option_label,
+    own_option,
+)
 from ..core.errors import ConfigError
 from ..core.registry import ATTACKS, registry_choices
-from ..core.settings import check_settings, option_name, setting, shown
+from ..core.settings import check_settings, setting, shown
 from ..core.text import format_number
 from ..diffusion.gaussian import GaussianDiffusion
 from .base import PerStepFactory, WholeChainAttack, build_per_step
@@ -124,19 +130,9 @@ class AttackEntry:
     def label_suffix(self, spec: AttackSpec) -> list[str]:
         if self.suffix is not None:
             return list(self.suffix(spec))
-        return [f"{f.name}{_label_value(getattr(spec.config, f.name))}"
+        return [f"{f.name}{option_label(getattr(spec.config, f.name))}"
                 for f in fields(self.config) if f.name not in COMMON
-                and getattr(spec.config, f.name) != _default(f)]
-
-
-def _label_value(v: Any) -> str:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    return format_number(v)
-
-
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                and getattr(spec.config, f.name) != field_default(f)]
 
 
 def _record_defaults() -> dict[str, Any]:
@@ -144,7 +140,7 @@ def _record_defaults() -> dict[str, Any]:
     out = {}
     for name in RECORD:
         f = next(f for c in BUILTIN_CONFIGS for f in fields(c) if f.name == name)
-        out[name] = _default(f)
+        out[name] = field_default(f)
     return out
 
 
@@ -211,12 +207,8 @@ class AttackSpec:
 
     def __getattr__(self, name: str) -> Any:
         """An option of the attack's config, e.g. ``spec.pgd_steps``."""
-        config = self.__dict__.get("config")
-        if config is not None and not name.startswith("_") and name in {
-                f.name for f in fields(config)}:
-            return getattr(config, name)
-        raise AttributeError(f"{type(self).__name__} of attack {self.__dict__.get('method')!r} "
-                             f"has no option {name!r}")
+        return own_option(self.__dict__.get("config"), name,
+                          f"{type(self).__name__} of attack {self.__dict__.get('method')!r}")
 
     def entry(self) -> AttackEntry:
         """The registered attack this spec names."""
@@ -271,11 +263,7 @@ class AttackSpec:
 def _spelling(name: str) -> str:
     """The command-line spelling of attack option ``name`` (as the entry declaring it spells
     it; ``--name`` when none does)."""
-    for method in ATTACKS.names():
-        for f in fields(ATTACKS[method].config):
-            if f.name == name:
-                return option_name(f)
-    return "--" + name.replace("_", "-")
+    return entry_spelling((ATTACKS[m].config for m in ATTACKS.names()), name)
 
 
 def spec_grid(methods: Sequence[str], percents: Sequence[float],

@@ -120,14 +120,48 @@ def entry_option_help(opt: EntryOption) -> str:
     help_text = "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
     if "[default:" in help_text:
         return help_text
-    defaults = {name: _default_text(opt, _field_default(f)) for name, f in opt.readers}
+    defaults = {name: _default_text(opt, field_default(f)) for name, f in opt.readers}
     if len(set(defaults.values())) == 1:
         return f"{help_text} [default: {next(iter(defaults.values()))}]"
     return f"{help_text} [default: {', '.join(f'{n} {d}' for n, d in defaults.items())}]"
 
 
-def _field_default(f: dataclasses.Field) -> Any:
+def field_default(f: dataclasses.Field) -> Any:
+    """The default of config field ``f`` (its factory called)."""
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def option_defaults(config: Any) -> dict[str, Any]:
+    """``{field: default}`` of an entry's config (class or instance)."""
+    return {f.name: field_default(f) for f in dataclasses.fields(config)}
+
+
+def option_label(value: Any) -> str:
+    """An option's value in a label (``decay0.5``, ``eta0.1234567``): numbers exact
+    (:func:`~dmattack.core.text.format_number`), so settings that differ get labels (and
+    default folders) that differ."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_number(value)
+    return str(value)
+
+
+def entry_spelling(configs: Iterable[type], option: str) -> str:
+    """The command-line spelling of option ``option`` as the first of ``configs`` declaring
+    it spells it; ``--option`` when none does."""
+    for config in configs:
+        for f in dataclasses.fields(config):
+            if f.name == option:
+                return option_name(f)
+    return "--" + option.replace("_", "-")
+
+
+def own_option(config: Any, name: str, holder: str) -> Any:
+    """Attribute ``name`` of a settings object reads the field of its entry's ``config``
+    (``spec.pgd_steps``, ``sampler.eta``); AttributeError naming ``holder`` otherwise."""
+    if config is not None and not name.startswith("_") and name in {
+            f.name for f in dataclasses.fields(config)}:
+        return getattr(config, name)
+    raise AttributeError(f"{holder} has no option {name!r}")
 
 
 def entry_click_option(opt: EntryOption) -> Any:

@@ -5,16 +5,15 @@ beside the settings every sampler shares (docs/method.md §8)."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..core.entry_options import check_entry_config
+from ..core.entry_options import check_entry_config, entry_spelling, field_default
 from ..core.registry import SAMPLERS
-from ..core.settings import check_settings, option_name, setting
+from ..core.settings import check_settings, setting
 from .gaussian import EpsModel, GaussianDiffusion, respace
 
 if TYPE_CHECKING:
@@ -112,17 +111,8 @@ SAMPLER_RECORD = ("eta",)
 so records and the store keys made from them are those of the former flat config."""
 
 
-def _default(f: dataclasses.Field) -> Any:
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-
-SAMPLER_RECORD_DEFAULTS = {name: _default(f) for name in SAMPLER_RECORD
+SAMPLER_RECORD_DEFAULTS = {name: field_default(f) for name in SAMPLER_RECORD
                            for c in BUILTIN_SAMPLER_CONFIGS for f in fields(c) if f.name == name}
-
-
-def sampler_option_defaults(config: Any) -> dict[str, Any]:
-    """``{field: default}`` of a sampler config (class or instance)."""
-    return {f.name: _default(f) for f in fields(config)}
 
 
 def samplers_reading(option: str) -> list[str]:
@@ -133,8 +123,4 @@ def samplers_reading(option: str) -> list[str]:
 def sampler_spelling(option: str) -> str:
     """The command-line spelling of sampler option ``option`` (as the first sampler declaring
     it spells it; ``--option`` when none does)."""
-    for name in SAMPLERS.names():
-        for f in fields(SAMPLERS[name].config):
-            if f.name == option:
-                return option_name(f)
-    return "--" + option.replace("_", "-")
+    return entry_spelling((SAMPLERS[n].config for n in SAMPLERS.names()), option)

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 from ..core import distributed
+from ..core.entry_options import option_defaults, option_label, own_option
 from ..core.errors import ConfigError
 from ..core.registry import SAMPLERS
 from ..core.seeding import CHAIN_NOISE, generators, randn_steps
 from ..core.settings import check_settings, setting, shown
-from ..core.text import format_number
 from .gaussian import EpsModel, GaussianDiffusion
 from .samplers import (
     SAMPLER_RECORD_DEFAULTS,
@@ -37,7 +37,6 @@ from .samplers import (
     SamplerStep,
     ancestral_step,
     ddim_step,
-    sampler_option_defaults,
     sampler_spelling,
     samplers_reading,
 )
@@ -114,12 +113,8 @@ class SamplerConfig:
 
     def __getattr__(self, name: str) -> Any:
         """An option of the sampler's own config, e.g. ``cfg.eta`` of DDIM."""
-        options = self.__dict__.get("options")
-        if options is not None and not name.startswith("_") and name in {
-                f.name for f in fields(options)}:
-            return getattr(options, name)
-        raise AttributeError(f"{type(self).__name__} of sampler {self.__dict__.get('name')!r} "
-                             f"has no option {name!r}")
+        return own_option(self.__dict__.get("options"), name,
+                          f"{type(self).__name__} of sampler {self.__dict__.get('name')!r}")
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> SamplerConfig:
@@ -178,18 +173,11 @@ class SamplerConfig:
         """E.g. ``respaced-25``, ``ddim-100-eta0.5``, ``ddpm-1000-clip`` (x̂_0 clipped): each
         own option off its default is appended as ``<field><value>``."""
         label = f"{self.name}-{self.num_steps(num_timesteps)}"
-        defaults = sampler_option_defaults(self.options)
+        defaults = option_defaults(self.options)
         for key, value in self.own().items():
             if value != defaults[key]:
-                label += f"-{key}{_label_value(value)}"
+                label += f"-{key}{option_label(value)}"
         return label + ("-clip" if self.clip_denoised else "")
-
-
-def _label_value(v: Any) -> str:
-    """Exact (``format_number``): settings that differ get labels that differ."""
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return format_number(v)
-    return str(v)
 
 
 def clip_default(shape: Sequence[int]) -> bool:

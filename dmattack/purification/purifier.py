@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..core.entry_options import option_defaults
 from ..core.errors import ConfigError, RunFolderError, first_line
 from ..core.registry import SAMPLERS
 from ..core.seeding import randn_per_sample
@@ -35,7 +36,6 @@ from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.samplers import (
     SAMPLER_RECORD_DEFAULTS,
     Sampler,
-    sampler_option_defaults,
     sampler_spelling,
 )
 from ..diffusion.sampling import SamplerConfig, SamplingChain, clip_default
@@ -91,7 +91,7 @@ def set_options(options: Mapping[str, Any] | Any) -> dict[str, Any]:
     if options is None:
         return {}
     if dataclasses.is_dataclass(options) and not isinstance(options, type):
-        defaults = sampler_option_defaults(options)
+        defaults = option_defaults(options)
         return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
                 if getattr(options, f.name) != defaults[f.name]}
     if not isinstance(options, Mapping):
